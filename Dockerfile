@@ -1,0 +1,29 @@
+# syntax=docker/dockerfile:1
+# IACE container image. Used by the `iace` service in docker-compose.yml
+# (profile `app`): docker compose --profile app up --build
+
+FROM rust:1-bookworm AS builder
+WORKDIR /src
+# sqlx macros read the checked-in query metadata (.sqlx/) instead of a live DB.
+ENV SQLX_OFFLINE=true
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/usr/local/cargo/git \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin iace \
+ && install -m 0755 target/release/iace /usr/local/bin/iace
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates tini \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin iace
+COPY --from=builder /usr/local/bin/iace /usr/local/bin/iace
+ENV IACE_BIND=0.0.0.0:8080 \
+    DATABASE_URL=postgres://iace:iace@postgres:5432/iace \
+    REDIS_URL=redis://redis:6379 \
+    RUST_LOG=info
+EXPOSE 8080
+USER iace
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/iace"]
+CMD ["serve"]

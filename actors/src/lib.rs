@@ -1,0 +1,9 @@
+//! IACE engine: the pure call state machine, the actor tree that runs one actor per live call,
+//! and the ports through which it reaches the outside world.
+//!
+//! This crate has no database, HTTP or WebSocket dependency: everything external is a port
+//! ([`ports`]). The root crate wires in Postgres, Redis and the carrier adapters.
+
+pub mod catalog;
+pub mod machine;
+pub mod ports;

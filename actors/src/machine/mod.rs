@@ -1,0 +1,665 @@
+//! The pure call state machine.
+//!
+//! `pending -> ringing -> in_progress -> completed`, with `failed` and `canceled` as the other
+//! terminal states; inbound calls enter at `ringing`. [`step`] applies one [`Event`] to a
+//! [`Call`] and returns the [`Effect`]s the caller must execute *after* persisting the new
+//! snapshot.
+//!
+//! This module must stay pure: it never reads a clock, a random source or any I/O. `now` is an
+//! argument, so the same journal replayed with the same timestamps yields the same snapshot
+//! ([`replay`]). Carrier events are facts about the world: a duplicate or stale one is a no-op,
+//! never an error, and never moves a call backwards. Commands (an API hangup) on a terminal call
+//! are refused with a [`TransitionError`].
+
+mod phone;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use phone::{InvalidPhoneNumber, PhoneNumber};
+
+/// Identifier of a call (also the Telnyx `client_state` and the idempotency prefix of every
+/// command sent for it).
+pub type CallId = Uuid;
+/// Identifier of a tenant.
+pub type OrganizationId = Uuid;
+/// Identifier of an agent (persona + voice).
+pub type AgentId = Uuid;
+/// Identifier of a customer.
+pub type CustomerId = Uuid;
+
+/// Where a call is in its life. Exactly one value; no flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallStatus {
+    /// Created, the dial has not been confirmed as ringing yet.
+    Pending,
+    /// The far end is alerting (outbound) or we are being offered the call (inbound).
+    Ringing,
+    /// Answered: media flows.
+    InProgress,
+    /// Ended after having been answered.
+    Completed,
+    /// Ended without a conversation (no answer, busy, carrier error, ...).
+    Failed,
+    /// Ended on request before it was answered.
+    Canceled,
+}
+
+impl CallStatus {
+    /// Terminal states are final.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Canceled)
+    }
+
+    /// Monotone rank: a call's rank never decreases.
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Pending => 0,
+            Self::Ringing => 1,
+            Self::InProgress => 2,
+            Self::Completed | Self::Failed | Self::Canceled => 3,
+        }
+    }
+
+    /// The wire / database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Ringing => "ringing",
+            Self::InProgress => "in_progress",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Canceled => "canceled",
+        }
+    }
+
+    /// Parses the wire / database spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "ringing" => Self::Ringing,
+            "in_progress" => Self::InProgress,
+            "completed" => Self::Completed,
+            "failed" => Self::Failed,
+            "canceled" => Self::Canceled,
+            _ => return None,
+        })
+    }
+
+    /// Every status, in rank order.
+    pub const ALL: [CallStatus; 6] = [
+        Self::Pending,
+        Self::Ringing,
+        Self::InProgress,
+        Self::Completed,
+        Self::Failed,
+        Self::Canceled,
+    ];
+}
+
+impl std::fmt::Display for CallStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// An answered call ended normally (either side hung up).
+    NormalClearing,
+    /// The far end did not answer.
+    NoAnswer,
+    /// The far end was busy.
+    Busy,
+    /// The far end rejected the call.
+    Rejected,
+    /// The caller of an inbound call gave up before it was answered.
+    CallerAbandoned,
+    /// Our ring timeout expired before the call was answered.
+    RingTimeout,
+    /// The call reached its maximum duration and was cut off.
+    MaxDuration,
+    /// An API client hung up an answered call.
+    HangupRequested,
+    /// An API client canceled the call before it was answered.
+    CanceledByUser,
+    /// The carrier refused the dial or answer command.
+    VendorError,
+    /// On recovery the carrier no longer knew the call.
+    CarrierLost,
+    /// The engine could not keep the call's actor alive (repeated crashes).
+    EngineFault,
+}
+
+impl EndReason {
+    /// The wire / database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NormalClearing => "normal_clearing",
+            Self::NoAnswer => "no_answer",
+            Self::Busy => "busy",
+            Self::Rejected => "rejected",
+            Self::CallerAbandoned => "caller_abandoned",
+            Self::RingTimeout => "ring_timeout",
+            Self::MaxDuration => "max_duration",
+            Self::HangupRequested => "hangup_requested",
+            Self::CanceledByUser => "canceled_by_user",
+            Self::VendorError => "vendor_error",
+            Self::CarrierLost => "carrier_lost",
+            Self::EngineFault => "engine_fault",
+        }
+    }
+
+    /// Parses the wire / database spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+}
+
+/// Who placed the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// We dial out.
+    Outbound,
+    /// A caller reached one of our numbers.
+    Inbound,
+}
+
+impl Direction {
+    /// The wire / database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::Inbound => "inbound",
+        }
+    }
+
+    /// Parses the wire / database spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "outbound" => Some(Self::Outbound),
+            "inbound" => Some(Self::Inbound),
+            _ => None,
+        }
+    }
+}
+
+/// Which deadline a timer stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimerKind {
+    /// Not answered in time (covers pending and ringing).
+    RingTimeout,
+    /// Answered call reached its maximum duration.
+    MaxDuration,
+}
+
+impl TimerKind {
+    /// The database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RingTimeout => "ring_timeout",
+            Self::MaxDuration => "max_duration",
+        }
+    }
+
+    /// Parses the database spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ring_timeout" => Some(Self::RingTimeout),
+            "max_duration" => Some(Self::MaxDuration),
+            _ => None,
+        }
+    }
+}
+
+/// The one pending deadline of a call. Persisted as `next_deadline_at` so that timers survive a
+/// process restart (ractor timers die with the process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deadline {
+    /// What happens when it passes.
+    pub kind: TimerKind,
+    /// When it passes.
+    pub at: DateTime<Utc>,
+}
+
+/// Why a carrier ended a call leg (normalised from the vendor's hangup cause).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HangupCause {
+    /// One side hung up normally.
+    NormalClearing,
+    /// The far end was busy.
+    Busy,
+    /// Nobody answered before the carrier gave up.
+    NoAnswer,
+    /// The far end declined.
+    Rejected,
+    /// The originator canceled before answer.
+    OriginatorCancel,
+    /// Anything else.
+    Unspecified,
+}
+
+/// Everything needed to start a call; validated before anything is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallSpec {
+    /// The call's id (from the IdGen port).
+    pub id: CallId,
+    /// Owning tenant.
+    pub organization_id: OrganizationId,
+    /// Outbound calls start pending, inbound calls start ringing.
+    pub direction: Direction,
+    /// Calling party, E.164.
+    pub from: PhoneNumber,
+    /// Called party, E.164.
+    pub to: PhoneNumber,
+    /// The agent that handles the call.
+    pub agent_id: AgentId,
+    /// The customer on the other end, when known.
+    pub customer_id: Option<CustomerId>,
+    /// Free-form client metadata, returned as given.
+    pub metadata: serde_json::Value,
+    /// Seconds the call may stay unanswered.
+    pub ring_timeout_secs: u32,
+    /// Seconds an answered call may last.
+    pub max_duration_secs: u32,
+}
+
+/// The snapshot of one call: what the `call` row stores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Call {
+    /// Immutable facts the call was created with.
+    pub spec: CallSpec,
+    /// Current status.
+    pub status: CallStatus,
+    /// Why it ended (set exactly when the status is terminal).
+    pub end_reason: Option<EndReason>,
+    /// The carrier's id for the leg, once known.
+    pub carrier_call_id: Option<String>,
+    /// Bumped by every applied event; equals the seq of the last journal entry.
+    pub version: i64,
+    /// Fencing epoch of the shard owner that last wrote the row (set by the store, not here).
+    pub owner_epoch: i64,
+    /// The pending timer, if any.
+    pub deadline: Option<Deadline>,
+    /// When the call was created.
+    pub created_at: DateTime<Utc>,
+    /// When the last event was applied.
+    pub updated_at: DateTime<Utc>,
+    /// When ringing started.
+    pub ringing_at: Option<DateTime<Utc>>,
+    /// When it was answered.
+    pub answered_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// A carrier-reported fact about a call leg.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CarrierEvent {
+    /// The carrier accepted the dial and named the leg.
+    Initiated {
+        /// The carrier's leg id.
+        carrier_call_id: String,
+    },
+    /// The far end is alerting.
+    Ringing,
+    /// The far end answered.
+    Answered,
+    /// The leg ended.
+    HungUp {
+        /// Why.
+        cause: HangupCause,
+    },
+}
+
+/// Everything that can happen to a call. Journaled when it changes the call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// The call was created (first journal entry; see [`start`]).
+    Created {
+        /// The validated spec.
+        spec: CallSpec,
+    },
+    /// A fact from the carrier.
+    Carrier {
+        /// The fact.
+        event: CarrierEvent,
+    },
+    /// The carrier refused our dial or answer command.
+    CommandRejected {
+        /// What the carrier said.
+        detail: String,
+    },
+    /// An API client asked to hang up or cancel.
+    HangupRequested,
+    /// A deadline timer fired.
+    TimerFired {
+        /// Which deadline.
+        kind: TimerKind,
+        /// The deadline the timer was armed for (stale timers are ignored).
+        deadline: DateTime<Utc>,
+    },
+    /// Reconciliation found that the carrier no longer knows the call.
+    CarrierLost,
+    /// The engine gave up on the call's actor after repeated crashes.
+    EngineFault {
+        /// What the supervisor saw.
+        detail: String,
+    },
+}
+
+impl Event {
+    /// Short name stored in the journal's `kind` column.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Created { .. } => "created",
+            Event::Carrier { event } => match event {
+                CarrierEvent::Initiated { .. } => "initiated",
+                CarrierEvent::Ringing => "ringing",
+                CarrierEvent::Answered => "answered",
+                CarrierEvent::HungUp { .. } => "hangup",
+            },
+            Event::CommandRejected { .. } => "command_rejected",
+            Event::HangupRequested => "hangup_requested",
+            Event::TimerFired { .. } => "timer_fired",
+            Event::CarrierLost => "carrier_lost",
+            Event::EngineFault { .. } => "engine_fault",
+        }
+    }
+}
+
+/// What the CallActor must do after the new snapshot is persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Effect {
+    /// Place the outbound call.
+    Dial {
+        /// Calling party.
+        from: PhoneNumber,
+        /// Called party.
+        to: PhoneNumber,
+        /// How long the carrier should let it ring.
+        timeout_secs: u32,
+    },
+    /// Answer the inbound call.
+    Answer,
+    /// Hang the leg up.
+    Hangup {
+        /// Why we hang up.
+        reason: EndReason,
+    },
+    /// (Re-)arm the call's single deadline timer.
+    ArmTimer {
+        /// Which deadline.
+        kind: TimerKind,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Drop the call's timer.
+    CancelTimer,
+}
+
+/// A refused command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    /// The call already ended; terminal states are final.
+    #[error("call is already {status}")]
+    Terminal {
+        /// The call's current status.
+        status: CallStatus,
+    },
+    /// The first event of a journal must be `created`, and only the first.
+    #[error("event `{kind}` is not valid here")]
+    Invalid {
+        /// The offending event's kind.
+        kind: &'static str,
+    },
+}
+
+/// Creates the snapshot of a new call and the effects that start it: outbound calls dial,
+/// inbound calls are answered; both arm the ring timeout.
+pub fn start(spec: CallSpec, now: DateTime<Utc>) -> (Call, Vec<Effect>) {
+    let ring_deadline = Deadline {
+        kind: TimerKind::RingTimeout,
+        at: now + Duration::seconds(i64::from(spec.ring_timeout_secs)),
+    };
+    let (status, ringing_at, first) = match spec.direction {
+        Direction::Outbound => (
+            CallStatus::Pending,
+            None,
+            Effect::Dial {
+                from: spec.from.clone(),
+                to: spec.to.clone(),
+                timeout_secs: spec.ring_timeout_secs,
+            },
+        ),
+        Direction::Inbound => (CallStatus::Ringing, Some(now), Effect::Answer),
+    };
+    let call = Call {
+        spec,
+        status,
+        end_reason: None,
+        carrier_call_id: None,
+        version: 1,
+        owner_epoch: 0,
+        deadline: Some(ring_deadline),
+        created_at: now,
+        updated_at: now,
+        ringing_at,
+        answered_at: None,
+        ended_at: None,
+    };
+    let effects = vec![
+        first,
+        Effect::ArmTimer {
+            kind: ring_deadline.kind,
+            at: ring_deadline.at,
+        },
+    ];
+    (call, effects)
+}
+
+/// Applies one event. On a change the call's `version` is bumped by one (the caller journals
+/// the event with `seq = version`); an unchanged version means the event was a duplicate or
+/// stale and must not be journaled.
+pub fn step(
+    call: &mut Call,
+    event: Event,
+    now: DateTime<Utc>,
+) -> Result<Vec<Effect>, TransitionError> {
+    use CallStatus::*;
+    let status = call.status;
+    let mut effects = Vec::new();
+    match event {
+        Event::Created { .. } => return Err(TransitionError::Invalid { kind: "created" }),
+        Event::Carrier { event } => match event {
+            CarrierEvent::Initiated { carrier_call_id } => {
+                if call.carrier_call_id.is_none() && !status.is_terminal() {
+                    call.carrier_call_id = Some(carrier_call_id);
+                    touch(call, now);
+                }
+            }
+            CarrierEvent::Ringing => {
+                if status == Pending {
+                    call.status = Ringing;
+                    call.ringing_at = Some(now);
+                    touch(call, now);
+                }
+            }
+            CarrierEvent::Answered => {
+                if matches!(status, Pending | Ringing) {
+                    call.status = InProgress;
+                    call.ringing_at.get_or_insert(now);
+                    call.answered_at = Some(now);
+                    let at = now + Duration::seconds(i64::from(call.spec.max_duration_secs));
+                    call.deadline = Some(Deadline {
+                        kind: TimerKind::MaxDuration,
+                        at,
+                    });
+                    effects.push(Effect::ArmTimer {
+                        kind: TimerKind::MaxDuration,
+                        at,
+                    });
+                    touch(call, now);
+                }
+            }
+            CarrierEvent::HungUp { cause } => match status {
+                Pending | Ringing => {
+                    let reason = unanswered_reason(call.spec.direction, cause);
+                    end(call, Failed, reason, now, &mut effects);
+                }
+                InProgress => end(
+                    call,
+                    Completed,
+                    EndReason::NormalClearing,
+                    now,
+                    &mut effects,
+                ),
+                _ => {}
+            },
+        },
+        Event::CommandRejected { .. } => {
+            // Only meaningful before answer: once the carrier reports progress, the command
+            // evidently went through and a late rejection is stale.
+            if status == Pending || (status == Ringing && call.carrier_call_id.is_none()) {
+                end(call, Failed, EndReason::VendorError, now, &mut effects);
+            }
+        }
+        Event::HangupRequested => match status {
+            Pending | Ringing => {
+                end(call, Canceled, EndReason::CanceledByUser, now, &mut effects);
+                effects.push(Effect::Hangup {
+                    reason: EndReason::CanceledByUser,
+                });
+            }
+            InProgress => {
+                end(
+                    call,
+                    Completed,
+                    EndReason::HangupRequested,
+                    now,
+                    &mut effects,
+                );
+                effects.push(Effect::Hangup {
+                    reason: EndReason::HangupRequested,
+                });
+            }
+            _ => return Err(TransitionError::Terminal { status }),
+        },
+        Event::TimerFired { kind, deadline } => {
+            let current = call.deadline;
+            if status.is_terminal() || current != Some(Deadline { kind, at: deadline }) {
+                // A timer armed for a deadline that no longer exists: ignore.
+            } else if now < deadline {
+                // Fired early (clock skew between the timer wheel and the Clock port).
+                effects.push(Effect::ArmTimer { kind, at: deadline });
+            } else {
+                match (kind, status) {
+                    (TimerKind::RingTimeout, Pending | Ringing) => {
+                        end(call, Failed, EndReason::RingTimeout, now, &mut effects);
+                        effects.push(Effect::Hangup {
+                            reason: EndReason::RingTimeout,
+                        });
+                    }
+                    (TimerKind::MaxDuration, InProgress) => {
+                        end(call, Completed, EndReason::MaxDuration, now, &mut effects);
+                        effects.push(Effect::Hangup {
+                            reason: EndReason::MaxDuration,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Event::CarrierLost => {
+            if !status.is_terminal() {
+                end(call, Failed, EndReason::CarrierLost, now, &mut effects);
+            }
+        }
+        Event::EngineFault { .. } => {
+            if !status.is_terminal() {
+                let terminal = if status == InProgress {
+                    Completed
+                } else {
+                    Failed
+                };
+                end(call, terminal, EndReason::EngineFault, now, &mut effects);
+                effects.push(Effect::Hangup {
+                    reason: EndReason::EngineFault,
+                });
+            }
+        }
+    }
+    Ok(effects)
+}
+
+/// Rebuilds a snapshot from its journal (`created` first, then every applied event with the
+/// time it was applied). The snapshot a store holds must equal this fold.
+pub fn replay<I>(entries: I) -> Result<Call, TransitionError>
+where
+    I: IntoIterator<Item = (Event, DateTime<Utc>)>,
+{
+    let mut entries = entries.into_iter();
+    let mut call = match entries.next() {
+        Some((Event::Created { spec }, at)) => start(spec, at).0,
+        Some((other, _)) => return Err(TransitionError::Invalid { kind: other.kind() }),
+        None => return Err(TransitionError::Invalid { kind: "empty" }),
+    };
+    for (event, at) in entries {
+        let kind = event.kind();
+        let before = call.version;
+        step(&mut call, event, at)?;
+        if call.version == before {
+            // A journaled event always changed the call; one that doesn't is corrupt input.
+            return Err(TransitionError::Invalid { kind });
+        }
+    }
+    Ok(call)
+}
+
+fn touch(call: &mut Call, now: DateTime<Utc>) {
+    call.version += 1;
+    call.updated_at = now;
+}
+
+fn end(
+    call: &mut Call,
+    status: CallStatus,
+    reason: EndReason,
+    now: DateTime<Utc>,
+    effects: &mut Vec<Effect>,
+) {
+    call.status = status;
+    call.end_reason = Some(reason);
+    call.ended_at = Some(now);
+    if call.deadline.take().is_some() {
+        effects.push(Effect::CancelTimer);
+    }
+    touch(call, now);
+}
+
+fn unanswered_reason(direction: Direction, cause: HangupCause) -> EndReason {
+    match cause {
+        HangupCause::Busy => EndReason::Busy,
+        HangupCause::Rejected => EndReason::Rejected,
+        HangupCause::OriginatorCancel if direction == Direction::Inbound => {
+            EndReason::CallerAbandoned
+        }
+        HangupCause::OriginatorCancel => EndReason::CanceledByUser,
+        HangupCause::NoAnswer | HangupCause::NormalClearing | HangupCause::Unspecified => {
+            EndReason::NoAnswer
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

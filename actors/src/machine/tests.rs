@@ -1,0 +1,362 @@
+use super::*;
+use chrono::TimeZone;
+use proptest::prelude::*;
+
+fn t(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
+}
+
+fn spec(direction: Direction) -> CallSpec {
+    CallSpec {
+        id: Uuid::from_u128(1),
+        organization_id: Uuid::from_u128(2),
+        direction,
+        from: PhoneNumber::parse("+14155550100").unwrap(),
+        to: PhoneNumber::parse("+14155550199").unwrap(),
+        agent_id: Uuid::from_u128(3),
+        customer_id: None,
+        metadata: serde_json::json!({}),
+        ring_timeout_secs: 30,
+        max_duration_secs: 600,
+    }
+}
+
+fn carrier(event: CarrierEvent) -> Event {
+    Event::Carrier { event }
+}
+
+#[test]
+fn outbound_call_dials_and_arms_ring_timeout() {
+    let (call, effects) = start(spec(Direction::Outbound), t(0));
+    assert_eq!(call.status, CallStatus::Pending);
+    assert_eq!(call.version, 1);
+    assert!(matches!(
+        effects[0],
+        Effect::Dial {
+            timeout_secs: 30,
+            ..
+        }
+    ));
+    assert_eq!(
+        effects[1],
+        Effect::ArmTimer {
+            kind: TimerKind::RingTimeout,
+            at: t(30)
+        }
+    );
+    assert_eq!(call.deadline.unwrap().at, t(30));
+}
+
+#[test]
+fn inbound_call_starts_ringing_and_is_answered() {
+    let (call, effects) = start(spec(Direction::Inbound), t(0));
+    assert_eq!(call.status, CallStatus::Ringing);
+    assert_eq!(call.ringing_at, Some(t(0)));
+    assert_eq!(effects[0], Effect::Answer);
+}
+
+#[test]
+fn happy_path_reaches_completed() {
+    let (mut call, _) = start(spec(Direction::Outbound), t(0));
+    let fx = step(
+        &mut call,
+        carrier(CarrierEvent::Initiated {
+            carrier_call_id: "v3:abc".into(),
+        }),
+        t(1),
+    )
+    .unwrap();
+    assert!(fx.is_empty());
+    assert_eq!(call.version, 2);
+    assert_eq!(call.carrier_call_id.as_deref(), Some("v3:abc"));
+
+    step(&mut call, carrier(CarrierEvent::Ringing), t(2)).unwrap();
+    assert_eq!(call.status, CallStatus::Ringing);
+    assert_eq!(call.version, 3);
+
+    let fx = step(&mut call, carrier(CarrierEvent::Answered), t(5)).unwrap();
+    assert_eq!(call.status, CallStatus::InProgress);
+    assert_eq!(call.answered_at, Some(t(5)));
+    assert_eq!(
+        fx,
+        vec![Effect::ArmTimer {
+            kind: TimerKind::MaxDuration,
+            at: t(605)
+        }]
+    );
+
+    let fx = step(
+        &mut call,
+        carrier(CarrierEvent::HungUp {
+            cause: HangupCause::NormalClearing,
+        }),
+        t(65),
+    )
+    .unwrap();
+    assert_eq!(call.status, CallStatus::Completed);
+    assert_eq!(call.end_reason, Some(EndReason::NormalClearing));
+    assert_eq!(call.ended_at, Some(t(65)));
+    assert_eq!(call.deadline, None);
+    assert_eq!(fx, vec![Effect::CancelTimer]);
+    assert_eq!(call.version, 5);
+}
+
+#[test]
+fn duplicates_and_stale_events_are_noops() {
+    let (mut call, _) = start(spec(Direction::Outbound), t(0));
+    step(&mut call, carrier(CarrierEvent::Ringing), t(1)).unwrap();
+    step(&mut call, carrier(CarrierEvent::Answered), t(2)).unwrap();
+    let snapshot = call.clone();
+    for late in [
+        carrier(CarrierEvent::Ringing),
+        carrier(CarrierEvent::Answered),
+        Event::CommandRejected {
+            detail: "late".into(),
+        },
+        Event::TimerFired {
+            kind: TimerKind::RingTimeout,
+            deadline: t(30),
+        },
+    ] {
+        assert_eq!(step(&mut call, late, t(40)).unwrap(), vec![]);
+        assert_eq!(call, snapshot);
+    }
+}
+
+#[test]
+fn ring_timeout_fails_and_hangs_up() {
+    let (mut call, _) = start(spec(Direction::Outbound), t(0));
+    step(&mut call, carrier(CarrierEvent::Ringing), t(1)).unwrap();
+    let fx = step(
+        &mut call,
+        Event::TimerFired {
+            kind: TimerKind::RingTimeout,
+            deadline: t(30),
+        },
+        t(30),
+    )
+    .unwrap();
+    assert_eq!(call.status, CallStatus::Failed);
+    assert_eq!(call.end_reason, Some(EndReason::RingTimeout));
+    assert!(fx.contains(&Effect::Hangup {
+        reason: EndReason::RingTimeout
+    }));
+}
+
+#[test]
+fn early_timer_is_rearmed_not_applied() {
+    let (mut call, _) = start(spec(Direction::Outbound), t(0));
+    let fx = step(
+        &mut call,
+        Event::TimerFired {
+            kind: TimerKind::RingTimeout,
+            deadline: t(30),
+        },
+        t(29),
+    )
+    .unwrap();
+    assert_eq!(call.status, CallStatus::Pending);
+    assert_eq!(call.version, 1);
+    assert_eq!(
+        fx,
+        vec![Effect::ArmTimer {
+            kind: TimerKind::RingTimeout,
+            at: t(30)
+        }]
+    );
+}
+
+#[test]
+fn max_duration_cuts_off_answered_call() {
+    let (mut call, _) = start(spec(Direction::Outbound), t(0));
+    step(&mut call, carrier(CarrierEvent::Answered), t(3)).unwrap();
+    assert!(call.ringing_at.is_some(), "answer implies ringing happened");
+    step(
+        &mut call,
+        Event::TimerFired {
+            kind: TimerKind::MaxDuration,
+            deadline: t(603),
+        },
+        t(603),
+    )
+    .unwrap();
+    assert_eq!(call.status, CallStatus::Completed);
+    assert_eq!(call.end_reason, Some(EndReason::MaxDuration));
+}
+
+#[test]
+fn hangup_request_cancels_or_completes_and_is_refused_when_terminal() {
+    let (mut ringing, _) = start(spec(Direction::Outbound), t(0));
+    step(&mut ringing, carrier(CarrierEvent::Ringing), t(1)).unwrap();
+    let fx = step(&mut ringing, Event::HangupRequested, t(2)).unwrap();
+    assert_eq!(ringing.status, CallStatus::Canceled);
+    assert_eq!(ringing.end_reason, Some(EndReason::CanceledByUser));
+    assert!(fx.contains(&Effect::Hangup {
+        reason: EndReason::CanceledByUser
+    }));
+    let err = step(&mut ringing, Event::HangupRequested, t(3)).unwrap_err();
+    assert_eq!(
+        err,
+        TransitionError::Terminal {
+            status: CallStatus::Canceled
+        }
+    );
+
+    let (mut talking, _) = start(spec(Direction::Outbound), t(0));
+    step(&mut talking, carrier(CarrierEvent::Answered), t(1)).unwrap();
+    step(&mut talking, Event::HangupRequested, t(9)).unwrap();
+    assert_eq!(talking.status, CallStatus::Completed);
+    assert_eq!(talking.end_reason, Some(EndReason::HangupRequested));
+}
+
+#[test]
+fn unanswered_hangup_causes_map_to_reasons() {
+    for (cause, reason) in [
+        (HangupCause::Busy, EndReason::Busy),
+        (HangupCause::Rejected, EndReason::Rejected),
+        (HangupCause::NoAnswer, EndReason::NoAnswer),
+    ] {
+        let (mut call, _) = start(spec(Direction::Outbound), t(0));
+        step(&mut call, carrier(CarrierEvent::HungUp { cause }), t(4)).unwrap();
+        assert_eq!(call.status, CallStatus::Failed);
+        assert_eq!(call.end_reason, Some(reason));
+    }
+    let (mut inbound, _) = start(spec(Direction::Inbound), t(0));
+    step(
+        &mut inbound,
+        carrier(CarrierEvent::HungUp {
+            cause: HangupCause::OriginatorCancel,
+        }),
+        t(4),
+    )
+    .unwrap();
+    assert_eq!(inbound.end_reason, Some(EndReason::CallerAbandoned));
+}
+
+#[test]
+fn command_rejected_fails_a_pending_call_only() {
+    let (mut call, _) = start(spec(Direction::Outbound), t(0));
+    step(
+        &mut call,
+        Event::CommandRejected {
+            detail: "422".into(),
+        },
+        t(1),
+    )
+    .unwrap();
+    assert_eq!(call.status, CallStatus::Failed);
+    assert_eq!(call.end_reason, Some(EndReason::VendorError));
+}
+
+#[test]
+fn replay_equals_live_snapshot() {
+    let (mut call, _) = start(spec(Direction::Outbound), t(0));
+    let mut journal = vec![(
+        Event::Created {
+            spec: spec(Direction::Outbound),
+        },
+        t(0),
+    )];
+    for (event, at) in [
+        (carrier(CarrierEvent::Ringing), t(1)),
+        (carrier(CarrierEvent::Ringing), t(2)),
+        (carrier(CarrierEvent::Answered), t(3)),
+        (Event::HangupRequested, t(9)),
+    ] {
+        let before = call.version;
+        step(&mut call, event.clone(), at).unwrap();
+        if call.version != before {
+            journal.push((event, at));
+        }
+    }
+    assert_eq!(journal.len(), 4);
+    assert_eq!(replay(journal).unwrap(), call);
+}
+
+#[test]
+fn replay_rejects_a_journal_that_does_not_start_with_created() {
+    assert!(replay(vec![(Event::HangupRequested, t(0))]).is_err());
+}
+
+fn any_event() -> impl Strategy<Value = (Event, i64)> {
+    let deadline = prop_oneof![Just(30i64), Just(33), Just(603), Just(700), 0i64..800];
+    let event = prop_oneof![
+        Just(carrier(CarrierEvent::Initiated {
+            carrier_call_id: "leg".into()
+        })),
+        Just(carrier(CarrierEvent::Ringing)),
+        Just(carrier(CarrierEvent::Answered)),
+        prop_oneof![
+            Just(HangupCause::NormalClearing),
+            Just(HangupCause::Busy),
+            Just(HangupCause::NoAnswer),
+            Just(HangupCause::OriginatorCancel),
+        ]
+        .prop_map(|cause| carrier(CarrierEvent::HungUp { cause })),
+        Just(Event::CommandRejected { detail: "x".into() }),
+        Just(Event::HangupRequested),
+        (
+            prop_oneof![Just(TimerKind::RingTimeout), Just(TimerKind::MaxDuration)],
+            deadline
+        )
+            .prop_map(|(kind, d)| Event::TimerFired {
+                kind,
+                deadline: t(d)
+            }),
+        Just(Event::CarrierLost),
+    ];
+    (event, 1i64..60)
+}
+
+proptest! {
+    /// Random sequences with duplicates, reordering and late events: the status rank never
+    /// decreases, terminal states never change, the version only grows by one per applied
+    /// event, end_reason is set exactly when terminal, and the journal fold equals the snapshot.
+    #[test]
+    fn invariants_hold_for_any_event_sequence(
+        inbound in any::<bool>(),
+        events in proptest::collection::vec(any_event(), 0..40),
+        dup_mask in proptest::collection::vec(any::<bool>(), 40),
+    ) {
+        let direction = if inbound { Direction::Inbound } else { Direction::Outbound };
+        let (mut call, _) = start(spec(direction), t(0));
+        let mut journal = vec![(Event::Created { spec: spec(direction) }, t(0))];
+        let mut now = 0;
+        // Interleave duplicates of earlier events to model at-least-once delivery.
+        let mut sequence = Vec::new();
+        for (i, (event, gap)) in events.iter().enumerate() {
+            sequence.push((event.clone(), *gap));
+            if dup_mask[i] && i > 0 {
+                sequence.push((events[i / 2].0.clone(), 0));
+            }
+        }
+        for (event, gap) in sequence {
+            now += gap;
+            let before = call.clone();
+            let result = step(&mut call, event.clone(), t(now));
+            match result {
+                Err(TransitionError::Terminal { status }) => {
+                    prop_assert!(status.is_terminal());
+                    prop_assert_eq!(&call, &before, "a refused command changes nothing");
+                }
+                Err(other) => prop_assert!(false, "unexpected error {other}"),
+                Ok(_) => {}
+            }
+            prop_assert!(call.status.rank() >= before.status.rank(), "moved backwards");
+            if before.status.is_terminal() {
+                prop_assert_eq!(&call, &before, "terminal state changed");
+            }
+            prop_assert!(call.version == before.version || call.version == before.version + 1);
+            prop_assert_eq!(call.end_reason.is_some(), call.status.is_terminal());
+            prop_assert_eq!(call.ended_at.is_some(), call.status.is_terminal());
+            if call.status.is_terminal() {
+                prop_assert!(call.deadline.is_none(), "terminal call keeps a timer");
+            }
+            if call.version != before.version {
+                journal.push((event, t(now)));
+            }
+        }
+        prop_assert_eq!(journal.len() as i64, call.version);
+        prop_assert_eq!(replay(journal).unwrap(), call);
+    }
+}

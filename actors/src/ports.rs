@@ -1,0 +1,343 @@
+//! Ports: the traits the engine needs from the outside world.
+//!
+//! The engine reaches the database, the carrier, the clock and the id source only through these
+//! traits, held as `Arc<dyn Trait>`. Production implementations live in the root crate
+//! (`src/store`, `src/telephony`); in-memory ones in [`crate::memory`] serve unit tests and the
+//! deterministic simulations. Nothing here may depend on a concrete database or network crate.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::catalog::{Agent, AgentPatch, Customer, CustomerPatch, Organization};
+use crate::machine::{
+    Call, CallId, CallStatus, CarrierEvent, CustomerId, Event, HangupCause, OrganizationId,
+    PhoneNumber,
+};
+
+/// Number of shards calls are spread over (`shard_of`). Fixed: changing it re-homes every call.
+pub const SHARD_COUNT: u16 = 256;
+
+/// The shard a call belongs to. Stable for the life of the call.
+pub fn shard_of(id: CallId) -> u16 {
+    (id.as_u128() % u128::from(SHARD_COUNT)) as u16
+}
+
+/// Wall-clock source. The engine never calls `Utc::now()` itself.
+pub trait Clock: Send + Sync + 'static {
+    /// Current time.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// Id source. The engine never draws randomness itself.
+pub trait IdGen: Send + Sync + 'static {
+    /// A fresh, unique id.
+    fn next_id(&self) -> Uuid;
+}
+
+/// Persistence failures.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Compare-and-set matched zero rows: another owner (higher epoch) or a newer version wrote
+    /// the call. The writer is stale and must stop, not retry.
+    #[error("stale write: the call was changed by another owner")]
+    Stale,
+    /// The database is unreachable or refused the statement.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// `Result` alias for store operations.
+pub type StoreResult<T, E = StoreError> = std::result::Result<T, E>;
+
+/// One journal row: the event that moved a call to version `seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// The call.
+    pub call_id: CallId,
+    /// 1-based, gap-free; equals the call's version after the event.
+    pub seq: i64,
+    /// When the event was applied (the `now` given to the machine).
+    pub at: DateTime<Utc>,
+    /// The event.
+    pub event: Event,
+}
+
+/// An `Idempotency-Key` with the fingerprint of the request it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The client's key, scoped to the organization.
+    pub key: String,
+    /// Canonical form of the request; a replay with another body is refused.
+    pub fingerprint: String,
+}
+
+/// What inserting a new call found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InsertOutcome {
+    /// Stored.
+    Created,
+    /// The idempotency key was used before with the same request: this is that call.
+    Existing(Box<Call>),
+    /// The idempotency key was used before with a different request.
+    IdempotencyMismatch,
+    /// The agent does not exist in the call's organization.
+    UnknownAgent,
+    /// The customer does not exist in the call's organization.
+    UnknownCustomer,
+}
+
+/// A vendor event as received, stored before it is acknowledged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboxItem {
+    /// Vendor name (`telnyx`, `simulated`, ...).
+    pub vendor: String,
+    /// The vendor's event id: the dedupe key.
+    pub event_id: String,
+    /// Our call the event is about.
+    pub call_id: CallId,
+    /// When the vendor says it happened.
+    pub occurred_at: DateTime<Utc>,
+    /// The normalised fact.
+    pub event: CarrierEvent,
+}
+
+/// What the engine writes. Every write is fenced by the shard lease epoch.
+#[async_trait]
+pub trait CallStore: Send + Sync + 'static {
+    /// Takes ownership of `shards` for `node`, bumping each shard's epoch. Returns the new epoch
+    /// of every shard, in the order given. Writes fenced with an older epoch fail from then on.
+    async fn acquire_shards(&self, node: &str, shards: &[u16]) -> StoreResult<Vec<i64>>;
+
+    /// Inserts a new call (snapshot + `created` journal entry) in one transaction, honouring the
+    /// idempotency key. `call.owner_epoch` must be the current epoch of the call's shard.
+    async fn insert_call(
+        &self,
+        call: &Call,
+        created: &JournalEntry,
+        idempotency: Option<&IdempotencyKey>,
+    ) -> StoreResult<InsertOutcome>;
+
+    /// Appends `entry` and writes the snapshot `call` (whose version is `entry.seq`) in one
+    /// transaction, compare-and-set on `expected_version` and on `call.owner_epoch` still being
+    /// the shard's epoch. When `inbox` names an inbox row, it is marked processed in the same
+    /// transaction. Zero rows matched -> [`StoreError::Stale`].
+    async fn append(
+        &self,
+        call: &Call,
+        expected_version: i64,
+        entry: &JournalEntry,
+        inbox: Option<(&str, &str)>,
+    ) -> StoreResult<()>;
+
+    /// The snapshot of a call, any organization.
+    async fn load_call(&self, id: CallId) -> StoreResult<Option<Call>>;
+
+    /// Ids of every non-terminal call in `shards` (crash recovery).
+    async fn live_calls(&self, shards: &[u16]) -> StoreResult<Vec<CallId>>;
+
+    /// Stores a vendor event unless its `(vendor, event_id)` was seen before. `true` = new.
+    async fn inbox_insert(&self, item: &InboxItem) -> StoreResult<bool>;
+
+    /// Marks an inbox row processed (for events that changed nothing, so no append did it).
+    async fn inbox_mark_processed(&self, vendor: &str, event_id: &str) -> StoreResult<()>;
+
+    /// Unprocessed inbox rows, oldest first (the sweep that covers lost pokes and crashes).
+    async fn inbox_pending(&self, limit: i64) -> StoreResult<Vec<InboxItem>>;
+
+    /// Cheap reachability check for `/ready`.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// Filter and page of `GET /v1/calls`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CallFilter {
+    /// Only calls in this status.
+    pub status: Option<CallStatus>,
+    /// Only calls of this agent.
+    pub agent_id: Option<Uuid>,
+    /// Only calls with this customer.
+    pub customer_id: Option<CustomerId>,
+    /// Page size (already clamped by the engine).
+    pub limit: i64,
+    /// Keyset cursor: return calls strictly older than this `(created_at, id)`.
+    pub after: Option<(DateTime<Utc>, Uuid)>,
+}
+
+/// A keyset page request for agents and customers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PageRequest {
+    /// Page size (already clamped by the engine).
+    pub limit: i64,
+    /// Return rows strictly older than this `(created_at, id)`.
+    pub after: Option<(DateTime<Utc>, Uuid)>,
+}
+
+/// Catalog and read-model persistence (agents, customers, API keys, call reads). Every method
+/// that takes an organization is scoped by it: another tenant's rows are invisible.
+#[async_trait]
+pub trait QueryStore: Send + Sync + 'static {
+    /// The organization owning the API key with this SHA-256 hex hash, if any.
+    async fn authenticate(&self, key_hash: &str) -> StoreResult<Option<OrganizationId>>;
+    /// Creates an organization and its first API key (hash only).
+    async fn create_organization(
+        &self,
+        org: &Organization,
+        key_id: Uuid,
+        key_hash: &str,
+        key_prefix: &str,
+    ) -> StoreResult<()>;
+
+    /// One call of the organization.
+    async fn get_call(&self, org: OrganizationId, id: CallId) -> StoreResult<Option<Call>>;
+    /// Calls of the organization, newest first.
+    async fn list_calls(&self, org: OrganizationId, filter: &CallFilter) -> StoreResult<Vec<Call>>;
+    /// The journal of one call, or `None` when the call is not the organization's.
+    async fn call_events(
+        &self,
+        org: OrganizationId,
+        id: CallId,
+    ) -> StoreResult<Option<Vec<JournalEntry>>>;
+
+    /// Stores a new agent.
+    async fn insert_agent(&self, agent: &Agent) -> StoreResult<()>;
+    /// One agent.
+    async fn get_agent(&self, org: OrganizationId, id: Uuid) -> StoreResult<Option<Agent>>;
+    /// Agents, newest first.
+    async fn list_agents(&self, org: OrganizationId, page: &PageRequest)
+        -> StoreResult<Vec<Agent>>;
+    /// Applies a patch; `None` when not found.
+    async fn update_agent(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+        patch: &AgentPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Agent>>;
+    /// Deletes an agent; `Ok(false)` when not found. Agents with calls are archived instead
+    /// (status `archived`) so call history keeps its reference.
+    async fn delete_agent(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Stores a new customer. `Ok(false)` when the phone is already a customer of the org.
+    async fn insert_customer(&self, customer: &Customer) -> StoreResult<bool>;
+    /// One customer.
+    async fn get_customer(&self, org: OrganizationId, id: Uuid) -> StoreResult<Option<Customer>>;
+    /// Customers, newest first.
+    async fn list_customers(
+        &self,
+        org: OrganizationId,
+        page: &PageRequest,
+    ) -> StoreResult<Vec<Customer>>;
+    /// Applies a patch; `Ok(None)` when not found, `Err` on a duplicate phone.
+    async fn update_customer(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+        patch: &CustomerPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Customer>, CatalogWriteError>;
+    /// Deletes a customer; `Ok(false)` when not found. Calls keep their history (the
+    /// reference is cleared).
+    async fn delete_customer(&self, org: OrganizationId, id: Uuid) -> StoreResult<bool>;
+}
+
+/// A catalog write that conflicts with existing data.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CatalogWriteError {
+    /// Unique constraint (e.g. the customer's phone is taken in this organization).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Carrier command failures, already past the adapter's own retries.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TelephonyError {
+    /// The carrier refused the command (4xx): retrying will not help.
+    #[error("carrier rejected the command: {0}")]
+    Rejected(String),
+    /// The carrier could not be reached or kept failing (5xx, timeouts).
+    #[error("carrier unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Place an outbound call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialCommand {
+    /// Our call id (Telnyx `client_state`).
+    pub call_id: CallId,
+    /// `{call_id}:{seq}`: a retried command is never executed twice.
+    pub command_id: String,
+    /// Calling party.
+    pub from: PhoneNumber,
+    /// Called party.
+    pub to: PhoneNumber,
+    /// How long the carrier lets it ring.
+    pub timeout_secs: u32,
+}
+
+/// Act on an existing leg (answer, hangup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegCommand {
+    /// Our call id.
+    pub call_id: CallId,
+    /// The carrier's leg id, when known.
+    pub carrier_call_id: Option<String>,
+    /// `{call_id}:{seq}`.
+    pub command_id: String,
+}
+
+/// What the carrier says about a leg right now (reconciliation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegStatus {
+    /// The carrier has no such leg (never dialed, or long gone).
+    Unknown,
+    /// Dialed, not answered yet.
+    Ringing,
+    /// Answered and up.
+    Answered,
+    /// Ended.
+    Ended(HangupCause),
+}
+
+/// The carrier. Events flow back through `Engine::ingest_carrier_event`, not through here.
+#[async_trait]
+pub trait Telephony: Send + Sync + 'static {
+    /// Places an outbound call; returns the carrier's leg id.
+    async fn dial(&self, cmd: DialCommand) -> Result<String, TelephonyError>;
+    /// Answers an inbound call.
+    async fn answer(&self, cmd: LegCommand) -> Result<(), TelephonyError>;
+    /// Hangs a leg up. Hanging up an already ended leg is success.
+    async fn hangup(&self, cmd: LegCommand) -> Result<(), TelephonyError>;
+    /// The live status of a leg.
+    async fn status(
+        &self,
+        call_id: CallId,
+        carrier_call_id: Option<&str>,
+    ) -> Result<LegStatus, TelephonyError>;
+}
+
+/// The ports an engine is built from.
+#[derive(Clone)]
+pub struct Ports {
+    /// Call writes.
+    pub calls: Arc<dyn CallStore>,
+    /// Catalog and reads.
+    pub queries: Arc<dyn QueryStore>,
+    /// The carrier.
+    pub telephony: Arc<dyn Telephony>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Ids.
+    pub ids: Arc<dyn IdGen>,
+}

@@ -5,5 +5,7 @@
 //! ([`ports`]). The root crate wires in Postgres, Redis and the carrier adapters.
 
 pub mod catalog;
+pub mod engine;
 pub mod machine;
+pub mod memory;
 pub mod ports;

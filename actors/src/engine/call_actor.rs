@@ -1,0 +1,572 @@
+//! One actor per live call.
+//!
+//! The actor owns the call's snapshot while it runs. Every event goes through the pure machine
+//! ([`crate::machine::step`]); a change is persisted (journal entry + snapshot, compare-and-set
+//! on version and shard epoch) *before* any effect runs, so a crash can lose an effect but never
+//! a fact. Lost effects are recovered on re-activation: timers are re-armed from the persisted
+//! deadline and the carrier is asked for the leg's live status ([`CallMsg::Reconcile`]).
+//!
+//! Carrier commands run in spawned tasks so a slow carrier never blocks the mailbox; their
+//! outcome comes back as an ordinary event (`initiated`, `command_rejected`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::{EngineError, Shared};
+use crate::machine::{
+    step, Call, CallId, CallStatus, CarrierEvent, Effect, Event, TransitionError,
+};
+use crate::ports::{DialCommand, JournalEntry, LegCommand, LegStatus, StoreError, TelephonyError};
+
+/// How the actor comes to life.
+#[derive(Debug)]
+pub(crate) enum Activation {
+    /// The call was just inserted; run its start effects (dial or answer, ring timer).
+    New {
+        /// The stored snapshot.
+        call: Box<Call>,
+        /// The effects of [`crate::machine::start`].
+        effects: Vec<Effect>,
+    },
+    /// Re-activation after a crash or restart: load the snapshot, re-arm timers, reconcile
+    /// with the carrier.
+    Resume,
+    /// The supervisor gave up on the call after repeated crashes: end it as `engine_fault`.
+    Fault {
+        /// What the supervisor saw.
+        detail: String,
+    },
+}
+
+/// Start-up arguments.
+pub(crate) struct CallArgs {
+    pub id: CallId,
+    pub activation: Activation,
+    pub shared: Arc<Shared>,
+}
+
+/// Where an inbox row came from, so its processing is recorded with the change.
+pub(crate) type InboxRef = Option<(String, String)>;
+
+/// Reply to a command that went through the actor.
+pub(crate) type ApplyReply = RpcReplyPort<Result<Call, EngineError>>;
+
+/// Mailbox of a [`CallActor`].
+pub(crate) enum CallMsg {
+    /// First message, sent by `pre_start` to itself.
+    Init,
+    /// Apply an event.
+    Apply {
+        event: Event,
+        inbox: InboxRef,
+        reply: Option<ApplyReply>,
+    },
+    /// Ask the carrier for the live status of the leg.
+    Reconcile,
+    /// The carrier's answer.
+    Reconciled(Result<LegStatus, TelephonyError>),
+    /// Stop if the call has ended (sent after the last message a terminal call may need).
+    StopIfDone,
+}
+
+/// The actor (stateless handler; the state is [`CallState`]).
+pub(crate) struct CallActor;
+
+/// Per-call state.
+pub(crate) struct CallState {
+    id: CallId,
+    shared: Arc<Shared>,
+    activation: Option<Activation>,
+    call: Option<Call>,
+    timer: Option<JoinHandle<Result<(), ractor::MessagingErr<CallMsg>>>>,
+    reconcile_attempts: u32,
+}
+
+/// Attempts of a carrier command on `Unavailable` before giving up.
+const COMMAND_ATTEMPTS: u32 = 4;
+/// Reconciliation attempts before relying on timers alone.
+const RECONCILE_ATTEMPTS: u32 = 6;
+
+impl Actor for CallActor {
+    type Msg = CallMsg;
+    type State = CallState;
+    type Arguments = CallArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<CallMsg>,
+        args: CallArgs,
+    ) -> Result<CallState, ActorProcessingErr> {
+        // Keep pre_start free of I/O: the supervisor awaits it. The real start is `Init`,
+        // which is first in the mailbox.
+        myself.send_message(CallMsg::Init)?;
+        Ok(CallState {
+            id: args.id,
+            shared: args.shared,
+            activation: Some(args.activation),
+            call: None,
+            timer: None,
+            reconcile_attempts: 0,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<CallMsg>,
+        state: &mut CallState,
+    ) -> Result<(), ActorProcessingErr> {
+        // post_stop does not run after a failure; `on_failure` covers the crash paths we see.
+        state.cancel_timer();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<CallMsg>,
+        msg: CallMsg,
+        state: &mut CallState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            CallMsg::Init => {
+                let result = state.init(&myself).await;
+                if result.is_err() {
+                    state.on_failure();
+                }
+                result
+            }
+            CallMsg::Apply {
+                event,
+                inbox,
+                reply,
+            } => {
+                let outcome = state.apply(&myself, event, inbox).await;
+                let outcome = match outcome {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Crash: the reply port drops (the caller sees "unavailable") and the
+                        // supervisor re-activates us from the persisted snapshot.
+                        state.on_failure();
+                        return Err(e);
+                    }
+                };
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+                Ok(())
+            }
+            CallMsg::Reconcile => {
+                state.reconcile(&myself);
+                Ok(())
+            }
+            CallMsg::Reconciled(result) => state.reconciled(&myself, result).await,
+            CallMsg::StopIfDone => {
+                if state.call.as_ref().is_none_or(|c| c.status.is_terminal()) {
+                    myself.stop(None);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl CallState {
+    async fn init(&mut self, myself: &ActorRef<CallMsg>) -> Result<(), ActorProcessingErr> {
+        let activation = self.activation.take().unwrap_or(Activation::Resume);
+        match activation {
+            Activation::New { call, effects } => {
+                let seq = call.version;
+                self.call = Some(*call);
+                self.run_effects(myself, effects, seq);
+                Ok(())
+            }
+            Activation::Resume => {
+                let Some(call) = self.load().await? else {
+                    myself.stop(Some("no such call".into()));
+                    return Ok(());
+                };
+                info!(call_id = %self.id, status = call.status.as_str(), version = call.version, "call re-activated");
+                if let Some(d) = call.deadline {
+                    let seq = call.version;
+                    self.call = Some(call);
+                    self.run_effects(
+                        myself,
+                        vec![Effect::ArmTimer {
+                            kind: d.kind,
+                            at: d.at,
+                        }],
+                        seq,
+                    );
+                } else {
+                    self.call = Some(call);
+                }
+                self.reconcile(myself);
+                Ok(())
+            }
+            Activation::Fault { detail } => {
+                if self.load().await?.is_none() {
+                    myself.stop(Some("no such call".into()));
+                    return Ok(());
+                }
+                let result = self
+                    .apply(myself, Event::EngineFault { detail }, None)
+                    .await?;
+                if let Err(e) = result {
+                    debug!(call_id = %self.id, error = %e, "engine fault on an ended call");
+                }
+                myself.send_message(CallMsg::StopIfDone)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Loads the snapshot and takes ownership under this node's epoch.
+    async fn load(&mut self) -> Result<Option<Call>, ActorProcessingErr> {
+        let loaded = self
+            .shared
+            .with_timeout(self.shared.ports.calls.load_call(self.id))
+            .await
+            .map_err(|e| format!("loading call {}: {e}", self.id))?;
+        Ok(loaded.map(|mut call| {
+            call.owner_epoch = self.shared.shards.epoch_of(call.spec.id);
+            self.call = Some(call.clone());
+            call
+        }))
+    }
+
+    /// Applies one event: machine, then persist, then effects. The outer `Err` is a crash
+    /// (store unavailable); the inner `Err` is the answer to the caller.
+    async fn apply(
+        &mut self,
+        myself: &ActorRef<CallMsg>,
+        event: Event,
+        inbox: InboxRef,
+    ) -> Result<Result<Call, EngineError>, ActorProcessingErr> {
+        let Some(current) = self.call.as_ref() else {
+            return Ok(Err(EngineError::NotFound { what: "call" }));
+        };
+        let now = self.shared.now();
+        let mut next = current.clone();
+        let before = next.version;
+        let effects = match step(&mut next, event.clone(), now) {
+            Ok(effects) => effects,
+            Err(err) => {
+                self.mark_processed(&inbox).await?;
+                return Ok(Err(match err {
+                    TransitionError::Terminal { status } => EngineError::IllegalTransition {
+                        status,
+                        message: format!("the call already ended ({status}); it cannot be hung up"),
+                    },
+                    TransitionError::Invalid { kind } => {
+                        EngineError::invalid("event", format!("event `{kind}` is not valid here"))
+                    }
+                }));
+            }
+        };
+        if next.version == before {
+            // Duplicate or stale: nothing to journal.
+            self.mark_processed(&inbox).await?;
+            self.run_effects(myself, effects, before);
+            if next.status.is_terminal() {
+                myself.send_message(CallMsg::StopIfDone)?;
+            }
+            return Ok(Ok(next));
+        }
+        let kind = event.kind();
+        let entry = JournalEntry {
+            call_id: self.id,
+            seq: next.version,
+            at: now,
+            event,
+        };
+        let inbox_ref = inbox.as_ref().map(|(v, e)| (v.as_str(), e.as_str()));
+        let written = self
+            .shared
+            .with_timeout(
+                self.shared
+                    .ports
+                    .calls
+                    .append(&next, before, &entry, inbox_ref),
+            )
+            .await;
+        match written {
+            Ok(()) => {}
+            Err(StoreError::Stale) => {
+                // Another node owns the shard now, or our snapshot is behind: stop, don't retry.
+                self.shared.metrics.stale_writes.inc();
+                warn!(call_id = %self.id, version = before, "stale write; stopping this call actor");
+                self.cancel_timer();
+                myself.stop(Some("stale".into()));
+                return Ok(Err(EngineError::Unavailable(
+                    "the call is owned by another node".into(),
+                )));
+            }
+            Err(StoreError::Unavailable(m)) => {
+                return Err(format!("persisting `{kind}` for call {}: {m}", self.id).into())
+            }
+        }
+        let m = &self.shared.metrics;
+        m.events_applied.with_label_values(&[kind]).inc();
+        if next.status.is_terminal() {
+            let reason = next.end_reason.map_or("none", |r| r.as_str());
+            m.calls_ended
+                .with_label_values(&[next.status.as_str(), reason])
+                .inc();
+        }
+        info!(
+            call_id = %self.id,
+            event = kind,
+            seq = next.version,
+            status = next.status.as_str(),
+            "call event applied"
+        );
+        self.call = Some(next.clone());
+        self.run_effects(myself, effects, next.version);
+        if next.status.is_terminal() {
+            myself.send_message(CallMsg::StopIfDone)?;
+        }
+        Ok(Ok(next))
+    }
+
+    async fn mark_processed(&self, inbox: &InboxRef) -> Result<(), ActorProcessingErr> {
+        if let Some((vendor, event_id)) = inbox {
+            self.shared
+                .with_timeout(
+                    self.shared
+                        .ports
+                        .calls
+                        .inbox_mark_processed(vendor, event_id),
+                )
+                .await
+                .map_err(|e| format!("marking inbox {vendor}/{event_id} processed: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn run_effects(&mut self, myself: &ActorRef<CallMsg>, effects: Vec<Effect>, seq: i64) {
+        for effect in effects {
+            match effect {
+                Effect::ArmTimer { kind, at } => {
+                    self.cancel_timer();
+                    let delay = (at - self.shared.ports.clock.now())
+                        .to_std()
+                        .unwrap_or(Duration::ZERO);
+                    self.timer = Some(myself.send_after(delay, move || CallMsg::Apply {
+                        event: Event::TimerFired { kind, deadline: at },
+                        inbox: None,
+                        reply: None,
+                    }));
+                }
+                Effect::CancelTimer => self.cancel_timer(),
+                Effect::Dial {
+                    from,
+                    to,
+                    timeout_secs,
+                } => {
+                    let cmd = DialCommand {
+                        call_id: self.id,
+                        command_id: command_id(self.id, seq),
+                        from,
+                        to,
+                        timeout_secs,
+                    };
+                    self.spawn_dial(myself, cmd);
+                }
+                Effect::Answer => {
+                    let cmd = self.leg_command(seq);
+                    let shared = self.shared.clone();
+                    let me = myself.clone();
+                    tokio::spawn(async move {
+                        let result =
+                            retry_command(|| shared.ports.telephony.answer(cmd.clone())).await;
+                        if let Err(e) = result {
+                            shared
+                                .metrics
+                                .effect_failures
+                                .with_label_values(&["answer"])
+                                .inc();
+                            let _ = me.send_message(CallMsg::Apply {
+                                event: Event::CommandRejected {
+                                    detail: e.to_string(),
+                                },
+                                inbox: None,
+                                reply: None,
+                            });
+                        }
+                    });
+                }
+                Effect::Hangup { reason } => {
+                    let cmd = self.leg_command(seq);
+                    let shared = self.shared.clone();
+                    tokio::spawn(async move {
+                        let result =
+                            retry_command(|| shared.ports.telephony.hangup(cmd.clone())).await;
+                        if let Err(e) = result {
+                            shared
+                                .metrics
+                                .effect_failures
+                                .with_label_values(&["hangup"])
+                                .inc();
+                            warn!(call_id = %cmd.call_id, reason = reason.as_str(), error = %e, "hangup command failed");
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    fn spawn_dial(&self, myself: &ActorRef<CallMsg>, cmd: DialCommand) {
+        let shared = self.shared.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let event = match retry_command(|| shared.ports.telephony.dial(cmd.clone())).await {
+                Ok(carrier_call_id) => Event::Carrier {
+                    event: CarrierEvent::Initiated { carrier_call_id },
+                },
+                Err(e) => {
+                    shared
+                        .metrics
+                        .effect_failures
+                        .with_label_values(&["dial"])
+                        .inc();
+                    warn!(call_id = %cmd.call_id, error = %e, "dial failed");
+                    Event::CommandRejected {
+                        detail: e.to_string(),
+                    }
+                }
+            };
+            let _ = me.send_message(CallMsg::Apply {
+                event,
+                inbox: None,
+                reply: None,
+            });
+        });
+    }
+
+    fn leg_command(&self, seq: i64) -> LegCommand {
+        LegCommand {
+            call_id: self.id,
+            carrier_call_id: self.call.as_ref().and_then(|c| c.carrier_call_id.clone()),
+            command_id: command_id(self.id, seq),
+        }
+    }
+
+    /// Asks the carrier for the leg's status in a task; the answer comes back as `Reconciled`.
+    fn reconcile(&mut self, myself: &ActorRef<CallMsg>) {
+        let Some(call) = &self.call else { return };
+        let shared = self.shared.clone();
+        let me = myself.clone();
+        let (id, leg) = (call.spec.id, call.carrier_call_id.clone());
+        tokio::spawn(async move {
+            let status = shared.ports.telephony.status(id, leg.as_deref()).await;
+            let _ = me.send_message(CallMsg::Reconciled(status));
+        });
+    }
+
+    async fn reconciled(
+        &mut self,
+        myself: &ActorRef<CallMsg>,
+        result: Result<LegStatus, TelephonyError>,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(call) = self.call.clone() else {
+            return Ok(());
+        };
+        let status = match result {
+            Ok(s) => s,
+            Err(e) => {
+                self.reconcile_attempts += 1;
+                if self.reconcile_attempts < RECONCILE_ATTEMPTS {
+                    let delay = Duration::from_millis(500 << self.reconcile_attempts.min(6));
+                    warn!(call_id = %self.id, error = %e, ?delay, "reconciliation failed; retrying");
+                    myself.send_after(delay, || CallMsg::Reconcile);
+                } else {
+                    warn!(call_id = %self.id, error = %e, "reconciliation gave up; deadline timers still bound the call");
+                }
+                return Ok(());
+            }
+        };
+        debug!(call_id = %self.id, ?status, call_status = call.status.as_str(), "reconciled with carrier");
+        let mut events = Vec::new();
+        match (call.status, status) {
+            (s, LegStatus::Ringing | LegStatus::Answered) if s.is_terminal() => {
+                // We ended the call but the hangup may have been lost in a crash.
+                if let Some(reason) = call.end_reason {
+                    self.run_effects(myself, vec![Effect::Hangup { reason }], call.version);
+                }
+            }
+            (s, _) if s.is_terminal() => {}
+            (CallStatus::Pending, status) => {
+                // The dial may never have reached the carrier: re-issue it with the original
+                // command id (version 1), which the carrier deduplicates.
+                let cmd = DialCommand {
+                    call_id: self.id,
+                    command_id: command_id(self.id, 1),
+                    from: call.spec.from.clone(),
+                    to: call.spec.to.clone(),
+                    timeout_secs: call.spec.ring_timeout_secs,
+                };
+                if !matches!(status, LegStatus::Ended(_)) {
+                    self.spawn_dial(myself, cmd);
+                }
+                events.extend(carrier_facts(status));
+            }
+            (_, LegStatus::Unknown) => events.push(Event::CarrierLost),
+            (_, status) => events.extend(carrier_facts(status)),
+        }
+        for event in events {
+            if let Err(e) = self.apply(myself, event, None).await? {
+                debug!(call_id = %self.id, error = %e, "reconciliation event refused");
+            }
+        }
+        Ok(())
+    }
+
+    fn cancel_timer(&mut self) {
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+    }
+
+    fn on_failure(&mut self) {
+        // post_stop will not run: drop the timer so a stale one cannot fire into a successor.
+        self.cancel_timer();
+    }
+}
+
+/// The carrier facts a live leg status implies.
+fn carrier_facts(status: LegStatus) -> Vec<Event> {
+    let carrier = |event| Event::Carrier { event };
+    match status {
+        LegStatus::Unknown => vec![],
+        LegStatus::Ringing => vec![carrier(CarrierEvent::Ringing)],
+        LegStatus::Answered => vec![carrier(CarrierEvent::Answered)],
+        LegStatus::Ended(cause) => vec![carrier(CarrierEvent::HungUp { cause })],
+    }
+}
+
+/// The idempotency key of the carrier command produced at version `seq` of a call.
+pub(crate) fn command_id(call_id: CallId, seq: i64) -> String {
+    format!("{call_id}:{seq}")
+}
+
+/// Runs a carrier command, retrying `Unavailable` with exponential backoff (0.25 s, 0.5 s, 1 s).
+async fn retry_command<T, F, Fut>(mut f: F) -> Result<T, TelephonyError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, TelephonyError>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match f().await {
+            Err(TelephonyError::Unavailable(m)) if attempt < COMMAND_ATTEMPTS => {
+                debug!(attempt, error = %m, "carrier unavailable; retrying");
+                tokio::time::sleep(Duration::from_millis(250 << (attempt - 1))).await;
+            }
+            other => return other,
+        }
+    }
+}

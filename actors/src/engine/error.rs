@@ -1,0 +1,86 @@
+//! The errors the [`Engine`](super::Engine) hands to its callers.
+
+use crate::catalog::FieldError;
+use crate::machine::CallStatus;
+use crate::ports::{CatalogWriteError, StoreError};
+
+/// What went wrong, in terms an API client can act on. The HTTP layer maps each variant to one
+/// status code and a stable `code` string ([`EngineError::code`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    /// The request is well-formed JSON but a field is invalid. Nothing was stored.
+    #[error("{0}")]
+    Invalid(FieldError),
+    /// No such resource in the caller's organization.
+    #[error("{what} not found")]
+    NotFound {
+        /// `call`, `agent`, `customer`.
+        what: &'static str,
+    },
+    /// The call cannot take this command in its current status.
+    #[error("call is {status}: {message}")]
+    IllegalTransition {
+        /// The call's current status.
+        status: CallStatus,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// The `Idempotency-Key` was used before with a different request.
+    #[error("the Idempotency-Key was already used with a different request")]
+    IdempotencyMismatch,
+    /// A uniqueness rule (e.g. one customer per phone number).
+    #[error("{0}")]
+    Conflict(String),
+    /// A dependency (database, carrier) is unreachable or the engine is overloaded; safe to retry.
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
+    /// The engine did not answer in time; the outcome is unknown (retry with the same
+    /// `Idempotency-Key`).
+    #[error("the engine did not answer within {0} ms")]
+    Timeout(u64),
+}
+
+impl EngineError {
+    /// Stable machine-readable code for the error envelope.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::Invalid(_) => "invalid_request",
+            EngineError::NotFound { .. } => "not_found",
+            EngineError::IllegalTransition { .. } => "illegal_transition",
+            EngineError::IdempotencyMismatch => "idempotency_key_reused",
+            EngineError::Conflict(_) => "conflict",
+            EngineError::Unavailable(_) => "unavailable",
+            EngineError::Timeout(_) => "timeout",
+        }
+    }
+
+    /// Shorthand for a field error.
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        EngineError::Invalid(FieldError::new(field, message))
+    }
+}
+
+impl From<FieldError> for EngineError {
+    fn from(e: FieldError) -> Self {
+        EngineError::Invalid(e)
+    }
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            // A stale write surfacing to a client means ownership moved mid-request.
+            StoreError::Stale => EngineError::Unavailable("the call moved to another node".into()),
+            StoreError::Unavailable(m) => EngineError::Unavailable(m),
+        }
+    }
+}
+
+impl From<CatalogWriteError> for EngineError {
+    fn from(e: CatalogWriteError) -> Self {
+        match e {
+            CatalogWriteError::Conflict(m) => EngineError::Conflict(m),
+            CatalogWriteError::Store(s) => s.into(),
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The call supervisor: parent of every [`CallActor`].
+//!
+//! ractor's default `handle_supervisor_evt` stops the supervisor when any child stops, and
+//! ractor never restarts anything by itself, so this supervisor overrides it:
+//! - a child that stopped normally (its call ended, or it lost ownership) is forgotten;
+//! - a child that failed (store error, panic) is re-activated from the persisted snapshot after
+//!   an exponential backoff; after [`EngineConfig::max_restarts`] failures within
+//!   [`EngineConfig::restart_window`] the call is ended as `engine_fault` instead.
+//!
+//! It also routes events to call actors (activating a call on demand) and periodically
+//! re-delivers unprocessed inbox rows, which covers events whose delivery was lost to a crash.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use super::call_actor::{Activation, ApplyReply, CallActor, CallArgs, CallMsg, InboxRef};
+use super::{EngineError, Shared};
+use crate::machine::{Call, CallId, CarrierEvent, Effect, Event};
+
+/// Mailbox of the supervisor.
+// Messages are moved into the mailbox once; boxing the event would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum SupervisorMsg {
+    /// A call was just inserted: start its actor with the start effects.
+    Activate {
+        call: Box<Call>,
+        effects: Vec<Effect>,
+    },
+    /// Route an event to the call's actor, activating it from the store when needed.
+    Deliver {
+        call_id: CallId,
+        event: Event,
+        inbox: InboxRef,
+        reply: Option<ApplyReply>,
+    },
+    /// Re-activate a crashed call (or end it as a fault).
+    Restart {
+        call_id: CallId,
+        fault: Option<String>,
+    },
+    /// Re-deliver unprocessed inbox rows.
+    SweepInbox,
+    /// The sweep task finished.
+    SweepDone,
+    /// Number of running call actors.
+    LiveCount(ractor::RpcReplyPort<usize>),
+}
+
+/// Start-up arguments: the non-terminal calls to recover.
+pub(crate) struct SupervisorArgs {
+    pub shared: Arc<Shared>,
+    pub recover: Vec<CallId>,
+}
+
+/// The supervisor actor.
+pub(crate) struct CallSupervisor;
+
+/// Its state.
+pub(crate) struct SupervisorState {
+    shared: Arc<Shared>,
+    recover: Vec<CallId>,
+    calls: HashMap<CallId, ActorRef<CallMsg>>,
+    by_actor: HashMap<ActorId, CallId>,
+    failures: HashMap<CallId, VecDeque<Instant>>,
+    sweeping: bool,
+}
+
+impl Actor for CallSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        Ok(SupervisorState {
+            shared: args.shared,
+            recover: args.recover,
+            calls: HashMap::new(),
+            by_actor: HashMap::new(),
+            failures: HashMap::new(),
+            sweeping: false,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let recover = std::mem::take(&mut state.recover);
+        if !recover.is_empty() {
+            info!(calls = recover.len(), "re-activating live calls");
+        }
+        for id in recover {
+            state.spawn(&myself, id, Activation::Resume).await;
+        }
+        let every = state.shared.config.inbox_sweep_every;
+        myself.send_interval(every, || SupervisorMsg::SweepInbox);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Activate { call, effects } => {
+                let id = call.spec.id;
+                state
+                    .spawn(&myself, id, Activation::New { call, effects })
+                    .await;
+            }
+            SupervisorMsg::Deliver {
+                call_id,
+                event,
+                inbox,
+                reply,
+            } => state.deliver(&myself, call_id, event, inbox, reply).await,
+            SupervisorMsg::Restart { call_id, fault } => {
+                if state.calls.contains_key(&call_id) {
+                    // Already re-activated on demand by a delivery.
+                    return Ok(());
+                }
+                let activation = match fault {
+                    Some(detail) => Activation::Fault { detail },
+                    None => Activation::Resume,
+                };
+                state.spawn(&myself, call_id, activation).await;
+            }
+            SupervisorMsg::SweepInbox => {
+                if !state.sweeping {
+                    state.sweeping = true;
+                    state.sweep(&myself);
+                }
+            }
+            SupervisorMsg::SweepDone => state.sweeping = false,
+            SupervisorMsg::LiveCount(reply) => {
+                let _ = reply.send(state.calls.len());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        evt: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Never call the default: it would stop this supervisor, and every call with it.
+        match evt {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                if let Some(id) = state.forget(cell.get_id()) {
+                    tracing::debug!(call_id = %id, ?reason, "call actor stopped");
+                }
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                if let Some(id) = state.forget(cell.get_id()) {
+                    state.on_failure(&myself, id, err.to_string());
+                }
+            }
+            SupervisionEvent::ActorStarted(_) | SupervisionEvent::ProcessGroupChanged(_) => {}
+        }
+        Ok(())
+    }
+}
+
+impl SupervisorState {
+    async fn spawn(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        id: CallId,
+        activation: Activation,
+    ) -> Option<ActorRef<CallMsg>> {
+        let args = CallArgs {
+            id,
+            activation,
+            shared: self.shared.clone(),
+        };
+        match Actor::spawn_linked(None, CallActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                self.calls.insert(id, actor.clone());
+                self.by_actor.insert(actor.get_id(), id);
+                self.update_gauge();
+                Some(actor)
+            }
+            Err(e) => {
+                error!(call_id = %id, error = %e, "could not spawn call actor");
+                None
+            }
+        }
+    }
+
+    async fn deliver(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        call_id: CallId,
+        event: Event,
+        inbox: InboxRef,
+        reply: Option<ApplyReply>,
+    ) {
+        let mut msg = CallMsg::Apply {
+            event,
+            inbox,
+            reply,
+        };
+        if let Some(actor) = self.calls.get(&call_id) {
+            match actor.send_message(msg) {
+                Ok(()) => return,
+                Err(ractor::MessagingErr::SendErr(back)) => {
+                    // The actor is stopping; start a fresh one below.
+                    msg = back;
+                    let stale = actor.get_id();
+                    self.forget(stale);
+                }
+                Err(_) => return,
+            }
+        }
+        if let Some(actor) = self.spawn(myself, call_id, Activation::Resume).await {
+            let _ = actor.send_message(msg);
+        } else if let CallMsg::Apply {
+            reply: Some(reply), ..
+        } = msg
+        {
+            let _ = reply.send(Err(EngineError::Unavailable(
+                "could not start the call's actor".into(),
+            )));
+        }
+    }
+
+    fn forget(&mut self, actor: ActorId) -> Option<CallId> {
+        let id = self.by_actor.remove(&actor)?;
+        if self.calls.get(&id).is_some_and(|a| a.get_id() == actor) {
+            self.calls.remove(&id);
+        }
+        self.update_gauge();
+        Some(id)
+    }
+
+    fn update_gauge(&self) {
+        self.shared
+            .metrics
+            .live_actors
+            .set(i64::try_from(self.calls.len()).unwrap_or(i64::MAX));
+    }
+
+    fn on_failure(&mut self, myself: &ActorRef<SupervisorMsg>, id: CallId, detail: String) {
+        let cfg = &self.shared.config;
+        let now = Instant::now();
+        let window = self.failures.entry(id).or_default();
+        window.push_back(now);
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > cfg.restart_window)
+        {
+            window.pop_front();
+        }
+        let failures = u32::try_from(window.len()).unwrap_or(u32::MAX);
+        let m = &self.shared.metrics;
+        if failures <= cfg.max_restarts {
+            let backoff = cfg
+                .restart_backoff
+                .saturating_mul(1 << (failures - 1).min(8))
+                .min(Duration::from_secs(30));
+            m.actor_failures.with_label_values(&["restarted"]).inc();
+            warn!(call_id = %id, failures, ?backoff, error = %detail, "call actor failed; re-activating");
+            myself.send_after(backoff, move || SupervisorMsg::Restart {
+                call_id: id,
+                fault: None,
+            });
+        } else if failures <= cfg.max_restarts + 2 {
+            m.actor_failures.with_label_values(&["gave_up"]).inc();
+            error!(call_id = %id, failures, error = %detail, "call actor keeps failing; ending the call as engine_fault");
+            let backoff = cfg.restart_backoff;
+            myself.send_after(backoff, move || SupervisorMsg::Restart {
+                call_id: id,
+                fault: Some(format!(
+                    "call actor failed {failures} times; last error: {detail}"
+                )),
+            });
+        } else {
+            // Even the fault path fails (the store is down). Stop trying; the call stays
+            // non-terminal in the store and is recovered on the next start or delivery.
+            error!(call_id = %id, error = %detail, "cannot end failing call; leaving it to recovery");
+            self.failures.remove(&id);
+        }
+    }
+
+    fn sweep(&self, myself: &ActorRef<SupervisorMsg>) {
+        let shared = self.shared.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            match shared
+                .with_timeout(shared.ports.calls.inbox_pending(500))
+                .await
+            {
+                Ok(items) => {
+                    for item in items {
+                        let _ = me.send_message(SupervisorMsg::Deliver {
+                            call_id: item.call_id,
+                            event: Event::Carrier {
+                                event: CarrierEvent::clone(&item.event),
+                            },
+                            inbox: Some((item.vendor, item.event_id)),
+                            reply: None,
+                        });
+                    }
+                }
+                Err(e) => warn!(error = %e, "inbox sweep failed"),
+            }
+            let _ = me.send_message(SupervisorMsg::SweepDone);
+        });
+    }
+}

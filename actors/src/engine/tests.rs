@@ -1,0 +1,554 @@
+//! Actor-level tests: paused tokio time, in-memory ports.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::DateTime;
+
+use super::*;
+use crate::machine::{CarrierEvent, EndReason, HangupCause};
+use crate::memory::{MemoryStore, ScriptedTelephony, SeqIds, TokioClock};
+use crate::ports::{CallStore, LegStatus};
+
+struct World {
+    store: Arc<MemoryStore>,
+    carrier: Arc<ScriptedTelephony>,
+    ports: Ports,
+    org: OrganizationId,
+    agent: Uuid,
+    events: std::sync::atomic::AtomicU64,
+}
+
+impl World {
+    async fn new(seed: u64) -> World {
+        let store = Arc::new(MemoryStore::new());
+        let carrier = Arc::new(ScriptedTelephony::new());
+        let epoch = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let ports = Ports {
+            calls: store.clone(),
+            queries: store.clone(),
+            telephony: carrier.clone(),
+            clock: Arc::new(TokioClock::new(epoch)),
+            ids: Arc::new(SeqIds::new(seed)),
+        };
+        let org = Uuid::from_u128(0xA);
+        let agent = Uuid::from_u128(0xA6E);
+        let new: NewAgent = serde_json::from_str(r#"{"name":"Ana"}"#).unwrap();
+        store
+            .insert_agent(&new.validate(agent, org, epoch).unwrap())
+            .await
+            .unwrap();
+        World {
+            store,
+            carrier,
+            ports,
+            org,
+            agent,
+            events: Default::default(),
+        }
+    }
+
+    async fn engine(&self) -> Engine {
+        let config = EngineConfig {
+            inbox_sweep_every: Duration::from_secs(2),
+            ..EngineConfig::default()
+        };
+        Engine::start(self.ports.clone(), config, &prometheus::Registry::new())
+            .await
+            .unwrap()
+    }
+
+    fn new_call(&self) -> NewCall {
+        NewCall {
+            to: "+14155550100".parse().unwrap(),
+            from: "+14155550199".parse().unwrap(),
+            agent_id: self.agent,
+            customer_id: None,
+            metadata: Some(serde_json::json!({"campaign": "renewals"})),
+        }
+    }
+
+    async fn carrier_event(
+        &self,
+        engine: &Engine,
+        call: CallId,
+        event: CarrierEvent,
+    ) -> IngestOutcome {
+        let n = self
+            .events
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.carrier_event_id(engine, call, event, &format!("ev-{n}"))
+            .await
+    }
+
+    async fn carrier_event_id(
+        &self,
+        engine: &Engine,
+        call: CallId,
+        event: CarrierEvent,
+        id: &str,
+    ) -> IngestOutcome {
+        engine
+            .ingest_carrier_event(InboxItem {
+                vendor: "test".into(),
+                event_id: id.into(),
+                call_id: call,
+                occurred_at: self.ports.clock.now(),
+                event,
+            })
+            .await
+            .unwrap()
+    }
+
+    /// Lets the actors run until `done` holds for the call's snapshot (bounded).
+    async fn until(&self, id: CallId, what: &str, done: impl Fn(&Call) -> bool) -> Call {
+        for _ in 0..500 {
+            if let Some(c) = self.store.snapshot(id) {
+                if done(&c) {
+                    return c;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "call never reached: {what}; snapshot {:?}",
+            self.store.snapshot(id)
+        );
+    }
+
+    fn assert_contiguous(&self, id: CallId) -> Vec<&'static str> {
+        let journal = self.store.journal(id);
+        let seqs: Vec<i64> = journal.iter().map(|e| e.seq).collect();
+        let expected: Vec<i64> = (1..=i64::try_from(journal.len()).unwrap()).collect();
+        assert_eq!(seqs, expected, "journal must be gap-free and unique");
+        let snapshot = self.store.snapshot(id).unwrap();
+        assert_eq!(snapshot.version, *seqs.last().unwrap());
+        let mut replayed =
+            crate::machine::replay(journal.iter().map(|e| (e.event.clone(), e.at))).unwrap();
+        replayed.owner_epoch = snapshot.owner_epoch;
+        assert_eq!(replayed, snapshot, "snapshot must equal the journal fold");
+        journal.iter().map(|e| e.event.kind()).collect()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn outbound_call_runs_to_completion() {
+    let w = World::new(1).await;
+    let engine = w.engine().await;
+    let created = engine.create_call(w.org, w.new_call(), None).await.unwrap();
+    assert!(!created.replayed);
+    assert_eq!(created.call.status, CallStatus::Pending);
+    let id = created.call.spec.id;
+
+    let call = w
+        .until(id, "initiated", |c| c.carrier_call_id.is_some())
+        .await;
+    assert_eq!(
+        call.carrier_call_id.as_deref(),
+        Some(format!("leg-{id}").as_str())
+    );
+    let dials = w.carrier.dials(id);
+    assert_eq!(dials.len(), 1);
+    assert_eq!(dials[0].command_id, format!("{id}:1"));
+
+    w.carrier_event(&engine, id, CarrierEvent::Ringing).await;
+    w.until(id, "ringing", |c| c.status == CallStatus::Ringing)
+        .await;
+    w.carrier_event(&engine, id, CarrierEvent::Answered).await;
+    let call = w
+        .until(id, "answered", |c| c.status == CallStatus::InProgress)
+        .await;
+    assert!(call.answered_at.is_some());
+    w.carrier_event(
+        &engine,
+        id,
+        CarrierEvent::HungUp {
+            cause: HangupCause::NormalClearing,
+        },
+    )
+    .await;
+    let call = w.until(id, "completed", |c| c.status.is_terminal()).await;
+    assert_eq!(call.status, CallStatus::Completed);
+    assert_eq!(call.end_reason, Some(EndReason::NormalClearing));
+    assert_eq!(
+        w.assert_contiguous(id),
+        ["created", "initiated", "ringing", "answered", "hangup"]
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        engine.live_call_actors().await.unwrap(),
+        0,
+        "ended calls free their actor"
+    );
+    assert_eq!(engine.metrics().calls_created.get(), 1);
+    engine.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn unanswered_call_fails_on_ring_timeout_and_is_hung_up() {
+    let w = World::new(2).await;
+    let engine = w.engine().await;
+    let id = engine
+        .create_call(w.org, w.new_call(), None)
+        .await
+        .unwrap()
+        .call
+        .spec
+        .id;
+    w.until(id, "initiated", |c| c.carrier_call_id.is_some())
+        .await;
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let call = w.until(id, "failed", |c| c.status.is_terminal()).await;
+    assert_eq!(call.status, CallStatus::Failed);
+    assert_eq!(call.end_reason, Some(EndReason::RingTimeout));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let hangups = w.carrier.hangups(id);
+    assert_eq!(hangups.len(), 1);
+    assert_eq!(
+        hangups[0].carrier_call_id.as_deref(),
+        Some(format!("leg-{id}").as_str())
+    );
+    w.assert_contiguous(id);
+}
+
+#[tokio::test(start_paused = true)]
+async fn answered_call_is_cut_at_max_duration() {
+    let w = World::new(3).await;
+    let engine = w.engine().await;
+    let id = engine
+        .create_call(w.org, w.new_call(), None)
+        .await
+        .unwrap()
+        .call
+        .spec
+        .id;
+    w.carrier_event(&engine, id, CarrierEvent::Answered).await;
+    w.until(id, "answered", |c| c.status == CallStatus::InProgress)
+        .await;
+    // The ring timeout must not fire once answered.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(w.store.snapshot(id).unwrap().status, CallStatus::InProgress);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let call = w.until(id, "completed", |c| c.status.is_terminal()).await;
+    assert_eq!(call.end_reason, Some(EndReason::MaxDuration));
+    w.assert_contiguous(id);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idempotency_key_replays_and_refuses_other_bodies() {
+    let w = World::new(4).await;
+    let engine = w.engine().await;
+    let first = engine
+        .create_call(w.org, w.new_call(), Some("order-42".into()))
+        .await
+        .unwrap();
+    let again = engine
+        .create_call(w.org, w.new_call(), Some("order-42".into()))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.call.spec.id, first.call.spec.id);
+    let mut other = w.new_call();
+    other.to = "+14155550101".parse().unwrap();
+    let err = engine
+        .create_call(w.org, other, Some("order-42".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(err, EngineError::IdempotencyMismatch);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        w.carrier.dials(first.call.spec.id).len(),
+        1,
+        "no second dial"
+    );
+    let bad = engine
+        .create_call(w.org, w.new_call(), Some("has space".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), "invalid_request");
+}
+
+#[tokio::test(start_paused = true)]
+async fn hangup_cancels_then_refuses_with_current_status() {
+    let w = World::new(5).await;
+    let engine = w.engine().await;
+    let id = engine
+        .create_call(w.org, w.new_call(), None)
+        .await
+        .unwrap()
+        .call
+        .spec
+        .id;
+    w.until(id, "initiated", |c| c.carrier_call_id.is_some())
+        .await;
+    let call = engine.hangup(w.org, id).await.unwrap();
+    assert_eq!(call.status, CallStatus::Canceled);
+    assert_eq!(call.end_reason, Some(EndReason::CanceledByUser));
+    let err = engine.hangup(w.org, id).await.unwrap_err();
+    assert_eq!(
+        err,
+        EngineError::IllegalTransition {
+            status: CallStatus::Canceled,
+            message: "the call already ended (canceled); it cannot be hung up".into()
+        }
+    );
+    // Another tenant cannot see or touch it.
+    let stranger = Uuid::from_u128(0xB);
+    assert_eq!(
+        engine.hangup(stranger, id).await.unwrap_err(),
+        EngineError::NotFound { what: "call" }
+    );
+    assert!(engine.call_events(stranger, id).await.is_err());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(w.carrier.hangups(id).len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn duplicate_and_late_carrier_events_change_nothing() {
+    let w = World::new(6).await;
+    let engine = w.engine().await;
+    let id = engine
+        .create_call(w.org, w.new_call(), None)
+        .await
+        .unwrap()
+        .call
+        .spec
+        .id;
+    let answered = CarrierEvent::Answered;
+    assert_eq!(
+        w.carrier_event_id(&engine, id, answered.clone(), "a1")
+            .await,
+        IngestOutcome::Accepted
+    );
+    assert_eq!(
+        w.carrier_event_id(&engine, id, answered, "a1").await,
+        IngestOutcome::Duplicate
+    );
+    w.until(id, "answered", |c| c.status == CallStatus::InProgress)
+        .await;
+    // A late `ringing` (new id, so it is stored) must not move the call backwards.
+    w.carrier_event(&engine, id, CarrierEvent::Ringing).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let call = w.store.snapshot(id).unwrap();
+    assert_eq!(call.status, CallStatus::InProgress);
+    assert!(
+        w.store.inbox_pending(10).await.unwrap().is_empty(),
+        "all inbox rows processed"
+    );
+    w.assert_contiguous(id);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crashed_call_actor_is_reactivated_and_the_event_is_not_lost() {
+    let w = World::new(7).await;
+    let engine = w.engine().await;
+    let id = engine
+        .create_call(w.org, w.new_call(), None)
+        .await
+        .unwrap()
+        .call
+        .spec
+        .id;
+    w.until(id, "initiated", |c| c.carrier_call_id.is_some())
+        .await;
+    // The event lands in the inbox, then the database goes away before the actor persists it.
+    w.store.set_down(false);
+    let item = InboxItem {
+        vendor: "test".into(),
+        event_id: "ans".into(),
+        call_id: id,
+        occurred_at: w.ports.clock.now(),
+        event: CarrierEvent::Answered,
+    };
+    assert!(w.store.inbox_insert(&item).await.unwrap());
+    w.store.set_down(true);
+    engine
+        .inner
+        .supervisor
+        .send_message(SupervisorMsg::Deliver {
+            call_id: id,
+            event: Event::Carrier {
+                event: CarrierEvent::Answered,
+            },
+            inbox: Some(("test".into(), "ans".into())),
+            reply: None,
+        })
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        engine
+            .metrics()
+            .actor_failures
+            .with_label_values(&["restarted"])
+            .get()
+            >= 1
+    );
+    w.store.set_down(false);
+    // Re-activation plus the inbox sweep apply the event exactly once.
+    let call = w
+        .until(id, "answered", |c| c.status == CallStatus::InProgress)
+        .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Reconciliation on re-activation learned from the carrier that the leg was ringing.
+    assert_eq!(
+        w.assert_contiguous(id),
+        ["created", "initiated", "ringing", "answered"]
+    );
+    assert_eq!(w.store.snapshot(id).unwrap().version, call.version);
+    assert!(w.store.inbox_pending(10).await.unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_recovers_live_calls_and_fences_the_old_owner() {
+    let w = World::new(8).await;
+    let old = w.engine().await;
+    let id = old
+        .create_call(w.org, w.new_call(), None)
+        .await
+        .unwrap()
+        .call
+        .spec
+        .id;
+    w.carrier_event(&old, id, CarrierEvent::Answered).await;
+    w.until(id, "answered", |c| c.status == CallStatus::InProgress)
+        .await;
+    w.carrier.set_status(id, LegStatus::Answered);
+
+    // A second engine takes over the shards (as after a crash and restart of the process).
+    let new = w.engine().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        new.live_call_actors().await.unwrap(),
+        1,
+        "live call re-activated"
+    );
+    // The old owner's actor is fenced: its write is refused and it stops.
+    old.inner
+        .supervisor
+        .send_message(SupervisorMsg::Deliver {
+            call_id: id,
+            event: Event::HangupRequested,
+            inbox: None,
+            reply: None,
+        })
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(w.store.snapshot(id).unwrap().status, CallStatus::InProgress);
+    assert_eq!(old.metrics().stale_writes.get(), 1);
+    // The new owner re-armed max duration from the persisted deadline.
+    tokio::time::sleep(Duration::from_secs(3601)).await;
+    let call = w
+        .until(id, "max duration", |c| c.status.is_terminal())
+        .await;
+    assert_eq!(call.end_reason, Some(EndReason::MaxDuration));
+    w.assert_contiguous(id);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconciliation_ends_calls_the_carrier_forgot_and_redials_pending_ones() {
+    let w = World::new(9).await;
+    let old = w.engine().await;
+    let lost = old
+        .create_call(w.org, w.new_call(), None)
+        .await
+        .unwrap()
+        .call
+        .spec
+        .id;
+    w.carrier_event(&old, lost, CarrierEvent::Answered).await;
+    w.until(lost, "answered", |c| c.status == CallStatus::InProgress)
+        .await;
+    old.shutdown().await;
+    w.carrier.set_status(lost, LegStatus::Unknown);
+
+    // A call stored but never dialed (the process died between insert and dial).
+    let mut spec_call = w.new_call();
+    spec_call.to = "+14155550111".parse().unwrap();
+    let epoch = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let spec = CallSpec {
+        id: Uuid::from_u128(0xDEAD),
+        organization_id: w.org,
+        direction: Direction::Outbound,
+        from: spec_call.from,
+        to: spec_call.to,
+        agent_id: w.agent,
+        customer_id: None,
+        metadata: serde_json::json!({}),
+        ring_timeout_secs: 30,
+        max_duration_secs: 60,
+    };
+    let (mut call, _) = start(spec.clone(), epoch);
+    call.owner_epoch = 1; // the epoch the first engine held
+    let entry = JournalEntry {
+        call_id: spec.id,
+        seq: 1,
+        at: epoch,
+        event: Event::Created { spec },
+    };
+    assert_eq!(
+        w.store.insert_call(&call, &entry, None).await.unwrap(),
+        InsertOutcome::Created
+    );
+
+    let _new = w.engine().await;
+    let c = w
+        .until(lost, "carrier lost", |c| c.status.is_terminal())
+        .await;
+    assert_eq!(c.status, CallStatus::Failed);
+    assert_eq!(c.end_reason, Some(EndReason::CarrierLost));
+    w.assert_contiguous(lost);
+
+    let pending = w
+        .until(call.spec.id, "re-dialed", |c| c.carrier_call_id.is_some())
+        .await;
+    assert_eq!(pending.status, CallStatus::Pending);
+    let dials = w.carrier.dials(call.spec.id);
+    assert_eq!(dials.len(), 1);
+    assert_eq!(dials[0].command_id, format!("{}:1", call.spec.id));
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejected_dial_fails_the_call_as_vendor_error() {
+    let w = World::new(10).await;
+    w.carrier.reject_dials(true);
+    let engine = w.engine().await;
+    let id = engine
+        .create_call(w.org, w.new_call(), None)
+        .await
+        .unwrap()
+        .call
+        .spec
+        .id;
+    let call = w.until(id, "failed", |c| c.status.is_terminal()).await;
+    assert_eq!(call.status, CallStatus::Failed);
+    assert_eq!(call.end_reason, Some(EndReason::VendorError));
+}
+
+#[tokio::test(start_paused = true)]
+async fn create_refuses_unknown_agents_and_foreign_customers() {
+    let w = World::new(11).await;
+    let engine = w.engine().await;
+    let mut req = w.new_call();
+    req.agent_id = Uuid::from_u128(0xFFFF);
+    let err = engine.create_call(w.org, req, None).await.unwrap_err();
+    assert!(
+        matches!(err, EngineError::Invalid(ref f) if f.field == "agent_id"),
+        "{err:?}"
+    );
+    let mut req = w.new_call();
+    req.customer_id = Some(Uuid::from_u128(0xC));
+    let err = engine.create_call(w.org, req, None).await.unwrap_err();
+    assert!(
+        matches!(err, EngineError::Invalid(ref f) if f.field == "customer_id"),
+        "{err:?}"
+    );
+    let mut req = w.new_call();
+    req.metadata = Some(serde_json::json!([1, 2]));
+    assert!(engine.create_call(w.org, req, None).await.is_err());
+    assert!(w.store.live_calls(&[0]).await.unwrap().is_empty());
+    assert!(engine
+        .list_calls(w.org, CallFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+}

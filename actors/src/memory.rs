@@ -1,0 +1,659 @@
+//! In-memory ports for unit tests and the deterministic simulations.
+//!
+//! [`MemoryStore`] implements both store traits with the same semantics as the Postgres store
+//! (compare-and-set on version and shard epoch, idempotency keys, inbox dedupe, tenant scoping).
+//! [`TokioClock`] derives wall time from tokio's clock, so `tokio::time::pause` drives it;
+//! [`SeqIds`] yields ids from a seed. [`ScriptedTelephony`] records commands and answers with
+//! scripted statuses. None of this is for production.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::catalog::{Agent, AgentPatch, AgentStatus, Customer, CustomerPatch, Organization};
+use crate::machine::{Call, CallId, OrganizationId};
+use crate::ports::{
+    shard_of, CallFilter, CallStore, CatalogWriteError, Clock, DialCommand, IdGen, IdempotencyKey,
+    InboxItem, InsertOutcome, JournalEntry, LegCommand, LegStatus, PageRequest, QueryStore,
+    StoreError, StoreResult, Telephony, TelephonyError,
+};
+
+/// Wall time = `epoch` + time elapsed on tokio's clock since construction.
+pub struct TokioClock {
+    epoch: DateTime<Utc>,
+    origin: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock that reads `epoch` now.
+    pub fn new(epoch: DateTime<Utc>) -> Self {
+        TokioClock {
+            epoch,
+            origin: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> DateTime<Utc> {
+        let elapsed = tokio::time::Instant::now() - self.origin;
+        self.epoch + chrono::Duration::from_std(elapsed).unwrap_or(chrono::Duration::zero())
+    }
+}
+
+/// Deterministic ids: `seed` in the high 64 bits, a counter in the low 64.
+pub struct SeqIds {
+    seed: u64,
+    next: AtomicU64,
+}
+
+impl SeqIds {
+    /// Ids derived from `seed`.
+    pub fn new(seed: u64) -> Self {
+        SeqIds {
+            seed,
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl IdGen for SeqIds {
+    fn next_id(&self) -> Uuid {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        Uuid::from_u128((u128::from(self.seed) << 64) | u128::from(n))
+    }
+}
+
+#[derive(Default)]
+struct State {
+    leases: HashMap<u16, (String, i64)>,
+    orgs: HashMap<Uuid, Organization>,
+    keys: HashMap<String, OrganizationId>,
+    agents: HashMap<Uuid, Agent>,
+    customers: HashMap<Uuid, Customer>,
+    calls: HashMap<CallId, Call>,
+    idempotency: HashMap<(OrganizationId, String), (CallId, String)>,
+    journal: HashMap<CallId, Vec<JournalEntry>>,
+    inbox: BTreeMap<(String, String), (u64, InboxItem, bool)>,
+    received: u64,
+}
+
+/// In-memory [`CallStore`] + [`QueryStore`].
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+    down: AtomicBool,
+    appends: AtomicU64,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Simulates a database outage: every operation fails with `Unavailable` while `down`.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Number of successful `append`s so far.
+    pub fn append_count(&self) -> u64 {
+        self.appends.load(Ordering::SeqCst)
+    }
+
+    /// The full journal of a call, any organization (test inspection).
+    pub fn journal(&self, id: CallId) -> Vec<JournalEntry> {
+        self.lock().journal.get(&id).cloned().unwrap_or_default()
+    }
+
+    /// The snapshot of a call, any organization (test inspection).
+    pub fn snapshot(&self, id: CallId) -> Option<Call> {
+        self.lock().calls.get(&id).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check(&self) -> StoreResult<()> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(StoreError::Unavailable("memory store is down".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn lease_epoch(s: &State, call: &Call) -> i64 {
+    s.leases.get(&shard_of(call.spec.id)).map_or(0, |l| l.1)
+}
+
+fn page<T: Clone>(
+    rows: impl Iterator<Item = T>,
+    key: impl Fn(&T) -> (DateTime<Utc>, Uuid),
+    limit: i64,
+    after: Option<(DateTime<Utc>, Uuid)>,
+) -> Vec<T> {
+    let mut rows: Vec<T> = rows.filter(|r| after.is_none_or(|a| key(r) < a)).collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(key(r)));
+    rows.truncate(usize::try_from(limit.max(0)).unwrap_or(0));
+    rows
+}
+
+#[async_trait]
+impl CallStore for MemoryStore {
+    async fn acquire_shards(&self, node: &str, shards: &[u16]) -> StoreResult<Vec<i64>> {
+        self.check()?;
+        let mut s = self.lock();
+        Ok(shards
+            .iter()
+            .map(|shard| {
+                let lease = s.leases.entry(*shard).or_insert((String::new(), 0));
+                lease.0 = node.to_owned();
+                lease.1 += 1;
+                lease.1
+            })
+            .collect())
+    }
+
+    async fn insert_call(
+        &self,
+        call: &Call,
+        created: &JournalEntry,
+        idempotency: Option<&IdempotencyKey>,
+    ) -> StoreResult<InsertOutcome> {
+        self.check()?;
+        let mut s = self.lock();
+        if lease_epoch(&s, call) != call.owner_epoch {
+            return Err(StoreError::Stale);
+        }
+        let org = call.spec.organization_id;
+        if let Some(key) = idempotency {
+            if let Some((id, fp)) = s.idempotency.get(&(org, key.key.clone())) {
+                return Ok(if *fp == key.fingerprint {
+                    InsertOutcome::Existing(Box::new(s.calls[id].clone()))
+                } else {
+                    InsertOutcome::IdempotencyMismatch
+                });
+            }
+        }
+        if s.agents
+            .get(&call.spec.agent_id)
+            .is_none_or(|a| a.organization_id != org)
+        {
+            return Ok(InsertOutcome::UnknownAgent);
+        }
+        if let Some(c) = call.spec.customer_id {
+            if s.customers.get(&c).is_none_or(|c| c.organization_id != org) {
+                return Ok(InsertOutcome::UnknownCustomer);
+            }
+        }
+        if s.calls.contains_key(&call.spec.id) {
+            return Err(StoreError::Stale);
+        }
+        if let Some(key) = idempotency {
+            s.idempotency.insert(
+                (org, key.key.clone()),
+                (call.spec.id, key.fingerprint.clone()),
+            );
+        }
+        s.calls.insert(call.spec.id, call.clone());
+        s.journal.insert(call.spec.id, vec![created.clone()]);
+        Ok(InsertOutcome::Created)
+    }
+
+    async fn append(
+        &self,
+        call: &Call,
+        expected_version: i64,
+        entry: &JournalEntry,
+        inbox: Option<(&str, &str)>,
+    ) -> StoreResult<()> {
+        self.check()?;
+        let mut s = self.lock();
+        let current = s.calls.get(&call.spec.id).ok_or(StoreError::Stale)?;
+        if current.version != expected_version
+            || lease_epoch(&s, call) != call.owner_epoch
+            || entry.seq != call.version
+        {
+            return Err(StoreError::Stale);
+        }
+        s.calls.insert(call.spec.id, call.clone());
+        s.journal
+            .entry(call.spec.id)
+            .or_default()
+            .push(entry.clone());
+        if let Some((vendor, id)) = inbox {
+            if let Some(row) = s.inbox.get_mut(&(vendor.to_owned(), id.to_owned())) {
+                row.2 = true;
+            }
+        }
+        self.appends.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn load_call(&self, id: CallId) -> StoreResult<Option<Call>> {
+        self.check()?;
+        Ok(self.lock().calls.get(&id).cloned())
+    }
+
+    async fn live_calls(&self, shards: &[u16]) -> StoreResult<Vec<CallId>> {
+        self.check()?;
+        let s = self.lock();
+        let mut ids: Vec<CallId> = s
+            .calls
+            .values()
+            .filter(|c| !c.status.is_terminal() && shards.contains(&shard_of(c.spec.id)))
+            .map(|c| c.spec.id)
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn inbox_insert(&self, item: &InboxItem) -> StoreResult<bool> {
+        self.check()?;
+        let mut s = self.lock();
+        let key = (item.vendor.clone(), item.event_id.clone());
+        if s.inbox.contains_key(&key) || !s.calls.contains_key(&item.call_id) {
+            return Ok(false);
+        }
+        s.received += 1;
+        let n = s.received;
+        s.inbox.insert(key, (n, item.clone(), false));
+        Ok(true)
+    }
+
+    async fn inbox_mark_processed(&self, vendor: &str, event_id: &str) -> StoreResult<()> {
+        self.check()?;
+        if let Some(row) = self
+            .lock()
+            .inbox
+            .get_mut(&(vendor.to_owned(), event_id.to_owned()))
+        {
+            row.2 = true;
+        }
+        Ok(())
+    }
+
+    async fn inbox_pending(&self, limit: i64) -> StoreResult<Vec<InboxItem>> {
+        self.check()?;
+        let s = self.lock();
+        let mut rows: Vec<_> = s.inbox.values().filter(|r| !r.2).collect();
+        rows.sort_by_key(|r| r.0);
+        Ok(rows
+            .into_iter()
+            .take(usize::try_from(limit.max(0)).unwrap_or(0))
+            .map(|r| r.1.clone())
+            .collect())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.check()
+    }
+}
+
+#[async_trait]
+impl QueryStore for MemoryStore {
+    async fn authenticate(&self, key_hash: &str) -> StoreResult<Option<OrganizationId>> {
+        self.check()?;
+        Ok(self.lock().keys.get(key_hash).copied())
+    }
+
+    async fn create_organization(
+        &self,
+        org: &Organization,
+        _key_id: Uuid,
+        key_hash: &str,
+        _key_prefix: &str,
+    ) -> StoreResult<()> {
+        self.check()?;
+        let mut s = self.lock();
+        s.orgs.insert(org.id, org.clone());
+        s.keys.insert(key_hash.to_owned(), org.id);
+        Ok(())
+    }
+
+    async fn get_call(&self, org: OrganizationId, id: CallId) -> StoreResult<Option<Call>> {
+        self.check()?;
+        Ok(self
+            .lock()
+            .calls
+            .get(&id)
+            .filter(|c| c.spec.organization_id == org)
+            .cloned())
+    }
+
+    async fn list_calls(&self, org: OrganizationId, f: &CallFilter) -> StoreResult<Vec<Call>> {
+        self.check()?;
+        let s = self.lock();
+        let rows = s.calls.values().filter(|c| {
+            c.spec.organization_id == org
+                && f.status.is_none_or(|st| c.status == st)
+                && f.agent_id.is_none_or(|a| c.spec.agent_id == a)
+                && f.customer_id
+                    .is_none_or(|cu| c.spec.customer_id == Some(cu))
+        });
+        Ok(page(
+            rows.cloned(),
+            |c| (c.created_at, c.spec.id),
+            f.limit,
+            f.after,
+        ))
+    }
+
+    async fn call_events(
+        &self,
+        org: OrganizationId,
+        id: CallId,
+    ) -> StoreResult<Option<Vec<JournalEntry>>> {
+        self.check()?;
+        let s = self.lock();
+        Ok(s.calls
+            .get(&id)
+            .filter(|c| c.spec.organization_id == org)
+            .map(|_| s.journal.get(&id).cloned().unwrap_or_default()))
+    }
+
+    async fn insert_agent(&self, agent: &Agent) -> StoreResult<()> {
+        self.check()?;
+        self.lock().agents.insert(agent.id, agent.clone());
+        Ok(())
+    }
+
+    async fn get_agent(&self, org: OrganizationId, id: Uuid) -> StoreResult<Option<Agent>> {
+        self.check()?;
+        Ok(self
+            .lock()
+            .agents
+            .get(&id)
+            .filter(|a| a.organization_id == org)
+            .cloned())
+    }
+
+    async fn list_agents(&self, org: OrganizationId, p: &PageRequest) -> StoreResult<Vec<Agent>> {
+        self.check()?;
+        let s = self.lock();
+        let rows = s
+            .agents
+            .values()
+            .filter(|a| a.organization_id == org)
+            .cloned();
+        Ok(page(rows, |a| (a.created_at, a.id), p.limit, p.after))
+    }
+
+    async fn update_agent(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+        patch: &AgentPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Agent>> {
+        self.check()?;
+        let mut s = self.lock();
+        Ok(s.agents
+            .get_mut(&id)
+            .filter(|a| a.organization_id == org)
+            .map(|a| {
+                patch.apply(a, now);
+                a.clone()
+            }))
+    }
+
+    async fn delete_agent(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.check()?;
+        let mut s = self.lock();
+        if s.agents.get(&id).is_none_or(|a| a.organization_id != org) {
+            return Ok(false);
+        }
+        if s.calls.values().any(|c| c.spec.agent_id == id) {
+            if let Some(a) = s.agents.get_mut(&id) {
+                a.status = AgentStatus::Archived;
+                a.updated_at = now;
+            }
+        } else {
+            s.agents.remove(&id);
+        }
+        Ok(true)
+    }
+
+    async fn insert_customer(&self, customer: &Customer) -> StoreResult<bool> {
+        self.check()?;
+        let mut s = self.lock();
+        let taken = s
+            .customers
+            .values()
+            .any(|c| c.organization_id == customer.organization_id && c.phone == customer.phone);
+        if taken {
+            return Ok(false);
+        }
+        s.customers.insert(customer.id, customer.clone());
+        Ok(true)
+    }
+
+    async fn get_customer(&self, org: OrganizationId, id: Uuid) -> StoreResult<Option<Customer>> {
+        self.check()?;
+        Ok(self
+            .lock()
+            .customers
+            .get(&id)
+            .filter(|c| c.organization_id == org)
+            .cloned())
+    }
+
+    async fn list_customers(
+        &self,
+        org: OrganizationId,
+        p: &PageRequest,
+    ) -> StoreResult<Vec<Customer>> {
+        self.check()?;
+        let s = self.lock();
+        let rows = s
+            .customers
+            .values()
+            .filter(|c| c.organization_id == org)
+            .cloned();
+        Ok(page(rows, |c| (c.created_at, c.id), p.limit, p.after))
+    }
+
+    async fn update_customer(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+        patch: &CustomerPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Customer>, CatalogWriteError> {
+        self.check()?;
+        let mut s = self.lock();
+        let Some(mut updated) = s
+            .customers
+            .get(&id)
+            .filter(|c| c.organization_id == org)
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        patch.apply(&mut updated, now);
+        let taken = s
+            .customers
+            .values()
+            .any(|c| c.id != id && c.organization_id == org && c.phone == updated.phone);
+        if taken {
+            return Err(CatalogWriteError::Conflict(format!(
+                "a customer with phone {} already exists",
+                updated.phone
+            )));
+        }
+        s.customers.insert(id, updated.clone());
+        Ok(Some(updated))
+    }
+
+    async fn delete_customer(&self, org: OrganizationId, id: Uuid) -> StoreResult<bool> {
+        self.check()?;
+        let mut s = self.lock();
+        if s.customers
+            .get(&id)
+            .is_none_or(|c| c.organization_id != org)
+        {
+            return Ok(false);
+        }
+        s.customers.remove(&id);
+        for call in s.calls.values_mut() {
+            if call.spec.customer_id == Some(id) {
+                call.spec.customer_id = None;
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// A command the [`ScriptedTelephony`] received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `dial`.
+    Dial(DialCommand),
+    /// `answer`.
+    Answer(LegCommand),
+    /// `hangup`.
+    Hangup(LegCommand),
+}
+
+/// A carrier that records commands, answers `dial` with `leg-<call id>` (idempotent on the
+/// command id) and reports whatever status the test scripted.
+#[derive(Default)]
+pub struct ScriptedTelephony {
+    commands: Mutex<Vec<Command>>,
+    statuses: Mutex<HashMap<CallId, LegStatus>>,
+    reject_dials: AtomicBool,
+    down: AtomicBool,
+}
+
+impl ScriptedTelephony {
+    /// A carrier that accepts everything.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every command received, in order.
+    pub fn commands(&self) -> Vec<Command> {
+        self.commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Dials of one call.
+    pub fn dials(&self, call: CallId) -> Vec<DialCommand> {
+        self.commands()
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::Dial(d) if d.call_id == call => Some(d),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Hangups of one call.
+    pub fn hangups(&self, call: CallId) -> Vec<LegCommand> {
+        self.commands()
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::Hangup(h) if h.call_id == call => Some(h),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// What `status` answers for `call` (default: `Unknown`, or `Ringing` once dialed).
+    pub fn set_status(&self, call: CallId, status: LegStatus) {
+        self.statuses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(call, status);
+    }
+
+    /// Makes `dial` fail with `Rejected`.
+    pub fn reject_dials(&self, reject: bool) {
+        self.reject_dials.store(reject, Ordering::SeqCst);
+    }
+
+    /// Makes every command fail with `Unavailable`.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn record(&self, c: Command) -> Result<(), TelephonyError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(TelephonyError::Unavailable(
+                "scripted carrier is down".into(),
+            ));
+        }
+        self.commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(c);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Telephony for ScriptedTelephony {
+    async fn dial(&self, cmd: DialCommand) -> Result<String, TelephonyError> {
+        let call = cmd.call_id;
+        self.record(Command::Dial(cmd))?;
+        if self.reject_dials.load(Ordering::SeqCst) {
+            return Err(TelephonyError::Rejected("D13 invalid destination".into()));
+        }
+        self.statuses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(call)
+            .or_insert(LegStatus::Ringing);
+        Ok(format!("leg-{call}"))
+    }
+
+    async fn answer(&self, cmd: LegCommand) -> Result<(), TelephonyError> {
+        self.record(Command::Answer(cmd))
+    }
+
+    async fn hangup(&self, cmd: LegCommand) -> Result<(), TelephonyError> {
+        let call = cmd.call_id;
+        self.record(Command::Hangup(cmd))?;
+        self.statuses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                call,
+                LegStatus::Ended(crate::machine::HangupCause::NormalClearing),
+            );
+        Ok(())
+    }
+
+    async fn status(
+        &self,
+        call_id: CallId,
+        _carrier_call_id: Option<&str>,
+    ) -> Result<LegStatus, TelephonyError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(TelephonyError::Unavailable(
+                "scripted carrier is down".into(),
+            ));
+        }
+        Ok(self
+            .statuses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&call_id)
+            .copied()
+            .unwrap_or(LegStatus::Unknown))
+    }
+}

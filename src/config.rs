@@ -1,0 +1,127 @@
+//! Command line and configuration. Every setting is a flag and an environment variable
+//! (the flag wins); the README's configuration table lists them.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// IACE: actor-model call engine for AI voice agents.
+#[derive(Debug, Parser)]
+#[command(name = "iace", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, env = "IACE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json, global = true)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (production).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the API server and the call engine (applies migrations first).
+    Serve(ServeArgs),
+    /// Applies database migrations and exits.
+    Migrate(DbArgs),
+    /// Organization administration.
+    Org {
+        /// What to do.
+        #[command(subcommand)]
+        command: OrgCommand,
+    },
+    /// Development mode: starts local Postgres and Redis (scripts/services up), migrates,
+    /// runs the server with the simulated carrier and places a demo call.
+    Dev(DevArgs),
+}
+
+/// `iace org ...`.
+#[derive(Debug, Subcommand)]
+pub enum OrgCommand {
+    /// Creates an organization and prints `{"organization_id":..,"api_key":..}` (the key is
+    /// shown only this once).
+    Create {
+        /// Display name.
+        name: String,
+        /// Database.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+/// Database connection.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// Postgres URL (needs the pgvector extension available).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+}
+
+/// Which carrier adapter places calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TelephonyKind {
+    /// Built-in simulated carrier (state in Redis): rings, answers and hangs up after
+    /// `IACE_SIM_RING_MS` / `IACE_SIM_TALK_MS`.
+    Simulated,
+}
+
+/// `iace serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Database.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Redis URL.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: String,
+    /// Listen address.
+    #[arg(long, env = "IACE_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// Carrier adapter (`telnyx` arrives with the Telnyx integration).
+    #[arg(long, env = "IACE_TELEPHONY", value_enum, default_value_t = TelephonyKind::Simulated)]
+    pub telephony: TelephonyKind,
+    /// Simulated carrier: how long a call rings before it is answered (ms).
+    #[arg(long, env = "IACE_SIM_RING_MS", default_value_t = 2000)]
+    pub sim_ring_ms: u64,
+    /// Simulated carrier: how long an answered call talks before the callee hangs up (ms).
+    #[arg(long, env = "IACE_SIM_TALK_MS", default_value_t = 8000)]
+    pub sim_talk_ms: u64,
+    /// Simulated carrier: Redis key prefix of its leg state.
+    #[arg(long, env = "IACE_SIM_KEY_PREFIX", default_value = "iace:sim:")]
+    pub sim_key_prefix: String,
+    /// Name of this node in shard leases (defaults to the host name).
+    #[arg(long, env = "IACE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// How long an outbound call may ring before it fails with `ring_timeout` (s).
+    #[arg(long, env = "IACE_RING_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(5..=300))]
+    pub ring_timeout_secs: u32,
+    /// How long an answered call may last before it is ended with `max_duration` (s).
+    #[arg(long, env = "IACE_MAX_CALL_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u32).range(10..=86400))]
+    pub max_call_secs: u32,
+}
+
+/// `iace dev`.
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    /// Listen address.
+    #[arg(long, env = "IACE_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// Simulated ring time (ms).
+    #[arg(long, env = "IACE_SIM_RING_MS", default_value_t = 2000)]
+    pub sim_ring_ms: u64,
+    /// Simulated talk time (ms).
+    #[arg(long, env = "IACE_SIM_TALK_MS", default_value_t = 8000)]
+    pub sim_talk_ms: u64,
+    /// Do not place the demo call.
+    #[arg(long)]
+    pub no_demo_call: bool,
+}

@@ -1,0 +1,369 @@
+//! [`CallStore`]: call snapshots, the journal, the inbox and shard leases.
+
+use async_trait::async_trait;
+use iace_actors::machine::{Call, CallId};
+use iace_actors::ports::{
+    shard_of, CallStore, IdempotencyKey, InboxItem, InsertOutcome, JournalEntry, StoreError,
+    StoreResult,
+};
+use sqlx::{Postgres, Row, Transaction};
+
+use super::rows::{call_from_row, CALL_COLUMNS};
+use super::{is_unique_violation, unavailable, PgStore};
+
+const LIVE: &str = "('pending', 'ringing', 'in_progress')";
+
+fn shard(call: &Call) -> i16 {
+    // SHARD_COUNT is 256, so every shard fits in a smallint.
+    i16::try_from(shard_of(call.spec.id)).unwrap_or(i16::MAX)
+}
+
+/// Locks the shard lease row `FOR SHARE` and checks it still carries `epoch`.
+async fn check_epoch(
+    tx: &mut Transaction<'_, Postgres>,
+    shard: i16,
+    epoch: i64,
+) -> StoreResult<()> {
+    let current: Option<i64> =
+        sqlx::query_scalar("SELECT epoch FROM shard_lease WHERE shard = $1 FOR SHARE")
+            .bind(shard)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(unavailable)?;
+    if current == Some(epoch) {
+        Ok(())
+    } else {
+        Err(StoreError::Stale)
+    }
+}
+
+async fn find_by_key(
+    tx: &mut Transaction<'_, Postgres>,
+    call: &Call,
+    key: &IdempotencyKey,
+) -> StoreResult<Option<InsertOutcome>> {
+    let row = sqlx::query(&format!(
+        "SELECT {CALL_COLUMNS}, request_hash FROM call \
+         WHERE organization_id = $1 AND idempotency_key = $2"
+    ))
+    .bind(call.spec.organization_id)
+    .bind(&key.key)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(unavailable)?;
+    let Some(row) = row else { return Ok(None) };
+    let hash: Option<String> = row.try_get("request_hash").map_err(unavailable)?;
+    Ok(Some(if hash.as_deref() == Some(key.fingerprint.as_str()) {
+        InsertOutcome::Existing(Box::new(call_from_row(&row)?))
+    } else {
+        InsertOutcome::IdempotencyMismatch
+    }))
+}
+
+fn deadline_parts(call: &Call) -> (Option<chrono::DateTime<chrono::Utc>>, Option<&'static str>) {
+    match call.deadline {
+        Some(d) => (Some(d.at), Some(d.kind.as_str())),
+        None => (None, None),
+    }
+}
+
+async fn insert_entry(
+    tx: &mut Transaction<'_, Postgres>,
+    call: &Call,
+    entry: &JournalEntry,
+) -> Result<(), sqlx::Error> {
+    let data = serde_json::to_value(&entry.event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(
+        "INSERT INTO call_event (organization_id, call_id, seq, kind, at, data) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(call.spec.organization_id)
+    .bind(entry.call_id)
+    .bind(entry.seq)
+    .bind(entry.event.kind())
+    .bind(entry.at)
+    .bind(data)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl CallStore for PgStore {
+    async fn acquire_shards(&self, node: &str, shards: &[u16]) -> StoreResult<Vec<i64>> {
+        let ids: Vec<i16> = shards
+            .iter()
+            .map(|s| i16::try_from(*s).unwrap_or(i16::MAX))
+            .collect();
+        let rows: Vec<(i16, i64)> = sqlx::query_as(
+            "INSERT INTO shard_lease (shard, owner, epoch) \
+             SELECT s, $1, 1 FROM unnest($2::smallint[]) AS s \
+             ON CONFLICT (shard) DO UPDATE SET epoch = shard_lease.epoch + 1, \
+               owner = EXCLUDED.owner, acquired_at = now(), renewed_at = now() \
+             RETURNING shard, epoch",
+        )
+        .bind(node)
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let by_shard: std::collections::HashMap<i16, i64> = rows.into_iter().collect();
+        ids.iter()
+            .map(|s| {
+                by_shard
+                    .get(s)
+                    .copied()
+                    .ok_or_else(|| StoreError::Unavailable(format!("shard {s} not leased")))
+            })
+            .collect()
+    }
+
+    async fn insert_call(
+        &self,
+        call: &Call,
+        created: &JournalEntry,
+        idempotency: Option<&IdempotencyKey>,
+    ) -> StoreResult<InsertOutcome> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        check_epoch(&mut tx, shard(call), call.owner_epoch).await?;
+        if let Some(key) = idempotency {
+            if let Some(found) = find_by_key(&mut tx, call, key).await? {
+                return Ok(found);
+            }
+        }
+        let org = call.spec.organization_id;
+        let agent_ok: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM agent WHERE id = $1 AND organization_id = $2)",
+        )
+        .bind(call.spec.agent_id)
+        .bind(org)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if !agent_ok {
+            return Ok(InsertOutcome::UnknownAgent);
+        }
+        if let Some(customer) = call.spec.customer_id {
+            let ok: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM customer WHERE id = $1 AND organization_id = $2)",
+            )
+            .bind(customer)
+            .bind(org)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            if !ok {
+                return Ok(InsertOutcome::UnknownCustomer);
+            }
+        }
+        let (deadline_at, deadline_kind) = deadline_parts(call);
+        let inserted = sqlx::query(
+            "INSERT INTO call (id, organization_id, shard, direction, from_number, to_number, \
+               agent_id, customer_id, metadata, status, end_reason, carrier_call_id, version, \
+               owner_epoch, next_deadline_at, next_deadline_kind, ring_timeout_secs, \
+               max_duration_secs, created_at, updated_at, ringing_at, answered_at, ended_at, \
+               idempotency_key, request_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+               $18, $19, $20, $21, $22, $23, $24, $25) \
+             ON CONFLICT (organization_id, idempotency_key) WHERE idempotency_key IS NOT NULL \
+             DO NOTHING",
+        )
+        .bind(call.spec.id)
+        .bind(org)
+        .bind(shard(call))
+        .bind(call.spec.direction.as_str())
+        .bind(call.spec.from.as_str())
+        .bind(call.spec.to.as_str())
+        .bind(call.spec.agent_id)
+        .bind(call.spec.customer_id)
+        .bind(&call.spec.metadata)
+        .bind(call.status.as_str())
+        .bind(call.end_reason.map(|r| r.as_str()))
+        .bind(&call.carrier_call_id)
+        .bind(call.version)
+        .bind(call.owner_epoch)
+        .bind(deadline_at)
+        .bind(deadline_kind)
+        .bind(i32::try_from(call.spec.ring_timeout_secs).unwrap_or(i32::MAX))
+        .bind(i32::try_from(call.spec.max_duration_secs).unwrap_or(i32::MAX))
+        .bind(call.created_at)
+        .bind(call.updated_at)
+        .bind(call.ringing_at)
+        .bind(call.answered_at)
+        .bind(call.ended_at)
+        .bind(idempotency.map(|k| k.key.as_str()))
+        .bind(idempotency.map(|k| k.fingerprint.as_str()))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Stale
+            } else {
+                unavailable(e)
+            }
+        })?;
+        if inserted.rows_affected() == 0 {
+            // A concurrent request with the same key committed first: answer with its call.
+            if let Some(key) = idempotency {
+                if let Some(found) = find_by_key(&mut tx, call, key).await? {
+                    return Ok(found);
+                }
+            }
+            return Err(StoreError::Unavailable(
+                "idempotent insert conflicted but no call was found".into(),
+            ));
+        }
+        insert_entry(&mut tx, call, created)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(InsertOutcome::Created)
+    }
+
+    async fn append(
+        &self,
+        call: &Call,
+        expected_version: i64,
+        entry: &JournalEntry,
+        inbox: Option<(&str, &str)>,
+    ) -> StoreResult<()> {
+        if entry.seq != call.version || entry.call_id != call.spec.id {
+            return Err(StoreError::Stale);
+        }
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        check_epoch(&mut tx, shard(call), call.owner_epoch).await?;
+        let (deadline_at, deadline_kind) = deadline_parts(call);
+        let updated = sqlx::query(
+            "UPDATE call SET status = $3, end_reason = $4, carrier_call_id = $5, version = $6, \
+               owner_epoch = $7, next_deadline_at = $8, next_deadline_kind = $9, \
+               updated_at = $10, ringing_at = $11, answered_at = $12, ended_at = $13 \
+             WHERE id = $1 AND version = $2",
+        )
+        .bind(call.spec.id)
+        .bind(expected_version)
+        .bind(call.status.as_str())
+        .bind(call.end_reason.map(|r| r.as_str()))
+        .bind(&call.carrier_call_id)
+        .bind(call.version)
+        .bind(call.owner_epoch)
+        .bind(deadline_at)
+        .bind(deadline_kind)
+        .bind(call.updated_at)
+        .bind(call.ringing_at)
+        .bind(call.answered_at)
+        .bind(call.ended_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::Stale);
+        }
+        insert_entry(&mut tx, call, entry).await.map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Stale
+            } else {
+                unavailable(e)
+            }
+        })?;
+        if let Some((vendor, event_id)) = inbox {
+            sqlx::query(
+                "UPDATE inbox SET processed_at = clock_timestamp() \
+                 WHERE vendor = $1 AND event_id = $2 AND processed_at IS NULL",
+            )
+            .bind(vendor)
+            .bind(event_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn load_call(&self, id: CallId) -> StoreResult<Option<Call>> {
+        let row = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM call WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(call_from_row).transpose()
+    }
+
+    async fn live_calls(&self, shards: &[u16]) -> StoreResult<Vec<CallId>> {
+        let ids: Vec<i16> = shards
+            .iter()
+            .map(|s| i16::try_from(*s).unwrap_or(i16::MAX))
+            .collect();
+        sqlx::query_scalar(&format!(
+            "SELECT id FROM call WHERE shard = ANY($1) AND status IN {LIVE} ORDER BY created_at"
+        ))
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)
+    }
+
+    async fn inbox_insert(&self, item: &InboxItem) -> StoreResult<bool> {
+        let payload = serde_json::to_value(&item.event)
+            .map_err(|e| StoreError::Unavailable(format!("encoding inbox payload: {e}")))?;
+        let done = sqlx::query(
+            "INSERT INTO inbox (vendor, event_id, organization_id, call_id, occurred_at, payload) \
+             SELECT $1, $2, organization_id, id, $4, $5 FROM call WHERE id = $3 \
+             ON CONFLICT (vendor, event_id) DO NOTHING",
+        )
+        .bind(&item.vendor)
+        .bind(&item.event_id)
+        .bind(item.call_id)
+        .bind(item.occurred_at)
+        .bind(payload)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn inbox_mark_processed(&self, vendor: &str, event_id: &str) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE inbox SET processed_at = clock_timestamp() \
+             WHERE vendor = $1 AND event_id = $2 AND processed_at IS NULL",
+        )
+        .bind(vendor)
+        .bind(event_id)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn inbox_pending(&self, limit: i64) -> StoreResult<Vec<InboxItem>> {
+        let rows = sqlx::query(
+            "SELECT vendor, event_id, call_id, occurred_at, payload FROM inbox \
+             WHERE processed_at IS NULL ORDER BY received_at LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                let payload: serde_json::Value = row.try_get("payload").map_err(unavailable)?;
+                Ok(InboxItem {
+                    vendor: row.try_get("vendor").map_err(unavailable)?,
+                    event_id: row.try_get("event_id").map_err(unavailable)?,
+                    call_id: row.try_get("call_id").map_err(unavailable)?,
+                    occurred_at: row.try_get("occurred_at").map_err(unavailable)?,
+                    event: serde_json::from_value(payload).map_err(|e| {
+                        StoreError::Unavailable(format!("corrupt inbox payload: {e}"))
+                    })?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}

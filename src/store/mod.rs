@@ -1,0 +1,62 @@
+//! Postgres persistence: the production implementation of the engine's [`CallStore`] and
+//! [`QueryStore`] ports (sqlx, runtime-checked queries; migrations in `migrations/`).
+//!
+//! Call writes are fenced twice: compare-and-set on the snapshot's `version`, and the shard
+//! lease row read `FOR SHARE` in the same transaction must still carry the writer's epoch. A
+//! lease acquisition (`UPDATE ... epoch + 1`) therefore waits for in-flight writes of the old
+//! owner and every later write of that owner fails with [`StoreError::Stale`].
+//!
+//! [`CallStore`]: iace_actors::ports::CallStore
+//! [`QueryStore`]: iace_actors::ports::QueryStore
+
+mod calls;
+mod catalog;
+mod rows;
+
+use std::time::Duration;
+
+use iace_actors::ports::StoreError;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+/// Postgres-backed store.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Wraps a pool (migrations already applied).
+    pub fn new(pool: PgPool) -> Self {
+        PgStore { pool }
+    }
+
+    /// The pool (for administrative commands and tests).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// Opens a pool. Fails within a few seconds when the server is unreachable.
+pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(20)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+}
+
+/// Applies the migrations in `migrations/` (idempotent).
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    sqlx::migrate!("./migrations").run(pool).await
+}
+
+/// Maps a driver error to the engine's store error.
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// `true` when `e` is a unique-constraint violation (SQLSTATE 23505).
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}

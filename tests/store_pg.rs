@@ -1,0 +1,419 @@
+//! The Postgres store against a real server: round trips, compare-and-set, epoch fencing,
+//! idempotency, inbox dedupe, tenant scoping. Requires `DATABASE_URL`.
+
+mod common;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use iace::store::PgStore;
+use iace_actors::catalog::{NewAgent, NewCustomer, Organization};
+use iace_actors::machine::{
+    start, step, Call, CallSpec, CallStatus, CarrierEvent, Direction, Event,
+};
+use iace_actors::ports::{
+    shard_of, CallFilter, CallStore, IdempotencyKey, InboxItem, InsertOutcome, JournalEntry,
+    PageRequest, QueryStore, StoreError, SHARD_COUNT,
+};
+use uuid::Uuid;
+
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+struct Fixture {
+    store: PgStore,
+    org: Uuid,
+    agent: Uuid,
+    epochs: Vec<i64>,
+}
+
+async fn fixture() -> Fixture {
+    let (_, pool) = common::db::migrated_pool().await;
+    let store = PgStore::new(pool);
+    let org = org(&store, "Acme").await;
+    let agent = agent(&store, org).await;
+    let shards: Vec<u16> = (0..SHARD_COUNT).collect();
+    let epochs = store.acquire_shards("test-node", &shards).await.unwrap();
+    Fixture {
+        store,
+        org,
+        agent,
+        epochs,
+    }
+}
+
+async fn org(store: &PgStore, name: &str) -> Uuid {
+    let org = Organization {
+        id: Uuid::new_v4(),
+        name: name.into(),
+        created_at: now(),
+    };
+    let hash = format!("hash-{}", org.id);
+    store
+        .create_organization(&org, Uuid::new_v4(), &hash, "iace_abc")
+        .await
+        .unwrap();
+    org.id
+}
+
+async fn agent(store: &PgStore, org: Uuid) -> Uuid {
+    let new: NewAgent = serde_json::from_str(r#"{"name":"Ana"}"#).unwrap();
+    let agent = new.validate(Uuid::new_v4(), org, now()).unwrap();
+    store.insert_agent(&agent).await.unwrap();
+    agent.id
+}
+
+impl Fixture {
+    fn new_call(&self, to: &str) -> (Call, JournalEntry) {
+        let spec = CallSpec {
+            id: Uuid::new_v4(),
+            organization_id: self.org,
+            direction: Direction::Outbound,
+            from: "+14155550199".parse().unwrap(),
+            to: to.parse().unwrap(),
+            agent_id: self.agent,
+            customer_id: None,
+            metadata: serde_json::json!({"k": [1, 2]}),
+            ring_timeout_secs: 30,
+            max_duration_secs: 600,
+        };
+        let at = now();
+        let (mut call, _) = start(spec.clone(), at);
+        call.owner_epoch = self.epochs[usize::from(shard_of(spec.id))];
+        let entry = JournalEntry {
+            call_id: spec.id,
+            seq: 1,
+            at,
+            event: Event::Created { spec },
+        };
+        (call, entry)
+    }
+
+    async fn insert(&self, to: &str) -> Call {
+        let (call, entry) = self.new_call(to);
+        assert_eq!(
+            self.store.insert_call(&call, &entry, None).await.unwrap(),
+            InsertOutcome::Created
+        );
+        call
+    }
+
+    async fn apply(&self, call: &Call, event: Event) -> Result<Call, StoreError> {
+        let mut next = call.clone();
+        step(&mut next, event.clone(), now()).unwrap();
+        assert_eq!(
+            next.version,
+            call.version + 1,
+            "test events must change the call"
+        );
+        let entry = JournalEntry {
+            call_id: call.spec.id,
+            seq: next.version,
+            at: next.updated_at,
+            event,
+        };
+        self.store
+            .append(&next, call.version, &entry, None)
+            .await
+            .map(|()| next)
+    }
+}
+
+fn answered() -> Event {
+    Event::Carrier {
+        event: CarrierEvent::Answered,
+    }
+}
+
+#[tokio::test]
+async fn migrations_install_pgvector() {
+    let (_, pool) = common::db::migrated_pool().await;
+    let has: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(has);
+    // Idempotent.
+    iace::store::migrate(&pool).await.unwrap();
+}
+
+#[tokio::test]
+async fn snapshots_and_journal_round_trip_exactly() {
+    let f = fixture().await;
+    let call = f.insert("+14155550100").await;
+    assert_eq!(
+        f.store.load_call(call.spec.id).await.unwrap(),
+        Some(call.clone())
+    );
+    let answered_call = f.apply(&call, answered()).await.unwrap();
+    assert_eq!(
+        f.store.load_call(call.spec.id).await.unwrap(),
+        Some(answered_call.clone())
+    );
+    let journal = f
+        .store
+        .call_events(f.org, call.spec.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(journal.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    let replayed =
+        iace_actors::machine::replay(journal.into_iter().map(|e| (e.event, e.at))).unwrap();
+    assert_eq!(replayed.status, CallStatus::InProgress);
+    assert_eq!(
+        f.store.live_calls(&[shard_of(call.spec.id)]).await.unwrap(),
+        vec![call.spec.id]
+    );
+}
+
+#[tokio::test]
+async fn append_is_compare_and_set_on_version() {
+    let f = fixture().await;
+    let call = f.insert("+14155550100").await;
+    f.apply(&call, answered()).await.unwrap();
+    // Same expected version again: stale, nothing written.
+    let err = f.apply(&call, answered()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Stale), "{err:?}");
+    let journal = f
+        .store
+        .call_events(f.org, call.spec.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(journal.len(), 2);
+}
+
+#[tokio::test]
+async fn a_new_lease_epoch_fences_the_old_owner() {
+    let f = fixture().await;
+    let call = f.insert("+14155550100").await;
+    let shard = shard_of(call.spec.id);
+    let new_epoch = f
+        .store
+        .acquire_shards("other-node", &[shard])
+        .await
+        .unwrap()[0];
+    assert_eq!(new_epoch, call.owner_epoch + 1);
+    let err = f.apply(&call, answered()).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Stale),
+        "old owner must be fenced: {err:?}"
+    );
+    let mut taken = call.clone();
+    taken.owner_epoch = new_epoch;
+    let next = f.apply(&taken, answered()).await.unwrap();
+    let stored = f.store.load_call(call.spec.id).await.unwrap().unwrap();
+    assert_eq!(stored.owner_epoch, new_epoch);
+    assert_eq!(stored, next);
+    // Inserting under the old epoch is refused too.
+    let (mut fresh, entry) = f.new_call("+14155550101");
+    let mut tries = 0;
+    while shard_of(fresh.spec.id) != shard {
+        (fresh, _) = f.new_call("+14155550101");
+        tries += 1;
+        assert!(tries < 100_000);
+    }
+    let entry = JournalEntry {
+        call_id: fresh.spec.id,
+        event: Event::Created {
+            spec: fresh.spec.clone(),
+        },
+        ..entry
+    };
+    assert!(matches!(
+        f.store.insert_call(&fresh, &entry, None).await,
+        Err(StoreError::Stale)
+    ));
+}
+
+#[tokio::test]
+async fn idempotency_keys_return_the_first_call_or_refuse_other_bodies() {
+    let f = fixture().await;
+    let key = IdempotencyKey {
+        key: "k-1".into(),
+        fingerprint: "fp-a".into(),
+    };
+    let (first, e1) = f.new_call("+14155550100");
+    assert_eq!(
+        f.store.insert_call(&first, &e1, Some(&key)).await.unwrap(),
+        InsertOutcome::Created
+    );
+    let (second, e2) = f.new_call("+14155550100");
+    assert_eq!(
+        f.store.insert_call(&second, &e2, Some(&key)).await.unwrap(),
+        InsertOutcome::Existing(Box::new(first.clone()))
+    );
+    let other = IdempotencyKey {
+        fingerprint: "fp-b".into(),
+        ..key.clone()
+    };
+    let (third, e3) = f.new_call("+14155550111");
+    assert_eq!(
+        f.store
+            .insert_call(&third, &e3, Some(&other))
+            .await
+            .unwrap(),
+        InsertOutcome::IdempotencyMismatch
+    );
+    let all = f
+        .store
+        .list_calls(
+            f.org,
+            &CallFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
+}
+
+#[tokio::test]
+async fn unknown_or_foreign_agents_and_customers_are_refused() {
+    let f = fixture().await;
+    let stranger = org(&f.store, "Globex").await;
+    let foreign_agent = agent(&f.store, stranger).await;
+    let (mut call, mut entry) = f.new_call("+14155550100");
+    call.spec.agent_id = foreign_agent;
+    entry.event = Event::Created {
+        spec: call.spec.clone(),
+    };
+    assert_eq!(
+        f.store.insert_call(&call, &entry, None).await.unwrap(),
+        InsertOutcome::UnknownAgent
+    );
+    let (mut call, mut entry) = f.new_call("+14155550100");
+    call.spec.customer_id = Some(Uuid::new_v4());
+    entry.event = Event::Created {
+        spec: call.spec.clone(),
+    };
+    assert_eq!(
+        f.store.insert_call(&call, &entry, None).await.unwrap(),
+        InsertOutcome::UnknownCustomer
+    );
+}
+
+#[tokio::test]
+async fn inbox_dedupes_and_is_marked_processed_with_the_change() {
+    let f = fixture().await;
+    let call = f.insert("+14155550100").await;
+    let item = InboxItem {
+        vendor: "telnyx".into(),
+        event_id: "ev-1".into(),
+        call_id: call.spec.id,
+        occurred_at: now(),
+        event: CarrierEvent::Answered,
+    };
+    assert!(f.store.inbox_insert(&item).await.unwrap());
+    assert!(!f.store.inbox_insert(&item).await.unwrap(), "duplicate");
+    let unknown = InboxItem {
+        call_id: Uuid::new_v4(),
+        event_id: "ev-x".into(),
+        ..item.clone()
+    };
+    assert!(
+        !f.store.inbox_insert(&unknown).await.unwrap(),
+        "unknown call"
+    );
+    assert_eq!(f.store.inbox_pending(10).await.unwrap(), vec![item.clone()]);
+
+    let mut next = call.clone();
+    step(&mut next, answered(), now()).unwrap();
+    let entry = JournalEntry {
+        call_id: call.spec.id,
+        seq: next.version,
+        at: next.updated_at,
+        event: answered(),
+    };
+    f.store
+        .append(&next, call.version, &entry, Some(("telnyx", "ev-1")))
+        .await
+        .unwrap();
+    assert!(f.store.inbox_pending(10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn reads_are_scoped_to_the_organization_and_paged() {
+    let f = fixture().await;
+    let stranger = org(&f.store, "Globex").await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(f.insert(&format!("+1415555010{n}")).await.spec.id);
+    }
+    let id = ids[0];
+    assert!(f.store.get_call(stranger, id).await.unwrap().is_none());
+    assert!(f.store.call_events(stranger, id).await.unwrap().is_none());
+    assert!(f
+        .store
+        .get_agent(stranger, f.agent)
+        .await
+        .unwrap()
+        .is_none());
+
+    let page1 = f
+        .store
+        .list_calls(
+            f.org,
+            &CallFilter {
+                limit: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page1.len(), 2);
+    let last = page1.last().unwrap();
+    let page2 = f
+        .store
+        .list_calls(
+            f.org,
+            &CallFilter {
+                limit: 2,
+                after: Some((last.created_at, last.spec.id)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page2.len(), 1);
+    let mut seen: Vec<Uuid> = page1.iter().chain(&page2).map(|c| c.spec.id).collect();
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids);
+    let filtered = f
+        .store
+        .list_calls(
+            f.org,
+            &CallFilter {
+                limit: 10,
+                status: Some(CallStatus::Completed),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(filtered.is_empty());
+}
+
+#[tokio::test]
+async fn customers_are_unique_per_phone_and_agents_with_calls_are_archived() {
+    let f = fixture().await;
+    let new = || -> NewCustomer { serde_json::from_str(r#"{"phone":"+14155550100"}"#).unwrap() };
+    let c = new().validate(Uuid::new_v4(), f.org, now()).unwrap();
+    assert!(f.store.insert_customer(&c).await.unwrap());
+    let dup = new().validate(Uuid::new_v4(), f.org, now()).unwrap();
+    assert!(!f.store.insert_customer(&dup).await.unwrap());
+    let page = PageRequest {
+        limit: 10,
+        after: None,
+    };
+    assert_eq!(f.store.list_customers(f.org, &page).await.unwrap().len(), 1);
+
+    f.insert("+14155550100").await;
+    assert!(f.store.delete_agent(f.org, f.agent, now()).await.unwrap());
+    let archived = f.store.get_agent(f.org, f.agent).await.unwrap().unwrap();
+    assert_eq!(archived.status.as_str(), "archived");
+    assert!(f.store.delete_customer(f.org, c.id).await.unwrap());
+    assert!(!f.store.delete_customer(f.org, c.id).await.unwrap());
+}

@@ -1,1 +1,44 @@
-fn main() {}
+//! The `iace` binary: see `iace --help`.
+
+use clap::Parser;
+use iace::config::{Cli, Command, OrgCommand};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let _telemetry = iace::telemetry::init(cli.log_format)?;
+    match cli.command {
+        Command::Serve(args) => iace::app::start(args).await?.wait().await,
+        Command::Migrate(db) => iace::app::migrate(&db.database_url).await,
+        Command::Org {
+            command: OrgCommand::Create { name, db },
+        } => {
+            let (org, key) = iace::app::create_org(&db.database_url, &name).await?;
+            println!(
+                "{}",
+                serde_json::json!({"organization_id": org.id, "api_key": key})
+            );
+            Ok(())
+        }
+        Command::Dev(args) => iace::app::dev(args).await,
+    }
+}

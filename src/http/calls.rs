@@ -1,0 +1,146 @@
+//! `/v1/calls`: create (idempotent), read, list, journal, hangup.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use iace_actors::engine::{parse_status, NewCall};
+use iace_actors::machine::Call;
+use iace_actors::ports::{CallFilter, JournalEntry};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{AppJson, AppPath, AppQuery, Org};
+use super::{cursor_of, page_limit, parse_cursor, AppState};
+
+/// The call resource.
+pub fn call_resource(c: &Call) -> Value {
+    json!({
+        "id": c.spec.id,
+        "status": c.status,
+        "end_reason": c.end_reason,
+        "direction": c.spec.direction,
+        "from": c.spec.from,
+        "to": c.spec.to,
+        "agent_id": c.spec.agent_id,
+        "customer_id": c.spec.customer_id,
+        "metadata": c.spec.metadata,
+        "created_at": c.created_at,
+        "answered_at": c.answered_at,
+        "ended_at": c.ended_at,
+        "version": c.version,
+    })
+}
+
+fn event_resource(e: &JournalEntry) -> Value {
+    json!({
+        "seq": e.seq,
+        "kind": e.event.kind(),
+        "at": e.at,
+        "data": e.event,
+    })
+}
+
+fn record_call(id: Uuid) {
+    tracing::Span::current().record("call_id", tracing::field::display(id));
+}
+
+/// `POST /v1/calls`.
+pub async fn create(
+    State(state): State<AppState>,
+    Org(org): Org,
+    headers: HeaderMap,
+    AppJson(body): AppJson<NewCall>,
+) -> Result<Response, ApiError> {
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::invalid("Idempotency-Key must be printable ASCII"))?
+                .to_owned(),
+        ),
+    };
+    let created = state.engine.create_call(org, body, key).await?;
+    record_call(created.call.spec.id);
+    let body = Json(call_resource(&created.call));
+    Ok(if created.replayed {
+        let mut resp = (StatusCode::OK, body).into_response();
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        resp
+    } else {
+        (StatusCode::CREATED, body).into_response()
+    })
+}
+
+/// `GET /v1/calls/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    Org(org): Org,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    record_call(id);
+    let call = state.engine.get_call(org, id).await?;
+    Ok(Json(call_resource(&call)))
+}
+
+/// Query of `GET /v1/calls`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    agent_id: Option<Uuid>,
+    customer_id: Option<Uuid>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/calls`.
+pub async fn list(
+    State(state): State<AppState>,
+    Org(org): Org,
+    AppQuery(q): AppQuery<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = page_limit(q.limit)?;
+    let filter = CallFilter {
+        status: q.status.as_deref().map(parse_status).transpose()?,
+        agent_id: q.agent_id,
+        customer_id: q.customer_id,
+        limit,
+        after: q.cursor.as_deref().map(parse_cursor).transpose()?,
+    };
+    let calls = state.engine.list_calls(org, filter).await?;
+    let next = (i64::try_from(calls.len()).unwrap_or(i64::MAX) == limit)
+        .then(|| calls.last().map(|c| cursor_of(c.created_at, c.spec.id)))
+        .flatten();
+    Ok(Json(json!({
+        "data": calls.iter().map(call_resource).collect::<Vec<_>>(),
+        "next_cursor": next,
+    })))
+}
+
+/// `GET /v1/calls/{id}/events`.
+pub async fn events(
+    State(state): State<AppState>,
+    Org(org): Org,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    record_call(id);
+    let journal = state.engine.call_events(org, id).await?;
+    Ok(Json(json!({
+        "data": journal.iter().map(event_resource).collect::<Vec<_>>(),
+    })))
+}
+
+/// `POST /v1/calls/{id}/hangup` (any body is ignored).
+pub async fn hangup(
+    State(state): State<AppState>,
+    Org(org): Org,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    record_call(id);
+    let call = state.engine.hangup(org, id).await?;
+    Ok(Json(call_resource(&call)))
+}

@@ -1,0 +1,153 @@
+//! `/v1/agents` and `/v1/customers`: create, read, list, patch, delete.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use iace_actors::catalog::{AgentPatch, CustomerPatch, NewAgent, NewCustomer};
+use iace_actors::ports::PageRequest;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{AppJson, AppPath, AppQuery, Org};
+use super::{cursor_of, page_limit, parse_cursor, AppState};
+
+/// Query of the catalog lists.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+impl PageQuery {
+    fn request(&self) -> Result<PageRequest, ApiError> {
+        Ok(PageRequest {
+            limit: page_limit(self.limit)?,
+            after: self.cursor.as_deref().map(parse_cursor).transpose()?,
+        })
+    }
+}
+
+fn page<T: Serialize>(
+    rows: &[T],
+    limit: i64,
+    key: impl Fn(&T) -> (chrono::DateTime<chrono::Utc>, Uuid),
+) -> Json<Value> {
+    let next = (i64::try_from(rows.len()).unwrap_or(i64::MAX) == limit)
+        .then(|| {
+            rows.last().map(|r| {
+                let (at, id) = key(r);
+                cursor_of(at, id)
+            })
+        })
+        .flatten();
+    Json(json!({"data": rows, "next_cursor": next}))
+}
+
+fn to_value<T: Serialize>(v: &T) -> Json<Value> {
+    Json(serde_json::to_value(v).unwrap_or(Value::Null))
+}
+
+/// `POST /v1/agents`.
+pub async fn create_agent(
+    State(s): State<AppState>,
+    Org(org): Org,
+    AppJson(body): AppJson<NewAgent>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let agent = s.engine.create_agent(org, body).await?;
+    Ok((StatusCode::CREATED, to_value(&agent)))
+}
+
+/// `GET /v1/agents/{id}`.
+pub async fn get_agent(
+    State(s): State<AppState>,
+    Org(org): Org,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(to_value(&s.engine.get_agent(org, id).await?))
+}
+
+/// `GET /v1/agents`.
+pub async fn list_agents(
+    State(s): State<AppState>,
+    Org(org): Org,
+    AppQuery(q): AppQuery<PageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let req = q.request()?;
+    let limit = req.limit;
+    let rows = s.engine.list_agents(org, req).await?;
+    Ok(page(&rows, limit, |a| (a.created_at, a.id)))
+}
+
+/// `PATCH /v1/agents/{id}`.
+pub async fn update_agent(
+    State(s): State<AppState>,
+    Org(org): Org,
+    AppPath(id): AppPath<Uuid>,
+    AppJson(patch): AppJson<AgentPatch>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(to_value(&s.engine.update_agent(org, id, patch).await?))
+}
+
+/// `DELETE /v1/agents/{id}`.
+pub async fn delete_agent(
+    State(s): State<AppState>,
+    Org(org): Org,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    s.engine.delete_agent(org, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/customers`.
+pub async fn create_customer(
+    State(s): State<AppState>,
+    Org(org): Org,
+    AppJson(body): AppJson<NewCustomer>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let customer = s.engine.create_customer(org, body).await?;
+    Ok((StatusCode::CREATED, to_value(&customer)))
+}
+
+/// `GET /v1/customers/{id}`.
+pub async fn get_customer(
+    State(s): State<AppState>,
+    Org(org): Org,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(to_value(&s.engine.get_customer(org, id).await?))
+}
+
+/// `GET /v1/customers`.
+pub async fn list_customers(
+    State(s): State<AppState>,
+    Org(org): Org,
+    AppQuery(q): AppQuery<PageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let req = q.request()?;
+    let limit = req.limit;
+    let rows = s.engine.list_customers(org, req).await?;
+    Ok(page(&rows, limit, |c| (c.created_at, c.id)))
+}
+
+/// `PATCH /v1/customers/{id}`.
+pub async fn update_customer(
+    State(s): State<AppState>,
+    Org(org): Org,
+    AppPath(id): AppPath<Uuid>,
+    AppJson(patch): AppJson<CustomerPatch>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(to_value(&s.engine.update_customer(org, id, patch).await?))
+}
+
+/// `DELETE /v1/customers/{id}`.
+pub async fn delete_customer(
+    State(s): State<AppState>,
+    Org(org): Org,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    s.engine.delete_customer(org, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,92 @@
+//! The one error envelope: `{"error":{"code","message","request_id"}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use iace_actors::engine::EngineError;
+use serde_json::json;
+
+tokio::task_local! {
+    /// The id of the request being served (set by the request middleware).
+    pub static REQUEST_ID: String;
+}
+
+/// The current request id, or `-` outside a request.
+pub fn current_request_id() -> String {
+    REQUEST_ID
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| "-".to_owned())
+}
+
+/// An error answer.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400 `invalid_request`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// 401 `unauthorized`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let status = match &e {
+            EngineError::Invalid(_) => StatusCode::BAD_REQUEST,
+            EngineError::NotFound { .. } => StatusCode::NOT_FOUND,
+            EngineError::IllegalTransition { .. } | EngineError::Conflict(_) => {
+                StatusCode::CONFLICT
+            }
+            EngineError::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            EngineError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        };
+        let message = match &e {
+            EngineError::IllegalTransition { status, message } => {
+                format!("illegal transition: the call is {status}; {message}")
+            }
+            other => other.to_string(),
+        };
+        ApiError::new(status, e.code(), message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let request_id = current_request_id();
+        if self.status.is_server_error() {
+            tracing::warn!(code = self.code, message = %self.message, "request failed");
+        }
+        let body = json!({"error": {
+            "code": self.code,
+            "message": self.message,
+            "request_id": request_id,
+        }});
+        (self.status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,117 @@
+//! Extractors whose rejections use the error envelope, and API-key authentication.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use iace_actors::machine::OrganizationId;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use super::error::ApiError;
+use super::AppState;
+
+/// JSON body; malformed JSON, unknown fields and bad values answer 400 naming the problem.
+pub struct AppJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for AppJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(AppJson(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is larger than 256 KiB",
+        );
+    }
+    let message = match &r {
+        JsonRejection::MissingJsonContentType(_) => {
+            "expected a JSON body with Content-Type: application/json".to_owned()
+        }
+        _ => r.body_text(),
+    };
+    ApiError::invalid(message)
+}
+
+/// Path parameters; a malformed id answers 400.
+pub struct AppPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for AppPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(AppPath(v)),
+            Err(r) => Err(path_rejection(r)),
+        }
+    }
+}
+
+fn path_rejection(r: PathRejection) -> ApiError {
+    ApiError::invalid(format!("bad path parameter: {}", r.body_text()))
+}
+
+/// Query string; unknown parameters and bad values answer 400.
+pub struct AppQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for AppQuery<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(AppQuery(v)),
+            Err(r) => Err(query_rejection(r)),
+        }
+    }
+}
+
+fn query_rejection(r: QueryRejection) -> ApiError {
+    ApiError::invalid(r.body_text())
+}
+
+/// The organization of the request's API key (`Authorization: Bearer <key>`).
+pub struct Org(pub OrganizationId);
+
+impl FromRequestParts<AppState> for Org {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <api key>"))?;
+        let key = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <api key>"))?;
+        let hash = hex::encode(Sha256::digest(key.as_bytes()));
+        match state.engine.authenticate(hash).await? {
+            Some(org) => Ok(Org(org)),
+            None => Err(ApiError::unauthorized("invalid API key")),
+        }
+    }
+}

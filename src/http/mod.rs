@@ -1,0 +1,256 @@
+//! The HTTP layer (axum). It holds the [`Engine`] handle and nothing else that reaches a
+//! database: handlers parse, call the engine, and map the answer. Every response carries an
+//! `x-request-id`; every error uses one envelope ([`error::ApiError`]).
+
+mod calls;
+mod catalog;
+pub mod error;
+mod extract;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use iace_actors::engine::{Engine, MAX_PAGE};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use serde_json::json;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use error::{ApiError, REQUEST_ID};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// A dependency `/ready` checks besides the database (which the engine checks).
+#[async_trait]
+pub trait ReadyCheck: Send + Sync {
+    /// Name in the `/ready` answer.
+    fn name(&self) -> &'static str;
+    /// `Err(reason)` when unreachable.
+    async fn check(&self) -> Result<(), String>;
+}
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The engine: the only way to state.
+    pub engine: Engine,
+    /// Metrics registry served on `/metrics`.
+    pub registry: Registry,
+    /// Extra readiness checks (Redis, ...).
+    pub ready_checks: Vec<Arc<dyn ReadyCheck>>,
+}
+
+#[derive(Clone)]
+struct HttpMetrics {
+    requests: IntCounterVec,
+    latency: HistogramVec,
+}
+
+/// Builds the API router; registers HTTP metrics in `state.registry`.
+pub fn router(state: AppState) -> Result<Router, prometheus::Error> {
+    let metrics = HttpMetrics {
+        requests: IntCounterVec::new(
+            Opts::new(
+                "iace_http_requests_total",
+                "HTTP requests by route and status",
+            ),
+            &["method", "route", "status"],
+        )?,
+        latency: HistogramVec::new(
+            HistogramOpts::new(
+                "iace_http_request_duration_seconds",
+                "HTTP latency by route",
+            ),
+            &["route"],
+        )?,
+    };
+    state
+        .registry
+        .register(Box::new(metrics.requests.clone()))?;
+    state.registry.register(Box::new(metrics.latency.clone()))?;
+
+    let v1 = Router::new()
+        .route("/calls", post(calls::create).get(calls::list))
+        .route("/calls/{id}", get(calls::get))
+        .route("/calls/{id}/events", get(calls::events))
+        .route("/calls/{id}/hangup", post(calls::hangup))
+        .route(
+            "/agents",
+            post(catalog::create_agent).get(catalog::list_agents),
+        )
+        .route(
+            "/agents/{id}",
+            get(catalog::get_agent)
+                .patch(catalog::update_agent)
+                .delete(catalog::delete_agent),
+        )
+        .route(
+            "/customers",
+            post(catalog::create_customer).get(catalog::list_customers),
+        )
+        .route(
+            "/customers/{id}",
+            get(catalog::get_customer)
+                .patch(catalog::update_customer)
+                .delete(catalog::delete_customer),
+        );
+    Ok(Router::new()
+        .nest("/v1", v1)
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(metrics, observe))
+        .with_state(state))
+}
+
+/// Request id, span, metrics and the access log line.
+async fn observe(State(m): State<HttpMetrics>, req: Request, next: Next) -> Response {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| Uuid::new_v4().to_string(), str::to_owned);
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %method,
+        route = %route,
+        call_id = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let mut resp = REQUEST_ID
+        .scope(request_id.clone(), next.run(req))
+        .instrument(span.clone())
+        .await;
+    let elapsed = started.elapsed();
+    let status = resp.status();
+    m.requests
+        .with_label_values(&[method.as_str(), route.as_str(), status.as_str()])
+        .inc();
+    m.latency
+        .with_label_values(&[route.as_str()])
+        .observe(elapsed.as_secs_f64());
+    span.in_scope(|| {
+        tracing::info!(
+            status = status.as_u16(),
+            latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            "request served"
+        );
+    });
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let mut checks = serde_json::Map::new();
+    let mut ok = true;
+    match state.engine.ready().await {
+        Ok(()) => {
+            checks.insert("database".into(), json!("ok"));
+        }
+        Err(e) => {
+            ok = false;
+            checks.insert("database".into(), json!(e.to_string()));
+        }
+    }
+    for check in &state.ready_checks {
+        match check.check().await {
+            Ok(()) => {
+                checks.insert(check.name().into(), json!("ok"));
+            }
+            Err(e) => {
+                ok = false;
+                checks.insert(check.name().into(), json!(e));
+            }
+        }
+    }
+    let (status, word) = if ok {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    };
+    (status, Json(json!({"status": word, "checks": checks}))).into_response()
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let families = state.registry.gather();
+    match prometheus::TextEncoder::new().encode_to_string(&families) {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("encoding metrics: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}
+
+/// Opaque keyset cursor: `<created_at unix micros>_<id>`.
+fn cursor_of(at: DateTime<Utc>, id: Uuid) -> String {
+    format!("{}_{}", at.timestamp_micros(), id.simple())
+}
+
+fn parse_cursor(s: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
+    let bad = || ApiError::invalid("cursor: not a cursor returned by this API");
+    let (micros, id) = s.split_once('_').ok_or_else(bad)?;
+    let at = micros
+        .parse::<i64>()
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+        .ok_or_else(bad)?;
+    let id = Uuid::parse_str(id).map_err(|_| bad())?;
+    Ok((at, id))
+}
+
+fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(iace_actors::engine::DEFAULT_PAGE),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::invalid(format!(
+            "limit: must be between 1 and {MAX_PAGE}"
+        ))),
+    }
+}

@@ -1,0 +1,478 @@
+//! End-to-end tests: the real `iace` binary against real Postgres (pgvector) and real Redis,
+//! with the simulated carrier. Each test gets its own database and Redis key prefix, so they run
+//! in parallel. Requires `DATABASE_URL` and `REDIS_URL` (`eval "$(scripts/services env)"`).
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_iace");
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").expect(
+        "REDIS_URL is not set: run `scripts/services up` and `eval \"$(scripts/services env)\"`",
+    )
+}
+
+/// One server process on its own database.
+struct Server {
+    child: Option<Child>,
+    database_url: String,
+    prefix: String,
+    port: u16,
+    ring_ms: u64,
+    talk_ms: u64,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Server {
+    async fn start(ring_ms: u64, talk_ms: u64) -> Server {
+        let database_url = common::db::fresh_database().await;
+        let prefix = format!("iace:test:{}:", uuid::Uuid::new_v4().simple());
+        let port = free_port();
+        let mut server = Server {
+            child: None,
+            database_url,
+            prefix,
+            port,
+            ring_ms,
+            talk_ms,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new(BIN)
+            .arg("serve")
+            .env("DATABASE_URL", &self.database_url)
+            .env("REDIS_URL", redis_url())
+            .env("IACE_BIND", format!("127.0.0.1:{}", self.port))
+            .env("IACE_TELEPHONY", "simulated")
+            .env("IACE_SIM_RING_MS", self.ring_ms.to_string())
+            .env("IACE_SIM_TALK_MS", self.talk_ms.to_string())
+            .env("IACE_SIM_KEY_PREFIX", &self.prefix)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning the iace binary");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/health", self.base)).send().await {
+                if r.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("iace exited during start-up: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "iace did not come up within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL: no graceful shutdown, no flushing.
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reap");
+        }
+    }
+
+    fn org(&self, name: &str) -> (String, String) {
+        let out = Command::new(BIN)
+            .args(["org", "create", name])
+            .env("DATABASE_URL", &self.database_url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("running iace org create");
+        assert!(out.status.success(), "org create failed: {out:?}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "org create prints exactly one line: {stdout}"
+        );
+        let v: Value = serde_json::from_str(lines[0]).unwrap();
+        (
+            v["organization_id"].as_str().unwrap().to_owned(),
+            v["api_key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        key: &str,
+        path: &str,
+        body: Option<String>,
+        extra: &[(&str, &str)],
+    ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(key);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON body {text:?}"))
+        };
+        (status, value, headers)
+    }
+
+    async fn get(&self, key: &str, path: &str) -> (StatusCode, Value) {
+        let (s, v, _) = self.send(reqwest::Method::GET, key, path, None, &[]).await;
+        (s, v)
+    }
+
+    async fn post(&self, key: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        let (s, v, _) = self
+            .send(
+                reqwest::Method::POST,
+                key,
+                path,
+                Some(body.to_string()),
+                &[],
+            )
+            .await;
+        (s, v)
+    }
+
+    async fn agent(&self, key: &str) -> String {
+        let (s, v) = self
+            .post(
+                key,
+                "/v1/agents",
+                json!({"name": "Renewals", "persona_config": {"prompt": "hi"}}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn wait_status(&self, key: &str, id: &str, want: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (s, v) = self.get(key, &format!("/v1/calls/{id}")).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            if v["status"] == want {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "call {id} did not reach {want} within {within:?}; last: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn events(&self, key: &str, id: &str) -> Vec<Value> {
+        let (s, v) = self.get(key, &format!("/v1/calls/{id}/events")).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let events = v["data"].as_array().cloned().unwrap_or_else(|| {
+            v.as_array()
+                .cloned()
+                .unwrap_or_else(|| panic!("events body: {v}"))
+        });
+        let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+        let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
+        assert_eq!(
+            seqs, expected,
+            "journal must be gap-free without duplicates"
+        );
+        events
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn kinds(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn call_body(agent: &str) -> Value {
+    json!({"to": "+14155550100", "from": "+14155550199", "agent_id": agent, "metadata": {"campaign": "q4"}})
+}
+
+#[tokio::test]
+async fn outbound_call_goes_pending_ringing_in_progress_completed() {
+    let server = Server::start(400, 600).await;
+    let (_, key) = server.org("Acme");
+    let agent = server.agent(&key).await;
+    let (s, call) = server.post(&key, "/v1/calls", call_body(&agent)).await;
+    assert_eq!(s, StatusCode::CREATED, "{call}");
+    assert_eq!(call["status"], "pending");
+    assert_eq!(call["direction"], "outbound");
+    assert_eq!(call["metadata"]["campaign"], "q4");
+    let id = call["id"].as_str().unwrap();
+
+    let done = server
+        .wait_status(&key, id, "completed", Duration::from_secs(30))
+        .await;
+    assert_eq!(done["end_reason"], "normal_clearing");
+    assert!(done["answered_at"].is_string() && done["ended_at"].is_string());
+    let events = server.events(&key, id).await;
+    assert_eq!(
+        kinds(&events),
+        ["created", "initiated", "ringing", "answered", "hangup"]
+    );
+
+    let (s, list) = server.get(&key, "/v1/calls?status=completed").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list["data"][0]["id"], id);
+}
+
+#[tokio::test]
+async fn kill_9_mid_call_then_restart_resumes_and_completes_without_lost_or_duplicated_events() {
+    let mut server = Server::start(300, 4000).await;
+    let (_, key) = server.org("Acme");
+    let agent = server.agent(&key).await;
+    let (s, call) = server.post(&key, "/v1/calls", call_body(&agent)).await;
+    assert_eq!(s, StatusCode::CREATED, "{call}");
+    let id = call["id"].as_str().unwrap().to_owned();
+    server
+        .wait_status(&key, &id, "in_progress", Duration::from_secs(30))
+        .await;
+
+    server.kill9();
+    assert!(
+        server
+            .http
+            .get(format!("{}/health", server.base))
+            .send()
+            .await
+            .is_err(),
+        "the server must be down"
+    );
+    server.spawn().await;
+
+    let done = server
+        .wait_status(&key, &id, "completed", Duration::from_secs(30))
+        .await;
+    assert_eq!(done["end_reason"], "normal_clearing");
+    let events = server.events(&key, &id).await;
+    assert_eq!(
+        kinds(&events),
+        ["created", "initiated", "ringing", "answered", "hangup"],
+        "exactly one of each event across the crash"
+    );
+}
+
+#[tokio::test]
+async fn idempotent_create_returns_the_same_call_and_dials_once() {
+    let server = Server::start(300, 30_000).await;
+    let (_, key) = server.org("Acme");
+    let agent = server.agent(&key).await;
+    let body = call_body(&agent).to_string();
+    let post = |body: String| {
+        server.send(
+            reqwest::Method::POST,
+            &key,
+            "/v1/calls",
+            Some(body),
+            &[("idempotency-key", "renewal-7")],
+        )
+    };
+    let (s1, first, _) = post(body.clone()).await;
+    assert_eq!(s1, StatusCode::CREATED, "{first}");
+    let (s2, second, headers) = post(body.clone()).await;
+    assert_eq!(s2, StatusCode::OK, "{second}");
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(first["id"], second["id"]);
+    let mut other = call_body(&agent);
+    other["to"] = json!("+14155550123");
+    let (s3, err, _) = post(other.to_string()).await;
+    assert_eq!(s3, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["error"]["code"], "idempotency_key_reused");
+
+    let id = first["id"].as_str().unwrap();
+    server
+        .wait_status(&key, id, "in_progress", Duration::from_secs(30))
+        .await;
+    let events = server.events(&key, id).await;
+    let initiated = kinds(&events).iter().filter(|k| *k == "initiated").count();
+    assert_eq!(initiated, 1, "one dial");
+    let (_, list) = server.get(&key, "/v1/calls").await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "one call stored");
+}
+
+#[tokio::test]
+async fn hangup_then_second_hangup_is_409_naming_the_status() {
+    let server = Server::start(300, 30_000).await;
+    let (_, key) = server.org("Acme");
+    let agent = server.agent(&key).await;
+    let (_, call) = server.post(&key, "/v1/calls", call_body(&agent)).await;
+    let id = call["id"].as_str().unwrap();
+    server
+        .wait_status(&key, id, "in_progress", Duration::from_secs(30))
+        .await;
+    let (s, ended) = server
+        .post(&key, &format!("/v1/calls/{id}/hangup"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{ended}");
+    assert_eq!(ended["status"], "completed");
+    assert_eq!(ended["end_reason"], "hangup_requested");
+    let (s, err) = server
+        .post(&key, &format!("/v1/calls/{id}/hangup"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{err}");
+    assert_eq!(err["error"]["code"], "illegal_transition");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("completed"),
+        "{err}"
+    );
+    assert!(err["error"]["request_id"].is_string());
+}
+
+#[tokio::test]
+async fn another_organizations_ids_answer_404() {
+    let server = Server::start(300, 30_000).await;
+    let (_, key_a) = server.org("Acme");
+    let (_, key_b) = server.org("Globex");
+    let agent = server.agent(&key_a).await;
+    let (_, call) = server.post(&key_a, "/v1/calls", call_body(&agent)).await;
+    let id = call["id"].as_str().unwrap();
+    for path in [
+        format!("/v1/calls/{id}"),
+        format!("/v1/calls/{id}/events"),
+        format!("/v1/agents/{agent}"),
+    ] {
+        let (s, v) = server.get(&key_b, &path).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {v}");
+        assert_eq!(v["error"]["code"], "not_found");
+    }
+    let (s, _) = server
+        .post(&key_b, &format!("/v1/calls/{id}/hangup"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = server.post(&key_b, "/v1/calls", call_body(&agent)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "B cannot use A's agent: {v}");
+    let (_, list) = server.get(&key_b, "/v1/calls").await;
+    assert_eq!(list["data"], json!([]));
+    let (s, _) = server.get("iace_not_a_key", "/v1/calls").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn malformed_inputs_get_a_clear_400_and_store_nothing() {
+    let server = Server::start(300, 30_000).await;
+    let (_, key) = server.org("Acme");
+    let agent = server.agent(&key).await;
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("broken json", "{\"to\": ".into(), ""),
+        (
+            "unknown field",
+            json!({"to": "+14155550100", "from": "+14155550199", "agent_id": agent, "colour": "red"}).to_string(),
+            "colour",
+        ),
+        (
+            "bad phone",
+            json!({"to": "555-0100", "from": "+14155550199", "agent_id": agent}).to_string(),
+            "E.164",
+        ),
+        (
+            "bad agent id",
+            json!({"to": "+14155550100", "from": "+14155550199", "agent_id": "nope"}).to_string(),
+            "",
+        ),
+        (
+            "metadata not an object",
+            json!({"to": "+14155550100", "from": "+14155550199", "agent_id": agent, "metadata": [1]}).to_string(),
+            "metadata",
+        ),
+    ];
+    for (what, body, needle) in cases {
+        let (s, v, _) = server
+            .send(reqwest::Method::POST, &key, "/v1/calls", Some(body), &[])
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{what}: {v}");
+        assert_eq!(v["error"]["code"], "invalid_request", "{what}: {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(needle),
+            "{what}: message {message:?} should name {needle:?}"
+        );
+        assert!(v["error"]["request_id"].is_string(), "{what}");
+    }
+    let (s, v) = server.get(&key, "/v1/calls/not-a-uuid").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (_, list) = server.get(&key, "/v1/calls").await;
+    assert_eq!(list["data"], json!([]), "nothing stored");
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let server = Server::start(300, 500).await;
+    let health = server
+        .http
+        .get(format!("{}/health", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let ready = server
+        .http
+        .get(format!("{}/ready", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["checks"]["database"], "ok", "{ready}");
+    assert_eq!(ready["checks"]["redis"], "ok", "{ready}");
+    let metrics = server
+        .http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("iace_calls_created_total"), "{metrics}");
+}

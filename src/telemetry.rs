@@ -1,4 +1,4 @@
-//! Logging and tracing: JSON logs through `tracing`, plus OpenTelemetry export of spans when
+//! Logging and tracing: JSON logs (on stderr; stdout is for command output) through `tracing`, plus OpenTelemetry export of spans when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (OTLP over HTTP/protobuf).
 
 use opentelemetry::trace::TracerProvider as _;
@@ -29,12 +29,14 @@ pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
         || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let fmt = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
             .json()
             .with_current_span(true)
             .with_span_list(false)
             .with_filter(filter())
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
             .with_target(false)
             .with_filter(filter())
             .boxed(),

@@ -75,6 +75,7 @@ impl Fixture {
             metadata: serde_json::json!({"k": [1, 2]}),
             ring_timeout_secs: 30,
             max_duration_secs: 600,
+            inbound_leg_id: None,
         };
         let at = now();
         let (mut call, _) = start(spec.clone(), at);

@@ -71,6 +71,10 @@ pub(super) fn call_from_row(row: &PgRow) -> Result<Call, StoreError> {
             metadata: get(row, "metadata")?,
             ring_timeout_secs: secs(row, "ring_timeout_secs")?,
             max_duration_secs: secs(row, "max_duration_secs")?,
+            inbound_leg_id: match direction.as_str() {
+                "inbound" => get(row, "carrier_call_id")?,
+                _ => None,
+            },
         },
         status: CallStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
         end_reason: match end_reason {

@@ -18,8 +18,9 @@ use tracing::{debug, info, warn};
 
 use super::{EngineError, Shared};
 use crate::machine::{
-    step, Call, CallId, CallStatus, CarrierEvent, Effect, Event, TransitionError,
+    step, Call, CallId, CallStatus, CarrierEvent, Effect, Event, TimerKind, TransitionError,
 };
+use chrono::{DateTime, Utc};
 use crate::ports::{DialCommand, JournalEntry, LegCommand, LegStatus, StoreError, TelephonyError};
 
 /// How the actor comes to life.
@@ -65,6 +66,13 @@ pub(crate) enum CallMsg {
         inbox: InboxRef,
         reply: Option<ApplyReply>,
     },
+    /// A deadline timer fired. `generation` tells a current timer from one that was cancelled
+    /// or replaced after its message was already queued.
+    Timer {
+        generation: u64,
+        kind: TimerKind,
+        deadline: DateTime<Utc>,
+    },
     /// Ask the carrier for the live status of the leg.
     Reconcile,
     /// The carrier's answer.
@@ -83,6 +91,7 @@ pub(crate) struct CallState {
     activation: Option<Activation>,
     call: Option<Call>,
     timer: Option<JoinHandle<Result<(), ractor::MessagingErr<CallMsg>>>>,
+    timer_generation: u64,
     reconcile_attempts: u32,
 }
 
@@ -110,6 +119,7 @@ impl Actor for CallActor {
             activation: Some(args.activation),
             call: None,
             timer: None,
+            timer_generation: 0,
             reconcile_attempts: 0,
         })
     }
@@ -155,6 +165,34 @@ impl Actor for CallActor {
                 };
                 if let Some(reply) = reply {
                     let _ = reply.send(outcome);
+                }
+                Ok(())
+            }
+            CallMsg::Timer {
+                generation,
+                kind,
+                deadline,
+            } => {
+                let fires = &state.shared.metrics.timer_fires;
+                if generation != state.timer_generation {
+                    fires.with_label_values(&["superseded"]).inc();
+                    return Ok(());
+                }
+                state.timer = None;
+                if state.call.as_ref().is_none_or(|c| c.status.is_terminal()) {
+                    // Ending a call cancels its timer, so this is a bug: count it (the
+                    // simulations fail on it) and do nothing.
+                    fires.with_label_values(&["after_end"]).inc();
+                    warn!(call_id = %state.id, kind = kind.as_str(), "timer fired for an ended call");
+                    return Ok(());
+                }
+                fires.with_label_values(&["delivered"]).inc();
+                if let Err(e) = state
+                    .apply(&myself, Event::TimerFired { kind, deadline }, None)
+                    .await
+                {
+                    state.on_failure();
+                    return Err(e);
                 }
                 Ok(())
             }
@@ -354,10 +392,11 @@ impl CallState {
                     let delay = (at - self.shared.ports.clock.now())
                         .to_std()
                         .unwrap_or(Duration::ZERO);
-                    self.timer = Some(myself.send_after(delay, move || CallMsg::Apply {
-                        event: Event::TimerFired { kind, deadline: at },
-                        inbox: None,
-                        reply: None,
+                    let generation = self.timer_generation;
+                    self.timer = Some(myself.send_after(delay, move || CallMsg::Timer {
+                        generation,
+                        kind,
+                        deadline: at,
                     }));
                 }
                 Effect::CancelTimer => self.cancel_timer(),
@@ -381,7 +420,7 @@ impl CallState {
                     let me = myself.clone();
                     tokio::spawn(async move {
                         let result =
-                            retry_command(|| shared.ports.telephony.answer(cmd.clone())).await;
+                            retry_command(shared.config.command_timeout, || shared.ports.telephony.answer(cmd.clone())).await;
                         if let Err(e) = result {
                             shared
                                 .metrics
@@ -403,7 +442,7 @@ impl CallState {
                     let shared = self.shared.clone();
                     tokio::spawn(async move {
                         let result =
-                            retry_command(|| shared.ports.telephony.hangup(cmd.clone())).await;
+                            retry_command(shared.config.command_timeout, || shared.ports.telephony.hangup(cmd.clone())).await;
                         if let Err(e) = result {
                             shared
                                 .metrics
@@ -422,7 +461,7 @@ impl CallState {
         let shared = self.shared.clone();
         let me = myself.clone();
         tokio::spawn(async move {
-            let event = match retry_command(|| shared.ports.telephony.dial(cmd.clone())).await {
+            let event = match retry_command(shared.config.command_timeout, || shared.ports.telephony.dial(cmd.clone())).await {
                 Ok(carrier_call_id) => Event::Carrier {
                     event: CarrierEvent::Initiated { carrier_call_id },
                 },
@@ -525,6 +564,8 @@ impl CallState {
     }
 
     fn cancel_timer(&mut self) {
+        // A fire already queued in the mailbox carries the old generation and is dropped.
+        self.timer_generation += 1;
         if let Some(t) = self.timer.take() {
             t.abort();
         }
@@ -553,7 +594,9 @@ pub(crate) fn command_id(call_id: CallId, seq: i64) -> String {
 }
 
 /// Runs a carrier command, retrying `Unavailable` with exponential backoff (0.25 s, 0.5 s, 1 s).
-async fn retry_command<T, F, Fut>(mut f: F) -> Result<T, TelephonyError>
+/// Each attempt is bounded by `timeout` (a hung request counts as `Unavailable`); the command
+/// id makes a retry after an ambiguous timeout safe.
+async fn retry_command<T, F, Fut>(timeout: Duration, mut f: F) -> Result<T, TelephonyError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, TelephonyError>>,
@@ -561,7 +604,14 @@ where
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match f().await {
+        let outcome = match tokio::time::timeout(timeout, f()).await {
+            Ok(r) => r,
+            Err(_) => Err(TelephonyError::Unavailable(format!(
+                "no answer within {} ms",
+                timeout.as_millis()
+            ))),
+        };
+        match outcome {
             Err(TelephonyError::Unavailable(m)) if attempt < COMMAND_ATTEMPTS => {
                 debug!(attempt, error = %m, "carrier unavailable; retrying");
                 tokio::time::sleep(Duration::from_millis(250 << (attempt - 1))).await;

@@ -22,6 +22,9 @@ pub struct EngineMetrics {
     pub effect_failures: IntCounterVec,
     /// Vendor events received, by result (`new`, `duplicate`).
     pub inbox_events: IntCounterVec,
+    /// Deadline timers that fired, by outcome (`delivered`, `superseded`, `after_end`).
+    /// `after_end` must stay zero.
+    pub timer_fires: IntCounterVec,
 }
 
 impl EngineMetrics {
@@ -63,7 +66,12 @@ impl EngineMetrics {
                 ),
                 &["result"],
             )?,
+            timer_fires: IntCounterVec::new(
+                Opts::new("iace_timer_fires_total", "Deadline timers fired, by outcome"),
+                &["outcome"],
+            )?,
         };
+        registry.register(Box::new(m.timer_fires.clone()))?;
         registry.register(Box::new(m.calls_created.clone()))?;
         registry.register(Box::new(m.events_applied.clone()))?;
         registry.register(Box::new(m.calls_ended.clone()))?;

@@ -66,6 +66,11 @@ pub struct EngineConfig {
     pub restart_backoff: Duration,
     /// How often unprocessed inbox rows are re-delivered.
     pub inbox_sweep_every: Duration,
+    /// How often the store is scanned for live calls that have no actor (a create whose
+    /// activation was lost, a call whose restart budget ran out while the store was down).
+    pub orphan_sweep_every: Duration,
+    /// Upper bound on one attempt of a carrier command.
+    pub command_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -80,6 +85,8 @@ impl Default for EngineConfig {
             restart_window: Duration::from_secs(60),
             restart_backoff: Duration::from_millis(200),
             inbox_sweep_every: Duration::from_secs(5),
+            orphan_sweep_every: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -90,6 +97,14 @@ pub(crate) struct ShardTable {
 }
 
 impl ShardTable {
+    /// Every shard this node holds.
+    pub(crate) fn owned(&self) -> Vec<u16> {
+        let epochs = self.epochs.read().unwrap_or_else(|p| p.into_inner());
+        (0..SHARD_COUNT)
+            .filter(|s| epochs.get(usize::from(*s)).is_some_and(|e| *e > 0))
+            .collect()
+    }
+
     /// The epoch to fence writes of `call` with.
     pub(crate) fn epoch_of(&self, call: CallId) -> i64 {
         let epochs = self.epochs.read().unwrap_or_else(|p| p.into_inner());
@@ -145,6 +160,23 @@ pub struct NewCall {
     /// Free-form JSON object stored with the call.
     #[serde(default)]
     pub metadata: Option<serde_json::Value>,
+}
+
+/// An inbound call offered by the carrier, already attributed to an organization and agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundCall {
+    /// The organization that owns the called number.
+    pub organization_id: OrganizationId,
+    /// The agent that answers the number.
+    pub agent_id: Uuid,
+    /// Caller.
+    pub from: PhoneNumber,
+    /// The called number.
+    pub to: PhoneNumber,
+    /// The carrier's leg id (the dedupe key of the offer).
+    pub carrier_call_id: String,
+    /// The customer, when the caller's number is known.
+    pub customer_id: Option<Uuid>,
 }
 
 /// Result of [`Engine::create_call`].
@@ -235,6 +267,18 @@ impl Engine {
         })
     }
 
+    /// Crash: kills every actor at once, with no clean-up (as `kill -9` would). Used by the
+    /// simulations to test recovery; live calls are picked up by the next start.
+    pub async fn kill(&self) {
+        let _ = self.inner.supervisor.send_message(SupervisorMsg::Kill);
+        self.inner.queries.kill();
+        let handles =
+            std::mem::take(&mut *self.inner.handles.lock().unwrap_or_else(|p| p.into_inner()));
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+
     /// Stops the actor tree. Live calls stay live in the store and are re-activated by the
     /// next start (on this or another node).
     pub async fn shutdown(&self) {
@@ -318,10 +362,8 @@ impl Engine {
             }
             Some(_) => {}
         }
-        let shared = &self.inner.shared;
-        let now = self.now();
         let spec = CallSpec {
-            id: shared.ports.ids.next_id(),
+            id: self.inner.shared.ports.ids.next_id(),
             organization_id: org,
             direction: Direction::Outbound,
             from: req.from,
@@ -329,9 +371,94 @@ impl Engine {
             agent_id,
             customer_id: req.customer_id,
             metadata,
+            ring_timeout_secs: self.inner.shared.config.ring_timeout_secs,
+            max_duration_secs: self.inner.shared.config.max_duration_secs,
+            inbound_leg_id: None,
+        };
+        self.insert_and_activate(spec, idempotency).await
+    }
+
+    /// Takes an inbound call the carrier offers (the telephony adapter has already resolved
+    /// the called number to its organization and agent). The call starts at `ringing` and is
+    /// answered. Idempotent on the carrier's leg id: a redelivered "call initiated" returns
+    /// the call created the first time.
+    pub async fn create_inbound_call(
+        &self,
+        inbound: InboundCall,
+    ) -> Result<CreatedCall, EngineError> {
+        let leg = inbound.carrier_call_id.trim();
+        if leg.is_empty() {
+            return Err(EngineError::invalid(
+                "carrier_call_id",
+                "an inbound call needs the carrier's leg id",
+            ));
+        }
+        let org = inbound.organization_id;
+        let agent_id = inbound.agent_id;
+        let agent = self
+            .query(move |q| async move { Ok(q.get_agent(org, agent_id).await?) })
+            .await?;
+        match agent {
+            None => {
+                return Err(EngineError::invalid(
+                    "agent_id",
+                    "no agent with this id in the organization",
+                ))
+            }
+            Some(a) if a.status != AgentStatus::Active => {
+                return Err(EngineError::invalid(
+                    "agent_id",
+                    format!("the agent is {}; it takes no calls", a.status.as_str()),
+                ))
+            }
+            Some(a) if a.agent_type == AgentType::Outbound => {
+                return Err(EngineError::invalid(
+                    "agent_id",
+                    "the agent only places outbound calls",
+                ))
+            }
+            Some(_) => {}
+        }
+        let canonical = serde_json::json!({
+            "direction": "inbound",
+            "leg": leg,
+            "from": inbound.from,
+            "to": inbound.to,
+            "agent_id": agent_id,
+            "customer_id": inbound.customer_id,
+        });
+        let idempotency = IdempotencyKey {
+            key: validate_idempotency_key(&format!("inbound:{leg}"))?,
+            fingerprint: hex_encode(&Sha256::digest(canonical.to_string().as_bytes())),
+        };
+        let shared = &self.inner.shared;
+        let spec = CallSpec {
+            id: shared.ports.ids.next_id(),
+            organization_id: org,
+            direction: Direction::Inbound,
+            from: inbound.from,
+            to: inbound.to,
+            agent_id,
+            customer_id: inbound.customer_id,
+            metadata: serde_json::Value::Object(Default::default()),
             ring_timeout_secs: shared.config.ring_timeout_secs,
             max_duration_secs: shared.config.max_duration_secs,
+            inbound_leg_id: Some(leg.to_owned()),
         };
+        self.insert_and_activate(spec, Some(idempotency)).await
+    }
+
+    /// Stores a new call with its `created` journal entry and starts its actor. A replay of an
+    /// idempotent request returns the stored call and makes sure it has an actor (the first
+    /// request may have been cut off between the insert and the activation).
+    async fn insert_and_activate(
+        &self,
+        spec: CallSpec,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<CreatedCall, EngineError> {
+        let shared = &self.inner.shared;
+        let now = self.now();
+        let org = spec.organization_id;
         let (mut call, effects) = start(spec.clone(), now);
         call.owner_epoch = shared.shards.epoch_of(call.spec.id);
         let created = JournalEntry {
@@ -356,7 +483,7 @@ impl Engine {
                     .events_applied
                     .with_label_values(&["created"])
                     .inc();
-                info!(call_id = %call.spec.id, org = %org, to = %call.spec.to, "call created");
+                info!(call_id = %call.spec.id, org = %org, direction = call.spec.direction.as_str(), to = %call.spec.to, "call created");
                 self.inner
                     .supervisor
                     .send_message(SupervisorMsg::Activate {
@@ -369,10 +496,17 @@ impl Engine {
                     replayed: false,
                 })
             }
-            InsertOutcome::Existing(call) => Ok(CreatedCall {
-                call: *call,
-                replayed: true,
-            }),
+            InsertOutcome::Existing(call) => {
+                if !call.status.is_terminal() {
+                    let _ = self.inner.supervisor.send_message(SupervisorMsg::Ensure {
+                        call_id: call.spec.id,
+                    });
+                }
+                Ok(CreatedCall {
+                    call: *call,
+                    replayed: true,
+                })
+            }
             InsertOutcome::IdempotencyMismatch => Err(EngineError::IdempotencyMismatch),
             InsertOutcome::UnknownAgent => Err(EngineError::invalid(
                 "agent_id",

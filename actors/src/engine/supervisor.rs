@@ -10,7 +10,7 @@
 //! It also routes events to call actors (activating a call on demand) and periodically
 //! re-delivers unprocessed inbox rows, which covers events whose delivery was lost to a crash.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,10 +43,18 @@ pub(crate) enum SupervisorMsg {
         call_id: CallId,
         fault: Option<String>,
     },
+    /// Make sure a live call has an actor (an idempotent replay of a create, the orphan sweep).
+    Ensure { call_id: CallId },
     /// Re-deliver unprocessed inbox rows.
     SweepInbox,
+    /// Look for live calls in the store that have no actor.
+    SweepOrphans,
+    /// Crash on purpose: kill every call actor (in call-id order) and then the supervisor.
+    Kill,
     /// The sweep task finished.
     SweepDone,
+    /// The orphan sweep task finished.
+    SweepOrphansDone,
     /// Number of running call actors.
     LiveCount(ractor::RpcReplyPort<usize>),
 }
@@ -64,10 +72,14 @@ pub(crate) struct CallSupervisor;
 pub(crate) struct SupervisorState {
     shared: Arc<Shared>,
     recover: Vec<CallId>,
-    calls: HashMap<CallId, ActorRef<CallMsg>>,
+    // Ordered so that stopping or killing every call happens in the same order on every run.
+    calls: BTreeMap<CallId, ActorRef<CallMsg>>,
     by_actor: HashMap<ActorId, CallId>,
     failures: HashMap<CallId, VecDeque<Instant>>,
+    /// Crashed calls waiting for their backoff before re-activation.
+    backing_off: HashMap<CallId, u32>,
     sweeping: bool,
+    sweeping_orphans: bool,
 }
 
 impl Actor for CallSupervisor {
@@ -83,10 +95,12 @@ impl Actor for CallSupervisor {
         Ok(SupervisorState {
             shared: args.shared,
             recover: args.recover,
-            calls: HashMap::new(),
+            calls: BTreeMap::new(),
             by_actor: HashMap::new(),
             failures: HashMap::new(),
+            backing_off: HashMap::new(),
             sweeping: false,
+            sweeping_orphans: false,
         })
     }
 
@@ -104,6 +118,20 @@ impl Actor for CallSupervisor {
         }
         let every = state.shared.config.inbox_sweep_every;
         myself.send_interval(every, || SupervisorMsg::SweepInbox);
+        let every = state.shared.config.orphan_sweep_every;
+        myself.send_interval(every, || SupervisorMsg::SweepOrphans);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Stop children in a fixed order (ractor would walk its own hash map otherwise).
+        for actor in state.calls.values() {
+            actor.stop(Some("shutdown".into()));
+        }
         Ok(())
     }
 
@@ -116,9 +144,32 @@ impl Actor for CallSupervisor {
         match msg {
             SupervisorMsg::Activate { call, effects } => {
                 let id = call.spec.id;
+                if state.calls.contains_key(&id) {
+                    // Already resumed from the store (orphan sweep or a delivery got here
+                    // first); that actor reconciles and re-issues what is missing.
+                    return Ok(());
+                }
                 state
                     .spawn(&myself, id, Activation::New { call, effects })
                     .await;
+            }
+            SupervisorMsg::Ensure { call_id } => {
+                if !state.calls.contains_key(&call_id) && !state.restarting(call_id) {
+                    state.spawn(&myself, call_id, Activation::Resume).await;
+                }
+            }
+            SupervisorMsg::SweepOrphans => {
+                if !state.sweeping_orphans {
+                    state.sweeping_orphans = true;
+                    state.sweep_orphans(&myself);
+                }
+            }
+            SupervisorMsg::SweepOrphansDone => state.sweeping_orphans = false,
+            SupervisorMsg::Kill => {
+                for actor in state.calls.values() {
+                    actor.kill();
+                }
+                myself.kill();
             }
             SupervisorMsg::Deliver {
                 call_id,
@@ -127,6 +178,7 @@ impl Actor for CallSupervisor {
                 reply,
             } => state.deliver(&myself, call_id, event, inbox, reply).await,
             SupervisorMsg::Restart { call_id, fault } => {
+                state.backing_off.remove(&call_id);
                 if state.calls.contains_key(&call_id) {
                     // Already re-activated on demand by a delivery.
                     return Ok(());
@@ -162,6 +214,7 @@ impl Actor for CallSupervisor {
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 if let Some(id) = state.forget(cell.get_id()) {
                     tracing::debug!(call_id = %id, ?reason, "call actor stopped");
+                    state.failures.remove(&id);
                 }
             }
             SupervisionEvent::ActorFailed(cell, err) => {
@@ -274,6 +327,7 @@ impl SupervisorState {
                 .min(Duration::from_secs(30));
             m.actor_failures.with_label_values(&["restarted"]).inc();
             warn!(call_id = %id, failures, ?backoff, error = %detail, "call actor failed; re-activating");
+            self.backing_off.insert(id, failures);
             myself.send_after(backoff, move || SupervisorMsg::Restart {
                 call_id: id,
                 fault: None,
@@ -282,6 +336,7 @@ impl SupervisorState {
             m.actor_failures.with_label_values(&["gave_up"]).inc();
             error!(call_id = %id, failures, error = %detail, "call actor keeps failing; ending the call as engine_fault");
             let backoff = cfg.restart_backoff;
+            self.backing_off.insert(id, failures);
             myself.send_after(backoff, move || SupervisorMsg::Restart {
                 call_id: id,
                 fault: Some(format!(
@@ -294,6 +349,30 @@ impl SupervisorState {
             error!(call_id = %id, error = %detail, "cannot end failing call; leaving it to recovery");
             self.failures.remove(&id);
         }
+    }
+
+    fn restarting(&self, id: CallId) -> bool {
+        self.backing_off.contains_key(&id)
+    }
+
+    fn sweep_orphans(&self, myself: &ActorRef<SupervisorMsg>) {
+        let shared = self.shared.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let shards = shared.shards.owned();
+            match shared
+                .with_timeout(shared.ports.calls.live_calls(&shards))
+                .await
+            {
+                Ok(ids) => {
+                    for call_id in ids {
+                        let _ = me.send_message(SupervisorMsg::Ensure { call_id });
+                    }
+                }
+                Err(e) => warn!(error = %e, "orphan sweep failed"),
+            }
+            let _ = me.send_message(SupervisorMsg::SweepOrphansDone);
+        });
     }
 
     fn sweep(&self, myself: &ActorRef<SupervisorMsg>) {

@@ -476,6 +476,7 @@ async fn reconciliation_ends_calls_the_carrier_forgot_and_redials_pending_ones()
         metadata: serde_json::json!({}),
         ring_timeout_secs: 30,
         max_duration_secs: 60,
+        inbound_leg_id: None,
     };
     let (mut call, _) = start(spec.clone(), epoch);
     call.owner_epoch = 1; // the epoch the first engine held

@@ -269,6 +269,10 @@ pub struct CallSpec {
     pub ring_timeout_secs: u32,
     /// Seconds an answered call may last.
     pub max_duration_secs: u32,
+    /// Inbound calls only: the carrier's id of the leg that reached us. Part of the spec (not a
+    /// later event) because the call exists only because that leg does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_leg_id: Option<String>,
 }
 
 /// The snapshot of one call: what the `call` row stores.
@@ -444,11 +448,15 @@ pub fn start(spec: CallSpec, now: DateTime<Utc>) -> (Call, Vec<Effect>) {
         ),
         Direction::Inbound => (CallStatus::Ringing, Some(now), Effect::Answer),
     };
+    let carrier_call_id = match spec.direction {
+        Direction::Inbound => spec.inbound_leg_id.clone(),
+        Direction::Outbound => None,
+    };
     let call = Call {
         spec,
         status,
         end_reason: None,
-        carrier_call_id: None,
+        carrier_call_id,
         version: 1,
         owner_epoch: 0,
         deadline: Some(ring_deadline),

@@ -18,6 +18,7 @@ fn spec(direction: Direction) -> CallSpec {
         metadata: serde_json::json!({}),
         ring_timeout_secs: 30,
         max_duration_secs: 600,
+        inbound_leg_id: None,
     }
 }
 

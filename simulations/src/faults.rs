@@ -1,0 +1,130 @@
+//! Fault profiles: what the world may do wrong, and how often.
+
+use std::fmt;
+
+/// A named set of fault rates (`--faults <profile>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// No faults: the happy world (still with realistic call outcomes).
+    None,
+    /// Carrier-side trouble: duplicated, delayed, reordered and late webhooks; failing, hanging
+    /// and ambiguous commands; carrier outages.
+    Network,
+    /// Store trouble: failed, slow and ambiguous writes; call actors panicking mid-transition.
+    Store,
+    /// Whole-engine crashes with restarts from the store, and wall-clock jumps.
+    Crash,
+    /// All of the above at once.
+    Chaos,
+}
+
+impl Profile {
+    /// Every profile, for help texts.
+    pub const ALL: [Profile; 5] = [
+        Profile::None,
+        Profile::Network,
+        Profile::Store,
+        Profile::Crash,
+        Profile::Chaos,
+    ];
+
+    /// Parses a profile name.
+    pub fn parse(s: &str) -> Option<Profile> {
+        Profile::ALL.into_iter().find(|p| p.name() == s)
+    }
+
+    /// The profile's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::None => "none",
+            Profile::Network => "network",
+            Profile::Store => "store",
+            Profile::Crash => "crash",
+            Profile::Chaos => "chaos",
+        }
+    }
+
+    /// The rates of this profile.
+    pub fn rates(self) -> Rates {
+        let none = Rates::default();
+        let network = Rates {
+            duplicate_event: 150,
+            late_event: 40,
+            max_delivery_delay_ms: 3_000,
+            command_fail: 60,
+            command_hang: 15,
+            command_ambiguous: 30,
+            carrier_outage_every_s: Some((120, 900)),
+            ..none
+        };
+        let store = Rates {
+            store_fail: 20,
+            store_slow: 10,
+            store_ambiguous: 10,
+            store_jitter_ms: 20,
+            panic_in_transition: 8,
+            ..none
+        };
+        let crash = Rates {
+            crash_every_s: Some((60, 600)),
+            clock_jump_every_s: Some((30, 300)),
+            ..none
+        };
+        match self {
+            Profile::None => none,
+            Profile::Network => network,
+            Profile::Store => store,
+            Profile::Crash => crash,
+            Profile::Chaos => Rates {
+                crash_every_s: crash.crash_every_s,
+                clock_jump_every_s: crash.clock_jump_every_s,
+                store_fail: store.store_fail,
+                store_slow: store.store_slow,
+                store_ambiguous: store.store_ambiguous,
+                store_jitter_ms: store.store_jitter_ms,
+                panic_in_transition: store.panic_in_transition,
+                ..network
+            },
+        }
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Fault rates. `*_per_mille` style fields are probabilities per opportunity, out of 1000.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rates {
+    /// A webhook is delivered a second time (same event id).
+    pub duplicate_event: u32,
+    /// A webhook is delivered again much later (30-120 s), after the call moved on.
+    pub late_event: u32,
+    /// Webhooks are delayed by up to this much (which reorders them).
+    pub max_delivery_delay_ms: u64,
+    /// A carrier command fails without effect.
+    pub command_fail: u32,
+    /// A carrier command hangs for 20-40 s before answering.
+    pub command_hang: u32,
+    /// A carrier command takes effect but the answer is lost (reported as a failure).
+    pub command_ambiguous: u32,
+    /// The carrier API is down for 2-40 s, every (min, max) seconds.
+    pub carrier_outage_every_s: Option<(u64, u64)>,
+    /// A store operation fails without effect.
+    pub store_fail: u32,
+    /// A store operation takes 1-8 s (longer than the engine's timeout sometimes).
+    pub store_slow: u32,
+    /// A store write commits but the answer is lost (reported as a failure).
+    pub store_ambiguous: u32,
+    /// Every store operation takes up to this much.
+    pub store_jitter_ms: u64,
+    /// A call actor panics while applying an event (before or after the write commits).
+    pub panic_in_transition: u32,
+    /// The whole engine is killed and restarted from the store every (min, max) seconds.
+    pub crash_every_s: Option<(u64, u64)>,
+    /// The wall clock jumps (forward up to 20 s: timers fire late; back up to 3 s: timers fire
+    /// early) every (min, max) seconds.
+    pub clock_jump_every_s: Option<(u64, u64)>,
+}

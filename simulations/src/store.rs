@@ -1,0 +1,277 @@
+//! The store of the simulated world: the engine's in-memory store (same compare-and-set
+//! semantics as Postgres: version and epoch fencing, idempotency keys, inbox dedupe) behind a
+//! fault injector, with every committed write fed to the invariant checker.
+//!
+//! Faults (when the profile has them): failed operations, slow operations (past the engine's
+//! timeout), ambiguous commits (written, but the caller sees an error, as when the connection
+//! drops after COMMIT), and panics of the call actor in the middle of a transition (before or
+//! after its write commits).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use iace_actors::catalog::{Agent, AgentPatch, Customer, CustomerPatch, Organization};
+use iace_actors::machine::{Call, CallId, OrganizationId};
+use iace_actors::memory::MemoryStore;
+use iace_actors::ports::{
+    CallFilter, CallStore, CatalogWriteError, IdempotencyKey, InboxItem, InsertOutcome,
+    JournalEntry, PageRequest, QueryStore, StoreError, StoreResult,
+};
+use uuid::Uuid;
+
+use crate::core::Core;
+
+/// Message of every panic the simulation injects (the panic hook keeps them quiet).
+pub const INJECTED_PANIC: &str = "sim: injected panic";
+
+pub(crate) struct SimStore {
+    pub inner: MemoryStore,
+    core: Arc<Core>,
+}
+
+impl SimStore {
+    pub fn new(core: Arc<Core>) -> Self {
+        SimStore {
+            inner: MemoryStore::new(),
+            core,
+        }
+    }
+
+    /// Latency and plain failures, decided before the operation runs.
+    async fn before(&self, op: &'static str) -> StoreResult<()> {
+        let r = self.core.rates;
+        if self.core.fault("store_slow", r.store_slow) {
+            let ms = self.core.draw(1_000, 8_000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        } else if r.store_jitter_ms > 0 && self.core.faults_on() {
+            let ms = self.core.draw(0, r.store_jitter_ms);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if self.core.fault("store_fail", r.store_fail) {
+            return Err(StoreError::Unavailable(format!("{op}: injected failure")));
+        }
+        Ok(())
+    }
+
+    /// After a commit: maybe lose the answer.
+    fn ambiguous(&self, op: &'static str) -> StoreResult<()> {
+        if self.core.fault("store_ambiguous", self.core.rates.store_ambiguous) {
+            return Err(StoreError::Unavailable(format!(
+                "{op}: connection lost after commit (injected)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn maybe_panic(&self, when: &str) {
+        if self
+            .core
+            .fault("panic_in_transition", self.core.rates.panic_in_transition)
+        {
+            self.core.log(format!("call actor panics {when}"));
+            std::panic::panic_any(format!("{INJECTED_PANIC} {when}"));
+        }
+    }
+}
+
+#[async_trait]
+impl CallStore for SimStore {
+    async fn acquire_shards(&self, node: &str, shards: &[u16]) -> StoreResult<Vec<i64>> {
+        self.before("acquire_shards").await?;
+        let epochs = self.inner.acquire_shards(node, shards).await?;
+        self.core.log(format!(
+            "leases {node}: {} shards, epoch {}",
+            epochs.len(),
+            epochs.first().copied().unwrap_or(0)
+        ));
+        Ok(epochs)
+    }
+
+    async fn insert_call(
+        &self,
+        call: &Call,
+        created: &JournalEntry,
+        idempotency: Option<&IdempotencyKey>,
+    ) -> StoreResult<InsertOutcome> {
+        self.before("insert_call").await?;
+        let outcome = self.inner.insert_call(call, created, idempotency).await?;
+        let id = call.spec.id;
+        match &outcome {
+            InsertOutcome::Created => {
+                self.core.log(format!(
+                    "insert {id} {} to {}",
+                    call.spec.direction.as_str(),
+                    call.spec.to
+                ));
+                let checked = self.core.checker().on_insert(call, created);
+                if let Err((invariant, detail)) = checked {
+                    self.core.violate(invariant, detail);
+                }
+                self.ambiguous("insert_call")?;
+            }
+            InsertOutcome::Existing(c) => self.core.log(format!("insert replay {}", c.spec.id)),
+            other => self.core.log(format!("insert refused {other:?}")),
+        }
+        Ok(outcome)
+    }
+
+    async fn append(
+        &self,
+        call: &Call,
+        expected_version: i64,
+        entry: &JournalEntry,
+        inbox: Option<(&str, &str)>,
+    ) -> StoreResult<()> {
+        self.before("append").await?;
+        self.maybe_panic("before its write");
+        let id = call.spec.id;
+        match self
+            .inner
+            .append(call, expected_version, entry, inbox)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) => {
+                self.core.log(format!(
+                    "append {id} seq={} `{}` refused: {e}",
+                    entry.seq,
+                    entry.event.kind()
+                ));
+                return Err(e);
+            }
+        }
+        self.core.log(format!(
+            "append {id} seq={} `{}` -> {} epoch={}{}",
+            entry.seq,
+            entry.event.kind(),
+            call.status,
+            call.owner_epoch,
+            inbox.map_or(String::new(), |(v, e)| format!(" inbox={v}/{e}"))
+        ));
+        let checked = self.core.checker().on_append(call, entry, inbox);
+        if let Err((invariant, detail)) = checked {
+            self.core.violate(invariant, detail);
+        }
+        self.maybe_panic("after its write committed");
+        self.ambiguous("append")
+    }
+
+    async fn load_call(&self, id: CallId) -> StoreResult<Option<Call>> {
+        self.before("load_call").await?;
+        self.inner.load_call(id).await
+    }
+
+    async fn live_calls(&self, shards: &[u16]) -> StoreResult<Vec<CallId>> {
+        self.before("live_calls").await?;
+        self.inner.live_calls(shards).await
+    }
+
+    async fn inbox_insert(&self, item: &InboxItem) -> StoreResult<bool> {
+        self.before("inbox_insert").await?;
+        let new = self.inner.inbox_insert(item).await?;
+        if new {
+            self.ambiguous("inbox_insert")?;
+        }
+        Ok(new)
+    }
+
+    async fn inbox_mark_processed(&self, vendor: &str, event_id: &str) -> StoreResult<()> {
+        self.before("inbox_mark_processed").await?;
+        self.inner.inbox_mark_processed(vendor, event_id).await
+    }
+
+    async fn inbox_pending(&self, limit: i64) -> StoreResult<Vec<InboxItem>> {
+        self.before("inbox_pending").await?;
+        self.inner.inbox_pending(limit).await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.before("ping").await
+    }
+}
+
+/// Catalog and reads: no faults here (the call path is what the simulation exercises), but
+/// the same tenant-scoped semantics as Postgres.
+#[async_trait]
+impl QueryStore for SimStore {
+    async fn authenticate(&self, key_hash: &str) -> StoreResult<Option<OrganizationId>> {
+        self.inner.authenticate(key_hash).await
+    }
+    async fn create_organization(
+        &self,
+        org: &Organization,
+        key_id: Uuid,
+        key_hash: &str,
+        key_prefix: &str,
+    ) -> StoreResult<()> {
+        self.inner
+            .create_organization(org, key_id, key_hash, key_prefix)
+            .await
+    }
+    async fn get_call(&self, org: OrganizationId, id: CallId) -> StoreResult<Option<Call>> {
+        self.inner.get_call(org, id).await
+    }
+    async fn list_calls(&self, org: OrganizationId, f: &CallFilter) -> StoreResult<Vec<Call>> {
+        self.inner.list_calls(org, f).await
+    }
+    async fn call_events(
+        &self,
+        org: OrganizationId,
+        id: CallId,
+    ) -> StoreResult<Option<Vec<JournalEntry>>> {
+        self.inner.call_events(org, id).await
+    }
+    async fn insert_agent(&self, agent: &Agent) -> StoreResult<()> {
+        self.inner.insert_agent(agent).await
+    }
+    async fn get_agent(&self, org: OrganizationId, id: Uuid) -> StoreResult<Option<Agent>> {
+        self.inner.get_agent(org, id).await
+    }
+    async fn list_agents(&self, org: OrganizationId, p: &PageRequest) -> StoreResult<Vec<Agent>> {
+        self.inner.list_agents(org, p).await
+    }
+    async fn update_agent(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+        patch: &AgentPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Agent>> {
+        self.inner.update_agent(org, id, patch, now).await
+    }
+    async fn delete_agent(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.inner.delete_agent(org, id, now).await
+    }
+    async fn insert_customer(&self, customer: &Customer) -> StoreResult<bool> {
+        self.inner.insert_customer(customer).await
+    }
+    async fn get_customer(&self, org: OrganizationId, id: Uuid) -> StoreResult<Option<Customer>> {
+        self.inner.get_customer(org, id).await
+    }
+    async fn list_customers(
+        &self,
+        org: OrganizationId,
+        p: &PageRequest,
+    ) -> StoreResult<Vec<Customer>> {
+        self.inner.list_customers(org, p).await
+    }
+    async fn update_customer(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+        patch: &CustomerPatch,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Customer>, CatalogWriteError> {
+        self.inner.update_customer(org, id, patch, now).await
+    }
+    async fn delete_customer(&self, org: OrganizationId, id: Uuid) -> StoreResult<bool> {
+        self.inner.delete_customer(org, id).await
+    }
+}

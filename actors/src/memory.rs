@@ -248,7 +248,10 @@ impl CallStore for MemoryStore {
         let mut ids: Vec<CallId> = s
             .calls
             .values()
-            .filter(|c| !c.status.is_terminal() && shards.contains(&shard_of(c.spec.id)))
+            .filter(|c| {
+                (!c.status.is_terminal() || c.release_pending)
+                    && shards.contains(&shard_of(c.spec.id))
+            })
             .map(|c| c.spec.id)
             .collect();
         ids.sort();

@@ -136,7 +136,8 @@ pub trait CallStore: Send + Sync + 'static {
     /// The snapshot of a call, any organization.
     async fn load_call(&self, id: CallId) -> StoreResult<Option<Call>>;
 
-    /// Ids of every non-terminal call in `shards` (crash recovery).
+    /// Ids of every call in `shards` that still needs an actor (crash recovery): non-terminal
+    /// calls, and ended calls whose leg release is not confirmed yet.
     async fn live_calls(&self, shards: &[u16]) -> StoreResult<Vec<CallId>>;
 
     /// Stores a vendor event unless its `(vendor, event_id)` was seen before. `true` = new.

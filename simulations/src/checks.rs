@@ -1,6 +1,7 @@
 //! Invariant checkers. The store wrapper feeds every committed write through [`Checker`], so
 //! the invariants are checked at the step that could break them:
-//! - no illegal transition, and a terminal state never changes;
+//! - no illegal transition, and a terminal state never changes (status and end reason; after
+//!   the end only the release of the carrier leg is journaled);
 //! - version and owner epoch never decrease, and the journal has no gap;
 //! - the snapshot equals the fold of the journal;
 //! - each carrier event (inbox row) is applied at most once.
@@ -96,11 +97,16 @@ impl Checker {
             return Err(("unique call id", format!("append to unknown call {id}")));
         };
         let before = model.folded.status;
-        if before.is_terminal() {
+        if before.is_terminal()
+            && (call.status != before || call.end_reason != model.folded.end_reason)
+        {
             return Err((
                 "terminal state never changes",
                 format!(
-                    "call {id} was {before} and got `{}` at seq {}",
+                    "call {id} was {before}/{:?} and became {}/{:?} by `{}` at seq {}",
+                    model.folded.end_reason,
+                    call.status,
+                    call.end_reason,
                     entry.event.kind(),
                     entry.seq
                 ),
@@ -187,8 +193,138 @@ impl Checker {
 
 #[cfg(test)]
 mod tests {
-    use super::legal;
+    use super::{legal, Checker};
+    use chrono::{DateTime, Utc};
     use iace_actors::machine::CallStatus::*;
+    use iace_actors::machine::{
+        start, step, Call, CallSpec, CarrierEvent, Direction, Event, HangupCause,
+    };
+    use iace_actors::ports::JournalEntry;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap_or_default()
+    }
+
+    fn call() -> (Call, JournalEntry) {
+        let spec = CallSpec {
+            id: uuid::Uuid::from_u128(1),
+            organization_id: uuid::Uuid::from_u128(2),
+            direction: Direction::Outbound,
+            from: "+14155550100".parse().unwrap_or_else(|e| panic!("{e}")),
+            to: "+14155550101".parse().unwrap_or_else(|e| panic!("{e}")),
+            agent_id: uuid::Uuid::from_u128(3),
+            customer_id: None,
+            metadata: serde_json::json!({}),
+            ring_timeout_secs: 30,
+            max_duration_secs: 300,
+            inbound_leg_id: None,
+        };
+        let (c, _) = start(spec.clone(), t(0));
+        let created = JournalEntry {
+            call_id: c.spec.id,
+            seq: 1,
+            at: t(0),
+            event: Event::Created { spec },
+        };
+        (c, created)
+    }
+
+    /// Applies `event` like the engine would and returns (snapshot, entry).
+    fn next(c: &Call, event: Event, at: i64) -> (Call, JournalEntry) {
+        let mut n = c.clone();
+        let _ = step(&mut n, event.clone(), t(at));
+        let e = JournalEntry {
+            call_id: n.spec.id,
+            seq: n.version,
+            at: t(at),
+            event,
+        };
+        (n, e)
+    }
+
+    fn ringing() -> Event {
+        Event::Carrier {
+            event: CarrierEvent::Ringing,
+        }
+    }
+
+    #[test]
+    fn accepts_a_valid_history() {
+        let mut ch = Checker::default();
+        let (c, created) = call();
+        assert!(ch.on_insert(&c, &created).is_ok());
+        let (c, e) = next(&c, ringing(), 1);
+        assert!(ch.on_append(&c, &e, Some(("v", "1"))).is_ok());
+        assert_eq!(ch.live().len(), 1);
+    }
+
+    #[test]
+    fn catches_a_gap_a_lower_epoch_a_double_apply_and_a_changed_terminal_state() {
+        let (c0, created) = call();
+        let (c1, e1) = next(&c0, ringing(), 1);
+
+        let mut ch = Checker::default();
+        ch.on_insert(&c0, &created).unwrap_or_else(|e| panic!("{e:?}"));
+        let mut skipped = e1.clone();
+        skipped.seq = 3;
+        let mut c3 = c1.clone();
+        c3.version = 3;
+        assert_eq!(ch.on_append(&c3, &skipped, None).unwrap_err().0, "no journal gap");
+
+        let mut ch = Checker::default();
+        let mut high = c0.clone();
+        high.owner_epoch = 5;
+        ch.on_insert(&high, &created).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(ch.on_append(&c1, &e1, None).unwrap_err().0, "epoch never decreases");
+
+        let mut ch = Checker::default();
+        ch.on_insert(&c0, &created).unwrap_or_else(|e| panic!("{e:?}"));
+        ch.on_append(&c1, &e1, Some(("v", "1"))).unwrap_or_else(|e| panic!("{e:?}"));
+        let (c2, e2) = next(
+            &c1,
+            Event::Carrier {
+                event: CarrierEvent::Answered,
+            },
+            2,
+        );
+        assert_eq!(
+            ch.on_append(&c2, &e2, Some(("v", "1"))).unwrap_err().0,
+            "each carrier event applied at most once"
+        );
+
+        let mut ch = Checker::default();
+        ch.on_insert(&c0, &created).unwrap_or_else(|e| panic!("{e:?}"));
+        let busy = Event::Carrier {
+            event: CarrierEvent::HungUp {
+                cause: HangupCause::Busy,
+            },
+        };
+        let (ended, e) = next(&c0, busy, 1);
+        ch.on_append(&ended, &e, None).unwrap_or_else(|e| panic!("{e:?}"));
+        let mut revived = ended.clone();
+        revived.status = InProgress;
+        revived.version += 1;
+        let mut fake = e.clone();
+        fake.seq += 1;
+        fake.event = Event::LegReleased;
+        assert_eq!(
+            ch.on_append(&revived, &fake, None).unwrap_err().0,
+            "terminal state never changes"
+        );
+    }
+
+    #[test]
+    fn catches_a_snapshot_that_is_not_the_fold_of_its_journal() {
+        let (c0, created) = call();
+        let mut ch = Checker::default();
+        ch.on_insert(&c0, &created).unwrap_or_else(|e| panic!("{e:?}"));
+        let (mut c1, e1) = next(&c0, ringing(), 1);
+        c1.carrier_call_id = Some("made up".into());
+        assert_eq!(
+            ch.on_append(&c1, &e1, None).unwrap_err().0,
+            "snapshot equals fold of journal"
+        );
+    }
 
     #[test]
     fn legality_table() {

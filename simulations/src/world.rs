@@ -290,9 +290,23 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
                 if !w.core.faults_on() {
                     break;
                 }
-                w.crash().await;
-                tokio::time::sleep(Duration::from_millis(w.core.draw(0, 5_000))).await;
-                w.start_engine().await;
+                if w.core.draw(0, 2) == 0 {
+                    w.crash().await;
+                    tokio::time::sleep(Duration::from_millis(w.core.draw(0, 5_000))).await;
+                    w.start_engine().await;
+                } else {
+                    // Takeover: a new node takes the shards while the old one still runs (a
+                    // paused VM, a partition); the old one's writes must be fenced. It dies
+                    // a little later.
+                    let old = w.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    w.core.count("takeover");
+                    w.start_engine().await;
+                    tokio::time::sleep(Duration::from_millis(w.core.draw(0, 10_000))).await;
+                    if let Some(old) = old {
+                        old.kill().await;
+                        w.core.log("old engine killed");
+                    }
+                }
             }
         }));
     }

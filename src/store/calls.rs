@@ -162,9 +162,9 @@ impl CallStore for PgStore {
                agent_id, customer_id, metadata, status, end_reason, carrier_call_id, version, \
                owner_epoch, next_deadline_at, next_deadline_kind, ring_timeout_secs, \
                max_duration_secs, created_at, updated_at, ringing_at, answered_at, ended_at, \
-               idempotency_key, request_hash) \
+               idempotency_key, request_hash, release_pending) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-               $18, $19, $20, $21, $22, $23, $24, $25) \
+               $18, $19, $20, $21, $22, $23, $24, $25, $26) \
              ON CONFLICT (organization_id, idempotency_key) WHERE idempotency_key IS NOT NULL \
              DO NOTHING",
         )
@@ -193,6 +193,7 @@ impl CallStore for PgStore {
         .bind(call.ended_at)
         .bind(idempotency.map(|k| k.key.as_str()))
         .bind(idempotency.map(|k| k.fingerprint.as_str()))
+        .bind(call.release_pending)
         .execute(&mut *tx)
         .await
         .map_err(|e| {
@@ -236,7 +237,8 @@ impl CallStore for PgStore {
         let updated = sqlx::query(
             "UPDATE call SET status = $3, end_reason = $4, carrier_call_id = $5, version = $6, \
                owner_epoch = $7, next_deadline_at = $8, next_deadline_kind = $9, \
-               updated_at = $10, ringing_at = $11, answered_at = $12, ended_at = $13 \
+               updated_at = $10, ringing_at = $11, answered_at = $12, ended_at = $13, \
+               release_pending = $14 \
              WHERE id = $1 AND version = $2",
         )
         .bind(call.spec.id)
@@ -252,6 +254,7 @@ impl CallStore for PgStore {
         .bind(call.ringing_at)
         .bind(call.answered_at)
         .bind(call.ended_at)
+        .bind(call.release_pending)
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
@@ -294,7 +297,8 @@ impl CallStore for PgStore {
             .map(|s| i16::try_from(*s).unwrap_or(i16::MAX))
             .collect();
         sqlx::query_scalar(&format!(
-            "SELECT id FROM call WHERE shard = ANY($1) AND status IN {LIVE} ORDER BY created_at"
+            "SELECT id FROM call WHERE shard = ANY($1) AND (status IN {LIVE} OR release_pending) \
+             ORDER BY created_at"
         ))
         .bind(&ids)
         .fetch_all(&self.pool)

@@ -12,7 +12,7 @@ use sqlx::Row;
 pub(super) const CALL_COLUMNS: &str = "id, organization_id, direction, from_number, to_number, \
     agent_id, customer_id, metadata, status, end_reason, carrier_call_id, version, owner_epoch, \
     next_deadline_at, next_deadline_kind, ring_timeout_secs, max_duration_secs, created_at, \
-    updated_at, ringing_at, answered_at, ended_at";
+    updated_at, ringing_at, answered_at, ended_at, release_pending";
 
 /// Columns of `agent`.
 pub(super) const AGENT_COLUMNS: &str = "id, organization_id, name, persona_config, voice_config, \
@@ -90,6 +90,7 @@ pub(super) fn call_from_row(row: &PgRow) -> Result<Call, StoreError> {
         ringing_at: get(row, "ringing_at")?,
         answered_at: get(row, "answered_at")?,
         ended_at: get(row, "ended_at")?,
+        release_pending: get(row, "release_pending")?,
     })
 }
 

@@ -18,7 +18,8 @@ use tracing::{debug, info, warn};
 
 use super::{EngineError, Shared};
 use crate::machine::{
-    step, Call, CallId, CallStatus, CarrierEvent, Effect, Event, TimerKind, TransitionError,
+    step, Call, CallId, CallStatus, CarrierEvent, Effect, EndReason, Event, TimerKind,
+    TransitionError,
 };
 use chrono::{DateTime, Utc};
 use crate::ports::{DialCommand, JournalEntry, LegCommand, LegStatus, StoreError, TelephonyError};
@@ -77,6 +78,8 @@ pub(crate) enum CallMsg {
     Reconcile,
     /// The carrier's answer.
     Reconciled(Result<LegStatus, TelephonyError>),
+    /// Re-issue the hangup of an ended call whose release the carrier has not confirmed.
+    RetryRelease,
     /// Stop if the call has ended (sent after the last message a terminal call may need).
     StopIfDone,
 }
@@ -93,6 +96,12 @@ pub(crate) struct CallState {
     timer: Option<JoinHandle<Result<(), ractor::MessagingErr<CallMsg>>>>,
     timer_generation: u64,
     reconcile_attempts: u32,
+    /// A reconciliation is in flight (the actor must not stop before its answer).
+    reconciling: bool,
+    /// Inbox rows whose processing waits for the reconciliation they triggered.
+    reconcile_inbox: Vec<(String, String)>,
+    /// Failed hangup attempts of the pending release (for the backoff).
+    release_attempts: u32,
 }
 
 /// Attempts of a carrier command on `Unavailable` before giving up.
@@ -121,6 +130,9 @@ impl Actor for CallActor {
             timer: None,
             timer_generation: 0,
             reconcile_attempts: 0,
+            reconciling: false,
+            reconcile_inbox: Vec::new(),
+            release_attempts: 0,
         })
     }
 
@@ -201,8 +213,21 @@ impl Actor for CallActor {
                 Ok(())
             }
             CallMsg::Reconciled(result) => state.reconciled(&myself, result).await,
+            CallMsg::RetryRelease => {
+                state.release_attempts += 1;
+                if let Some(call) = state.call.as_ref().filter(|c| c.release_pending) {
+                    let reason = call.end_reason.unwrap_or(EndReason::NormalClearing);
+                    let seq = call.version;
+                    state.run_effects(&myself, vec![Effect::Hangup { reason }], seq);
+                }
+                Ok(())
+            }
             CallMsg::StopIfDone => {
-                if state.call.as_ref().is_none_or(|c| c.status.is_terminal()) {
+                let done = state
+                    .call
+                    .as_ref()
+                    .is_none_or(|c| c.status.is_terminal() && !c.release_pending);
+                if done && !state.reconciling {
                     myself.stop(None);
                 }
                 Ok(())
@@ -305,7 +330,23 @@ impl CallState {
             }
         };
         if next.version == before {
-            // Duplicate or stale: nothing to journal.
+            // Duplicate or stale: nothing to journal. One exception: a sign of life from the
+            // carrier for a call that ended (a late answer, a dial that went through after
+            // all) means a leg may still be up; ask the carrier, and keep the event
+            // unprocessed until we know (a crash in between re-delivers it).
+            let alive = matches!(
+                &event,
+                Event::Carrier {
+                    event: CarrierEvent::Initiated { .. }
+                        | CarrierEvent::Ringing
+                        | CarrierEvent::Answered
+                }
+            );
+            if alive && next.status.is_terminal() && !next.release_pending {
+                self.reconcile_inbox.extend(inbox);
+                self.reconcile(myself);
+                return Ok(Ok(next));
+            }
             self.mark_processed(&inbox).await?;
             self.run_effects(myself, effects, before);
             if next.status.is_terminal() {
@@ -438,18 +479,36 @@ impl CallState {
                     });
                 }
                 Effect::Hangup { reason } => {
+                    // The call stays `release_pending` (and keeps this actor) until the
+                    // carrier confirms; failures are retried with backoff, never dropped.
                     let cmd = self.leg_command(seq);
                     let shared = self.shared.clone();
+                    let me = myself.clone();
+                    let attempt = self.release_attempts;
                     tokio::spawn(async move {
-                        let result =
-                            retry_command(shared.config.command_timeout, || shared.ports.telephony.hangup(cmd.clone())).await;
-                        if let Err(e) = result {
-                            shared
-                                .metrics
-                                .effect_failures
-                                .with_label_values(&["hangup"])
-                                .inc();
-                            warn!(call_id = %cmd.call_id, reason = reason.as_str(), error = %e, "hangup command failed");
+                        let result = retry_command(shared.config.command_timeout, || {
+                            shared.ports.telephony.hangup(cmd.clone())
+                        })
+                        .await;
+                        match result {
+                            Ok(()) => {
+                                let _ = me.send_message(CallMsg::Apply {
+                                    event: Event::LegReleased,
+                                    inbox: None,
+                                    reply: None,
+                                });
+                            }
+                            Err(e) => {
+                                shared
+                                    .metrics
+                                    .effect_failures
+                                    .with_label_values(&["hangup"])
+                                    .inc();
+                                let delay = Duration::from_secs(2u64 << attempt.min(5));
+                                warn!(call_id = %cmd.call_id, reason = reason.as_str(), error = %e, ?delay, "hangup command failed; retrying");
+                                tokio::time::sleep(delay).await;
+                                let _ = me.send_message(CallMsg::RetryRelease);
+                            }
                         }
                     });
                 }
@@ -496,6 +555,7 @@ impl CallState {
     /// Asks the carrier for the leg's status in a task; the answer comes back as `Reconciled`.
     fn reconcile(&mut self, myself: &ActorRef<CallMsg>) {
         let Some(call) = &self.call else { return };
+        self.reconciling = true;
         let shared = self.shared.clone();
         let me = myself.clone();
         let (id, leg) = (call.spec.id, call.carrier_call_id.clone());
@@ -511,6 +571,7 @@ impl CallState {
         result: Result<LegStatus, TelephonyError>,
     ) -> Result<(), ActorProcessingErr> {
         let Some(call) = self.call.clone() else {
+            self.reconciling = false;
             return Ok(());
         };
         let status = match result {
@@ -522,21 +583,37 @@ impl CallState {
                     warn!(call_id = %self.id, error = %e, ?delay, "reconciliation failed; retrying");
                     myself.send_after(delay, || CallMsg::Reconcile);
                 } else {
-                    warn!(call_id = %self.id, error = %e, "reconciliation gave up; deadline timers still bound the call");
+                    // Live calls stay bounded by their deadline timers; an unprocessed inbox
+                    // row that triggered this is re-delivered by the sweep and tries again.
+                    warn!(call_id = %self.id, error = %e, "reconciliation gave up");
+                    self.reconciling = false;
+                    self.reconcile_attempts = 0;
+                    self.reconcile_inbox.clear();
+                    myself.send_message(CallMsg::StopIfDone)?;
                 }
                 return Ok(());
             }
         };
+        self.reconciling = false;
+        self.reconcile_attempts = 0;
         debug!(call_id = %self.id, ?status, call_status = call.status.as_str(), "reconciled with carrier");
         let mut events = Vec::new();
         match (call.status, status) {
             (s, LegStatus::Ringing | LegStatus::Answered) if s.is_terminal() => {
-                // We ended the call but the hangup may have been lost in a crash.
-                if let Some(reason) = call.end_reason {
+                // We ended the call but its leg is up (a hangup lost in a crash, a late
+                // answer): release it, durably.
+                if call.release_pending {
+                    let reason = call.end_reason.unwrap_or(EndReason::NormalClearing);
                     self.run_effects(myself, vec![Effect::Hangup { reason }], call.version);
+                } else {
+                    events.push(Event::ReleaseLeg);
                 }
             }
-            (s, _) if s.is_terminal() => {}
+            (s, _) if s.is_terminal() => {
+                if call.release_pending {
+                    events.push(Event::LegReleased);
+                }
+            }
             (CallStatus::Pending, status) => {
                 // The dial may never have reached the carrier: re-issue it with the original
                 // command id (version 1), which the carrier deduplicates.
@@ -560,6 +637,10 @@ impl CallState {
                 debug!(call_id = %self.id, error = %e, "reconciliation event refused");
             }
         }
+        for (vendor, event_id) in std::mem::take(&mut self.reconcile_inbox) {
+            self.mark_processed(&Some((vendor, event_id))).await?;
+        }
+        myself.send_message(CallMsg::StopIfDone)?;
         Ok(())
     }
 

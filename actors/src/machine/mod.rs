@@ -302,6 +302,11 @@ pub struct Call {
     pub answered_at: Option<DateTime<Utc>>,
     /// When it ended.
     pub ended_at: Option<DateTime<Utc>>,
+    /// The call ended with a hangup command to the carrier that has not been confirmed yet.
+    /// While set, the call keeps its actor (and is recovered after a crash) until the leg is
+    /// known to be released: no phone line is ever left open.
+    #[serde(default)]
+    pub release_pending: bool,
 }
 
 /// A carrier-reported fact about a call leg.
@@ -354,6 +359,11 @@ pub enum Event {
     },
     /// Reconciliation found that the carrier no longer knows the call.
     CarrierLost,
+    /// The carrier still has a live leg for a call that ended (a late answer, a lost hangup):
+    /// hang it up.
+    ReleaseLeg,
+    /// The carrier confirmed our hangup (or reports the leg gone).
+    LegReleased,
     /// The engine gave up on the call's actor after repeated crashes.
     EngineFault {
         /// What the supervisor saw.
@@ -376,6 +386,8 @@ impl Event {
             Event::HangupRequested => "hangup_requested",
             Event::TimerFired { .. } => "timer_fired",
             Event::CarrierLost => "carrier_lost",
+            Event::ReleaseLeg => "release_leg",
+            Event::LegReleased => "leg_released",
             Event::EngineFault { .. } => "engine_fault",
         }
     }
@@ -465,6 +477,7 @@ pub fn start(spec: CallSpec, now: DateTime<Utc>) -> (Call, Vec<Effect>) {
         ringing_at,
         answered_at: None,
         ended_at: None,
+        release_pending: false,
     };
     let effects = vec![
         first,
@@ -532,6 +545,11 @@ pub fn step(
                     now,
                     &mut effects,
                 ),
+                _ if call.release_pending => {
+                    // The leg we hung up is gone: nothing left to release.
+                    call.release_pending = false;
+                    touch(call, now);
+                }
                 _ => {}
             },
         },
@@ -540,14 +558,14 @@ pub fn step(
             // evidently went through and a late rejection is stale.
             if status == Pending || (status == Ringing && call.carrier_call_id.is_none()) {
                 end(call, Failed, EndReason::VendorError, now, &mut effects);
+                // A dial that "failed" on a timeout may still have reached the carrier.
+                release(call, EndReason::VendorError, &mut effects);
             }
         }
         Event::HangupRequested => match status {
             Pending | Ringing => {
                 end(call, Canceled, EndReason::CanceledByUser, now, &mut effects);
-                effects.push(Effect::Hangup {
-                    reason: EndReason::CanceledByUser,
-                });
+                release(call, EndReason::CanceledByUser, &mut effects);
             }
             InProgress => {
                 end(
@@ -557,9 +575,7 @@ pub fn step(
                     now,
                     &mut effects,
                 );
-                effects.push(Effect::Hangup {
-                    reason: EndReason::HangupRequested,
-                });
+                release(call, EndReason::HangupRequested, &mut effects);
             }
             _ => return Err(TransitionError::Terminal { status }),
         },
@@ -574,18 +590,27 @@ pub fn step(
                 match (kind, status) {
                     (TimerKind::RingTimeout, Pending | Ringing) => {
                         end(call, Failed, EndReason::RingTimeout, now, &mut effects);
-                        effects.push(Effect::Hangup {
-                            reason: EndReason::RingTimeout,
-                        });
+                        release(call, EndReason::RingTimeout, &mut effects);
                     }
                     (TimerKind::MaxDuration, InProgress) => {
                         end(call, Completed, EndReason::MaxDuration, now, &mut effects);
-                        effects.push(Effect::Hangup {
-                            reason: EndReason::MaxDuration,
-                        });
+                        release(call, EndReason::MaxDuration, &mut effects);
                     }
                     _ => {}
                 }
+            }
+        }
+        Event::ReleaseLeg => {
+            if status.is_terminal() && !call.release_pending {
+                let reason = call.end_reason.unwrap_or(EndReason::NormalClearing);
+                touch(call, now);
+                release(call, reason, &mut effects);
+            }
+        }
+        Event::LegReleased => {
+            if call.release_pending {
+                call.release_pending = false;
+                touch(call, now);
             }
         }
         Event::CarrierLost => {
@@ -601,9 +626,7 @@ pub fn step(
                     Failed
                 };
                 end(call, terminal, EndReason::EngineFault, now, &mut effects);
-                effects.push(Effect::Hangup {
-                    reason: EndReason::EngineFault,
-                });
+                release(call, EndReason::EngineFault, &mut effects);
             }
         }
     }
@@ -637,6 +660,12 @@ where
 fn touch(call: &mut Call, now: DateTime<Utc>) {
     call.version += 1;
     call.updated_at = now;
+}
+
+/// Ending the call needs our hangup: issue it and remember it until the carrier confirms.
+fn release(call: &mut Call, reason: EndReason, effects: &mut Vec<Effect>) {
+    call.release_pending = true;
+    effects.push(Effect::Hangup { reason });
 }
 
 fn end(

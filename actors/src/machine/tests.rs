@@ -305,6 +305,8 @@ fn any_event() -> impl Strategy<Value = (Event, i64)> {
                 deadline: t(d)
             }),
         Just(Event::CarrierLost),
+        Just(Event::ReleaseLeg),
+        Just(Event::LegReleased),
     ];
     (event, 1i64..60)
 }
@@ -345,7 +347,15 @@ proptest! {
             }
             prop_assert!(call.status.rank() >= before.status.rank(), "moved backwards");
             if before.status.is_terminal() {
-                prop_assert_eq!(&call, &before, "terminal state changed");
+                // After the end only the release of the carrier leg may be recorded.
+                let mut same = call.clone();
+                same.release_pending = before.release_pending;
+                same.version = before.version;
+                same.updated_at = before.updated_at;
+                prop_assert_eq!(&same, &before, "terminal state changed");
+            }
+            if call.release_pending && !before.release_pending {
+                prop_assert!(call.status.is_terminal(), "release pending on a live call");
             }
             prop_assert!(call.version == before.version || call.version == before.version + 1);
             prop_assert_eq!(call.end_reason.is_some(), call.status.is_terminal());
@@ -360,4 +370,52 @@ proptest! {
         prop_assert_eq!(journal.len() as i64, call.version);
         prop_assert_eq!(replay(journal).unwrap(), call);
     }
+}
+
+#[test]
+fn an_ended_call_keeps_its_leg_release_pending_until_confirmed() {
+    let (mut call, _) = start(spec(Direction::Outbound), t(0));
+    step(&mut call, carrier(CarrierEvent::Answered), t(1)).unwrap();
+    let effects = step(&mut call, Event::HangupRequested, t(5)).unwrap();
+    assert!(effects.contains(&Effect::Hangup {
+        reason: EndReason::HangupRequested
+    }));
+    assert!(call.release_pending);
+    let v = call.version;
+    // The carrier's hangup webhook confirms the release.
+    step(
+        &mut call,
+        carrier(CarrierEvent::HungUp {
+            cause: HangupCause::NormalClearing,
+        }),
+        t(6),
+    )
+    .unwrap();
+    assert!(!call.release_pending);
+    assert_eq!(call.version, v + 1);
+    assert_eq!(call.end_reason, Some(EndReason::HangupRequested));
+    // A duplicate confirmation changes nothing.
+    step(&mut call, Event::LegReleased, t(7)).unwrap();
+    assert_eq!(call.version, v + 1);
+    // A leg found alive later is released again, durably.
+    let effects = step(&mut call, Event::ReleaseLeg, t(8)).unwrap();
+    assert_eq!(
+        effects,
+        vec![Effect::Hangup {
+            reason: EndReason::HangupRequested
+        }]
+    );
+    assert!(call.release_pending);
+    assert_eq!(call.status, CallStatus::Completed);
+}
+
+#[test]
+fn a_failed_dial_releases_whatever_leg_it_may_have_created() {
+    let (mut call, _) = start(spec(Direction::Outbound), t(0));
+    let effects = step(&mut call, Event::CommandRejected { detail: "timeout".into() }, t(1)).unwrap();
+    assert_eq!(call.end_reason, Some(EndReason::VendorError));
+    assert!(call.release_pending);
+    assert!(effects.contains(&Effect::Hangup {
+        reason: EndReason::VendorError
+    }));
 }

@@ -418,3 +418,26 @@ async fn customers_are_unique_per_phone_and_agents_with_calls_are_archived() {
     assert!(f.store.delete_customer(f.org, c.id).await.unwrap());
     assert!(!f.store.delete_customer(f.org, c.id).await.unwrap());
 }
+
+#[tokio::test]
+async fn an_ended_call_with_an_unconfirmed_hangup_is_recovered_until_released() {
+    let f = fixture().await;
+    let call = f.insert("+14155550177").await;
+    let shard = [shard_of(call.spec.id)];
+    let up = f.apply(&call, answered()).await.unwrap();
+    let ended = f.apply(&up, Event::HangupRequested).await.unwrap();
+    assert_eq!(ended.status, CallStatus::Completed);
+    assert!(ended.release_pending);
+    assert_eq!(
+        f.store.load_call(call.spec.id).await.unwrap(),
+        Some(ended.clone())
+    );
+    assert_eq!(
+        f.store.live_calls(&shard).await.unwrap(),
+        vec![call.spec.id],
+        "its hangup is not confirmed: it still needs an actor"
+    );
+    let released = f.apply(&ended, Event::LegReleased).await.unwrap();
+    assert!(!released.release_pending);
+    assert!(f.store.live_calls(&shard).await.unwrap().is_empty());
+}

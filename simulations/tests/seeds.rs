@@ -92,8 +92,13 @@ fn regression_network_seed_5_hangup_lost_in_outage() {
     check(5, 300, Profile::Network);
 }
 
-/// Same bug under chaos (leg of a max-duration call left up).
+
+/// A call ended by an API hangup whose actor then panicked (after the commit); its
+/// re-activation could not reconcile during a long carrier outage and gave up, leaving the
+/// ended call idle with its hangup never re-sent: the callee's line stayed up. Fixed by
+/// re-issuing the pending release whenever reconciliation gives up (and on the fault path).
 #[test]
-fn regression_chaos_seed_1_leg_left_up() {
-    check(1, 300, Profile::Chaos);
+fn regression_chaos_seeds_189_and_250_release_after_failed_reconciliation() {
+    check(189, 400, Profile::Chaos);
+    check(250, 400, Profile::Chaos);
 }

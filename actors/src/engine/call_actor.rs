@@ -280,6 +280,7 @@ impl CallState {
                 if let Err(e) = result {
                     debug!(call_id = %self.id, error = %e, "engine fault on an ended call");
                 }
+                self.continue_release(myself);
                 myself.send_message(CallMsg::StopIfDone)?;
                 Ok(())
             }
@@ -586,6 +587,8 @@ impl CallState {
                     // Live calls stay bounded by their deadline timers; an unprocessed inbox
                     // row that triggered this is re-delivered by the sweep and tries again.
                     warn!(call_id = %self.id, error = %e, "reconciliation gave up");
+                    // An ended call still owes the carrier its hangup: keep trying that.
+                    self.continue_release(myself);
                     self.reconciling = false;
                     self.reconcile_attempts = 0;
                     self.reconcile_inbox.clear();
@@ -642,6 +645,19 @@ impl CallState {
         }
         myself.send_message(CallMsg::StopIfDone)?;
         Ok(())
+    }
+
+    /// Re-issues the hangup of an ended call whose release is not confirmed (after a
+    /// re-activation that could not reconcile).
+    fn continue_release(&mut self, myself: &ActorRef<CallMsg>) {
+        let pending = self
+            .call
+            .as_ref()
+            .filter(|c| c.status.is_terminal() && c.release_pending)
+            .map(|c| (c.end_reason.unwrap_or(EndReason::NormalClearing), c.version));
+        if let Some((reason, seq)) = pending {
+            self.run_effects(myself, vec![Effect::Hangup { reason }], seq);
+        }
     }
 
     fn cancel_timer(&mut self) {

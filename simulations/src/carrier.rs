@@ -14,7 +14,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use iace_actors::engine::{Engine, EngineError, InboundCall, IngestOutcome};
 use iace_actors::machine::{CallId, CarrierEvent, HangupCause, PhoneNumber};
-use iace_actors::ports::{DialCommand, InboxItem, LegCommand, LegStatus, Telephony, TelephonyError};
+use iace_actors::ports::{
+    DialCommand, InboxItem, LegCommand, LegStatus, Telephony, TelephonyError,
+};
 use uuid::Uuid;
 
 use crate::core::Core;
@@ -116,7 +118,9 @@ impl SimCarrier {
         }
         let r = self.core.rates;
         if self.core.fault("command_fail", r.command_fail) {
-            return Err(TelephonyError::Unavailable("502 bad gateway (injected)".into()));
+            return Err(TelephonyError::Unavailable(
+                "502 bad gateway (injected)".into(),
+            ));
         }
         if self.core.fault("command_hang", r.command_hang) {
             let ms = self.core.draw(20_000, 40_000);
@@ -179,7 +183,8 @@ impl SimCarrier {
         } else {
             100
         };
-        me.clone().spawn_delivery(item.clone(), self.core.draw(0, max_delay));
+        me.clone()
+            .spawn_delivery(item.clone(), self.core.draw(0, max_delay));
         if self.core.fault("duplicate_event", r.duplicate_event) {
             me.clone()
                 .spawn_delivery(item.clone(), self.core.draw(0, max_delay * 2));
@@ -198,7 +203,8 @@ impl SimCarrier {
                 if let Some(engine) = current(&self.slot) {
                     match engine.ingest_carrier_event(item.clone()).await {
                         Ok(IngestOutcome::Accepted) => {
-                            self.core.log(format!("delivered {} accepted", item.event_id));
+                            self.core
+                                .log(format!("delivered {} accepted", item.event_id));
                             if !self.state().accepted.insert(item.event_id.clone()) {
                                 self.core.violate(
                                     "each carrier event applied at most once",
@@ -208,7 +214,8 @@ impl SimCarrier {
                             break;
                         }
                         Ok(IngestOutcome::Duplicate) => {
-                            self.core.log(format!("delivered {} duplicate", item.event_id));
+                            self.core
+                                .log(format!("delivered {} duplicate", item.event_id));
                             break;
                         }
                         Err(e) => self
@@ -293,8 +300,10 @@ impl SimCarrier {
             );
             id
         };
-        self.core
-            .log(format!("inbound leg {leg} from {} (plan {})", plan.from, plan.n));
+        self.core.log(format!(
+            "inbound leg {leg} from {} (plan {})",
+            plan.from, plan.n
+        ));
         let twice = plan.scenario == Scenario::InboundDuplicateOffer
             || self
                 .core
@@ -464,8 +473,10 @@ impl Telephony for SimCarrier {
             return Err(TelephonyError::Rejected("answer without a leg id".into()));
         };
         self.bind(&leg, cmd.call_id);
-        self.core
-            .log(format!("cmd answer {} {} on {leg}", cmd.call_id, cmd.command_id));
+        self.core.log(format!(
+            "cmd answer {} {} on {leg}",
+            cmd.call_id, cmd.command_id
+        ));
         match self.leg_state(&leg) {
             None => return Err(TelephonyError::Rejected("unknown leg".into())),
             Some(LegState::Ended(_)) => {
@@ -523,7 +534,9 @@ impl Telephony for SimCarrier {
             .core
             .fault("command_fail", self.core.rates.command_fail)
         {
-            return Err(TelephonyError::Unavailable("502 bad gateway (injected)".into()));
+            return Err(TelephonyError::Unavailable(
+                "502 bad gateway (injected)".into(),
+            ));
         }
         let s = self.state();
         let status = match s.by_call.get(&call_id).and_then(|l| s.legs.get(l)) {

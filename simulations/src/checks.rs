@@ -65,7 +65,10 @@ impl Checker {
             return Err(("journal starts with created", format!("call {id}")));
         };
         if created.seq != 1 || call.version != 1 {
-            return Err(("no journal gap", format!("call {id} starts at {}", created.seq)));
+            return Err((
+                "no journal gap",
+                format!("call {id} starts at {}", created.seq),
+            ));
         }
         let folded = start(spec.clone(), created.at).0;
         if !same_but_epoch(&folded, call) {
@@ -264,22 +267,32 @@ mod tests {
         let (c1, e1) = next(&c0, ringing(), 1);
 
         let mut ch = Checker::default();
-        ch.on_insert(&c0, &created).unwrap_or_else(|e| panic!("{e:?}"));
+        ch.on_insert(&c0, &created)
+            .unwrap_or_else(|e| panic!("{e:?}"));
         let mut skipped = e1.clone();
         skipped.seq = 3;
         let mut c3 = c1.clone();
         c3.version = 3;
-        assert_eq!(ch.on_append(&c3, &skipped, None).unwrap_err().0, "no journal gap");
+        assert_eq!(
+            ch.on_append(&c3, &skipped, None).unwrap_err().0,
+            "no journal gap"
+        );
 
         let mut ch = Checker::default();
         let mut high = c0.clone();
         high.owner_epoch = 5;
-        ch.on_insert(&high, &created).unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(ch.on_append(&c1, &e1, None).unwrap_err().0, "epoch never decreases");
+        ch.on_insert(&high, &created)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            ch.on_append(&c1, &e1, None).unwrap_err().0,
+            "epoch never decreases"
+        );
 
         let mut ch = Checker::default();
-        ch.on_insert(&c0, &created).unwrap_or_else(|e| panic!("{e:?}"));
-        ch.on_append(&c1, &e1, Some(("v", "1"))).unwrap_or_else(|e| panic!("{e:?}"));
+        ch.on_insert(&c0, &created)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        ch.on_append(&c1, &e1, Some(("v", "1")))
+            .unwrap_or_else(|e| panic!("{e:?}"));
         let (c2, e2) = next(
             &c1,
             Event::Carrier {
@@ -293,14 +306,16 @@ mod tests {
         );
 
         let mut ch = Checker::default();
-        ch.on_insert(&c0, &created).unwrap_or_else(|e| panic!("{e:?}"));
+        ch.on_insert(&c0, &created)
+            .unwrap_or_else(|e| panic!("{e:?}"));
         let busy = Event::Carrier {
             event: CarrierEvent::HungUp {
                 cause: HangupCause::Busy,
             },
         };
         let (ended, e) = next(&c0, busy, 1);
-        ch.on_append(&ended, &e, None).unwrap_or_else(|e| panic!("{e:?}"));
+        ch.on_append(&ended, &e, None)
+            .unwrap_or_else(|e| panic!("{e:?}"));
         let mut revived = ended.clone();
         revived.status = InProgress;
         revived.version += 1;
@@ -317,7 +332,8 @@ mod tests {
     fn catches_a_snapshot_that_is_not_the_fold_of_its_journal() {
         let (c0, created) = call();
         let mut ch = Checker::default();
-        ch.on_insert(&c0, &created).unwrap_or_else(|e| panic!("{e:?}"));
+        ch.on_insert(&c0, &created)
+            .unwrap_or_else(|e| panic!("{e:?}"));
         let (mut c1, e1) = next(&c0, ringing(), 1);
         c1.carrier_call_id = Some("made up".into());
         assert_eq!(

@@ -105,7 +105,12 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "seed {}: {} calls stored ({} planned), {} carrier legs, {} steps, trace {:016x}",
-            self.seed, self.calls_stored, self.calls_planned, self.legs, self.steps, self.trace_hash
+            self.seed,
+            self.calls_stored,
+            self.calls_planned,
+            self.legs,
+            self.steps,
+            self.trace_hash
         )?;
         writeln!(
             f,

@@ -57,7 +57,10 @@ impl SimStore {
 
     /// After a commit: maybe lose the answer.
     fn ambiguous(&self, op: &'static str) -> StoreResult<()> {
-        if self.core.fault("store_ambiguous", self.core.rates.store_ambiguous) {
+        if self
+            .core
+            .fault("store_ambiguous", self.core.rates.store_ambiguous)
+        {
             return Err(StoreError::Unavailable(format!(
                 "{op}: connection lost after commit (injected)"
             )));

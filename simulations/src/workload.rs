@@ -56,7 +56,9 @@ impl Scenario {
     pub fn inbound(self) -> bool {
         matches!(
             self,
-            Scenario::InboundAnswered | Scenario::InboundAbandoned | Scenario::InboundDuplicateOffer
+            Scenario::InboundAnswered
+                | Scenario::InboundAbandoned
+                | Scenario::InboundDuplicateOffer
         )
     }
 }
@@ -115,7 +117,9 @@ pub fn plan(seed: u64, calls: usize, mean_gap_ms: u64) -> Vec<CallPlan> {
                 repeat_create_ms: None,
             };
             match scenario {
-                Scenario::Answered | Scenario::InboundAnswered | Scenario::InboundDuplicateOffer => {
+                Scenario::Answered
+                | Scenario::InboundAnswered
+                | Scenario::InboundDuplicateOffer => {
                     // Now and then a conversation outlasts the max duration (300 s).
                     if rng.chance(50) {
                         p.talk_ms = Some(rng.range(300_000, 900_000));

@@ -158,9 +158,7 @@ impl World {
         let org = self.org;
         let attempt = move |e: Engine| async move { e.hangup(org, id).await };
         match self.engine_call(attempt).await {
-            Some(Ok(call)) => self
-                .core
-                .log(format!("api hangup {id} -> {}", call.status)),
+            Some(Ok(call)) => self.core.log(format!("api hangup {id} -> {}", call.status)),
             Some(Err(EngineError::IllegalTransition { status, .. })) => {
                 self.core.log(format!("api hangup {id} refused: {status}"))
             }
@@ -188,7 +186,8 @@ impl World {
                 Some(created.call.spec.id)
             }
             Some(Err(e)) => {
-                self.core.violate("API answers", format!("create {key}: {e}"));
+                self.core
+                    .violate("API answers", format!("create {key}: {e}"));
                 None
             }
             None => {
@@ -417,7 +416,10 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
             } else {
                 core.violate(
                     "every accepted event is delivered",
-                    format!("{} webhook deliveries never finished", core.pending_deliveries()),
+                    format!(
+                        "{} webhook deliveries never finished",
+                        core.pending_deliveries()
+                    ),
                 );
             }
             break;
@@ -435,7 +437,10 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
     // Summary.
     let mut outcomes = BTreeMap::new();
     for (id, model) in core.checker().calls() {
-        let c = store.inner.snapshot(*id).unwrap_or_else(|| model.folded.clone());
+        let c = store
+            .inner
+            .snapshot(*id)
+            .unwrap_or_else(|| model.folded.clone());
         let key = format!(
             "{} {}/{}",
             c.spec.direction.as_str(),
@@ -446,7 +451,9 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
     }
     let mut scenarios = BTreeMap::new();
     for p in &plans {
-        *scenarios.entry(format!("{:?}", p.scenario)).or_insert(0usize) += 1;
+        *scenarios
+            .entry(format!("{:?}", p.scenario))
+            .or_insert(0usize) += 1;
     }
     let report = Report {
         seed: cfg.seed,
@@ -481,7 +488,10 @@ async fn final_checks(world: &World) {
     let ids: Vec<CallId> = core.checker().calls().keys().copied().collect();
     for id in ids {
         let Some(call) = world.store.inner.snapshot(id) else {
-            core.violate("snapshot equals fold of journal", format!("call {id} vanished"));
+            core.violate(
+                "snapshot equals fold of journal",
+                format!("call {id} vanished"),
+            );
             return;
         };
         if !call.status.is_terminal() {

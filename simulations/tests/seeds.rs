@@ -15,7 +15,9 @@ fn check(seed: u64, calls: usize, faults: Profile) -> iace_sim::Report {
 }
 
 fn sweep(profile: Profile, seeds: std::ops::Range<u64>, calls: usize) -> usize {
-    seeds.map(|seed| check(seed, calls, profile).calls_planned).sum()
+    seeds
+        .map(|seed| check(seed, calls, profile).calls_planned)
+        .sum()
 }
 
 #[test]
@@ -63,7 +65,11 @@ fn faults_are_really_injected() {
         );
     }
     assert!(r.engine_starts > 1, "the engine never crashed");
-    assert!(r.outcomes.len() >= 8, "too few distinct outcomes: {:?}", r.outcomes);
+    assert!(
+        r.outcomes.len() >= 8,
+        "too few distinct outcomes: {:?}",
+        r.outcomes
+    );
 }
 
 #[test]
@@ -91,7 +97,6 @@ fn same_seed_same_commit_gives_a_byte_identical_trace() {
 fn regression_network_seed_5_hangup_lost_in_outage() {
     check(5, 300, Profile::Network);
 }
-
 
 /// A call ended by an API hangup whose actor then panicked (after the commit); its
 /// re-activation could not reconcile during a long carrier outage and gave up, leaving the

@@ -21,8 +21,8 @@ use crate::machine::{
     step, Call, CallId, CallStatus, CarrierEvent, Effect, EndReason, Event, TimerKind,
     TransitionError,
 };
-use chrono::{DateTime, Utc};
 use crate::ports::{DialCommand, JournalEntry, LegCommand, LegStatus, StoreError, TelephonyError};
+use chrono::{DateTime, Utc};
 
 /// How the actor comes to life.
 #[derive(Debug)]
@@ -58,6 +58,8 @@ pub(crate) type InboxRef = Option<(String, String)>;
 pub(crate) type ApplyReply = RpcReplyPort<Result<Call, EngineError>>;
 
 /// Mailbox of a [`CallActor`].
+// Messages are moved into the mailbox once; boxing the event would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum CallMsg {
     /// First message, sent by `pre_start` to itself.
     Init,
@@ -461,8 +463,10 @@ impl CallState {
                     let shared = self.shared.clone();
                     let me = myself.clone();
                     tokio::spawn(async move {
-                        let result =
-                            retry_command(shared.config.command_timeout, || shared.ports.telephony.answer(cmd.clone())).await;
+                        let result = retry_command(shared.config.command_timeout, || {
+                            shared.ports.telephony.answer(cmd.clone())
+                        })
+                        .await;
                         if let Err(e) = result {
                             shared
                                 .metrics
@@ -521,7 +525,11 @@ impl CallState {
         let shared = self.shared.clone();
         let me = myself.clone();
         tokio::spawn(async move {
-            let event = match retry_command(shared.config.command_timeout, || shared.ports.telephony.dial(cmd.clone())).await {
+            let event = match retry_command(shared.config.command_timeout, || {
+                shared.ports.telephony.dial(cmd.clone())
+            })
+            .await
+            {
                 Ok(carrier_call_id) => Event::Carrier {
                     event: CarrierEvent::Initiated { carrier_call_id },
                 },

@@ -67,7 +67,10 @@ impl EngineMetrics {
                 &["result"],
             )?,
             timer_fires: IntCounterVec::new(
-                Opts::new("iace_timer_fires_total", "Deadline timers fired, by outcome"),
+                Opts::new(
+                    "iace_timer_fires_total",
+                    "Deadline timers fired, by outcome",
+                ),
                 &["outcome"],
             )?,
         };

@@ -412,7 +412,14 @@ fn an_ended_call_keeps_its_leg_release_pending_until_confirmed() {
 #[test]
 fn a_failed_dial_releases_whatever_leg_it_may_have_created() {
     let (mut call, _) = start(spec(Direction::Outbound), t(0));
-    let effects = step(&mut call, Event::CommandRejected { detail: "timeout".into() }, t(1)).unwrap();
+    let effects = step(
+        &mut call,
+        Event::CommandRejected {
+            detail: "timeout".into(),
+        },
+        t(1),
+    )
+    .unwrap();
     assert_eq!(call.end_reason, Some(EndReason::VendorError));
     assert!(call.release_pending);
     assert!(effects.contains(&Effect::Hangup {

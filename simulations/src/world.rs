@@ -427,7 +427,10 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let settle_ms = u64::try_from(healed.elapsed().as_millis()).unwrap_or(u64::MAX);
-    if let Some(engine) = current(&world.slot) {
+    // Taking the engine out of the slot also breaks the carrier -> slot -> engine -> ports ->
+    // carrier cycle, so a sweep does not keep every finished world alive.
+    let engine = world.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(engine) = engine {
         engine.shutdown().await;
     }
     if core.violation().is_none() {

@@ -272,11 +272,7 @@ impl Engine {
     pub async fn kill(&self) {
         let _ = self.inner.supervisor.send_message(SupervisorMsg::Kill);
         self.inner.queries.kill();
-        let handles =
-            std::mem::take(&mut *self.inner.handles.lock().unwrap_or_else(|p| p.into_inner()));
-        for h in handles {
-            let _ = h.await;
-        }
+        self.join_actors().await;
     }
 
     /// Stops the actor tree. Live calls stay live in the store and are re-activated by the
@@ -284,6 +280,10 @@ impl Engine {
     pub async fn shutdown(&self) {
         self.inner.supervisor.stop(Some("shutdown".into()));
         self.inner.queries.stop(Some("shutdown".into()));
+        self.join_actors().await;
+    }
+
+    async fn join_actors(&self) {
         let handles =
             std::mem::take(&mut *self.inner.handles.lock().unwrap_or_else(|p| p.into_inner()));
         for h in handles {
@@ -335,33 +335,7 @@ impl Engine {
             }),
         };
         let agent_id = req.agent_id;
-        let agent = self
-            .query(move |q| async move { Ok(q.get_agent(org, agent_id).await?) })
-            .await?;
-        match agent {
-            None => {
-                return Err(EngineError::invalid(
-                    "agent_id",
-                    "no agent with this id in your organization",
-                ))
-            }
-            Some(a) if a.status != AgentStatus::Active => {
-                return Err(EngineError::invalid(
-                    "agent_id",
-                    format!(
-                        "the agent is {}; only active agents take calls",
-                        a.status.as_str()
-                    ),
-                ))
-            }
-            Some(a) if a.agent_type == AgentType::Inbound => {
-                return Err(EngineError::invalid(
-                    "agent_id",
-                    "the agent only answers inbound calls",
-                ))
-            }
-            Some(_) => {}
-        }
+        self.check_agent(org, agent_id, Direction::Outbound).await?;
         let spec = CallSpec {
             id: self.inner.shared.ports.ids.next_id(),
             organization_id: org,
@@ -395,30 +369,7 @@ impl Engine {
         }
         let org = inbound.organization_id;
         let agent_id = inbound.agent_id;
-        let agent = self
-            .query(move |q| async move { Ok(q.get_agent(org, agent_id).await?) })
-            .await?;
-        match agent {
-            None => {
-                return Err(EngineError::invalid(
-                    "agent_id",
-                    "no agent with this id in the organization",
-                ))
-            }
-            Some(a) if a.status != AgentStatus::Active => {
-                return Err(EngineError::invalid(
-                    "agent_id",
-                    format!("the agent is {}; it takes no calls", a.status.as_str()),
-                ))
-            }
-            Some(a) if a.agent_type == AgentType::Outbound => {
-                return Err(EngineError::invalid(
-                    "agent_id",
-                    "the agent only places outbound calls",
-                ))
-            }
-            Some(_) => {}
-        }
+        self.check_agent(org, agent_id, Direction::Inbound).await?;
         let canonical = serde_json::json!({
             "direction": "inbound",
             "leg": leg,
@@ -429,7 +380,7 @@ impl Engine {
         });
         let idempotency = IdempotencyKey {
             key: validate_idempotency_key(&format!("inbound:{leg}"))?,
-            fingerprint: hex_encode(&Sha256::digest(canonical.to_string().as_bytes())),
+            fingerprint: digest(&canonical),
         };
         let shared = &self.inner.shared;
         let spec = CallSpec {
@@ -446,6 +397,41 @@ impl Engine {
             inbound_leg_id: Some(leg.to_owned()),
         };
         self.insert_and_activate(spec, Some(idempotency)).await
+    }
+
+    /// The agent must exist in the organization, be active and take calls in `direction`.
+    async fn check_agent(
+        &self,
+        org: OrganizationId,
+        agent_id: Uuid,
+        direction: Direction,
+    ) -> Result<(), EngineError> {
+        let agent = self
+            .query(move |q| async move { Ok(q.get_agent(org, agent_id).await?) })
+            .await?
+            .ok_or_else(|| {
+                EngineError::invalid("agent_id", "no agent with this id in your organization")
+            })?;
+        if agent.status != AgentStatus::Active {
+            return Err(EngineError::invalid(
+                "agent_id",
+                format!(
+                    "the agent is {}; only active agents take calls",
+                    agent.status.as_str()
+                ),
+            ));
+        }
+        match (direction, agent.agent_type) {
+            (Direction::Outbound, AgentType::Inbound) => Err(EngineError::invalid(
+                "agent_id",
+                "the agent only answers inbound calls",
+            )),
+            (Direction::Inbound, AgentType::Outbound) => Err(EngineError::invalid(
+                "agent_id",
+                "the agent only places outbound calls",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Stores a new call with its `created` journal entry and starts its actor. A replay of an
@@ -856,6 +842,11 @@ fn fingerprint(req: &NewCall, metadata: &serde_json::Value) -> String {
         "customer_id": req.customer_id,
         "metadata": metadata,
     });
+    digest(&canonical)
+}
+
+/// SHA-256 hex of a JSON value's canonical text.
+fn digest(canonical: &serde_json::Value) -> String {
     hex_encode(&Sha256::digest(canonical.to_string().as_bytes()))
 }
 

@@ -318,6 +318,32 @@ impl NewCustomer {
     }
 }
 
+/// A phone number the organization owns, answered by one of its agents. A number belongs to
+/// at most one organization (the carrier routes it to exactly one place).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhoneNumberAssignment {
+    /// Id.
+    pub id: Uuid,
+    /// Owner.
+    pub organization_id: OrganizationId,
+    /// The agent that answers calls to the number.
+    pub agent_id: Uuid,
+    /// E.164 number; unique across all organizations.
+    pub number: PhoneNumber,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// `POST /v1/phone-numbers` body.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPhoneNumber {
+    /// E.164 number (as provisioned at the carrier).
+    pub number: PhoneNumber,
+    /// The agent that answers it.
+    pub agent_id: Uuid,
+}
+
 /// `PATCH /v1/customers/{id}` body: absent fields are left alone, `null` clears an optional one.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -14,11 +14,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::catalog::{Agent, AgentPatch, AgentStatus, Customer, CustomerPatch, Organization};
-use crate::machine::{Call, CallId, OrganizationId};
+use crate::catalog::{
+    Agent, AgentPatch, AgentStatus, Customer, CustomerPatch, Organization, PhoneNumberAssignment,
+};
+use crate::machine::{Call, CallId, OrganizationId, PhoneNumber};
 use crate::ports::{
     shard_of, CallFilter, CallStore, CatalogWriteError, Clock, DialCommand, IdGen, IdempotencyKey,
-    InboxItem, InsertOutcome, JournalEntry, LegCommand, LegStatus, PageRequest, QueryStore,
+    InboxInsert, InboxItem, InboxRow, InsertOutcome, JournalEntry, LegCommand, LegStatus, PageRequest, QueryStore,
     StoreError, StoreResult, Telephony, TelephonyError,
 };
 
@@ -75,10 +77,13 @@ struct State {
     keys: HashMap<String, OrganizationId>,
     agents: HashMap<Uuid, Agent>,
     customers: HashMap<Uuid, Customer>,
+    numbers: HashMap<Uuid, PhoneNumberAssignment>,
     calls: HashMap<CallId, Call>,
     idempotency: HashMap<(OrganizationId, String), (CallId, String)>,
     journal: HashMap<CallId, Vec<JournalEntry>>,
     inbox: BTreeMap<(String, String), (u64, InboxItem, bool)>,
+    /// Rows without a call or without a fact (see `InboxRow`): `(received, row, processed)`.
+    parked: BTreeMap<(String, String), (u64, InboxRow, bool)>,
     received: u64,
 }
 
@@ -269,6 +274,78 @@ impl CallStore for MemoryStore {
         let n = s.received;
         s.inbox.insert(key, (n, item.clone(), false));
         Ok(true)
+    }
+
+    async fn inbox_record(&self, row: &InboxRow) -> StoreResult<InboxInsert> {
+        self.check()?;
+        let mut s = self.lock();
+        let key = (row.vendor.clone(), row.event_id.clone());
+        if s.inbox.contains_key(&key) || s.parked.contains_key(&key) {
+            return Ok(InboxInsert::Duplicate);
+        }
+        if row.call_id.is_some_and(|id| !s.calls.contains_key(&id)) {
+            return Ok(InboxInsert::UnknownCall);
+        }
+        s.received += 1;
+        let n = s.received;
+        match row.item() {
+            Some(item) => {
+                s.inbox.insert(key, (n, item, false));
+            }
+            None => {
+                let processed = row.event.is_none();
+                s.parked.insert(key, (n, row.clone(), processed));
+            }
+        }
+        Ok(InboxInsert::New)
+    }
+
+    async fn inbox_adopt(
+        &self,
+        vendor: &str,
+        carrier_leg: &str,
+        call_id: CallId,
+    ) -> StoreResult<Vec<InboxItem>> {
+        self.check()?;
+        let mut s = self.lock();
+        if !s.calls.contains_key(&call_id) {
+            return Ok(Vec::new());
+        }
+        let mut waiting: Vec<(u64, InboxItem)> = Vec::new();
+        for (n, row, processed) in s.parked.values_mut() {
+            if *processed
+                || row.call_id.is_some()
+                || row.vendor != vendor
+                || row.carrier_leg.as_deref() != Some(carrier_leg)
+            {
+                continue;
+            }
+            row.call_id = Some(call_id);
+            if let Some(item) = row.item() {
+                *processed = true;
+                waiting.push((*n, item));
+            }
+        }
+        waiting.sort_by_key(|(n, _)| *n);
+        for (n, item) in &waiting {
+            let key = (item.vendor.clone(), item.event_id.clone());
+            s.parked.remove(&key);
+            s.inbox.insert(key, (*n, item.clone(), false));
+        }
+        Ok(waiting.into_iter().map(|(_, item)| item).collect())
+    }
+
+    async fn call_for_leg(&self, carrier_leg: &str) -> StoreResult<Option<CallId>> {
+        self.check()?;
+        let s = self.lock();
+        let mut ids: Vec<CallId> = s
+            .calls
+            .values()
+            .filter(|c| c.carrier_call_id.as_deref() == Some(carrier_leg))
+            .map(|c| c.spec.id)
+            .collect();
+        ids.sort();
+        Ok(ids.first().copied())
     }
 
     async fn inbox_mark_processed(&self, vendor: &str, event_id: &str) -> StoreResult<()> {
@@ -517,6 +594,69 @@ impl QueryStore for MemoryStore {
         }
         Ok(true)
     }
+
+    async fn customer_by_phone(
+        &self,
+        org: OrganizationId,
+        phone: &PhoneNumber,
+    ) -> StoreResult<Option<Uuid>> {
+        self.check()?;
+        Ok(self
+            .lock()
+            .customers
+            .values()
+            .find(|c| c.organization_id == org && &c.phone == phone)
+            .map(|c| c.id))
+    }
+
+    async fn insert_phone_number(&self, number: &PhoneNumberAssignment) -> StoreResult<bool> {
+        self.check()?;
+        let mut s = self.lock();
+        if s.numbers.values().any(|n| n.number == number.number) {
+            return Ok(false);
+        }
+        s.numbers.insert(number.id, number.clone());
+        Ok(true)
+    }
+
+    async fn list_phone_numbers(
+        &self,
+        org: OrganizationId,
+        agent: Option<Uuid>,
+        p: &PageRequest,
+    ) -> StoreResult<Vec<PhoneNumberAssignment>> {
+        self.check()?;
+        let s = self.lock();
+        let rows = s
+            .numbers
+            .values()
+            .filter(|n| n.organization_id == org && agent.is_none_or(|a| a == n.agent_id))
+            .cloned();
+        Ok(page(rows, |n| (n.created_at, n.id), p.limit, p.after))
+    }
+
+    async fn delete_phone_number(&self, org: OrganizationId, id: Uuid) -> StoreResult<bool> {
+        self.check()?;
+        let mut s = self.lock();
+        if s.numbers.get(&id).is_none_or(|n| n.organization_id != org) {
+            return Ok(false);
+        }
+        s.numbers.remove(&id);
+        Ok(true)
+    }
+
+    async fn route_number(
+        &self,
+        number: &PhoneNumber,
+    ) -> StoreResult<Option<PhoneNumberAssignment>> {
+        self.check()?;
+        Ok(self
+            .lock()
+            .numbers
+            .values()
+            .find(|n| &n.number == number)
+            .cloned())
+    }
 }
 
 /// A command the [`ScriptedTelephony`] received.
@@ -528,6 +668,15 @@ pub enum Command {
     Answer(LegCommand),
     /// `hangup`.
     Hangup(LegCommand),
+    /// `transfer`.
+    Transfer(LegCommand, PhoneNumber),
+    /// `reject` of a leg that has no call.
+    Reject {
+        /// The leg.
+        carrier_call_id: String,
+        /// Its command id.
+        command_id: String,
+    },
 }
 
 /// A carrier that records commands, answers `dial` with `leg-<call id>` (idempotent on the
@@ -626,6 +775,17 @@ impl Telephony for ScriptedTelephony {
 
     async fn answer(&self, cmd: LegCommand) -> Result<(), TelephonyError> {
         self.record(Command::Answer(cmd))
+    }
+
+    async fn transfer(&self, cmd: LegCommand, to: PhoneNumber) -> Result<(), TelephonyError> {
+        self.record(Command::Transfer(cmd, to))
+    }
+
+    async fn reject(&self, carrier_call_id: &str, command_id: &str) -> Result<(), TelephonyError> {
+        self.record(Command::Reject {
+            carrier_call_id: carrier_call_id.to_owned(),
+            command_id: command_id.to_owned(),
+        })
     }
 
     async fn hangup(&self, cmd: LegCommand) -> Result<(), TelephonyError> {

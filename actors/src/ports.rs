@@ -12,7 +12,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::catalog::{Agent, AgentPatch, Customer, CustomerPatch, Organization};
+use crate::catalog::{
+    Agent, AgentPatch, Customer, CustomerPatch, Organization, PhoneNumberAssignment,
+};
 use crate::machine::{
     Call, CallId, CallStatus, CarrierEvent, CustomerId, Event, HangupCause, OrganizationId,
     PhoneNumber,
@@ -105,6 +107,54 @@ pub struct InboxItem {
     pub event: CarrierEvent,
 }
 
+/// A vendor event as received, in its general form: routed to a call or not (yet), with or
+/// without a fact for the machine, with the vendor's raw JSON for the record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboxRow {
+    /// Vendor name.
+    pub vendor: String,
+    /// The vendor's event id: the dedupe key.
+    pub event_id: String,
+    /// The vendor's event type (`call.answered`, `call.speak.started`, ...).
+    pub event_type: String,
+    /// Our call, when the event names it.
+    pub call_id: Option<CallId>,
+    /// The carrier's leg id, when the event names one: an event that arrives before its call
+    /// exists (an inbound hangup overtaking the offer) waits under it for adoption.
+    pub carrier_leg: Option<String>,
+    /// When the vendor says it happened.
+    pub occurred_at: DateTime<Utc>,
+    /// The fact for the machine; `None` for event types the engine does not act on (stored
+    /// and acknowledged all the same).
+    pub event: Option<CarrierEvent>,
+    /// The vendor's JSON as received.
+    pub raw: Option<serde_json::Value>,
+}
+
+impl InboxRow {
+    /// The routed form, when this row has both a call and a fact.
+    pub fn item(&self) -> Option<InboxItem> {
+        Some(InboxItem {
+            vendor: self.vendor.clone(),
+            event_id: self.event_id.clone(),
+            call_id: self.call_id?,
+            occurred_at: self.occurred_at,
+            event: self.event.clone()?,
+        })
+    }
+}
+
+/// What [`CallStore::inbox_record`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxInsert {
+    /// Stored.
+    New,
+    /// `(vendor, event_id)` was stored before: nothing changed.
+    Duplicate,
+    /// The row names a call that does not exist: nothing stored.
+    UnknownCall,
+}
+
 /// What the engine writes. Every write is fenced by the shard lease epoch.
 #[async_trait]
 pub trait CallStore: Send + Sync + 'static {
@@ -142,6 +192,24 @@ pub trait CallStore: Send + Sync + 'static {
 
     /// Stores a vendor event unless its `(vendor, event_id)` was seen before. `true` = new.
     async fn inbox_insert(&self, item: &InboxItem) -> StoreResult<bool>;
+
+    /// Stores a vendor event in its general form (see [`InboxRow`]), deduplicated on
+    /// `(vendor, event_id)`. A row with a call and a fact waits to be applied like
+    /// [`CallStore::inbox_insert`]; a row with a fact but no call waits for adoption; a row
+    /// without a fact is stored as processed.
+    async fn inbox_record(&self, row: &InboxRow) -> StoreResult<InboxInsert>;
+
+    /// Attaches the facts waiting under `carrier_leg` (no call yet) to `call_id` and returns
+    /// them, oldest first, for delivery.
+    async fn inbox_adopt(
+        &self,
+        vendor: &str,
+        carrier_leg: &str,
+        call_id: CallId,
+    ) -> StoreResult<Vec<InboxItem>>;
+
+    /// The call whose carrier leg is `carrier_leg`, if any.
+    async fn call_for_leg(&self, carrier_leg: &str) -> StoreResult<Option<CallId>>;
 
     /// Marks an inbox row processed (for events that changed nothing, so no append did it).
     async fn inbox_mark_processed(&self, vendor: &str, event_id: &str) -> StoreResult<()>;
@@ -248,6 +316,30 @@ pub trait QueryStore: Send + Sync + 'static {
     /// Deletes a customer; `Ok(false)` when not found. Calls keep their history (the
     /// reference is cleared).
     async fn delete_customer(&self, org: OrganizationId, id: Uuid) -> StoreResult<bool>;
+    /// The organization's customer with this phone, if any.
+    async fn customer_by_phone(
+        &self,
+        org: OrganizationId,
+        phone: &PhoneNumber,
+    ) -> StoreResult<Option<Uuid>>;
+
+    /// Assigns a number to an agent. `Ok(false)` when the number is already assigned (in any
+    /// organization).
+    async fn insert_phone_number(&self, number: &PhoneNumberAssignment) -> StoreResult<bool>;
+    /// The organization's numbers, newest first; only `agent`'s when given.
+    async fn list_phone_numbers(
+        &self,
+        org: OrganizationId,
+        agent: Option<Uuid>,
+        page: &PageRequest,
+    ) -> StoreResult<Vec<PhoneNumberAssignment>>;
+    /// Releases a number; `Ok(false)` when not found.
+    async fn delete_phone_number(&self, org: OrganizationId, id: Uuid) -> StoreResult<bool>;
+    /// Who answers calls to `number` (any organization: the carrier tells us only the number).
+    async fn route_number(
+        &self,
+        number: &PhoneNumber,
+    ) -> StoreResult<Option<PhoneNumberAssignment>>;
 }
 
 /// A catalog write that conflicts with existing data.
@@ -320,6 +412,11 @@ pub trait Telephony: Send + Sync + 'static {
     async fn answer(&self, cmd: LegCommand) -> Result<(), TelephonyError>;
     /// Hangs a leg up. Hanging up an already ended leg is success.
     async fn hangup(&self, cmd: LegCommand) -> Result<(), TelephonyError>;
+    /// Transfers an answered leg to `to` (a person); the carrier reports `bridged`.
+    async fn transfer(&self, cmd: LegCommand, to: PhoneNumber) -> Result<(), TelephonyError>;
+    /// Declines an inbound leg that has no call (an unknown number). Declining a leg that
+    /// already ended is success.
+    async fn reject(&self, carrier_call_id: &str, command_id: &str) -> Result<(), TelephonyError>;
     /// The live status of a leg.
     async fn status(
         &self,

@@ -213,9 +213,9 @@ impl SimCarrier {
                             }
                             break;
                         }
-                        Ok(IngestOutcome::Duplicate) => {
+                        Ok(other) => {
                             self.core
-                                .log(format!("delivered {} duplicate", item.event_id));
+                                .log(format!("delivered {} {other:?}", item.event_id));
                             break;
                         }
                         Err(e) => self
@@ -496,6 +496,20 @@ impl Telephony for SimCarrier {
             }
         }
         self.ambiguous()
+    }
+
+    async fn transfer(&self, _cmd: LegCommand, _to: PhoneNumber) -> Result<(), TelephonyError> {
+        // The workload never transfers; a transfer reaching the model is a bug.
+        Err(TelephonyError::Rejected(
+            "the simulated world does not model transfers".into(),
+        ))
+    }
+
+    async fn reject(&self, _leg: &str, _command_id: &str) -> Result<(), TelephonyError> {
+        // Inbound offers in the world always name an agent's number.
+        Err(TelephonyError::Rejected(
+            "the simulated world does not model rejected offers".into(),
+        ))
     }
 
     async fn hangup(&self, cmd: LegCommand) -> Result<(), TelephonyError> {

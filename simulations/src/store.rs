@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use iace_actors::catalog::{Agent, AgentPatch, Customer, CustomerPatch, Organization};
-use iace_actors::machine::{Call, CallId, OrganizationId};
+use iace_actors::catalog::{
+    Agent, AgentPatch, Customer, CustomerPatch, Organization, PhoneNumberAssignment,
+};
+use iace_actors::machine::{Call, CallId, OrganizationId, PhoneNumber};
 use iace_actors::memory::MemoryStore;
 use iace_actors::ports::{
-    CallFilter, CallStore, CatalogWriteError, IdempotencyKey, InboxItem, InsertOutcome,
-    JournalEntry, PageRequest, QueryStore, StoreError, StoreResult,
+    CallFilter, CallStore, CatalogWriteError, IdempotencyKey, InboxInsert, InboxItem, InboxRow,
+    InsertOutcome, JournalEntry, PageRequest, QueryStore, StoreError, StoreResult,
 };
 use uuid::Uuid;
 
@@ -180,6 +182,30 @@ impl CallStore for SimStore {
         Ok(new)
     }
 
+    async fn inbox_record(&self, row: &InboxRow) -> StoreResult<InboxInsert> {
+        self.before("inbox_record").await?;
+        let outcome = self.inner.inbox_record(row).await?;
+        if outcome == InboxInsert::New {
+            self.ambiguous("inbox_record")?;
+        }
+        Ok(outcome)
+    }
+
+    async fn inbox_adopt(
+        &self,
+        vendor: &str,
+        carrier_leg: &str,
+        call_id: CallId,
+    ) -> StoreResult<Vec<InboxItem>> {
+        self.before("inbox_adopt").await?;
+        self.inner.inbox_adopt(vendor, carrier_leg, call_id).await
+    }
+
+    async fn call_for_leg(&self, carrier_leg: &str) -> StoreResult<Option<CallId>> {
+        self.before("call_for_leg").await?;
+        self.inner.call_for_leg(carrier_leg).await
+    }
+
     async fn inbox_mark_processed(&self, vendor: &str, event_id: &str) -> StoreResult<()> {
         self.before("inbox_mark_processed").await?;
         self.inner.inbox_mark_processed(vendor, event_id).await
@@ -276,5 +302,37 @@ impl QueryStore for SimStore {
     }
     async fn delete_customer(&self, org: OrganizationId, id: Uuid) -> StoreResult<bool> {
         self.inner.delete_customer(org, id).await
+    }
+
+    async fn customer_by_phone(
+        &self,
+        org: OrganizationId,
+        phone: &PhoneNumber,
+    ) -> StoreResult<Option<Uuid>> {
+        self.inner.customer_by_phone(org, phone).await
+    }
+
+    async fn insert_phone_number(&self, number: &PhoneNumberAssignment) -> StoreResult<bool> {
+        self.inner.insert_phone_number(number).await
+    }
+
+    async fn list_phone_numbers(
+        &self,
+        org: OrganizationId,
+        agent: Option<Uuid>,
+        page: &PageRequest,
+    ) -> StoreResult<Vec<PhoneNumberAssignment>> {
+        self.inner.list_phone_numbers(org, agent, page).await
+    }
+
+    async fn delete_phone_number(&self, org: OrganizationId, id: Uuid) -> StoreResult<bool> {
+        self.inner.delete_phone_number(org, id).await
+    }
+
+    async fn route_number(
+        &self,
+        number: &PhoneNumber,
+    ) -> StoreResult<Option<PhoneNumberAssignment>> {
+        self.inner.route_number(number).await
     }
 }

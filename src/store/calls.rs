@@ -1,10 +1,11 @@
 //! [`CallStore`]: call snapshots, the journal, the inbox and shard leases.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use iace_actors::machine::{Call, CallId};
 use iace_actors::ports::{
-    shard_of, CallStore, IdempotencyKey, InboxItem, InsertOutcome, JournalEntry, StoreError,
-    StoreResult,
+    shard_of, CallStore, IdempotencyKey, InboxInsert, InboxItem, InboxRow, InsertOutcome,
+    JournalEntry, StoreError, StoreResult,
 };
 use sqlx::{Postgres, Row, Transaction};
 
@@ -341,26 +342,112 @@ impl CallStore for PgStore {
     async fn inbox_pending(&self, limit: i64) -> StoreResult<Vec<InboxItem>> {
         let rows = sqlx::query(
             "SELECT vendor, event_id, call_id, occurred_at, payload FROM inbox \
-             WHERE processed_at IS NULL ORDER BY received_at LIMIT $1",
+             WHERE processed_at IS NULL AND call_id IS NOT NULL AND payload IS NOT NULL \
+             ORDER BY received_at LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        rows.iter()
+        rows.iter().map(inbox_item_from_row).collect()
+    }
+
+    async fn inbox_record(&self, row: &InboxRow) -> StoreResult<InboxInsert> {
+        let payload = row
+            .event
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| StoreError::Unavailable(format!("encoding inbox payload: {e}")))?;
+        // A row without a fact is stored processed: nothing will ever act on it.
+        let inserted = match row.call_id {
+            Some(call_id) => sqlx::query(
+                "INSERT INTO inbox (vendor, event_id, organization_id, call_id, occurred_at, \
+                   payload, event_type, carrier_leg, raw, processed_at) \
+                 SELECT $1, $2, organization_id, id, $4, $5, $6, $7, $8, \
+                   CASE WHEN $5::jsonb IS NULL THEN clock_timestamp() END \
+                 FROM call WHERE id = $3 \
+                 ON CONFLICT (vendor, event_id) DO NOTHING",
+            )
+            .bind(&row.vendor)
+            .bind(&row.event_id)
+            .bind(call_id),
+            None => sqlx::query(
+                "INSERT INTO inbox (vendor, event_id, organization_id, call_id, occurred_at, \
+                   payload, event_type, carrier_leg, raw, processed_at) \
+                 VALUES ($1, $2, NULL, $3::uuid, $4, $5, $6, $7, $8, \
+                   CASE WHEN $5::jsonb IS NULL THEN clock_timestamp() END) \
+                 ON CONFLICT (vendor, event_id) DO NOTHING",
+            )
+            .bind(&row.vendor)
+            .bind(&row.event_id)
+            .bind(Option::<CallId>::None),
+        }
+        .bind(row.occurred_at)
+        .bind(payload)
+        .bind(&row.event_type)
+        .bind(&row.carrier_leg)
+        .bind(&row.raw)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        if inserted.rows_affected() == 1 {
+            return Ok(InboxInsert::New);
+        }
+        let seen: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM inbox WHERE vendor = $1 AND event_id = $2)",
+        )
+        .bind(&row.vendor)
+        .bind(&row.event_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(if seen {
+            InboxInsert::Duplicate
+        } else {
+            InboxInsert::UnknownCall
+        })
+    }
+
+    async fn inbox_adopt(
+        &self,
+        vendor: &str,
+        carrier_leg: &str,
+        call_id: CallId,
+    ) -> StoreResult<Vec<InboxItem>> {
+        // One statement: a row is adopted by exactly one call, even with concurrent adopters.
+        let rows = sqlx::query(
+            "UPDATE inbox i SET call_id = c.id, organization_id = c.organization_id \
+             FROM call c \
+             WHERE c.id = $3 AND i.vendor = $1 AND i.carrier_leg = $2 \
+               AND i.call_id IS NULL AND i.processed_at IS NULL AND i.payload IS NOT NULL \
+             RETURNING i.vendor, i.event_id, i.call_id, i.occurred_at, i.payload, i.received_at",
+        )
+        .bind(vendor)
+        .bind(carrier_leg)
+        .bind(call_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let mut items = rows
+            .iter()
             .map(|row| {
-                let payload: serde_json::Value = row.try_get("payload").map_err(unavailable)?;
-                Ok(InboxItem {
-                    vendor: row.try_get("vendor").map_err(unavailable)?,
-                    event_id: row.try_get("event_id").map_err(unavailable)?,
-                    call_id: row.try_get("call_id").map_err(unavailable)?,
-                    occurred_at: row.try_get("occurred_at").map_err(unavailable)?,
-                    event: serde_json::from_value(payload).map_err(|e| {
-                        StoreError::Unavailable(format!("corrupt inbox payload: {e}"))
-                    })?,
-                })
+                let received: DateTime<Utc> = row.try_get("received_at").map_err(unavailable)?;
+                Ok((received, inbox_item_from_row(row)?))
             })
-            .collect()
+            .collect::<StoreResult<Vec<_>>>()?;
+        items.sort_by_key(|(received, _)| *received);
+        Ok(items.into_iter().map(|(_, item)| item).collect())
+    }
+
+    async fn call_for_leg(&self, carrier_leg: &str) -> StoreResult<Option<CallId>> {
+        sqlx::query_scalar(
+            "SELECT id FROM call WHERE carrier_call_id = $1 ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(carrier_leg)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -370,4 +457,17 @@ impl CallStore for PgStore {
             .map_err(unavailable)?;
         Ok(())
     }
+}
+
+/// An applicable inbox row (it has its call and its fact).
+fn inbox_item_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<InboxItem> {
+    let payload: serde_json::Value = row.try_get("payload").map_err(unavailable)?;
+    Ok(InboxItem {
+        vendor: row.try_get("vendor").map_err(unavailable)?,
+        event_id: row.try_get("event_id").map_err(unavailable)?,
+        call_id: row.try_get("call_id").map_err(unavailable)?,
+        occurred_at: row.try_get("occurred_at").map_err(unavailable)?,
+        event: serde_json::from_value(payload)
+            .map_err(|e| StoreError::Unavailable(format!("corrupt inbox payload: {e}")))?,
+    })
 }

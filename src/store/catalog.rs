@@ -2,8 +2,10 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use iace_actors::catalog::{Agent, AgentPatch, AgentStatus, Customer, CustomerPatch, Organization};
-use iace_actors::machine::{Call, CallId, OrganizationId};
+use iace_actors::catalog::{
+    Agent, AgentPatch, AgentStatus, Customer, CustomerPatch, Organization, PhoneNumberAssignment,
+};
+use iace_actors::machine::{Call, CallId, OrganizationId, PhoneNumber};
 use iace_actors::ports::{
     CallFilter, CatalogWriteError, JournalEntry, PageRequest, QueryStore, StoreResult,
 };
@@ -11,8 +13,8 @@ use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::rows::{
-    agent_from_row, call_from_row, customer_from_row, entry_from_row, AGENT_COLUMNS, CALL_COLUMNS,
-    CUSTOMER_COLUMNS,
+    agent_from_row, call_from_row, customer_from_row, entry_from_row, phone_number_from_row,
+    AGENT_COLUMNS, CALL_COLUMNS, CUSTOMER_COLUMNS, PHONE_NUMBER_COLUMNS,
 };
 use super::{is_unique_violation, unavailable, PgStore};
 
@@ -364,5 +366,76 @@ impl QueryStore for PgStore {
             .await
             .map_err(unavailable)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn customer_by_phone(
+        &self,
+        org: OrganizationId,
+        phone: &PhoneNumber,
+    ) -> StoreResult<Option<Uuid>> {
+        sqlx::query_scalar("SELECT id FROM customer WHERE organization_id = $1 AND phone = $2")
+            .bind(org)
+            .bind(phone.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn insert_phone_number(&self, n: &PhoneNumberAssignment) -> StoreResult<bool> {
+        // The agent must be the organization's: checked here, in the same statement.
+        let done = sqlx::query(
+            "INSERT INTO phone_number (id, organization_id, agent_id, number, created_at) \
+             SELECT $1, $2, id, $4, $5 FROM agent WHERE id = $3 AND organization_id = $2 \
+             ON CONFLICT (number) DO NOTHING",
+        )
+        .bind(n.id)
+        .bind(n.organization_id)
+        .bind(n.agent_id)
+        .bind(n.number.as_str())
+        .bind(n.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn list_phone_numbers(
+        &self,
+        org: OrganizationId,
+        agent: Option<Uuid>,
+        p: &PageRequest,
+    ) -> StoreResult<Vec<PhoneNumberAssignment>> {
+        let mut q = page_query(PHONE_NUMBER_COLUMNS, "phone_number", org, p.after);
+        if let Some(agent) = agent {
+            q.push(" AND agent_id = ");
+            q.push_bind(agent);
+        }
+        finish_page(&mut q, p.limit);
+        let rows = q.build().fetch_all(&self.pool).await.map_err(unavailable)?;
+        rows.iter().map(phone_number_from_row).collect()
+    }
+
+    async fn delete_phone_number(&self, org: OrganizationId, id: Uuid) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM phone_number WHERE id = $1 AND organization_id = $2")
+            .bind(id)
+            .bind(org)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn route_number(
+        &self,
+        number: &PhoneNumber,
+    ) -> StoreResult<Option<PhoneNumberAssignment>> {
+        let row = sqlx::query(&format!(
+            "SELECT {PHONE_NUMBER_COLUMNS} FROM phone_number WHERE number = $1"
+        ))
+        .bind(number.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        row.as_ref().map(phone_number_from_row).transpose()
     }
 }

@@ -1,6 +1,6 @@
 //! Row <-> domain mapping.
 
-use iace_actors::catalog::{Agent, AgentStatus, AgentType, Customer};
+use iace_actors::catalog::{Agent, AgentStatus, AgentType, Customer, PhoneNumberAssignment};
 use iace_actors::machine::{
     Call, CallSpec, CallStatus, Deadline, Direction, EndReason, PhoneNumber, TimerKind,
 };
@@ -137,5 +137,19 @@ pub(super) fn customer_from_row(row: &PgRow) -> Result<Customer, StoreError> {
         metadata: get(row, "metadata")?,
         created_at: get(row, "created_at")?,
         updated_at: get(row, "updated_at")?,
+    })
+}
+
+/// Columns of [`phone_number_from_row`].
+pub(super) const PHONE_NUMBER_COLUMNS: &str = "id, organization_id, agent_id, number, created_at";
+
+/// A `phone_number` row.
+pub(super) fn phone_number_from_row(row: &PgRow) -> Result<PhoneNumberAssignment, StoreError> {
+    Ok(PhoneNumberAssignment {
+        id: get(row, "id")?,
+        organization_id: get(row, "organization_id")?,
+        agent_id: get(row, "agent_id")?,
+        number: phone(row, "number")?,
+        created_at: get(row, "created_at")?,
     })
 }

@@ -54,7 +54,7 @@ use chrono::{DateTime, Duration, Utc};
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, SetsInterface};
 use fred::types::{ClusterHash, CustomCommand, Value};
-use iace_actors::machine::{CallId, CarrierEvent, HangupCause};
+use iace_actors::machine::{CallId, CarrierEvent, HangupCause, PhoneNumber};
 use iace_actors::ports::{
     DialCommand, InboxItem, LegCommand, LegStatus, Telephony, TelephonyError,
 };
@@ -246,6 +246,8 @@ fn cause_str(cause: HangupCause) -> &'static str {
         HangupCause::NoAnswer => "no_answer",
         HangupCause::Rejected => "rejected",
         HangupCause::OriginatorCancel => "originator_cancel",
+        HangupCause::NotFound => "not_found",
+        HangupCause::TimeLimit => "time_limit",
         HangupCause::Unspecified => "unspecified",
     }
 }
@@ -257,6 +259,8 @@ fn parse_cause(s: &str) -> HangupCause {
         "no_answer" => HangupCause::NoAnswer,
         "rejected" => HangupCause::Rejected,
         "originator_cancel" => HangupCause::OriginatorCancel,
+        "not_found" => HangupCause::NotFound,
+        "time_limit" => HangupCause::TimeLimit,
         _ => HangupCause::Unspecified,
     }
 }
@@ -686,6 +690,22 @@ impl Telephony for SimulatedCarrier {
             ))),
             _ => Ok(()),
         }
+    }
+
+    async fn transfer(&self, cmd: LegCommand, to: PhoneNumber) -> Result<(), TelephonyError> {
+        // The simulated carrier has no second party to bridge to; say so instead of
+        // pretending the transfer happened.
+        Err(TelephonyError::Rejected(format!(
+            "simulated carrier: transfers are not simulated (call {} to {to}); use IACE_TELEPHONY=telnyx with the fake carrier",
+            cmd.call_id
+        )))
+    }
+
+    async fn reject(&self, carrier_call_id: &str, _command_id: &str) -> Result<(), TelephonyError> {
+        // The simulated carrier never offers inbound calls.
+        Err(TelephonyError::Rejected(format!(
+            "simulated carrier: no inbound leg {carrier_call_id}"
+        )))
     }
 
     async fn hangup(&self, cmd: LegCommand) -> Result<(), TelephonyError> {

@@ -18,8 +18,8 @@ use tracing::{debug, info, warn};
 
 use super::{EngineError, Shared};
 use crate::machine::{
-    step, Call, CallId, CallStatus, CarrierEvent, Effect, EndReason, Event, TimerKind,
-    TransitionError,
+    step, Call, CallId, CallStatus, CarrierEvent, Effect, EndReason, Event, HangupCause,
+    TimerKind, TransitionError,
 };
 use crate::ports::{DialCommand, JournalEntry, LegCommand, LegStatus, StoreError, TelephonyError};
 use chrono::{DateTime, Utc};
@@ -305,7 +305,41 @@ impl CallState {
 
     /// Applies one event: machine, then persist, then effects. The outer `Err` is a crash
     /// (store unavailable); the inner `Err` is the answer to the caller.
+    ///
+    /// A `normal_clearing` hangup needs an answered call: when it finds the call still pending
+    /// or ringing, the carrier's answer is late (webhook order is not guaranteed), so the
+    /// answer is journaled first and the call ends `completed`, not `failed` — two entries,
+    /// each a legal transition. The late answer, when it comes, is a stale duplicate.
     async fn apply(
+        &mut self,
+        myself: &ActorRef<CallMsg>,
+        event: Event,
+        inbox: InboxRef,
+    ) -> Result<Result<Call, EngineError>, ActorProcessingErr> {
+        let overtaken = matches!(
+            event,
+            Event::Carrier {
+                event: CarrierEvent::HungUp {
+                    cause: HangupCause::NormalClearing
+                }
+            }
+        ) && self
+            .call
+            .as_ref()
+            .is_some_and(|c| matches!(c.status, CallStatus::Pending | CallStatus::Ringing));
+        if overtaken {
+            info!(call_id = %self.id, "normal clearing before the answer: journaling the late answer first");
+            let answered = Event::Carrier {
+                event: CarrierEvent::Answered,
+            };
+            if let Err(e) = self.apply_one(myself, answered, None).await? {
+                return Ok(Err(e));
+            }
+        }
+        self.apply_one(myself, event, inbox).await
+    }
+
+    async fn apply_one(
         &mut self,
         myself: &ActorRef<CallMsg>,
         event: Event,
@@ -324,7 +358,18 @@ impl CallState {
                 return Ok(Err(match err {
                     TransitionError::Terminal { status } => EngineError::IllegalTransition {
                         status,
-                        message: format!("the call already ended ({status}); it cannot be hung up"),
+                        message: format!(
+                            "the call already ended ({status}); it cannot be {}",
+                            if matches!(event, Event::TransferRequested { .. }) {
+                                "transferred"
+                            } else {
+                                "hung up"
+                            }
+                        ),
+                    },
+                    TransitionError::NotNow { status, needs } => EngineError::IllegalTransition {
+                        status,
+                        message: format!("the call is {status}; {needs}"),
                     },
                     TransitionError::Invalid { kind } => {
                         EngineError::invalid("event", format!("event `{kind}` is not valid here"))
@@ -342,6 +387,7 @@ impl CallState {
                 Event::Carrier {
                     event: CarrierEvent::Initiated { .. }
                         | CarrierEvent::Ringing
+                        | CarrierEvent::RingingLeg { .. }
                         | CarrierEvent::Answered
                 }
             );
@@ -480,6 +526,27 @@ impl CallState {
                                 inbox: None,
                                 reply: None,
                             });
+                        }
+                    });
+                }
+                Effect::Transfer { to } => {
+                    // A failed transfer leaves the call as it is (still answered, still with
+                    // the agent); the caller of the API sees the failure in the logs and
+                    // metrics, and no `bridged` fact appears in the journal.
+                    let cmd = self.leg_command(seq);
+                    let shared = self.shared.clone();
+                    tokio::spawn(async move {
+                        let result = retry_command(shared.config.command_timeout, || {
+                            shared.ports.telephony.transfer(cmd.clone(), to.clone())
+                        })
+                        .await;
+                        if let Err(e) = result {
+                            shared
+                                .metrics
+                                .effect_failures
+                                .with_label_values(&["transfer"])
+                                .inc();
+                            warn!(call_id = %cmd.call_id, to = %to, error = %e, "transfer failed");
                         }
                     });
                 }

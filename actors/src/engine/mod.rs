@@ -11,6 +11,7 @@
 
 mod call_actor;
 mod error;
+mod ingress;
 mod metrics;
 mod query;
 mod supervisor;
@@ -29,6 +30,7 @@ use tracing::info;
 use uuid::Uuid;
 
 pub use error::EngineError;
+pub use ingress::{EventRoute, VendorEvent};
 pub use metrics::EngineMetrics;
 
 use crate::catalog::{
@@ -188,13 +190,20 @@ pub struct CreatedCall {
     pub replayed: bool,
 }
 
-/// Result of [`Engine::ingest_carrier_event`].
+/// Result of [`Engine::ingest_carrier_event`] and [`Engine::ingest_vendor_event`]. Every
+/// variant means the event is durable (or was already): acknowledge the vendor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IngestOutcome {
     /// Stored in the inbox and routed to the call.
     Accepted,
-    /// Seen before (or about an unknown call): nothing to do.
+    /// Seen before (or, from the simulated carrier, about an unknown call): nothing to do.
     Duplicate,
+    /// Stored for the record; the engine does not act on this event type.
+    Stored,
+    /// A fact whose call does not exist yet: stored, applied when the call appears.
+    Parked,
+    /// An offered inbound call nobody answers: stored, and the leg is being rejected.
+    Rejected,
 }
 
 /// Longest accepted `Idempotency-Key`.
@@ -575,13 +584,7 @@ impl Engine {
         if !new {
             return Ok(IngestOutcome::Duplicate);
         }
-        // A lost send is covered by the inbox sweep.
-        let _ = self.inner.supervisor.send_message(SupervisorMsg::Deliver {
-            call_id: item.call_id,
-            event: Event::Carrier { event: item.event },
-            inbox: Some((item.vendor, item.event_id)),
-            reply: None,
-        });
+        self.deliver_item(item);
         Ok(IngestOutcome::Accepted)
     }
 

@@ -117,6 +117,8 @@ pub enum EndReason {
     Busy,
     /// The far end rejected the call.
     Rejected,
+    /// The called number does not exist or cannot be reached.
+    NotFound,
     /// The caller of an inbound call gave up before it was answered.
     CallerAbandoned,
     /// Our ring timeout expired before the call was answered.
@@ -143,6 +145,7 @@ impl EndReason {
             Self::NoAnswer => "no_answer",
             Self::Busy => "busy",
             Self::Rejected => "rejected",
+            Self::NotFound => "not_found",
             Self::CallerAbandoned => "caller_abandoned",
             Self::RingTimeout => "ring_timeout",
             Self::MaxDuration => "max_duration",
@@ -242,6 +245,10 @@ pub enum HangupCause {
     Rejected,
     /// The originator canceled before answer.
     OriginatorCancel,
+    /// The called number does not exist.
+    NotFound,
+    /// The carrier's own limit on the call's length was reached.
+    TimeLimit,
     /// Anything else.
     Unspecified,
 }
@@ -320,6 +327,12 @@ pub enum CarrierEvent {
     },
     /// The far end is alerting.
     Ringing,
+    /// The carrier created the leg and it is alerting: `initiated` and `ringing` in one fact
+    /// (Telnyx reports an outbound leg once, with `call.initiated`).
+    RingingLeg {
+        /// The carrier's leg id.
+        carrier_call_id: String,
+    },
     /// The far end answered.
     Answered,
     /// The leg ended.
@@ -327,6 +340,75 @@ pub enum CarrierEvent {
         /// Why.
         cause: HangupCause,
     },
+    /// Answering-machine detection finished.
+    MachineDetection {
+        /// What answered.
+        result: AmdResult,
+    },
+    /// The carrier started streaming the call's media to us.
+    StreamStarted,
+    /// The carrier stopped streaming the call's media.
+    StreamStopped,
+    /// The carrier could not stream the call's media (the call itself goes on).
+    StreamFailed {
+        /// The carrier's reason.
+        reason: String,
+    },
+    /// A transfer connected the call to another party.
+    Bridged {
+        /// The party the call is now connected to, when the carrier says.
+        to: Option<String>,
+    },
+    /// The caller pressed a key.
+    Dtmf {
+        /// `0-9`, `*`, `#`, `A-D`.
+        digit: String,
+    },
+}
+
+impl CarrierEvent {
+    /// Facts that annotate the call's journal without moving its status. They are recorded
+    /// whenever they arrive (a media stream often stops after the hangup) and never refused.
+    pub fn is_annotation(&self) -> bool {
+        matches!(
+            self,
+            Self::MachineDetection { .. }
+                | Self::StreamStarted
+                | Self::StreamStopped
+                | Self::StreamFailed { .. }
+                | Self::Bridged { .. }
+                | Self::Dtmf { .. }
+        )
+    }
+}
+
+/// Result of answering-machine detection, normalised over the carrier's variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AmdResult {
+    /// A person answered.
+    Human,
+    /// A machine (voicemail, fax) answered.
+    Machine,
+    /// The detector could not tell.
+    NotSure,
+}
+
+/// What our own media endpoint measured on a call's stream (journaled when it ends).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MediaReport {
+    /// The carrier's stream id.
+    pub stream_id: String,
+    /// Audio frames received from the carrier.
+    pub frames_in: u64,
+    /// Audio frames sent back.
+    pub frames_out: u64,
+    /// Missing inbound chunks.
+    pub gaps: u64,
+    /// Interarrival jitter estimate (RFC 3550), milliseconds.
+    pub jitter_ms: f64,
+    /// How long the stream lasted, milliseconds.
+    pub duration_ms: u64,
 }
 
 /// Everything that can happen to a call. Journaled when it changes the call.
@@ -369,6 +451,16 @@ pub enum Event {
         /// What the supervisor saw.
         detail: String,
     },
+    /// An API client asked to transfer the answered call to a person.
+    TransferRequested {
+        /// Where to.
+        to: PhoneNumber,
+    },
+    /// Our media endpoint's report on a stream that ended.
+    MediaReported {
+        /// The figures.
+        report: MediaReport,
+    },
 }
 
 impl Event {
@@ -378,9 +470,15 @@ impl Event {
             Event::Created { .. } => "created",
             Event::Carrier { event } => match event {
                 CarrierEvent::Initiated { .. } => "initiated",
-                CarrierEvent::Ringing => "ringing",
+                CarrierEvent::Ringing | CarrierEvent::RingingLeg { .. } => "ringing",
                 CarrierEvent::Answered => "answered",
                 CarrierEvent::HungUp { .. } => "hangup",
+                CarrierEvent::MachineDetection { .. } => "machine_detection",
+                CarrierEvent::StreamStarted => "stream_started",
+                CarrierEvent::StreamStopped => "stream_stopped",
+                CarrierEvent::StreamFailed { .. } => "stream_failed",
+                CarrierEvent::Bridged { .. } => "bridged",
+                CarrierEvent::Dtmf { .. } => "dtmf",
             },
             Event::CommandRejected { .. } => "command_rejected",
             Event::HangupRequested => "hangup_requested",
@@ -389,6 +487,8 @@ impl Event {
             Event::ReleaseLeg => "release_leg",
             Event::LegReleased => "leg_released",
             Event::EngineFault { .. } => "engine_fault",
+            Event::TransferRequested { .. } => "transfer_requested",
+            Event::MediaReported { .. } => "media_reported",
         }
     }
 }
@@ -408,6 +508,11 @@ pub enum Effect {
     },
     /// Answer the inbound call.
     Answer,
+    /// Transfer the answered call to another number.
+    Transfer {
+        /// Where to.
+        to: PhoneNumber,
+    },
     /// Hang the leg up.
     Hangup {
         /// Why we hang up.
@@ -432,6 +537,14 @@ pub enum TransitionError {
     Terminal {
         /// The call's current status.
         status: CallStatus,
+    },
+    /// The command needs another status (e.g. a transfer needs an answered call).
+    #[error("the call is {status}; {needs}")]
+    NotNow {
+        /// The call's current status.
+        status: CallStatus,
+        /// What the command needs.
+        needs: &'static str,
     },
     /// The first event of a journal must be `created`, and only the first.
     #[error("event `{kind}` is not valid here")]
@@ -509,6 +622,21 @@ pub fn step(
                     touch(call, now);
                 }
             }
+            CarrierEvent::RingingLeg { carrier_call_id } => {
+                let mut changed = false;
+                if call.carrier_call_id.is_none() && !status.is_terminal() {
+                    call.carrier_call_id = Some(carrier_call_id);
+                    changed = true;
+                }
+                if status == Pending {
+                    call.status = Ringing;
+                    call.ringing_at = Some(now);
+                    changed = true;
+                }
+                if changed {
+                    touch(call, now);
+                }
+            }
             CarrierEvent::Ringing => {
                 if status == Pending {
                     call.status = Ringing;
@@ -538,13 +666,14 @@ pub fn step(
                     let reason = unanswered_reason(call.spec.direction, cause);
                     end(call, Failed, reason, now, &mut effects);
                 }
-                InProgress => end(
-                    call,
-                    Completed,
-                    EndReason::NormalClearing,
-                    now,
-                    &mut effects,
-                ),
+                InProgress => {
+                    let reason = if cause == HangupCause::TimeLimit {
+                        EndReason::MaxDuration
+                    } else {
+                        EndReason::NormalClearing
+                    };
+                    end(call, Completed, reason, now, &mut effects)
+                }
                 _ if call.release_pending => {
                     // The leg we hung up is gone: nothing left to release.
                     call.release_pending = false;
@@ -552,6 +681,24 @@ pub fn step(
                 }
                 _ => {}
             },
+            annotation => {
+                debug_assert!(annotation.is_annotation());
+                touch(call, now);
+            }
+        },
+        Event::MediaReported { .. } => touch(call, now),
+        Event::TransferRequested { to } => match status {
+            InProgress => {
+                touch(call, now);
+                effects.push(Effect::Transfer { to });
+            }
+            s if s.is_terminal() => return Err(TransitionError::Terminal { status }),
+            _ => {
+                return Err(TransitionError::NotNow {
+                    status,
+                    needs: "only an answered call can be transferred",
+                })
+            }
         },
         Event::CommandRejected { .. } => {
             // Only meaningful before answer: once the carrier reports progress, the command
@@ -692,9 +839,11 @@ fn unanswered_reason(direction: Direction, cause: HangupCause) -> EndReason {
             EndReason::CallerAbandoned
         }
         HangupCause::OriginatorCancel => EndReason::CanceledByUser,
-        HangupCause::NoAnswer | HangupCause::NormalClearing | HangupCause::Unspecified => {
-            EndReason::NoAnswer
-        }
+        HangupCause::NotFound => EndReason::NotFound,
+        HangupCause::NoAnswer
+        | HangupCause::NormalClearing
+        | HangupCause::TimeLimit
+        | HangupCause::Unspecified => EndReason::NoAnswer,
     }
 }
 

@@ -11,16 +11,25 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use iace_actors::catalog::Organization;
 use iace_actors::engine::{Engine, EngineConfig};
-use iace_actors::ports::{Clock, IdGen, InboxItem, Ports, QueryStore};
+use iace_actors::machine::MediaReport;
+use iace_actors::ports::{Clock, IdGen, InboxItem, Ports, QueryStore, Telephony};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
-use crate::config::{DevArgs, ServeArgs, TelephonyKind};
+use crate::config::{DevArgs, ServeArgs, TelephonyKind, TelnyxArgs};
+use crate::http::webhooks::{TelnyxIngress, WebhookMetrics};
 use crate::http::{AppState, ReadyCheck};
+use crate::media::{
+    MediaConfig, MediaMetrics, MediaRegistry, MediaSink, MediaState, MediaStats, MediaTokens,
+    StreamInfo,
+};
 use crate::store::PgStore;
 use crate::telephony::simulated::{SimConfig, SimulatedCarrier};
+use crate::vendor::retry::RetryPolicy;
+use crate::vendor::telnyx::{TelnyxClient, TelnyxConfig, TelnyxMetrics, WebhookVerifier};
+use iace_sim::telnyx::{FakeTelnyx, FakeTelnyxConfig, Scenario};
 
 /// Wall clock of production.
 pub struct SystemClock;
@@ -91,6 +100,15 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Stops serving (in-flight requests drain) and shuts the engine down.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
+        self.engine.shutdown().await;
+    }
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -121,23 +139,36 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         .await
         .context("connecting to Redis (REDIS_URL)")?;
     let store = Arc::new(PgStore::new(pool));
+    let registry = prometheus::Registry::new();
 
     let (events_tx, events_rx) = mpsc::unbounded_channel::<InboxItem>();
-    let carrier = match args.telephony {
-        TelephonyKind::Simulated => Arc::new(SimulatedCarrier::new(
-            redis.clone(),
-            SimConfig {
-                ring_ms: args.sim_ring_ms,
-                talk_ms: args.sim_talk_ms,
-                key_prefix: args.sim_key_prefix.clone(),
-            },
-            events_tx,
-        )),
+    let mut simulated = None;
+    let mut telnyx = None;
+    let telephony: Arc<dyn Telephony> = match args.telephony {
+        TelephonyKind::Simulated => {
+            let carrier = Arc::new(SimulatedCarrier::new(
+                redis.clone(),
+                SimConfig {
+                    ring_ms: args.sim_ring_ms,
+                    talk_ms: args.sim_talk_ms,
+                    key_prefix: args.sim_key_prefix.clone(),
+                },
+                events_tx,
+            ));
+            simulated = Some(carrier.clone());
+            carrier
+        }
+        TelephonyKind::Telnyx => {
+            let edge = telnyx_edge(&args.telnyx, &registry)?;
+            let client = edge.client.clone();
+            telnyx = Some(edge);
+            client
+        }
     };
     let ports = Ports {
         calls: store.clone(),
         queries: store,
-        telephony: carrier.clone(),
+        telephony,
         clock: Arc::new(SystemClock),
         ids: Arc::new(RandomIds),
     };
@@ -147,22 +178,40 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         max_duration_secs: args.max_call_secs,
         ..EngineConfig::default()
     };
-    let registry = prometheus::Registry::new();
     let engine = Engine::start(ports, config, &registry)
         .await
         .context("starting the engine")?;
-    tokio::spawn(forward_carrier_events(engine.clone(), events_rx));
-    carrier
-        .resume()
-        .await
-        .context("resuming simulated carrier legs")?;
+    if let Some(carrier) = simulated {
+        tokio::spawn(forward_carrier_events(engine.clone(), events_rx));
+        carrier
+            .resume()
+            .await
+            .context("resuming simulated carrier legs")?;
+    }
 
+    let telnyx_ingress = match &telnyx {
+        Some(edge) => Some(TelnyxIngress {
+            verifier: edge.verifier.clone(),
+            metrics: WebhookMetrics::new(&registry)?,
+        }),
+        None => None,
+    };
     let state = AppState {
         engine: engine.clone(),
-        registry,
+        registry: registry.clone(),
         ready_checks: vec![Arc::new(RedisReady(redis))],
+        telnyx: telnyx_ingress,
     };
-    let router = crate::http::router(state).context("building the router")?;
+    let mut router = crate::http::router(state).context("building the router")?;
+    if let Some(edge) = telnyx {
+        router = router.merge(crate::media::router(MediaState {
+            tokens: edge.tokens,
+            sink: Arc::new(EngineMedia(engine.clone())),
+            registry: MediaRegistry::new(),
+            metrics: MediaMetrics::new(&registry)?,
+            config: edge.media,
+        }));
+    }
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
         .with_context(|| format!("binding {}", args.bind))?;
@@ -182,6 +231,101 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         server,
         stop,
     })
+}
+
+/// The Telnyx edge: the command client, the webhook verifier, the media-stream tokens.
+struct TelnyxEdge {
+    client: Arc<TelnyxClient>,
+    verifier: Arc<WebhookVerifier>,
+    tokens: Arc<MediaTokens>,
+    media: MediaConfig,
+}
+
+fn telnyx_edge(args: &TelnyxArgs, registry: &prometheus::Registry) -> anyhow::Result<TelnyxEdge> {
+    let need = |v: &Option<String>, name: &str| {
+        v.clone()
+            .filter(|v| !v.trim().is_empty())
+            .with_context(|| format!("{name} is required with IACE_TELEPHONY=telnyx"))
+    };
+    let api_key = need(&args.telnyx_api_key, "TELNYX_API_KEY")?;
+    let connection_id = need(&args.telnyx_connection_id, "TELNYX_CONNECTION_ID")?;
+    let public_key = need(&args.telnyx_public_key, "TELNYX_PUBLIC_KEY")?;
+    let public_url = need(&args.public_url, "IACE_PUBLIC_URL")?;
+    let tokens = Arc::new(
+        match args.media_secret.as_deref().filter(|s| !s.is_empty()) {
+            Some(secret) => MediaTokens::new(secret.as_bytes()),
+            None => {
+                warn!("IACE_MEDIA_SECRET is not set: media-stream tokens use a random per-process secret (a stream that reaches another node or a restarted one is refused)");
+                MediaTokens::random()
+            }
+        },
+    );
+    let signer = tokens.clone();
+    let client = TelnyxClient::new(
+        TelnyxConfig {
+            api_base: args.telnyx_api_base.clone(),
+            api_key,
+            connection_id,
+            public_url,
+            answering_machine_detection: args.telnyx_amd.clone(),
+            transfer_timeout_secs: 30,
+            retry: RetryPolicy {
+                max_attempts: 3,
+                base: Duration::from_millis(250),
+                cap: Duration::from_secs(2),
+                attempt_timeout: Duration::from_secs(3),
+                // Below the engine's per-command bound (10 s), which retries on its own.
+                deadline: Duration::from_secs(8),
+                max_retry_after: Duration::from_secs(5),
+            },
+            stream_tokens: Arc::new(move |call_id| signer.token(call_id)),
+        },
+        Some(TelnyxMetrics::new(registry)?),
+    )?;
+    let verifier = WebhookVerifier::new(
+        &public_key,
+        Duration::from_secs(args.telnyx_webhook_tolerance_secs),
+        Arc::new(SystemClock),
+    )?;
+    Ok(TelnyxEdge {
+        client: Arc::new(client),
+        verifier: Arc::new(verifier),
+        tokens,
+        media: MediaConfig {
+            greeting: args.media_greeting,
+            echo: args.media_echo,
+            ..MediaConfig::default()
+        },
+    })
+}
+
+/// The media endpoint's reports, into the engine: a finished stream's figures are journaled
+/// with its call. Start and DTMF are journaled from Telnyx's own webhooks.
+struct EngineMedia(Engine);
+
+impl MediaSink for EngineMedia {
+    fn started(&self, call_id: Uuid, info: StreamInfo) {
+        info!(call_id = %call_id, stream_id = %info.stream_id, encoding = %info.encoding, "media stream attached");
+    }
+
+    fn dtmf(&self, call_id: Uuid, digit: String) {
+        info!(call_id = %call_id, digit = %digit, "dtmf on the media stream");
+    }
+
+    fn stopped(&self, call_id: Uuid, stats: MediaStats) {
+        info!(call_id = %call_id, stream_id = %stats.stream_id, frames_in = stats.frames_in, frames_out = stats.frames_out, gaps = stats.gaps, jitter_ms = stats.jitter_ms, "media stream ended");
+        self.0.report_media(
+            call_id,
+            MediaReport {
+                stream_id: stats.stream_id,
+                frames_in: stats.frames_in,
+                frames_out: stats.frames_out,
+                gaps: stats.gaps,
+                jitter_ms: stats.jitter_ms,
+                duration_ms: stats.duration_ms,
+            },
+        );
+    }
 }
 
 /// Feeds carrier events into the engine's inbox, retrying until each one is stored.
@@ -282,13 +426,55 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let database_url = var("DATABASE_URL")?;
     let redis_url = var("REDIS_URL")?;
 
+    // Telnyx in dev: the real client, webhook verifier and media endpoint, against the
+    // built-in fake Telnyx (same wire protocol, its own signing key).
+    let public_url = format!("http://{}", args.bind);
+    let fake = match args.telephony {
+        TelephonyKind::Telnyx => {
+            use rand::RngCore as _;
+            let mut seed = [0u8; 32];
+            rand::rng().fill_bytes(&mut seed);
+            let fake = FakeTelnyx::start(FakeTelnyxConfig {
+                api_key: "dev-telnyx-key".into(),
+                connection_id: "dev-connection".into(),
+                signing_seed: seed,
+                inbound_webhook_url: Some(format!("{public_url}/v1/webhooks/telnyx")),
+                default_scenario: Scenario::Answer {
+                    ring: Duration::from_millis(args.sim_ring_ms),
+                    talk: Some(Duration::from_millis(args.sim_talk_ms)),
+                },
+                ..FakeTelnyxConfig::default()
+            })
+            .await
+            .context("starting the fake Telnyx")?;
+            eprintln!("[dev] fake Telnyx listening at {}", fake.api_base());
+            Some(fake)
+        }
+        TelephonyKind::Simulated => None,
+    };
+    let telnyx = match &fake {
+        Some(fake) => TelnyxArgs {
+            telnyx_api_key: Some("dev-telnyx-key".into()),
+            telnyx_connection_id: Some("dev-connection".into()),
+            telnyx_public_key: Some(fake.public_key_base64()),
+            telnyx_api_base: fake.api_base(),
+            telnyx_amd: "detect".into(),
+            telnyx_webhook_tolerance_secs: 300,
+            public_url: Some(public_url.clone()),
+            media_secret: None,
+            media_greeting: true,
+            media_echo: true,
+        },
+        None => TelnyxArgs::default(),
+    };
     let running = start(ServeArgs {
         db: crate::config::DbArgs {
             database_url: database_url.clone(),
         },
         redis_url,
         bind: args.bind,
-        telephony: TelephonyKind::Simulated,
+        telephony: args.telephony,
+        telnyx,
         sim_ring_ms: args.sim_ring_ms,
         sim_talk_ms: args.sim_talk_ms,
         sim_key_prefix: "iace:sim:".into(),
@@ -299,10 +485,14 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     .await?;
     let base = format!("http://{}", running.addr);
     let key = dev_api_key(&database_url, &running.engine).await?;
-    if let Err(e) = demo(&base, &key, !args.no_demo_call).await {
+    if let Err(e) = demo(&base, &key, !args.no_demo_call, fake.as_ref()).await {
         error!(error = %e, "demo setup failed");
     }
-    running.wait().await
+    let result = running.wait().await;
+    if let Some(fake) = fake {
+        fake.shutdown().await;
+    }
+    result
 }
 
 /// The dev organization's key, kept in `.services/dev-org.json` so restarts reuse it.
@@ -325,8 +515,17 @@ async fn dev_api_key(database_url: &str, engine: &Engine) -> anyhow::Result<Stri
     Ok(key)
 }
 
-/// Creates (or reuses) a demo agent, optionally places a demo call, prints ready-to-paste curls.
-async fn demo(base: &str, key: &str, place_call: bool) -> anyhow::Result<()> {
+/// The number the dev organization's demo agent answers.
+const DEMO_NUMBER: &str = "+14155550123";
+
+/// Creates (or reuses) a demo agent, optionally places a demo call (and, with the fake
+/// Telnyx, takes a demo inbound call), prints ready-to-paste curls.
+async fn demo(
+    base: &str,
+    key: &str,
+    place_call: bool,
+    fake: Option<&FakeTelnyx>,
+) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let auth = format!("Bearer {key}");
     let agents: serde_json::Value = http
@@ -339,7 +538,9 @@ async fn demo(base: &str, key: &str, place_call: bool) -> anyhow::Result<()> {
         .await?;
     let existing = agents["data"].as_array().and_then(|a| {
         a.iter()
-            .find(|a| a["name"] == "Demo agent" && a["status"] == "active")
+            .find(|a| {
+                a["name"] == "Demo agent" && a["status"] == "active" && a["agent_type"] == "both"
+            })
             .and_then(|a| a["id"].as_str().map(str::to_owned))
     });
     let agent_id = match existing {
@@ -350,6 +551,7 @@ async fn demo(base: &str, key: &str, place_call: bool) -> anyhow::Result<()> {
                 .header("authorization", &auth)
                 .json(&serde_json::json!({
                     "name": "Demo agent",
+                    "agent_type": "both",
                     "persona_config": {"prompt": "You are a friendly renewals assistant."},
                     "voice_config": {"voice_id": "demo"}
                 }))
@@ -379,6 +581,34 @@ async fn demo(base: &str, key: &str, place_call: bool) -> anyhow::Result<()> {
         eprintln!("\n[dev] demo call {id} placed; watch it progress:");
         eprintln!("  curl -s -H 'Authorization: Bearer {key}' {base}/v1/calls/{id}");
         eprintln!("  curl -s -H 'Authorization: Bearer {key}' {base}/v1/calls/{id}/events");
+    }
+    if let Some(fake) = fake {
+        // The demo agent answers DEMO_NUMBER (409: assigned on an earlier run).
+        let assigned = http
+            .post(format!("{base}/v1/phone-numbers"))
+            .header("authorization", &auth)
+            .json(&serde_json::json!({"number": DEMO_NUMBER, "agent_id": agent_id}))
+            .send()
+            .await?;
+        if !assigned.status().is_success() && assigned.status() != reqwest::StatusCode::CONFLICT {
+            bail!("assigning {DEMO_NUMBER}: {}", assigned.text().await?);
+        }
+        if place_call {
+            let leg = fake
+                .place_inbound_call(
+                    "+14155550111",
+                    DEMO_NUMBER,
+                    Scenario::Answer {
+                        ring: Duration::from_secs(30),
+                        talk: Some(Duration::from_secs(6)),
+                    },
+                )
+                .await;
+            eprintln!(
+                "[dev] fake Telnyx: +14155550111 is calling {DEMO_NUMBER} (leg {leg}); list calls:"
+            );
+            eprintln!("  curl -s -H 'Authorization: Bearer {key}' {base}/v1/calls");
+        }
     }
     eprintln!("\n[dev] ready. Place a call:");
     eprintln!(

@@ -30,7 +30,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Runs the API server and the call engine (applies migrations first).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Applies database migrations and exits.
     Migrate(DbArgs),
     /// Organization administration.
@@ -40,7 +40,8 @@ pub enum Command {
         command: OrgCommand,
     },
     /// Development mode: starts local Postgres and Redis (scripts/services up), migrates,
-    /// runs the server with the simulated carrier and places a demo call.
+    /// runs the server with the real Telnyx client against the built-in fake Telnyx, and
+    /// places a demo outbound call and takes a demo inbound call.
     Dev(DevArgs),
 }
 
@@ -72,6 +73,47 @@ pub enum TelephonyKind {
     /// Built-in simulated carrier (state in Redis): rings, answers and hangs up after
     /// `IACE_SIM_RING_MS` / `IACE_SIM_TALK_MS`.
     Simulated,
+    /// Telnyx Call Control v2 (`TELNYX_*`, `IACE_PUBLIC_URL`): signed webhooks in, media
+    /// streams over WebSocket.
+    Telnyx,
+}
+
+/// Telnyx settings (used when `IACE_TELEPHONY=telnyx`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct TelnyxArgs {
+    /// Telnyx API key (Bearer).
+    #[arg(long, env = "TELNYX_API_KEY", hide_env_values = true)]
+    pub telnyx_api_key: Option<String>,
+    /// The Call Control application (connection) id outbound calls are placed on.
+    #[arg(long, env = "TELNYX_CONNECTION_ID")]
+    pub telnyx_connection_id: Option<String>,
+    /// Base64 Ed25519 public key that signs Telnyx webhooks (Mission Control portal).
+    #[arg(long, env = "TELNYX_PUBLIC_KEY")]
+    pub telnyx_public_key: Option<String>,
+    /// Telnyx API base (the fake carrier's URL in tests and dev).
+    #[arg(long, env = "TELNYX_API_BASE", default_value = crate::vendor::telnyx::client::DEFAULT_API_BASE)]
+    pub telnyx_api_base: String,
+    /// Answering-machine detection on outbound dials (`disabled`, `detect`, `detect_beep`,
+    /// `detect_words`, `greeting_end`, `premium`).
+    #[arg(long, env = "TELNYX_AMD", default_value = "detect")]
+    pub telnyx_amd: String,
+    /// Accepted distance between a webhook's timestamp and our clock (s).
+    #[arg(long, env = "TELNYX_WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
+    pub telnyx_webhook_tolerance_secs: u64,
+    /// Where Telnyx reaches this deployment (webhooks and media WebSocket), e.g.
+    /// `https://iace.example.com`.
+    #[arg(long, env = "IACE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Secret that signs media-stream tokens (every node of a cluster needs the same one;
+    /// random per process when unset).
+    #[arg(long, env = "IACE_MEDIA_SECRET", hide_env_values = true)]
+    pub media_secret: Option<String>,
+    /// Play a short greeting when a call's media stream starts (until the voice pipeline).
+    #[arg(long, env = "IACE_MEDIA_GREETING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub media_greeting: bool,
+    /// Send the caller's audio straight back (a loopback that proves the media path).
+    #[arg(long, env = "IACE_MEDIA_ECHO", default_value_t = false, action = clap::ArgAction::Set)]
+    pub media_echo: bool,
 }
 
 /// `iace serve`.
@@ -86,9 +128,12 @@ pub struct ServeArgs {
     /// Listen address.
     #[arg(long, env = "IACE_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
-    /// Carrier adapter (`telnyx` arrives with the Telnyx integration).
+    /// Carrier adapter.
     #[arg(long, env = "IACE_TELEPHONY", value_enum, default_value_t = TelephonyKind::Simulated)]
     pub telephony: TelephonyKind,
+    /// Telnyx settings.
+    #[command(flatten)]
+    pub telnyx: TelnyxArgs,
     /// Simulated carrier: how long a call rings before it is answered (ms).
     #[arg(long, env = "IACE_SIM_RING_MS", default_value_t = 2000)]
     pub sim_ring_ms: u64,
@@ -121,7 +166,11 @@ pub struct DevArgs {
     /// Simulated talk time (ms).
     #[arg(long, env = "IACE_SIM_TALK_MS", default_value_t = 8000)]
     pub sim_talk_ms: u64,
-    /// Do not place the demo call.
+    /// Do not place the demo calls.
     #[arg(long)]
     pub no_demo_call: bool,
+    /// Carrier: `telnyx` runs the real Telnyx client against the built-in fake Telnyx (wire
+    /// protocol, signed webhooks, media streams); `simulated` uses the Redis-backed simulator.
+    #[arg(long, env = "IACE_TELEPHONY", value_enum, default_value_t = TelephonyKind::Telnyx)]
+    pub telephony: TelephonyKind,
 }

@@ -1,10 +1,13 @@
 //! IACE server: the adapters around the engine in `iace-actors` (Postgres store, Redis,
 //! carriers, HTTP API) and the process wiring (configuration, telemetry, CLI).
+//! `media` is the per-call audio edge beside the HTTP API: the Telnyx media-stream WebSocket.
 
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod media;
 pub mod redis;
 pub mod store;
 pub mod telemetry;
 pub mod telephony;
+pub mod vendor;

@@ -27,7 +27,7 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let _telemetry = iace::telemetry::init(cli.log_format)?;
     match cli.command {
-        Command::Serve(args) => iace::app::start(args).await?.wait().await,
+        Command::Serve(args) => iace::app::start(*args).await?.wait().await,
         Command::Migrate(db) => iace::app::migrate(&db.database_url).await,
         Command::Org {
             command: OrgCommand::Create { name, db },

@@ -144,6 +144,7 @@ fn kinds(items: &[InboxItem]) -> Vec<&'static str> {
             CarrierEvent::Ringing => "ringing",
             CarrierEvent::Answered => "answered",
             CarrierEvent::HungUp { .. } => "hangup",
+            ref other => panic!("the simulated carrier never reports {other:?}"),
         })
         .collect()
 }

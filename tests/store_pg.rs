@@ -5,13 +5,13 @@ mod common;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use iace::store::PgStore;
-use iace_actors::catalog::{NewAgent, NewCustomer, Organization};
+use iace_actors::catalog::{NewAgent, NewCustomer, Organization, PhoneNumberAssignment};
 use iace_actors::machine::{
-    start, step, Call, CallSpec, CallStatus, CarrierEvent, Direction, Event,
+    start, step, Call, CallSpec, CallStatus, CarrierEvent, Direction, Event, PhoneNumber,
 };
 use iace_actors::ports::{
-    shard_of, CallFilter, CallStore, IdempotencyKey, InboxItem, InsertOutcome, JournalEntry,
-    PageRequest, QueryStore, StoreError, SHARD_COUNT,
+    shard_of, CallFilter, CallStore, IdempotencyKey, InboxInsert, InboxItem, InboxRow,
+    InsertOutcome, JournalEntry, PageRequest, QueryStore, StoreError, SHARD_COUNT,
 };
 use uuid::Uuid;
 
@@ -440,4 +440,163 @@ async fn an_ended_call_with_an_unconfirmed_hangup_is_recovered_until_released() 
     let released = f.apply(&ended, Event::LegReleased).await.unwrap();
     assert!(!released.release_pending);
     assert!(f.store.live_calls(&shard).await.unwrap().is_empty());
+}
+
+fn row(
+    event_id: &str,
+    call_id: Option<Uuid>,
+    leg: Option<&str>,
+    event: Option<CarrierEvent>,
+) -> InboxRow {
+    InboxRow {
+        vendor: "telnyx".into(),
+        event_id: event_id.into(),
+        event_type: "call.hangup".into(),
+        call_id,
+        carrier_leg: leg.map(str::to_owned),
+        occurred_at: now(),
+        event,
+        raw: Some(serde_json::json!({"data": {"id": event_id}})),
+    }
+}
+
+#[tokio::test]
+async fn inbox_rows_without_a_call_wait_under_their_leg_and_are_adopted_once() {
+    let f = fixture().await;
+    let hangup = CarrierEvent::HungUp {
+        cause: iace_actors::machine::HangupCause::OriginatorCancel,
+    };
+    // A fact with no call yet: stored, not pending, waiting under its leg.
+    let early = row("ev-early", None, Some("leg-1"), Some(hangup.clone()));
+    assert_eq!(
+        f.store.inbox_record(&early).await.unwrap(),
+        InboxInsert::New
+    );
+    assert_eq!(
+        f.store.inbox_record(&early).await.unwrap(),
+        InboxInsert::Duplicate
+    );
+    // Unknown types are stored processed, with or without a call.
+    let unknown = row("ev-speak", None, Some("leg-1"), None);
+    assert_eq!(
+        f.store.inbox_record(&unknown).await.unwrap(),
+        InboxInsert::New
+    );
+    // A row naming a call that does not exist stores nothing.
+    let ghost = row("ev-ghost", Some(Uuid::new_v4()), None, Some(hangup.clone()));
+    assert_eq!(
+        f.store.inbox_record(&ghost).await.unwrap(),
+        InboxInsert::UnknownCall
+    );
+    assert!(f.store.inbox_pending(10).await.unwrap().is_empty());
+
+    // The call appears with that leg: the fact is adopted once, and becomes pending.
+    let mut call = f.insert("+14155550100").await;
+    call = f
+        .apply(
+            &call,
+            Event::Carrier {
+                event: CarrierEvent::Initiated {
+                    carrier_call_id: "leg-1".into(),
+                },
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store.call_for_leg("leg-1").await.unwrap(),
+        Some(call.spec.id)
+    );
+    assert_eq!(f.store.call_for_leg("leg-2").await.unwrap(), None);
+    let adopted = f
+        .store
+        .inbox_adopt("telnyx", "leg-1", call.spec.id)
+        .await
+        .unwrap();
+    assert_eq!(adopted.len(), 1);
+    assert_eq!(adopted[0].event_id, "ev-early");
+    assert_eq!(adopted[0].call_id, call.spec.id);
+    assert_eq!(adopted[0].event, hangup);
+    assert!(f
+        .store
+        .inbox_adopt("telnyx", "leg-1", call.spec.id)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(f.store.inbox_pending(10).await.unwrap(), adopted);
+
+    // A routed row with a fact is pending; one without is stored processed.
+    let routed = row("ev-routed", Some(call.spec.id), Some("leg-1"), Some(hangup));
+    assert_eq!(
+        f.store.inbox_record(&routed).await.unwrap(),
+        InboxInsert::New
+    );
+    assert_eq!(f.store.inbox_pending(10).await.unwrap().len(), 2);
+    let note = row("ev-note", Some(call.spec.id), Some("leg-1"), None);
+    assert_eq!(f.store.inbox_record(&note).await.unwrap(), InboxInsert::New);
+    assert_eq!(f.store.inbox_pending(10).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn phone_numbers_are_unique_routed_and_tenant_scoped() {
+    let f = fixture().await;
+    let other = org(&f.store, "Other").await;
+    let other_agent = agent(&f.store, other).await;
+    let number: PhoneNumber = "+14155550123".parse().unwrap();
+    let assignment = PhoneNumberAssignment {
+        id: Uuid::new_v4(),
+        organization_id: f.org,
+        agent_id: f.agent,
+        number: number.clone(),
+        created_at: now(),
+    };
+    assert!(f.store.insert_phone_number(&assignment).await.unwrap());
+    // The same number in another organization is refused.
+    let taken = PhoneNumberAssignment {
+        id: Uuid::new_v4(),
+        organization_id: other,
+        agent_id: other_agent,
+        ..assignment.clone()
+    };
+    assert!(!f.store.insert_phone_number(&taken).await.unwrap());
+    // Another organization's agent cannot be given our number either (nothing stored).
+    let foreign_agent = PhoneNumberAssignment {
+        id: Uuid::new_v4(),
+        agent_id: other_agent,
+        number: "+14155550124".parse().unwrap(),
+        ..assignment.clone()
+    };
+    assert!(!f.store.insert_phone_number(&foreign_agent).await.unwrap());
+    assert_eq!(
+        f.store.route_number(&number).await.unwrap(),
+        Some(assignment.clone())
+    );
+    let page = PageRequest {
+        limit: 10,
+        after: None,
+    };
+    assert_eq!(
+        f.store
+            .list_phone_numbers(f.org, None, &page)
+            .await
+            .unwrap(),
+        vec![assignment.clone()]
+    );
+    assert!(f
+        .store
+        .list_phone_numbers(other, None, &page)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(!f
+        .store
+        .delete_phone_number(other, assignment.id)
+        .await
+        .unwrap());
+    assert!(f
+        .store
+        .delete_phone_number(f.org, assignment.id)
+        .await
+        .unwrap());
+    assert_eq!(f.store.route_number(&number).await.unwrap(), None);
 }

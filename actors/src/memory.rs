@@ -20,8 +20,8 @@ use crate::catalog::{
 use crate::machine::{Call, CallId, OrganizationId, PhoneNumber};
 use crate::ports::{
     shard_of, CallFilter, CallStore, CatalogWriteError, Clock, DialCommand, IdGen, IdempotencyKey,
-    InboxInsert, InboxItem, InboxRow, InsertOutcome, JournalEntry, LegCommand, LegStatus, PageRequest, QueryStore,
-    StoreError, StoreResult, Telephony, TelephonyError,
+    InboxInsert, InboxItem, InboxRow, InsertOutcome, JournalEntry, LegCommand, LegStatus,
+    PageRequest, QueryStore, StoreError, StoreResult, Telephony, TelephonyError,
 };
 
 /// Wall time = `epoch` + time elapsed on tokio's clock since construction.

@@ -11,6 +11,10 @@
 //! same value for the same seed and commit.
 //!
 //! Invariants are checked at every committed write ([`checks`]) and at the end of the run.
+//!
+//! The crate also holds the wire-level vendor fakes, which run on real sockets and real time
+//! (never inside a seeded run): [`telnyx`] speaks Telnyx Call Control v2, signed webhooks and
+//! media streams, for the integration tests, `iace dev` and the load benchmarks.
 
 pub mod carrier;
 pub mod checks;
@@ -18,6 +22,7 @@ mod core;
 pub mod faults;
 pub mod rng;
 mod store;
+pub mod telnyx;
 pub mod trace;
 pub mod workload;
 mod world;

@@ -1,4 +1,4 @@
-//! `/v1/calls`: create (idempotent), read, list, journal, hangup.
+//! `/v1/calls`: create (idempotent), read, list, journal, hangup, transfer.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -143,4 +143,25 @@ pub async fn hangup(
     record_call(id);
     let call = state.engine.hangup(org, id).await?;
     Ok(Json(call_resource(&call)))
+}
+
+/// `POST /v1/calls/{id}/transfer` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferBody {
+    /// The person to connect the caller to (E.164).
+    to: iace_actors::machine::PhoneNumber,
+}
+
+/// `POST /v1/calls/{id}/transfer`: connects an answered call to a person; the journal shows
+/// `transfer_requested` now and `bridged` once the carrier connects them.
+pub async fn transfer(
+    State(state): State<AppState>,
+    Org(org): Org,
+    AppPath(id): AppPath<Uuid>,
+    AppJson(body): AppJson<TransferBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    record_call(id);
+    let call = state.engine.transfer(org, id, body.to).await?;
+    Ok((StatusCode::ACCEPTED, Json(call_resource(&call))))
 }

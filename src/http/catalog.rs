@@ -1,9 +1,9 @@
-//! `/v1/agents` and `/v1/customers`: create, read, list, patch, delete.
+//! `/v1/agents`, `/v1/customers` and `/v1/phone-numbers`: create, read, list, patch, delete.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use iace_actors::catalog::{AgentPatch, CustomerPatch, NewAgent, NewCustomer};
+use iace_actors::catalog::{AgentPatch, CustomerPatch, NewAgent, NewCustomer, NewPhoneNumber};
 use iace_actors::ports::PageRequest;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -149,5 +149,50 @@ pub async fn delete_customer(
     AppPath(id): AppPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     s.engine.delete_customer(org, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/phone-numbers`: the agent answers calls to the number from now on.
+pub async fn create_phone_number(
+    State(s): State<AppState>,
+    Org(org): Org,
+    AppJson(new): AppJson<NewPhoneNumber>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let number = s.engine.create_phone_number(org, new).await?;
+    Ok((StatusCode::CREATED, to_value(&number)))
+}
+
+/// Query of `GET /v1/phone-numbers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumbersQuery {
+    agent_id: Option<Uuid>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/phone-numbers[?agent_id=]`.
+pub async fn list_phone_numbers(
+    State(s): State<AppState>,
+    Org(org): Org,
+    AppQuery(q): AppQuery<NumbersQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let req = PageQuery {
+        limit: q.limit,
+        cursor: q.cursor,
+    }
+    .request()?;
+    let limit = req.limit;
+    let rows = s.engine.list_phone_numbers(org, q.agent_id, req).await?;
+    Ok(page(&rows, limit, |n| (n.created_at, n.id)))
+}
+
+/// `DELETE /v1/phone-numbers/{id}`: calls to the number are rejected from now on.
+pub async fn delete_phone_number(
+    State(s): State<AppState>,
+    Org(org): Org,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    s.engine.delete_phone_number(org, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

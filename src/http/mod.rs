@@ -6,6 +6,7 @@ mod calls;
 mod catalog;
 pub mod error;
 mod extract;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub registry: Registry,
     /// Extra readiness checks (Redis, ...).
     pub ready_checks: Vec<Arc<dyn ReadyCheck>>,
+    /// Telnyx webhook verification, when Telnyx is the carrier.
+    pub telnyx: Option<webhooks::TelnyxIngress>,
 }
 
 #[derive(Clone)]
@@ -83,6 +86,16 @@ pub fn router(state: AppState) -> Result<Router, prometheus::Error> {
         .route("/calls/{id}", get(calls::get))
         .route("/calls/{id}/events", get(calls::events))
         .route("/calls/{id}/hangup", post(calls::hangup))
+        .route("/calls/{id}/transfer", post(calls::transfer))
+        .route(
+            "/phone-numbers",
+            post(catalog::create_phone_number).get(catalog::list_phone_numbers),
+        )
+        .route(
+            "/phone-numbers/{id}",
+            axum::routing::delete(catalog::delete_phone_number),
+        )
+        .route("/webhooks/telnyx", post(webhooks::telnyx))
         .route(
             "/agents",
             post(catalog::create_agent).get(catalog::list_agents),

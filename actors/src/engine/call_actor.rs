@@ -18,8 +18,8 @@ use tracing::{debug, info, warn};
 
 use super::{EngineError, Shared};
 use crate::machine::{
-    step, Call, CallId, CallStatus, CarrierEvent, Effect, EndReason, Event, HangupCause,
-    TimerKind, TransitionError,
+    step, Call, CallId, CallStatus, CarrierEvent, Effect, EndReason, Event, HangupCause, TimerKind,
+    TransitionError,
 };
 use crate::ports::{DialCommand, JournalEntry, LegCommand, LegStatus, StoreError, TelephonyError};
 use chrono::{DateTime, Utc};

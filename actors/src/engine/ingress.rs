@@ -192,7 +192,10 @@ impl Engine {
             Err(e) => return Err(e),
         };
         let call_id = call.spec.id;
-        let outcome = match self.record(&row(&event, Some(call_id), Some(leg.clone()))).await? {
+        let outcome = match self
+            .record(&row(&event, Some(call_id), Some(leg.clone())))
+            .await?
+        {
             InboxInsert::Duplicate => IngestOutcome::Duplicate,
             _ => IngestOutcome::Accepted,
         };
@@ -338,12 +341,15 @@ impl Engine {
         org: OrganizationId,
         new: NewPhoneNumber,
     ) -> Result<PhoneNumberAssignment, EngineError> {
-        let agent = self.get_agent(org, new.agent_id).await.map_err(|e| match e {
-            EngineError::NotFound { .. } => {
-                EngineError::invalid("agent_id", "no agent with this id in your organization")
-            }
-            other => other,
-        })?;
+        let agent = self
+            .get_agent(org, new.agent_id)
+            .await
+            .map_err(|e| match e {
+                EngineError::NotFound { .. } => {
+                    EngineError::invalid("agent_id", "no agent with this id in your organization")
+                }
+                other => other,
+            })?;
         if agent.agent_type == AgentType::Outbound {
             return Err(EngineError::invalid(
                 "agent_id",
@@ -392,11 +398,9 @@ impl Engine {
         let found = self
             .query(move |q| async move { Ok(q.delete_phone_number(org, id).await?) })
             .await?;
-        found
-            .then_some(())
-            .ok_or(EngineError::NotFound {
-                what: "phone number",
-            })
+        found.then_some(()).ok_or(EngineError::NotFound {
+            what: "phone number",
+        })
     }
 }
 

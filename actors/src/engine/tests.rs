@@ -553,3 +553,249 @@ async fn create_refuses_unknown_agents_and_foreign_customers() {
         .unwrap()
         .is_empty());
 }
+
+// ------------------------------------------------------------------ ingress (vendor events)
+
+fn vendor_event(id: &str, route: EventRoute, fact: Option<CarrierEvent>) -> VendorEvent {
+    VendorEvent {
+        vendor: "telnyx".into(),
+        event_id: id.into(),
+        event_type: "test.event".into(),
+        occurred_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+        route,
+        fact,
+        raw: Some(serde_json::json!({"id": id})),
+    }
+}
+
+fn offer(leg: &str, to: &str) -> EventRoute {
+    EventRoute::Offer {
+        leg: leg.into(),
+        from: "+14155550111".parse().unwrap(),
+        to: to.parse().unwrap(),
+    }
+}
+
+impl World {
+    /// Makes the test agent answer inbound calls to `number`.
+    async fn assign(&self, engine: &Engine, number: &str) {
+        self.store
+            .update_agent(
+                self.org,
+                self.agent,
+                &serde_json::from_str(r#"{"agent_type":"both"}"#).unwrap(),
+                self.ports.clock.now(),
+            )
+            .await
+            .unwrap();
+        engine
+            .create_phone_number(
+                self.org,
+                serde_json::from_value(
+                    serde_json::json!({"number": number, "agent_id": self.agent}),
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+
+    fn only_call(&self, leg: &str) -> CallId {
+        let ids: Vec<CallId> = (0..64u128)
+            .map(|n| Uuid::from_u128((u128::from(7u64) << 64) | n))
+            .filter(|id| {
+                self.store
+                    .snapshot(*id)
+                    .is_some_and(|c| c.carrier_call_id.as_deref() == Some(leg))
+            })
+            .collect();
+        assert_eq!(ids.len(), 1, "calls on leg {leg}: {ids:?}");
+        ids[0]
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_offer_to_an_assigned_number_creates_an_answered_inbound_call_once() {
+    let w = World::new(7).await;
+    let engine = w.engine().await;
+    w.assign(&engine, "+14155550123").await;
+    let out = engine
+        .ingest_vendor_event(vendor_event(
+            "ev-offer",
+            offer("leg-in", "+14155550123"),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out, IngestOutcome::Accepted);
+    // A redelivered offer is a duplicate and creates nothing.
+    let again = engine
+        .ingest_vendor_event(vendor_event(
+            "ev-offer",
+            offer("leg-in", "+14155550123"),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(again, IngestOutcome::Duplicate);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let id = w.only_call("leg-in");
+    let call = w.store.snapshot(id).unwrap();
+    assert_eq!(call.status, CallStatus::Ringing);
+    assert_eq!(call.spec.direction, crate::machine::Direction::Inbound);
+    let answers: Vec<_> = w
+        .carrier
+        .commands()
+        .into_iter()
+        .filter(|c| matches!(c, crate::memory::Command::Answer(_)))
+        .collect();
+    assert_eq!(answers.len(), 1);
+    // Events of the leg find their call by client state or by leg.
+    let out = engine
+        .ingest_vendor_event(vendor_event(
+            "ev-answered",
+            EventRoute::Leg("leg-in".into()),
+            Some(CarrierEvent::Answered),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out, IngestOutcome::Accepted);
+    w.until(id, "answered", |c| c.status == CallStatus::InProgress)
+        .await;
+    engine.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hangup_that_overtakes_the_offer_waits_for_its_call() {
+    let w = World::new(7).await;
+    let engine = w.engine().await;
+    w.assign(&engine, "+14155550123").await;
+    // The caller hung up; Telnyx delivered that before the offer.
+    let out = engine
+        .ingest_vendor_event(vendor_event(
+            "ev-hangup",
+            EventRoute::Leg("leg-early".into()),
+            Some(CarrierEvent::HungUp {
+                cause: HangupCause::OriginatorCancel,
+            }),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out, IngestOutcome::Parked);
+    let out = engine
+        .ingest_vendor_event(vendor_event(
+            "ev-offer",
+            offer("leg-early", "+14155550123"),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out, IngestOutcome::Accepted);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let id = w.only_call("leg-early");
+    let call = w.until(id, "ended", |c| c.status.is_terminal()).await;
+    assert_eq!(call.status, CallStatus::Failed);
+    assert_eq!(call.end_reason, Some(EndReason::CallerAbandoned));
+    assert_eq!(w.assert_contiguous(id), ["created", "hangup"]);
+    engine.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_offer_nobody_answers_is_stored_and_rejected() {
+    let w = World::new(7).await;
+    let engine = w.engine().await;
+    let out = engine
+        .ingest_vendor_event(vendor_event(
+            "ev-offer",
+            offer("leg-x", "+14155550999"),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out, IngestOutcome::Rejected);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let rejects: Vec<_> = w
+        .carrier
+        .commands()
+        .into_iter()
+        .filter(|c| matches!(c, crate::memory::Command::Reject { .. }))
+        .collect();
+    assert_eq!(
+        rejects,
+        [crate::memory::Command::Reject {
+            carrier_call_id: "leg-x".into(),
+            command_id: "reject:leg-x".into()
+        }]
+    );
+    // Stored: a redelivery is a duplicate and rejects nothing more.
+    let again = engine
+        .ingest_vendor_event(vendor_event(
+            "ev-offer",
+            offer("leg-x", "+14155550999"),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(again, IngestOutcome::Duplicate);
+    // Nothing was created.
+    assert!(w.store.inbox_pending(10).await.unwrap().is_empty());
+    engine.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn ingress_answers_unavailable_when_nothing_can_be_stored() {
+    let w = World::new(7).await;
+    let engine = w.engine().await;
+    w.store.set_down(true);
+    let err = engine
+        .ingest_vendor_event(vendor_event(
+            "ev-1",
+            EventRoute::Leg("leg".into()),
+            Some(CarrierEvent::Answered),
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Unavailable(_)), "{err:?}");
+    w.store.set_down(false);
+    engine.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn transfer_needs_an_answered_call() {
+    let w = World::new(8).await;
+    let engine = w.engine().await;
+    let id = engine
+        .create_call(w.org, w.new_call(), None)
+        .await
+        .unwrap()
+        .call
+        .spec
+        .id;
+    let to: crate::machine::PhoneNumber = "+14155550777".parse().unwrap();
+    let err = engine.transfer(w.org, id, to.clone()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::IllegalTransition {
+                status: CallStatus::Pending,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    w.carrier_event(&engine, id, CarrierEvent::Answered).await;
+    w.until(id, "answered", |c| c.status == CallStatus::InProgress)
+        .await;
+    engine.transfer(w.org, id, to.clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(w
+        .carrier
+        .commands()
+        .iter()
+        .any(|c| matches!(c, crate::memory::Command::Transfer(_, t) if *t == to)));
+    assert_eq!(
+        w.assert_contiguous(id),
+        ["created", "initiated", "answered", "transfer_requested"]
+    );
+    engine.shutdown().await;
+}

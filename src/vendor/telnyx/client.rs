@@ -212,10 +212,7 @@ impl TelnyxClient {
     }
 
     fn action_url(&self, leg: &str, action: &str) -> String {
-        self.url(&format!(
-            "/calls/{}/actions/{action}",
-            urlencode_path(leg)
-        ))
+        self.url(&format!("/calls/{}/actions/{action}", urlencode_path(leg)))
     }
 
     /// One request with the retry policy. `body: None` sends a GET.
@@ -362,7 +359,11 @@ impl TelnyxClient {
             command_id: &cmd.command_id,
         };
         match self
-            .action("streaming_stop", self.action_url(leg, "streaming_stop"), &body)
+            .action(
+                "streaming_stop",
+                self.action_url(leg, "streaming_stop"),
+                &body,
+            )
             .await
         {
             Err(e) if e.is(422, CALL_ENDED) => Ok(()),

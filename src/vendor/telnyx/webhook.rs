@@ -145,10 +145,7 @@ pub fn parse_event(body: &[u8], now: DateTime<Utc>) -> Result<VendorEvent, Parse
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map_or(now, |t| t.with_timezone(&Utc));
     let p = &data.payload;
-    let leg = p
-        .call_control_id
-        .clone()
-        .filter(|l| !l.trim().is_empty());
+    let leg = p.call_control_id.clone().filter(|l| !l.trim().is_empty());
     let state = p.client_state.as_deref().and_then(parse_client_state);
     let offer = data.event_type == "call.initiated" && p.direction.as_deref() == Some("incoming");
     let (route, fact) = match state {
@@ -175,7 +172,10 @@ pub fn parse_event(body: &[u8], now: DateTime<Utc>) -> Result<VendorEvent, Parse
             (None, _, _) => (EventRoute::Nowhere, None),
         },
         None => match leg.clone() {
-            Some(l) => (EventRoute::Leg(l), fact(&data.event_type, p, leg.as_deref())),
+            Some(l) => (
+                EventRoute::Leg(l),
+                fact(&data.event_type, p, leg.as_deref()),
+            ),
             None => (EventRoute::Nowhere, None),
         },
     };
@@ -279,7 +279,10 @@ mod tests {
     #[test]
     fn the_protocol_test_vector_verifies() {
         let v = verifier(1_700_000_000);
-        assert_eq!(v.verify(Some(VECTOR_SIG), Some(VECTOR_TS), VECTOR_BODY), Ok(()));
+        assert_eq!(
+            v.verify(Some(VECTOR_SIG), Some(VECTOR_TS), VECTOR_BODY),
+            Ok(())
+        );
         // Within the tolerance both ways.
         assert_eq!(
             verifier(1_700_000_300).verify(Some(VECTOR_SIG), Some(VECTOR_TS), VECTOR_BODY),
@@ -341,7 +344,15 @@ mod tests {
     #[test]
     fn another_key_does_not_verify() {
         let other = SigningKey::from_bytes(&[9u8; 32]);
-        let sig = other.sign(format!("{VECTOR_TS}|").as_bytes().iter().chain(VECTOR_BODY).copied().collect::<Vec<u8>>().as_slice());
+        let sig = other.sign(
+            format!("{VECTOR_TS}|")
+                .as_bytes()
+                .iter()
+                .chain(VECTOR_BODY)
+                .copied()
+                .collect::<Vec<u8>>()
+                .as_slice(),
+        );
         let sig = base64::engine::general_purpose::STANDARD.encode(sig.to_bytes());
         assert_eq!(
             verifier(1_700_000_000).verify(Some(&sig), Some(VECTOR_TS), VECTOR_BODY),
@@ -381,14 +392,22 @@ mod tests {
                 carrier_call_id: "v3:abc".into()
             })
         );
-        assert_eq!(e.occurred_at.to_rfc3339(), "2026-11-23T10:00:00.123456+00:00");
+        assert_eq!(
+            e.occurred_at.to_rfc3339(),
+            "2026-11-23T10:00:00.123456+00:00"
+        );
         assert_eq!(e.event_id, "ev-1");
 
         let e = event(
             "call.hangup",
             serde_json::json!({"call_control_id": "v3:abc", "client_state": state, "hangup_cause": "user_busy"}),
         );
-        assert_eq!(e.fact, Some(CarrierEvent::HungUp { cause: HangupCause::Busy }));
+        assert_eq!(
+            e.fact,
+            Some(CarrierEvent::HungUp {
+                cause: HangupCause::Busy
+            })
+        );
 
         let e = event(
             "call.initiated",
@@ -443,7 +462,13 @@ mod tests {
             "call.hangup",
             serde_json::json!({"call_control_id": "v3:human", "client_state": target, "hangup_cause": "user_busy"}),
         );
-        assert_eq!(e.route, EventRoute::Call { call_id: id, leg: None });
+        assert_eq!(
+            e.route,
+            EventRoute::Call {
+                call_id: id,
+                leg: None
+            }
+        );
         assert_eq!(e.fact, None);
     }
 

@@ -1,0 +1,661 @@
+//! The media stream of a leg (section 1.5): the fake is the WebSocket *client*, connecting to
+//! the app's `stream_url` as Telnyx does, sending `connected`, `start`, paced `media` frames of
+//! speech-like audio, `dtmf` and `stop`, and playing back what the app sends: `media` is queued
+//! at 8000 bytes/s (G.711), a `mark` is echoed when the audio queued before it has played,
+//! `clear` flushes the queue and echoes the pending marks.
+//!
+//! Pacing uses `tokio::time::interval` with `MissedTickBehavior::Delay`: after a stall (a
+//! loaded load-test box) frames resume at the normal rate instead of bursting to catch up, as
+//! a real RTP source would; media timestamps count 20 ms per frame of audio, not wall time.
+//!
+//! Only `ws://` works: the crate's tungstenite is built without TLS, so a `wss://` URL ends in
+//! `streaming.failed`. Only PCMU and PCMA at 8 kHz are generated.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use chrono::Utc;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Map, Value};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+
+use super::api::{self, ApiError};
+use super::audio::{SpeechLike, FRAME_SAMPLES};
+use super::g711;
+use super::state::{rfc3339, MediaStats, Shared, State};
+use super::LegState;
+
+/// Play-out rate of the app's audio: G.711 at 8 kHz is one byte per sample.
+const PLAYOUT_BYTES_PER_SEC: f64 = 8_000.0;
+/// Audio per media frame, whatever the pacing.
+const FRAME_MS: u64 = 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for the app's close reply after our close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+const MALFORMED_FRAME: (u32, &str, &str) = (
+    100_003,
+    "malformed_frame",
+    "Received frame was not formed correctly",
+);
+const INVALID_MEDIA: (u32, &str, &str) = (
+    100_004,
+    "invalid_media",
+    "Received media payload was not valid base64",
+);
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Audio encodings the fake can stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoding {
+    Pcmu,
+    Pcma,
+}
+
+impl Encoding {
+    fn name(self) -> &'static str {
+        match self {
+            Encoding::Pcmu => "PCMU",
+            Encoding::Pcma => "PCMA",
+        }
+    }
+
+    fn encode(self, samples: &[i16]) -> Vec<u8> {
+        match self {
+            Encoding::Pcmu => samples.iter().map(|&s| g711::linear_to_ulaw(s)).collect(),
+            Encoding::Pcma => samples.iter().map(|&s| g711::linear_to_alaw(s)).collect(),
+        }
+    }
+}
+
+/// A stream as requested by dial, answer or `streaming_start`.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamParams {
+    url: String,
+    /// As requested: `inbound_track`, `outbound_track` or `both_tracks`.
+    track: String,
+    encoding: Encoding,
+    auth_token: Option<String>,
+    custom_parameters: Map<String, Value>,
+}
+
+/// Parses the `stream_*` fields of a command body; `None` without `stream_url`.
+pub(crate) fn stream_params(body: &Map<String, Value>) -> Result<Option<StreamParams>, ApiError> {
+    let Some(url) = api::opt_str(body, "stream_url")? else {
+        return Ok(None);
+    };
+    if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+        return Err(ApiError::invalid_url("stream_url"));
+    }
+    let track = api::opt_str(body, "stream_track")?.unwrap_or("inbound_track");
+    api::one_of(
+        "stream_track",
+        track,
+        &["inbound_track", "outbound_track", "both_tracks"],
+    )?;
+    let encoding = match api::opt_str(body, "stream_codec")? {
+        None | Some("default") | Some("PCMU") => Encoding::Pcmu,
+        Some("PCMA") => Encoding::Pcma,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "stream_codec '{other}' is not supported by the fake (PCMU and PCMA are)"
+            )))
+        }
+    };
+    if let Some(mode) = api::opt_str(body, "stream_bidirectional_mode")? {
+        api::one_of("stream_bidirectional_mode", mode, &["rtp", "mp3"])?;
+    }
+    if let Some(codec) = api::opt_str(body, "stream_bidirectional_codec")? {
+        api::one_of(
+            "stream_bidirectional_codec",
+            codec,
+            &["PCMU", "PCMA", "G722", "OPUS", "AMR-WB", "L16"],
+        )?;
+    }
+    if let Some(legs) = api::opt_str(body, "stream_bidirectional_target_legs")? {
+        api::one_of(
+            "stream_bidirectional_target_legs",
+            legs,
+            &["both", "self", "opposite"],
+        )?;
+    }
+    let auth_token = api::opt_str(body, "stream_auth_token")?;
+    if auth_token.is_some_and(|t| t.len() > 4000) {
+        return Err(ApiError::invalid(
+            "stream_auth_token must be at most 4000 characters".to_owned(),
+        ));
+    }
+    let mut custom_parameters = Map::new();
+    match body.get("custom_parameters") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for item in items {
+                let name = item.get("name").and_then(Value::as_str);
+                let value = item.get("value").and_then(Value::as_str);
+                let (Some(name), Some(value)) = (name, value) else {
+                    return Err(ApiError::invalid(
+                        "custom_parameters must be a list of {name, value} strings".to_owned(),
+                    ));
+                };
+                custom_parameters.insert(name.to_owned(), json!(value));
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "custom_parameters must be a list of {name, value} strings".to_owned(),
+            ))
+        }
+    }
+    Ok(Some(StreamParams {
+        url: url.to_owned(),
+        track: track.to_owned(),
+        encoding,
+        auth_token: auth_token.map(str::to_owned),
+        custom_parameters,
+    }))
+}
+
+/// The leg's handle on its stream task.
+pub(crate) struct StreamSlot {
+    pub(crate) stream_id: String,
+    url: String,
+    pub(crate) ctrl: mpsc::UnboundedSender<StreamCtrl>,
+    /// The WebSocket is up and `streaming.started` was sent, so stopping owes
+    /// `streaming.stopped`.
+    connected: bool,
+}
+
+/// What the leg tells its stream task.
+pub(crate) enum StreamCtrl {
+    /// Send `stop` and close.
+    Stop,
+    /// Send a `dtmf` frame.
+    Dtmf(char),
+}
+
+/// Opens a stream on the leg: the task connects, then reports `streaming.started` (or
+/// `streaming.failed`). Sending `streaming.started` only once connected, rather than on the
+/// command, keeps "started" truthful; the doc only asks that it precede the `start` frame.
+pub(crate) fn start(
+    shared: &Arc<Shared>,
+    st: &mut State,
+    call_control_id: &str,
+    params: StreamParams,
+) {
+    let Some(leg) = st.legs.get_mut(call_control_id) else {
+        return;
+    };
+    let stream_id = Uuid::new_v4().to_string().to_uppercase();
+    let (ctrl, ctrl_rx) = mpsc::unbounded_channel();
+    leg.stream = Some(StreamSlot {
+        stream_id: stream_id.clone(),
+        url: params.url.clone(),
+        ctrl,
+        connected: false,
+    });
+    leg.media.stream_id = Some(stream_id.clone());
+    let start = json!({
+        "user_id": shared.user_id,
+        "call_control_id": leg.call_control_id,
+        "call_session_id": leg.call_session_id,
+        "from": leg.from,
+        "to": leg.to,
+        "tags": [],
+        "client_state": leg.client_state,
+        "custom_parameters": params.custom_parameters,
+        "media_format": {"encoding": params.encoding.name(), "sample_rate": 8000, "channels": 1},
+    });
+    let session = Session {
+        shared: shared.clone(),
+        call_control_id: call_control_id.to_owned(),
+        stream_id,
+        params,
+        seq: 0,
+    };
+    shared.spawn(session.run(start, ctrl_rx));
+}
+
+/// Stops the leg's stream, if any: `streaming.stopped` if it had started, and the task sends
+/// `stop` and closes.
+pub(crate) fn stop(shared: &Shared, st: &mut State, call_control_id: &str) {
+    let Some(slot) = st
+        .legs
+        .get_mut(call_control_id)
+        .and_then(|leg| leg.stream.take())
+    else {
+        return;
+    };
+    let _ = slot.ctrl.send(StreamCtrl::Stop);
+    if slot.connected {
+        shared.emit(
+            st,
+            call_control_id,
+            "streaming.stopped",
+            json!({"stream_url": slot.url}),
+        );
+    }
+}
+
+/// How a stream ended.
+enum End {
+    /// We stopped it (hangup or `streaming_stop`).
+    Stopped,
+    /// The socket failed or the app closed it while the call was up.
+    Failed(String),
+}
+
+/// The app's audio waiting to "play", and the marks behind it.
+#[derive(Default)]
+struct Playout {
+    busy_until: Option<Instant>,
+    marks: VecDeque<(Instant, String)>,
+}
+
+impl Playout {
+    fn queue_audio(&mut self, bytes: usize, now: Instant) {
+        let start = self.busy_until.filter(|t| *t > now).unwrap_or(now);
+        self.busy_until =
+            Some(start + Duration::from_secs_f64(bytes as f64 / PLAYOUT_BYTES_PER_SEC));
+    }
+
+    /// Queues a mark; returns it if it is due right away. A mark never overtakes an earlier one.
+    fn queue_mark(&mut self, name: String, now: Instant) -> Option<String> {
+        let after_audio = self.busy_until.filter(|t| *t > now);
+        let after_marks = self.marks.back().map(|(due, _)| *due);
+        match after_audio.max(after_marks) {
+            None => Some(name),
+            Some(due) => {
+                self.marks.push_back((due, name));
+                None
+            }
+        }
+    }
+
+    fn due(&mut self, now: Instant) -> Vec<String> {
+        let mut due = Vec::new();
+        while self.marks.front().is_some_and(|(t, _)| *t <= now) {
+            if let Some((_, name)) = self.marks.pop_front() {
+                due.push(name);
+            }
+        }
+        due
+    }
+
+    fn clear(&mut self) -> Vec<String> {
+        self.busy_until = None;
+        self.marks.drain(..).map(|(_, name)| name).collect()
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.marks.front().map(|(t, _)| *t)
+    }
+}
+
+/// One stream's task.
+struct Session {
+    shared: Arc<Shared>,
+    call_control_id: String,
+    stream_id: String,
+    params: StreamParams,
+    /// Last `sequence_number` sent (`start` is 1).
+    seq: u64,
+}
+
+impl Session {
+    async fn run(mut self, start: Value, mut ctrl: mpsc::UnboundedReceiver<StreamCtrl>) {
+        let mut ws = match self.connect().await {
+            Ok(ws) => ws,
+            Err(reason) => {
+                self.failed(&reason);
+                return;
+            }
+        };
+        if !self.mark_connected() {
+            // Stopped (or the call ended) while connecting: nothing was started.
+            let _ = ws.close(None).await;
+            return;
+        }
+        let end = self.stream(&mut ws, start, &mut ctrl).await;
+        match end {
+            End::Stopped => {
+                let _ = ws.close(None).await;
+                // Let the app's close reply arrive so it sees a clean close, not a reset.
+                let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
+            }
+            End::Failed(reason) => {
+                let _ = ws.close(None).await;
+                self.failed(&reason);
+            }
+        }
+        self.with_stats(|m| m.stream_connected = false);
+    }
+
+    async fn connect(&self) -> Result<Ws, String> {
+        let mut request = self
+            .params
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| format!("invalid stream_url: {e}"))?;
+        if let Some(token) = &self.params.auth_token {
+            let value = HeaderValue::from_str(token)
+                .map_err(|e| format!("stream_auth_token is not a valid header value: {e}"))?;
+            request
+                .headers_mut()
+                .insert("x-telnyx-streaming-auth-token", value);
+        }
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await
+        {
+            Ok(Ok((ws, _response))) => Ok(ws),
+            Ok(Err(e)) => Err(format!("websocket connection failed: {e}")),
+            Err(_) => Err("websocket connection timed out".to_owned()),
+        }
+    }
+
+    /// Records the stream as up and sends `streaming.started`, unless it was stopped meanwhile.
+    fn mark_connected(&self) -> bool {
+        let mut st = self.shared.lock();
+        let Some(leg) = st.legs.get_mut(&self.call_control_id) else {
+            return false;
+        };
+        if leg.state == LegState::Hangup {
+            return false;
+        }
+        let Some(slot) = leg
+            .stream
+            .as_mut()
+            .filter(|s| s.stream_id == self.stream_id)
+        else {
+            return false;
+        };
+        slot.connected = true;
+        leg.media.stream_connected = true;
+        self.shared.emit(
+            &st,
+            &self.call_control_id,
+            "streaming.started",
+            json!({"stream_url": self.params.url}),
+        );
+        true
+    }
+
+    /// Sends `streaming.failed` if this stream is still the leg's current one (a stream we
+    /// stopped is not a failure) and the call is up; the call stays up.
+    fn failed(&self, reason: &str) {
+        let mut st = self.shared.lock();
+        let Some(leg) = st.legs.get_mut(&self.call_control_id) else {
+            return;
+        };
+        if leg
+            .stream
+            .as_ref()
+            .is_none_or(|s| s.stream_id != self.stream_id)
+        {
+            return;
+        }
+        leg.stream = None;
+        leg.media.stream_connected = false;
+        if leg.state == LegState::Hangup {
+            return;
+        }
+        tracing::debug!(call_control_id = %self.call_control_id, reason, "fake telnyx: media stream failed");
+        self.shared.emit(
+            &st,
+            &self.call_control_id,
+            "streaming.failed",
+            json!({
+                "failure_reason": reason,
+                "stream_id": self.stream_id,
+                "stream_params": {"stream_url": self.params.url, "track": self.params.track},
+                "stream_type": "websocket",
+            }),
+        );
+    }
+
+    fn with_stats(&self, f: impl FnOnce(&mut MediaStats)) {
+        let mut st = self.shared.lock();
+        if let Some(leg) = st.legs.get_mut(&self.call_control_id) {
+            if leg.media.stream_id.as_deref() == Some(self.stream_id.as_str()) {
+                f(&mut leg.media);
+            }
+        }
+    }
+
+    fn next_seq(&mut self) -> String {
+        self.seq += 1;
+        self.seq.to_string()
+    }
+
+    async fn stream(
+        &mut self,
+        ws: &mut Ws,
+        start: Value,
+        ctrl: &mut mpsc::UnboundedReceiver<StreamCtrl>,
+    ) -> End {
+        let mut connected = json!({"event": "connected", "version": "1.0.0"});
+        if let (true, Some(token)) = (
+            self.shared.cfg.auth_token_in_connected_frame,
+            &self.params.auth_token,
+        ) {
+            connected["connected"] = json!({"x-telnyx-streaming-auth-token": token});
+        }
+        if let Err(e) = send(ws, &connected).await {
+            return End::Failed(e);
+        }
+        let start = json!({
+            "event": "start",
+            "sequence_number": self.next_seq(),
+            "stream_id": self.stream_id,
+            "start": start,
+        });
+        if let Err(e) = send(ws, &start).await {
+            return End::Failed(e);
+        }
+
+        let tracks: &[&str] = match self.params.track.as_str() {
+            "outbound_track" => &["outbound"],
+            "both_tracks" => &["inbound", "outbound"],
+            _ => &["inbound"],
+        };
+        let seed = self
+            .stream_id
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31) ^ u32::from(b));
+        let mut voice = SpeechLike::new(seed);
+        // What the far party hears is the app's audio, which the fake does not mix back in;
+        // the outbound track carries encoded silence.
+        let silence = BASE64.encode(self.params.encoding.encode(&[0; FRAME_SAMPLES]));
+        // `interval` panics on a zero period; 1 ms is as fast as anyone could mean.
+        let period = self
+            .shared
+            .cfg
+            .media_frame_interval
+            .max(Duration::from_millis(1));
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut chunk: u64 = 0;
+        let mut playout = Playout::default();
+
+        loop {
+            let next_mark = playout.next_due();
+            tokio::select! {
+                _ = ticker.tick() => {
+                    chunk += 1;
+                    let timestamp = ((chunk - 1) * FRAME_MS).to_string();
+                    for track in tracks {
+                        let payload = if *track == "inbound" {
+                            BASE64.encode(self.params.encoding.encode(&voice.next_frame()))
+                        } else {
+                            silence.clone()
+                        };
+                        let frame = json!({
+                            "event": "media",
+                            "sequence_number": self.next_seq(),
+                            "stream_id": self.stream_id,
+                            "media": {
+                                "track": track,
+                                "chunk": chunk.to_string(),
+                                "timestamp": timestamp,
+                                "payload": payload,
+                            },
+                        });
+                        if let Err(e) = send(ws, &frame).await {
+                            return End::Failed(e);
+                        }
+                    }
+                    let n = tracks.len() as u64;
+                    self.with_stats(|m| m.frames_sent += n);
+                }
+                incoming = ws.next() => {
+                    let result = match incoming {
+                        Some(Ok(Message::Text(text))) => {
+                            self.on_app_frame(ws, text.as_str(), &mut playout).await
+                        }
+                        Some(Ok(Message::Binary(_))) => self.send_error(ws, MALFORMED_FRAME).await,
+                        Some(Ok(Message::Close(_))) | None => {
+                            Err("the media WebSocket was closed by the application".to_owned())
+                        }
+                        Some(Ok(_)) => Ok(()),
+                        Some(Err(e)) => Err(format!("media WebSocket error: {e}")),
+                    };
+                    if let Err(reason) = result {
+                        return End::Failed(reason);
+                    }
+                }
+                command = ctrl.recv() => match command {
+                    Some(StreamCtrl::Dtmf(digit)) => {
+                        let frame = json!({
+                            "event": "dtmf",
+                            "stream_id": self.stream_id,
+                            "occurred_at": rfc3339(Utc::now()),
+                            "sequence_number": self.next_seq(),
+                            "dtmf": {"digit": digit.to_string()},
+                        });
+                        if let Err(e) = send(ws, &frame).await {
+                            return End::Failed(e);
+                        }
+                    }
+                    // A closed channel means the leg dropped its slot: stop as well.
+                    Some(StreamCtrl::Stop) | None => {
+                        let frame = json!({
+                            "event": "stop",
+                            "sequence_number": self.next_seq(),
+                            "stream_id": self.stream_id,
+                            "stop": {"user_id": self.shared.user_id, "call_control_id": self.call_control_id},
+                        });
+                        // The app may already be gone; we are stopping either way.
+                        let _ = send(ws, &frame).await;
+                        return End::Stopped;
+                    }
+                },
+                () = sleep_until(next_mark) => {
+                    for name in playout.due(Instant::now()) {
+                        if let Err(e) = self.echo_mark(ws, name).await {
+                            return End::Failed(e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_app_frame(
+        &mut self,
+        ws: &mut Ws,
+        text: &str,
+        playout: &mut Playout,
+    ) -> Result<(), String> {
+        let Ok(frame) = serde_json::from_str::<Value>(text) else {
+            return self.send_error(ws, MALFORMED_FRAME).await;
+        };
+        match frame.get("event").and_then(Value::as_str) {
+            Some("media") => {
+                let Some(payload) = frame.pointer("/media/payload").and_then(Value::as_str) else {
+                    return self.send_error(ws, MALFORMED_FRAME).await;
+                };
+                let Ok(audio) = BASE64.decode(payload) else {
+                    return self.send_error(ws, INVALID_MEDIA).await;
+                };
+                let len = audio.len();
+                self.with_stats(|m| {
+                    m.frames_received += 1;
+                    m.bytes_received += len as u64;
+                });
+                playout.queue_audio(len, Instant::now());
+                Ok(())
+            }
+            Some("mark") => {
+                let Some(name) = frame.pointer("/mark/name").and_then(Value::as_str) else {
+                    return self.send_error(ws, MALFORMED_FRAME).await;
+                };
+                self.with_stats(|m| m.marks_received += 1);
+                match playout.queue_mark(name.to_owned(), Instant::now()) {
+                    Some(name) => self.echo_mark(ws, name).await,
+                    None => Ok(()),
+                }
+            }
+            Some("clear") => {
+                self.with_stats(|m| m.clears_received += 1);
+                for name in playout.clear() {
+                    self.echo_mark(ws, name).await?;
+                }
+                Ok(())
+            }
+            _ => self.send_error(ws, MALFORMED_FRAME).await,
+        }
+    }
+
+    async fn echo_mark(&mut self, ws: &mut Ws, name: String) -> Result<(), String> {
+        let frame = json!({
+            "event": "mark",
+            "stream_id": self.stream_id,
+            "sequence_number": self.next_seq(),
+            "mark": {"name": name},
+        });
+        send(ws, &frame).await?;
+        self.with_stats(|m| m.marks_echoed += 1);
+        Ok(())
+    }
+
+    async fn send_error(
+        &mut self,
+        ws: &mut Ws,
+        (code, title, detail): (u32, &str, &str),
+    ) -> Result<(), String> {
+        let frame = json!({
+            "event": "error",
+            "stream_id": self.stream_id,
+            "payload": {"code": code, "title": title, "detail": detail},
+        });
+        send(ws, &frame).await?;
+        self.with_stats(|m| m.errors_sent += 1);
+        Ok(())
+    }
+}
+
+async fn send(ws: &mut Ws, frame: &Value) -> Result<(), String> {
+    ws.send(Message::text(frame.to_string()))
+        .await
+        .map_err(|e| format!("media WebSocket send failed: {e}"))
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,219 @@
+//! The Telnyx media-stream endpoint: the WebSocket Telnyx opens for each call's audio
+//! (`GET /v1/media/telnyx`, vendor-protocols.md §1.5).
+//!
+//! It authenticates the stream to one call ([`MediaTokens`]), tells the engine when the stream
+//! starts, what keys were pressed and how it ended ([`MediaSink`]), measures the inbound audio
+//! ([`MediaStats`]), and plays outbound audio pushed through a [`MediaHandle`] found in the
+//! [`MediaRegistry`]. Each stream is one task; nothing a peer does can block another stream or
+//! a [`MediaHandle`] caller.
+//!
+//! It must not decide anything about the call: no hang-ups, no state transitions, no database.
+//! Those belong to the engine behind [`MediaSink`]. An unauthenticated stream never reaches the
+//! sink.
+
+pub mod audio;
+mod metrics;
+mod registry;
+mod session;
+mod stats;
+mod token;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::http::error::ApiError;
+
+pub use metrics::MediaMetrics;
+pub use registry::{MediaHandle, MediaRegistry, MediaSendError};
+pub use token::MediaTokens;
+
+/// Path Telnyx connects to (put it, as a `wss://` URL, in `stream_url`).
+pub const TELNYX_MEDIA_PATH: &str = "/v1/media/telnyx";
+
+/// Name of the mark sent after the greeting chime.
+pub const GREETING_END_MARK: &str = "greeting-end";
+
+/// Largest WebSocket message accepted. Telnyx media frames are ~20 ms of audio (well under
+/// 1 KiB); the limit keeps a hostile peer from making us buffer megabytes.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// How the endpoint tells the engine about a stream. Implemented by the engine side, which
+/// attaches the stream to the call's actor.
+///
+/// Methods are called on the stream's task, so they must return quickly (send a message to an
+/// actor; never wait on I/O). For one stream the order is `started`, any `dtmf`, then `stopped`
+/// exactly once. A call may have several streams in its life (a reconnect): correlate by
+/// `stream_id`.
+pub trait MediaSink: Send + Sync + 'static {
+    /// An authenticated stream for `call_id` started; its handle is already in the registry.
+    fn started(&self, call_id: Uuid, info: StreamInfo);
+    /// The caller pressed `digit` (`0`-`9`, `*`, `#`, `A`-`D`).
+    fn dtmf(&self, call_id: Uuid, digit: String);
+    /// The stream ended (stop frame, socket closed, idle timeout or write failure); it is no
+    /// longer in the registry.
+    fn stopped(&self, call_id: Uuid, stats: MediaStats);
+}
+
+/// What Telnyx told us in the `start` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamInfo {
+    /// Telnyx's stream id (top-level `stream_id`).
+    pub stream_id: String,
+    /// The leg this stream belongs to, when Telnyx sent it.
+    pub call_control_id: Option<String>,
+    /// Codec name as sent (`PCMU`, `PCMA`, `audio/x-mulaw`, `L16`, ...).
+    pub encoding: String,
+    /// Samples per second.
+    pub sample_rate: u32,
+    /// Audio channels.
+    pub channels: u16,
+}
+
+/// Why a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamEnd {
+    /// Telnyx sent `stop`.
+    Stop,
+    /// The socket closed or broke without `stop`.
+    Closed,
+    /// No frame arrived within `idle_timeout`; we closed the socket.
+    IdleTimeout,
+    /// A write did not complete in time (dead or stalled peer); we dropped the socket.
+    WriteFailed,
+}
+
+/// Figures for one finished stream, handed to [`MediaSink::stopped`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MediaStats {
+    /// Telnyx's stream id.
+    pub stream_id: String,
+    /// Why it ended.
+    pub end: StreamEnd,
+    /// Inbound-track media frames received with a valid payload.
+    pub frames_in: u64,
+    /// Media frames we sent (greeting, handle audio, echo).
+    pub frames_out: u64,
+    /// Decoded inbound audio bytes.
+    pub bytes_in: u64,
+    /// Audio bytes we sent (before base64).
+    pub bytes_out: u64,
+    /// Inbound chunks skipped over and never received (`media.chunk` numbering).
+    pub gaps: u64,
+    /// Inbound chunks that arrived after a higher-numbered one (late or duplicate).
+    pub out_of_order: u64,
+    /// RFC 3550 interarrival jitter estimate (`media.timestamp` against arrival), ms.
+    pub jitter_ms: f64,
+    /// Marks we sent.
+    pub marks_sent: u64,
+    /// Marks Telnyx returned (played or flushed by a clear).
+    pub marks_acked: u64,
+    /// `clear` frames we sent.
+    pub clears_sent: u64,
+    /// Outbound audio items refused because the stream's queue was full (or, on a codec we
+    /// cannot produce, discarded).
+    pub dropped_out: u64,
+    /// `error` frames from Telnyx plus frames we could not parse.
+    pub errors: u64,
+    /// From the `start` frame to the end of the stream.
+    pub duration_ms: u64,
+}
+
+/// Endpoint behaviour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaConfig {
+    /// Play a short chime (then mark `greeting-end`) when a stream starts.
+    pub greeting: bool,
+    /// Send each inbound payload straight back: a loopback that proves the bidirectional path.
+    pub echo: bool,
+    /// Outbound frame length in ms; outbound audio is paced at one frame per `frame_ms`.
+    pub frame_ms: u64,
+    /// With no auth header, how long the `connected` frame carrying the token may take.
+    pub auth_timeout: Duration,
+    /// A stream with no frame at all for this long is closed and reported.
+    pub idle_timeout: Duration,
+    /// Outbound items (audio chunks and marks) a stream queues before refusing more; sized for
+    /// a TTS burst of several seconds of 20 ms chunks.
+    pub outbound_capacity: usize,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            greeting: false,
+            echo: false,
+            frame_ms: 20,
+            auth_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+            outbound_capacity: 512,
+        }
+    }
+}
+
+/// What the media endpoint shares across streams.
+#[derive(Clone)]
+pub struct MediaState {
+    /// Verifies stream tokens.
+    pub tokens: Arc<MediaTokens>,
+    /// The engine side.
+    pub sink: Arc<dyn MediaSink>,
+    /// Live streams, for whoever pushes audio.
+    pub registry: MediaRegistry,
+    /// Endpoint metrics.
+    pub metrics: MediaMetrics,
+    /// Behaviour.
+    pub config: MediaConfig,
+}
+
+/// `GET /v1/media/telnyx` (WebSocket upgrade). Merge it into the app's router.
+pub fn router(state: MediaState) -> Router {
+    Router::new()
+        .route(TELNYX_MEDIA_PATH, get(upgrade_stream))
+        .with_state(state)
+}
+
+/// Checks the upgrade-header token before upgrading: a wrong token gets a plain 401 and no
+/// socket. Without the header, the session demands the token in the `connected` frame.
+async fn upgrade_stream(
+    State(state): State<MediaState>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let header_token = headers
+        .get(wire::AUTH_TOKEN_FIELD)
+        .map(|v| v.to_str().unwrap_or_default())
+        .filter(|t| !t.is_empty());
+    let header_call = match header_token {
+        None => None,
+        Some(token) => match state.tokens.verify(token) {
+            Some(call_id) => Some(call_id),
+            None => {
+                state.metrics.error(metrics::kind::AUTH);
+                tracing::warn!("media stream upgrade refused: invalid token header");
+                return ApiError::unauthorized("invalid stream token").into_response();
+            }
+        },
+    };
+    match ws {
+        Ok(ws) => ws
+            .max_message_size(MAX_MESSAGE_BYTES)
+            .on_upgrade(move |socket| session::run(socket, state, header_call)),
+        Err(rejection) => {
+            ApiError::new(rejection.status(), "invalid_request", rejection.body_text())
+                .into_response()
+        }
+    }
+}

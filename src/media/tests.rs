@@ -1,0 +1,648 @@
+//! End-to-end tests of the media endpoint: a real axum server on 127.0.0.1:0, a
+//! tokio-tungstenite client playing Telnyx, and a sink that records what the engine would hear.
+//! Real time throughout (real sockets never mix with paused time); every wait is bounded.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+
+use super::metrics::kind;
+use super::*;
+
+/// Upper bound for any single wait; tests normally finish far below it.
+const WAIT: Duration = Duration::from_secs(3);
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+#[derive(Debug, Clone, PartialEq)]
+enum SinkEvent {
+    Started(Uuid, StreamInfo),
+    Dtmf(Uuid, String),
+    Stopped(Uuid, MediaStats),
+}
+
+struct RecordingSink(mpsc::UnboundedSender<SinkEvent>);
+
+impl MediaSink for RecordingSink {
+    fn started(&self, call_id: Uuid, info: StreamInfo) {
+        let _ = self.0.send(SinkEvent::Started(call_id, info));
+    }
+    fn dtmf(&self, call_id: Uuid, digit: String) {
+        let _ = self.0.send(SinkEvent::Dtmf(call_id, digit));
+    }
+    fn stopped(&self, call_id: Uuid, stats: MediaStats) {
+        let _ = self.0.send(SinkEvent::Stopped(call_id, stats));
+    }
+}
+
+struct Harness {
+    addr: SocketAddr,
+    tokens: Arc<MediaTokens>,
+    registry: MediaRegistry,
+    metrics: MediaMetrics,
+    events: mpsc::UnboundedReceiver<SinkEvent>,
+}
+
+fn config() -> MediaConfig {
+    MediaConfig {
+        auth_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_secs(3),
+        ..MediaConfig::default()
+    }
+}
+
+async fn harness(config: MediaConfig) -> Harness {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, events) = mpsc::unbounded_channel();
+    let tokens = Arc::new(MediaTokens::new(b"test secret"));
+    let registry = MediaRegistry::new();
+    let metrics = MediaMetrics::new(&prometheus::Registry::new()).unwrap();
+    let state = MediaState {
+        tokens: Arc::clone(&tokens),
+        sink: Arc::new(RecordingSink(tx)),
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        config,
+    };
+    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    Harness {
+        addr,
+        tokens,
+        registry,
+        metrics,
+        events,
+    }
+}
+
+impl Harness {
+    async fn try_connect(&self, header_token: Option<&str>) -> Result<Client, WsError> {
+        let mut request = format!("ws://{}{TELNYX_MEDIA_PATH}", self.addr)
+            .into_client_request()
+            .unwrap();
+        if let Some(token) = header_token {
+            request
+                .headers_mut()
+                .insert("x-telnyx-streaming-auth-token", token.parse().unwrap());
+        }
+        Ok(timeout(WAIT, connect_async(request)).await.unwrap()?.0)
+    }
+
+    /// A client authenticated by the upgrade header.
+    async fn connect_as(&self, call: Uuid) -> Client {
+        self.try_connect(Some(&self.tokens.token(call)))
+            .await
+            .unwrap()
+    }
+
+    async fn event(&mut self) -> SinkEvent {
+        timeout(WAIT, self.events.recv())
+            .await
+            .expect("sink event in time")
+            .unwrap()
+    }
+
+    async fn started(&mut self, call: Uuid) -> StreamInfo {
+        match self.event().await {
+            SinkEvent::Started(id, info) if id == call => info,
+            other => panic!("expected started, got {other:?}"),
+        }
+    }
+
+    async fn stopped(&mut self, call: Uuid) -> MediaStats {
+        match self.event().await {
+            SinkEvent::Stopped(id, stats) if id == call => stats,
+            other => panic!("expected stopped, got {other:?}"),
+        }
+    }
+
+    fn assert_no_more_events(&mut self) {
+        assert!(
+            self.events.try_recv().is_err(),
+            "sink heard something unexpected"
+        );
+    }
+}
+
+async fn send(client: &mut Client, frame: Value) {
+    client.send(Message::text(frame.to_string())).await.unwrap();
+}
+
+/// The next JSON frame from the server; `None` if nothing comes within `within`.
+async fn recv_within(client: &mut Client, within: Duration) -> Option<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let message = tokio::time::timeout_at(deadline, client.next())
+            .await
+            .ok()?
+            .expect("socket open")
+            .expect("socket healthy");
+        match message {
+            Message::Text(text) => return Some(serde_json::from_str(text.as_str()).unwrap()),
+            Message::Close(frame) => panic!("unexpected close: {frame:?}"),
+            _ => {}
+        }
+    }
+}
+
+async fn recv(client: &mut Client) -> Value {
+    recv_within(client, WAIT).await.expect("frame in time")
+}
+
+/// The close frame the server sends, skipping anything before it.
+async fn recv_close(client: &mut Client) -> CloseFrame {
+    loop {
+        match timeout(WAIT, client.next()).await.expect("close in time") {
+            Some(Ok(Message::Close(Some(frame)))) => return frame,
+            Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
+                panic!("socket ended without a close frame")
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+fn start_frame(stream_id: &str, client_state: Option<Uuid>) -> Value {
+    json!({
+        "event": "start",
+        "sequence_number": "1",
+        "stream_id": stream_id,
+        "start": {
+            "call_control_id": "v3:leg-1",
+            "client_state": client_state.map(|id| BASE64.encode(id.to_string())),
+            "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}
+        }
+    })
+}
+
+fn media_frame(chunk: u64, payload: &[u8]) -> Value {
+    json!({
+        "event": "media",
+        "sequence_number": (chunk + 1).to_string(),
+        "stream_id": "s",
+        "media": {
+            "track": "inbound",
+            "chunk": chunk.to_string(),
+            "timestamp": (chunk * 20).to_string(),
+            "payload": BASE64.encode(payload),
+        }
+    })
+}
+
+fn payload_of(frame: &Value) -> Vec<u8> {
+    assert_eq!(frame["event"], "media", "not media: {frame}");
+    BASE64
+        .decode(frame["media"]["payload"].as_str().unwrap())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn bad_header_token_is_refused_before_upgrade() {
+    let mut h = harness(config()).await;
+    for token in [
+        "garbage".to_owned(),
+        MediaTokens::new(b"other secret").token(Uuid::new_v4()),
+    ] {
+        match h.try_connect(Some(&token)).await {
+            Err(WsError::Http(response)) => assert_eq!(response.status(), 401),
+            Err(other) => panic!("expected HTTP 401, got {other}"),
+            Ok(_) => panic!("upgrade accepted with a bad token"),
+        }
+    }
+    assert_eq!(h.metrics.error_count(kind::AUTH), 2);
+    assert_eq!(h.registry.live(), 0);
+    h.assert_no_more_events();
+}
+
+#[tokio::test]
+async fn missing_token_closes_with_policy() {
+    let mut h = harness(config()).await;
+
+    // Silent peer: closed when the auth timeout runs out.
+    let started = Instant::now();
+    let mut silent = h.try_connect(None).await.unwrap();
+    let frame = recv_close(&mut silent).await;
+    assert_eq!(u16::from(frame.code), 1008);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    // `connected` without a token, or `start` first: refused at once.
+    for first in [
+        json!({"event": "connected", "version": "1.0.0"}),
+        start_frame("s", None),
+        json!({"event": "connected", "x-telnyx-streaming-auth-token": "nope"}),
+    ] {
+        let mut client = h.try_connect(None).await.unwrap();
+        send(&mut client, first).await;
+        assert_eq!(u16::from(recv_close(&mut client).await.code), 1008);
+    }
+    assert_eq!(h.metrics.error_count(kind::AUTH), 4);
+    h.assert_no_more_events();
+}
+
+#[tokio::test]
+async fn start_media_stop_reports_once() {
+    let mut h = harness(config()).await;
+    let call = Uuid::new_v4();
+    // Token inside the `connected` object, no header.
+    let mut client = h.try_connect(None).await.unwrap();
+    send(
+        &mut client,
+        json!({"event": "connected", "version": "1.0.0",
+               "connected": {"x-telnyx-streaming-auth-token": h.tokens.token(call)}}),
+    )
+    .await;
+    send(&mut client, start_frame("stream-1", Some(call))).await;
+
+    let info = h.started(call).await;
+    assert_eq!(
+        info,
+        StreamInfo {
+            stream_id: "stream-1".into(),
+            call_control_id: Some("v3:leg-1".into()),
+            encoding: "PCMU".into(),
+            sample_rate: 8000,
+            channels: 1,
+        }
+    );
+    assert_eq!(h.registry.live(), 1);
+    assert_eq!(h.registry.handle(call).unwrap().stream_id(), "stream-1");
+    assert_eq!(h.metrics.streams_active.get(), 1);
+
+    for chunk in 1..=5 {
+        send(&mut client, media_frame(chunk, &[0xFF; 160])).await;
+    }
+    // Two malformed frames and a vendor error: counted, stream goes on.
+    client.send(Message::text("{not json")).await.unwrap();
+    send(
+        &mut client,
+        json!({"event": "media", "media": {"chunk": "6", "payload": "%%%"}}),
+    )
+    .await;
+    send(
+        &mut client,
+        json!({"event": "error", "payload": {"code": 100003, "title": "malformed_frame", "detail": "x"}}),
+    )
+    .await;
+    send(&mut client, json!({"event": "something_new"})).await;
+    send(
+        &mut client,
+        json!({"event": "stop", "stop": {"call_control_id": "v3:leg-1"}}),
+    )
+    .await;
+
+    let stats = h.stopped(call).await;
+    assert_eq!(stats.stream_id, "stream-1");
+    assert_eq!(stats.end, StreamEnd::Stop);
+    assert_eq!((stats.frames_in, stats.bytes_in), (5, 800));
+    assert_eq!((stats.frames_out, stats.bytes_out), (0, 0));
+    assert_eq!((stats.gaps, stats.out_of_order), (0, 0));
+    assert_eq!(stats.errors, 3);
+    assert_eq!(
+        (stats.marks_sent, stats.marks_acked, stats.clears_sent),
+        (0, 0, 0)
+    );
+    assert!(stats.jitter_ms >= 0.0 && stats.jitter_ms.is_finite());
+    // Deregistered before the sink heard `stopped`.
+    assert_eq!(h.registry.live(), 0);
+    assert!(h.registry.handle(call).is_none());
+    assert_eq!(h.metrics.streams_active.get(), 0);
+    assert_eq!(h.metrics.frames_in.get(), 5);
+    assert_eq!(h.metrics.error_count(kind::MALFORMED), 2);
+    assert_eq!(h.metrics.error_count(kind::VENDOR_ERROR), 1);
+
+    assert_eq!(u16::from(recv_close(&mut client).await.code), 1000);
+    h.assert_no_more_events();
+}
+
+#[tokio::test]
+async fn chunk_gaps_and_reordering_are_detected() {
+    let mut h = harness(config()).await;
+    let call = Uuid::new_v4();
+    let mut client = h.connect_as(call).await;
+    send(
+        &mut client,
+        json!({"event": "connected", "version": "1.0.0"}),
+    )
+    .await;
+    send(&mut client, start_frame("s", Some(call))).await;
+    h.started(call).await;
+    // 5 never arrives; 3 arrives late; 6 is duplicated.
+    for chunk in [1, 2, 4, 3, 6, 6, 7] {
+        send(&mut client, media_frame(chunk, &[0xFF; 160])).await;
+    }
+    send(&mut client, json!({"event": "stop"})).await;
+    let stats = h.stopped(call).await;
+    assert_eq!(stats.frames_in, 7);
+    assert_eq!(stats.gaps, 1);
+    assert_eq!(stats.out_of_order, 2);
+    assert_eq!(h.metrics.gaps.get(), 1);
+}
+
+#[tokio::test]
+async fn echo_returns_payloads() {
+    let mut h = harness(MediaConfig {
+        echo: true,
+        ..config()
+    })
+    .await;
+    let call = Uuid::new_v4();
+    let mut client = h.connect_as(call).await;
+    send(&mut client, start_frame("s", None)).await;
+    h.started(call).await;
+    for chunk in 1..=3u8 {
+        let payload = vec![chunk; 160];
+        send(&mut client, media_frame(u64::from(chunk), &payload)).await;
+        let echoed = recv(&mut client).await;
+        assert_eq!(payload_of(&echoed), payload);
+        // Bidirectional frames carry no stream_id or media metadata (pipecat's form).
+        assert_eq!(echoed.as_object().unwrap().len(), 2);
+    }
+    send(&mut client, json!({"event": "stop"})).await;
+    let stats = h.stopped(call).await;
+    assert_eq!((stats.frames_out, stats.bytes_out), (3, 480));
+    assert_eq!(h.metrics.frames_out.get(), 3);
+}
+
+#[tokio::test]
+async fn greeting_plays_paced_then_marks_and_suppresses_echo() {
+    let mut h = harness(MediaConfig {
+        greeting: true,
+        echo: true,
+        ..config()
+    })
+    .await;
+    let call = Uuid::new_v4();
+    let mut client = h.connect_as(call).await;
+    send(&mut client, start_frame("s", Some(call))).await;
+    h.started(call).await;
+
+    let first = recv(&mut client).await;
+    let started = Instant::now();
+    // Inbound audio during the greeting is not echoed: the greeting owns the output.
+    let caller = vec![0x11; 160];
+    send(&mut client, media_frame(1, &caller)).await;
+    let mut frames = vec![payload_of(&first)];
+    let end = loop {
+        let frame = recv(&mut client).await;
+        if frame["event"] == "mark" {
+            break frame;
+        }
+        frames.push(payload_of(&frame));
+    };
+    let elapsed = started.elapsed();
+    assert_eq!(
+        end,
+        json!({"event": "mark", "mark": {"name": "greeting-end"}})
+    );
+    assert_eq!(frames.len(), 75, "1.5 s in 20 ms frames");
+    assert!(frames.iter().all(|f| f.len() == 160));
+    assert!(!frames.contains(&caller));
+    // 74 intervals of 20 ms after the first frame: paced, not dumped.
+    assert!(elapsed >= Duration::from_millis(1300), "{elapsed:?}");
+    assert!(frames.iter().flatten().any(|&b| b != audio::ULAW_SILENCE));
+
+    // Greeting over: echo is back.
+    let after = vec![0x22; 160];
+    send(&mut client, media_frame(2, &after)).await;
+    assert_eq!(payload_of(&recv(&mut client).await), after);
+    send(
+        &mut client,
+        json!({"event": "mark", "mark": {"name": "greeting-end"}}),
+    )
+    .await;
+    send(&mut client, json!({"event": "stop"})).await;
+    let stats = h.stopped(call).await;
+    assert_eq!(
+        (stats.frames_out, stats.marks_sent, stats.marks_acked),
+        (76, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn handle_audio_clear_and_mark() {
+    let mut h = harness(config()).await;
+    let call = Uuid::new_v4();
+    let mut client = h.connect_as(call).await;
+    send(&mut client, start_frame("s", None)).await;
+    h.started(call).await;
+    let handle = h.registry.handle(call).unwrap();
+
+    // 1 s of audio in uneven chunks: paced out as whole 160-byte frames.
+    for _ in 0..40 {
+        handle.send_audio(vec![0x33; 200]).unwrap();
+    }
+    for _ in 0..3 {
+        let payload = payload_of(&recv(&mut client).await);
+        assert_eq!(payload, vec![0x33; 160]);
+    }
+    handle.clear().unwrap();
+    handle.mark("after-clear").unwrap();
+    // Frames already on the wire may precede the clear; nothing of the old audio follows it.
+    loop {
+        let frame = recv(&mut client).await;
+        if frame["event"] == "clear" {
+            assert_eq!(frame, json!({"event": "clear"}));
+            break;
+        }
+        assert_eq!(frame["event"], "media");
+    }
+    assert_eq!(
+        recv(&mut client).await,
+        json!({"event": "mark", "mark": {"name": "after-clear"}})
+    );
+    assert_eq!(
+        recv_within(&mut client, Duration::from_millis(150)).await,
+        None
+    );
+
+    // Audio after the clear plays; a short tail is padded with silence to a full frame.
+    handle.send_audio(vec![0x44; 200]).unwrap();
+    assert_eq!(payload_of(&recv(&mut client).await), vec![0x44; 160]);
+    let mut tail = vec![0x44; 40];
+    tail.resize(160, audio::ULAW_SILENCE);
+    assert_eq!(payload_of(&recv(&mut client).await), tail);
+
+    send(&mut client, json!({"event": "stop"})).await;
+    let stats = h.stopped(call).await;
+    assert_eq!(
+        (stats.clears_sent, stats.marks_sent, stats.dropped_out),
+        (1, 1, 0)
+    );
+    assert!(stats.frames_out >= 5);
+    // The stream is gone: the handle says so instead of queueing into the void.
+    assert_eq!(handle.send_audio(vec![1]), Err(MediaSendError::Closed));
+}
+
+#[tokio::test]
+async fn full_outbound_queue_drops_instead_of_blocking() {
+    let mut h = harness(MediaConfig {
+        outbound_capacity: 4,
+        ..config()
+    })
+    .await;
+    let call = Uuid::new_v4();
+    let mut client = h.connect_as(call).await;
+    send(&mut client, start_frame("s", None)).await;
+    h.started(call).await;
+    let handle = h.registry.handle(call).unwrap();
+    // No await in between: the session cannot drain, so the 5th push onwards must be refused.
+    let results: Vec<_> = (0..10)
+        .map(|_| handle.send_audio(vec![0x55; 160]))
+        .collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 4);
+    assert!(results[4..].iter().all(|r| *r == Err(MediaSendError::Full)));
+    for _ in 0..4 {
+        assert_eq!(payload_of(&recv(&mut client).await), vec![0x55; 160]);
+    }
+    send(&mut client, json!({"event": "stop"})).await;
+    let stats = h.stopped(call).await;
+    assert_eq!((stats.frames_out, stats.dropped_out), (4, 6));
+    assert_eq!(h.metrics.error_count(kind::DROPPED_OUTBOUND), 6);
+}
+
+#[tokio::test]
+async fn dtmf_reaches_the_sink() {
+    let mut h = harness(config()).await;
+    let call = Uuid::new_v4();
+    let mut client = h.connect_as(call).await;
+    send(&mut client, start_frame("s", None)).await;
+    h.started(call).await;
+    send(
+        &mut client,
+        json!({"event": "dtmf", "stream_id": "s", "sequence_number": "5",
+               "occurred_at": "2025-06-05T08:54:19.698408Z", "dtmf": {"digit": "7"}}),
+    )
+    .await;
+    assert_eq!(h.event().await, SinkEvent::Dtmf(call, "7".into()));
+    send(&mut client, json!({"event": "stop"})).await;
+    h.stopped(call).await;
+    h.assert_no_more_events();
+}
+
+#[tokio::test]
+async fn client_state_mismatch_closes_with_policy() {
+    let mut h = harness(config()).await;
+    let call = Uuid::new_v4();
+    let mut client = h.connect_as(call).await;
+    send(&mut client, start_frame("s", Some(Uuid::new_v4()))).await;
+    assert_eq!(u16::from(recv_close(&mut client).await.code), 1008);
+    assert_eq!(h.metrics.error_count(kind::CLIENT_STATE), 1);
+    assert_eq!(h.registry.live(), 0);
+    h.assert_no_more_events();
+}
+
+#[tokio::test]
+async fn connected_token_must_match_header() {
+    let mut h = harness(config()).await;
+    let call = Uuid::new_v4();
+    let mut client = h.connect_as(call).await;
+    send(
+        &mut client,
+        json!({"event": "connected", "x-telnyx-streaming-auth-token": h.tokens.token(Uuid::new_v4())}),
+    )
+    .await;
+    assert_eq!(u16::from(recv_close(&mut client).await.code), 1008);
+    h.assert_no_more_events();
+}
+
+#[tokio::test]
+async fn idle_stream_is_closed_and_reported() {
+    let mut h = harness(MediaConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..config()
+    })
+    .await;
+    let call = Uuid::new_v4();
+    let mut client = h.connect_as(call).await;
+    send(&mut client, start_frame("s", None)).await;
+    h.started(call).await;
+    send(&mut client, media_frame(1, &[0xFF; 160])).await;
+    let stats = h.stopped(call).await;
+    assert_eq!(stats.end, StreamEnd::IdleTimeout);
+    assert_eq!(stats.frames_in, 1);
+    assert!(stats.duration_ms >= 250, "{}", stats.duration_ms);
+    assert_eq!(u16::from(recv_close(&mut client).await.code), 1000);
+    assert_eq!(h.metrics.error_count(kind::IDLE_TIMEOUT), 1);
+}
+
+#[tokio::test]
+async fn socket_drop_is_reported() {
+    let mut h = harness(config()).await;
+    let call = Uuid::new_v4();
+    let mut client = h.connect_as(call).await;
+    send(&mut client, start_frame("s", None)).await;
+    h.started(call).await;
+    drop(client);
+    let stats = h.stopped(call).await;
+    assert_eq!(stats.end, StreamEnd::Closed);
+    assert_eq!(h.registry.live(), 0);
+}
+
+#[tokio::test]
+async fn other_codecs_are_reported_but_not_played() {
+    let mut h = harness(MediaConfig {
+        greeting: true,
+        echo: true,
+        ..config()
+    })
+    .await;
+    let call = Uuid::new_v4();
+    let mut client = h.connect_as(call).await;
+    let mut start = start_frame("s", None);
+    start["start"]["media_format"] =
+        json!({"encoding": "L16", "sample_rate": 16000, "channels": 1});
+    send(&mut client, start).await;
+    let info = h.started(call).await;
+    assert_eq!((info.encoding.as_str(), info.sample_rate), ("L16", 16000));
+    send(&mut client, media_frame(1, &[0; 640])).await;
+    h.registry
+        .handle(call)
+        .unwrap()
+        .send_audio(vec![0xFF; 160])
+        .unwrap();
+    assert_eq!(
+        recv_within(&mut client, Duration::from_millis(150)).await,
+        None
+    );
+    send(&mut client, json!({"event": "stop"})).await;
+    let stats = h.stopped(call).await;
+    assert_eq!(
+        (stats.frames_in, stats.frames_out, stats.dropped_out),
+        (1, 0, 1)
+    );
+}
+
+#[tokio::test]
+async fn pcma_streams_get_alaw() {
+    let mut h = harness(config()).await;
+    let call = Uuid::new_v4();
+    let mut client = h.connect_as(call).await;
+    let mut start = start_frame("s", None);
+    start["start"]["media_format"]["encoding"] = json!("PCMA");
+    send(&mut client, start).await;
+    h.started(call).await;
+    h.registry
+        .handle(call)
+        .unwrap()
+        .send_audio(vec![audio::ULAW_SILENCE; 160])
+        .unwrap();
+    assert_eq!(
+        payload_of(&recv(&mut client).await),
+        vec![audio::ALAW_SILENCE; 160]
+    );
+    send(&mut client, json!({"event": "stop"})).await;
+    h.stopped(call).await;
+}

@@ -1,0 +1,706 @@
+//! Telnyx end to end: the real Telnyx client, webhook receiver and media endpoint of an
+//! in-process server, against the wire-level fake Telnyx (`iace_sim::telnyx`), with real
+//! Postgres and real Redis. Real sockets and real time (short rings and talks).
+//! Requires `DATABASE_URL` and `REDIS_URL` (`eval "$(scripts/services env)"`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use iace::app::Running;
+use iace::config::{DbArgs, ServeArgs, TelephonyKind, TelnyxArgs};
+use iace_sim::telnyx::{
+    sign_webhook, DeliveryFaults, FakeTelnyx, FakeTelnyxConfig, LegState, Scenario,
+};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const SEED: [u8; 32] = [42u8; 32];
+
+/// A server wired to a fake Telnyx, with an organization, an agent and a number.
+struct Env {
+    fake: FakeTelnyx,
+    running: Option<Running>,
+    base: String,
+    key: String,
+    agent_id: String,
+    http: reqwest::Client,
+    pool: sqlx::PgPool,
+}
+
+const AGENT_NUMBER: &str = "+14155550123";
+
+impl Env {
+    async fn start(default: Scenario) -> Env {
+        let (database_url, pool) = common::db::migrated_pool().await;
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let fake = FakeTelnyx::start(FakeTelnyxConfig {
+            api_key: "k-test".into(),
+            connection_id: "conn-test".into(),
+            signing_seed: SEED,
+            inbound_webhook_url: Some(format!("{base}/v1/webhooks/telnyx")),
+            default_scenario: default,
+            webhook_retry_delays: vec![Duration::from_millis(100), Duration::from_millis(300)],
+            ..FakeTelnyxConfig::default()
+        })
+        .await
+        .expect("fake telnyx");
+        let running = iace::app::start(ServeArgs {
+            db: DbArgs {
+                database_url: database_url.clone(),
+            },
+            redis_url: std::env::var("REDIS_URL").expect("REDIS_URL"),
+            bind: format!("127.0.0.1:{port}").parse().unwrap(),
+            telephony: TelephonyKind::Telnyx,
+            telnyx: TelnyxArgs {
+                telnyx_api_key: Some("k-test".into()),
+                telnyx_connection_id: Some("conn-test".into()),
+                telnyx_public_key: Some(fake.public_key_base64()),
+                telnyx_api_base: fake.api_base(),
+                telnyx_amd: "detect".into(),
+                telnyx_webhook_tolerance_secs: 300,
+                public_url: Some(base.clone()),
+                media_secret: Some("test-media-secret".into()),
+                media_greeting: true,
+                media_echo: true,
+            },
+            sim_ring_ms: 0,
+            sim_talk_ms: 0,
+            sim_key_prefix: "unused:".into(),
+            node_id: Some("telnyx-test".into()),
+            ring_timeout_secs: 30,
+            max_call_secs: 3600,
+        })
+        .await
+        .expect("server");
+        let (_, key) = iace::app::create_org(&database_url, "Telnyx test")
+            .await
+            .expect("org");
+        let http = reqwest::Client::new();
+        let mut env = Env {
+            fake,
+            running: Some(running),
+            base,
+            key,
+            agent_id: String::new(),
+            http,
+            pool,
+        };
+        let agent = env
+            .post(
+                "/v1/agents",
+                json!({"name": "Agent", "agent_type": "both"}),
+                StatusCode::CREATED,
+            )
+            .await;
+        env.agent_id = agent["id"].as_str().unwrap().to_owned();
+        env
+    }
+
+    async fn post(&self, path: &str, body: Value, expect: StatusCode) -> Value {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, expect, "POST {path}: {body}");
+        body
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "GET {path}");
+        r.json().await.unwrap()
+    }
+
+    async fn dial(&self, to: &str) -> String {
+        let call = self
+            .post(
+                "/v1/calls",
+                json!({"to": to, "from": "+14155550199", "agent_id": self.agent_id}),
+                StatusCode::CREATED,
+            )
+            .await;
+        call["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until the call is in `status` (and its release is done) or panics.
+    async fn wait_status(&self, id: &str, status: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let call = self.get(&format!("/v1/calls/{id}")).await;
+            if call["status"] == status {
+                return call;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "call {id} is {} after {within:?}, expected {status}",
+                call["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn kinds(&self, id: &str) -> Vec<String> {
+        let events = self.get(&format!("/v1/calls/{id}/events")).await;
+        events["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    async fn events(&self, id: &str) -> Vec<Value> {
+        self.get(&format!("/v1/calls/{id}/events")).await["data"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    async fn inbox_rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM inbox")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// A signed webhook as Telnyx would send it.
+    async fn webhook(&self, body: &str, seed: &[u8; 32], ts: i64) -> reqwest::Response {
+        let ts = ts.to_string();
+        self.http
+            .post(format!("{}/v1/webhooks/telnyx", self.base))
+            .header(
+                "telnyx-signature-ed25519",
+                sign_webhook(seed, &ts, body.as_bytes()),
+            )
+            .header("telnyx-timestamp", ts)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+        self.fake.shutdown().await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn answer(ring_ms: u64, talk_ms: u64) -> Scenario {
+    Scenario::Answer {
+        ring: Duration::from_millis(ring_ms),
+        talk: Some(Duration::from_millis(talk_ms)),
+    }
+}
+
+fn event_body(id: &str, event_type: &str, payload: Value) -> String {
+    json!({
+        "data": {"record_type": "event", "event_type": event_type, "id": id,
+                 "occurred_at": chrono::Utc::now().to_rfc3339(), "payload": payload},
+        "meta": {"attempt": 1, "delivered_to": "test"}
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_call_through_the_real_client_with_media_both_ways() {
+    // Talk outlasts the 1.5 s greeting, so its closing mark comes back from the carrier.
+    let env = Env::start(answer(300, 3000)).await;
+    let id = env.dial("+14155550100").await;
+    let call = env
+        .wait_status(&id, "completed", Duration::from_secs(20))
+        .await;
+    assert_eq!(call["end_reason"], "normal_clearing");
+    assert_eq!(call["direction"], "outbound");
+
+    // The dial went out exactly once, with our ids and URLs.
+    let dials: Vec<_> = env
+        .fake
+        .commands()
+        .into_iter()
+        .filter(|c| c.action == "dial")
+        .collect();
+    assert_eq!(dials.len(), 1, "{dials:?}");
+    let dial = &dials[0];
+    assert_eq!(dial.status, 200);
+    assert_eq!(dial.command_id.as_deref(), Some(format!("{id}:1").as_str()));
+    assert_eq!(dial.body["connection_id"], "conn-test");
+    assert_eq!(dial.body["to"], "+14155550100");
+    assert_eq!(
+        dial.body["webhook_url"],
+        format!("{}/v1/webhooks/telnyx", env.base)
+    );
+    assert_eq!(
+        dial.body["stream_url"],
+        format!(
+            "ws://{}/v1/media/telnyx",
+            env.base.trim_start_matches("http://")
+        )
+    );
+    assert_eq!(dial.body["stream_bidirectional_mode"], "rtp");
+    assert_eq!(dial.body["answering_machine_detection"], "detect");
+    let leg = env
+        .fake
+        .leg(dial.call_control_id.as_deref().unwrap())
+        .unwrap();
+    assert_eq!(leg.state, LegState::Hangup);
+
+    // Media flowed both ways: the fake sent frames and received ours (greeting + echo).
+    assert!(leg.frames_sent > 20, "fake sent {} frames", leg.frames_sent);
+    assert!(
+        leg.frames_received > 20,
+        "fake received {} frames",
+        leg.frames_received
+    );
+    assert!(leg.marks_echoed >= 1, "greeting-end mark echoed");
+
+    // The journal tells the story in order (the media report may come just before or after
+    // the hangup; wait for it).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let events = loop {
+        let events = env.events(&id).await;
+        if events.iter().any(|e| e["kind"] == "media_reported") || Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let pos = |k: &str| {
+        kinds
+            .iter()
+            .position(|x| *x == k)
+            .unwrap_or_else(|| panic!("no {k} in {kinds:?}"))
+    };
+    assert_eq!(kinds[0], "created");
+    assert!(pos("initiated") < pos("answered"));
+    assert!(pos("ringing") < pos("answered"));
+    assert!(pos("answered") < pos("hangup"));
+    assert!(pos("stream_started") > pos("answered"));
+    assert!(kinds.contains(&"machine_detection"));
+    assert_eq!(kinds.iter().filter(|k| **k == "answered").count(), 1);
+    assert_eq!(kinds.iter().filter(|k| **k == "hangup").count(), 1);
+    let report = events
+        .iter()
+        .find(|e| e["kind"] == "media_reported")
+        .unwrap();
+    let report = &report["data"]["report"];
+    assert!(report["frames_in"].as_u64().unwrap() > 20, "{report}");
+    assert!(report["frames_out"].as_u64().unwrap() > 20, "{report}");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_call_is_answered_by_the_agent_that_owns_the_number() {
+    let env = Env::start(answer(300, 1000)).await;
+    env.post(
+        "/v1/phone-numbers",
+        json!({"number": AGENT_NUMBER, "agent_id": env.agent_id}),
+        StatusCode::CREATED,
+    )
+    .await;
+    // The same number cannot be assigned twice.
+    env.post(
+        "/v1/phone-numbers",
+        json!({"number": AGENT_NUMBER, "agent_id": env.agent_id}),
+        StatusCode::CONFLICT,
+    )
+    .await;
+    let leg = env
+        .fake
+        .place_inbound_call("+14155550111", AGENT_NUMBER, answer(10_000, 1000))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        let calls = env.get("/v1/calls").await;
+        if let Some(c) = calls["data"].as_array().unwrap().first() {
+            break c["id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no inbound call was created");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let call = env
+        .wait_status(&id, "completed", Duration::from_secs(15))
+        .await;
+    assert_eq!(call["direction"], "inbound");
+    assert_eq!(call["to"], AGENT_NUMBER);
+    assert_eq!(call["from"], "+14155550111");
+    assert_eq!(call["agent_id"], env.agent_id.as_str());
+    let answers: Vec<_> = env
+        .fake
+        .commands()
+        .into_iter()
+        .filter(|c| c.action == "answer")
+        .collect();
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].call_control_id.as_deref(), Some(leg.as_str()));
+    let snapshot = env.fake.leg(&leg).unwrap();
+    assert!(snapshot.frames_received > 10, "{snapshot:?}");
+    let kinds = env.kinds(&id).await;
+    assert_eq!(kinds[0], "created");
+    assert!(kinds.contains(&"answered".to_owned()), "{kinds:?}");
+    assert!(kinds.contains(&"hangup".to_owned()), "{kinds:?}");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_call_to_an_unknown_number_is_rejected_and_nothing_is_created() {
+    let env = Env::start(answer(300, 1000)).await;
+    let leg = env
+        .fake
+        .place_inbound_call("+14155550111", "+14155550999", answer(10_000, 1000))
+        .await;
+    let rejected = env
+        .fake
+        .wait_for(Duration::from_secs(10), |f| {
+            f.leg(&leg).is_some_and(|l| l.state == LegState::Hangup)
+        })
+        .await;
+    assert!(
+        rejected,
+        "the leg was not rejected: {:?}",
+        env.fake.leg(&leg)
+    );
+    let rejects: Vec<_> = env
+        .fake
+        .commands()
+        .into_iter()
+        .filter(|c| c.action == "reject")
+        .collect();
+    assert_eq!(rejects.len(), 1);
+    assert_eq!(rejects[0].body["cause"], "CALL_REJECTED");
+    assert_eq!(
+        env.fake.leg(&leg).unwrap().hangup_cause.as_deref(),
+        Some("call_rejected")
+    );
+    let calls = env.get("/v1/calls").await;
+    assert_eq!(calls["data"].as_array().unwrap().len(), 0);
+    // The offer was acknowledged (Telnyx does not retry it).
+    assert!(env
+        .fake
+        .deliveries()
+        .iter()
+        .filter(|d| d.event_type == "call.initiated")
+        .all(|d| d.status == Some(200)));
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signatures_are_refused_and_store_nothing() {
+    let env = Env::start(answer(300, 1000)).await;
+    let body = event_body(
+        "ev-sig-1",
+        "call.hangup",
+        json!({"call_control_id": "v3:x"}),
+    );
+    let before = env.inbox_rows().await;
+
+    // Wrong key.
+    let r = env.webhook(&body, &[1u8; 32], now()).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Stale timestamp (and one from the future).
+    let r = env.webhook(&body, &SEED, now() - 301).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = env.webhook(&body, &SEED, now() + 301).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Tampered body: signed one thing, sent another.
+    let ts = now().to_string();
+    let sig = sign_webhook(&SEED, &ts, body.as_bytes());
+    let tampered = body.replace("call.hangup", "call.answered");
+    for (sig, ts, body) in [
+        (Some(sig.as_str()), Some(ts.as_str()), tampered.as_str()),
+        (None, Some(ts.as_str()), body.as_str()),
+        (Some(sig.as_str()), None, body.as_str()),
+        (Some("%%%"), Some(ts.as_str()), body.as_str()),
+        (Some(sig.as_str()), Some("yesterday"), body.as_str()),
+    ] {
+        let mut req = env
+            .http
+            .post(format!("{}/v1/webhooks/telnyx", env.base))
+            .body(body.to_owned());
+        if let Some(sig) = sig {
+            req = req.header("telnyx-signature-ed25519", sig);
+        }
+        if let Some(ts) = ts {
+            req = req.header("telnyx-timestamp", ts);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "unauthorized");
+    }
+    assert_eq!(
+        env.inbox_rows().await,
+        before,
+        "a refused webhook stored something"
+    );
+
+    // The same body correctly signed is accepted, stored once, and a redelivery changes
+    // nothing.
+    let r = env.webhook(&body, &SEED, now()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = env.webhook(&body, &SEED, now()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let status: Value = r.json().await.unwrap();
+    assert_eq!(status["status"], "duplicate");
+    assert_eq!(env.inbox_rows().await, before + 1);
+
+    // Authentic but not an event: 400, nothing stored.
+    let r = env.webhook("{\"hello\":1}", &SEED, now()).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(env.inbox_rows().await, before + 1);
+
+    // Unknown event types are stored and acknowledged.
+    let body = event_body("ev-unknown-1", "call.speak.started", json!({}));
+    let r = env.webhook(&body, &SEED, now()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(env.inbox_rows().await, before + 2);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_and_reordered_deliveries_end_in_the_right_state() {
+    let env = Env::start(answer(200, 300)).await;
+    env.fake.set_delivery_faults(DeliveryFaults {
+        duplicate_every: Some(2),
+        reorder: true,
+        drop_first_attempt_every: Some(3),
+    });
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        ids.push(env.dial(&format!("+1415555020{n}")).await);
+    }
+    for id in &ids {
+        let call = env
+            .wait_status(id, "completed", Duration::from_secs(30))
+            .await;
+        assert_eq!(call["end_reason"], "normal_clearing", "call {id}");
+        let kinds = env.kinds(id).await;
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "answered").count(),
+            1,
+            "{kinds:?}"
+        );
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "hangup").count(),
+            1,
+            "{kinds:?}"
+        );
+    }
+    let deliveries = env.fake.deliveries();
+    assert!(
+        deliveries.iter().any(|d| d.duplicate),
+        "no duplicate was sent"
+    );
+    assert!(
+        deliveries.iter().any(|d| d.attempt > 1),
+        "no re-attempt happened"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hangup_that_overtakes_its_answer_still_ends_completed() {
+    // The far end never answers on its own: the test plays Telnyx's webhooks by hand.
+    let env = Env::start(Scenario::NoAnswer).await;
+    let id = env.dial("+14155550300").await;
+    let call = env
+        .wait_status(&id, "ringing", Duration::from_secs(10))
+        .await;
+    assert_eq!(call["status"], "ringing");
+    let leg = env
+        .fake
+        .commands()
+        .into_iter()
+        .find(|c| c.action == "dial")
+        .and_then(|c| c.call_control_id)
+        .unwrap();
+    let state = iace::vendor::telnyx::client::client_state(id.parse().unwrap());
+    let payload =
+        json!({"call_control_id": leg, "client_state": state, "hangup_cause": "normal_clearing"});
+    let r = env
+        .webhook(
+            &event_body("ev-ooo-hangup", "call.hangup", payload),
+            &SEED,
+            now(),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let call = env
+        .wait_status(&id, "completed", Duration::from_secs(10))
+        .await;
+    assert_eq!(call["end_reason"], "normal_clearing");
+    // The late answer changes nothing.
+    let payload = json!({"call_control_id": leg, "client_state": state});
+    let r = env
+        .webhook(
+            &event_body("ev-ooo-answered", "call.answered", payload),
+            &SEED,
+            now(),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let call = env.get(&format!("/v1/calls/{id}")).await;
+    assert_eq!(call["status"], "completed");
+    // The late answer made the engine ask the carrier: this leg is really still up at the
+    // fake (the test forged the hangup), so the engine released it.
+    let kinds = env.kinds(&id).await;
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "answered").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "hangup").count(),
+        1,
+        "{kinds:?}"
+    );
+    let hangup = kinds.iter().position(|k| k == "hangup").unwrap();
+    assert_eq!(kinds[hangup - 1], "answered", "{kinds:?}");
+    assert_eq!(
+        &kinds[hangup + 1..],
+        ["release_leg", "leg_released"],
+        "{kinds:?}"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carrier_errors_are_retried_with_the_same_command_id_and_4xx_is_final() {
+    let env = Env::start(answer(200, 500)).await;
+    // Two 503s then success: one call, three attempts, one command id.
+    env.fake.fail_commands(2, 503, None);
+    let id = env.dial("+14155550400").await;
+    env.wait_status(&id, "completed", Duration::from_secs(20))
+        .await;
+    let dials: Vec<_> = env
+        .fake
+        .commands()
+        .into_iter()
+        .filter(|c| c.action == "dial")
+        .collect();
+    assert_eq!(dials.len(), 3, "{dials:?}");
+    assert!(dials[..2]
+        .iter()
+        .all(|d| d.injected_failure && d.status == 503));
+    assert!(dials
+        .iter()
+        .all(|d| d.command_id.as_deref() == Some(format!("{id}:1").as_str())));
+
+    // 429 with Retry-After: waited for, then retried.
+    env.fake.fail_commands(1, 429, Some(Duration::from_secs(1)));
+    let started = Instant::now();
+    let id = env.dial("+14155550401").await;
+    env.wait_status(&id, "ringing", Duration::from_secs(10))
+        .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After was not honoured ({:?})",
+        started.elapsed()
+    );
+    env.wait_status(&id, "completed", Duration::from_secs(20))
+        .await;
+
+    // A 4xx is not retried: the call fails with vendor_error after one attempt.
+    let before = env.fake.commands().len();
+    env.fake.fail_commands(1, 400, None);
+    let id = env.dial("+14155550402").await;
+    let call = env
+        .wait_status(&id, "failed", Duration::from_secs(10))
+        .await;
+    assert_eq!(call["end_reason"], "vendor_error");
+    let dials = env.fake.commands()[before..]
+        .iter()
+        .filter(|c| c.action == "dial")
+        .count();
+    assert_eq!(dials, 1);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_hangup_releases_the_leg_and_a_repeat_on_the_ended_leg_is_success() {
+    let env = Env::start(Scenario::Answer {
+        ring: Duration::from_millis(200),
+        talk: None,
+    })
+    .await;
+    let id = env.dial("+14155550500").await;
+    env.wait_status(&id, "in_progress", Duration::from_secs(10))
+        .await;
+    env.post(&format!("/v1/calls/{id}/hangup"), json!({}), StatusCode::OK)
+        .await;
+    let call = env
+        .wait_status(&id, "completed", Duration::from_secs(10))
+        .await;
+    assert_eq!(call["end_reason"], "hangup_requested");
+    let leg = env
+        .fake
+        .commands()
+        .into_iter()
+        .find(|c| c.action == "dial")
+        .and_then(|c| c.call_control_id)
+        .unwrap();
+    assert!(
+        env.fake
+            .wait_for(Duration::from_secs(5), |f| f
+                .leg(&leg)
+                .is_some_and(|l| l.state == LegState::Hangup))
+            .await
+    );
+    // Hanging the ended leg up again (a retry after a lost answer) is success: 422 90018.
+    use iace_actors::ports::{LegCommand, Telephony};
+    let client = iace::vendor::telnyx::TelnyxClient::new(
+        iace::vendor::telnyx::TelnyxConfig {
+            api_base: env.fake.api_base(),
+            api_key: "k-test".into(),
+            connection_id: "conn-test".into(),
+            public_url: env.base.clone(),
+            answering_machine_detection: "disabled".into(),
+            transfer_timeout_secs: 30,
+            retry: Default::default(),
+            stream_tokens: std::sync::Arc::new(|id| id.to_string()),
+        },
+        None,
+    )
+    .unwrap();
+    client
+        .hangup(LegCommand {
+            call_id: id.parse().unwrap(),
+            carrier_call_id: Some(leg.clone()),
+            command_id: format!("{id}:99"),
+        })
+        .await
+        .expect("hangup of an ended leg is success");
+    let last = env.fake.commands().last().cloned().unwrap();
+    assert_eq!(last.action, "hangup");
+    assert_eq!(last.status, 422);
+    env.stop().await;
+}

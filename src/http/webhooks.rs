@@ -125,3 +125,110 @@ pub async fn telnyx(State(state): State<AppState>, headers: HeaderMap, body: Byt
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use base64::Engine as _;
+    use ed25519_dalek::{Signer, SigningKey};
+    use iace_actors::engine::{Engine, EngineConfig};
+    use iace_actors::memory::{MemoryStore, ScriptedTelephony, SeqIds, TokioClock};
+    use iace_actors::ports::Ports;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::vendor::telnyx::DEFAULT_TOLERANCE;
+
+    struct Wall;
+    impl iace_actors::ports::Clock for Wall {
+        fn now(&self) -> chrono::DateTime<chrono::Utc> {
+            chrono::Utc::now()
+        }
+    }
+
+    async fn app() -> (axum::Router, Arc<MemoryStore>, SigningKey, Engine) {
+        let store = Arc::new(MemoryStore::new());
+        let ports = Ports {
+            calls: store.clone(),
+            queries: store.clone(),
+            telephony: Arc::new(ScriptedTelephony::new()),
+            clock: Arc::new(TokioClock::new(chrono::Utc::now())),
+            ids: Arc::new(SeqIds::new(1)),
+        };
+        let registry = Registry::new();
+        let engine = Engine::start(ports, EngineConfig::default(), &registry)
+            .await
+            .unwrap();
+        let key = SigningKey::from_bytes(&[5u8; 32]);
+        let public = base64::engine::general_purpose::STANDARD.encode(key.verifying_key());
+        let verifier = WebhookVerifier::new(&public, DEFAULT_TOLERANCE, Arc::new(Wall)).unwrap();
+        let state = AppState {
+            engine: engine.clone(),
+            registry: registry.clone(),
+            ready_checks: vec![],
+            telnyx: Some(TelnyxIngress {
+                verifier: Arc::new(verifier),
+                metrics: WebhookMetrics::new(&registry).unwrap(),
+            }),
+        };
+        (crate::http::router(state).unwrap(), store, key, engine)
+    }
+
+    fn signed(key: &SigningKey, body: &str) -> Request<Body> {
+        let ts = chrono::Utc::now().timestamp().to_string();
+        let sig = key.sign(format!("{ts}|{body}").as_bytes());
+        Request::post("/v1/webhooks/telnyx")
+            .header(
+                SIGNATURE_HEADER,
+                base64::engine::general_purpose::STANDARD.encode(sig.to_bytes()),
+            )
+            .header(TIMESTAMP_HEADER, ts)
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    }
+
+    const BODY: &str = r#"{"data":{"record_type":"event","event_type":"call.hangup","id":"ev-503","payload":{"call_control_id":"v3:leg","hangup_cause":"normal_clearing"}}}"#;
+
+    #[tokio::test]
+    async fn an_event_that_cannot_be_stored_is_answered_503_then_200_on_redelivery() {
+        let (app, store, key, engine) = app().await;
+        store.set_down(true);
+        let resp = app.clone().oneshot(signed(&key, BODY)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        store.set_down(false);
+        let resp = app.clone().oneshot(signed(&key, BODY)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let resp = app.oneshot(signed(&key, BODY)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], br#"{"status":"duplicate"}"#);
+        engine.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_unsigned_event_is_401_and_never_reaches_the_store() {
+        let (app, store, key, engine) = app().await;
+        // The store is down: a handler that touched it before verifying would answer 503.
+        store.set_down(true);
+        let resp = app
+            .clone()
+            .oneshot(
+                Request::post("/v1/webhooks/telnyx")
+                    .body(Body::from(BODY))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let other = SigningKey::from_bytes(&[6u8; 32]);
+        let resp = app.clone().oneshot(signed(&other, BODY)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let _ = key;
+        engine.shutdown().await;
+    }
+}

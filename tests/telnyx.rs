@@ -704,3 +704,121 @@ async fn api_hangup_releases_the_leg_and_a_repeat_on_the_ended_leg_is_success() 
     assert_eq!(last.status, 422);
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtmf_stream_restart_and_transfer_reach_the_journal() {
+    let env = Env::start(Scenario::Answer {
+        ring: Duration::from_millis(200),
+        talk: None,
+    })
+    .await;
+    // The person the call is transferred to answers and talks for a second.
+    env.fake.set_scenario("+14155550777", answer(100, 1000));
+    let id = env.dial("+14155550600").await;
+    env.wait_status(&id, "in_progress", Duration::from_secs(10))
+        .await;
+    let leg = env
+        .fake
+        .commands()
+        .into_iter()
+        .find(|c| c.action == "dial")
+        .and_then(|c| c.call_control_id)
+        .unwrap();
+    assert!(
+        env.fake
+            .wait_for(Duration::from_secs(5), |f| f
+                .leg(&leg)
+                .is_some_and(|l| l.stream_connected))
+            .await
+    );
+    assert!(env.fake.send_dtmf(&leg, '5'));
+
+    // Stream stop and start through the client's commands.
+    use iace_actors::ports::LegCommand;
+    let client = iace::vendor::telnyx::TelnyxClient::new(
+        iace::vendor::telnyx::TelnyxConfig {
+            api_base: env.fake.api_base(),
+            api_key: "k-test".into(),
+            connection_id: "conn-test".into(),
+            public_url: env.base.clone(),
+            answering_machine_detection: "disabled".into(),
+            transfer_timeout_secs: 30,
+            retry: Default::default(),
+            stream_tokens: std::sync::Arc::new({
+                let tokens = iace::media::MediaTokens::new(b"test-media-secret");
+                move |id| tokens.token(id)
+            }),
+        },
+        None,
+    )
+    .unwrap();
+    let cmd = |seq: u32| LegCommand {
+        call_id: id.parse().unwrap(),
+        carrier_call_id: Some(leg.clone()),
+        command_id: format!("{id}:test-{seq}"),
+    };
+    client.streaming_stop(cmd(1)).await.unwrap();
+    assert!(
+        env.fake
+            .wait_for(Duration::from_secs(5), |f| f
+                .leg(&leg)
+                .is_some_and(|l| !l.stream_connected))
+            .await
+    );
+    client.streaming_start(cmd(2)).await.unwrap();
+    assert!(
+        env.fake
+            .wait_for(Duration::from_secs(5), |f| f
+                .leg(&leg)
+                .is_some_and(|l| l.stream_connected))
+            .await,
+        "the stream came back with a valid token"
+    );
+
+    // Transfer: 202, the carrier bridges, the person hangs up after talking.
+    env.post(
+        &format!("/v1/calls/{id}/transfer"),
+        json!({"to": "+14155550777"}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    let call = env
+        .wait_status(&id, "completed", Duration::from_secs(10))
+        .await;
+    assert_eq!(call["end_reason"], "normal_clearing");
+    let transfer = env
+        .fake
+        .commands()
+        .into_iter()
+        .find(|c| c.action == "transfer")
+        .unwrap();
+    assert_eq!(transfer.body["to"], "+14155550777");
+    assert_eq!(
+        transfer
+            .command_id
+            .as_deref()
+            .map(|c| c.starts_with(&format!("{id}:"))),
+        Some(true)
+    );
+    let kinds = env.kinds(&id).await;
+    for kind in [
+        "dtmf",
+        "stream_stopped",
+        "stream_started",
+        "transfer_requested",
+        "bridged",
+    ] {
+        assert!(kinds.contains(&kind.to_owned()), "no {kind} in {kinds:?}");
+    }
+    let pos = |k: &str| kinds.iter().position(|x| x == k).unwrap();
+    assert!(pos("transfer_requested") < pos("bridged"));
+    assert!(pos("bridged") < pos("hangup"));
+    // A transfer of an ended call is refused.
+    env.post(
+        &format!("/v1/calls/{id}/transfer"),
+        json!({"to": "+14155550777"}),
+        StatusCode::CONFLICT,
+    )
+    .await;
+    env.stop().await;
+}

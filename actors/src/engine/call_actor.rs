@@ -529,6 +529,31 @@ impl CallState {
                         }
                     });
                 }
+                Effect::HangupStray { carrier_call_id } => {
+                    // Best effort with the engine's retries: the stray leg is not the call's,
+                    // nothing about the call waits for it.
+                    warn!(call_id = %self.id, stray = %carrier_call_id, "carrier reports a second leg for the call; hanging it up");
+                    let cmd = LegCommand {
+                        call_id: self.id,
+                        command_id: format!("{}:stray:{carrier_call_id}", self.id),
+                        carrier_call_id: Some(carrier_call_id),
+                    };
+                    let shared = self.shared.clone();
+                    tokio::spawn(async move {
+                        let result = retry_command(shared.config.command_timeout, || {
+                            shared.ports.telephony.hangup(cmd.clone())
+                        })
+                        .await;
+                        if let Err(e) = result {
+                            shared
+                                .metrics
+                                .effect_failures
+                                .with_label_values(&["hangup_stray"])
+                                .inc();
+                            warn!(call_id = %cmd.call_id, error = %e, "hanging up a stray leg failed");
+                        }
+                    });
+                }
                 Effect::Transfer { to } => {
                     // A failed transfer leaves the call as it is (still answered, still with
                     // the agent); the caller of the API sees the failure in the logs and

@@ -799,3 +799,37 @@ async fn transfer_needs_an_answered_call() {
     );
     engine.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stray_second_leg_is_hung_up_and_the_call_keeps_its_own() {
+    let w = World::new(9).await;
+    let engine = w.engine().await;
+    let id = engine
+        .create_call(w.org, w.new_call(), None)
+        .await
+        .unwrap()
+        .call
+        .spec
+        .id;
+    w.until(id, "initiated", |c| c.carrier_call_id.is_some())
+        .await;
+    w.carrier_event(
+        &engine,
+        id,
+        CarrierEvent::RingingLeg {
+            carrier_call_id: "leg-stray".into(),
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let hangups = w.carrier.hangups(id);
+    assert_eq!(hangups.len(), 1, "{hangups:?}");
+    assert_eq!(hangups[0].carrier_call_id.as_deref(), Some("leg-stray"));
+    assert_eq!(hangups[0].command_id, format!("{id}:stray:leg-stray"));
+    let call = w.store.snapshot(id).unwrap();
+    assert_eq!(call.carrier_call_id, Some(format!("leg-{id}")));
+    assert_eq!(call.status, CallStatus::Pending);
+    // The inbox row of the stray event was processed (nothing left for the sweep).
+    assert!(w.store.inbox_pending(10).await.unwrap().is_empty());
+    engine.shutdown().await;
+}

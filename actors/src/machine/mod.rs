@@ -513,6 +513,13 @@ pub enum Effect {
         /// Where to.
         to: PhoneNumber,
     },
+    /// Hang up a second leg the carrier reports for this call (a dial that was retried after
+    /// its answer was lost and that the carrier did not deduplicate): the call keeps its
+    /// first leg; nobody is left ringing on the other.
+    HangupStray {
+        /// The other leg.
+        carrier_call_id: String,
+    },
     /// Hang the leg up.
     Hangup {
         /// Why we hang up.
@@ -617,12 +624,18 @@ pub fn step(
         Event::Created { .. } => return Err(TransitionError::Invalid { kind: "created" }),
         Event::Carrier { event } => match event {
             CarrierEvent::Initiated { carrier_call_id } => {
-                if call.carrier_call_id.is_none() && !status.is_terminal() {
+                if stray(call, &carrier_call_id) {
+                    effects.push(Effect::HangupStray { carrier_call_id });
+                } else if call.carrier_call_id.is_none() && !status.is_terminal() {
                     call.carrier_call_id = Some(carrier_call_id);
                     touch(call, now);
                 }
             }
             CarrierEvent::RingingLeg { carrier_call_id } => {
+                if stray(call, &carrier_call_id) {
+                    effects.push(Effect::HangupStray { carrier_call_id });
+                    return Ok(effects);
+                }
                 let mut changed = false;
                 if call.carrier_call_id.is_none() && !status.is_terminal() {
                     call.carrier_call_id = Some(carrier_call_id);
@@ -802,6 +815,15 @@ where
         }
     }
     Ok(call)
+}
+
+/// A leg of an outbound call other than the one the call already has.
+fn stray(call: &Call, leg: &str) -> bool {
+    call.spec.direction == Direction::Outbound
+        && call
+            .carrier_call_id
+            .as_deref()
+            .is_some_and(|known| known != leg)
 }
 
 fn touch(call: &mut Call, now: DateTime<Utc>) {

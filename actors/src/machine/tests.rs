@@ -426,3 +426,50 @@ fn a_failed_dial_releases_whatever_leg_it_may_have_created() {
         reason: EndReason::VendorError
     }));
 }
+
+#[test]
+fn a_second_leg_for_an_outbound_call_is_hung_up_and_changes_nothing() {
+    let (mut call, _) = start(spec(Direction::Outbound), t(0));
+    step(
+        &mut call,
+        Event::Carrier {
+            event: CarrierEvent::Initiated {
+                carrier_call_id: "leg-a".into(),
+            },
+        },
+        t(1),
+    )
+    .unwrap();
+    let before = call.clone();
+    for event in [
+        CarrierEvent::Initiated {
+            carrier_call_id: "leg-b".into(),
+        },
+        CarrierEvent::RingingLeg {
+            carrier_call_id: "leg-b".into(),
+        },
+    ] {
+        let effects = step(&mut call, Event::Carrier { event }, t(2)).unwrap();
+        assert_eq!(
+            effects,
+            vec![Effect::HangupStray {
+                carrier_call_id: "leg-b".into()
+            }]
+        );
+        assert_eq!(call, before, "a stray leg does not touch the call");
+    }
+    // The call's own leg still rings it.
+    let effects = step(
+        &mut call,
+        Event::Carrier {
+            event: CarrierEvent::RingingLeg {
+                carrier_call_id: "leg-a".into(),
+            },
+        },
+        t(3),
+    )
+    .unwrap();
+    assert!(effects.is_empty());
+    assert_eq!(call.status, CallStatus::Ringing);
+    assert_eq!(call.carrier_call_id.as_deref(), Some("leg-a"));
+}

@@ -17,7 +17,6 @@ mod registry;
 mod session;
 mod stats;
 mod token;
-mod wire;
 
 #[cfg(test)]
 mod tests;
@@ -193,7 +192,7 @@ async fn upgrade_stream(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let header_token = headers
-        .get(wire::AUTH_TOKEN_FIELD)
+        .get(crate::vendor::telnyx::media_wire::AUTH_TOKEN_FIELD)
         .map(|v| v.to_str().unwrap_or_default())
         .filter(|t| !t.is_empty());
     let header_call = match header_token {

@@ -1,7 +1,9 @@
 //! Telnyx: Call Control v2 commands out ([`client`]), signed webhooks in ([`webhook`]), and
-//! the JSON of both ([`wire`]). Media streams are served by `crate::media`.
+//! the JSON of both ([`wire`]); the frames of the media-stream WebSocket ([`media_wire`]),
+//! which `crate::media` serves.
 
 pub mod client;
+pub mod media_wire;
 pub mod webhook;
 mod wire;
 

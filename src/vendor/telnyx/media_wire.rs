@@ -2,8 +2,8 @@
 //!
 //! Parsing is lenient the way the protocol notes demand: numbers may arrive as strings
 //! (`sequence_number`, `chunk`, `timestamp`, error `code`), optional fields may be absent or
-//! `null`, and unknown events or fields are ignored. Nothing outside `media` sees these types;
-//! the session turns them into [`super::StreamInfo`] and counters.
+//! `null`, and unknown events or fields are ignored. Only `crate::media` uses these types; its
+//! session turns them into `crate::media::StreamInfo` and counters.
 
 use serde::de::{Deserializer, IgnoredAny};
 use serde::Deserialize;

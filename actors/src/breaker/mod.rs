@@ -1,0 +1,16 @@
+//! Vendor circuit breakers: one actor per external vendor (telnyx, deepgram, cartesia, groq,
+//! google, stripe, hubspot) owns that vendor's [`Breaker`]; callers ask a [`BreakerHandle`]
+//! for permission without a round trip (it reads a snapshot the actor publishes) and report
+//! outcomes with a message.
+//!
+//! The state machine ([`machine`]) is pure and takes time as an argument; the actor reads time
+//! only through the engine's [`Clock`](crate::ports::Clock) port.
+
+mod actor;
+pub mod machine;
+
+pub use actor::{BreakerHandle, BreakerMetrics, Breakers, VENDORS};
+pub use machine::{
+    Breaker, BreakerConfig, BreakerSnapshot, BreakerState, CallOutcome, Permit, Rejected,
+    Transition, TransitionReason,
+};

@@ -85,6 +85,8 @@ async fn main() -> anyhow::Result<()> {
             media_greeting: false,
             media_echo: true,
         },
+        breakers: Default::default(),
+        admin_token: None,
         sim_ring_ms: 0,
         sim_talk_ms: 0,
         sim_key_prefix: "unused:".into(),

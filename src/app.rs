@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use iace_actors::breaker::Breakers;
 use iace_actors::catalog::Organization;
 use iace_actors::engine::{Engine, EngineConfig};
 use iace_actors::machine::MediaReport;
@@ -96,6 +97,7 @@ impl Running {
             }
         }
         engine.shutdown().await;
+        engine.breakers().stop();
         Ok(())
     }
 }
@@ -106,6 +108,7 @@ impl Running {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
         self.engine.shutdown().await;
+        self.engine.breakers().stop();
     }
 }
 
@@ -140,6 +143,9 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         .context("connecting to Redis (REDIS_URL)")?;
     let store = Arc::new(PgStore::new(pool));
     let registry = prometheus::Registry::new();
+    let breakers = Breakers::start(args.breakers.configs(), Arc::new(SystemClock), &registry)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the circuit breakers: {e}"))?;
 
     let (events_tx, events_rx) = mpsc::unbounded_channel::<InboxItem>();
     let mut simulated = None;
@@ -159,7 +165,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             carrier
         }
         TelephonyKind::Telnyx => {
-            let edge = telnyx_edge(&args.telnyx, &registry)?;
+            let edge = telnyx_edge(&args.telnyx, &registry, &breakers)?;
             let client = edge.client.clone();
             telnyx = Some(edge);
             client
@@ -171,6 +177,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         telephony,
         clock: Arc::new(SystemClock),
         ids: Arc::new(RandomIds),
+        breakers: breakers.clone(),
     };
     let config = EngineConfig {
         node_id: args.node_id.clone().unwrap_or_else(default_node_id),
@@ -201,6 +208,11 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         registry: registry.clone(),
         ready_checks: vec![Arc::new(RedisReady(redis))],
         telnyx: telnyx_ingress,
+        admin_token: args
+            .admin_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(Arc::from),
     };
     let mut router = crate::http::router(state).context("building the router")?;
     if let Some(edge) = telnyx {
@@ -241,7 +253,11 @@ struct TelnyxEdge {
     media: MediaConfig,
 }
 
-fn telnyx_edge(args: &TelnyxArgs, registry: &prometheus::Registry) -> anyhow::Result<TelnyxEdge> {
+fn telnyx_edge(
+    args: &TelnyxArgs,
+    registry: &prometheus::Registry,
+    breakers: &Breakers,
+) -> anyhow::Result<TelnyxEdge> {
     let need = |v: &Option<String>, name: &str| {
         v.clone()
             .filter(|v| !v.trim().is_empty())
@@ -279,6 +295,7 @@ fn telnyx_edge(args: &TelnyxArgs, registry: &prometheus::Registry) -> anyhow::Re
                 max_retry_after: Duration::from_secs(5),
             },
             stream_tokens: Arc::new(move |call_id| signer.token(call_id)),
+            breaker: breakers.get(crate::vendor::telnyx::client::VENDOR).cloned(),
         },
         Some(TelnyxMetrics::new(registry)?),
     )?;
@@ -475,6 +492,8 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         bind: args.bind,
         telephony: args.telephony,
         telnyx,
+        breakers: Default::default(),
+        admin_token: Some(DEV_ADMIN_TOKEN.into()),
         sim_ring_ms: args.sim_ring_ms,
         sim_talk_ms: args.sim_talk_ms,
         sim_key_prefix: "iace:sim:".into(),
@@ -514,6 +533,9 @@ async fn dev_api_key(database_url: &str, engine: &Engine) -> anyhow::Result<Stri
     std::fs::write(path, line.to_string())?;
     Ok(key)
 }
+
+/// The operator token of `iace dev` (`/v1/admin/*`).
+const DEV_ADMIN_TOKEN: &str = "dev-admin-token";
 
 /// The number the dev organization's demo agent answers.
 const DEMO_NUMBER: &str = "+14155550123";

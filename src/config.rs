@@ -78,6 +78,86 @@ pub enum TelephonyKind {
     Telnyx,
 }
 
+/// Circuit-breaker settings, shared by every vendor (slow-call thresholds are per vendor).
+#[derive(Debug, Clone, Args)]
+pub struct BreakerArgs {
+    /// Outcomes in each breaker's sliding window.
+    #[arg(long, env = "IACE_BREAKER_WINDOW", default_value_t = 50)]
+    pub breaker_window: usize,
+    /// Outcomes needed before rates are judged.
+    #[arg(long, env = "IACE_BREAKER_MIN_CALLS", default_value_t = 20)]
+    pub breaker_min_calls: usize,
+    /// Failure rate (0-1) that opens a breaker.
+    #[arg(long, env = "IACE_BREAKER_FAILURE_RATE", default_value_t = 0.5)]
+    pub breaker_failure_rate: f64,
+    /// Slow-call rate (0-1) that opens a breaker.
+    #[arg(long, env = "IACE_BREAKER_SLOW_RATE", default_value_t = 0.8)]
+    pub breaker_slow_rate: f64,
+    /// Consecutive failures that open a breaker at once.
+    #[arg(long, env = "IACE_BREAKER_CONSECUTIVE_FAILURES", default_value_t = 5)]
+    pub breaker_consecutive_failures: u32,
+    /// First open wait (ms); doubles on repeated trips.
+    #[arg(long, env = "IACE_BREAKER_OPEN_WAIT_MS", default_value_t = 30_000)]
+    pub breaker_open_wait_ms: u64,
+    /// Longest open wait (ms).
+    #[arg(long, env = "IACE_BREAKER_OPEN_WAIT_CAP_MS", default_value_t = 300_000)]
+    pub breaker_open_wait_cap_ms: u64,
+    /// Probe calls let through while half-open.
+    #[arg(long, env = "IACE_BREAKER_HALF_OPEN_PROBES", default_value_t = 3)]
+    pub breaker_half_open_probes: u32,
+}
+
+impl Default for BreakerArgs {
+    fn default() -> Self {
+        BreakerArgs {
+            breaker_window: 50,
+            breaker_min_calls: 20,
+            breaker_failure_rate: 0.5,
+            breaker_slow_rate: 0.8,
+            breaker_consecutive_failures: 5,
+            breaker_open_wait_ms: 30_000,
+            breaker_open_wait_cap_ms: 300_000,
+            breaker_half_open_probes: 3,
+        }
+    }
+}
+
+impl BreakerArgs {
+    /// Every vendor's breaker configuration: these settings plus the vendor's slow-call
+    /// threshold (what "slow" means differs: a Groq completion is slower than a Telnyx
+    /// command).
+    pub fn configs(
+        &self,
+    ) -> std::collections::BTreeMap<String, iace_actors::breaker::BreakerConfig> {
+        use std::time::Duration;
+        iace_actors::breaker::VENDORS
+            .iter()
+            .map(|vendor| {
+                let slow_ms = match *vendor {
+                    "telnyx" | "google" => 3_000,
+                    "deepgram" | "cartesia" => 2_000,
+                    _ => 5_000,
+                };
+                let config = iace_actors::breaker::BreakerConfig {
+                    window: self.breaker_window.max(1),
+                    min_calls: self.breaker_min_calls.max(1),
+                    failure_rate: self.breaker_failure_rate.clamp(0.0, 1.0),
+                    consecutive_failures: self.breaker_consecutive_failures.max(1),
+                    slow_call: Duration::from_millis(slow_ms),
+                    slow_rate: self.breaker_slow_rate.clamp(0.0, 1.0),
+                    open_wait: Duration::from_millis(self.breaker_open_wait_ms),
+                    open_wait_cap: Duration::from_millis(
+                        self.breaker_open_wait_cap_ms.max(self.breaker_open_wait_ms),
+                    ),
+                    half_open_probes: self.breaker_half_open_probes.max(1),
+                    max_retry_after: Duration::from_secs(300),
+                };
+                ((*vendor).to_owned(), config)
+            })
+            .collect()
+    }
+}
+
 /// Telnyx settings (used when `IACE_TELEPHONY=telnyx`).
 #[derive(Debug, Clone, Default, Args)]
 pub struct TelnyxArgs {
@@ -134,6 +214,12 @@ pub struct ServeArgs {
     /// Telnyx settings.
     #[command(flatten)]
     pub telnyx: TelnyxArgs,
+    /// Vendor circuit breakers.
+    #[command(flatten)]
+    pub breakers: BreakerArgs,
+    /// Operator token for `/v1/admin/*` (breakers); the operator API is off when unset.
+    #[arg(long, env = "IACE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Simulated carrier: how long a call rings before it is answered (ms).
     #[arg(long, env = "IACE_SIM_RING_MS", default_value_t = 2000)]
     pub sim_ring_ms: u64,

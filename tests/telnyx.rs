@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use iace::app::Running;
-use iace::config::{DbArgs, ServeArgs, TelephonyKind, TelnyxArgs};
+use iace::config::{BreakerArgs, DbArgs, ServeArgs, TelephonyKind, TelnyxArgs};
 use iace_sim::telnyx::{
     sign_webhook, DeliveryFaults, FakeTelnyx, FakeTelnyxConfig, LegState, Scenario,
 };
@@ -16,6 +16,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 const SEED: [u8; 32] = [42u8; 32];
+const ADMIN_TOKEN: &str = "test-admin-token";
 
 /// A server wired to a fake Telnyx, with an organization, an agent and a number.
 struct Env {
@@ -32,6 +33,10 @@ const AGENT_NUMBER: &str = "+14155550123";
 
 impl Env {
     async fn start(default: Scenario) -> Env {
+        Env::start_with(default, BreakerArgs::default()).await
+    }
+
+    async fn start_with(default: Scenario, breakers: BreakerArgs) -> Env {
         let (database_url, pool) = common::db::migrated_pool().await;
         let port = free_port();
         let base = format!("http://127.0.0.1:{port}");
@@ -65,6 +70,8 @@ impl Env {
                 media_greeting: true,
                 media_echo: true,
             },
+            breakers,
+            admin_token: Some(ADMIN_TOKEN.into()),
             sim_ring_ms: 0,
             sim_talk_ms: 0,
             sim_key_prefix: "unused:".into(),
@@ -686,6 +693,7 @@ async fn api_hangup_releases_the_leg_and_a_repeat_on_the_ended_leg_is_success() 
             answering_machine_detection: "disabled".into(),
             transfer_timeout_secs: 30,
             retry: Default::default(),
+            breaker: None,
             stream_tokens: std::sync::Arc::new(|id| id.to_string()),
         },
         None,
@@ -744,6 +752,7 @@ async fn dtmf_stream_restart_and_transfer_reach_the_journal() {
             answering_machine_detection: "disabled".into(),
             transfer_timeout_secs: 30,
             retry: Default::default(),
+            breaker: None,
             stream_tokens: std::sync::Arc::new({
                 let tokens = iace::media::MediaTokens::new(b"test-media-secret");
                 move |id| tokens.token(id)
@@ -820,5 +829,251 @@ async fn dtmf_stream_restart_and_transfer_reach_the_journal() {
         StatusCode::CONFLICT,
     )
     .await;
+    env.stop().await;
+}
+
+impl Env {
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn breaker(&self, vendor: &str) -> Value {
+        let (status, body) = self
+            .admin(
+                reqwest::Method::GET,
+                "/v1/admin/breakers",
+                Some(ADMIN_TOKEN),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["vendor"] == vendor)
+            .cloned()
+            .unwrap()
+    }
+
+    /// `POST /v1/calls` without asserting the status.
+    async fn try_dial(&self, to: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/calls", self.base))
+            .bearer_auth(&self.key)
+            .json(&json!({"to": to, "from": "+14155550199", "agent_id": self.agent_id}))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_see_and_steer_the_breakers() {
+    let env = Env::start(answer(200, 300)).await;
+    for token in [None, Some("wrong")] {
+        let (status, body) = env
+            .admin(reqwest::Method::GET, "/v1/admin/breakers", token)
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    // A tenant's API key is not the operator token.
+    let key = env.key.clone();
+    let (status, _) = env
+        .admin(reqwest::Method::GET, "/v1/admin/breakers", Some(&key))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = env
+        .admin(
+            reqwest::Method::GET,
+            "/v1/admin/breakers",
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let vendors: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["vendor"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        vendors,
+        ["cartesia", "deepgram", "google", "groq", "hubspot", "stripe", "telnyx"]
+    );
+    assert!(body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|b| b["state"] == "closed"));
+
+    let (status, body) = env
+        .admin(
+            reqwest::Method::POST,
+            "/v1/admin/breakers/telnyx/force-open",
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["state"], "forced_open");
+    let r = env.try_dial("+14155550800").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().get("retry-after").is_some());
+    let err: Value = r.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "vendor_unavailable");
+    assert!(err["error"]["message"].as_str().unwrap().contains("telnyx"));
+    assert_eq!(
+        env.get("/v1/calls").await["data"].as_array().unwrap().len(),
+        0,
+        "nothing stored"
+    );
+    let ready: Value = env
+        .http
+        .get(format!("{}/ready", env.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["status"], "ready",
+        "an open breaker does not make the node unready"
+    );
+    assert_eq!(ready["checks"]["breakers"]["telnyx"], "forced_open");
+
+    let (status, body) = env
+        .admin(
+            reqwest::Method::POST,
+            "/v1/admin/breakers/telnyx/reset",
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["state"], "closed");
+    let id = env.dial("+14155550801").await;
+    env.wait_status(&id, "completed", Duration::from_secs(10))
+        .await;
+    let (status, _) = env
+        .admin(
+            reqwest::Method::POST,
+            "/v1/admin/breakers/nobody/reset",
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = env
+        .admin(
+            reqwest::Method::POST,
+            "/v1/admin/breakers/telnyx/explode",
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telnyx_outage_opens_the_breaker_fails_new_calls_fast_and_recovers() {
+    let env = Env::start_with(
+        Scenario::Answer {
+            ring: Duration::from_millis(100),
+            talk: None,
+        },
+        BreakerArgs {
+            breaker_consecutive_failures: 3,
+            breaker_open_wait_ms: 1500,
+            breaker_half_open_probes: 1,
+            ..BreakerArgs::default()
+        },
+    )
+    .await;
+    // A call in progress before the outage.
+    let live = env.dial("+14155550900").await;
+    env.wait_status(&live, "in_progress", Duration::from_secs(10))
+        .await;
+
+    // The outage: Telnyx answers 503 to the next 3 commands.
+    env.fake.fail_commands(3, 503, None);
+    let outage = Instant::now();
+    let victim = env.dial("+14155550901").await;
+    let call = env
+        .wait_status(&victim, "failed", Duration::from_secs(10))
+        .await;
+    assert_eq!(call["end_reason"], "vendor_error");
+    let opened_after = outage.elapsed();
+    let breaker = env.breaker("telnyx").await;
+    assert_eq!(breaker["state"], "open", "{breaker}");
+    let injected = env
+        .fake
+        .commands()
+        .iter()
+        .filter(|c| c.injected_failure)
+        .count();
+    assert_eq!(injected, 3, "after 3 failures nothing more reached Telnyx");
+
+    // While open: new calls fail fast, store nothing; the live call keeps running.
+    let mut fast = Vec::new();
+    for n in 0..20 {
+        let started = Instant::now();
+        let r = env.try_dial(&format!("+141555509{n:02}")).await;
+        fast.push(started.elapsed());
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "vendor_unavailable");
+    }
+    fast.sort();
+    assert_eq!(
+        env.get(&format!("/v1/calls/{live}")).await["status"],
+        "in_progress"
+    );
+    let commands_while_open = env.fake.commands().len();
+
+    // Recovery: after the open wait the breaker lets one probe through; it succeeds.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let recovered = Instant::now();
+    let id = loop {
+        let r = env.try_dial("+14155550999").await;
+        if r.status() == StatusCode::CREATED {
+            let body: Value = r.json().await.unwrap();
+            break body["id"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            recovered.elapsed() < Duration::from_secs(5),
+            "never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    env.wait_status(&id, "in_progress", Duration::from_secs(10))
+        .await;
+    let breaker = env.breaker("telnyx").await;
+    assert_eq!(breaker["state"], "closed", "{breaker}");
+    assert!(env.fake.commands().len() > commands_while_open);
+    // The live call was never touched and ends normally.
+    env.post(
+        &format!("/v1/calls/{live}/hangup"),
+        json!({}),
+        StatusCode::OK,
+    )
+    .await;
+    env.wait_status(&live, "completed", Duration::from_secs(10))
+        .await;
+    println!(
+        "outage: breaker open {} ms after the first failing dial; 20 calls refused while open (p50 {:.1} ms, max {:.1} ms); closed again {} ms after the open wait",
+        opened_after.as_millis(),
+        fast[10].as_secs_f64() * 1000.0,
+        fast[19].as_secs_f64() * 1000.0,
+        recovered.elapsed().as_millis()
+    );
     env.stop().await;
 }

@@ -362,6 +362,15 @@ pub enum TelephonyError {
     /// The carrier could not be reached or kept failing (5xx, timeouts).
     #[error("carrier unavailable: {0}")]
     Unavailable(String),
+    /// The carrier's circuit breaker is open: nothing was sent. Not retried by the caller's
+    /// quick retries (the breaker decides when to try again).
+    #[error("{vendor} circuit breaker is open")]
+    CircuitOpen {
+        /// The vendor.
+        vendor: String,
+        /// When the breaker lets calls through again, when known.
+        until: Option<DateTime<Utc>>,
+    },
 }
 
 /// Place an outbound call.
@@ -406,6 +415,10 @@ pub enum LegStatus {
 /// The carrier. Events flow back through `Engine::ingest_carrier_event`, not through here.
 #[async_trait]
 pub trait Telephony: Send + Sync + 'static {
+    /// The vendor behind the adapter: the name of its circuit breaker in [`Ports::breakers`].
+    fn vendor(&self) -> &'static str {
+        "telephony"
+    }
     /// Places an outbound call; returns the carrier's leg id.
     async fn dial(&self, cmd: DialCommand) -> Result<String, TelephonyError>;
     /// Answers an inbound call.
@@ -438,4 +451,6 @@ pub struct Ports {
     pub clock: Arc<dyn Clock>,
     /// Ids.
     pub ids: Arc<dyn IdGen>,
+    /// Vendor circuit breakers (empty when the adapters are not real vendors).
+    pub breakers: crate::breaker::Breakers,
 }

@@ -72,6 +72,7 @@ impl World {
             telephony: self.carrier.clone(),
             clock: self.clock.clone(),
             ids: self.ids.clone(),
+            breakers: Default::default(),
         }
     }
 

@@ -26,6 +26,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human-readable message.
     pub message: String,
+    /// `Retry-After` seconds, when the client should wait before retrying.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -35,6 +37,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -63,7 +66,9 @@ impl From<EngineError> for ApiError {
                 StatusCode::CONFLICT
             }
             EngineError::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
-            EngineError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::Unavailable(_) | EngineError::VendorUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             EngineError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         };
         let message = match &e {
@@ -72,7 +77,14 @@ impl From<EngineError> for ApiError {
             }
             other => other.to_string(),
         };
-        ApiError::new(status, e.code(), message)
+        let mut error = ApiError::new(status, e.code(), message);
+        if let EngineError::VendorUnavailable { until, .. } = &e {
+            let secs = until
+                .map(|u| (u - chrono::Utc::now()).num_seconds().max(1))
+                .unwrap_or(30);
+            error.retry_after = u64::try_from(secs).ok();
+        }
+        error
     }
 }
 
@@ -87,6 +99,13 @@ impl IntoResponse for ApiError {
             "message": self.message,
             "request_id": request_id,
         }});
-        (self.status, axum::Json(body)).into_response()
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, v);
+            }
+        }
+        resp
     }
 }

@@ -2,6 +2,7 @@
 //! database: handlers parse, call the engine, and map the answer. Every response carries an
 //! `x-request-id`; every error uses one envelope ([`error::ApiError`]).
 
+mod admin;
 mod calls;
 mod catalog;
 pub mod error;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub ready_checks: Vec<Arc<dyn ReadyCheck>>,
     /// Telnyx webhook verification, when Telnyx is the carrier.
     pub telnyx: Option<webhooks::TelnyxIngress>,
+    /// Operator token of `/v1/admin/*` (`None`: the operator API is off).
+    pub admin_token: Option<Arc<str>>,
 }
 
 #[derive(Clone)]
@@ -96,6 +99,11 @@ pub fn router(state: AppState) -> Result<Router, prometheus::Error> {
             axum::routing::delete(catalog::delete_phone_number),
         )
         .route("/webhooks/telnyx", post(webhooks::telnyx))
+        .route("/admin/breakers", get(admin::list_breakers))
+        .route(
+            "/admin/breakers/{vendor}/{action}",
+            post(admin::command_breaker),
+        )
         .route(
             "/agents",
             post(catalog::create_agent).get(catalog::list_agents),
@@ -200,6 +208,17 @@ async fn ready(State(state): State<AppState>) -> Response {
                 checks.insert(check.name().into(), json!(e));
             }
         }
+    }
+    // Breakers are reported, not judged: an open vendor breaker must not take every node
+    // out of the load balancer (calls in progress keep running; new work fails fast).
+    let breakers: serde_json::Map<String, serde_json::Value> = state
+        .engine
+        .breakers()
+        .handles()
+        .map(|b| (b.vendor().to_owned(), json!(b.state().as_str())))
+        .collect();
+    if !breakers.is_empty() {
+        checks.insert("breakers".into(), serde_json::Value::Object(breakers));
     }
     let (status, word) = if ok {
         (StatusCode::OK, "ready")

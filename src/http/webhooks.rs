@@ -157,6 +157,7 @@ mod tests {
             telephony: Arc::new(ScriptedTelephony::new()),
             clock: Arc::new(TokioClock::new(chrono::Utc::now())),
             ids: Arc::new(SeqIds::new(1)),
+            breakers: Default::default(),
         };
         let registry = Registry::new();
         let engine = Engine::start(ports, EngineConfig::default(), &registry)
@@ -173,6 +174,7 @@ mod tests {
                 verifier: Arc::new(verifier),
                 metrics: WebhookMetrics::new(&registry).unwrap(),
             }),
+            admin_token: None,
         };
         (crate::http::router(state).unwrap(), store, key, engine)
     }

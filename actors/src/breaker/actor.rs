@@ -284,6 +284,32 @@ impl VendorBreakerState {
     }
 }
 
+/// The vendor's metric series, resolved once (a label lookup per call would cost more than
+/// the breaker itself).
+#[derive(Clone)]
+struct Series {
+    success: prometheus::IntCounter,
+    failure: prometheus::IntCounter,
+    rate_limited: prometheus::IntCounter,
+    cancelled: prometheus::IntCounter,
+    rejected: prometheus::IntCounter,
+    latency: prometheus::Histogram,
+}
+
+impl Series {
+    fn new(m: &BreakerMetrics, vendor: &str) -> Self {
+        let calls = |outcome: &str| m.calls.with_label_values(&[vendor, outcome]);
+        Series {
+            success: calls("success"),
+            failure: calls("failure"),
+            rate_limited: calls("rate_limited"),
+            cancelled: calls("cancelled"),
+            rejected: calls("rejected"),
+            latency: m.latency.with_label_values(&[vendor]),
+        }
+    }
+}
+
 /// How callers use one vendor's breaker. Cheap to clone.
 #[derive(Clone)]
 pub struct BreakerHandle {
@@ -292,6 +318,7 @@ pub struct BreakerHandle {
     actor: Arc<RwLock<ActorRef<BreakerMsg>>>,
     clock: Arc<dyn Clock>,
     metrics: BreakerMetrics,
+    series: Series,
     rpc_timeout: Duration,
 }
 
@@ -355,16 +382,14 @@ impl BreakerHandle {
             }
         };
         if result.is_err() {
-            self.metrics
-                .calls
-                .with_label_values(&[&*self.vendor, "rejected"])
-                .inc();
+            self.series.rejected.inc();
         }
         result
     }
 
     /// Whether a new piece of work should start at all (no probe is taken): `Err` while the
-    /// breaker is open or forced open.
+    /// breaker is open or forced open, and while half-open with every probe taken (the work
+    /// would only fail at its first vendor call).
     pub fn check(&self) -> Result<(), Rejected> {
         match self.state() {
             BreakerState::ForcedOpen => Err(Rejected {
@@ -374,14 +399,19 @@ impl BreakerHandle {
             BreakerState::Open => {
                 let until = self.view.open_until();
                 if until.is_some_and(|u| self.clock.now() >= u) {
+                    // Due: the actor opens the probe pool on this nudge (or its own timer).
                     self.send(BreakerMsg::Tick);
-                    Ok(())
-                } else {
-                    Err(Rejected {
-                        state: BreakerState::Open,
-                        until,
-                    })
                 }
+                Err(Rejected {
+                    state: BreakerState::Open,
+                    until,
+                })
+            }
+            BreakerState::HalfOpen if self.view.probes.load(Ordering::Acquire) <= 0 => {
+                Err(Rejected {
+                    state: BreakerState::HalfOpen,
+                    until: None,
+                })
             }
             _ => Ok(()),
         }
@@ -389,21 +419,27 @@ impl BreakerHandle {
 
     /// Reports how a permitted call ended.
     pub fn record(&self, permit: Permit, outcome: CallOutcome) {
-        let (label, elapsed) = match outcome {
-            CallOutcome::Success { elapsed } => ("success", Some(elapsed)),
-            CallOutcome::Failure { elapsed } => ("failure", Some(elapsed)),
-            CallOutcome::RateLimited { .. } => ("rate_limited", None),
-            CallOutcome::Cancelled => ("cancelled", None),
+        let s = &self.series;
+        let elapsed = match outcome {
+            CallOutcome::Success { elapsed } => {
+                s.success.inc();
+                Some(elapsed)
+            }
+            CallOutcome::Failure { elapsed } => {
+                s.failure.inc();
+                Some(elapsed)
+            }
+            CallOutcome::RateLimited { .. } => {
+                s.rate_limited.inc();
+                None
+            }
+            CallOutcome::Cancelled => {
+                s.cancelled.inc();
+                None
+            }
         };
-        self.metrics
-            .calls
-            .with_label_values(&[&*self.vendor, label])
-            .inc();
         if let Some(elapsed) = elapsed {
-            self.metrics
-                .latency
-                .with_label_values(&[&*self.vendor])
-                .observe(elapsed.as_secs_f64());
+            s.latency.observe(elapsed.as_secs_f64());
         }
         // While closed, successes change nothing a caller can see; they still feed the
         // window, so every outcome goes to the actor.
@@ -435,7 +471,12 @@ impl BreakerHandle {
     }
 
     fn send(&self, msg: BreakerMsg) {
-        if self.actor().send_message(msg).is_err() {
+        let sent = self
+            .actor
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .send_message(msg);
+        if sent.is_err() {
             // Only while the supervisor restarts the actor; the outcome is lost, which the
             // window tolerates (it is statistics, not a ledger).
             warn!(vendor = %self.vendor, "breaker actor unavailable; outcome dropped");
@@ -565,6 +606,7 @@ impl Breakers {
                 view: Arc::new(View::closed()),
                 actor: Arc::new(RwLock::new(placeholder.clone())),
                 clock: clock.clone(),
+                series: Series::new(&metrics, &vendor),
                 metrics: metrics.clone(),
                 rpc_timeout: Duration::from_secs(2),
             };

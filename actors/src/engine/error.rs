@@ -34,6 +34,15 @@ pub enum EngineError {
     /// A dependency (database, carrier) is unreachable or the engine is overloaded; safe to retry.
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
+    /// A vendor the request needs is failing and its circuit breaker is open: the request was
+    /// refused at once, nothing was stored. Work already running is not affected.
+    #[error("{vendor} is unavailable (its circuit breaker is open{}); nothing was stored, retry later", until.map(|u| format!(" until {}", u.format("%Y-%m-%dT%H:%M:%SZ"))).unwrap_or_default())]
+    VendorUnavailable {
+        /// The vendor.
+        vendor: String,
+        /// When the breaker lets calls through again, when known.
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    },
     /// The engine did not answer in time; the outcome is unknown (retry with the same
     /// `Idempotency-Key`).
     #[error("the engine did not answer within {0} ms")]
@@ -50,6 +59,7 @@ impl EngineError {
             EngineError::IdempotencyMismatch => "idempotency_key_reused",
             EngineError::Conflict(_) => "conflict",
             EngineError::Unavailable(_) => "unavailable",
+            EngineError::VendorUnavailable { .. } => "vendor_unavailable",
             EngineError::Timeout(_) => "timeout",
         }
     }

@@ -336,6 +336,7 @@ impl Engine {
             None => serde_json::Value::Object(Default::default()),
             Some(v) => catalog::validate_object("metadata", v)?,
         };
+        self.check_vendor(self.inner.shared.ports.telephony.vendor())?;
         let idempotency = match idempotency_key {
             None => None,
             Some(key) => Some(IdempotencyKey {
@@ -406,6 +407,24 @@ impl Engine {
             inbound_leg_id: Some(leg.to_owned()),
         };
         self.insert_and_activate(spec, Some(idempotency)).await
+    }
+
+    /// Refuses new work at once while `vendor`'s breaker is open (no breaker: allowed).
+    fn check_vendor(&self, vendor: &str) -> Result<(), EngineError> {
+        match self.inner.shared.ports.breakers.get(vendor) {
+            Some(breaker) => breaker
+                .check()
+                .map_err(|rejected| EngineError::VendorUnavailable {
+                    vendor: vendor.to_owned(),
+                    until: rejected.until,
+                }),
+            None => Ok(()),
+        }
+    }
+
+    /// The vendor circuit breakers (for `/ready` and the operator API).
+    pub fn breakers(&self) -> &crate::breaker::Breakers {
+        &self.inner.shared.ports.breakers
     }
 
     /// The agent must exist in the organization, be active and take calls in `direction`.

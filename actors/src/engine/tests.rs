@@ -30,6 +30,7 @@ impl World {
             telephony: carrier.clone(),
             clock: Arc::new(TokioClock::new(epoch)),
             ids: Arc::new(SeqIds::new(seed)),
+            breakers: Default::default(),
         };
         let org = Uuid::from_u128(0xA);
         let agent = Uuid::from_u128(0xA6E);

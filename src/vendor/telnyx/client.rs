@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use base64::Engine as _;
+use iace_actors::breaker::{BreakerHandle, CallOutcome, Permit};
 use iace_actors::machine::{CallId, PhoneNumber};
 use iace_actors::ports::{DialCommand, LegCommand, LegStatus, Telephony, TelephonyError};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
@@ -28,6 +29,9 @@ use super::wire::{
     RejectRequest, StreamParams, StreamingStartRequest, StreamingStopRequest, TransferRequest,
 };
 use crate::vendor::retry::{self, Attempt, RetryPolicy};
+
+/// Breaker name of this vendor.
+pub const VENDOR: &str = "telnyx";
 
 /// The real Telnyx API.
 pub const DEFAULT_API_BASE: &str = "https://api.telnyx.com/v2";
@@ -58,6 +62,8 @@ pub struct TelnyxConfig {
     pub retry: RetryPolicy,
     /// Media-stream tokens.
     pub stream_tokens: StreamTokens,
+    /// The `telnyx` circuit breaker every attempt goes through (`None`: no breaker).
+    pub breaker: Option<BreakerHandle>,
 }
 
 impl std::fmt::Debug for TelnyxConfig {
@@ -121,6 +127,8 @@ enum CommandError {
     Timeout(Duration),
     /// A 2xx answer we could not read.
     Protocol(String),
+    /// The breaker is open: nothing was sent.
+    CircuitOpen(Option<chrono::DateTime<chrono::Utc>>),
 }
 
 impl std::fmt::Display for CommandError {
@@ -137,6 +145,7 @@ impl std::fmt::Display for CommandError {
             CommandError::Transport(m) => write!(f, "no answer: {m}"),
             CommandError::Timeout(d) => write!(f, "no answer within {} ms", d.as_millis()),
             CommandError::Protocol(m) => write!(f, "unreadable answer: {m}"),
+            CommandError::CircuitOpen(_) => write!(f, "circuit breaker open"),
         }
     }
 }
@@ -155,6 +164,10 @@ impl CommandError {
 
     fn into_telephony(self) -> TelephonyError {
         match &self {
+            CommandError::CircuitOpen(until) => TelephonyError::CircuitOpen {
+                vendor: VENDOR.to_owned(),
+                until: *until,
+            },
             CommandError::Http { status, .. } if !retry::retryable_status(*status) => {
                 TelephonyError::Rejected(format!("telnyx: {self}"))
             }
@@ -228,8 +241,23 @@ impl TelnyxClient {
                 |attempt| {
                     let url = url.clone();
                     async move {
+                        let guard = match &self.config.breaker {
+                            Some(breaker) => match breaker.acquire() {
+                                Ok(permit) => Some(Recorder::new(breaker.clone(), permit)),
+                                // Never retry while the breaker is open.
+                                Err(rejected) => {
+                                    return Attempt::Done(Err(CommandError::CircuitOpen(
+                                        rejected.until,
+                                    )))
+                                }
+                            },
+                            None => None,
+                        };
                         let started = Instant::now();
                         let outcome = self.attempt::<B, T>(&url, body).await;
+                        if let Some(guard) = guard {
+                            guard.finish(&outcome);
+                        }
                         let label = match &outcome {
                             Attempt::Done(Ok(_)) => "ok",
                             Attempt::Done(Err(_)) => "rejected",
@@ -385,6 +413,10 @@ impl TelnyxClient {
 
 #[async_trait]
 impl Telephony for TelnyxClient {
+    fn vendor(&self) -> &'static str {
+        VENDOR
+    }
+
     async fn dial(&self, cmd: DialCommand) -> Result<String, TelephonyError> {
         let token = (self.config.stream_tokens)(cmd.call_id);
         let state = client_state(cmd.call_id);
@@ -503,6 +535,59 @@ impl Telephony for TelnyxClient {
             )),
             Err(e) if e.status() == Some(404) => Ok(LegStatus::Unknown),
             Err(e) => Err(e.into_telephony()),
+        }
+    }
+}
+
+/// Reports one attempt to the breaker exactly once: with its outcome when it finishes, as a
+/// failure when it is dropped unfinished (the attempt timed out).
+struct Recorder {
+    breaker: BreakerHandle,
+    permit: Permit,
+    started: Instant,
+    done: bool,
+}
+
+impl Recorder {
+    fn new(breaker: BreakerHandle, permit: Permit) -> Self {
+        Recorder {
+            breaker,
+            permit,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+
+    fn finish<T>(mut self, outcome: &Attempt<T, CommandError>) {
+        let elapsed = self.started.elapsed();
+        let verdict = match outcome {
+            // A 4xx is the request's fault, not the vendor's.
+            Attempt::Done(Ok(_)) | Attempt::Done(Err(CommandError::Http { .. })) => {
+                CallOutcome::Success { elapsed }
+            }
+            Attempt::Done(Err(_)) => CallOutcome::Failure { elapsed },
+            Attempt::Retry {
+                error: CommandError::Http { status: 429, .. },
+                after,
+            } => CallOutcome::RateLimited {
+                retry_after: *after,
+            },
+            Attempt::Retry { .. } => CallOutcome::Failure { elapsed },
+        };
+        self.breaker.record(self.permit, verdict);
+        self.done = true;
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if !self.done {
+            self.breaker.record(
+                self.permit,
+                CallOutcome::Failure {
+                    elapsed: self.started.elapsed(),
+                },
+            );
         }
     }
 }

@@ -105,6 +105,10 @@ pub struct BreakerArgs {
     /// Probe calls let through while half-open.
     #[arg(long, env = "IACE_BREAKER_HALF_OPEN_PROBES", default_value_t = 3)]
     pub breaker_half_open_probes: u32,
+    /// Slow-call threshold (ms) for every vendor, replacing the per-vendor defaults (telnyx
+    /// and google 3 s, deepgram and cartesia 2 s, groq, stripe and hubspot 5 s).
+    #[arg(long, env = "IACE_BREAKER_SLOW_CALL_MS")]
+    pub breaker_slow_call_ms: Option<u64>,
 }
 
 impl Default for BreakerArgs {
@@ -118,6 +122,7 @@ impl Default for BreakerArgs {
             breaker_open_wait_ms: 30_000,
             breaker_open_wait_cap_ms: 300_000,
             breaker_half_open_probes: 3,
+            breaker_slow_call_ms: None,
         }
     }
 }
@@ -133,11 +138,11 @@ impl BreakerArgs {
         iace_actors::breaker::VENDORS
             .iter()
             .map(|vendor| {
-                let slow_ms = match *vendor {
+                let slow_ms = self.breaker_slow_call_ms.unwrap_or(match *vendor {
                     "telnyx" | "google" => 3_000,
                     "deepgram" | "cartesia" => 2_000,
                     _ => 5_000,
-                };
+                });
                 let config = iace_actors::breaker::BreakerConfig {
                     window: self.breaker_window.max(1),
                     min_calls: self.breaker_min_calls.max(1),

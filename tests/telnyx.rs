@@ -1077,3 +1077,77 @@ async fn a_telnyx_outage_opens_the_breaker_fails_new_calls_fast_and_recovers() {
     );
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_timeouts_and_slow_answers_open_the_breaker() {
+    let breakers = BreakerArgs {
+        breaker_consecutive_failures: 100,
+        breaker_min_calls: 2,
+        breaker_window: 4,
+        breaker_slow_call_ms: Some(400),
+        breaker_open_wait_ms: 60_000,
+        ..BreakerArgs::default()
+    };
+    // 429 with Retry-After: open for that long, at once.
+    let env = Env::start_with(answer(100, 200), breakers.clone()).await;
+    env.fake.fail_commands(1, 429, Some(Duration::from_secs(4)));
+    let id = env.dial("+14155551000").await;
+    env.wait_status(&id, "failed", Duration::from_secs(10))
+        .await;
+    let b = env.breaker("telnyx").await;
+    assert_eq!(b["state"], "open", "{b}");
+    let until = chrono::DateTime::parse_from_rfc3339(b["open_until"].as_str().unwrap()).unwrap();
+    let wait = until.timestamp() - chrono::Utc::now().timestamp();
+    assert!(
+        (2..=4).contains(&wait),
+        "open for Retry-After, not the 60 s open wait: {wait}"
+    );
+    env.stop().await;
+
+    // Slow answers (500 ms > 400 ms): the slow-call rate opens it although every call worked.
+    let env = Env::start_with(answer(100, 200), breakers.clone()).await;
+    env.fake.set_command_latency(Duration::from_millis(500));
+    env.dial("+14155551001").await;
+    env.dial("+14155551002").await;
+    // The dial answers arrive 500 ms after the webhooks they cause.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let snapshot = loop {
+        let snapshot = env.breaker("telnyx").await;
+        if snapshot["state"] == "open" || Instant::now() > deadline {
+            break snapshot;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(snapshot["state"], "open", "{snapshot}");
+    let r = env.try_dial("+14155551003").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    env.stop().await;
+
+    // Timeouts (the fake answers after the client's 3 s attempt timeout): failures.
+    let env = Env::start_with(
+        answer(100, 200),
+        BreakerArgs {
+            breaker_consecutive_failures: 2,
+            ..breakers
+        },
+    )
+    .await;
+    env.fake.set_command_latency(Duration::from_secs(4));
+    let id = env.dial("+14155551004").await;
+    // Two attempts time out (3 s each): two failures in a row open the breaker.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let snapshot = loop {
+        let snapshot = env.breaker("telnyx").await;
+        if snapshot["state"] == "open" || Instant::now() > deadline {
+            break snapshot;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(snapshot["state"], "open", "{snapshot}");
+    // Telnyx did place the call although its answer was late: the webhooks carry it to the end.
+    let call = env
+        .wait_status(&id, "completed", Duration::from_secs(10))
+        .await;
+    assert_eq!(call["end_reason"], "normal_clearing");
+    env.stop().await;
+}

@@ -129,6 +129,11 @@ enum CommandError {
     Protocol(String),
     /// The breaker is open: nothing was sent.
     CircuitOpen(Option<chrono::DateTime<chrono::Utc>>),
+    /// 429 with a breaker in front: not retried here, the breaker backs off.
+    RateLimited {
+        after: Option<Duration>,
+        message: String,
+    },
 }
 
 impl std::fmt::Display for CommandError {
@@ -146,6 +151,7 @@ impl std::fmt::Display for CommandError {
             CommandError::Timeout(d) => write!(f, "no answer within {} ms", d.as_millis()),
             CommandError::Protocol(m) => write!(f, "unreadable answer: {m}"),
             CommandError::CircuitOpen(_) => write!(f, "circuit breaker open"),
+            CommandError::RateLimited { message, .. } => write!(f, "rate limited: {message}"),
         }
     }
 }
@@ -338,6 +344,14 @@ impl TelnyxClient {
         };
         let retry = retry::should_retry(&headers)
             .unwrap_or_else(|| retry::retryable_status(status.as_u16()));
+        if status == StatusCode::TOO_MANY_REQUESTS && self.config.breaker.is_some() {
+            // The breaker opens for the Retry-After; waiting it out here would hold the
+            // command for nothing (the next attempt would be refused by the breaker).
+            return Attempt::Done(Err(CommandError::RateLimited {
+                after: retry::retry_after(&headers),
+                message: error.to_string(),
+            }));
+        }
         if retry {
             Attempt::Retry {
                 after: retry::retry_after(&headers),
@@ -564,6 +578,11 @@ impl Recorder {
             // A 4xx is the request's fault, not the vendor's.
             Attempt::Done(Ok(_)) | Attempt::Done(Err(CommandError::Http { .. })) => {
                 CallOutcome::Success { elapsed }
+            }
+            Attempt::Done(Err(CommandError::RateLimited { after, .. })) => {
+                CallOutcome::RateLimited {
+                    retry_after: *after,
+                }
             }
             Attempt::Done(Err(_)) => CallOutcome::Failure { elapsed },
             Attempt::Retry {

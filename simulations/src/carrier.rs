@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use iace_actors::breaker::{BreakerHandle, BreakerState};
 use iace_actors::engine::{Engine, EngineError, InboundCall, IngestOutcome};
 use iace_actors::machine::{CallId, CarrierEvent, HangupCause, PhoneNumber};
 use iace_actors::ports::{
@@ -52,6 +53,7 @@ struct State {
     next_leg: u64,
     next_event: u64,
     down_until_ms: u64,
+    breaker: Option<BreakerHandle>,
 }
 
 pub(crate) struct SimCarrier {
@@ -88,6 +90,12 @@ impl SimCarrier {
         self.state().plans.insert(plan.to.to_string(), plan.clone());
     }
 
+    /// Checks every command against the carrier's breaker from now on: none may arrive while
+    /// it is open.
+    pub fn watch_breaker(&self, breaker: BreakerHandle) {
+        self.state().breaker = Some(breaker);
+    }
+
     /// Takes the carrier API down for `ms`.
     pub fn outage(&self, ms: u64) {
         let until = self.core.now_ms() + ms;
@@ -112,6 +120,18 @@ impl SimCarrier {
 
     /// Fault gate in front of every command: outage, plain failure, hang.
     async fn command_faults(&self, name: &str) -> Result<(), TelephonyError> {
+        let breaker = self.state().breaker.clone();
+        if let Some(b) = breaker {
+            if matches!(b.state(), BreakerState::Open | BreakerState::ForcedOpen) {
+                self.core.violate(
+                    "no command reaches a carrier whose breaker is open",
+                    format!(
+                        "{name} arrived while the breaker was {}",
+                        b.state().as_str()
+                    ),
+                );
+            }
+        }
         if self.core.now_ms() < self.state().down_until_ms {
             self.core.log(format!("cmd {name} refused: carrier down"));
             return Err(TelephonyError::Unavailable("503 carrier outage".into()));

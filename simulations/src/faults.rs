@@ -16,16 +16,20 @@ pub enum Profile {
     Crash,
     /// All of the above at once.
     Chaos,
+    /// Long carrier outages with the carrier behind its circuit breaker: new calls must fail
+    /// fast while it is open, and everything must recover when the carrier comes back.
+    Outage,
 }
 
 impl Profile {
     /// Every profile, for help texts.
-    pub const ALL: [Profile; 5] = [
+    pub const ALL: [Profile; 6] = [
         Profile::None,
         Profile::Network,
         Profile::Store,
         Profile::Crash,
         Profile::Chaos,
+        Profile::Outage,
     ];
 
     /// Parses a profile name.
@@ -41,6 +45,7 @@ impl Profile {
             Profile::Store => "store",
             Profile::Crash => "crash",
             Profile::Chaos => "chaos",
+            Profile::Outage => "outage",
         }
     }
 
@@ -70,8 +75,18 @@ impl Profile {
             clock_jump_every_s: Some((30, 300)),
             ..none
         };
+        let outage = Rates {
+            duplicate_event: 50,
+            max_delivery_delay_ms: 1_000,
+            command_fail: 10,
+            carrier_outage_every_s: Some((150, 400)),
+            carrier_outage_ms: Some((20_000, 90_000)),
+            breakers: true,
+            ..none
+        };
         match self {
             Profile::None => none,
+            Profile::Outage => outage,
             Profile::Network => network,
             Profile::Store => store,
             Profile::Crash => crash,
@@ -110,8 +125,12 @@ pub struct Rates {
     pub command_hang: u32,
     /// A carrier command takes effect but the answer is lost (reported as a failure).
     pub command_ambiguous: u32,
-    /// The carrier API is down for 2-40 s, every (min, max) seconds.
+    /// The carrier API is down (for `carrier_outage_ms`), every (min, max) seconds.
     pub carrier_outage_every_s: Option<(u64, u64)>,
+    /// How long an outage lasts, (min, max) ms; `None`: 2-40 s.
+    pub carrier_outage_ms: Option<(u64, u64)>,
+    /// The carrier sits behind its circuit breaker (and the API fails fast while it is open).
+    pub breakers: bool,
     /// A store operation fails without effect.
     pub store_fail: u32,
     /// A store operation takes 1-8 s (longer than the engine's timeout sometimes).

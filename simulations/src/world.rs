@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use iace_actors::breaker::{BreakerConfig, Breakers, GuardedTelephony};
 use iace_actors::catalog::NewAgent;
 use iace_actors::engine::{Engine, EngineConfig, EngineError, EngineMetrics, NewCall};
 use iace_actors::machine::{replay, CallId};
 use iace_actors::memory::{SeqIds, TokioClock};
-use iace_actors::ports::{CallStore, Clock, Ports, QueryStore};
+use iace_actors::ports::{CallStore, Clock, Ports, QueryStore, Telephony};
 use uuid::Uuid;
 
 use crate::carrier::{current, SimCarrier, Slot};
@@ -19,6 +20,9 @@ use crate::core::{Core, Violation};
 use crate::store::SimStore;
 use crate::workload::{plan, CallPlan};
 use crate::{Report, SimConfig};
+
+/// Vendor name of the simulated carrier (its breaker's name).
+const CARRIER: &str = "telephony";
 
 /// Ring timeout of the simulated engine (seconds).
 pub const RING_TIMEOUT_SECS: u32 = 30;
@@ -51,6 +55,22 @@ struct World {
     metrics: Mutex<Vec<EngineMetrics>>,
     engines_started: AtomicI64,
     created: Mutex<BTreeMap<usize, CallId>>,
+    /// The carrier's circuit breaker (profiles with `breakers`).
+    breakers: Breakers,
+}
+
+/// Breaker of the simulated carrier: quick to open, a short first open wait.
+fn carrier_breaker() -> BreakerConfig {
+    BreakerConfig {
+        window: 20,
+        min_calls: 10,
+        consecutive_failures: 5,
+        slow_call: Duration::from_secs(15),
+        open_wait: Duration::from_secs(10),
+        open_wait_cap: Duration::from_secs(60),
+        half_open_probes: 2,
+        ..BreakerConfig::default()
+    }
 }
 
 fn engine_config() -> EngineConfig {
@@ -66,13 +86,17 @@ fn engine_config() -> EngineConfig {
 
 impl World {
     fn ports(&self) -> Ports {
+        let telephony: Arc<dyn Telephony> = match self.breakers.get(CARRIER) {
+            Some(breaker) => Arc::new(GuardedTelephony::new(self.carrier.clone(), breaker.clone())),
+            None => self.carrier.clone(),
+        };
         Ports {
             calls: self.store.clone(),
             queries: self.store.clone(),
-            telephony: self.carrier.clone(),
+            telephony,
             clock: self.clock.clone(),
             ids: self.ids.clone(),
-            breakers: Default::default(),
+            breakers: self.breakers.clone(),
         }
     }
 
@@ -142,6 +166,9 @@ impl World {
                 };
                 match me.engine_call(attempt).await {
                     Some(Err(EngineError::IdempotencyMismatch)) | None => {}
+                    Some(Err(EngineError::VendorUnavailable { .. })) if me.core.rates.breakers => {
+                        me.core.count("create_refused_breaker_open");
+                    }
                     Some(other) => me.core.violate(
                         "idempotent create",
                         format!("plan {}: same key, other body answered {other:?}", plan.n),
@@ -185,6 +212,15 @@ impl World {
                     created.call.spec.id, created.replayed
                 ));
                 Some(created.call.spec.id)
+            }
+            Some(Err(EngineError::VendorUnavailable { vendor, .. }))
+                if self.core.rates.breakers =>
+            {
+                // Failing fast is the point: nothing was stored, no dial will come.
+                self.core.count("create_refused_breaker_open");
+                self.core
+                    .log(format!("api create {key} refused: {vendor} breaker open"));
+                None
             }
             Some(Err(e)) => {
                 self.core
@@ -247,14 +283,27 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
     let agent = iace_actors::ports::IdGen::next_id(&*ids);
     let store = Arc::new(SimStore::new(core.clone()));
     let carrier = SimCarrier::new(core.clone(), slot.clone(), org, agent);
+    let clock = Arc::new(SimClock {
+        base: TokioClock::new(epoch),
+        skew_ms: AtomicI64::new(0),
+    });
+    let breakers = if rates.breakers {
+        let configs = [(CARRIER.to_owned(), carrier_breaker())].into();
+        let breakers = Breakers::start(configs, clock.clone(), &prometheus::Registry::new())
+            .await
+            .unwrap_or_else(|e| panic!("starting the breakers: {e}"));
+        if let Some(b) = breakers.get(CARRIER) {
+            carrier.watch_breaker(b.clone());
+        }
+        breakers
+    } else {
+        Breakers::none()
+    };
     let world = Arc::new(World {
         core: core.clone(),
         store: store.clone(),
         carrier: carrier.clone(),
-        clock: Arc::new(SimClock {
-            base: TokioClock::new(epoch),
-            skew_ms: AtomicI64::new(0),
-        }),
+        clock,
         ids,
         slot,
         org,
@@ -262,6 +311,7 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
         metrics: Mutex::new(Vec::new()),
         engines_started: AtomicI64::new(0),
         created: Mutex::new(BTreeMap::new()),
+        breakers,
     });
     let new: NewAgent = serde_json::from_value(serde_json::json!({
         "name": "Simulated agent",
@@ -340,7 +390,8 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
                     break;
                 }
                 w.core.count("carrier_outage");
-                w.carrier.outage(w.core.draw(2_000, 40_000));
+                let (lo, hi) = w.core.rates.carrier_outage_ms.unwrap_or((2_000, 40_000));
+                w.carrier.outage(w.core.draw(lo, hi));
             }
         }));
     }
@@ -428,12 +479,16 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let settle_ms = u64::try_from(healed.elapsed().as_millis()).unwrap_or(u64::MAX);
+    if rates.breakers && core.violation().is_none() {
+        recovery(&world, cfg.calls).await;
+    }
     // Taking the engine out of the slot also breaks the carrier -> slot -> engine -> ports ->
     // carrier cycle, so a sweep does not keep every finished world alive.
     let engine = world.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(engine) = engine {
         engine.shutdown().await;
     }
+    world.breakers.stop();
     if core.violation().is_none() {
         final_checks(&world).await;
     }
@@ -482,6 +537,91 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
     match core.violation() {
         None => Ok(report),
         Some(v) => Err((v, report)),
+    }
+}
+
+/// After the outages: the carrier is healthy, so once the breaker's longest wait has passed new
+/// calls must be accepted again and run to completion.
+async fn recovery(world: &Arc<World>, planned: usize) {
+    let core = &world.core;
+    tokio::time::sleep(carrier_breaker().open_wait_cap + Duration::from_secs(1)).await;
+    for k in 0..3 {
+        let n = planned + k;
+        let agent = crate::carrier::number(crate::workload::AGENT_NUMBER);
+        let p = CallPlan {
+            n,
+            at_ms: core.now_ms(),
+            scenario: crate::workload::Scenario::Answered,
+            from: agent,
+            to: crate::carrier::number(&format!("+1425{:07}", n % 10_000_000)),
+            ring_ms: 2_000,
+            talk_ms: Some(5_000),
+            client_hangup_ms: None,
+            repeat_create_ms: None,
+        };
+        world.carrier.expect_dial(&p);
+        let req = NewCall {
+            to: p.to.clone(),
+            from: p.from.clone(),
+            agent_id: world.agent,
+            customer_id: None,
+            metadata: None,
+        };
+        // A breaker whose wait is over opens its probes on the first request it refuses.
+        let mut created = None;
+        for _ in 0..5 {
+            let Some(engine) = current(&world.slot) else {
+                break;
+            };
+            match engine.create_call(world.org, req.clone(), None).await {
+                Ok(c) => {
+                    created = Some(c.call.spec.id);
+                    break;
+                }
+                Err(e) => core.log(format!("recovery create {n}: {e}")),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let Some(id) = created else {
+            core.violate(
+                "calls recover when the carrier comes back",
+                format!("recovery call {n} was never accepted"),
+            );
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let call = world.store.inner.snapshot(id);
+            if call
+                .as_ref()
+                .is_some_and(|c| c.status.is_terminal() && !c.release_pending)
+            {
+                let call = call.unwrap_or_else(|| unreachable!());
+                if call.status != iace_actors::machine::CallStatus::Completed {
+                    core.violate(
+                        "calls recover when the carrier comes back",
+                        format!(
+                            "recovery call {n} ended {}/{:?}",
+                            call.status, call.end_reason
+                        ),
+                    );
+                    return;
+                }
+                core.count("recovery_call_completed");
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                core.violate(
+                    "calls recover when the carrier comes back",
+                    format!(
+                        "recovery call {n} did not end within 60 s: {:?}",
+                        call.map(|c| c.status)
+                    ),
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 }
 

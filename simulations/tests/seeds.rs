@@ -107,3 +107,31 @@ fn regression_chaos_seeds_189_and_250_release_after_failed_reconciliation() {
     check(189, 400, Profile::Chaos);
     check(250, 400, Profile::Chaos);
 }
+
+#[test]
+fn carrier_outages_fail_fast_behind_the_breaker_and_recover() {
+    let mut refused = 0;
+    for seed in 1..5 {
+        let r = run(&SimConfig::new(seed, 500, Profile::Outage)).unwrap_or_else(|f| panic!("{f}"));
+        assert!(
+            r.faults.get("carrier_outage").copied().unwrap_or(0) > 0,
+            "seed {seed}: no outage"
+        );
+        // Every call refused at the API was never stored; every other one was.
+        assert!(r.calls_stored <= 500);
+        assert_eq!(
+            r.faults.get("recovery_call_completed").copied(),
+            Some(3),
+            "seed {seed}: calls after the outages must go through"
+        );
+        refused += r
+            .faults
+            .get("create_refused_breaker_open")
+            .copied()
+            .unwrap_or(0);
+    }
+    assert!(
+        refused > 0,
+        "no call was ever refused fast while the breaker was open"
+    );
+}

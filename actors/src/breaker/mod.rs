@@ -7,9 +7,11 @@
 //! only through the engine's [`Clock`](crate::ports::Clock) port.
 
 mod actor;
+mod guard;
 pub mod machine;
 
 pub use actor::{BreakerHandle, BreakerMetrics, Breakers, VENDORS};
+pub use guard::{GuardedTelephony, PermitGuard};
 pub use machine::{
     Breaker, BreakerConfig, BreakerSnapshot, BreakerState, CallOutcome, Permit, Rejected,
     Transition, TransitionReason,

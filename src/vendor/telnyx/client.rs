@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use iace_actors::breaker::{BreakerHandle, CallOutcome, Permit};
+use iace_actors::breaker::{BreakerHandle, CallOutcome, PermitGuard};
 use iace_actors::machine::{CallId, PhoneNumber};
 use iace_actors::ports::{DialCommand, LegCommand, LegStatus, Telephony, TelephonyError};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
@@ -249,7 +249,7 @@ impl TelnyxClient {
                     async move {
                         let guard = match &self.config.breaker {
                             Some(breaker) => match breaker.acquire() {
-                                Ok(permit) => Some(Recorder::new(breaker.clone(), permit)),
+                                Ok(permit) => Some(PermitGuard::new(breaker.clone(), permit)),
                                 // Never retry while the breaker is open.
                                 Err(rejected) => {
                                     return Attempt::Done(Err(CommandError::CircuitOpen(
@@ -262,7 +262,8 @@ impl TelnyxClient {
                         let started = Instant::now();
                         let outcome = self.attempt::<B, T>(&url, body).await;
                         if let Some(guard) = guard {
-                            guard.finish(&outcome);
+                            let verdict = verdict(&outcome, guard.elapsed());
+                            guard.finish(verdict);
                         }
                         let label = match &outcome {
                             Attempt::Done(Ok(_)) => "ok",
@@ -553,61 +554,24 @@ impl Telephony for TelnyxClient {
     }
 }
 
-/// Reports one attempt to the breaker exactly once: with its outcome when it finishes, as a
-/// failure when it is dropped unfinished (the attempt timed out).
-struct Recorder {
-    breaker: BreakerHandle,
-    permit: Permit,
-    started: Instant,
-    done: bool,
-}
-
-impl Recorder {
-    fn new(breaker: BreakerHandle, permit: Permit) -> Self {
-        Recorder {
-            breaker,
-            permit,
-            started: Instant::now(),
-            done: false,
+/// How one attempt reads to the breaker: a 4xx is the request's fault, a 429 asks to back
+/// off, anything else that is not an answer is the vendor failing.
+fn verdict<T>(outcome: &Attempt<T, CommandError>, elapsed: Duration) -> CallOutcome {
+    match outcome {
+        Attempt::Done(Ok(_)) | Attempt::Done(Err(CommandError::Http { .. })) => {
+            CallOutcome::Success { elapsed }
         }
-    }
-
-    fn finish<T>(mut self, outcome: &Attempt<T, CommandError>) {
-        let elapsed = self.started.elapsed();
-        let verdict = match outcome {
-            // A 4xx is the request's fault, not the vendor's.
-            Attempt::Done(Ok(_)) | Attempt::Done(Err(CommandError::Http { .. })) => {
-                CallOutcome::Success { elapsed }
-            }
-            Attempt::Done(Err(CommandError::RateLimited { after, .. })) => {
-                CallOutcome::RateLimited {
-                    retry_after: *after,
-                }
-            }
-            Attempt::Done(Err(_)) => CallOutcome::Failure { elapsed },
-            Attempt::Retry {
-                error: CommandError::Http { status: 429, .. },
-                after,
-            } => CallOutcome::RateLimited {
-                retry_after: *after,
-            },
-            Attempt::Retry { .. } => CallOutcome::Failure { elapsed },
-        };
-        self.breaker.record(self.permit, verdict);
-        self.done = true;
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        if !self.done {
-            self.breaker.record(
-                self.permit,
-                CallOutcome::Failure {
-                    elapsed: self.started.elapsed(),
-                },
-            );
-        }
+        Attempt::Done(Err(CommandError::RateLimited { after, .. })) => CallOutcome::RateLimited {
+            retry_after: *after,
+        },
+        Attempt::Done(Err(_)) => CallOutcome::Failure { elapsed },
+        Attempt::Retry {
+            error: CommandError::Http { status: 429, .. },
+            after,
+        } => CallOutcome::RateLimited {
+            retry_after: *after,
+        },
+        Attempt::Retry { .. } => CallOutcome::Failure { elapsed },
     }
 }
 

@@ -10,3 +10,4 @@ pub mod engine;
 pub mod machine;
 pub mod memory;
 pub mod ports;
+pub mod sentiment;

@@ -1086,22 +1086,40 @@ async fn rate_limits_timeouts_and_slow_answers_open_the_breaker() {
         breaker_window: 4,
         breaker_slow_call_ms: Some(400),
         breaker_open_wait_ms: 60_000,
+        breaker_half_open_probes: 1,
         ..BreakerArgs::default()
     };
-    // 429 with Retry-After: open for that long, at once.
+    // 429 with Retry-After: the breaker opens for that long at once (new calls are refused
+    // fast meanwhile), the command waits it out and goes again as the half-open probe.
     let env = Env::start_with(answer(100, 200), breakers.clone()).await;
-    env.fake.fail_commands(1, 429, Some(Duration::from_secs(4)));
+    env.fake.fail_commands(1, 429, Some(Duration::from_secs(2)));
+    let started = Instant::now();
     let id = env.dial("+14155551000").await;
-    env.wait_status(&id, "failed", Duration::from_secs(10))
-        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let b = env.breaker("telnyx").await;
     assert_eq!(b["state"], "open", "{b}");
     let until = chrono::DateTime::parse_from_rfc3339(b["open_until"].as_str().unwrap()).unwrap();
     let wait = until.timestamp() - chrono::Utc::now().timestamp();
     assert!(
-        (2..=4).contains(&wait),
+        (0..=2).contains(&wait),
         "open for Retry-After, not the 60 s open wait: {wait}"
     );
+    let r = env.try_dial("+14155551005").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    env.wait_status(&id, "completed", Duration::from_secs(10))
+        .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "Retry-After honoured"
+    );
+    let dials: Vec<_> = env
+        .fake
+        .commands()
+        .into_iter()
+        .filter(|c| c.action == "dial")
+        .collect();
+    assert_eq!(dials.len(), 2, "the 429 and the probe after it: {dials:?}");
+    assert_eq!(env.breaker("telnyx").await["state"], "closed");
     env.stop().await;
 
     // Slow answers (500 ms > 400 ms): the slow-call rate opens it although every call worked.

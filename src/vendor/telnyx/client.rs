@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use iace_actors::breaker::{BreakerHandle, CallOutcome, PermitGuard};
+use iace_actors::breaker::{
+    BreakerHandle, BreakerState, CallOutcome, Permit, PermitGuard, Rejected,
+};
 use iace_actors::machine::{CallId, PhoneNumber};
 use iace_actors::ports::{DialCommand, LegCommand, LegStatus, Telephony, TelephonyError};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
@@ -129,11 +131,6 @@ enum CommandError {
     Protocol(String),
     /// The breaker is open: nothing was sent.
     CircuitOpen(Option<chrono::DateTime<chrono::Utc>>),
-    /// 429 with a breaker in front: not retried here, the breaker backs off.
-    RateLimited {
-        after: Option<Duration>,
-        message: String,
-    },
 }
 
 impl std::fmt::Display for CommandError {
@@ -151,7 +148,6 @@ impl std::fmt::Display for CommandError {
             CommandError::Timeout(d) => write!(f, "no answer within {} ms", d.as_millis()),
             CommandError::Protocol(m) => write!(f, "unreadable answer: {m}"),
             CommandError::CircuitOpen(_) => write!(f, "circuit breaker open"),
-            CommandError::RateLimited { message, .. } => write!(f, "rate limited: {message}"),
         }
     }
 }
@@ -248,7 +244,7 @@ impl TelnyxClient {
                     let url = url.clone();
                     async move {
                         let guard = match &self.config.breaker {
-                            Some(breaker) => match breaker.acquire() {
+                            Some(breaker) => match permit(breaker).await {
                                 Ok(permit) => Some(PermitGuard::new(breaker.clone(), permit)),
                                 // Never retry while the breaker is open.
                                 Err(rejected) => {
@@ -345,14 +341,6 @@ impl TelnyxClient {
         };
         let retry = retry::should_retry(&headers)
             .unwrap_or_else(|| retry::retryable_status(status.as_u16()));
-        if status == StatusCode::TOO_MANY_REQUESTS && self.config.breaker.is_some() {
-            // The breaker opens for the Retry-After; waiting it out here would hold the
-            // command for nothing (the next attempt would be refused by the breaker).
-            return Attempt::Done(Err(CommandError::RateLimited {
-                after: retry::retry_after(&headers),
-                message: error.to_string(),
-            }));
-        }
         if retry {
             Attempt::Retry {
                 after: retry::retry_after(&headers),
@@ -554,6 +542,26 @@ impl Telephony for TelnyxClient {
     }
 }
 
+/// A permit for one attempt. A retry that waited out a 429's Retry-After finds the breaker
+/// open with its wait just over: the breaker goes half-open on the first refused request, so
+/// ask again briefly (the attempt then goes out as a probe) instead of failing the command.
+async fn permit(breaker: &BreakerHandle) -> Result<Permit, Rejected> {
+    let mut tries = 0;
+    loop {
+        match breaker.acquire() {
+            Err(r)
+                if tries < 5
+                    && r.state == BreakerState::Open
+                    && r.until.is_some_and(|u| u <= chrono::Utc::now()) =>
+            {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// How one attempt reads to the breaker: a 4xx is the request's fault, a 429 asks to back
 /// off, anything else that is not an answer is the vendor failing.
 fn verdict<T>(outcome: &Attempt<T, CommandError>, elapsed: Duration) -> CallOutcome {
@@ -561,9 +569,6 @@ fn verdict<T>(outcome: &Attempt<T, CommandError>, elapsed: Duration) -> CallOutc
         Attempt::Done(Ok(_)) | Attempt::Done(Err(CommandError::Http { .. })) => {
             CallOutcome::Success { elapsed }
         }
-        Attempt::Done(Err(CommandError::RateLimited { after, .. })) => CallOutcome::RateLimited {
-            retry_after: *after,
-        },
         Attempt::Done(Err(_)) => CallOutcome::Failure { elapsed },
         Attempt::Retry {
             error: CommandError::Http { status: 429, .. },

@@ -636,6 +636,9 @@ async fn demo(
     eprintln!(
         "  curl -s -X POST {base}/v1/calls -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{body}'"
     );
-    eprintln!("[dev] API key: {key}  (also in .services/dev-org.json)\n");
+    eprintln!("[dev] API key: {key}  (also in .services/dev-org.json)");
+    eprintln!(
+        "[dev] operator API: curl -s -H 'Authorization: Bearer {DEV_ADMIN_TOKEN}' {base}/v1/admin/breakers\n"
+    );
     Ok(())
 }

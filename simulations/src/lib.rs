@@ -14,12 +14,18 @@
 //!
 //! The crate also holds the wire-level vendor fakes, which run on real sockets and real time
 //! (never inside a seeded run): [`telnyx`] speaks Telnyx Call Control v2, signed webhooks and
-//! media streams, for the integration tests, `iace dev` and the load benchmarks.
+//! media streams, for the integration tests, `iace dev` and the load benchmarks; [`deepgram`]
+//! (live STT over WebSocket, scripted lines driven by audio energy), [`cartesia`] (TTS over
+//! WebSocket and HTTP) and [`groq`] (chat completions with SSE streaming and tool calls) are
+//! the fakes of the voice pipeline's vendors.
 
 pub mod carrier;
+pub mod cartesia;
 pub mod checks;
 mod core;
+pub mod deepgram;
 pub mod faults;
+pub mod groq;
 pub mod rng;
 mod store;
 pub mod telnyx;

@@ -387,6 +387,27 @@ impl BreakerHandle {
         result
     }
 
+    /// Like [`BreakerHandle::acquire`], for a retry that has just waited out a Retry-After:
+    /// the breaker it finds is open with its wait just over, and goes half-open on the first
+    /// refused request; ask again briefly (the call then goes out as a probe) instead of
+    /// failing.
+    pub async fn acquire_after_wait(&self) -> Result<Permit, Rejected> {
+        let mut tries = 0;
+        loop {
+            match self.acquire() {
+                Err(r)
+                    if tries < 5
+                        && r.state == BreakerState::Open
+                        && r.until.is_some_and(|u| u <= self.clock.now()) =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Whether a new piece of work should start at all (no probe is taken): `Err` while the
     /// breaker is open or forced open, and while half-open with every probe taken (the work
     /// would only fail at its first vendor call).

@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use iace_actors::breaker::{
-    BreakerHandle, BreakerState, CallOutcome, Permit, PermitGuard, Rejected,
-};
+use iace_actors::breaker::{BreakerHandle, CallOutcome, PermitGuard};
 use iace_actors::machine::{CallId, PhoneNumber};
 use iace_actors::ports::{DialCommand, LegCommand, LegStatus, Telephony, TelephonyError};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
@@ -244,7 +242,7 @@ impl TelnyxClient {
                     let url = url.clone();
                     async move {
                         let guard = match &self.config.breaker {
-                            Some(breaker) => match permit(breaker).await {
+                            Some(breaker) => match breaker.acquire_after_wait().await {
                                 Ok(permit) => Some(PermitGuard::new(breaker.clone(), permit)),
                                 // Never retry while the breaker is open.
                                 Err(rejected) => {
@@ -538,26 +536,6 @@ impl Telephony for TelnyxClient {
             )),
             Err(e) if e.status() == Some(404) => Ok(LegStatus::Unknown),
             Err(e) => Err(e.into_telephony()),
-        }
-    }
-}
-
-/// A permit for one attempt. A retry that waited out a 429's Retry-After finds the breaker
-/// open with its wait just over: the breaker goes half-open on the first refused request, so
-/// ask again briefly (the attempt then goes out as a probe) instead of failing the command.
-async fn permit(breaker: &BreakerHandle) -> Result<Permit, Rejected> {
-    let mut tries = 0;
-    loop {
-        match breaker.acquire() {
-            Err(r)
-                if tries < 5
-                    && r.state == BreakerState::Open
-                    && r.until.is_some_and(|u| u <= chrono::Utc::now()) =>
-            {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            other => return other,
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod cartesia;
 pub mod checks;
 mod core;
 pub mod deepgram;
+mod fake;
 pub mod faults;
 pub mod groq;
 pub mod rng;

@@ -58,7 +58,6 @@ mod session;
 mod state;
 mod wire;
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -458,42 +457,14 @@ impl FakeCartesia {
 
     /// Polls `f` every 10 ms until it holds (true) or `timeout` passes (false).
     pub async fn wait_for<F: Fn(&FakeCartesia) -> bool>(&self, timeout: Duration, f: F) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if f(self) {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        crate::fake::poll_until(timeout, || f(self)).await
     }
 
     /// Stops the server and every session (their sockets drop without a close frame). In-flight
     /// HTTP requests get up to 2 s to finish.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let mut server = self.server;
-        if tokio::time::timeout(Duration::from_secs(2), &mut server)
-            .await
-            .is_err()
-        {
-            server.abort();
-        }
+        crate::fake::shut_down(&self.stop, self.server).await;
     }
 }
 
-/// Spawns `fut` so that it is dropped when the fake stops.
-fn spawn_until_stopped<F>(stop: &watch::Receiver<bool>, fut: F)
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            () = fut => {}
-            () = state::stopped(stop) => {}
-        }
-    });
-}
+use crate::fake::spawn_until_stopped;

@@ -85,10 +85,4 @@ impl Shared {
 }
 
 /// Resolves once the fake is told to stop (or the sender is gone).
-pub(crate) async fn stopped(mut stop: watch::Receiver<bool>) {
-    while !*stop.borrow_and_update() {
-        if stop.changed().await.is_err() {
-            return;
-        }
-    }
-}
+pub(crate) use crate::fake::stopped;

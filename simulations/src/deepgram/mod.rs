@@ -353,29 +353,13 @@ impl FakeDeepgram {
 
     /// Polls `f` every 10 ms until it holds (true) or `timeout` passes (false).
     pub async fn wait_for<F: Fn(&FakeDeepgram) -> bool>(&self, timeout: Duration, f: F) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if f(self) {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        crate::fake::poll_until(timeout, || f(self)).await
     }
 
     /// Stops the server and every connection (open ones end as
     /// [`ConnectionEnd::Shutdown`], their sockets closed without a close frame). Waits up to
     /// 2 s for the server.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let mut server = self.server;
-        if tokio::time::timeout(Duration::from_secs(2), &mut server)
-            .await
-            .is_err()
-        {
-            server.abort();
-        }
+        crate::fake::shut_down(&self.stop, self.server).await;
     }
 }

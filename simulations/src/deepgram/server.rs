@@ -20,7 +20,6 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
-use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 use uuid::Uuid;
 
@@ -41,16 +40,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Resolves once the fake is told to stop, or its stop sender is gone.
-pub(crate) async fn stopped(mut stop: watch::Receiver<bool>) {
-    loop {
-        if *stop.borrow_and_update() {
-            return;
-        }
-        if stop.changed().await.is_err() {
-            return;
-        }
-    }
-}
+pub(crate) use crate::fake::stopped;
 
 /// The handshake. Checks run in the order Deepgram's would matter to a client: an injected
 /// refusal, the path, credentials (401), the query (400), and last the upgrade headers.

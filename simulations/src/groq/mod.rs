@@ -30,7 +30,6 @@ mod reply;
 mod state;
 mod stream;
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -360,42 +359,14 @@ impl FakeGroq {
 
     /// Polls `f` every 10 ms until it holds (true) or `timeout` passes (false).
     pub async fn wait_for<F: Fn(&FakeGroq) -> bool>(&self, timeout: Duration, f: F) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if f(self) {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        crate::fake::poll_until(timeout, || f(self)).await
     }
 
     /// Stops the server and every stream. Streams end at once (without `[DONE]`); other
     /// in-flight requests get up to 2 s to finish.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let mut server = self.server;
-        if tokio::time::timeout(Duration::from_secs(2), &mut server)
-            .await
-            .is_err()
-        {
-            server.abort();
-        }
+        crate::fake::shut_down(&self.stop, self.server).await;
     }
 }
 
-/// Spawns `fut` so that it is dropped when the fake stops.
-fn spawn_until_stopped<F>(stop: &watch::Receiver<bool>, fut: F)
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            () = fut => {}
-            () = state::stopped(stop) => {}
-        }
-    });
-}
+use crate::fake::spawn_until_stopped;

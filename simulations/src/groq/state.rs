@@ -93,13 +93,4 @@ impl Shared {
 }
 
 /// Resolves once the fake is told to stop (or its handle is gone).
-pub(crate) async fn stopped(mut stop: watch::Receiver<bool>) {
-    loop {
-        if *stop.borrow_and_update() {
-            return;
-        }
-        if stop.changed().await.is_err() {
-            return;
-        }
-    }
-}
+pub(crate) use crate::fake::stopped;

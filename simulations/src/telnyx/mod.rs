@@ -27,7 +27,6 @@ mod media;
 mod state;
 mod webhooks;
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -435,34 +434,13 @@ impl FakeTelnyx {
 
     /// Polls `f` every 10 ms until it holds (true) or `timeout` passes (false).
     pub async fn wait_for<F: Fn(&FakeTelnyx) -> bool>(&self, timeout: Duration, f: F) -> bool {
-        poll_until(timeout, || f(self)).await
+        crate::fake::poll_until(timeout, || f(self)).await
     }
 
     /// Stops the server and every leg, timer, delivery and media task. In-flight command
     /// requests get up to 2 s to finish.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let mut server = self.server;
-        if tokio::time::timeout(Duration::from_secs(2), &mut server)
-            .await
-            .is_err()
-        {
-            server.abort();
-        }
-    }
-}
-
-/// Polls `f` every 10 ms until it holds or `timeout` passes.
-async fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        crate::fake::shut_down(&self.stop, self.server).await;
     }
 }
 
@@ -480,19 +458,7 @@ fn sign_with(key: &SigningKey, timestamp: &str, body: &[u8]) -> String {
     BASE64.encode(key.sign(&message).to_bytes())
 }
 
-/// Spawns `fut` so that it is dropped when the fake stops.
-fn spawn_until_stopped<F>(stop: &watch::Receiver<bool>, fut: F)
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            () = fut => {}
-            () = state::stopped(stop) => {}
-        }
-    });
-}
+use crate::fake::spawn_until_stopped;
 
 #[cfg(test)]
 mod tests {

@@ -866,6 +866,18 @@ impl Env {
             .unwrap()
     }
 
+    /// Polls the breaker until it is in `state` (or `within` passes); returns the last view.
+    async fn breaker_until(&self, vendor: &str, state: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let snapshot = self.breaker(vendor).await;
+            if snapshot["state"] == state || Instant::now() > deadline {
+                return snapshot;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `POST /v1/calls` without asserting the status.
     async fn try_dial(&self, to: &str) -> reqwest::Response {
         self.http
@@ -1128,14 +1140,9 @@ async fn rate_limits_timeouts_and_slow_answers_open_the_breaker() {
     env.dial("+14155551001").await;
     env.dial("+14155551002").await;
     // The dial answers arrive 500 ms after the webhooks they cause.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let snapshot = loop {
-        let snapshot = env.breaker("telnyx").await;
-        if snapshot["state"] == "open" || Instant::now() > deadline {
-            break snapshot;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let snapshot = env
+        .breaker_until("telnyx", "open", Duration::from_secs(5))
+        .await;
     assert_eq!(snapshot["state"], "open", "{snapshot}");
     let r = env.try_dial("+14155551003").await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -1153,14 +1160,9 @@ async fn rate_limits_timeouts_and_slow_answers_open_the_breaker() {
     env.fake.set_command_latency(Duration::from_secs(4));
     let id = env.dial("+14155551004").await;
     // Two attempts time out (3 s each): two failures in a row open the breaker.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let snapshot = loop {
-        let snapshot = env.breaker("telnyx").await;
-        if snapshot["state"] == "open" || Instant::now() > deadline {
-            break snapshot;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let snapshot = env
+        .breaker_until("telnyx", "open", Duration::from_secs(15))
+        .await;
     assert_eq!(snapshot["state"], "open", "{snapshot}");
     // Telnyx did place the call although its answer was late: the webhooks carry it to the end.
     let call = env

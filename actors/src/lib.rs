@@ -11,3 +11,4 @@ pub mod machine;
 pub mod memory;
 pub mod ports;
 pub mod sentiment;
+pub mod voice;

@@ -4,6 +4,8 @@
 //! never leak into the engine, which sees domain types. Every outbound request goes through
 //! [`retry`], which bounds each attempt and the whole operation in time.
 
+pub mod cartesia;
+pub mod deepgram;
 pub mod groq;
 pub mod retry;
 pub mod telnyx;

@@ -1,0 +1,1 @@
+//! Deepgram live speech-to-text (vendor-protocols.md section 2): work in progress.

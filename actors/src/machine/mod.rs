@@ -135,6 +135,15 @@ pub enum EndReason {
     CarrierLost,
     /// The engine could not keep the call's actor alive (repeated crashes).
     EngineFault,
+    /// The AI agent ended the conversation (its `end_call` tool).
+    AgentEnded,
+    /// An answering machine answered; the agent hung up or left its message.
+    Voicemail,
+    /// The caller stayed silent; the agent said goodbye.
+    Silence,
+    /// A voice vendor (speech-to-text, speech synthesis, the model) failed during the call
+    /// and the agent, configured to end rather than transfer, apologised and hung up.
+    VoiceFailure,
 }
 
 impl EndReason {
@@ -154,6 +163,10 @@ impl EndReason {
             Self::VendorError => "vendor_error",
             Self::CarrierLost => "carrier_lost",
             Self::EngineFault => "engine_fault",
+            Self::AgentEnded => "agent_ended",
+            Self::Voicemail => "voicemail",
+            Self::Silence => "silence",
+            Self::VoiceFailure => "voice_failure",
         }
     }
 
@@ -461,6 +474,18 @@ pub enum Event {
         /// The figures.
         report: MediaReport,
     },
+    /// A fact of the conversation (transcript, sentiment, escalation, ...). Recorded in any
+    /// status (a final transcript may arrive after the hangup); never moves the call.
+    Conversation {
+        /// The fact.
+        record: crate::voice::record::ConversationRecord,
+    },
+    /// The AI agent ends the answered call (`agent_ended`, `voicemail`, `silence`,
+    /// `voice_failure`).
+    AgentHangup {
+        /// Why.
+        reason: EndReason,
+    },
 }
 
 impl Event {
@@ -489,6 +514,8 @@ impl Event {
             Event::EngineFault { .. } => "engine_fault",
             Event::TransferRequested { .. } => "transfer_requested",
             Event::MediaReported { .. } => "media_reported",
+            Event::Conversation { record } => record.kind(),
+            Event::AgentHangup { .. } => "agent_hangup",
         }
     }
 }
@@ -699,7 +726,20 @@ pub fn step(
                 touch(call, now);
             }
         },
-        Event::MediaReported { .. } => touch(call, now),
+        Event::MediaReported { .. } | Event::Conversation { .. } => touch(call, now),
+        Event::AgentHangup { reason } => match status {
+            InProgress => {
+                end(call, Completed, reason, now, &mut effects);
+                release(call, reason, &mut effects);
+            }
+            s if s.is_terminal() => return Err(TransitionError::Terminal { status }),
+            _ => {
+                return Err(TransitionError::NotNow {
+                    status,
+                    needs: "only an answered call has a conversation to end",
+                })
+            }
+        },
         Event::TransferRequested { to } => match status {
             InProgress => {
                 touch(call, now);

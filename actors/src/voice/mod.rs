@@ -2,10 +2,17 @@
 //! turn detection -> sentiment + reply (streamed chat model) -> streaming text-to-speech ->
 //! audio back to the caller.
 
+pub mod conversation;
 pub mod ports;
+pub mod profile;
+pub mod record;
+pub mod text;
 
 pub use ports::{
     ChatMessage, ChatRole, Llm, LlmEvent, LlmRequest, MediaError, MediaOut, SpeechToText, SttEvent,
     SttInput, SttOptions, SttStream, TextToSpeech, ToolCall, ToolSpec, TtsEvent, TtsInput,
     TtsOptions, TtsStream, VoiceError,
 };
+
+#[cfg(test)]
+mod conversation_tests;

@@ -4,6 +4,11 @@
 //! at 8000 bytes/s (G.711), a `mark` is echoed when the audio queued before it has played,
 //! `clear` flushes the queue and echoes the pending marks.
 //!
+//! A leg with a [`super::CallerScript`] streams what its script says instead of the endless
+//! talk/pause cycle ([`super::caller`]); for that, and for every leg's
+//! [`super::CallerTimeline`], the play-out also tracks which stretches of the app's audio are
+//! audible, decoding it in the `stream_bidirectional_codec` (PCMU by default).
+//!
 //! Pacing uses `tokio::time::interval` with `MissedTickBehavior::Delay`: after a stall (a
 //! loaded load-test box) frames resume at the normal rate instead of bursting to catch up, as
 //! a real RTP source would; media timestamps count 20 ms per frame of audio, not wall time.
@@ -31,12 +36,19 @@ use uuid::Uuid;
 
 use super::api::{self, ApiError};
 use super::audio::{SpeechLike, FRAME_SAMPLES};
+use super::caller::{Act, Edge, Heard, Performer, Timeline};
 use super::g711;
-use super::state::{rfc3339, MediaStats, Shared, State};
+use super::state::{self, rfc3339, MediaStats, Shared, State};
 use super::LegState;
 
-/// Play-out rate of the app's audio: G.711 at 8 kHz is one byte per sample.
-const PLAYOUT_BYTES_PER_SEC: f64 = 8_000.0;
+/// Play-out time of one byte of the app's audio: G.711 at 8 kHz is one byte per sample.
+const PLAYOUT_NANOS_PER_BYTE: u64 = 125_000;
+/// A 20 ms piece of the app's audio is audible at or above this RMS (16-bit scale): -50 dBFS,
+/// above comfort noise (about -63) and below any speech.
+const AUDIBLE_RMS: f64 = 104.0;
+/// Audible pieces of the play-out closer than this form one stretch: the gaps between an
+/// agent's words (the fake Cartesia leaves 60 ms per space) do not end its reply.
+const AUDIBLE_BRIDGE: Duration = Duration::from_millis(100);
 /// Audio per media frame, whatever the pacing.
 const FRAME_MS: u64 = 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,6 +89,13 @@ impl Encoding {
             Encoding::Pcma => samples.iter().map(|&s| g711::linear_to_alaw(s)).collect(),
         }
     }
+
+    fn decode(self, byte: u8) -> i16 {
+        match self {
+            Encoding::Pcmu => g711::ulaw_to_linear(byte),
+            Encoding::Pcma => g711::alaw_to_linear(byte),
+        }
+    }
 }
 
 /// A stream as requested by dial, answer or `streaming_start`.
@@ -86,6 +105,9 @@ pub(crate) struct StreamParams {
     /// As requested: `inbound_track`, `outbound_track` or `both_tracks`.
     track: String,
     encoding: Encoding,
+    /// How to decode the app's audio to tell sound from silence; `None` for an encoding the
+    /// fake cannot decode (MP3 mode, G722, OPUS, ...), whose audio always counts as audible.
+    playback: Option<Encoding>,
     auth_token: Option<String>,
     custom_parameters: Map<String, Value>,
 }
@@ -113,16 +135,24 @@ pub(crate) fn stream_params(body: &Map<String, Value>) -> Result<Option<StreamPa
             )))
         }
     };
-    if let Some(mode) = api::opt_str(body, "stream_bidirectional_mode")? {
+    let mode = api::opt_str(body, "stream_bidirectional_mode")?;
+    if let Some(mode) = mode {
         api::one_of("stream_bidirectional_mode", mode, &["rtp", "mp3"])?;
     }
-    if let Some(codec) = api::opt_str(body, "stream_bidirectional_codec")? {
+    let codec = api::opt_str(body, "stream_bidirectional_codec")?;
+    if let Some(codec) = codec {
         api::one_of(
             "stream_bidirectional_codec",
             codec,
             &["PCMU", "PCMA", "G722", "OPUS", "AMR-WB", "L16"],
         )?;
     }
+    let playback = match (mode, codec) {
+        (Some("mp3"), _) => None,
+        (_, None | Some("PCMU")) => Some(Encoding::Pcmu),
+        (_, Some("PCMA")) => Some(Encoding::Pcma),
+        _ => None,
+    };
     if let Some(legs) = api::opt_str(body, "stream_bidirectional_target_legs")? {
         api::one_of(
             "stream_bidirectional_target_legs",
@@ -161,6 +191,7 @@ pub(crate) fn stream_params(body: &Map<String, Value>) -> Result<Option<StreamPa
         url: url.to_owned(),
         track: track.to_owned(),
         encoding,
+        playback,
         auth_token: auth_token.map(str::to_owned),
         custom_parameters,
     }))
@@ -255,18 +286,57 @@ enum End {
     Failed(String),
 }
 
-/// The app's audio waiting to "play", and the marks behind it.
+/// The app's audio waiting to "play", the marks behind it, and its audible stretches.
 #[derive(Default)]
 struct Playout {
     busy_until: Option<Instant>,
     marks: VecDeque<(Instant, String)>,
+    /// Audible stretches of the queued audio, in play order, not yet reported as ended; the
+    /// front one may be playing. Each is reported started once its start has passed, and ended
+    /// once no later audio can join it any more.
+    loud: VecDeque<Loud>,
+    /// Start of the latest stretch reported started.
+    last_start: Option<Instant>,
+    /// End of the latest stretch reported ended.
+    last_end: Option<Instant>,
+}
+
+/// One audible stretch of the play-out.
+struct Loud {
+    start: Instant,
+    end: Instant,
+    /// Its start has been reported.
+    reported: bool,
+    /// Cut off by a `clear` or the end of the stream: final, nothing joins it.
+    cut: bool,
 }
 
 impl Playout {
-    fn queue_audio(&mut self, bytes: usize, now: Instant) {
-        let start = self.busy_until.filter(|t| *t > now).unwrap_or(now);
-        self.busy_until =
-            Some(start + Duration::from_secs_f64(bytes as f64 / PLAYOUT_BYTES_PER_SEC));
+    /// Queues `audio` behind what is queued; `codec` tells its audible pieces from silence.
+    fn queue_audio(&mut self, audio: &[u8], codec: Option<Encoding>, now: Instant) {
+        let mut at = self.busy_until.filter(|t| *t > now).unwrap_or(now);
+        for piece in audio.chunks(FRAME_SAMPLES) {
+            let end = at + Duration::from_nanos(piece.len() as u64 * PLAYOUT_NANOS_PER_BYTE);
+            if audible(piece, codec) {
+                self.add_loud(at, end);
+            }
+            at = end;
+        }
+        self.busy_until = Some(at);
+    }
+
+    fn add_loud(&mut self, start: Instant, end: Instant) {
+        match self.loud.back_mut() {
+            Some(last) if !last.cut && start < last.end + AUDIBLE_BRIDGE => {
+                last.end = last.end.max(end);
+            }
+            _ => self.loud.push_back(Loud {
+                start,
+                end,
+                reported: false,
+                cut: false,
+            }),
+        }
     }
 
     /// Queues a mark; returns it if it is due right away. A mark never overtakes an earlier one.
@@ -292,14 +362,93 @@ impl Playout {
         due
     }
 
-    fn clear(&mut self) -> Vec<String> {
+    fn clear(&mut self, now: Instant) -> Vec<String> {
         self.busy_until = None;
+        self.cut(now);
         self.marks.drain(..).map(|(_, name)| name).collect()
+    }
+
+    /// Nothing plays after `now`: stretches not begun are dropped, the one playing ends now.
+    fn cut(&mut self, now: Instant) {
+        self.loud.retain(|l| l.start < now);
+        if let Some(last) = self.loud.back_mut() {
+            last.end = last.end.min(now);
+            last.cut = true;
+        }
     }
 
     fn next_due(&self) -> Option<Instant> {
         self.marks.front().map(|(t, _)| *t)
     }
+
+    /// The starts and ends of audible stretches that have become certain by `now`, in order.
+    fn advance(&mut self, now: Instant) -> Vec<Edge> {
+        let mut edges = Vec::new();
+        while let Some(front) = self.loud.front_mut() {
+            if front.start > now {
+                break;
+            }
+            if !front.reported {
+                front.reported = true;
+                self.last_start = Some(front.start);
+                edges.push(Edge::Started(front.start));
+            }
+            let settled = if front.cut {
+                front.end <= now
+            } else {
+                front.end + AUDIBLE_BRIDGE <= now
+            };
+            if !settled {
+                break;
+            }
+            self.last_end = Some(front.end);
+            edges.push(Edge::Stopped(front.end));
+            self.loud.pop_front();
+        }
+        edges
+    }
+
+    /// What the caller hears at `now`.
+    fn heard(&self, now: Instant) -> Heard {
+        let mut heard = Heard {
+            playing: false,
+            last_start: self.last_start,
+            last_audible: self.last_end,
+        };
+        for loud in self.loud.iter().take_while(|l| l.start <= now) {
+            heard.last_start = Some(loud.start);
+            if now < loud.end {
+                heard.playing = true;
+                heard.last_audible = Some(now);
+            } else {
+                heard.last_audible = Some(loud.end);
+            }
+        }
+        heard
+    }
+}
+
+/// A piece of the app's audio is audible: loud enough, or in a codec the fake cannot decode.
+fn audible(piece: &[u8], codec: Option<Encoding>) -> bool {
+    let Some(codec) = codec else {
+        return !piece.is_empty();
+    };
+    if piece.is_empty() {
+        return false;
+    }
+    let energy: f64 = piece
+        .iter()
+        .map(|&b| f64::from(codec.decode(b)).powi(2))
+        .sum();
+    (energy / piece.len() as f64).sqrt() >= AUDIBLE_RMS
+}
+
+/// Where the far party's audio comes from.
+enum Source {
+    /// No script: the talk/pause cycle forever.
+    Endless(SpeechLike),
+    /// The leg's caller script.
+    Scripted(Performer),
 }
 
 /// One stream's task.
@@ -465,17 +614,123 @@ impl Session {
         if let Err(e) = send(ws, &start).await {
             return End::Failed(e);
         }
+        let mut source = self.begin_timeline();
+        let mut playout = Playout::default();
+        let end = self.pump(ws, ctrl, &mut source, &mut playout).await;
+        self.end_timeline(&mut source, &mut playout);
+        end
+    }
 
+    /// Opens the leg's timeline (the first stream's start is its origin) and picks the audio
+    /// source: the leg's script, once; an empty script for later streams of a scripted leg;
+    /// the endless cycle for a leg without a script.
+    fn begin_timeline(&self) -> Source {
+        let seed = self
+            .stream_id
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31) ^ u32::from(b));
+        let now = Instant::now();
+        let script = {
+            let mut st = self.shared.lock();
+            match st.legs.get_mut(&self.call_control_id) {
+                Some(leg) => {
+                    leg.timeline.get_or_insert_with(|| Timeline::new(now));
+                    leg.script.as_mut().map(std::mem::take)
+                }
+                None => None,
+            }
+        };
+        match script {
+            Some(script) => Source::Scripted(Performer::new(script, seed)),
+            None => Source::Endless(SpeechLike::new(seed)),
+        }
+    }
+
+    /// The stream is over: audio still playing stops now and a running step is interrupted.
+    fn end_timeline(&self, source: &mut Source, playout: &mut Playout) {
+        let now = Instant::now();
+        playout.cut(now);
+        let edges = playout.advance(now);
+        let mut acts = Vec::new();
+        if let Source::Scripted(performer) = source {
+            performer.interrupt(&mut acts);
+        }
+        self.with_timeline(|t| {
+            for edge in edges {
+                t.agent_audio(edge);
+            }
+            for act in &acts {
+                t.act(act, now);
+            }
+            t.stopped(now);
+        });
+    }
+
+    /// Records play-out edges that became certain by `now`.
+    fn note_playout(&self, playout: &mut Playout, now: Instant) {
+        let edges = playout.advance(now);
+        if !edges.is_empty() {
+            self.with_timeline(|t| {
+                for edge in edges {
+                    t.agent_audio(edge);
+                }
+            });
+        }
+    }
+
+    /// Carries out what the script did this frame: timeline records, DTMF, hangup.
+    fn perform(&self, acts: Vec<Act>, now: Instant) {
+        let mut st = self.shared.lock();
+        let current = st
+            .legs
+            .get(&self.call_control_id)
+            .is_some_and(|leg| leg.media.stream_id.as_deref() == Some(self.stream_id.as_str()));
+        if !current {
+            return;
+        }
+        for act in acts {
+            if let Some(t) = st
+                .legs
+                .get_mut(&self.call_control_id)
+                .and_then(|leg| leg.timeline.as_mut())
+            {
+                t.act(&act, now);
+            }
+            match act {
+                Act::Dtmf(digit) => {
+                    state::send_dtmf(&self.shared, &mut st, &self.call_control_id, digit);
+                }
+                Act::Hangup => {
+                    state::far_end_hangs_up(&self.shared, &mut st, &self.call_control_id)
+                }
+                Act::Began { .. } | Act::Ended { .. } => {}
+            }
+        }
+    }
+
+    fn with_timeline(&self, f: impl FnOnce(&mut Timeline)) {
+        let mut st = self.shared.lock();
+        if let Some(leg) = st.legs.get_mut(&self.call_control_id) {
+            if leg.media.stream_id.as_deref() == Some(self.stream_id.as_str()) {
+                if let Some(t) = leg.timeline.as_mut() {
+                    f(t);
+                }
+            }
+        }
+    }
+
+    async fn pump(
+        &mut self,
+        ws: &mut Ws,
+        ctrl: &mut mpsc::UnboundedReceiver<StreamCtrl>,
+        source: &mut Source,
+        playout: &mut Playout,
+    ) -> End {
         let tracks: &[&str] = match self.params.track.as_str() {
             "outbound_track" => &["outbound"],
             "both_tracks" => &["inbound", "outbound"],
             _ => &["inbound"],
         };
-        let seed = self
-            .stream_id
-            .bytes()
-            .fold(0u32, |h, b| h.wrapping_mul(31) ^ u32::from(b));
-        let mut voice = SpeechLike::new(seed);
         // What the far party hears is the app's audio, which the fake does not mix back in;
         // the outbound track carries encoded silence.
         let silence = BASE64.encode(self.params.encoding.encode(&[0; FRAME_SAMPLES]));
@@ -488,17 +743,33 @@ impl Session {
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut chunk: u64 = 0;
-        let mut playout = Playout::default();
 
         loop {
             let next_mark = playout.next_due();
             tokio::select! {
                 _ = ticker.tick() => {
+                    let now = Instant::now();
+                    self.note_playout(playout, now);
+                    let audio = match source {
+                        Source::Endless(voice) => Some(voice.next_frame()),
+                        Source::Scripted(performer) => {
+                            let mut acts = Vec::new();
+                            let audio = performer.tick(now, playout.heard(now), &mut acts);
+                            if !acts.is_empty() {
+                                self.perform(acts, now);
+                            }
+                            audio
+                        }
+                    };
+                    // A caller who hung up sends nothing while the stop is on its way.
+                    let Some(audio) = audio else {
+                        continue;
+                    };
                     chunk += 1;
                     let timestamp = ((chunk - 1) * FRAME_MS).to_string();
                     for track in tracks {
                         let payload = if *track == "inbound" {
-                            BASE64.encode(self.params.encoding.encode(&voice.next_frame()))
+                            BASE64.encode(self.params.encoding.encode(&audio))
                         } else {
                             silence.clone()
                         };
@@ -523,7 +794,7 @@ impl Session {
                 incoming = ws.next() => {
                     let result = match incoming {
                         Some(Ok(Message::Text(text))) => {
-                            self.on_app_frame(ws, text.as_str(), &mut playout).await
+                            self.on_app_frame(ws, text.as_str(), playout).await
                         }
                         Some(Ok(Message::Binary(_))) => self.send_error(ws, MALFORMED_FRAME).await,
                         Some(Ok(Message::Close(_))) | None => {
@@ -595,7 +866,7 @@ impl Session {
                     m.frames_received += 1;
                     m.bytes_received += len as u64;
                 });
-                playout.queue_audio(len, Instant::now());
+                playout.queue_audio(&audio, self.params.playback, Instant::now());
                 Ok(())
             }
             Some("mark") => {
@@ -609,8 +880,12 @@ impl Session {
                 }
             }
             Some("clear") => {
+                let now = Instant::now();
                 self.with_stats(|m| m.clears_received += 1);
-                for name in playout.clear() {
+                self.with_timeline(|t| t.clear(now));
+                let released = playout.clear(now);
+                self.note_playout(playout, now);
+                for name in released {
                     self.echo_mark(ws, name).await?;
                 }
                 Ok(())
@@ -627,7 +902,9 @@ impl Session {
             "mark": {"name": name},
         });
         send(ws, &frame).await?;
+        let now = Instant::now();
         self.with_stats(|m| m.marks_echoed += 1);
+        self.with_timeline(|t| t.mark(&name, now));
         Ok(())
     }
 

@@ -12,7 +12,9 @@
 //!   rejects, never answers or is a machine, and when it hangs up ([`state`]);
 //! * the webhook sender (Ed25519-signed, per-leg ordered, retried, with injectable duplicates,
 //!   reordering and lost first attempts — [`webhooks`]) and the media-stream WebSocket client
-//!   that paces speech-like mu-law audio and plays back what the app sends ([`media`]).
+//!   that paces speech-like mu-law audio and plays back what the app sends ([`media`]);
+//! * optionally a scripted far party ([`CallerScript`]: talk, silence, waits on the app's
+//!   audio, DTMF, hangup) with a [`CallerTimeline`] of what it did and heard (`caller.rs`).
 //!
 //! It must not use tokio's paused clock: everything here is wall-clock paced on real sockets, so
 //! it cannot run inside the deterministic simulation of this crate's [`crate::run`]. Nothing in
@@ -22,6 +24,7 @@
 
 mod api;
 mod audio;
+mod caller;
 pub mod g711;
 mod media;
 mod state;
@@ -39,6 +42,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use self::state::Shared;
+
+pub use self::caller::{
+    AgentAudioInterval, CallerScript, CallerStep, CallerTimeline, MarkEcho, StepEnd, StepOutcome,
+    StepRecord,
+};
 
 /// What the far end does on an outbound dial, or what the caller does on an inbound call.
 ///
@@ -363,6 +371,29 @@ impl FakeTelnyx {
     /// The far end's behaviour for dials to `to` (and transfers to `to`) from now on.
     pub fn set_scenario(&self, to: &str, s: Scenario) {
         self.shared.lock().scenarios.insert(to.to_owned(), s);
+    }
+
+    /// The far party of legs created from now on follows `script` once their media stream has
+    /// started, instead of streaming the endless talk/pause cycle: outbound dials to `number`
+    /// and inbound calls placed from `number` (keyed as [`FakeTelnyx::set_scenario`] keys dials
+    /// by the called number). The scenario still decides ringing and answering; with
+    /// `talk: None` the script alone decides when the far party hangs up.
+    pub fn set_caller_script(&self, number: &str, script: CallerScript) {
+        self.shared
+            .lock()
+            .caller_scripts
+            .insert(number.to_owned(), script);
+    }
+
+    /// The media timeline of a leg: its script's steps, the app's audible play-out, clears and
+    /// echoed marks. `None` if the leg is unknown or its media stream never started.
+    pub fn caller_timeline(&self, call_control_id: &str) -> Option<CallerTimeline> {
+        self.shared
+            .lock()
+            .legs
+            .get(call_control_id)
+            .and_then(|leg| leg.timeline.as_ref())
+            .map(|t| t.record.clone())
     }
 
     /// Replaces the webhook delivery faults; counting restarts.

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use super::api::{self, ApiError};
+use super::caller::{CallerScript, Timeline};
 use super::media::{self, StreamCtrl, StreamParams, StreamSlot};
 use super::webhooks::{self, Outgoing};
 use super::{
@@ -139,6 +140,9 @@ pub(crate) struct State {
     /// Creation order of `legs`, for [`super::FakeTelnyx::legs`].
     pub(crate) order: Vec<String>,
     pub(crate) scenarios: HashMap<String, Scenario>,
+    /// Caller scripts by number: the called number of a dial, the calling number of an inbound
+    /// call ([`super::FakeTelnyx::set_caller_script`]).
+    pub(crate) caller_scripts: HashMap<String, CallerScript>,
     pub(crate) faults: DeliveryFaults,
     /// Webhooks whose delivery began since the faults were set; the fault counters.
     pub(crate) webhooks_started: u64,
@@ -208,6 +212,12 @@ pub(crate) struct Leg {
     /// The stream open or opening now (one per call, as Telnyx allows one bidirectional).
     pub(crate) stream: Option<StreamSlot>,
     pub(crate) media: MediaStats,
+    /// What the far party does once the media stream runs; `None`: the endless talk/pause
+    /// cycle. The first stream takes it and leaves an empty script, so a later stream of the
+    /// same leg does not replay it.
+    pub(crate) script: Option<CallerScript>,
+    /// The media timeline, from the first stream's start on.
+    pub(crate) timeline: Option<Timeline>,
     /// The leg's webhook queue; dropped after `call.hangup` so the worker ends once drained.
     events: Option<mpsc::UnboundedSender<Outgoing>>,
 }
@@ -267,6 +277,7 @@ struct NewLeg {
     timeout: Duration,
     time_limit: Duration,
     pending_stream: Option<StreamParams>,
+    script: Option<CallerScript>,
 }
 
 fn create_leg(shared: &Arc<Shared>, st: &mut State, new: NewLeg) -> String {
@@ -300,6 +311,8 @@ fn create_leg(shared: &Arc<Shared>, st: &mut State, new: NewLeg) -> String {
         pending_stream: new.pending_stream,
         stream: None,
         media: MediaStats::default(),
+        script: new.script,
+        timeline: None,
         events: Some(events),
     };
     st.order.push(call_control_id.clone());
@@ -391,6 +404,7 @@ pub(crate) fn dial(
     let pending_stream = media::stream_params(body)?;
 
     let scenario = scenario_for(shared, st, &to);
+    let script = st.caller_scripts.get(&to).cloned();
     let call_control_id = create_leg(
         shared,
         st,
@@ -406,6 +420,7 @@ pub(crate) fn dial(
             timeout: Duration::from_secs(timeout_secs),
             time_limit: Duration::from_secs(time_limit_secs),
             pending_stream,
+            script,
         },
     );
     let leg = &st.legs[&call_control_id];
@@ -618,6 +633,7 @@ pub(crate) fn place_inbound(
         Scenario::Busy { after } | Scenario::Reject { after } => Some(after),
         Scenario::NoAnswer => None,
     };
+    let script = st.caller_scripts.get(from).cloned();
     let call_control_id = create_leg(
         shared,
         st,
@@ -633,6 +649,7 @@ pub(crate) fn place_inbound(
             timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
             time_limit: Duration::from_secs(DEFAULT_TIME_LIMIT_SECS),
             pending_stream: None,
+            script,
         },
     );
     let start_time = rfc3339(st.legs[&call_control_id].start_time);
@@ -766,6 +783,24 @@ fn answer(
         media::start(shared, st, call_control_id, params);
     }
     Ok(ok())
+}
+
+/// The far party hangs up (a caller script's `Hangup`), as the scenarios' talk timers do:
+/// `normal_clearing` from the callee of an outbound dial or the caller of an inbound call.
+pub(crate) fn far_end_hangs_up(shared: &Arc<Shared>, st: &mut State, call_control_id: &str) {
+    let Some(leg) = st.legs.get(call_control_id) else {
+        return;
+    };
+    let source = match leg.direction {
+        Direction::Outgoing => "callee",
+        Direction::Incoming => "caller",
+    };
+    end_leg(
+        shared,
+        st,
+        call_control_id,
+        ending("normal_clearing", source, "200"),
+    );
 }
 
 /// Our side hangs up. On an outbound leg we are the caller; on an inbound leg the callee. A leg

@@ -1,0 +1,979 @@
+//! The conversation core on a fake timeline: every turn-taking rule, barge-in, tone,
+//! escalation, tools, silence, voicemail and vendor-failure path.
+
+use serde_json::json;
+
+use super::conversation::{Action, CallerContext, Conversation, Input, Micros};
+use super::ports::{ChatRole, LlmEvent, SttEvent, ToolCall, TtsEvent};
+use super::profile::VoiceProfile;
+use super::record::{ConversationRecord, EscalationReason, Speaker, Tone};
+use crate::machine::{AmdResult, EndReason};
+use crate::sentiment::{Sentiment, SentimentLabel};
+
+const MS: Micros = 1000;
+
+struct Line {
+    conv: Conversation,
+    now: Micros,
+    log: Vec<Action>,
+    /// Marks sent and not yet echoed.
+    marks: Vec<String>,
+}
+
+impl Line {
+    fn new(persona: serde_json::Value) -> Line {
+        let profile = VoiceProfile::from_configs(&persona, &json!({})).unwrap();
+        Line {
+            conv: Conversation::new(profile, CallerContext::default()),
+            now: 0,
+            log: Vec::new(),
+            marks: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, input: Input) -> Vec<Action> {
+        let out = self.conv.handle(self.now, input);
+        for a in &out {
+            if let Action::MediaMark(m) = a {
+                self.marks.push(m.clone());
+            }
+            if let Action::MediaClear = a {
+                self.marks.clear();
+            }
+        }
+        self.log.extend(out.iter().cloned());
+        out
+    }
+
+    /// Moves time to `ms`, firing every deadline on the way.
+    fn to(&mut self, ms: u64) -> Vec<Action> {
+        let target = ms * MS;
+        let mut out = Vec::new();
+        while let Some(d) = self.conv.next_deadline().filter(|&d| d <= target) {
+            self.now = self.now.max(d);
+            out.extend(self.send(Input::Timer));
+        }
+        self.now = self.now.max(target);
+        out
+    }
+
+    fn stt(&mut self, event: SttEvent) -> Vec<Action> {
+        let at = self.now;
+        self.send(Input::Stt { event, at })
+    }
+
+    /// The caller says `text` (final, endpointed) at audio time `start..end` ms.
+    fn caller_says(&mut self, text: &str) -> Vec<Action> {
+        let mut out = self.stt(SttEvent::SpeechStarted { at_ms: 0 });
+        out.extend(self.stt(SttEvent::Transcript {
+            text: text.into(),
+            is_final: true,
+            speech_final: true,
+            confidence: 0.9,
+            start_ms: 0,
+            end_ms: 500,
+        }));
+        out
+    }
+
+    /// Synthesizes `ctx`: `bytes` of audio in one chunk, then done.
+    fn synth(&mut self, ctx: &str, bytes: usize) -> Vec<Action> {
+        let at = self.now;
+        let mut out = self.send(Input::Tts {
+            event: TtsEvent::Audio {
+                context: ctx.into(),
+                mulaw: vec![0xff; bytes],
+            },
+            at,
+        });
+        out.extend(self.send(Input::Tts {
+            event: TtsEvent::Done {
+                context: ctx.into(),
+            },
+            at,
+        }));
+        out
+    }
+
+    /// The carrier plays every queued mark.
+    fn play_all(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        for m in std::mem::take(&mut self.marks) {
+            out.extend(self.send(Input::MarkPlayed { name: m }));
+        }
+        out
+    }
+
+    fn llm(&mut self, reply: u32, event: LlmEvent) -> Vec<Action> {
+        let at = self.now;
+        self.send(Input::Llm { reply, event, at })
+    }
+
+    /// Greets and lets the greeting play out.
+    fn greeted(persona: serde_json::Value) -> Line {
+        let mut line = Line::new(persona);
+        let out = line.send(Input::Start { await_amd: false });
+        let ctx = speak_ctx(&out).expect("greeting");
+        line.synth(&ctx, 800);
+        line.play_all();
+        line
+    }
+
+    /// The caller's turn, through to the model's request: returns its id.
+    fn turn(&mut self, text: &str) -> u32 {
+        self.caller_says(text);
+        let t = self.now / MS;
+        let out = self.to(t + 1300);
+        llm_start(&out).expect("a reply is requested")
+    }
+
+    /// The model answers `text` in one go and it is synthesized and played.
+    fn answer(&mut self, reply: u32, text: &str) -> String {
+        let mut out = self.llm(reply, LlmEvent::Text { text: text.into() });
+        out.extend(self.llm(
+            reply,
+            LlmEvent::Done {
+                finish_reason: "stop".into(),
+            },
+        ));
+        let ctx = speak_ctx(&out).expect("reply spoken");
+        self.synth(&ctx, 1600);
+        ctx
+    }
+
+    fn records(&self) -> Vec<ConversationRecord> {
+        self.log
+            .iter()
+            .filter_map(|a| match a {
+                Action::Record(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn speak_ctx(out: &[Action]) -> Option<String> {
+    out.iter().find_map(|a| match a {
+        Action::TtsSpeak { context, .. } => Some(context.clone()),
+        _ => None,
+    })
+}
+
+fn spoken(out: &[Action]) -> String {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::TtsSpeak { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+fn llm_start(out: &[Action]) -> Option<u32> {
+    out.iter().find_map(|a| match a {
+        Action::LlmStart { reply, .. } => Some(*reply),
+        _ => None,
+    })
+}
+
+fn has(out: &[Action], f: impl Fn(&Action) -> bool) -> bool {
+    out.iter().any(f)
+}
+
+fn sentiment(score: f64) -> Sentiment {
+    Sentiment {
+        score,
+        label: SentimentLabel::of(score),
+        source: "groq".into(),
+        degraded: false,
+    }
+}
+
+#[test]
+fn greets_then_answers_a_turn_after_the_holdoff() {
+    let mut line = Line::new(json!({"greeting": "Hi, this is Ava."}));
+    let out = line.send(Input::Start { await_amd: false });
+    assert_eq!(spoken(&out), "Hi, this is Ava.");
+    let ctx = speak_ctx(&out).unwrap();
+    line.synth(&ctx, 800);
+    assert!(line.conv.agent_speaking());
+    line.play_all();
+    assert!(!line.conv.agent_speaking());
+    let greeting = line.records();
+    assert!(
+        matches!(&greeting[0], ConversationRecord::Segment { speaker: Speaker::Agent, text, interrupted: false, .. } if text == "Hi, this is Ava.")
+    );
+
+    line.to(1000);
+    line.caller_says("I need help with my order.");
+    // Not before the hold-off (250 ms).
+    assert!(llm_start(&line.to(1200)).is_none());
+    let out = line.to(1260);
+    let Some(Action::LlmStart {
+        messages, tools, ..
+    }) = out.iter().find(|a| matches!(a, Action::LlmStart { .. }))
+    else {
+        panic!("no request: {out:?}")
+    };
+    assert_eq!(messages[0].role, ChatRole::System);
+    assert_eq!(messages[1].content, "Hi, this is Ava.");
+    assert_eq!(messages[2].content, "I need help with my order.");
+    assert_eq!(
+        tools.len(),
+        2,
+        "end_call + lookup_customer (no human number)"
+    );
+    assert!(has(&out, |a| matches!(
+        a,
+        Action::ScoreSentiment { turn: 1, .. }
+    )));
+    assert!(has(&out, |a| matches!(
+        a,
+        Action::Record(ConversationRecord::Segment {
+            speaker: Speaker::Caller,
+            turn: 1,
+            ..
+        })
+    )));
+}
+
+#[test]
+fn unfinished_numbers_get_the_long_holdoff_and_stay_one_turn() {
+    let mut line = Line::greeted(json!({}));
+    line.caller_says("my number is 415 555");
+    assert!(llm_start(&line.to(900)).is_none(), "long hold-off applies");
+    line.caller_says("0123.");
+    let out = line.to(line.now / MS + 1300);
+    let Some(Action::LlmStart { messages, .. }) =
+        out.iter().find(|a| matches!(a, Action::LlmStart { .. }))
+    else {
+        panic!("no request")
+    };
+    assert_eq!(
+        messages.last().unwrap().content,
+        "my number is 415 555 0123."
+    );
+}
+
+#[test]
+fn reply_streams_into_speech_sentence_by_sentence() {
+    let mut line = Line::greeted(json!({}));
+    let reply = line.turn("What are your hours?");
+    let out = line.llm(
+        reply,
+        LlmEvent::Text {
+            text: "We are open".into(),
+        },
+    );
+    assert!(spoken(&out).is_empty(), "nothing speakable yet");
+    let out = line.llm(
+        reply,
+        LlmEvent::Text {
+            text: " nine to five. On Satur".into(),
+        },
+    );
+    assert_eq!(spoken(&out), "We are open nine to five. ");
+    let out = line.llm(
+        reply,
+        LlmEvent::Text {
+            text: "days ten to two.".into(),
+        },
+    );
+    assert!(spoken(&out).is_empty());
+    let out = line.llm(
+        reply,
+        LlmEvent::Done {
+            finish_reason: "stop".into(),
+        },
+    );
+    assert!(out.iter().any(|a| matches!(a, Action::TtsSpeak { text, last: false, .. } if text == "On Saturdays ten to two.")), "{out:?}");
+    assert!(out
+        .iter()
+        .any(|a| matches!(a, Action::TtsSpeak { text, last: true, .. } if text.is_empty())));
+    // Latency is recorded at the first audio of the reply.
+    let ctx = speak_ctx(&out).unwrap();
+    line.now += 5 * MS;
+    let out = line.synth(&ctx, 1600);
+    assert!(has(
+        &out,
+        |a| matches!(a, Action::Record(ConversationRecord::TurnLatency { turn: 1, holdoff_us, .. }) if *holdoff_us >= 250 * MS)
+    ));
+    line.play_all();
+    let history = line.records();
+    assert!(history.iter().any(|r| matches!(r, ConversationRecord::Segment { speaker: Speaker::Agent, text, .. } if text == "We are open nine to five. On Saturdays ten to two.")));
+}
+
+#[test]
+fn barge_in_stops_the_agent_and_keeps_only_what_was_heard() {
+    let mut line = Line::greeted(json!({}));
+    let reply = line.turn("Tell me about the plans.");
+    let out = line.llm(
+        reply,
+        LlmEvent::Text {
+            text: "We have three plans. The basic plan costs ten dollars. ".into(),
+        },
+    );
+    let ctx = speak_ctx(&out).unwrap();
+    // 2 s of audio in two chunks; the caller heard the first second.
+    let at = line.now;
+    line.send(Input::Tts {
+        event: TtsEvent::Audio {
+            context: ctx.clone(),
+            mulaw: vec![0; 8000],
+        },
+        at,
+    });
+    line.send(Input::Tts {
+        event: TtsEvent::Words {
+            context: ctx.clone(),
+            words: vec![
+                ("We".into(), 0.0, 0.2),
+                ("have".into(), 0.2, 0.4),
+                ("three".into(), 0.4, 0.7),
+                ("plans.".into(), 0.7, 1.0),
+                ("The".into(), 1.1, 1.2),
+            ],
+        },
+        at,
+    });
+    line.send(Input::Tts {
+        event: TtsEvent::Audio {
+            context: ctx.clone(),
+            mulaw: vec![0; 8000],
+        },
+        at,
+    });
+    line.send(Input::MarkPlayed {
+        name: format!("{ctx}@8000"),
+    });
+    // A backchannel does not stop it.
+    let out = line.stt(SttEvent::Transcript {
+        text: "uh-huh".into(),
+        is_final: false,
+        speech_final: false,
+        confidence: 0.8,
+        start_ms: 0,
+        end_ms: 300,
+    });
+    assert!(!has(&out, |a| matches!(a, Action::MediaClear)));
+    // Two real words do.
+    let out = line.stt(SttEvent::Transcript {
+        text: "uh-huh wait which plan".into(),
+        is_final: false,
+        speech_final: false,
+        confidence: 0.8,
+        start_ms: 0,
+        end_ms: 900,
+    });
+    assert!(has(&out, |a| matches!(a, Action::MediaClear)));
+    assert!(has(
+        &out,
+        |a| matches!(a, Action::TtsCancel { context } if *context == ctx)
+    ));
+    assert!(has(
+        &out,
+        |a| matches!(a, Action::LlmCancel { reply: r } if *r == reply)
+    ));
+    assert!(has(
+        &out,
+        |a| matches!(a, Action::Record(ConversationRecord::Segment { speaker: Speaker::Agent, interrupted: true, text, .. }) if text == "We have three plans.")
+    ));
+    assert!(has(&out, |a| matches!(
+        a,
+        Action::Record(ConversationRecord::BargeIn { heard_ms: 1000, .. })
+    )));
+    // The next request's context has only what was heard.
+    line.stt(SttEvent::Transcript {
+        text: "wait which plan is cheapest".into(),
+        is_final: true,
+        speech_final: true,
+        confidence: 0.9,
+        start_ms: 0,
+        end_ms: 1500,
+    });
+    let out = line.to(line.now / MS + 300);
+    let Some(Action::LlmStart { messages, .. }) =
+        out.iter().find(|a| matches!(a, Action::LlmStart { .. }))
+    else {
+        panic!("no request")
+    };
+    let n = messages.len();
+    assert_eq!(messages[n - 2].content, "We have three plans....");
+    assert_eq!(messages[n - 1].content, "wait which plan is cheapest");
+}
+
+#[test]
+fn a_backchannel_final_while_the_agent_talks_is_not_a_turn() {
+    let mut line = Line::greeted(json!({}));
+    let reply = line.turn("Explain the fees.");
+    let ctx = line.answer(reply, "There is a monthly fee and a setup fee. ");
+    let _ = ctx;
+    let out = line.caller_says("okay.");
+    assert!(!has(&out, |a| matches!(a, Action::MediaClear)));
+    let out = line.to(line.now / MS + 2000);
+    assert!(llm_start(&out).is_none());
+    assert!(line.records().iter().any(|r| matches!(r, ConversationRecord::Segment { speaker: Speaker::Caller, text, .. } if text == "okay.")));
+    assert!(line.conv.agent_speaking());
+}
+
+#[test]
+fn a_false_interruption_resumes_the_rest() {
+    let mut line = Line::greeted(json!({}));
+    let reply = line.turn("Explain the fees.");
+    let ctx = line.answer(reply, "There is a monthly fee. There is also a setup fee. ");
+    line.send(Input::MarkPlayed {
+        name: format!("{ctx}@400"),
+    });
+    // A cough: speech, one garbled word, long enough to stop the agent.
+    line.stt(SttEvent::SpeechStarted { at_ms: 0 });
+    line.stt(SttEvent::Transcript {
+        text: "hmm the".into(),
+        is_final: false,
+        speech_final: false,
+        confidence: 0.3,
+        start_ms: 0,
+        end_ms: 300,
+    });
+    let out = line.to(line.now / MS + 600);
+    assert!(has(&out, |a| matches!(a, Action::MediaClear)), "{out:?}");
+    // ...that the recogniser then drops.
+    line.stt(SttEvent::Transcript {
+        text: String::new(),
+        is_final: true,
+        speech_final: true,
+        confidence: 0.0,
+        start_ms: 0,
+        end_ms: 600,
+    });
+    let out = line.to(line.now / MS + 1600);
+    let resumed = spoken(&out);
+    assert!(
+        resumed.starts_with("There is a monthly fee.") || resumed.contains("setup fee"),
+        "{resumed}"
+    );
+    assert!(has(&out, |a| matches!(
+        a,
+        Action::Record(ConversationRecord::Resumed { .. })
+    )));
+}
+
+#[test]
+fn speech_before_the_answer_is_heard_merges_into_one_turn() {
+    let mut line = Line::greeted(json!({}));
+    let first = line.turn("I want to change my plan.");
+    line.llm(
+        first,
+        LlmEvent::Text {
+            text: "Sure, which plan ".into(),
+        },
+    );
+    let out = line.stt(SttEvent::Transcript {
+        text: "to the premium one".into(),
+        is_final: false,
+        speech_final: false,
+        confidence: 0.8,
+        start_ms: 0,
+        end_ms: 400,
+    });
+    assert!(has(
+        &out,
+        |a| matches!(a, Action::LlmCancel { reply } if *reply == first)
+    ));
+    line.stt(SttEvent::Transcript {
+        text: "to the premium one".into(),
+        is_final: true,
+        speech_final: true,
+        confidence: 0.8,
+        start_ms: 0,
+        end_ms: 900,
+    });
+    let out = line.to(line.now / MS + 300);
+    let Some(Action::LlmStart {
+        reply, messages, ..
+    }) = out.iter().find(|a| matches!(a, Action::LlmStart { .. }))
+    else {
+        panic!("no request")
+    };
+    assert_ne!(*reply, first);
+    assert_eq!(
+        messages.last().unwrap().content,
+        "I want to change my plan. to the premium one"
+    );
+    assert_eq!(line.conv.turns(), 1);
+    // A late event of the withdrawn reply changes nothing.
+    assert!(line
+        .llm(
+            first,
+            LlmEvent::Text {
+                text: "Basic. ".into()
+            }
+        )
+        .is_empty());
+}
+
+#[test]
+fn asking_for_a_person_hands_over_after_the_handoff_line() {
+    let mut line =
+        Line::greeted(json!({"human_number": "+14155550100", "handoff": "Connecting you now."}));
+    line.caller_says("Can I talk to a real person?");
+    let out = line.to(line.now / MS + 300);
+    assert!(llm_start(&out).is_none());
+    assert!(has(&out, |a| matches!(
+        a,
+        Action::Record(ConversationRecord::Escalation {
+            reason: EscalationReason::CallerRequest,
+            to: Some(_),
+            ..
+        })
+    )));
+    assert_eq!(spoken(&out), "Connecting you now.");
+    // Caller speech does not cut the handoff line.
+    let ctx = speak_ctx(&out).unwrap();
+    line.synth(&ctx, 800);
+    assert!(!has(&line.caller_says("hello?"), |a| matches!(
+        a,
+        Action::MediaClear
+    )));
+    let out = line.play_all();
+    assert!(has(
+        &out,
+        |a| matches!(a, Action::Transfer { to } if to.as_str() == "+14155550100")
+    ));
+    assert!(line.conv.is_done());
+}
+
+#[test]
+fn frustration_changes_tone_then_the_floor_escalates() {
+    let mut line = Line::greeted(json!({"human_number": "+14155550100"}));
+    let r = line.turn("Where is my refund?");
+    line.send(Input::Sentiment {
+        turn: 1,
+        sentiment: sentiment(-0.1),
+    });
+    line.answer(r, "Let me look into that. ");
+    line.play_all();
+    assert_eq!(line.conv.tone(), Tone::Normal);
+    let r = line.turn("This is ridiculous, I have waited for weeks.");
+    let out = line.send(Input::Sentiment {
+        turn: 2,
+        sentiment: sentiment(-0.7),
+    });
+    assert_eq!(line.conv.tone(), Tone::Empathetic);
+    assert!(line.records().iter().any(|r| matches!(
+        r,
+        ConversationRecord::ToneChanged {
+            to: Tone::Empathetic,
+            ..
+        }
+    )));
+    assert!(!has(&out, |a| matches!(
+        a,
+        Action::Record(ConversationRecord::Escalation { .. })
+    )));
+    line.answer(r, "I'm sorry about the wait. ");
+    line.play_all();
+    let r = line.caller_says("You people are useless.");
+    let _ = r;
+    let out = line.to(line.now / MS + 300);
+    let Some(Action::LlmStart { messages, .. }) =
+        out.iter().find(|a| matches!(a, Action::LlmStart { .. }))
+    else {
+        panic!("no request")
+    };
+    assert!(
+        messages[0].content.contains("frustrated"),
+        "the persona adapts"
+    );
+    let out = line.send(Input::Sentiment {
+        turn: 3,
+        sentiment: sentiment(-0.9),
+    });
+    assert!(has(&out, |a| matches!(
+        a,
+        Action::Record(ConversationRecord::Escalation {
+            reason: EscalationReason::SentimentFloor,
+            ..
+        })
+    )));
+    assert!(has(&out, |a| matches!(a, Action::LlmCancel { .. })));
+    let ctx = speak_ctx(&out).unwrap();
+    line.synth(&ctx, 800);
+    assert!(has(&line.play_all(), |a| matches!(
+        a,
+        Action::Transfer { .. }
+    )));
+}
+
+#[test]
+fn silence_reprompts_then_says_goodbye() {
+    let mut line =
+        Line::greeted(json!({"silence": {"reprompt_after_ms": 5000, "hangup_after_ms": 12000}}));
+    let out = line.to(4900);
+    assert!(out.is_empty());
+    let out = line.to(5100);
+    assert_eq!(spoken(&out), "Are you still there?");
+    line.synth(&speak_ctx(&out).unwrap(), 800);
+    line.play_all();
+    let out = line.to(12100);
+    assert_eq!(spoken(&out), "Thank you for calling. Goodbye!");
+    line.synth(&speak_ctx(&out).unwrap(), 800);
+    let out = line.play_all();
+    assert!(has(&out, |a| matches!(
+        a,
+        Action::Hangup {
+            reason: EndReason::Silence
+        }
+    )));
+}
+
+#[test]
+fn caller_speech_resets_the_silence_clock() {
+    let mut line =
+        Line::greeted(json!({"silence": {"reprompt_after_ms": 5000, "hangup_after_ms": 12000}}));
+    line.to(4000);
+    let r = line.turn("Hello?");
+    line.answer(r, "Yes, I'm here. ");
+    line.play_all();
+    let out = line.to(9000);
+    assert!(
+        spoken(&out).is_empty(),
+        "silence counts from the agent's last words: {out:?}"
+    );
+    assert!(!spoken(&line.to(11000)).is_empty());
+}
+
+#[test]
+fn answering_machine_hang_up_or_leave_a_message() {
+    let mut line = Line::new(json!({}));
+    line.send(Input::Start { await_amd: true });
+    let out = line.send(Input::Amd(AmdResult::Machine));
+    assert!(has(&out, |a| matches!(
+        a,
+        Action::Hangup {
+            reason: EndReason::Voicemail
+        }
+    )));
+
+    let mut line = Line::new(
+        json!({"voicemail": "leave_message", "voicemail_message": "Please call us back."}),
+    );
+    line.send(Input::Start { await_amd: true });
+    assert!(spoken(&line.send(Input::Amd(AmdResult::Machine))).is_empty());
+    line.caller_says("You have reached Bob, leave a message after the tone.");
+    let out = line.stt(SttEvent::UtteranceEnd {
+        last_word_end_ms: 3000,
+    });
+    let _ = out;
+    let spoken_now: String = spoken(&line.log);
+    assert_eq!(spoken_now, "Please call us back.");
+    let ctx = speak_ctx(&line.log).unwrap();
+    line.synth(&ctx, 800);
+    assert!(has(&line.play_all(), |a| matches!(
+        a,
+        Action::Hangup {
+            reason: EndReason::Voicemail
+        }
+    )));
+
+    // A person (or no verdict in time) gets the greeting.
+    let mut line = Line::new(json!({}));
+    line.send(Input::Start { await_amd: true });
+    assert_eq!(spoken(&line.to(3600)), "Hello! How can I help you today?");
+}
+
+#[test]
+fn tools_lookup_with_filler_end_call_and_transfer() {
+    let mut line = Line::greeted(json!({"human_number": "+14155550100"}));
+    let r = line.turn("What's on my account?");
+    let call = ToolCall {
+        id: "c1".into(),
+        name: "lookup_customer".into(),
+        arguments: "{}".into(),
+    };
+    line.llm(r, LlmEvent::ToolCall { call });
+    let out = line.llm(
+        r,
+        LlmEvent::Done {
+            finish_reason: "tool_calls".into(),
+        },
+    );
+    assert!(has(
+        &out,
+        |a| matches!(a, Action::RunTool { id, .. } if id == "c1")
+    ));
+    let out = line.to(line.now / MS + 900);
+    assert_eq!(spoken(&out), "One moment while I check that.");
+    line.synth(&speak_ctx(&out).unwrap(), 800);
+    line.play_all();
+    let out = line.send(Input::ToolResult {
+        id: "c1".into(),
+        result: Ok(json!({"name": "Dana"})),
+    });
+    let Some(Action::LlmStart { messages, .. }) =
+        out.iter().find(|a| matches!(a, Action::LlmStart { .. }))
+    else {
+        panic!("no follow-up")
+    };
+    let n = messages.len();
+    assert_eq!(messages[n - 2].tool_calls.len(), 1);
+    assert_eq!(messages[n - 1].role, ChatRole::Tool);
+    assert!(has(
+        &out,
+        |a| matches!(a, Action::Record(ConversationRecord::ToolCall { name, .. }) if name == "lookup_customer")
+    ));
+
+    // end_call after words: the words play, then the hangup.
+    let r2 = llm_start(&out).unwrap();
+    line.llm(
+        r2,
+        LlmEvent::Text {
+            text: "Thanks Dana, goodbye! ".into(),
+        },
+    );
+    line.llm(
+        r2,
+        LlmEvent::ToolCall {
+            call: ToolCall {
+                id: "c2".into(),
+                name: "end_call".into(),
+                arguments: "{}".into(),
+            },
+        },
+    );
+    let out = line.llm(
+        r2,
+        LlmEvent::Done {
+            finish_reason: "tool_calls".into(),
+        },
+    );
+    assert!(!has(&out, |a| matches!(a, Action::Hangup { .. })));
+    let ctx = line
+        .log
+        .iter()
+        .rev()
+        .find_map(|a| match a {
+            Action::TtsSpeak { context, text, .. } if text.contains("Dana") => {
+                Some(context.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    line.synth(&ctx, 800);
+    let out = line.play_all();
+    assert!(
+        has(&out, |a| matches!(
+            a,
+            Action::Hangup {
+                reason: EndReason::AgentEnded
+            }
+        )),
+        "{out:?}"
+    );
+
+    // transfer_to_human.
+    let mut line = Line::greeted(json!({"human_number": "+14155550100"}));
+    let r = line.turn("Something complicated.");
+    line.llm(
+        r,
+        LlmEvent::ToolCall {
+            call: ToolCall {
+                id: "t".into(),
+                name: "transfer_to_human".into(),
+                arguments: "{\"reason\":\"complex\"}".into(),
+            },
+        },
+    );
+    let out = line.llm(
+        r,
+        LlmEvent::Done {
+            finish_reason: "tool_calls".into(),
+        },
+    );
+    assert!(has(&out, |a| matches!(
+        a,
+        Action::Record(ConversationRecord::Escalation {
+            reason: EscalationReason::Tool,
+            ..
+        })
+    )));
+}
+
+#[test]
+fn dtmf_is_a_turn() {
+    let mut line = Line::greeted(json!({}));
+    line.send(Input::Dtmf { digit: "1".into() });
+    let out = line.to(line.now / MS + 1300);
+    let Some(Action::LlmStart { messages, .. }) =
+        out.iter().find(|a| matches!(a, Action::LlmStart { .. }))
+    else {
+        panic!("no request")
+    };
+    assert_eq!(
+        messages.last().unwrap().content,
+        "[The caller pressed the keys: 1]"
+    );
+    assert!(line
+        .records()
+        .iter()
+        .any(|r| matches!(r, ConversationRecord::Dtmf { digits, .. } if digits == "1")));
+}
+
+#[test]
+fn vendor_failure_apologises_then_transfers_or_ends() {
+    let mut line = Line::greeted(
+        json!({"human_number": "+14155550100", "apology": "Sorry, technical trouble."}),
+    );
+    let r = line.turn("Hi.");
+    let out = line.send(Input::LlmUnavailable {
+        reply: r,
+        reason: "groq circuit breaker is open".into(),
+    });
+    assert!(has(
+        &out,
+        |a| matches!(a, Action::Record(ConversationRecord::VendorFailure { action, .. }) if action == "transfer")
+    ));
+    assert_eq!(spoken(&out), "Sorry, technical trouble.");
+    line.synth(&speak_ctx(&out).unwrap(), 800);
+    assert!(has(&line.play_all(), |a| matches!(
+        a,
+        Action::Transfer { .. }
+    )));
+
+    // No human number: end. Speech-to-text dying mid-call works the same way.
+    let mut line = Line::greeted(json!({}));
+    let out = line.stt(SttEvent::Failed {
+        reason: "reconnects exhausted".into(),
+    });
+    line.synth(&speak_ctx(&out).unwrap(), 800);
+    assert!(has(&line.play_all(), |a| matches!(
+        a,
+        Action::Hangup {
+            reason: EndReason::VoiceFailure
+        }
+    )));
+
+    // Speech synthesis itself down: the fallback recording, then the hangup; never silence.
+    let mut line = Line::greeted(json!({}));
+    let out = line.send(Input::Tts {
+        event: TtsEvent::Failed {
+            reason: "down".into(),
+        },
+        at: 0,
+    });
+    let mark = out
+        .iter()
+        .find_map(|a| match a {
+            Action::PlayFallbackApology { mark } => Some(mark.clone()),
+            _ => None,
+        })
+        .expect("fallback");
+    let out = line.send(Input::MarkPlayed { name: mark });
+    assert!(has(&out, |a| matches!(
+        a,
+        Action::Hangup {
+            reason: EndReason::VoiceFailure
+        }
+    )));
+
+    // ...and if the media stream is gone too, the hangup still comes.
+    let mut line = Line::greeted(json!({}));
+    line.send(Input::TtsUnavailable {
+        reason: "down".into(),
+    });
+    let out = line.to(line.now / MS + 7000);
+    assert!(has(&out, |a| matches!(
+        a,
+        Action::Hangup {
+            reason: EndReason::VoiceFailure
+        }
+    )));
+}
+
+#[test]
+fn audio_plays_in_utterance_order_and_lost_marks_do_not_hang_the_call() {
+    let mut line = Line::greeted(json!({"human_number": "+14155550100"}));
+    let r = line.turn("Hello.");
+    let out = line.llm(
+        r,
+        LlmEvent::Text {
+            text: "Hi there. ".into(),
+        },
+    );
+    let first = speak_ctx(&out).unwrap();
+    // An escalation now queues the handoff behind the reply.
+    let out = line.send(Input::Sentiment {
+        turn: 1,
+        sentiment: sentiment(-0.9),
+    });
+    let _ = out;
+    let out = line.send(Input::Sentiment {
+        turn: 1,
+        sentiment: sentiment(-0.9),
+    });
+    let handoff = out
+        .iter()
+        .find_map(|a| match a {
+            Action::TtsSpeak { context, text, .. } if !text.is_empty() => Some(context.clone()),
+            _ => None,
+        })
+        .expect("handoff");
+    let at = line.now;
+    let out = line.send(Input::Tts {
+        event: TtsEvent::Audio {
+            context: handoff.clone(),
+            mulaw: vec![1; 80],
+        },
+        at,
+    });
+    assert!(
+        !has(&out, |a| matches!(a, Action::MediaAudio(_))),
+        "held behind the reply"
+    );
+    line.send(Input::Tts {
+        event: TtsEvent::Audio {
+            context: first.clone(),
+            mulaw: vec![2; 80],
+        },
+        at,
+    });
+    let out = line.send(Input::Tts {
+        event: TtsEvent::Done { context: first },
+        at,
+    });
+    assert!(has(
+        &out,
+        |a| matches!(a, Action::MediaAudio(b) if b[0] == 1)
+    ));
+    line.send(Input::Tts {
+        event: TtsEvent::Done { context: handoff },
+        at,
+    });
+    // No mark ever comes back (the stream died): the transfer happens anyway.
+    let out = line.to(line.now / MS + 3000);
+    assert!(
+        has(&out, |a| matches!(a, Action::Transfer { .. })),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn call_end_records_what_was_cut_off() {
+    let mut line = Line::greeted(json!({}));
+    let r = line.turn("Hello.");
+    let ctx = line.answer(r, "Hi there, how are you doing today? ");
+    line.send(Input::MarkPlayed {
+        name: format!("{ctx}@800"),
+    });
+    let out = line.send(Input::CallEnded);
+    assert!(has(&out, |a| matches!(
+        a,
+        Action::Record(ConversationRecord::Segment {
+            speaker: Speaker::Agent,
+            interrupted: true,
+            ..
+        })
+    )));
+    assert!(has(&out, |a| matches!(a, Action::Close)));
+    assert!(line.conv.is_done());
+    assert!(line.send(Input::Timer).is_empty());
+}

@@ -1,0 +1,198 @@
+//! What a conversation leaves in its call's journal (`Event::Conversation`): transcript
+//! segments, sentiment points, tone changes, escalations, tool calls, per-turn latencies,
+//! vendor gaps and failures. These are facts about the call; they never move its status.
+
+use serde::{Deserialize, Serialize};
+
+use crate::sentiment::SentimentLabel;
+
+/// Who spoke a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Speaker {
+    /// The person on the phone.
+    Caller,
+    /// The AI agent.
+    Agent,
+}
+
+/// The agent's speaking style.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tone {
+    /// The persona as configured.
+    Normal,
+    /// The caller is frustrated: slower, shorter, acknowledging, apologetic.
+    Empathetic,
+}
+
+/// Why a call was handed to a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscalationReason {
+    /// Sentiment stayed below the agent's floor for the configured number of turns.
+    SentimentFloor,
+    /// The caller asked for a person.
+    CallerRequest,
+    /// The caller said one of the agent's escalation keywords.
+    Keyword,
+    /// The model called `transfer_to_human`.
+    Tool,
+    /// A voice vendor failed and the agent is configured to transfer.
+    VendorFailure,
+}
+
+/// One journaled conversation fact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ConversationRecord {
+    /// A stretch of speech.
+    Segment {
+        /// Who.
+        speaker: Speaker,
+        /// What was said (for an interrupted agent: what the caller heard).
+        text: String,
+        /// Milliseconds since the conversation started.
+        start_ms: u64,
+        /// Milliseconds since the conversation started.
+        end_ms: u64,
+        /// Recognition confidence (caller) or 1 (agent).
+        confidence: f32,
+        /// The agent was cut off by the caller (barge-in) or by the end of the call.
+        interrupted: bool,
+        /// Turn number (1-based; 0 = before the first caller turn).
+        turn: u32,
+    },
+    /// The caller's sentiment in one turn.
+    Sentiment {
+        /// Turn.
+        turn: u32,
+        /// In `[-1, 1]`.
+        score: f64,
+        /// Label.
+        label: SentimentLabel,
+        /// Who scored it.
+        source: String,
+        /// The vendor could not answer; the local scorer did.
+        degraded: bool,
+    },
+    /// The agent changed tone.
+    ToneChanged {
+        /// Turn.
+        turn: u32,
+        /// Before.
+        from: Tone,
+        /// After.
+        to: Tone,
+        /// What triggered it.
+        reason: String,
+    },
+    /// The caller talked over the agent and the agent stopped.
+    BargeIn {
+        /// Turn being answered when it happened.
+        turn: u32,
+        /// When, ms since the conversation started.
+        at_ms: u64,
+        /// Agent audio the caller heard before it stopped, ms.
+        heard_ms: u64,
+    },
+    /// An interruption turned out to be noise or a backchannel: the agent resumed.
+    Resumed {
+        /// Turn.
+        turn: u32,
+        /// The text spoken again.
+        text: String,
+    },
+    /// The call is being handed to a person.
+    Escalation {
+        /// Turn.
+        turn: u32,
+        /// Why.
+        reason: EscalationReason,
+        /// Detail (the keyword, the scores, the failed vendor).
+        detail: String,
+        /// The number it is transferred to (`None`: the agent has none configured).
+        to: Option<String>,
+    },
+    /// A tool the model called, and what it returned.
+    ToolCall {
+        /// Turn.
+        turn: u32,
+        /// Tool name.
+        name: String,
+        /// Arguments as given (JSON text).
+        arguments: String,
+        /// The result (JSON text) or the error.
+        result: String,
+        /// How long it ran, ms.
+        duration_ms: u64,
+    },
+    /// Where the time of one reply went. All figures in microseconds.
+    TurnLatency {
+        /// Turn.
+        turn: u32,
+        /// Caller's end of speech (audio time) to the final transcript arriving.
+        stt_us: u64,
+        /// Final transcript to the end of the turn (the hold-off waiting for more speech).
+        holdoff_us: u64,
+        /// Request sent to the model's first token.
+        llm_first_token_us: u64,
+        /// First text sent to speech synthesis to its first audio.
+        tts_first_audio_us: u64,
+        /// Final transcript to the first audio frame handed to the call's media stream.
+        total_us: u64,
+        /// The engine's own share: `total` minus hold-off, model wait, token streaming up
+        /// to the first speakable piece, and synthesis wait.
+        engine_us: u64,
+    },
+    /// A vendor stream dropped or stalled and was reopened.
+    VendorGap {
+        /// `deepgram`, `cartesia`.
+        vendor: String,
+        /// Audio lost, ms (speech-to-text only).
+        gap_ms: u64,
+        /// What happened.
+        reason: String,
+    },
+    /// A voice vendor failed for good during the call.
+    VendorFailure {
+        /// The vendor.
+        vendor: String,
+        /// What happened.
+        reason: String,
+        /// What the agent did: `transfer` or `end`.
+        action: String,
+    },
+    /// An answering machine answered.
+    Voicemail {
+        /// `leave_message` or `hang_up`.
+        action: String,
+    },
+    /// The caller pressed keys.
+    Dtmf {
+        /// Turn.
+        turn: u32,
+        /// The keys, in order.
+        digits: String,
+    },
+}
+
+impl ConversationRecord {
+    /// Short name stored in the journal's `kind` column.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Segment { .. } => "transcript",
+            Self::Sentiment { .. } => "sentiment",
+            Self::ToneChanged { .. } => "tone_changed",
+            Self::BargeIn { .. } => "barge_in",
+            Self::Resumed { .. } => "resumed",
+            Self::Escalation { .. } => "escalation",
+            Self::ToolCall { .. } => "tool_call",
+            Self::TurnLatency { .. } => "turn_latency",
+            Self::VendorGap { .. } => "vendor_gap",
+            Self::VendorFailure { .. } => "vendor_failure",
+            Self::Voicemail { .. } => "voicemail",
+            Self::Dtmf { .. } => "dtmf_input",
+        }
+    }
+}

@@ -86,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
             media_echo: true,
         },
         breakers: Default::default(),
+        voice: Default::default(),
         admin_token: None,
         sim_ring_ms: 0,
         sim_talk_ms: 0,

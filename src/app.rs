@@ -171,6 +171,17 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             client
         }
     };
+    let media_registry = MediaRegistry::new();
+    let voice = match (&telnyx, args.voice.enabled) {
+        (Some(_), true) => Some(
+            crate::voice::ports(&args.voice, media_registry.clone(), &breakers, &registry)
+                .context("configuring the voice pipeline")?,
+        ),
+        (None, true) => {
+            bail!("IACE_VOICE=true needs IACE_TELEPHONY=telnyx (its media streams carry the audio)")
+        }
+        _ => None,
+    };
     let ports = Ports {
         calls: store.clone(),
         queries: store,
@@ -178,11 +189,13 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         clock: Arc::new(SystemClock),
         ids: Arc::new(RandomIds),
         breakers: breakers.clone(),
+        voice,
     };
     let config = EngineConfig {
         node_id: args.node_id.clone().unwrap_or_else(default_node_id),
         ring_timeout_secs: args.ring_timeout_secs,
         max_duration_secs: args.max_call_secs,
+        await_amd: telnyx.is_some() && args.telnyx.telnyx_amd != "disabled",
         ..EngineConfig::default()
     };
     let engine = Engine::start(ports, config, &registry)
@@ -219,7 +232,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         router = router.merge(crate::media::router(MediaState {
             tokens: edge.tokens,
             sink: Arc::new(EngineMedia(engine.clone())),
-            registry: MediaRegistry::new(),
+            registry: media_registry,
             metrics: MediaMetrics::new(&registry)?,
             config: edge.media,
         }));
@@ -316,13 +329,24 @@ fn telnyx_edge(
     })
 }
 
-/// The media endpoint's reports, into the engine: a finished stream's figures are journaled
-/// with its call. Start and DTMF are journaled from Telnyx's own webhooks.
+/// The media endpoint's reports, into the engine: a started stream starts the call's
+/// conversation, caller audio and mark echoes go to it, a finished stream's figures are
+/// journaled with its call. Start and DTMF are journaled from Telnyx's own webhooks (DTMF
+/// reaches the conversation from there, deduplicated by the inbox).
 struct EngineMedia(Engine);
 
 impl MediaSink for EngineMedia {
     fn started(&self, call_id: Uuid, info: StreamInfo) {
         info!(call_id = %call_id, stream_id = %info.stream_id, encoding = %info.encoding, "media stream attached");
+        self.0.media_started(call_id);
+    }
+
+    fn audio(&self, call_id: Uuid, mulaw: Vec<u8>) {
+        self.0.media_audio(call_id, mulaw);
+    }
+
+    fn mark(&self, call_id: Uuid, name: String) {
+        self.0.media_mark(call_id, name);
     }
 
     fn dtmf(&self, call_id: Uuid, digit: String) {
@@ -469,6 +493,12 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         }
         TelephonyKind::Simulated => None,
     };
+    // The voice pipeline in dev: the real Deepgram, Cartesia and Groq clients against their
+    // built-in fakes, so answered calls converse (the fake carrier plays a scripted caller).
+    let voices = match &fake {
+        Some(_) => Some(DevVoices::start().await?),
+        None => None,
+    };
     let telnyx = match &fake {
         Some(fake) => TelnyxArgs {
             telnyx_api_key: Some("dev-telnyx-key".into()),
@@ -479,11 +509,13 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             telnyx_webhook_tolerance_secs: 300,
             public_url: Some(public_url.clone()),
             media_secret: None,
-            media_greeting: true,
-            media_echo: true,
+            // The conversation owns the audio: no chime, no echo.
+            media_greeting: false,
+            media_echo: false,
         },
         None => TelnyxArgs::default(),
     };
+    let voice = voices.as_ref().map(DevVoices::args).unwrap_or_default();
     let running = start(ServeArgs {
         db: crate::config::DbArgs {
             database_url: database_url.clone(),
@@ -493,6 +525,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         telephony: args.telephony,
         telnyx,
         breakers: Default::default(),
+        voice,
         admin_token: Some(DEV_ADMIN_TOKEN.into()),
         sim_ring_ms: args.sim_ring_ms,
         sim_talk_ms: args.sim_talk_ms,
@@ -511,7 +544,88 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     if let Some(fake) = fake {
         fake.shutdown().await;
     }
+    if let Some(voices) = voices {
+        voices.shutdown().await;
+    }
     result
+}
+
+/// The fake voice vendors of `iace dev`.
+struct DevVoices {
+    deepgram: iace_sim::deepgram::FakeDeepgram,
+    cartesia: iace_sim::cartesia::FakeCartesia,
+    groq: iace_sim::groq::FakeGroq,
+}
+
+impl DevVoices {
+    async fn start() -> anyhow::Result<DevVoices> {
+        let deepgram = iace_sim::deepgram::FakeDeepgram::start(Default::default())
+            .await
+            .context("starting the fake Deepgram")?;
+        // What the demo caller says, one line per burst of speech.
+        deepgram.set_script(DEMO_CALLER_LINES);
+        let cartesia = iace_sim::cartesia::FakeCartesia::start(Default::default())
+            .await
+            .context("starting the fake Cartesia")?;
+        let groq = iace_sim::groq::FakeGroq::start(Default::default())
+            .await
+            .context("starting the fake Groq")?;
+        eprintln!(
+            "[dev] fake Deepgram {}, fake Cartesia ws://{}, fake Groq {}",
+            deepgram.url(),
+            cartesia.addr(),
+            groq.base_url()
+        );
+        Ok(DevVoices {
+            deepgram,
+            cartesia,
+            groq,
+        })
+    }
+
+    fn args(&self) -> crate::config::VoiceArgs {
+        crate::config::VoiceArgs {
+            enabled: true,
+            deepgram_api_key: Some(self.deepgram.api_key().to_owned()),
+            deepgram_url: self.deepgram.url(),
+            cartesia_api_key: Some(self.cartesia.api_key().to_owned()),
+            cartesia_url: format!("ws://{}", self.cartesia.addr()),
+            groq_api_key: Some(self.groq.api_key().to_owned()),
+            groq_api_base: self.groq.base_url(),
+            groq_model: "llama-3.3-70b-versatile".into(),
+            groq_classify_model: "llama-3.1-8b-instant".into(),
+        }
+    }
+
+    async fn shutdown(self) {
+        self.deepgram.shutdown().await;
+        self.cartesia.shutdown().await;
+        self.groq.shutdown().await;
+    }
+}
+
+/// The demo caller's lines (the fake Groq answers "goodbye" with the `end_call` tool).
+const DEMO_CALLER_LINES: [&str; 3] = [
+    "Hi, I'd like to check on my order.",
+    "It's order number 4512.",
+    "Great, thanks. That's all, goodbye.",
+];
+
+/// The demo caller: waits for the greeting, says each line after the agent's answer.
+fn demo_caller_script() -> iace_sim::telnyx::CallerScript {
+    let wait = Duration::from_secs(20);
+    let quiet = Duration::from_millis(600);
+    let mut script = iace_sim::telnyx::CallerScript::new()
+        .wait_for_agent_audio(wait)
+        .wait_for_agent_silence(quiet, wait);
+    for _ in DEMO_CALLER_LINES {
+        script = script
+            .say(Duration::from_millis(1400))
+            .wait_for_agent_audio(wait)
+            .wait_for_agent_silence(quiet, wait);
+    }
+    // The agent ends the call after the goodbye; hang up ourselves if it does not.
+    script.silence(Duration::from_secs(15)).hangup()
 }
 
 /// The dev organization's key, kept in `.services/dev-org.json` so restarts reuse it.
@@ -588,6 +702,17 @@ async fn demo(
     let body = format!(
         r#"{{"to":"+14155550100","from":"+14155550199","agent_id":"{agent_id}","metadata":{{"demo":true}}}}"#
     );
+    if let Some(fake) = fake {
+        // The scripted demo caller talks until the agent ends the call.
+        fake.set_scenario(
+            "+14155550100",
+            Scenario::Answer {
+                ring: Duration::from_secs(1),
+                talk: None,
+            },
+        );
+        fake.set_caller_script("+14155550100", demo_caller_script());
+    }
     if place_call {
         let call: serde_json::Value = http
             .post(format!("{base}/v1/calls"))
@@ -603,6 +728,7 @@ async fn demo(
         eprintln!("\n[dev] demo call {id} placed; watch it progress:");
         eprintln!("  curl -s -H 'Authorization: Bearer {key}' {base}/v1/calls/{id}");
         eprintln!("  curl -s -H 'Authorization: Bearer {key}' {base}/v1/calls/{id}/events");
+        eprintln!("  curl -s -H 'Authorization: Bearer {key}' {base}/v1/calls/{id}/transcript");
     }
     if let Some(fake) = fake {
         // The demo agent answers DEMO_NUMBER (409: assigned on an earlier run).

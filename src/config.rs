@@ -222,6 +222,9 @@ pub struct ServeArgs {
     /// Vendor circuit breakers.
     #[command(flatten)]
     pub breakers: BreakerArgs,
+    /// The voice pipeline.
+    #[command(flatten)]
+    pub voice: VoiceArgs,
     /// Operator token for `/v1/admin/*` (breakers); the operator API is off when unset.
     #[arg(long, env = "IACE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -264,4 +267,41 @@ pub struct DevArgs {
     /// protocol, signed webhooks, media streams); `simulated` uses the Redis-backed simulator.
     #[arg(long, env = "IACE_TELEPHONY", value_enum, default_value_t = TelephonyKind::Telnyx)]
     pub telephony: TelephonyKind,
+}
+
+/// The voice pipeline's vendors (used when `IACE_VOICE=true`; needs `IACE_TELEPHONY=telnyx`,
+/// whose media streams carry the audio).
+#[derive(Debug, Clone, Default, Args)]
+pub struct VoiceArgs {
+    /// Run a conversation on every answered call (speech-to-text, model, speech synthesis).
+    #[arg(long = "voice", env = "IACE_VOICE", default_value_t = false)]
+    pub enabled: bool,
+    /// Deepgram API key.
+    #[arg(long, env = "DEEPGRAM_API_KEY", hide_env_values = true)]
+    pub deepgram_api_key: Option<String>,
+    /// Deepgram WebSocket base (the fake's URL in tests and dev).
+    #[arg(long, env = "DEEPGRAM_URL", default_value = crate::vendor::deepgram::DEFAULT_URL)]
+    pub deepgram_url: String,
+    /// Cartesia API key.
+    #[arg(long, env = "CARTESIA_API_KEY", hide_env_values = true)]
+    pub cartesia_api_key: Option<String>,
+    /// Cartesia WebSocket base (the fake's URL in tests and dev).
+    #[arg(long, env = "CARTESIA_URL", default_value = crate::vendor::cartesia::DEFAULT_URL)]
+    pub cartesia_url: String,
+    /// Groq API key.
+    #[arg(long, env = "GROQ_API_KEY", hide_env_values = true)]
+    pub groq_api_key: Option<String>,
+    /// Groq API base (the fake's URL in tests and dev).
+    #[arg(long, env = "GROQ_API_BASE", default_value = crate::vendor::groq::DEFAULT_API_BASE)]
+    pub groq_api_base: String,
+    /// Conversation model.
+    #[arg(long, env = "GROQ_MODEL", default_value = "llama-3.3-70b-versatile")]
+    pub groq_model: String,
+    /// Sentiment classification model.
+    #[arg(
+        long,
+        env = "GROQ_CLASSIFY_MODEL",
+        default_value = "llama-3.1-8b-instant"
+    )]
+    pub groq_classify_model: String,
 }

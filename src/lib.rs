@@ -11,3 +11,4 @@ pub mod store;
 pub mod telemetry;
 pub mod telephony;
 pub mod vendor;
+pub mod voice;

@@ -1,18 +1,21 @@
 //! The Groq client against the wire-level fake Groq (`iace_sim::groq`): streaming replies,
-//! tool calls, retries and the breaker, sentiment with its lexicon fallback. Real sockets,
-//! real time; no database needed.
+//! tool calls, retries and the breaker, sentiment with its lexicon fallback, and the engine's
+//! chat-model port over it ([`GroqLlm`]) with barge-in cancellation. Real sockets, real time;
+//! no database needed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iace::vendor::groq::{
-    GroqClient, GroqConfig, GroqError, GroqSentiment, Message, ReplyEvent, ToolSpec,
+    GroqClient, GroqConfig, GroqError, GroqLlm, GroqSentiment, Message, ReplyEvent, ToolSpec,
 };
 use iace::vendor::retry::RetryPolicy;
 use iace_actors::breaker::{BreakerConfig, BreakerState, Breakers};
 use iace_actors::sentiment::{DegradingSentiment, SentimentLabel};
+use iace_actors::voice::{self, ChatMessage, ChatRole, Llm, LlmEvent, LlmRequest, VoiceError};
 use iace_sim::groq::{FakeGroq, FakeGroqConfig, Reply, ToolCall, ToolCallChunking};
 use serde_json::json;
+use uuid::Uuid;
 
 struct Wall;
 impl iace_actors::ports::Clock for Wall {
@@ -235,6 +238,279 @@ async fn sentiment_comes_from_groq_and_degrades_to_the_lexicon_while_it_is_down(
     assert!(s.degraded);
     assert_eq!(fake.requests().len(), before);
     assert_eq!(degraded.get(), 4);
+    breakers.stop();
+    fake.shutdown().await;
+}
+
+fn request(messages: Vec<ChatMessage>, tools: Vec<voice::ToolSpec>) -> LlmRequest {
+    LlmRequest {
+        call_id: Uuid::new_v4(),
+        messages,
+        tools,
+    }
+}
+
+fn lookup_tool() -> voice::ToolSpec {
+    voice::ToolSpec {
+        name: "lookup_customer".into(),
+        description: "Find the caller".into(),
+        parameters: json!({"type": "object", "properties": {"phone": {"type": "string"}}}),
+    }
+}
+
+/// Every event until the channel closes (bounded: a hung reply fails the test).
+async fn collect_llm(mut rx: tokio::sync::mpsc::Receiver<LlmEvent>) -> Vec<LlmEvent> {
+    tokio::time::timeout(Duration::from_secs(10), async move {
+        let mut out = Vec::new();
+        while let Some(e) = rx.recv().await {
+            out.push(e);
+        }
+        out
+    })
+    .await
+    .expect("the reply ends")
+}
+
+fn text_of(events: &[LlmEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            LlmEvent::Text { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groq_llm_streams_text_pieces_then_done_or_one_failure() {
+    let (fake, client, breakers) = setup(BreakerConfig::default()).await;
+    let llm = GroqLlm(client);
+    assert_eq!(llm.vendor(), "groq");
+    fake.push_reply(Reply::text("Sure, I can help with your renewal today."));
+    let events = collect_llm(
+        llm.stream(request(
+            vec![
+                ChatMessage::text(ChatRole::System, "Be brief."),
+                ChatMessage::text(ChatRole::User, "hi"),
+            ],
+            vec![],
+        ))
+        .await
+        .unwrap(),
+    )
+    .await;
+    let (last, pieces) = events.split_last().unwrap();
+    assert_eq!(
+        *last,
+        LlmEvent::Done {
+            finish_reason: "stop".into()
+        }
+    );
+    assert!(pieces.len() > 3, "{events:?}");
+    assert!(pieces.iter().all(|e| matches!(e, LlmEvent::Text { .. })));
+    assert_eq!(text_of(pieces), "Sure, I can help with your renewal today.");
+    let sent = &fake.requests()[0].body;
+    assert_eq!(
+        sent["messages"],
+        json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hi"},
+        ])
+    );
+    assert!(sent.get("tools").is_none(), "{sent}");
+    assert_eq!(sent["stream"], true);
+
+    // A stream that breaks halfway: the words so far, then exactly one `Failed`, then the end.
+    fake.error_mid_stream_next();
+    fake.push_reply(Reply::text("one two three four five six"));
+    let events = collect_llm(
+        llm.stream(request(
+            vec![ChatMessage::text(ChatRole::User, "x")],
+            vec![],
+        ))
+        .await
+        .unwrap(),
+    )
+    .await;
+    let (last, pieces) = events.split_last().unwrap();
+    assert!(matches!(last, LlmEvent::Failed { .. }), "{events:?}");
+    assert!(!pieces.is_empty());
+    assert!(pieces.iter().all(|e| matches!(e, LlmEvent::Text { .. })));
+    assert!("one two three four five six".starts_with(&text_of(pieces)));
+    breakers.stop();
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groq_llm_tool_call_round_trip() {
+    let (fake, client, breakers) = setup(BreakerConfig::default()).await;
+    let llm = GroqLlm(client);
+    let system = ChatMessage::text(ChatRole::System, "You are a receptionist.");
+    let user = ChatMessage::text(ChatRole::User, "who am I");
+    fake.push_reply(
+        Reply::tool_call("lookup_customer", &json!({"phone": "+14155550100"}))
+            .chunked(ToolCallChunking::Split { fragments: 3 }),
+    );
+    let events = collect_llm(
+        llm.stream(request(
+            vec![system.clone(), user.clone()],
+            vec![lookup_tool()],
+        ))
+        .await
+        .unwrap(),
+    )
+    .await;
+    let [LlmEvent::ToolCall { call }, LlmEvent::Done { finish_reason }] = events.as_slice() else {
+        panic!("expected a tool call then done: {events:?}");
+    };
+    assert_eq!(finish_reason, "tool_calls");
+    assert!(!call.id.is_empty());
+    assert_eq!(call.name, "lookup_customer");
+    let args: serde_json::Value = serde_json::from_str(&call.arguments).unwrap();
+    assert_eq!(args, json!({"phone": "+14155550100"}));
+    let tool_json = json!({
+        "type": "function",
+        "function": {
+            "name": "lookup_customer",
+            "description": "Find the caller",
+            "parameters": {"type": "object", "properties": {"phone": {"type": "string"}}}
+        }
+    });
+    assert_eq!(fake.requests()[0].body["tools"], json!([tool_json]));
+
+    // The engine answers the call and asks again with the call and its result in context.
+    fake.push_reply(Reply::text("Welcome back, Ada."));
+    let context = vec![
+        system,
+        user,
+        ChatMessage {
+            role: ChatRole::Assistant,
+            content: String::new(),
+            tool_calls: vec![call.clone()],
+            tool_call_id: None,
+        },
+        ChatMessage {
+            role: ChatRole::Tool,
+            content: r#"{"name":"Ada"}"#.into(),
+            tool_calls: vec![],
+            tool_call_id: Some(call.id.clone()),
+        },
+    ];
+    let events = collect_llm(
+        llm.stream(request(context, vec![lookup_tool()]))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(text_of(&events), "Welcome back, Ada.");
+    assert_eq!(
+        events.last(),
+        Some(&LlmEvent::Done {
+            finish_reason: "stop".into()
+        })
+    );
+    let second = &fake.requests()[1];
+    // The fake validates messages as Groq does: the replayed context was accepted.
+    assert_eq!(second.status, 200);
+    assert_eq!(
+        second.body["messages"],
+        json!([
+            {"role": "system", "content": "You are a receptionist."},
+            {"role": "user", "content": "who am I"},
+            {"role": "assistant", "content": null, "tool_calls": [{
+                "id": call.id,
+                "type": "function",
+                "function": {"name": "lookup_customer", "arguments": call.arguments}
+            }]},
+            {"role": "tool", "content": "{\"name\":\"Ada\"}", "tool_call_id": call.id},
+        ])
+    );
+    assert_eq!(second.body["tools"], json!([tool_json]));
+    breakers.stop();
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groq_llm_start_failures_are_voice_errors() {
+    let (fake, client, breakers) = setup(BreakerConfig {
+        consecutive_failures: 3,
+        open_wait: Duration::from_secs(60),
+        half_open_probes: 1,
+        ..BreakerConfig::default()
+    })
+    .await;
+    let llm = GroqLlm(client);
+    // Groq refuses an empty context (400): final.
+    let err = llm.stream(request(vec![], vec![])).await.unwrap_err();
+    assert!(
+        matches!(&err, VoiceError::Rejected { vendor, .. } if vendor == "groq"),
+        "{err:?}"
+    );
+    // 5xx on every attempt: unavailable, and the breaker opens.
+    fake.fail_next(3, 500, None);
+    let hello = || request(vec![ChatMessage::text(ChatRole::User, "hi")], vec![]);
+    let err = llm.stream(hello()).await.unwrap_err();
+    assert!(
+        matches!(&err, VoiceError::Unavailable { vendor, detail } if vendor == "groq" && detail.contains("500")),
+        "{err:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(breakers.get("groq").unwrap().state(), BreakerState::Open);
+    // Breaker open: unavailable at once, and Groq is not asked.
+    let before = fake.requests().len();
+    let err = llm.stream(hello()).await.unwrap_err();
+    assert!(
+        matches!(&err, VoiceError::Unavailable { vendor, detail } if vendor == "groq" && detail.contains("breaker")),
+        "{err:?}"
+    );
+    assert_eq!(fake.requests().len(), before);
+    breakers.stop();
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_groq_llm_receiver_cancels_the_request() {
+    // One failure would open the breaker: a barge-in must not count as one.
+    let (fake, client, breakers) = setup(BreakerConfig {
+        consecutive_failures: 1,
+        open_wait: Duration::from_secs(60),
+        ..BreakerConfig::default()
+    })
+    .await;
+    let llm = GroqLlm(client);
+    let hello = || request(vec![ChatMessage::text(ChatRole::User, "hi")], vec![]);
+    let cancelled = |idx: usize| move |f: &FakeGroq| f.requests()[idx].cancelled;
+
+    // Mid-reply: the first words arrive, then the caller barges in.
+    fake.set_latency(Duration::from_millis(20), Duration::from_millis(100));
+    fake.push_reply(Reply::text(
+        "This is a long answer that the caller will not wait for, word after word after word.",
+    ));
+    let mut rx = llm.stream(hello()).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap();
+    assert!(matches!(first, Some(LlmEvent::Text { .. })), "{first:?}");
+    drop(rx);
+    assert!(fake.wait_for(Duration::from_secs(3), cancelled(0)).await);
+    let reply = &fake.requests()[0];
+    assert!(!reply.completed);
+    assert!(reply.tokens_sent < 10, "{}", reply.tokens_sent);
+
+    // Before the first token, while Groq is silent (headers, then nothing): the drop alone
+    // must close the connection.
+    fake.stall_next();
+    let rx = llm.stream(hello()).await.unwrap();
+    drop(rx);
+    assert!(fake.wait_for(Duration::from_secs(3), cancelled(1)).await);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(breakers.get("groq").unwrap().state(), BreakerState::Closed);
+
+    // The client is still fine for the next reply.
+    fake.set_latency(Duration::from_millis(10), Duration::from_millis(1));
+    fake.push_reply(Reply::text("Go ahead."));
+    let events = collect_llm(llm.stream(hello()).await.unwrap()).await;
+    assert_eq!(text_of(&events), "Go ahead.");
     breakers.stop();
     fake.shutdown().await;
 }

@@ -71,6 +71,7 @@ impl Env {
                 media_echo: true,
             },
             breakers,
+            voice: Default::default(),
             admin_token: Some(ADMIN_TOKEN.into()),
             sim_ring_ms: 0,
             sim_talk_ms: 0,

@@ -453,4 +453,7 @@ pub struct Ports {
     pub ids: Arc<dyn IdGen>,
     /// Vendor circuit breakers (empty when the adapters are not real vendors).
     pub breakers: crate::breaker::Breakers,
+    /// The voice pipeline's vendors; `None` runs calls without a conversation (the media
+    /// stream is only measured).
+    pub voice: Option<crate::voice::session::VoicePorts>,
 }

@@ -231,6 +231,14 @@ impl DegradingSentiment {
     }
 }
 
+#[async_trait]
+impl SentimentScorer for DegradingSentiment {
+    /// Never fails: the lexicon answers whenever the vendor cannot.
+    async fn score(&self, text: &str) -> Result<Sentiment, SentimentError> {
+        Ok(DegradingSentiment::score(self, text).await)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

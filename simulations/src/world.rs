@@ -97,6 +97,7 @@ impl World {
             clock: self.clock.clone(),
             ids: self.ids.clone(),
             breakers: self.breakers.clone(),
+            voice: None,
         }
     }
 

@@ -134,6 +134,28 @@ pub async fn events(
     })))
 }
 
+/// `GET /v1/calls/{id}/transcript`: the conversation (segments, sentiment, events such as
+/// barge-ins and escalations, per-turn latency), folded from the journal.
+pub async fn transcript(
+    State(state): State<AppState>,
+    Org(org): Org,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    record_call(id);
+    let call = state.engine.get_call(org, id).await?;
+    let journal = state.engine.call_events(org, id).await?;
+    let transcript = iace_actors::voice::transcript::Transcript::from_journal(&journal);
+    Ok(Json(json!({
+        "call_id": id,
+        "status": call.status.as_str(),
+        "end_reason": call.end_reason.map(|r| r.as_str()),
+        "segments": transcript.segments,
+        "sentiment": transcript.sentiment,
+        "events": transcript.events,
+        "latency": transcript.latency,
+    })))
+}
+
 /// `POST /v1/calls/{id}/hangup` (any body is ignored).
 pub async fn hangup(
     State(state): State<AppState>,

@@ -88,6 +88,7 @@ pub fn router(state: AppState) -> Result<Router, prometheus::Error> {
         .route("/calls", post(calls::create).get(calls::list))
         .route("/calls/{id}", get(calls::get))
         .route("/calls/{id}/events", get(calls::events))
+        .route("/calls/{id}/transcript", get(calls::transcript))
         .route("/calls/{id}/hangup", post(calls::hangup))
         .route("/calls/{id}/transfer", post(calls::transfer))
         .route(

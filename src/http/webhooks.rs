@@ -158,6 +158,7 @@ mod tests {
             clock: Arc::new(TokioClock::new(chrono::Utc::now())),
             ids: Arc::new(SeqIds::new(1)),
             breakers: Default::default(),
+            voice: None,
         };
         let registry = Registry::new();
         let engine = Engine::start(ports, EngineConfig::default(), &registry)

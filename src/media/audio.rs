@@ -86,6 +86,16 @@ pub fn ulaw_to_alaw(code: u8) -> u8 {
     linear_to_alaw(ulaw_to_linear(code))
 }
 
+/// Re-encodes an A-law byte as μ-law (through linear), so the caller audio of a PCMA stream
+/// reaches consumers that take μ-law only.
+///
+/// The result is within one step of the coarser law at that level (μ-law tops out at ±32124
+/// where A-law reaches ±32256); A-law -> μ-law -> A-law gives back the same code for 240 of
+/// the 256 codes and a neighbouring level for the rest.
+pub fn alaw_to_ulaw(code: u8) -> u8 {
+    linear_to_ulaw(alaw_to_linear(code))
+}
+
 /// One bell-like note of the chime.
 struct Note {
     hz: f32,
@@ -232,6 +242,33 @@ mod tests {
             );
         }
         assert_eq!(ulaw_to_alaw(ULAW_SILENCE), ALAW_SILENCE);
+    }
+
+    #[test]
+    fn alaw_ulaw_round_trip() {
+        // Within one step of the coarser law at that level: 1/16 of the level, 16 near zero.
+        let close = |x: i16, y: i16| {
+            (i32::from(x) - i32::from(y)).abs() <= (i32::from(x).abs() / 16).max(16)
+        };
+        let mut exact = 0;
+        for code in 0..=255u8 {
+            let a = alaw_to_linear(code);
+            let u = ulaw_to_linear(alaw_to_ulaw(code));
+            assert_eq!(a < 0, u < 0, "code {code:#04x}: sign");
+            assert!(close(a, u), "code {code:#04x}: {a} became {u}");
+            // Back to A-law: the same code, or (where the two grids interleave) its neighbour.
+            let back = ulaw_to_alaw(alaw_to_ulaw(code));
+            assert!(
+                close(a, alaw_to_linear(back)),
+                "code {code:#04x}: back {back:#04x}"
+            );
+            exact += usize::from(back == code);
+        }
+        assert!(exact >= 240, "{exact} of 256 codes survive the round trip");
+        assert_eq!(alaw_to_ulaw(ALAW_SILENCE), 0xFE);
+        assert_eq!(ulaw_to_alaw(alaw_to_ulaw(ALAW_SILENCE)), ALAW_SILENCE);
+        assert_eq!(alaw_to_ulaw(0xAA), 0x80);
+        assert_eq!(alaw_to_ulaw(0x2A), 0x00);
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! (`GET /v1/media/telnyx`, vendor-protocols.md §1.5).
 //!
 //! It authenticates the stream to one call ([`MediaTokens`]), tells the engine when the stream
-//! starts, what keys were pressed and how it ended ([`MediaSink`]), measures the inbound audio
-//! ([`MediaStats`]), and plays outbound audio pushed through a [`MediaHandle`] found in the
-//! [`MediaRegistry`]. Each stream is one task; nothing a peer does can block another stream or
-//! a [`MediaHandle`] caller.
+//! starts, what the caller says, which marks have played, what keys were pressed and how it
+//! ended ([`MediaSink`]), measures the inbound audio ([`MediaStats`]), and plays outbound audio
+//! pushed through a [`MediaHandle`] found in the [`MediaRegistry`] (for the voice pipeline,
+//! through [`RegistryMediaOut`]). Each stream is one task; nothing a peer does can block
+//! another stream or a [`MediaHandle`] caller.
 //!
 //! It must not decide anything about the call: no hang-ups, no state transitions, no database.
 //! Those belong to the engine behind [`MediaSink`]. An unauthenticated stream never reaches the
@@ -13,6 +14,7 @@
 
 pub mod audio;
 mod metrics;
+mod out;
 mod registry;
 mod session;
 mod stats;
@@ -36,6 +38,7 @@ use uuid::Uuid;
 use crate::http::error::ApiError;
 
 pub use metrics::MediaMetrics;
+pub use out::RegistryMediaOut;
 pub use registry::{MediaHandle, MediaRegistry, MediaSendError};
 pub use token::MediaTokens;
 
@@ -50,15 +53,32 @@ pub const GREETING_END_MARK: &str = "greeting-end";
 const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// How the endpoint tells the engine about a stream. Implemented by the engine side, which
-/// attaches the stream to the call's actor.
+/// attaches the stream to the call's actor (and feeds the caller's audio to the voice
+/// pipeline).
 ///
-/// Methods are called on the stream's task, so they must return quickly (send a message to an
-/// actor; never wait on I/O). For one stream the order is `started`, any `dtmf`, then `stopped`
-/// exactly once. A call may have several streams in its life (a reconnect): correlate by
-/// `stream_id`.
+/// Methods are called on the stream's task, so they must return at once (send a message to an
+/// actor or `try_send` into a channel; never wait on I/O or on a full queue): a slow sink
+/// stalls that stream's audio in both directions. For one stream the order is `started`, then
+/// any `audio`, `mark` and `dtmf` in the order their frames arrived, then `stopped` exactly
+/// once; nothing comes after `stopped`. A call may have several streams in its life (a
+/// reconnect): correlate by `stream_id`.
 pub trait MediaSink: Send + Sync + 'static {
     /// An authenticated stream for `call_id` started; its handle is already in the registry.
     fn started(&self, call_id: Uuid, info: StreamInfo);
+    /// The caller's audio of one inbound media frame, as μ-law 8 kHz (never empty). A PCMA
+    /// stream's audio is transcoded to μ-law; streams in other encodings (L16, unknown) never
+    /// call this. Only the inbound track is reported, never the echo of what we play.
+    ///
+    /// Called about 50 times a second per stream; the default drops the audio.
+    fn audio(&self, call_id: Uuid, mulaw: Vec<u8>) {
+        let _ = (call_id, mulaw);
+    }
+    /// Telnyx echoed the mark `name` queued through a [`MediaHandle`]: the audio queued before
+    /// it has played, or a `clear` flushed it (a clear echoes every pending mark at once).
+    /// The endpoint's own greeting-end mark is not reported. The default ignores it.
+    fn mark(&self, call_id: Uuid, name: String) {
+        let _ = (call_id, name);
+    }
     /// The caller pressed `digit` (`0`-`9`, `*`, `#`, `A`-`D`).
     fn dtmf(&self, call_id: Uuid, digit: String);
     /// The stream ended (stop frame, socket closed, idle timeout or write failure); it is no

@@ -4,7 +4,8 @@
 //!
 //! Every socket write has a deadline, so a stalled peer ends its own stream instead of holding
 //! it open; nothing here waits on another stream or on a handle caller. The sink hears about a
-//! stream only once it is authenticated and started, and then hears `stopped` exactly once.
+//! stream only once it is authenticated and started; then about its caller audio, mark echoes
+//! and keys as their frames arrive; then `stopped` exactly once, after which it hears nothing.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -285,7 +286,8 @@ fn vendor_error(metrics: &MediaMetrics, payload: &ErrorBody) {
 enum Codec {
     Pcmu,
     Pcma,
-    /// Reported to the sink but neither greeted nor echoed: we have no encoder for it.
+    /// Reported to the sink as started, but neither greeted nor echoed, and its audio is not
+    /// passed on: we have no codec for it.
     Other,
 }
 
@@ -380,6 +382,11 @@ struct Stream {
     floor: u64,
     /// The greeting owns the output until its end mark is sent: no echo meanwhile.
     greeting: bool,
+    /// Greeting-end marks we sent whose echo has not come back. Telnyx echoes marks in the
+    /// order they were sent and ours goes out before any handle mark, so the first echo named
+    /// [`GREETING_END_MARK`] is ours while this is non-zero, and a handle mark of the same name
+    /// is still reported to the sink.
+    greeting_marks_pending: u32,
     ticker: Interval,
     quality: InboundQuality,
     counts: Counts,
@@ -419,6 +426,7 @@ impl Stream {
             queue: VecDeque::new(),
             floor: 0,
             greeting,
+            greeting_marks_pending: 0,
             ticker,
             quality: InboundQuality::default(),
             counts: Counts::default(),
@@ -523,6 +531,11 @@ impl Stream {
             Inbound::Mark { mark } => {
                 self.counts.marks_acked += 1;
                 tracing::debug!(name = %mark.name, "mark played");
+                if mark.name == GREETING_END_MARK && self.greeting_marks_pending > 0 {
+                    self.greeting_marks_pending -= 1;
+                } else {
+                    self.sink.mark(self.call_id, mark.name);
+                }
                 Ok(())
             }
             Inbound::Error { payload } => {
@@ -556,14 +569,20 @@ impl Stream {
         let arrival_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         self.quality
             .record(media.chunk, media.timestamp, arrival_ms);
-        let len = bytes.len() as u64;
+        let len = bytes.len();
         self.counts.frames_in += 1;
-        self.counts.bytes_in += len;
+        self.counts.bytes_in += len as u64;
         self.metrics.frames_in.inc();
-        self.metrics.bytes_in.inc_by(len);
-        if self.echo && !self.greeting && self.codec != Codec::Other && !bytes.is_empty() {
+        self.metrics.bytes_in.inc_by(len as u64);
+        if len == 0 {
+            return Ok(());
+        }
+        if let Some(mulaw) = self.decode(bytes) {
+            self.sink.audio(self.call_id, mulaw);
+        }
+        if self.echo && !self.greeting && self.codec != Codec::Other {
             // Same codec both ways, so the inbound base64 goes back untouched.
-            self.send_media(socket, &media.payload, bytes.len()).await?;
+            self.send_media(socket, &media.payload, len).await?;
         }
         Ok(())
     }
@@ -599,6 +618,20 @@ impl Stream {
                     pos: 0,
                 });
             }
+        }
+    }
+
+    /// The stream's codec in, μ-law out; `None` for a codec we cannot decode.
+    fn decode(&self, mut bytes: Vec<u8>) -> Option<Vec<u8>> {
+        match self.codec {
+            Codec::Pcmu => Some(bytes),
+            Codec::Pcma => {
+                for byte in &mut bytes {
+                    *byte = audio::alaw_to_ulaw(*byte);
+                }
+                Some(bytes)
+            }
+            Codec::Other => None,
         }
     }
 
@@ -653,6 +686,7 @@ impl Stream {
                 self.counts.marks_sent += 1;
                 if greeting_end {
                     self.greeting = false;
+                    self.greeting_marks_pending += 1;
                 }
             }
         }

@@ -30,6 +30,8 @@ type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 #[derive(Debug, Clone, PartialEq)]
 enum SinkEvent {
     Started(Uuid, StreamInfo),
+    Audio(Uuid, Vec<u8>),
+    Mark(Uuid, String),
     Dtmf(Uuid, String),
     Stopped(Uuid, MediaStats),
 }
@@ -39,6 +41,12 @@ struct RecordingSink(mpsc::UnboundedSender<SinkEvent>);
 impl MediaSink for RecordingSink {
     fn started(&self, call_id: Uuid, info: StreamInfo) {
         let _ = self.0.send(SinkEvent::Started(call_id, info));
+    }
+    fn audio(&self, call_id: Uuid, mulaw: Vec<u8>) {
+        let _ = self.0.send(SinkEvent::Audio(call_id, mulaw));
+    }
+    fn mark(&self, call_id: Uuid, name: String) {
+        let _ = self.0.send(SinkEvent::Mark(call_id, name));
     }
     fn dtmf(&self, call_id: Uuid, digit: String) {
         let _ = self.0.send(SinkEvent::Dtmf(call_id, digit));
@@ -122,10 +130,34 @@ impl Harness {
         }
     }
 
+    /// `stopped`, skipping the caller audio and mark echoes before it.
     async fn stopped(&mut self, call: Uuid) -> MediaStats {
+        self.until_stopped(call).await.1
+    }
+
+    /// The audio, mark and DTMF events up to `stopped`, in order, and the stats.
+    async fn until_stopped(&mut self, call: Uuid) -> (Vec<SinkEvent>, MediaStats) {
+        let mut before = Vec::new();
+        loop {
+            match self.event().await {
+                SinkEvent::Stopped(id, stats) if id == call => return (before, stats),
+                event @ (SinkEvent::Audio(id, _)
+                | SinkEvent::Mark(id, _)
+                | SinkEvent::Dtmf(id, _))
+                    if id == call =>
+                {
+                    before.push(event)
+                }
+                other => panic!("expected audio, mark, dtmf or stopped, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next event, which must be a mark echo.
+    async fn mark(&mut self, call: Uuid) -> String {
         match self.event().await {
-            SinkEvent::Stopped(id, stats) if id == call => stats,
-            other => panic!("expected stopped, got {other:?}"),
+            SinkEvent::Mark(id, name) if id == call => name,
+            other => panic!("expected mark, got {other:?}"),
         }
     }
 
@@ -200,6 +232,16 @@ fn media_frame(chunk: u64, payload: &[u8]) -> Value {
             "payload": BASE64.encode(payload),
         }
     })
+}
+
+fn outbound_frame(chunk: u64, payload: &[u8]) -> Value {
+    let mut frame = media_frame(chunk, payload);
+    frame["media"]["track"] = json!("outbound");
+    frame
+}
+
+fn mark_echo(name: &str) -> Value {
+    json!({"event": "mark", "sequence_number": "9", "stream_id": "s", "mark": {"name": name}})
 }
 
 fn payload_of(frame: &Value) -> Vec<u8> {
@@ -424,10 +466,18 @@ async fn greeting_plays_paced_then_marks_and_suppresses_echo() {
     )
     .await;
     send(&mut client, json!({"event": "stop"})).await;
-    let stats = h.stopped(call).await;
+    let (heard, stats) = h.until_stopped(call).await;
     assert_eq!(
         (stats.frames_out, stats.marks_sent, stats.marks_acked),
         (76, 1, 1)
+    );
+    // The caller's audio, but not our own greeting's end mark.
+    assert_eq!(
+        heard,
+        vec![
+            SinkEvent::Audio(call, caller),
+            SinkEvent::Audio(call, after)
+        ]
     );
 }
 
@@ -618,11 +668,13 @@ async fn other_codecs_are_reported_but_not_played() {
         None
     );
     send(&mut client, json!({"event": "stop"})).await;
-    let stats = h.stopped(call).await;
+    let (heard, stats) = h.until_stopped(call).await;
     assert_eq!(
         (stats.frames_in, stats.frames_out, stats.dropped_out),
         (1, 0, 1)
     );
+    // Measured, but no audio we could not hand on as μ-law.
+    assert_eq!(heard, vec![]);
 }
 
 #[tokio::test]
@@ -645,4 +697,247 @@ async fn pcma_streams_get_alaw() {
     );
     send(&mut client, json!({"event": "stop"})).await;
     h.stopped(call).await;
+}
+
+#[tokio::test]
+async fn pcmu_caller_audio_reaches_the_sink_in_order() {
+    let mut h = harness(config()).await;
+    let call = Uuid::new_v4();
+    let mut client = h.connect_as(call).await;
+    send(&mut client, start_frame("s", None)).await;
+    h.started(call).await;
+    let payloads: Vec<Vec<u8>> = (0..6u8)
+        .map(|i| {
+            (0..160)
+                .map(|n: u8| n.wrapping_mul(7).wrapping_add(i))
+                .collect()
+        })
+        .collect();
+    send(&mut client, media_frame(1, &payloads[0])).await;
+    send(&mut client, media_frame(2, &payloads[1])).await;
+    // Our own output, as Telnyx reports it with `both_tracks`: never the caller's audio.
+    send(&mut client, outbound_frame(1, &[0x99; 160])).await;
+    send(
+        &mut client,
+        json!({"event": "dtmf", "stream_id": "s", "dtmf": {"digit": "5"}}),
+    )
+    .await;
+    // An empty payload is measured but carries no audio.
+    send(&mut client, media_frame(3, &[])).await;
+    for (chunk, payload) in (4..).zip(&payloads[2..]) {
+        send(&mut client, media_frame(chunk, payload)).await;
+    }
+    send(&mut client, json!({"event": "stop"})).await;
+    let (heard, stats) = h.until_stopped(call).await;
+    let mut expected: Vec<_> = payloads[..2]
+        .iter()
+        .map(|p| SinkEvent::Audio(call, p.clone()))
+        .collect();
+    expected.push(SinkEvent::Dtmf(call, "5".into()));
+    expected.extend(
+        payloads[2..]
+            .iter()
+            .map(|p| SinkEvent::Audio(call, p.clone())),
+    );
+    assert_eq!(heard, expected);
+    assert_eq!((stats.frames_in, stats.bytes_in), (7, 960));
+    h.assert_no_more_events();
+}
+
+#[tokio::test]
+async fn pcma_caller_audio_arrives_as_mulaw() {
+    let mut h = harness(config()).await;
+    let call = Uuid::new_v4();
+    let mut client = h.connect_as(call).await;
+    let mut start = start_frame("s", None);
+    start["start"]["media_format"]["encoding"] = json!("PCMA");
+    send(&mut client, start).await;
+    h.started(call).await;
+    let every_code: Vec<u8> = (0..=255).collect();
+    send(&mut client, media_frame(1, &[audio::ALAW_SILENCE; 160])).await;
+    send(&mut client, media_frame(2, &every_code)).await;
+    send(&mut client, json!({"event": "stop"})).await;
+    let (heard, stats) = h.until_stopped(call).await;
+    let transcoded: Vec<u8> = every_code.iter().map(|&c| audio::alaw_to_ulaw(c)).collect();
+    assert_eq!(
+        heard,
+        vec![
+            SinkEvent::Audio(call, vec![audio::alaw_to_ulaw(audio::ALAW_SILENCE); 160]),
+            SinkEvent::Audio(call, transcoded),
+        ]
+    );
+    // A-law silence is not μ-law silence byte for byte: the bytes were really transcoded.
+    assert_ne!(
+        audio::alaw_to_ulaw(audio::ALAW_SILENCE),
+        audio::ALAW_SILENCE
+    );
+    // The stats measure what arrived on the wire.
+    assert_eq!(stats.bytes_in, 416);
+}
+
+#[tokio::test]
+async fn echoed_handle_marks_reach_the_sink() {
+    let mut h = harness(config()).await;
+    let call = Uuid::new_v4();
+    let mut client = h.connect_as(call).await;
+    send(&mut client, start_frame("s", None)).await;
+    h.started(call).await;
+    let handle = h.registry.handle(call).unwrap();
+    handle.send_audio(vec![0x33; 320]).unwrap();
+    handle.mark("reply-1").unwrap();
+    for _ in 0..2 {
+        assert_eq!(payload_of(&recv(&mut client).await), vec![0x33; 160]);
+    }
+    assert_eq!(
+        recv(&mut client).await,
+        json!({"event": "mark", "mark": {"name": "reply-1"}})
+    );
+    // Sent is not played: the sink hears of it only when Telnyx echoes it.
+    assert_eq!(
+        recv_within(&mut client, Duration::from_millis(100)).await,
+        None
+    );
+    h.assert_no_more_events();
+    send(&mut client, mark_echo("reply-1")).await;
+    assert_eq!(h.mark(call).await, "reply-1");
+    send(&mut client, json!({"event": "stop"})).await;
+    let (heard, stats) = h.until_stopped(call).await;
+    assert_eq!(heard, vec![]);
+    assert_eq!((stats.marks_sent, stats.marks_acked), (1, 1));
+}
+
+#[tokio::test]
+async fn marks_flushed_by_a_clear_are_still_reported() {
+    let mut h = harness(config()).await;
+    let call = Uuid::new_v4();
+    let mut client = h.connect_as(call).await;
+    send(&mut client, start_frame("s", None)).await;
+    h.started(call).await;
+    let handle = h.registry.handle(call).unwrap();
+    for (reply, byte) in [("reply-1", 0x33), ("reply-2", 0x44)] {
+        for _ in 0..20 {
+            handle.send_audio(vec![byte; 160]).unwrap();
+        }
+        handle.mark(reply).unwrap();
+    }
+    assert_eq!(payload_of(&recv(&mut client).await), vec![0x33; 160]);
+    // Barge-in: the audio not played yet goes, both marks still go out, right after the clear.
+    handle.clear().unwrap();
+    loop {
+        let frame = recv(&mut client).await;
+        if frame["event"] == "clear" {
+            break;
+        }
+        assert_eq!(frame["event"], "media");
+    }
+    for name in ["reply-1", "reply-2"] {
+        assert_eq!(
+            recv(&mut client).await,
+            json!({"event": "mark", "mark": {"name": name}})
+        );
+    }
+    // Telnyx answers a clear by echoing every pending mark at once.
+    send(&mut client, mark_echo("reply-1")).await;
+    send(&mut client, mark_echo("reply-2")).await;
+    assert_eq!(h.mark(call).await, "reply-1");
+    assert_eq!(h.mark(call).await, "reply-2");
+    send(&mut client, json!({"event": "stop"})).await;
+    let stats = h.stopped(call).await;
+    assert_eq!(
+        (stats.clears_sent, stats.marks_sent, stats.marks_acked),
+        (1, 2, 2)
+    );
+    h.assert_no_more_events();
+}
+
+#[tokio::test]
+async fn only_our_own_greeting_end_mark_is_kept_from_the_sink() {
+    let mut h = harness(MediaConfig {
+        greeting: true,
+        ..config()
+    })
+    .await;
+    let call = Uuid::new_v4();
+    let mut client = h.connect_as(call).await;
+    send(&mut client, start_frame("s", None)).await;
+    h.started(call).await;
+    // The handle's mark reuses the greeting's name; it queues behind the greeting.
+    h.registry
+        .handle(call)
+        .unwrap()
+        .mark(GREETING_END_MARK)
+        .unwrap();
+    let mut marks = 0;
+    while marks < 2 {
+        let frame = recv(&mut client).await;
+        if frame["event"] == "mark" {
+            assert_eq!(frame["mark"]["name"], GREETING_END_MARK);
+            marks += 1;
+        }
+    }
+    send(&mut client, mark_echo(GREETING_END_MARK)).await;
+    send(&mut client, mark_echo(GREETING_END_MARK)).await;
+    // The first echo is the greeting's (Telnyx echoes in order); the second is the handle's.
+    assert_eq!(h.mark(call).await, GREETING_END_MARK);
+    send(&mut client, json!({"event": "stop"})).await;
+    let (heard, stats) = h.until_stopped(call).await;
+    assert_eq!(heard, vec![]);
+    assert_eq!((stats.marks_sent, stats.marks_acked), (2, 2));
+}
+
+#[tokio::test]
+async fn nothing_is_reported_after_stopped() {
+    let mut h = harness(config()).await;
+    let call = Uuid::new_v4();
+    let mut client = h.connect_as(call).await;
+    send(&mut client, start_frame("s", None)).await;
+    h.started(call).await;
+    send(&mut client, media_frame(1, &[0x11; 160])).await;
+    send(&mut client, json!({"event": "stop"})).await;
+    // A peer that keeps talking after `stop` (frames in flight, or a confused one).
+    send(&mut client, media_frame(2, &[0x22; 160])).await;
+    send(&mut client, mark_echo("late")).await;
+    send(
+        &mut client,
+        json!({"event": "dtmf", "stream_id": "s", "dtmf": {"digit": "1"}}),
+    )
+    .await;
+    let (heard, _) = h.until_stopped(call).await;
+    assert_eq!(heard, vec![SinkEvent::Audio(call, vec![0x11; 160])]);
+    assert_eq!(u16::from(recv_close(&mut client).await.code), 1000);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.assert_no_more_events();
+}
+
+#[tokio::test]
+async fn unauthenticated_or_unstarted_streams_report_nothing() {
+    let mut h = harness(config()).await;
+    // No token: media and a mark echo first, refused without a word to the sink.
+    let mut client = h.try_connect(None).await.unwrap();
+    send(&mut client, media_frame(1, &[0x11; 160])).await;
+    send(&mut client, mark_echo("m")).await;
+    assert_eq!(u16::from(recv_close(&mut client).await.code), 1008);
+    // A wrong token in `connected`, then media.
+    let mut client = h.try_connect(None).await.unwrap();
+    send(
+        &mut client,
+        json!({"event": "connected", "x-telnyx-streaming-auth-token": "forged"}),
+    )
+    .await;
+    send(&mut client, media_frame(1, &[0x11; 160])).await;
+    assert_eq!(u16::from(recv_close(&mut client).await.code), 1008);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.assert_no_more_events();
+
+    // Authenticated, but audio before `start` belongs to no started stream.
+    let call = Uuid::new_v4();
+    let mut client = h.connect_as(call).await;
+    send(&mut client, media_frame(1, &[0x11; 160])).await;
+    send(&mut client, mark_echo("early")).await;
+    send(&mut client, start_frame("s", None)).await;
+    h.started(call).await;
+    send(&mut client, json!({"event": "stop"})).await;
+    let (heard, stats) = h.until_stopped(call).await;
+    assert_eq!(heard, vec![]);
+    assert_eq!(stats.frames_in, 0);
 }

@@ -12,16 +12,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::{EngineError, Shared};
 use crate::machine::{
-    step, Call, CallId, CallStatus, CarrierEvent, Effect, EndReason, Event, HangupCause, TimerKind,
-    TransitionError,
+    step, AmdResult, Call, CallId, CallStatus, CarrierEvent, Direction, Effect, EndReason, Event,
+    HangupCause, PhoneNumber, TimerKind, TransitionError,
 };
 use crate::ports::{DialCommand, JournalEntry, LegCommand, LegStatus, StoreError, TelephonyError};
+use crate::voice::record::ConversationRecord;
+use crate::voice::session::{VoiceArgs, VoiceMsg, VoiceSession};
 use chrono::{DateTime, Utc};
 
 /// How the actor comes to life.
@@ -84,7 +86,26 @@ pub(crate) enum CallMsg {
     RetryRelease,
     /// Stop if the call has ended (sent after the last message a terminal call may need).
     StopIfDone,
+    /// Our media endpoint has a stream for the call: start the conversation.
+    MediaStarted,
+    /// From the call's voice session.
+    Voice(VoiceRequest),
 }
+
+/// What a voice session asks of its call (the call actor is the call's only writer).
+#[derive(Debug)]
+pub(crate) enum VoiceRequest {
+    /// Journal a conversation fact.
+    Record(ConversationRecord),
+    /// Hand the call to a person.
+    Transfer(PhoneNumber),
+    /// End the call.
+    Hangup(EndReason),
+}
+
+/// Voice session crashes a call survives (each restart greets anew); after that the call is
+/// ended as `voice_failure` rather than left silent.
+const VOICE_RESTARTS: u32 = 2;
 
 /// The actor (stateless handler; the state is [`CallState`]).
 pub(crate) struct CallActor;
@@ -104,6 +125,12 @@ pub(crate) struct CallState {
     reconcile_inbox: Vec<(String, String)>,
     /// Failed hangup attempts of the pending release (for the backoff).
     release_attempts: u32,
+    /// The conversation, while one runs.
+    voice: Option<ActorRef<VoiceMsg>>,
+    /// Voice session crashes so far.
+    voice_failures: u32,
+    /// The answering-machine verdict, once known.
+    amd: Option<AmdResult>,
 }
 
 /// Attempts of a carrier command on `Unavailable` before giving up.
@@ -135,6 +162,9 @@ impl Actor for CallActor {
             reconciling: false,
             reconcile_inbox: Vec::new(),
             release_attempts: 0,
+            voice: None,
+            voice_failures: 0,
+            amd: None,
         })
     }
 
@@ -145,6 +175,46 @@ impl Actor for CallActor {
     ) -> Result<(), ActorProcessingErr> {
         // post_stop does not run after a failure; `on_failure` covers the crash paths we see.
         state.cancel_timer();
+        state.stop_voice();
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<CallMsg>,
+        evt: SupervisionEvent,
+        state: &mut CallState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Never the default (it would stop the call with its conversation).
+        let (cell, failure) = match evt {
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
+            _ => return Ok(()),
+        };
+        let Some(voice) = state.voice.take_if(|v| v.get_id() == cell.get_id()) else {
+            return Ok(());
+        };
+        state.shared.voice.remove(state.id, &voice);
+        if let Some(err) = failure {
+            state.voice_failures += 1;
+            warn!(call_id = %state.id, error = %err, failures = state.voice_failures, "voice session crashed");
+            let live = state
+                .call
+                .as_ref()
+                .is_some_and(|c| c.status == CallStatus::InProgress);
+            if live && state.voice_failures <= VOICE_RESTARTS {
+                state.start_voice(&myself).await;
+            } else if live {
+                let event = Event::AgentHangup {
+                    reason: EndReason::VoiceFailure,
+                };
+                if let Err(e) = state.apply(&myself, event, None).await {
+                    state.on_failure();
+                    return Err(e);
+                }
+            }
+        }
+        myself.send_message(CallMsg::StopIfDone)?;
         Ok(())
     }
 
@@ -229,10 +299,34 @@ impl Actor for CallActor {
                     .call
                     .as_ref()
                     .is_none_or(|c| c.status.is_terminal() && !c.release_pending);
-                if done && !state.reconciling {
+                // A running conversation still journals its last words; it stops on its own
+                // after `CallEnded` and its exit brings us back here.
+                if done && !state.reconciling && state.voice.is_none() {
                     myself.stop(None);
                 }
                 Ok(())
+            }
+            CallMsg::MediaStarted => {
+                state.start_voice(&myself).await;
+                Ok(())
+            }
+            CallMsg::Voice(request) => {
+                let event = match request {
+                    VoiceRequest::Record(record) => Event::Conversation { record },
+                    VoiceRequest::Transfer(to) => Event::TransferRequested { to },
+                    VoiceRequest::Hangup(reason) => Event::AgentHangup { reason },
+                };
+                match state.apply(&myself, event, None).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => {
+                        debug!(call_id = %state.id, error = %e, "voice request refused");
+                        Ok(())
+                    }
+                    Err(e) => {
+                        state.on_failure();
+                        Err(e)
+                    }
+                }
             }
         }
     }
@@ -452,11 +546,71 @@ impl CallState {
             "call event applied"
         );
         self.call = Some(next.clone());
+        self.tell_voice(&entry.event, &next);
         self.run_effects(myself, effects, next.version);
         if next.status.is_terminal() {
             myself.send_message(CallMsg::StopIfDone)?;
         }
         Ok(Ok(next))
+    }
+
+    /// Passes what the conversation needs to know of an applied event to it.
+    fn tell_voice(&mut self, event: &Event, call: &Call) {
+        if let Event::Carrier {
+            event: CarrierEvent::MachineDetection { result },
+        } = event
+        {
+            self.amd = Some(*result);
+        }
+        let Some(voice) = &self.voice else { return };
+        let msg = match event {
+            _ if call.status.is_terminal() => VoiceMsg::CallEnded,
+            Event::Carrier {
+                event: CarrierEvent::MachineDetection { result },
+            } => VoiceMsg::Amd(*result),
+            Event::Carrier {
+                event: CarrierEvent::Dtmf { digit },
+            } => VoiceMsg::Dtmf(digit.clone()),
+            Event::Carrier {
+                event: CarrierEvent::Bridged { .. },
+            } => VoiceMsg::CallEnded,
+            _ => return,
+        };
+        let _ = voice.send_message(msg);
+    }
+
+    /// Starts the call's conversation: needs voice ports, an answered call, and none running.
+    async fn start_voice(&mut self, myself: &ActorRef<CallMsg>) {
+        let Some(call) = self.call.as_ref() else {
+            return;
+        };
+        if self.shared.ports.voice.is_none()
+            || self.voice.is_some()
+            || call.status != CallStatus::InProgress
+        {
+            return;
+        }
+        let args = VoiceArgs {
+            spec: call.spec.clone(),
+            shared: self.shared.clone(),
+            parent: myself.clone(),
+            await_amd: self.shared.config.await_amd && call.spec.direction == Direction::Outbound,
+            amd: self.amd,
+        };
+        match Actor::spawn_linked(None, VoiceSession, args, myself.get_cell()).await {
+            Ok((voice, _)) => {
+                self.shared.voice.insert(self.id, voice.clone());
+                self.voice = Some(voice);
+            }
+            Err(e) => warn!(call_id = %self.id, error = %e, "voice session did not start"),
+        }
+    }
+
+    fn stop_voice(&mut self) {
+        if let Some(voice) = self.voice.take() {
+            self.shared.voice.remove(self.id, &voice);
+            voice.stop(Some("call actor stopped".into()));
+        }
     }
 
     async fn mark_processed(&self, inbox: &InboxRef) -> Result<(), ActorProcessingErr> {
@@ -769,8 +923,10 @@ impl CallState {
     }
 
     fn on_failure(&mut self) {
-        // post_stop will not run: drop the timer so a stale one cannot fire into a successor.
+        // post_stop will not run: drop the timer so a stale one cannot fire into a successor,
+        // and stop the conversation (its successor starts a new one).
         self.cancel_timer();
+        self.stop_voice();
     }
 }
 

@@ -333,6 +333,37 @@ impl Engine {
         });
     }
 
+    /// Our media endpoint has an authenticated stream for the call: its conversation starts
+    /// (when the engine has voice ports and the call is answered).
+    pub fn media_started(&self, call_id: CallId) {
+        let _ = self
+            .inner
+            .supervisor
+            .send_message(SupervisorMsg::MediaStarted { call_id });
+    }
+
+    /// Caller audio (μ-law 8 kHz) of one media frame, straight to the call's voice session.
+    /// Returns at once; audio for a call without a session is dropped.
+    pub fn media_audio(&self, call_id: CallId, mulaw: Vec<u8>) {
+        self.inner
+            .shared
+            .voice
+            .send(call_id, crate::voice::session::VoiceMsg::Audio(mulaw));
+    }
+
+    /// The carrier echoed a mark on the call's media stream.
+    pub fn media_mark(&self, call_id: CallId, name: String) {
+        self.inner
+            .shared
+            .voice
+            .send(call_id, crate::voice::session::VoiceMsg::Mark(name));
+    }
+
+    /// Voice sessions running on this node.
+    pub fn voice_sessions(&self) -> usize {
+        self.inner.shared.voice.live()
+    }
+
     // ---------------------------------------------------------------- phone numbers
 
     /// Assigns one of the organization's numbers to an agent that answers inbound calls.

@@ -9,7 +9,7 @@
 //! The [`Engine`] is the only thing the HTTP layer and the vendor webhooks hold. Every method
 //! has a timeout ([`EngineConfig::call_timeout`]); none of them hands out a database handle.
 
-mod call_actor;
+pub(crate) mod call_actor;
 mod error;
 mod ingress;
 mod metrics;
@@ -73,6 +73,9 @@ pub struct EngineConfig {
     pub orphan_sweep_every: Duration,
     /// Upper bound on one attempt of a carrier command.
     pub command_timeout: Duration,
+    /// Outbound calls run answering-machine detection at the carrier: the greeting waits for
+    /// its verdict (bounded by the agent's `amd_wait_ms`).
+    pub await_amd: bool,
 }
 
 impl Default for EngineConfig {
@@ -89,6 +92,7 @@ impl Default for EngineConfig {
             inbox_sweep_every: Duration::from_secs(5),
             orphan_sweep_every: Duration::from_secs(30),
             command_timeout: Duration::from_secs(10),
+            await_amd: false,
         }
     }
 }
@@ -123,6 +127,8 @@ pub(crate) struct Shared {
     pub config: EngineConfig,
     pub metrics: EngineMetrics,
     pub shards: ShardTable,
+    /// Live voice sessions, for the media endpoint's per-frame traffic.
+    pub voice: crate::voice::session::VoiceRouter,
 }
 
 impl Shared {
@@ -247,6 +253,7 @@ impl Engine {
             shards: ShardTable {
                 epochs: RwLock::new(epochs),
             },
+            voice: crate::voice::session::VoiceRouter::default(),
         });
         let spawn_err = |e: ractor::SpawnErr| EngineError::Unavailable(format!("spawn: {e}"));
         let (queries, qh) = Actor::spawn(

@@ -38,6 +38,8 @@ pub(crate) enum SupervisorMsg {
         inbox: InboxRef,
         reply: Option<ApplyReply>,
     },
+    /// Our media endpoint has a stream for the call.
+    MediaStarted { call_id: CallId },
     /// Re-activate a crashed call (or end it as a fault).
     Restart {
         call_id: CallId,
@@ -177,6 +179,12 @@ impl Actor for CallSupervisor {
                 inbox,
                 reply,
             } => state.deliver(&myself, call_id, event, inbox, reply).await,
+            SupervisorMsg::MediaStarted { call_id } => {
+                // Only a call that is live here has a conversation to start.
+                if let Some(actor) = state.calls.get(&call_id) {
+                    let _ = actor.send_message(CallMsg::MediaStarted);
+                }
+            }
             SupervisorMsg::Restart { call_id, fault } => {
                 state.backing_off.remove(&call_id);
                 if state.calls.contains_key(&call_id) {

@@ -31,6 +31,7 @@ impl World {
             clock: Arc::new(TokioClock::new(epoch)),
             ids: Arc::new(SeqIds::new(seed)),
             breakers: Default::default(),
+            voice: None,
         };
         let org = Uuid::from_u128(0xA);
         let agent = Uuid::from_u128(0xA6E);

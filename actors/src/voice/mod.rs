@@ -6,7 +6,11 @@ pub mod conversation;
 pub mod ports;
 pub mod profile;
 pub mod record;
+pub mod session;
 pub mod text;
+pub mod transcript;
+
+pub use session::{VoicePorts, VoiceRouter};
 
 pub use ports::{
     ChatMessage, ChatRole, Llm, LlmEvent, LlmRequest, MediaError, MediaOut, SpeechToText, SttEvent,

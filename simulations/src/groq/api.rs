@@ -524,8 +524,17 @@ fn decide(
         return (Decision::Stall, false);
     }
     let mid_stream_error = stream && st.mid_stream_errors > 0;
+    // Classifications (JSON mode) never take a scripted reply: the queue scripts the
+    // conversation, and a voice agent classifies every caller turn alongside it.
+    let json_mode = obj
+        .get("response_format")
+        .and_then(|f| f.get("type"))
+        .and_then(Value::as_str)
+        == Some("json_object");
     // A broken stream leaves the scripted reply queued, so the client's retry gets it.
-    let scripted = if mid_stream_error {
+    let scripted = if json_mode {
+        None
+    } else if mid_stream_error {
         st.mid_stream_errors -= 1;
         st.replies.front().cloned()
     } else {

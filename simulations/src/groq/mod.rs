@@ -9,7 +9,9 @@
 //! word with a `data: [DONE]` terminator, `chat.completion` bodies, tool calls in deltas — and
 //! answers like a (very small) model (see the private `reply` module):
 //!
-//! * replies queued with [`FakeGroq::push_reply`] are used first, in order ([`Reply`]);
+//! * replies queued with [`FakeGroq::push_reply`] are used first, in order ([`Reply`]), by
+//!   every request except JSON-mode ones (classifications such as per-turn sentiment, which
+//!   a voice agent sends alongside its conversation);
 //! * otherwise a rule-based responder answers: a configured trigger phrase in the
 //!   last user message calls the matching offered tool ([`ToolTrigger`]), JSON mode or a system
 //!   prompt about "sentiment" gets `{"score","label"}`, anything else gets a polite echo.

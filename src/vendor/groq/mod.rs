@@ -4,8 +4,10 @@
 //! Every request goes through the `groq` breaker and the shared [`RetryPolicy`]; retries only
 //! happen before a reply starts (a stream that broke halfway is the caller's to handle: the
 //! words already spoken cannot be taken back). A streamed reply is judged by its time to the
-//! first token, the latency a caller hears.
+//! first token, the latency a caller hears. [`GroqLlm`] serves the engine's chat-model port
+//! with it.
 
+mod llm;
 mod wire;
 
 use std::time::Duration;
@@ -16,6 +18,7 @@ use iace_actors::sentiment::{Sentiment, SentimentError, SentimentLabel, Sentimen
 use reqwest::StatusCode;
 use tokio::sync::mpsc;
 
+pub use llm::GroqLlm;
 use wire::{ChatRequest, Chunk, Completion, ErrorBody, FunctionSpec, ResponseFormat, Tool};
 pub use wire::{FunctionCall, Message, ToolCallOut};
 
@@ -118,7 +121,8 @@ impl GroqClient {
 
     /// Streams a reply: events arrive on the returned channel as Groq produces them (text
     /// first, tool calls once complete, then `Done`); a stream that breaks ends with an
-    /// `Err`. Dropping the receiver cancels the request.
+    /// `Err`. Dropping the receiver cancels the request at once (the connection is closed
+    /// even while Groq is silent) and tells the breaker nothing about Groq.
     pub async fn stream_reply(
         &self,
         messages: &[Message],
@@ -285,6 +289,11 @@ fn wire_tools(tools: &[ToolSpec]) -> Vec<Tool> {
 }
 
 /// Reads the SSE stream (`data: <json>` events, `data: [DONE]` at the end) into events.
+///
+/// Returns as soon as the receiver is gone, also while Groq is silent (before the first token
+/// or in a stall): dropping `response` closes the connection, which is how a request is
+/// cancelled. A cancelled reply is [`CallOutcome::Cancelled`] to the breaker, since the caller
+/// (a barge-in) and not Groq ended it.
 async fn read_stream(
     mut response: reqwest::Response,
     mut guard: Option<PermitGuard>,
@@ -300,8 +309,21 @@ async fn read_stream(
             g.finish(CallOutcome::Failure { elapsed });
         }
     };
+    let cancel = |guard: &mut Option<PermitGuard>| {
+        if let Some(g) = guard.take() {
+            g.finish(CallOutcome::Cancelled);
+        }
+    };
     loop {
-        let chunk = match response.chunk().await {
+        let read = tokio::select! {
+            biased;
+            () = tx.closed() => {
+                cancel(&mut guard);
+                return;
+            }
+            read = response.chunk() => read,
+        };
+        let chunk = match read {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
                 fail(&mut guard);
@@ -326,6 +348,11 @@ async fn read_stream(
                     continue;
                 };
                 if data == "[DONE]" {
+                    // Groq delivered the whole reply, whatever the receiver does with it now.
+                    if let Some(g) = guard.take() {
+                        let elapsed = g.elapsed();
+                        g.finish(CallOutcome::Success { elapsed });
+                    }
                     for (id, name, arguments) in calls.drain(..) {
                         if tx
                             .send(Ok(ReplyEvent::ToolCall {
@@ -338,10 +365,6 @@ async fn read_stream(
                         {
                             return;
                         }
-                    }
-                    if let Some(g) = guard.take() {
-                        let elapsed = g.elapsed();
-                        g.finish(CallOutcome::Success { elapsed });
                     }
                     let _ = tx
                         .send(Ok(ReplyEvent::Done {

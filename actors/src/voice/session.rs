@@ -1,0 +1,621 @@
+//! The VoiceSession actor: one per in-progress call with a media stream, a child of its
+//! CallActor. It opens the call's speech-to-text and speech-synthesis streams, feeds the
+//! [`Conversation`] core with everything that happens (caller audio goes straight on to
+//! speech-to-text), and executes what the core decides: audio and marks to the media stream,
+//! text to synthesis, reply requests to the model, sentiment scoring, tools, and — through the
+//! parent CallActor, the call's only writer — journal records, transfers and hangups.
+//!
+//! Vendor streams are read by small forwarding tasks that stamp each event with the time it
+//! arrived (so mailbox queueing counts as engine time in the latency records) and turn it into
+//! a message. The session never waits on a vendor: stream inputs use `try_send`; model
+//! requests, scoring and tools run in tasks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::conversation::{Action, CallerContext, Conversation, Input, Micros};
+use super::ports::{
+    Llm, LlmEvent, LlmRequest, MediaOut, SpeechToText, SttEvent, SttInput, SttOptions,
+    TextToSpeech, TtsEvent, TtsInput, TtsOptions,
+};
+use super::profile::VoiceProfile;
+use crate::engine::call_actor::{CallMsg, VoiceRequest};
+use crate::engine::Shared;
+use crate::machine::{AmdResult, CallId, CallSpec};
+use crate::sentiment::{LexiconScorer, Sentiment, SentimentLabel, SentimentScorer};
+
+/// What the voice pipeline is built from.
+#[derive(Clone)]
+pub struct VoicePorts {
+    /// Streaming speech-to-text.
+    pub stt: Arc<dyn SpeechToText>,
+    /// Streaming speech synthesis.
+    pub tts: Arc<dyn TextToSpeech>,
+    /// The chat model.
+    pub llm: Arc<dyn Llm>,
+    /// Caller sentiment (a vendor behind `DegradingSentiment` in production).
+    pub sentiment: Arc<dyn SentimentScorer>,
+    /// The calls' outbound media.
+    pub media: Arc<dyn MediaOut>,
+    /// μ-law 8 kHz audio played when speech synthesis is down (a recorded apology, or a
+    /// tone): the caller hears something before the transfer or hangup.
+    pub fallback_apology: Arc<Vec<u8>>,
+}
+
+/// Live voice sessions by call, for the media endpoint's per-frame traffic (which must not go
+/// through the supervisor and the call actor).
+#[derive(Clone, Default)]
+pub struct VoiceRouter {
+    sessions: Arc<Mutex<HashMap<CallId, ActorRef<VoiceMsg>>>>,
+}
+
+impl VoiceRouter {
+    pub(crate) fn insert(&self, call: CallId, session: ActorRef<VoiceMsg>) {
+        self.lock().insert(call, session);
+    }
+
+    pub(crate) fn remove(&self, call: CallId, session: &ActorRef<VoiceMsg>) {
+        let mut map = self.lock();
+        if map
+            .get(&call)
+            .is_some_and(|s| s.get_id() == session.get_id())
+        {
+            map.remove(&call);
+        }
+    }
+
+    pub(crate) fn send(&self, call: CallId, msg: VoiceMsg) {
+        let session = self.lock().get(&call).cloned();
+        if let Some(session) = session {
+            let _ = session.send_message(msg);
+        }
+    }
+
+    /// Sessions running.
+    pub fn live(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CallId, ActorRef<VoiceMsg>>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Mailbox of a [`VoiceSession`].
+#[derive(Debug)]
+pub enum VoiceMsg {
+    /// First message: load the agent, open the streams, greet.
+    Init,
+    /// Caller audio (μ-law 8 kHz).
+    Audio(Vec<u8>),
+    /// The carrier echoed a mark.
+    Mark(String),
+    /// Answering-machine verdict.
+    Amd(AmdResult),
+    /// The caller pressed a key.
+    Dtmf(String),
+    /// From speech-to-text, stamped on arrival.
+    Stt(SttEvent, DateTime<Utc>),
+    /// From speech synthesis, stamped on arrival.
+    Tts(TtsEvent, DateTime<Utc>),
+    /// From the model, stamped on arrival.
+    Llm(u32, LlmEvent, DateTime<Utc>),
+    /// The model request could not start.
+    LlmUnavailable(u32, String),
+    /// A scored turn.
+    Sentiment(u32, Sentiment),
+    /// A tool's result.
+    ToolResult(String, Result<serde_json::Value, String>),
+    /// A deadline of the conversation.
+    Timer(u64),
+    /// The call ended.
+    CallEnded,
+}
+
+/// Start-up arguments.
+pub(crate) struct VoiceArgs {
+    pub spec: CallSpec,
+    pub shared: Arc<Shared>,
+    pub parent: ActorRef<CallMsg>,
+    pub await_amd: bool,
+    pub amd: Option<AmdResult>,
+}
+
+/// The actor.
+pub(crate) struct VoiceSession;
+
+/// Per-session state.
+pub(crate) struct VoiceState {
+    spec: CallSpec,
+    shared: Arc<Shared>,
+    ports: VoicePorts,
+    parent: ActorRef<CallMsg>,
+    conv: Conversation,
+    origin: DateTime<Utc>,
+    stt: Option<mpsc::Sender<SttInput>>,
+    tts: Option<mpsc::Sender<TtsInput>>,
+    replies: HashMap<u32, JoinHandle<()>>,
+    timer: Option<(u64, JoinHandle<Result<(), ractor::MessagingErr<VoiceMsg>>>)>,
+    timer_generation: u64,
+    await_amd: bool,
+    amd: Option<AmdResult>,
+    audio_started: bool,
+    audio_dropped: u64,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Actor for VoiceSession {
+    type Msg = VoiceMsg;
+    type State = VoiceState;
+    type Arguments = VoiceArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<VoiceMsg>,
+        args: VoiceArgs,
+    ) -> Result<VoiceState, ActorProcessingErr> {
+        let ports = args
+            .shared
+            .ports
+            .voice
+            .clone()
+            .ok_or("the engine has no voice ports")?;
+        myself.send_message(VoiceMsg::Init)?;
+        let origin = args.shared.ports.clock.now();
+        Ok(VoiceState {
+            spec: args.spec,
+            shared: args.shared,
+            ports,
+            parent: args.parent,
+            conv: Conversation::new(VoiceProfile::default(), CallerContext::default()),
+            origin,
+            stt: None,
+            tts: None,
+            replies: HashMap::new(),
+            timer: None,
+            timer_generation: 0,
+            await_amd: args.await_amd,
+            amd: args.amd,
+            audio_started: false,
+            audio_dropped: 0,
+            tasks: Vec::new(),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<VoiceMsg>,
+        state: &mut VoiceState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.shutdown();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<VoiceMsg>,
+        msg: VoiceMsg,
+        state: &mut VoiceState,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = state.now();
+        let input = match msg {
+            VoiceMsg::Init => {
+                let failures = state.init(&myself).await;
+                let now = state.now();
+                let mut actions = state.conv.handle(
+                    now,
+                    Input::Start {
+                        await_amd: state.await_amd && state.amd.is_none(),
+                    },
+                );
+                // Start first, then the failures: the failure path needs a live conversation.
+                for input in failures {
+                    actions.extend(state.conv.handle(now, input));
+                }
+                if let Some(amd) = state.amd {
+                    actions.extend(state.conv.handle(now, Input::Amd(amd)));
+                }
+                state.execute(&myself, actions);
+                state.rearm(&myself);
+                return Ok(());
+            }
+            VoiceMsg::Audio(mulaw) => {
+                let mut actions = Vec::new();
+                if !state.audio_started {
+                    state.audio_started = true;
+                    actions = state.conv.handle(now, Input::AudioStarted);
+                }
+                if let Some(stt) = &state.stt {
+                    if stt.try_send(SttInput::Audio(mulaw)).is_err() {
+                        state.audio_dropped += 1;
+                        if state.audio_dropped.is_power_of_two() {
+                            debug!(call_id = %state.spec.id, dropped = state.audio_dropped, "speech-to-text input full; caller audio dropped");
+                        }
+                    }
+                }
+                if actions.is_empty() {
+                    return Ok(());
+                }
+                state.execute(&myself, actions);
+                return Ok(());
+            }
+            VoiceMsg::Mark(name) => Input::MarkPlayed { name },
+            VoiceMsg::Amd(result) => Input::Amd(result),
+            VoiceMsg::Dtmf(digit) => Input::Dtmf { digit },
+            VoiceMsg::Stt(event, at) => Input::Stt {
+                event,
+                at: state.micros(at),
+            },
+            VoiceMsg::Tts(event, at) => Input::Tts {
+                event,
+                at: state.micros(at),
+            },
+            VoiceMsg::Llm(reply, event, at) => {
+                if matches!(event, LlmEvent::Done { .. } | LlmEvent::Failed { .. }) {
+                    state.replies.remove(&reply);
+                }
+                Input::Llm {
+                    reply,
+                    event,
+                    at: state.micros(at),
+                }
+            }
+            VoiceMsg::LlmUnavailable(reply, reason) => {
+                state.replies.remove(&reply);
+                Input::LlmUnavailable { reply, reason }
+            }
+            VoiceMsg::Sentiment(turn, sentiment) => Input::Sentiment { turn, sentiment },
+            VoiceMsg::ToolResult(id, result) => Input::ToolResult { id, result },
+            VoiceMsg::Timer(generation) => {
+                if generation != state.timer_generation {
+                    return Ok(());
+                }
+                state.timer = None;
+                Input::Timer
+            }
+            VoiceMsg::CallEnded => Input::CallEnded,
+        };
+        let actions = state.conv.handle(now, input);
+        state.execute(&myself, actions);
+        if state.conv.is_done() {
+            state.shutdown();
+            myself.stop(Some("conversation over".into()));
+        } else {
+            state.rearm(&myself);
+        }
+        Ok(())
+    }
+}
+
+impl VoiceState {
+    fn now(&self) -> Micros {
+        self.micros(self.shared.ports.clock.now())
+    }
+
+    fn micros(&self, at: DateTime<Utc>) -> Micros {
+        (at - self.origin)
+            .num_microseconds()
+            .and_then(|us| u64::try_from(us).ok())
+            .unwrap_or(0)
+    }
+
+    /// Loads the agent and the customer, opens the vendor streams; returns what failed.
+    async fn init(&mut self, myself: &ActorRef<VoiceMsg>) -> Vec<Input> {
+        let spec = &self.spec;
+        let queries = &self.shared.ports.queries;
+        let agent = self
+            .shared
+            .with_timeout(queries.get_agent(spec.organization_id, spec.agent_id))
+            .await;
+        let profile = match agent {
+            Ok(Some(agent)) => {
+                VoiceProfile::from_configs(&agent.persona_config, &agent.voice_config)
+                    .unwrap_or_else(|e| {
+                        warn!(call_id = %spec.id, agent_id = %spec.agent_id, error = %e, "agent voice configuration invalid; using defaults");
+                        VoiceProfile::default()
+                    })
+            }
+            Ok(None) => VoiceProfile::default(),
+            Err(e) => {
+                warn!(call_id = %spec.id, error = %e, "loading the agent failed; using the default persona");
+                VoiceProfile::default()
+            }
+        };
+        let customer = match spec.customer_id {
+            Some(id) => self
+                .shared
+                .with_timeout(queries.get_customer(spec.organization_id, id))
+                .await
+                .ok()
+                .flatten()
+                .map(|c| customer_json(&c)),
+            None => None,
+        };
+        let stt_options = SttOptions {
+            call_id: spec.id,
+            language: profile.voice.language.clone(),
+            endpointing_ms: 300,
+            utterance_end_ms: 1000,
+            keyterms: Vec::new(),
+        };
+        let tts_options = TtsOptions {
+            call_id: spec.id,
+            voice_id: profile.voice.voice_id.clone(),
+            model_id: profile.voice.model_id.clone(),
+            language: profile.voice.language.clone(),
+            speed: profile.voice.speed,
+        };
+        self.conv = Conversation::new(
+            profile,
+            CallerContext {
+                inbound: spec.direction == crate::machine::Direction::Inbound,
+                customer,
+            },
+        );
+        let (stt, tts) = tokio::join!(
+            self.ports.stt.open(stt_options),
+            self.ports.tts.open(tts_options)
+        );
+        let mut early = Vec::new();
+        match stt {
+            Ok(stream) => {
+                self.stt = Some(stream.input);
+                let me = myself.clone();
+                let clock = self.shared.ports.clock.clone();
+                self.tasks
+                    .push(tokio::spawn(forward(stream.events, move |e| {
+                        me.send_message(VoiceMsg::Stt(e, clock.now())).is_ok()
+                    })));
+            }
+            Err(e) => {
+                warn!(call_id = %self.spec.id, error = %e, "speech-to-text unavailable");
+                early.push(Input::SttUnavailable {
+                    reason: e.to_string(),
+                });
+            }
+        }
+        match tts {
+            Ok(stream) => {
+                self.tts = Some(stream.input);
+                let me = myself.clone();
+                let clock = self.shared.ports.clock.clone();
+                self.tasks
+                    .push(tokio::spawn(forward(stream.events, move |e| {
+                        me.send_message(VoiceMsg::Tts(e, clock.now())).is_ok()
+                    })));
+            }
+            Err(e) => {
+                warn!(call_id = %self.spec.id, error = %e, "speech synthesis unavailable");
+                early.push(Input::TtsUnavailable {
+                    reason: e.to_string(),
+                });
+            }
+        }
+        info!(call_id = %self.spec.id, stt = self.stt.is_some(), tts = self.tts.is_some(), "voice session started");
+        early
+    }
+
+    fn execute(&mut self, myself: &ActorRef<VoiceMsg>, actions: Vec<Action>) {
+        let call = self.spec.id;
+        for action in actions {
+            match action {
+                Action::TtsSpeak {
+                    context,
+                    text,
+                    last,
+                } => self.tts_send(TtsInput::Speak {
+                    context,
+                    text,
+                    last,
+                }),
+                Action::TtsCancel { context } => self.tts_send(TtsInput::Cancel { context }),
+                Action::MediaAudio(mulaw) => {
+                    if let Err(e) = self.ports.media.send_audio(call, mulaw) {
+                        debug!(call_id = %call, error = %e, "agent audio not queued");
+                    }
+                }
+                Action::MediaMark(name) => {
+                    let _ = self.ports.media.mark(call, name);
+                }
+                Action::MediaClear => {
+                    let _ = self.ports.media.clear(call);
+                }
+                Action::LlmStart {
+                    reply,
+                    messages,
+                    tools,
+                } => {
+                    let llm = self.ports.llm.clone();
+                    let me = myself.clone();
+                    let clock = self.shared.ports.clock.clone();
+                    let request = LlmRequest {
+                        call_id: call,
+                        messages,
+                        tools,
+                    };
+                    let task = tokio::spawn(async move {
+                        match llm.stream(request).await {
+                            Ok(rx) => {
+                                forward(rx, move |e| {
+                                    me.send_message(VoiceMsg::Llm(reply, e, clock.now()))
+                                        .is_ok()
+                                })
+                                .await;
+                            }
+                            Err(e) => {
+                                let _ =
+                                    me.send_message(VoiceMsg::LlmUnavailable(reply, e.to_string()));
+                            }
+                        }
+                    });
+                    self.replies.insert(reply, task);
+                }
+                Action::LlmCancel { reply } => {
+                    if let Some(task) = self.replies.remove(&reply) {
+                        // Dropping the receiver inside cancels the request.
+                        task.abort();
+                    }
+                }
+                Action::ScoreSentiment { turn, text } => {
+                    let scorer = self.ports.sentiment.clone();
+                    let me = myself.clone();
+                    tokio::spawn(async move {
+                        let sentiment = match scorer.score(&text).await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                let score = LexiconScorer.score_text(&text);
+                                debug!(error = %e, "sentiment scorer failed; lexicon answers");
+                                Sentiment {
+                                    score,
+                                    label: SentimentLabel::of(score),
+                                    source: "lexicon".into(),
+                                    degraded: true,
+                                }
+                            }
+                        };
+                        let _ = me.send_message(VoiceMsg::Sentiment(turn, sentiment));
+                    });
+                }
+                Action::RunTool { id, name, .. } => {
+                    let me = myself.clone();
+                    let shared = self.shared.clone();
+                    let spec = self.spec.clone();
+                    tokio::spawn(async move {
+                        let result = run_tool(&shared, &spec, &name).await;
+                        let _ = me.send_message(VoiceMsg::ToolResult(id, result));
+                    });
+                }
+                Action::Record(record) => {
+                    let _ = self
+                        .parent
+                        .send_message(CallMsg::Voice(VoiceRequest::Record(record)));
+                }
+                Action::Transfer { to } => {
+                    info!(call_id = %call, to = %to, "conversation hands the call to a person");
+                    let _ = self
+                        .parent
+                        .send_message(CallMsg::Voice(VoiceRequest::Transfer(to)));
+                }
+                Action::Hangup { reason } => {
+                    info!(call_id = %call, reason = reason.as_str(), "conversation ends the call");
+                    let _ = self
+                        .parent
+                        .send_message(CallMsg::Voice(VoiceRequest::Hangup(reason)));
+                }
+                Action::PlayFallbackApology { mark } => {
+                    let _ = self
+                        .ports
+                        .media
+                        .send_audio(call, self.ports.fallback_apology.as_ref().clone());
+                    let _ = self.ports.media.mark(call, mark);
+                }
+                Action::Close => self.close_streams(),
+            }
+        }
+    }
+
+    fn tts_send(&mut self, input: TtsInput) {
+        let Some(tts) = &self.tts else { return };
+        if let Err(e) = tts.try_send(input) {
+            warn!(call_id = %self.spec.id, error = %e, "speech synthesis input refused");
+        }
+    }
+
+    fn rearm(&mut self, myself: &ActorRef<VoiceMsg>) {
+        let Some(deadline) = self.conv.next_deadline() else {
+            if let Some((_, t)) = self.timer.take() {
+                t.abort();
+            }
+            return;
+        };
+        if self.timer.as_ref().is_some_and(|(at, _)| *at == deadline) {
+            return;
+        }
+        if let Some((_, t)) = self.timer.take() {
+            t.abort();
+        }
+        self.timer_generation += 1;
+        let generation = self.timer_generation;
+        let delay = Duration::from_micros(deadline.saturating_sub(self.now()));
+        let handle = myself.send_after(delay, move || VoiceMsg::Timer(generation));
+        self.timer = Some((deadline, handle));
+    }
+
+    fn close_streams(&mut self) {
+        if let Some(stt) = self.stt.take() {
+            let _ = stt.try_send(SttInput::Close);
+        }
+        if let Some(tts) = self.tts.take() {
+            let _ = tts.try_send(TtsInput::Close);
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.close_streams();
+        for (_, task) in self.replies.drain() {
+            task.abort();
+        }
+        if let Some((_, t)) = self.timer.take() {
+            t.abort();
+        }
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Forwards a vendor stream's events until it closes or the session is gone.
+async fn forward<E>(mut rx: mpsc::Receiver<E>, mut send: impl FnMut(E) -> bool) {
+    while let Some(event) = rx.recv().await {
+        if !send(event) {
+            break;
+        }
+    }
+}
+
+fn customer_json(c: &crate::catalog::Customer) -> serde_json::Value {
+    serde_json::json!({
+        "name": c.name,
+        "phone": c.phone.as_str(),
+        "email": c.email,
+        "segment": c.segment,
+        "metadata": c.metadata,
+    })
+}
+
+/// Runs a tool the model called. Only `lookup_customer` needs I/O.
+async fn run_tool(
+    shared: &Shared,
+    spec: &CallSpec,
+    name: &str,
+) -> Result<serde_json::Value, String> {
+    match name {
+        "lookup_customer" => {
+            let Some(id) = spec.customer_id else {
+                return Ok(
+                    serde_json::json!({"found": false, "reason": "the caller is not a known customer"}),
+                );
+            };
+            let found = shared
+                .with_timeout(shared.ports.queries.get_customer(spec.organization_id, id))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(match found {
+                Some(c) => {
+                    let mut v = customer_json(&c);
+                    v["found"] = serde_json::Value::Bool(true);
+                    v
+                }
+                None => serde_json::json!({"found": false}),
+            })
+        }
+        other => Err(format!("unknown tool `{other}`")),
+    }
+}

@@ -131,6 +131,9 @@ pub(crate) struct VoiceArgs {
 /// The actor.
 pub(crate) struct VoiceSession;
 
+/// A pending `send_after` of the conversation's next deadline.
+type TimerHandle = JoinHandle<Result<(), ractor::MessagingErr<VoiceMsg>>>;
+
 /// Per-session state.
 pub(crate) struct VoiceState {
     spec: CallSpec,
@@ -142,7 +145,7 @@ pub(crate) struct VoiceState {
     stt: Option<mpsc::Sender<SttInput>>,
     tts: Option<mpsc::Sender<TtsInput>>,
     replies: HashMap<u32, JoinHandle<()>>,
-    timer: Option<(u64, JoinHandle<Result<(), ractor::MessagingErr<VoiceMsg>>>)>,
+    timer: Option<(Micros, TimerHandle)>,
     timer_generation: u64,
     await_amd: bool,
     amd: Option<AmdResult>,

@@ -243,7 +243,9 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(async move {
-        axum::serve(listener, router)
+        // Nagle off: media frames and mark echoes are small writes that must not wait for
+        // the peer's delayed ACK.
+        axum::serve(axum::serve::ListenerExt::tap_io(listener, no_delay), router)
             .with_graceful_shutdown(async move {
                 let _ = stopped.wait_for(|s| *s).await;
             })
@@ -767,4 +769,10 @@ async fn demo(
         "[dev] operator API: curl -s -H 'Authorization: Bearer {DEV_ADMIN_TOKEN}' {base}/v1/admin/breakers\n"
     );
     Ok(())
+}
+
+/// Turns Nagle's algorithm off on an accepted connection (best effort: a socket that refuses
+/// the option still works, only slower).
+fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    let _ = tcp.set_nodelay(true);
 }

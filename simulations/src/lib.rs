@@ -38,6 +38,29 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+/// A fake's server with Nagle's algorithm off (see [`serve`]).
+pub(crate) type NoDelayServe = axum::serve::Serve<
+    axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)>,
+    axum::Router,
+    axum::Router,
+>;
+
+/// Serves a fake's router with Nagle's algorithm off on every accepted connection, as real
+/// vendors' edges do: otherwise a streamed response's small writes (an SSE token, an audio
+/// chunk) wait for the client's delayed ACK, 40 ms on Linux, and the benchmarks would be
+/// measuring that.
+pub(crate) fn serve(listener: tokio::net::TcpListener, app: axum::Router) -> NoDelayServe {
+    use axum::serve::ListenerExt;
+    fn no_delay(tcp: &mut tokio::net::TcpStream) {
+        // Best effort: a socket that refuses the option still works, only slower.
+        let _ = tcp.set_nodelay(true);
+    }
+    axum::serve(
+        listener.tap_io(no_delay as fn(&mut tokio::net::TcpStream)),
+        app,
+    )
+}
+
 pub use crate::core::Violation;
 pub use faults::Profile;
 

@@ -131,6 +131,9 @@ pub(crate) struct CallState {
     voice_failures: u32,
     /// The answering-machine verdict, once known.
     amd: Option<AmdResult>,
+    /// The call's media stream is up. It can connect before the answer webhook arrives
+    /// (they travel separately); the conversation then starts with the answer.
+    media_started: bool,
 }
 
 /// Attempts of a carrier command on `Unavailable` before giving up.
@@ -165,6 +168,7 @@ impl Actor for CallActor {
             voice: None,
             voice_failures: 0,
             amd: None,
+            media_started: false,
         })
     }
 
@@ -307,6 +311,7 @@ impl Actor for CallActor {
                 Ok(())
             }
             CallMsg::MediaStarted => {
+                state.media_started = true;
                 state.start_voice(&myself).await;
                 Ok(())
             }
@@ -545,7 +550,16 @@ impl CallState {
             status = next.status.as_str(),
             "call event applied"
         );
+        let answered = next.status == CallStatus::InProgress
+            && self
+                .call
+                .as_ref()
+                .is_some_and(|c| c.status != CallStatus::InProgress);
         self.call = Some(next.clone());
+        if answered && self.media_started {
+            // The media stream beat the answer webhook here: converse now.
+            self.start_voice(myself).await;
+        }
         self.tell_voice(&entry.event, &next);
         self.run_effects(myself, effects, next.version);
         if next.status.is_terminal() {

@@ -1301,6 +1301,7 @@ impl Conversation {
             stt_us: t.eos.map_or(0, |e| start.saturating_sub(e)),
             holdoff_us: holdoff,
             llm_first_token_us: llm,
+            llm_stream_us: streaming,
             tts_first_audio_us: tts,
             total_us: total,
             engine_us: total.saturating_sub(holdoff + llm + streaming + tts),

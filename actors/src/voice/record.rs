@@ -137,6 +137,10 @@ pub enum ConversationRecord {
         holdoff_us: u64,
         /// Request sent to the model's first token.
         llm_first_token_us: u64,
+        /// The model's first token to the first speakable piece (clause or sentence) of the
+        /// reply: token streaming the engine has to wait for.
+        #[serde(default)]
+        llm_stream_us: u64,
         /// First text sent to speech synthesis to its first audio.
         tts_first_audio_us: u64,
         /// Final transcript to the first audio frame handed to the call's media stream.

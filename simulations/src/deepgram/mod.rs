@@ -253,7 +253,7 @@ impl FakeDeepgram {
         });
         let app = server::router(shared.clone());
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
+            crate::serve(listener, app)
                 .with_graceful_shutdown(server::stopped(stop_rx))
                 .await
         });

@@ -96,7 +96,10 @@ async fn produce(job: &Job, tx: &mpsc::Sender<Bytes>) -> Result<(), Gone> {
         ..
     } = job;
     let idx = *idx;
-    pause(tx, job.ttft).await?;
+    let mut pacer = Pacer {
+        due: job.received_at,
+    };
+    pacer.pause(tx, job.ttft).await?;
     let started = Instant::now();
     // The first chunk announces the role and carries `x_groq.id` (section 4 example).
     let role = json!({"role": "assistant", "content": ""});
@@ -117,7 +120,7 @@ async fn produce(job: &Job, tx: &mpsc::Sender<Bytes>) -> Result<(), Gone> {
             break;
         }
         if deltas > 0 {
-            pause(tx, job.inter_token).await?;
+            pacer.pause(tx, job.inter_token).await?;
         }
         deltas += 1;
         send(tx, chunk(meta, json!({"content": token}), None, None)).await?;
@@ -130,7 +133,7 @@ async fn produce(job: &Job, tx: &mpsc::Sender<Bytes>) -> Result<(), Gone> {
 
     if job.mid_stream_error {
         if deltas > 0 {
-            pause(tx, job.inter_token).await?;
+            pacer.pause(tx, job.inter_token).await?;
         }
         send(tx, event(&mid_stream_error())).await?;
         shared.update(idx, |r| {
@@ -142,7 +145,7 @@ async fn produce(job: &Job, tx: &mpsc::Sender<Bytes>) -> Result<(), Gone> {
 
     for (index, call) in plan.tool_calls.iter().enumerate() {
         if deltas > 0 {
-            pause(tx, job.inter_token).await?;
+            pacer.pause(tx, job.inter_token).await?;
         }
         deltas += 1;
         let pieces = fragments(&call.arguments, plan.chunking);
@@ -158,7 +161,7 @@ async fn produce(job: &Job, tx: &mpsc::Sender<Bytes>) -> Result<(), Gone> {
         }]});
         send(tx, chunk(meta, head, None, None)).await?;
         for piece in pieces {
-            pause(tx, job.inter_token).await?;
+            pacer.pause(tx, job.inter_token).await?;
             deltas += 1;
             let delta = json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]});
             send(tx, chunk(meta, delta, None, None)).await?;
@@ -182,14 +185,24 @@ async fn produce(job: &Job, tx: &mpsc::Sender<Bytes>) -> Result<(), Gone> {
     Ok(())
 }
 
-/// Waits `d`, or fails as soon as the body is dropped.
-async fn pause(tx: &mpsc::Sender<Bytes>, d: Duration) -> Result<(), Gone> {
-    if d.is_zero() {
-        return if tx.is_closed() { Err(Gone) } else { Ok(()) };
-    }
-    tokio::select! {
-        () = tokio::time::sleep(d) => Ok(()),
-        () = tx.closed() => Err(Gone),
+/// Paces a stream on a schedule counted from the request's arrival, so the timer's rounding
+/// (up to a millisecond per wait) does not add up over the tokens: token `k` is due at
+/// `received + ttft + k * inter_token`, whatever the earlier waits overshot.
+struct Pacer {
+    due: Instant,
+}
+
+impl Pacer {
+    /// Waits until `d` after the previous due time, or fails as soon as the body is dropped.
+    async fn pause(&mut self, tx: &mpsc::Sender<Bytes>, d: Duration) -> Result<(), Gone> {
+        self.due += d;
+        if d.is_zero() || self.due <= Instant::now() {
+            return if tx.is_closed() { Err(Gone) } else { Ok(()) };
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(self.due.into()) => Ok(()),
+            () = tx.closed() => Err(Gone),
+        }
     }
 }
 

@@ -507,7 +507,11 @@ impl Session {
                 .headers_mut()
                 .insert("x-telnyx-streaming-auth-token", value);
         }
-        match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await
+        match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio_tungstenite::connect_async_with_config(request, None, true),
+        )
+        .await
         {
             Ok(Ok((ws, _response))) => Ok(ws),
             Ok(Err(e)) => Err(format!("websocket connection failed: {e}")),

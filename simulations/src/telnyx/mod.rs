@@ -340,7 +340,7 @@ impl FakeTelnyx {
         let shared = Arc::new(Shared::new(config, stop_rx.clone())?);
         let app = api::router(shared.clone());
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
+            crate::serve(listener, app)
                 .with_graceful_shutdown(state::stopped(stop_rx))
                 .await
         });

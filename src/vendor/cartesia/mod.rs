@@ -333,7 +333,8 @@ enum Handshake {
 async fn handshake(config: &CartesiaConfig, request: Request<()>) -> Handshake {
     let connected = tokio::time::timeout(
         config.connect_timeout,
-        tokio_tungstenite::connect_async(request),
+        // Nagle off: a continue of a few words must not wait for a delayed ACK.
+        tokio_tungstenite::connect_async_with_config(request, None, true),
     )
     .await;
     let error = match connected {

@@ -498,7 +498,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     // The voice pipeline in dev: the real Deepgram, Cartesia and Groq clients against their
     // built-in fakes, so answered calls converse (the fake carrier plays a scripted caller).
     let voices = match &fake {
-        Some(_) => Some(DevVoices::start().await?),
+        Some(_) => Some(dev_voices().await?),
         None => None,
     };
     let telnyx = match &fake {
@@ -517,7 +517,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         },
         None => TelnyxArgs::default(),
     };
-    let voice = voices.as_ref().map(DevVoices::args).unwrap_or_default();
+    let voice = voices.as_ref().map(FakeVoices::args).unwrap_or_default();
     let running = start(ServeArgs {
         db: crate::config::DbArgs {
             database_url: database_url.clone(),
@@ -552,40 +552,42 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     result
 }
 
-/// The fake voice vendors of `iace dev`.
-struct DevVoices {
-    deepgram: iace_sim::deepgram::FakeDeepgram,
-    cartesia: iace_sim::cartesia::FakeCartesia,
-    groq: iace_sim::groq::FakeGroq,
+/// The wire-level fakes of the voice vendors (Deepgram, Cartesia, Groq) on loopback ports:
+/// `iace dev` converses against them, and so do the end-to-end tests and the voice benchmark.
+pub struct FakeVoices {
+    /// Live speech-to-text.
+    pub deepgram: iace_sim::deepgram::FakeDeepgram,
+    /// Speech synthesis.
+    pub cartesia: iace_sim::cartesia::FakeCartesia,
+    /// Chat model and sentiment.
+    pub groq: iace_sim::groq::FakeGroq,
 }
 
-impl DevVoices {
-    async fn start() -> anyhow::Result<DevVoices> {
-        let deepgram = iace_sim::deepgram::FakeDeepgram::start(Default::default())
+impl FakeVoices {
+    /// Starts the three fakes.
+    pub async fn start(
+        deepgram: iace_sim::deepgram::FakeDeepgramConfig,
+        cartesia: iace_sim::cartesia::FakeCartesiaConfig,
+        groq: iace_sim::groq::FakeGroqConfig,
+    ) -> anyhow::Result<FakeVoices> {
+        let deepgram = iace_sim::deepgram::FakeDeepgram::start(deepgram)
             .await
             .context("starting the fake Deepgram")?;
-        // What the demo caller says, one line per burst of speech.
-        deepgram.set_script(DEMO_CALLER_LINES);
-        let cartesia = iace_sim::cartesia::FakeCartesia::start(Default::default())
+        let cartesia = iace_sim::cartesia::FakeCartesia::start(cartesia)
             .await
             .context("starting the fake Cartesia")?;
-        let groq = iace_sim::groq::FakeGroq::start(Default::default())
+        let groq = iace_sim::groq::FakeGroq::start(groq)
             .await
             .context("starting the fake Groq")?;
-        eprintln!(
-            "[dev] fake Deepgram {}, fake Cartesia ws://{}, fake Groq {}",
-            deepgram.url(),
-            cartesia.addr(),
-            groq.base_url()
-        );
-        Ok(DevVoices {
+        Ok(FakeVoices {
             deepgram,
             cartesia,
             groq,
         })
     }
 
-    fn args(&self) -> crate::config::VoiceArgs {
+    /// The server's voice settings pointing at the fakes.
+    pub fn args(&self) -> crate::config::VoiceArgs {
         crate::config::VoiceArgs {
             enabled: true,
             deepgram_api_key: Some(self.deepgram.api_key().to_owned()),
@@ -599,11 +601,27 @@ impl DevVoices {
         }
     }
 
-    async fn shutdown(self) {
+    /// Stops the three fakes.
+    pub async fn shutdown(self) {
         self.deepgram.shutdown().await;
         self.cartesia.shutdown().await;
         self.groq.shutdown().await;
     }
+}
+
+/// The fake voice vendors of `iace dev`, the demo caller's lines scripted.
+async fn dev_voices() -> anyhow::Result<FakeVoices> {
+    let voices =
+        FakeVoices::start(Default::default(), Default::default(), Default::default()).await?;
+    // What the demo caller says, one line per burst of speech.
+    voices.deepgram.set_script(DEMO_CALLER_LINES);
+    eprintln!(
+        "[dev] fake Deepgram {}, fake Cartesia ws://{}, fake Groq {}",
+        voices.deepgram.url(),
+        voices.cartesia.addr(),
+        voices.groq.base_url()
+    );
+    Ok(voices)
 }
 
 /// The demo caller's lines (the fake Groq answers "goodbye" with the `end_call` tool).
@@ -690,7 +708,10 @@ async fn demo(
                 .json(&serde_json::json!({
                     "name": "Demo agent",
                     "agent_type": "both",
-                    "persona_config": {"prompt": "You are a friendly renewals assistant."},
+                    "persona_config": {
+                        "system_prompt": "You are a friendly renewals assistant. Answer in one or two short spoken sentences.",
+                        "greeting": "Hi, this is the Acme renewals assistant. How can I help?"
+                    },
                     "voice_config": {"voice_id": "demo"}
                 }))
                 .send()

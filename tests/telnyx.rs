@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::api::{free_port, Api};
+
 use std::time::{Duration, Instant};
 
 use iace::app::Running;
@@ -22,11 +24,16 @@ const ADMIN_TOKEN: &str = "test-admin-token";
 struct Env {
     fake: FakeTelnyx,
     running: Option<Running>,
-    base: String,
-    key: String,
+    api: Api,
     agent_id: String,
-    http: reqwest::Client,
     pool: sqlx::PgPool,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 const AGENT_NUMBER: &str = "+14155550123";
@@ -85,14 +92,11 @@ impl Env {
         let (_, key) = iace::app::create_org(&database_url, "Telnyx test")
             .await
             .expect("org");
-        let http = reqwest::Client::new();
         let mut env = Env {
             fake,
             running: Some(running),
-            base,
-            key,
+            api: Api::new(base, key),
             agent_id: String::new(),
-            http,
             pool,
         };
         let agent = env
@@ -106,33 +110,6 @@ impl Env {
         env
     }
 
-    async fn post(&self, path: &str, body: Value, expect: StatusCode) -> Value {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let body: Value = r.json().await.unwrap_or(Value::Null);
-        assert_eq!(status, expect, "POST {path}: {body}");
-        body
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK, "GET {path}");
-        r.json().await.unwrap()
-    }
-
     async fn dial(&self, to: &str) -> String {
         let call = self
             .post(
@@ -142,40 +119,6 @@ impl Env {
             )
             .await;
         call["id"].as_str().unwrap().to_owned()
-    }
-
-    /// Waits until the call is in `status` (and its release is done) or panics.
-    async fn wait_status(&self, id: &str, status: &str, within: Duration) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
-            let call = self.get(&format!("/v1/calls/{id}")).await;
-            if call["status"] == status {
-                return call;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "call {id} is {} after {within:?}, expected {status}",
-                call["status"]
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn kinds(&self, id: &str) -> Vec<String> {
-        let events = self.get(&format!("/v1/calls/{id}/events")).await;
-        events["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["kind"].as_str().unwrap().to_owned())
-            .collect()
-    }
-
-    async fn events(&self, id: &str) -> Vec<Value> {
-        self.get(&format!("/v1/calls/{id}/events")).await["data"]
-            .as_array()
-            .unwrap()
-            .clone()
     }
 
     async fn inbox_rows(&self) -> i64 {
@@ -208,14 +151,6 @@ impl Env {
         }
         self.fake.shutdown().await;
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn now() -> i64 {

@@ -6,11 +6,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use iace::app::Running;
-use iace::config::{DbArgs, ServeArgs, TelephonyKind, TelnyxArgs, VoiceArgs};
-use iace_sim::cartesia::{FakeCartesia, FakeCartesiaConfig};
+use common::api::{free_port, Api};
+use iace::app::{FakeVoices, Running};
+use iace::config::{DbArgs, ServeArgs, TelephonyKind, TelnyxArgs};
+use iace_sim::cartesia::FakeCartesiaConfig;
 use iace_sim::deepgram::{FakeDeepgram, FakeDeepgramConfig};
 use iace_sim::groq::{FakeGroq, FakeGroqConfig, Reply};
 use iace_sim::telnyx::{CallerScript, FakeTelnyx, FakeTelnyxConfig, Scenario};
@@ -22,17 +23,25 @@ const HUMAN: &str = "+14155550177";
 
 struct Env {
     telnyx: FakeTelnyx,
-    deepgram: FakeDeepgram,
-    cartesia: FakeCartesia,
-    groq: FakeGroq,
+    voices: FakeVoices,
     running: Option<Running>,
-    base: String,
-    key: String,
-    http: reqwest::Client,
+    api: Api,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl Env {
     async fn start() -> Env {
+        Env::start_with("disabled", FakeDeepgramConfig::default()).await
+    }
+
+    /// `amd`: the Telnyx answering-machine detection mode the server asks for.
+    async fn start_with(amd: &str, deepgram: FakeDeepgramConfig) -> Env {
         let (database_url, _pool) = common::db::migrated_pool().await;
         let port = free_port();
         let base = format!("http://127.0.0.1:{port}");
@@ -50,15 +59,13 @@ impl Env {
         })
         .await
         .expect("fake telnyx");
-        let deepgram = FakeDeepgram::start(FakeDeepgramConfig::default())
-            .await
-            .expect("fake deepgram");
-        let cartesia = FakeCartesia::start(FakeCartesiaConfig::default())
-            .await
-            .expect("fake cartesia");
-        let groq = FakeGroq::start(FakeGroqConfig::default())
-            .await
-            .expect("fake groq");
+        let voices = FakeVoices::start(
+            deepgram,
+            FakeCartesiaConfig::default(),
+            FakeGroqConfig::default(),
+        )
+        .await
+        .expect("fake voice vendors");
         let running = iace::app::start(ServeArgs {
             db: DbArgs {
                 database_url: database_url.clone(),
@@ -71,7 +78,7 @@ impl Env {
                 telnyx_connection_id: Some("conn-test".into()),
                 telnyx_public_key: Some(telnyx.public_key_base64()),
                 telnyx_api_base: telnyx.api_base(),
-                telnyx_amd: "disabled".into(),
+                telnyx_amd: amd.into(),
                 telnyx_webhook_tolerance_secs: 300,
                 public_url: Some(base.clone()),
                 media_secret: Some("voice-test-secret".into()),
@@ -79,17 +86,7 @@ impl Env {
                 media_echo: false,
             },
             breakers: Default::default(),
-            voice: VoiceArgs {
-                enabled: true,
-                deepgram_api_key: Some(deepgram.api_key().to_owned()),
-                deepgram_url: deepgram.url(),
-                cartesia_api_key: Some(cartesia.api_key().to_owned()),
-                cartesia_url: format!("ws://{}", cartesia.addr()),
-                groq_api_key: Some(groq.api_key().to_owned()),
-                groq_api_base: groq.base_url(),
-                groq_model: "llama-3.3-70b-versatile".into(),
-                groq_classify_model: "llama-3.1-8b-instant".into(),
-            },
+            voice: voices.args(),
             admin_token: None,
             sim_ring_ms: 0,
             sim_talk_ms: 0,
@@ -105,57 +102,41 @@ impl Env {
             .expect("org");
         Env {
             telnyx,
-            deepgram,
-            cartesia,
-            groq,
+            voices,
             running: Some(running),
-            base,
-            key,
-            http: reqwest::Client::new(),
+            api: Api::new(base, key),
         }
     }
 
-    async fn post(&self, path: &str, body: Value, expect: StatusCode) -> Value {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let body: Value = r.json().await.unwrap_or(Value::Null);
-        assert_eq!(status, expect, "POST {path}: {body}");
-        body
+    fn deepgram(&self) -> &FakeDeepgram {
+        &self.voices.deepgram
     }
 
-    async fn get(&self, path: &str) -> Value {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK, "GET {path}");
-        r.json().await.unwrap()
+    fn groq(&self) -> &FakeGroq {
+        &self.voices.groq
     }
 
-    async fn wait_ended(&self, call_id: &str, timeout: Duration) -> Value {
-        let start = Instant::now();
-        loop {
-            let call = self.get(&format!("/v1/calls/{call_id}")).await;
-            let status = call["status"].as_str().unwrap_or_default().to_owned();
-            if ["completed", "failed", "canceled"].contains(&status.as_str()) {
-                return call;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "call still {status} after {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    /// Creates an agent with `persona` and dials `to` with it; returns the call id.
+    async fn dial(&self, to: &str, persona: Value) -> String {
+        let agent = self
+            .post(
+                "/v1/agents",
+                json!({"name": "Ava", "persona_config": persona}),
+                StatusCode::CREATED,
+            )
+            .await;
+        let call = self
+            .post(
+                "/v1/calls",
+                json!({"to": to, "from": "+14155550199", "agent_id": agent["id"]}),
+                StatusCode::CREATED,
+            )
+            .await;
+        call["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn transcript(&self, call_id: &str) -> Value {
+        self.get(&format!("/v1/calls/{call_id}/transcript")).await
     }
 
     async fn shutdown(mut self) {
@@ -163,18 +144,8 @@ impl Env {
             r.shutdown().await;
         }
         self.telnyx.shutdown().await;
-        self.deepgram.shutdown().await;
-        self.cartesia.shutdown().await;
-        self.groq.shutdown().await;
+        self.voices.shutdown().await;
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn texts(items: &[Value], speaker: &str) -> Vec<String> {
@@ -207,24 +178,24 @@ async fn a_scripted_conversation_with_barge_in_frustration_and_transfer() {
             StatusCode::CREATED,
         )
         .await;
-    env.deepgram.set_script([
+    env.deepgram().set_script([
         "Hi, I'm calling about my internet bill.",
         "I was charged twice this month.",
         "Stop, this is ridiculous, I am furious.",
         "This is terrible, I am still angry.",
     ]);
-    env.groq.push_reply(Reply::text(
+    env.groq().push_reply(Reply::text(
         "Sure, I can help with your bill. What seems to be the problem?",
     ));
-    env.groq.push_reply(Reply::text(
+    env.groq().push_reply(Reply::text(
         "I understand. Let me walk you through how our billing cycle works, because it can be \
          confusing. Every month we issue an invoice on the first day, and any change to your \
          plan is prorated across the next two cycles, which sometimes looks like a double charge.",
     ));
-    env.groq.push_reply(Reply::text(
+    env.groq().push_reply(Reply::text(
         "I'm so sorry about this. I will fix the double charge right away.",
     ));
-    env.groq
+    env.groq()
         .push_reply(Reply::text("I understand, and I'm sorry."));
     let wait = Duration::from_secs(15);
     let quiet = Duration::from_millis(500);
@@ -321,7 +292,7 @@ async fn a_scripted_conversation_with_barge_in_frustration_and_transfer() {
         .all(|s| s["source"] == "groq" && s["degraded"] == false));
 
     // The model saw the frustration and only what the caller heard of the cut answer.
-    let requests = env.groq.requests();
+    let requests = env.groq().requests();
     let conversation: Vec<&Value> = requests
         .iter()
         .map(|r| &r.body)
@@ -385,5 +356,292 @@ async fn a_scripted_conversation_with_barge_in_frustration_and_transfer() {
         let engine = l["engine_us"].as_u64().unwrap();
         assert!(engine <= total, "{l}");
     }
+    env.shutdown().await;
+}
+
+fn events_of<'a>(t: &'a Value, kind: &str) -> Vec<&'a Value> {
+    t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == kind)
+        .collect()
+}
+
+/// The speech-to-text socket dies mid-call (TCP cut, no close frame): the client reopens it,
+/// the gap is journaled, and the conversation goes on over the new socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_speech_to_text_socket_is_reopened_and_the_call_goes_on() {
+    let env = Env::start().await;
+    env.deepgram()
+        .set_script(["I'd like to check my balance.", "Thanks, that's all."]);
+    env.groq()
+        .push_reply(Reply::text("Your balance is forty dollars."));
+    env.groq().push_reply(Reply::text("You're welcome."));
+    // The first socket is cut during the greeting, while the caller listens.
+    env.deepgram()
+        .drop_next_connection_after(Duration::from_millis(800));
+    let wait = Duration::from_secs(15);
+    let quiet = Duration::from_millis(500);
+    env.telnyx.set_caller_script(
+        CALLEE,
+        CallerScript::new()
+            .wait_for_agent_audio(wait)
+            .wait_for_agent_silence(quiet, wait)
+            .say(Duration::from_millis(1200))
+            .wait_for_agent_audio(wait)
+            .wait_for_agent_silence(quiet, wait)
+            .say(Duration::from_millis(1000))
+            .wait_for_agent_audio(wait)
+            .wait_for_agent_silence(quiet, wait)
+            .hangup(),
+    );
+    let call_id = env
+        .dial(
+            CALLEE,
+            json!({"greeting": "Hello, this is Ava from Acme, how can I help you today?"}),
+        )
+        .await;
+    let ended = env.wait_ended(&call_id, Duration::from_secs(60)).await;
+    assert_eq!(ended["status"], "completed", "{ended}");
+    let t = env.transcript(&call_id).await;
+    assert_eq!(
+        texts(t["segments"].as_array().unwrap(), "caller"),
+        ["I'd like to check my balance.", "Thanks, that's all."],
+        "{t:#}"
+    );
+    let agent_said = texts(t["segments"].as_array().unwrap(), "agent");
+    assert!(
+        agent_said.contains(&"Your balance is forty dollars.".to_owned()),
+        "{t:#}"
+    );
+    let gaps = events_of(&t, "vendor_gap");
+    assert_eq!(gaps.len(), 1, "{t:#}");
+    assert_eq!(gaps[0]["vendor"], "stt");
+    assert!(events_of(&t, "vendor_failure").is_empty(), "{t:#}");
+    assert_eq!(env.deepgram().connections().len(), 2);
+    env.shutdown().await;
+}
+
+/// Keys pressed by the caller reach the conversation as a turn, journaled as `dtmf_input`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_the_caller_presses_are_a_turn_of_the_conversation() {
+    let env = Env::start().await;
+    env.groq()
+        .push_reply(Reply::text("Thanks, I've noted option one."));
+    let wait = Duration::from_secs(15);
+    let quiet = Duration::from_millis(500);
+    env.telnyx.set_caller_script(
+        CALLEE,
+        CallerScript::new()
+            .wait_for_agent_audio(wait)
+            .wait_for_agent_silence(quiet, wait)
+            .dtmf('1')
+            .silence(Duration::from_millis(100))
+            .dtmf('#')
+            .wait_for_agent_audio(wait)
+            .wait_for_agent_silence(quiet, wait)
+            .hangup(),
+    );
+    let call_id = env
+        .dial(
+            CALLEE,
+            json!({"greeting": "Press 1 for billing, then the pound key."}),
+        )
+        .await;
+    let ended = env.wait_ended(&call_id, Duration::from_secs(60)).await;
+    assert_eq!(ended["status"], "completed", "{ended}");
+    let t = env.transcript(&call_id).await;
+    let keys = events_of(&t, "dtmf_input");
+    assert_eq!(keys.len(), 1, "{t:#}");
+    assert_eq!(keys[0]["digits"], "1#");
+    assert!(
+        texts(t["segments"].as_array().unwrap(), "agent")
+            .contains(&"Thanks, I've noted option one.".to_owned()),
+        "{t:#}"
+    );
+    let requests = env.groq().requests();
+    assert!(
+        requests.iter().any(|r| r.body["stream"] == true
+            && r.body["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["role"] == "user"
+                    && m["content"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("pressed the keys: 1#"))),
+        "the model was told which keys: {requests:#?}"
+    );
+    env.shutdown().await;
+}
+
+/// An outbound call answered by a machine: the agent waits out the machine's greeting, leaves
+/// the agent's message and hangs up; the call ends `voicemail`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answering_machine_gets_the_agents_message() {
+    let env = Env::start_with("detect", FakeDeepgramConfig::default()).await;
+    env.telnyx.set_scenario(
+        CALLEE,
+        Scenario::Machine {
+            ring: Duration::from_millis(200),
+            talk: None,
+        },
+    );
+    env.deepgram()
+        .set_script(["Hi, you've reached Sam. Leave a message after the tone."]);
+    let wait = Duration::from_secs(15);
+    env.telnyx.set_caller_script(
+        CALLEE,
+        CallerScript::new()
+            // The machine's greeting, then it records.
+            .say(Duration::from_millis(1500))
+            .wait_for_agent_audio(wait)
+            .wait_for_agent_silence(Duration::from_millis(800), wait)
+            .silence(Duration::from_secs(5))
+            .hangup(),
+    );
+    let message = "Hi Sam, this is Ava from Acme about your renewal. Please call us back.";
+    let call_id = env
+        .dial(
+            CALLEE,
+            json!({"voicemail": "leave_message", "voicemail_message": message}),
+        )
+        .await;
+    let ended = env.wait_ended(&call_id, Duration::from_secs(60)).await;
+    assert_eq!(ended["status"], "completed", "{ended}");
+    assert_eq!(ended["end_reason"], "voicemail", "{ended}");
+    let t = env.transcript(&call_id).await;
+    let vm = events_of(&t, "voicemail");
+    assert_eq!(vm.len(), 1, "{t:#}");
+    assert_eq!(vm[0]["action"], "leave_message");
+    // No greeting to a machine: the message is all the agent said.
+    assert_eq!(
+        texts(t["segments"].as_array().unwrap(), "agent"),
+        [message],
+        "{t:#}"
+    );
+    // The model was never asked for a reply.
+    assert!(env
+        .groq()
+        .requests()
+        .iter()
+        .all(|r| r.body["stream"] != true));
+    env.shutdown().await;
+}
+
+/// A caller who says nothing: one reprompt, then the goodbye and a hangup, ended `silence`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_caller_is_reprompted_then_the_agent_hangs_up() {
+    let env = Env::start().await;
+    let wait = Duration::from_secs(15);
+    env.telnyx.set_caller_script(
+        CALLEE,
+        CallerScript::new()
+            .wait_for_agent_audio(wait)
+            .silence(Duration::from_secs(30))
+            .hangup(),
+    );
+    let call_id = env
+        .dial(
+            CALLEE,
+            json!({
+                "greeting": "Hello, this is Ava.",
+                "reprompt": "Are you still there?",
+                "goodbye": "I'll let you go. Goodbye!",
+                "silence": {"reprompt_after_ms": 2000, "hangup_after_ms": 5000},
+            }),
+        )
+        .await;
+    let ended = env.wait_ended(&call_id, Duration::from_secs(30)).await;
+    assert_eq!(ended["status"], "completed", "{ended}");
+    assert_eq!(ended["end_reason"], "silence", "{ended}");
+    let t = env.transcript(&call_id).await;
+    assert_eq!(
+        texts(t["segments"].as_array().unwrap(), "agent"),
+        [
+            "Hello, this is Ava.",
+            "Are you still there?",
+            "I'll let you go. Goodbye!"
+        ],
+        "{t:#}"
+    );
+    assert!(texts(t["segments"].as_array().unwrap(), "caller").is_empty());
+    // We hung up, not the caller.
+    let hangups: Vec<_> = env
+        .telnyx
+        .commands()
+        .into_iter()
+        .filter(|c| c.action == "hangup")
+        .collect();
+    assert_eq!(hangups.len(), 1, "{hangups:?}");
+    env.shutdown().await;
+}
+
+/// The model is down during a call (every Groq request answers 503): the caller's sentiment
+/// falls back to the local lexicon (marked degraded), the agent apologises and hands the call
+/// to the agent's human number, as its configuration says. No dead air, no hung call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_outage_mid_call_apologises_and_transfers() {
+    let env = Env::start().await;
+    env.deepgram()
+        .set_script(["I want to change my delivery address."]);
+    let wait = Duration::from_secs(15);
+    let quiet = Duration::from_millis(500);
+    env.telnyx.set_caller_script(
+        CALLEE,
+        CallerScript::new()
+            .wait_for_agent_audio(wait)
+            .wait_for_agent_silence(quiet, wait)
+            .say(Duration::from_millis(1200))
+            .wait_for_agent_audio(wait)
+            .wait_for_agent_silence(Duration::from_millis(800), wait)
+            .silence(Duration::from_secs(2))
+            .hangup(),
+    );
+    // Up after the greeting (which needs no model), down for everything after.
+    env.groq().fail_next(1000, 503, None);
+    let call_id = env
+        .dial(
+            CALLEE,
+            json!({
+                "greeting": "Hello, this is Ava.",
+                "apology": "Sorry, I'm having trouble on my side.",
+                "handoff": "Let me get a colleague.",
+                "human_number": HUMAN,
+                "on_vendor_failure": "transfer",
+            }),
+        )
+        .await;
+    let ended = env.wait_ended(&call_id, Duration::from_secs(60)).await;
+    assert_eq!(ended["status"], "completed", "{ended}");
+    let t = env.transcript(&call_id).await;
+    let failures = events_of(&t, "vendor_failure");
+    assert_eq!(failures.len(), 1, "{t:#}");
+    assert_eq!(failures[0]["vendor"], "llm", "{t:#}");
+    let agent_said = texts(t["segments"].as_array().unwrap(), "agent");
+    assert!(
+        agent_said
+            .iter()
+            .any(|s| s.starts_with("Sorry, I'm having trouble on my side.")),
+        "{t:#}"
+    );
+    let sentiment = t["sentiment"].as_array().unwrap();
+    assert!(!sentiment.is_empty(), "{t:#}");
+    assert!(
+        sentiment
+            .iter()
+            .all(|s| s["source"] == "lexicon" && s["degraded"] == true),
+        "{t:#}"
+    );
+    let transfers: Vec<_> = env
+        .telnyx
+        .commands()
+        .into_iter()
+        .filter(|c| c.action == "transfer")
+        .collect();
+    assert_eq!(transfers.len(), 1, "{transfers:?}");
+    assert_eq!(transfers[0].body["to"], HUMAN);
     env.shutdown().await;
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::machine::{OrganizationId, PhoneNumber};
+use crate::voice::profile::VoiceProfile;
 
 /// Longest accepted agent or organization name, in characters.
 pub const MAX_NAME_CHARS: usize = 200;
@@ -170,12 +171,18 @@ impl NewAgent {
                 "an agent cannot be created archived; use active or inactive",
             ));
         }
+        let name = validate_name("name", &self.name)?;
+        let persona_config = validate_object("persona_config", self.persona_config)?;
+        let voice_config = validate_object("voice_config", self.voice_config)?;
+        // The settings the conversation reads are typed and ranged: refuse what it could not
+        // use now rather than fall back to defaults on a live call.
+        VoiceProfile::from_configs(&persona_config, &voice_config)?;
         Ok(Agent {
             id,
             organization_id,
-            name: validate_name("name", &self.name)?,
-            persona_config: validate_object("persona_config", self.persona_config)?,
-            voice_config: validate_object("voice_config", self.voice_config)?,
+            name,
+            persona_config,
+            voice_config,
             status,
             agent_type: self.agent_type.unwrap_or(AgentType::Outbound),
             created_at: now,
@@ -215,10 +222,16 @@ impl AgentPatch {
             self.name = Some(validate_name("name", &name)?);
         }
         if let Some(v) = self.persona_config.take() {
-            self.persona_config = Some(validate_object("persona_config", v)?);
+            let v = validate_object("persona_config", v)?;
+            // Each object replaces the stored one whole and is checked on its own (the
+            // checks of one never look at the other).
+            VoiceProfile::from_configs(&v, &empty_object())?;
+            self.persona_config = Some(v);
         }
         if let Some(v) = self.voice_config.take() {
-            self.voice_config = Some(validate_object("voice_config", v)?);
+            let v = validate_object("voice_config", v)?;
+            VoiceProfile::from_configs(&empty_object(), &v)?;
+            self.voice_config = Some(v);
         }
         if self.status == Some(AgentStatus::Archived) {
             return Err(FieldError::new(
@@ -508,6 +521,56 @@ mod tests {
 
     fn now() -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+    }
+
+    #[test]
+    fn agent_voice_settings_are_checked_on_create_and_patch() {
+        let ok: NewAgent = serde_json::from_str(
+            r#"{"name":"Ava","persona_config":{"greeting":"Hi","goals":["renewals"],
+                "escalation":{"sentiment_floor":-0.4}},"voice_config":{"speed":1.1}}"#,
+        )
+        .unwrap();
+        let a = ok.validate(Uuid::nil(), Uuid::nil(), now()).unwrap();
+        // Free-form keys the conversation does not read are kept.
+        assert_eq!(a.persona_config["goals"][0], "renewals");
+        for (body, field, says) in [
+            (
+                r#"{"name":"x","persona_config":{"greeting":3}}"#,
+                "persona_config",
+                "invalid type",
+            ),
+            (
+                r#"{"name":"x","persona_config":{"escalation":{"sentiment_floor":-3}}}"#,
+                "persona_config",
+                "sentiment_floor",
+            ),
+            (
+                r#"{"name":"x","persona_config":{"human_number":"555"}}"#,
+                "persona_config",
+                "human_number",
+            ),
+            (
+                r#"{"name":"x","voice_config":{"speed":4}}"#,
+                "voice_config",
+                "speed",
+            ),
+        ] {
+            let bad: NewAgent = serde_json::from_str(body).unwrap();
+            let err = bad.validate(Uuid::nil(), Uuid::nil(), now()).unwrap_err();
+            assert_eq!(err.field, field, "{body}");
+            assert!(err.message.contains(says), "{body}: {}", err.message);
+        }
+        let patch: AgentPatch =
+            serde_json::from_str(r#"{"persona_config":{"tools":["launch_missiles"]}}"#).unwrap();
+        let err = patch.validate().unwrap_err();
+        assert_eq!(err.field, "persona_config");
+        assert!(err.message.contains("unknown tool"), "{}", err.message);
+        let patch: AgentPatch =
+            serde_json::from_str(r#"{"voice_config":{"voice_id":""}}"#).unwrap();
+        assert_eq!(patch.validate().unwrap_err().field, "voice_config");
+        let patch: AgentPatch =
+            serde_json::from_str(r#"{"persona_config":{"voicemail":"leave_message"}}"#).unwrap();
+        assert!(patch.validate().is_ok());
     }
 
     #[test]

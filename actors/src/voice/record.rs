@@ -151,7 +151,7 @@ pub enum ConversationRecord {
     },
     /// A vendor stream dropped or stalled and was reopened.
     VendorGap {
-        /// `deepgram`, `cartesia`.
+        /// The port: `stt` or `tts` (which vendor serves it is configuration).
         vendor: String,
         /// Audio lost, ms (speech-to-text only).
         gap_ms: u64,
@@ -160,7 +160,7 @@ pub enum ConversationRecord {
     },
     /// A voice vendor failed for good during the call.
     VendorFailure {
-        /// The vendor.
+        /// The port: `stt`, `tts` or `llm`.
         vendor: String,
         /// What happened.
         reason: String,
@@ -172,7 +172,8 @@ pub enum ConversationRecord {
         /// `leave_message` or `hang_up`.
         action: String,
     },
-    /// The caller pressed keys.
+    /// The caller pressed keys (`dtmf_input`, like its journal kind).
+    #[serde(rename = "dtmf_input", alias = "dtmf")]
     Dtmf {
         /// Turn.
         turn: u32,
@@ -198,5 +199,31 @@ impl ConversationRecord {
             Self::Voicemail { .. } => "voicemail",
             Self::Dtmf { .. } => "dtmf_input",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_types_match_their_journal_kinds() {
+        let dtmf = ConversationRecord::Dtmf {
+            turn: 2,
+            digits: "1#".into(),
+        };
+        let json = serde_json::to_value(&dtmf).unwrap();
+        assert_eq!(json["type"], dtmf.kind());
+        // Journals written before the rename still read.
+        let old: ConversationRecord =
+            serde_json::from_value(serde_json::json!({"type": "dtmf", "turn": 2, "digits": "1#"}))
+                .unwrap();
+        assert_eq!(old, dtmf);
+        let gap = ConversationRecord::VendorGap {
+            vendor: "stt".into(),
+            gap_ms: 120,
+            reason: "dropped".into(),
+        };
+        assert_eq!(serde_json::to_value(&gap).unwrap()["type"], gap.kind());
     }
 }

@@ -1,0 +1,117 @@
+//! A client of the HTTP API for the end-to-end tests: one tenant key, JSON in and out,
+//! asserting statuses with the body in the message.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// The API of a running server, as one organization.
+pub struct Api {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The organization's API key.
+    pub key: String,
+    /// Shared connection pool.
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: String, key: String) -> Api {
+        Api {
+            base,
+            key,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// POSTs `body` and asserts the answer's status.
+    pub async fn post(&self, path: &str, body: Value, expect: StatusCode) -> Value {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, expect, "POST {path}: {body}");
+        body
+    }
+
+    /// GETs `path`, asserting 200.
+    pub async fn get(&self, path: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "GET {path}");
+        r.json().await.unwrap()
+    }
+
+    /// Waits until the call is in `status` or panics after `within`.
+    pub async fn wait_status(&self, id: &str, status: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let call = self.get(&format!("/v1/calls/{id}")).await;
+            if call["status"] == status {
+                return call;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "call {id} is {} after {within:?}, expected {status}",
+                call["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the call ended (any terminal status) or panics after `within`.
+    pub async fn wait_ended(&self, id: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let call = self.get(&format!("/v1/calls/{id}")).await;
+            if ["completed", "failed", "canceled"].contains(&call["status"].as_str().unwrap_or(""))
+            {
+                return call;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "call {id} still {} after {within:?}",
+                call["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The call's journal.
+    pub async fn events(&self, id: &str) -> Vec<Value> {
+        self.get(&format!("/v1/calls/{id}/events")).await["data"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// The kinds of the call's journal entries, in order.
+    pub async fn kinds(&self, id: &str) -> Vec<String> {
+        self.events(id)
+            .await
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// A port nobody listens on right now (the server binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

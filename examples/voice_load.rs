@@ -23,10 +23,11 @@
 
 use std::time::{Duration, Instant};
 
+use iace::app::FakeVoices;
 use iace::config::{DbArgs, ServeArgs, TelephonyKind, TelnyxArgs, VoiceArgs};
-use iace_sim::cartesia::{FakeCartesia, FakeCartesiaConfig};
-use iace_sim::deepgram::{FakeDeepgram, FakeDeepgramConfig};
-use iace_sim::groq::{FakeGroq, FakeGroqConfig};
+use iace_sim::cartesia::FakeCartesiaConfig;
+use iace_sim::deepgram::FakeDeepgramConfig;
+use iace_sim::groq::FakeGroqConfig;
 use iace_sim::telnyx::{CallerScript, FakeTelnyx, FakeTelnyxConfig, Scenario};
 
 fn arg(name: &str, default: usize) -> usize {
@@ -75,12 +76,7 @@ fn rss_kib() -> u64 {
 struct Fakes {
     telnyx_api_base: String,
     telnyx_public_key: String,
-    deepgram_url: String,
-    deepgram_key: String,
-    cartesia_url: String,
-    cartesia_key: String,
-    groq_base: String,
-    groq_key: String,
+    voice: VoiceArgs,
 }
 
 /// The benchmark's knobs, shared by both processes.
@@ -162,32 +158,28 @@ async fn run_fakes(k: Knobs) -> anyhow::Result<()> {
     for n in 0..k.calls {
         telnyx.set_caller_script(&number(n), script.clone());
     }
-    let deepgram = FakeDeepgram::start(FakeDeepgramConfig::default()).await?;
-    deepgram.set_script(
+    let voices = FakeVoices::start(
+        FakeDeepgramConfig::default(),
+        FakeCartesiaConfig {
+            first_chunk_delay: Duration::from_millis(k.tts_first_ms),
+            ..FakeCartesiaConfig::default()
+        },
+        FakeGroqConfig {
+            ttft: Duration::from_millis(k.llm_ttft_ms),
+            inter_token: Duration::from_millis(k.llm_token_ms),
+            ..FakeGroqConfig::default()
+        },
+    )
+    .await?;
+    voices.deepgram.set_script(
         (1..=k.turns)
             .map(|t| format!("This is caller line number {t}, please answer it."))
             .collect::<Vec<_>>(),
     );
-    let cartesia = FakeCartesia::start(FakeCartesiaConfig {
-        first_chunk_delay: Duration::from_millis(k.tts_first_ms),
-        ..FakeCartesiaConfig::default()
-    })
-    .await?;
-    let groq = FakeGroq::start(FakeGroqConfig {
-        ttft: Duration::from_millis(k.llm_ttft_ms),
-        inter_token: Duration::from_millis(k.llm_token_ms),
-        ..FakeGroqConfig::default()
-    })
-    .await?;
     let fakes = Fakes {
         telnyx_api_base: telnyx.api_base(),
         telnyx_public_key: telnyx.public_key_base64(),
-        deepgram_url: deepgram.url(),
-        deepgram_key: deepgram.api_key().to_owned(),
-        cartesia_url: format!("ws://{}", cartesia.addr()),
-        cartesia_key: cartesia.api_key().to_owned(),
-        groq_base: groq.base_url(),
-        groq_key: groq.api_key().to_owned(),
+        voice: voices.args(),
     };
     println!("{}", serde_json::to_string(&fakes)?);
     let _ = tokio::task::spawn_blocking(|| {
@@ -196,9 +188,7 @@ async fn run_fakes(k: Knobs) -> anyhow::Result<()> {
     })
     .await;
     telnyx.shutdown().await;
-    deepgram.shutdown().await;
-    cartesia.shutdown().await;
-    groq.shutdown().await;
+    voices.shutdown().await;
     Ok(())
 }
 
@@ -282,17 +272,7 @@ async fn main() -> anyhow::Result<()> {
             media_echo: false,
         },
         breakers: Default::default(),
-        voice: VoiceArgs {
-            enabled: true,
-            deepgram_api_key: Some(fakes.deepgram_key.clone()),
-            deepgram_url: fakes.deepgram_url.clone(),
-            cartesia_api_key: Some(fakes.cartesia_key.clone()),
-            cartesia_url: fakes.cartesia_url.clone(),
-            groq_api_key: Some(fakes.groq_key.clone()),
-            groq_api_base: fakes.groq_base.clone(),
-            groq_model: "llama-3.3-70b-versatile".into(),
-            groq_classify_model: "llama-3.1-8b-instant".into(),
-        },
+        voice: fakes.voice,
         admin_token: None,
         sim_ring_ms: 0,
         sim_talk_ms: 0,

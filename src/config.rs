@@ -271,7 +271,7 @@ pub struct DevArgs {
 
 /// The voice pipeline's vendors (used when `IACE_VOICE=true`; needs `IACE_TELEPHONY=telnyx`,
 /// whose media streams carry the audio).
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Default, Args, serde::Serialize, serde::Deserialize)]
 pub struct VoiceArgs {
     /// Run a conversation on every answered call (speech-to-text, model, speech synthesis).
     #[arg(long = "voice", env = "IACE_VOICE", default_value_t = false)]

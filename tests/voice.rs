@@ -455,6 +455,20 @@ async fn keys_the_caller_presses_are_a_turn_of_the_conversation() {
     let keys = events_of(&t, "dtmf_input");
     assert_eq!(keys.len(), 1, "{t:#}");
     assert_eq!(keys[0]["digits"], "1#");
+    // The keypad turn sits where the keys were pressed (after the greeting), and its latency
+    // counts from the last key, not from the start of the call.
+    let segments = t["segments"].as_array().unwrap();
+    let greeting_end = segments[0]["end_ms"].as_u64().unwrap();
+    let keys_segment = segments
+        .iter()
+        .find(|s| s["speaker"] == "caller")
+        .unwrap_or_else(|| panic!("no keypad segment: {t:#}"));
+    assert!(
+        keys_segment["start_ms"].as_u64().unwrap() >= greeting_end,
+        "{t:#}"
+    );
+    let stt_us = t["latency"][0]["stt_us"].as_u64().unwrap();
+    assert!(stt_us < 2_000_000, "{t:#}");
     assert!(
         texts(t["segments"].as_array().unwrap(), "agent")
             .contains(&"Thanks, I've noted option one.".to_owned()),

@@ -131,9 +131,6 @@ pub(crate) struct CallState {
     voice_failures: u32,
     /// The answering-machine verdict, once known.
     amd: Option<AmdResult>,
-    /// The call's media stream is up. It can connect before the answer webhook arrives
-    /// (they travel separately); the conversation then starts with the answer.
-    media_started: bool,
 }
 
 /// Attempts of a carrier command on `Unavailable` before giving up.
@@ -168,7 +165,6 @@ impl Actor for CallActor {
             voice: None,
             voice_failures: 0,
             amd: None,
-            media_started: false,
         })
     }
 
@@ -177,9 +173,11 @@ impl Actor for CallActor {
         _myself: ActorRef<CallMsg>,
         state: &mut CallState,
     ) -> Result<(), ActorProcessingErr> {
-        // post_stop does not run after a failure; `on_failure` covers the crash paths we see.
+        // post_stop does not run after a failure; `on_failure` covers the crash paths we see
+        // (and keeps the media stream known, for the re-activated actor).
         state.cancel_timer();
         state.stop_voice();
+        state.shared.voice.forget_stream(state.id);
         Ok(())
     }
 
@@ -217,6 +215,10 @@ impl Actor for CallActor {
                     return Err(e);
                 }
             }
+        } else {
+            // The conversation is over (hung up, handed to a person): a re-activation of this
+            // actor must not start another one on the stream.
+            state.shared.voice.forget_stream(state.id);
         }
         myself.send_message(CallMsg::StopIfDone)?;
         Ok(())
@@ -311,7 +313,7 @@ impl Actor for CallActor {
                 Ok(())
             }
             CallMsg::MediaStarted => {
-                state.media_started = true;
+                state.shared.voice.stream_started(state.id);
                 state.start_voice(&myself).await;
                 Ok(())
             }
@@ -368,6 +370,10 @@ impl CallState {
                     self.call = Some(call);
                 }
                 self.reconcile(myself);
+                // A crash stopped the conversation, not the call's media stream: converse again.
+                if self.shared.voice.has_stream(self.id) {
+                    self.start_voice(myself).await;
+                }
                 Ok(())
             }
             Activation::Fault { detail } => {
@@ -556,8 +562,9 @@ impl CallState {
                 .as_ref()
                 .is_some_and(|c| c.status != CallStatus::InProgress);
         self.call = Some(next.clone());
-        if answered && self.media_started {
-            // The media stream beat the answer webhook here: converse now.
+        if answered && self.shared.voice.has_stream(self.id) {
+            // The media stream can connect before the answer webhook arrives (they travel
+            // separately): the conversation then starts with the answer.
             self.start_voice(myself).await;
         }
         self.tell_voice(&entry.event, &next);

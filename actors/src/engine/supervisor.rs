@@ -180,9 +180,14 @@ impl Actor for CallSupervisor {
                 reply,
             } => state.deliver(&myself, call_id, event, inbox, reply).await,
             SupervisorMsg::MediaStarted { call_id } => {
-                // Only a call that is live here has a conversation to start.
+                // Only a call that is live here has a conversation to start. The stream is
+                // remembered: a call actor that crashes (now, or while it backs off) starts
+                // the conversation again when it is re-activated.
                 if let Some(actor) = state.calls.get(&call_id) {
+                    state.shared.voice.stream_started(call_id);
                     let _ = actor.send_message(CallMsg::MediaStarted);
+                } else if state.restarting(call_id) {
+                    state.shared.voice.stream_started(call_id);
                 }
             }
             SupervisorMsg::Restart { call_id, fault } => {

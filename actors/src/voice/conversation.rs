@@ -402,6 +402,8 @@ pub struct Conversation {
     voicemail_at: Option<Micros>,
     dtmf: String,
     dtmf_at: Option<Micros>,
+    /// First and last key of the pending keypad input.
+    dtmf_span: Option<(Micros, Micros)>,
     audio_origin: Option<Micros>,
     tts_dead: bool,
     fallback_mark: Option<(String, After, Micros)>,
@@ -441,6 +443,7 @@ impl Conversation {
             voicemail_at: None,
             dtmf: String::new(),
             dtmf_at: None,
+            dtmf_span: None,
             audio_origin: None,
             tts_dead: false,
             fallback_mark: None,
@@ -1459,14 +1462,23 @@ impl Conversation {
         }
         self.dtmf.push_str(&digit);
         self.dtmf_at = Some(now + DTMF_GAP);
+        self.dtmf_span.get_or_insert((now, now)).1 = now;
     }
 
     fn dtmf_done(&mut self, now: Micros, out: &mut Vec<Action>) {
         self.dtmf_at = None;
         let digits = std::mem::take(&mut self.dtmf);
+        let span = self.dtmf_span.take();
         if digits.is_empty() {
             return;
         }
+        // The keys' turn spans its first to its last key (in stream time, as speech does).
+        let origin = self.audio_origin.unwrap_or(0);
+        let (first, last) = span.unwrap_or((now, now));
+        self.caller
+            .start_ms
+            .get_or_insert(first.saturating_sub(origin) / MS);
+        self.caller.end_ms = self.caller.end_ms.max(last.saturating_sub(origin) / MS);
         out.push(Action::Record(ConversationRecord::Dtmf {
             turn: self.turn + 1,
             digits: digits.clone(),
@@ -1647,7 +1659,14 @@ impl Conversation {
         }
         for u in std::mem::take(&mut self.utterances) {
             if !u.tts_done && !self.tts_dead {
-                out.push(Action::TtsCancel { context: u.ctx });
+                out.push(Action::TtsCancel {
+                    context: u.ctx.clone(),
+                });
+            }
+            // What the caller heard of it stays in the transcript, cut off (as on a barge-in).
+            let (heard, _) = u.split_heard();
+            if !heard.is_empty() {
+                out.push(self.agent_segment(now, &u, &heard, true));
             }
         }
         out.push(Action::MediaClear);

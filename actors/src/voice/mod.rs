@@ -3,6 +3,7 @@
 //! audio back to the caller.
 
 pub mod conversation;
+pub mod memory;
 pub mod ports;
 pub mod profile;
 pub mod record;
@@ -20,3 +21,5 @@ pub use ports::{
 
 #[cfg(test)]
 mod conversation_tests;
+#[cfg(test)]
+mod session_tests;

@@ -58,7 +58,8 @@ pub enum ConversationRecord {
         end_ms: u64,
         /// Recognition confidence (caller) or 1 (agent).
         confidence: f32,
-        /// The agent was cut off by the caller (barge-in) or by the end of the call.
+        /// The agent was cut off by the caller (barge-in), by a voice vendor's failure, or by
+        /// the end of the call.
         interrupted: bool,
         /// Turn number (1-based; 0 = before the first caller turn).
         turn: u32,

@@ -10,7 +10,7 @@
 //! a message. The session never waits on a vendor: stream inputs use `try_send`; model
 //! requests, scoring and tools run in tasks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -50,13 +50,36 @@ pub struct VoicePorts {
 }
 
 /// Live voice sessions by call, for the media endpoint's per-frame traffic (which must not go
-/// through the supervisor and the call actor).
+/// through the supervisor and the call actor); and the calls whose media stream is up, so a
+/// call actor re-activated after a crash converses again (the stream does not start twice).
 #[derive(Clone, Default)]
 pub struct VoiceRouter {
     sessions: Arc<Mutex<HashMap<CallId, ActorRef<VoiceMsg>>>>,
+    streams: Arc<Mutex<HashSet<CallId>>>,
 }
 
 impl VoiceRouter {
+    pub(crate) fn stream_started(&self, call: CallId) {
+        self.streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(call);
+    }
+
+    pub(crate) fn has_stream(&self, call: CallId) -> bool {
+        self.streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&call)
+    }
+
+    pub(crate) fn forget_stream(&self, call: CallId) {
+        self.streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&call);
+    }
+
     pub(crate) fn insert(&self, call: CallId, session: ActorRef<VoiceMsg>) {
         self.lock().insert(call, session);
     }
@@ -212,10 +235,14 @@ impl Actor for VoiceSession {
             VoiceMsg::Init => {
                 let failures = state.init(&myself).await;
                 let now = state.now();
+                // With detection running, start waiting for the verdict even when it is
+                // already known (it came before the media stream): the conversation core
+                // acts on a verdict only while it waits for one, so a machine that answered
+                // first would otherwise be greeted.
                 let mut actions = state.conv.handle(
                     now,
                     Input::Start {
-                        await_amd: state.await_amd && state.amd.is_none(),
+                        await_amd: state.await_amd,
                     },
                 );
                 // Start first, then the failures: the failure path needs a live conversation.

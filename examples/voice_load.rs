@@ -187,6 +187,28 @@ async fn run_fakes(k: Knobs) -> anyhow::Result<()> {
         std::io::stdin().read_to_end(&mut Vec::new())
     })
     .await;
+    // How late the fake model itself was: its first token against the configured time to
+    // first token, measured inside the fake (timer ticks and scheduling on the shared cores).
+    // This is part of the "with sockets and clients" figure but is not the engine's.
+    let ttft = Duration::from_millis(k.llm_ttft_ms);
+    let mut late_us: Vec<u64> = voices
+        .groq
+        .requests()
+        .iter()
+        .filter(|r| r.stream)
+        .filter_map(|r| {
+            let took = r.first_token_at?.checked_duration_since(r.received_at)?;
+            Some(took.saturating_sub(ttft).as_micros() as u64)
+        })
+        .collect();
+    late_us.sort_unstable();
+    eprintln!(
+        "  of which the fake model's own lateness (first token - request received - {} ms, in the fake, {} replies): p50 {:.2} ms, p99 {:.2} ms",
+        k.llm_ttft_ms,
+        late_us.len(),
+        percentile(&late_us, 50.0) as f64 / 1000.0,
+        percentile(&late_us, 99.0) as f64 / 1000.0
+    );
     telnyx.shutdown().await;
     voices.shutdown().await;
     Ok(())

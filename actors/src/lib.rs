@@ -7,6 +7,7 @@
 pub mod breaker;
 pub mod catalog;
 pub mod engine;
+pub mod learning;
 pub mod machine;
 pub mod memory;
 pub mod ports;

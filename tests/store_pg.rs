@@ -600,3 +600,58 @@ async fn phone_numbers_are_unique_routed_and_tenant_scoped() {
         .unwrap());
     assert_eq!(f.store.route_number(&number).await.unwrap(), None);
 }
+
+fn hung_up(cause: iace_actors::machine::HangupCause) -> Event {
+    Event::Carrier {
+        event: CarrierEvent::HungUp { cause },
+    }
+}
+
+#[tokio::test]
+async fn a_completed_call_is_queued_for_learning_with_its_completion_and_only_once() {
+    use iace_actors::machine::HangupCause;
+    let f = fixture().await;
+    let pool = f.store.pool().clone();
+    let queued = |id: Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (DateTime<Utc>, DateTime<Utc>, i32)>(
+                "SELECT enqueued_at, next_attempt_at, attempts FROM learning_queue WHERE call_id = $1",
+            )
+            .bind(id)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let call = f.insert("+14155550100").await;
+    let live = f.apply(&call, answered()).await.unwrap();
+    assert!(queued(call.spec.id).await.is_empty(), "not before it ends");
+    let done = f
+        .apply(&live, hung_up(HangupCause::NormalClearing))
+        .await
+        .unwrap();
+    assert_eq!(done.status, CallStatus::Completed);
+    let rows = queued(call.spec.id).await;
+    assert_eq!(rows.len(), 1);
+    let (enqueued, due, attempts) = rows[0];
+    assert_eq!(enqueued, done.updated_at);
+    assert_eq!(
+        due - enqueued,
+        chrono::Duration::from_std(iace_actors::learning::LEARNING_SETTLE).unwrap()
+    );
+    assert_eq!(attempts, 0);
+    // A write the transition was rolled back with queues nothing: a stale append fails whole.
+    let stale = f.apply(&live, hung_up(HangupCause::NormalClearing)).await;
+    assert!(matches!(stale, Err(StoreError::Stale)), "{stale:?}");
+    assert_eq!(queued(call.spec.id).await, rows);
+
+    // A call that never connected has nothing to learn from.
+    let unanswered = f.insert("+14155550101").await;
+    let failed = f
+        .apply(&unanswered, hung_up(HangupCause::Busy))
+        .await
+        .unwrap();
+    assert_eq!(failed.status, CallStatus::Failed);
+    assert!(queued(unanswered.spec.id).await.is_empty());
+}

@@ -2,7 +2,8 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use iace_actors::machine::{Call, CallId};
+use iace_actors::learning::LEARNING_SETTLE;
+use iace_actors::machine::{Call, CallId, CallStatus};
 use iace_actors::ports::{
     shard_of, CallStore, IdempotencyKey, InboxInsert, InboxItem, InboxRow, InsertOutcome,
     JournalEntry, StoreError, StoreResult,
@@ -276,6 +277,21 @@ impl CallStore for PgStore {
             )
             .bind(vendor)
             .bind(event_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        if call.status == CallStatus::Completed {
+            // Learning runs on every completed call: queued with the transition itself, so
+            // no crash can lose it. It waits a little for the conversation's last records.
+            sqlx::query(
+                "INSERT INTO learning_queue (call_id, organization_id, enqueued_at, next_attempt_at) \
+                 VALUES ($1, $2, $3, $3 + make_interval(secs => $4)) ON CONFLICT (call_id) DO NOTHING",
+            )
+            .bind(call.spec.id)
+            .bind(call.spec.organization_id)
+            .bind(call.updated_at)
+            .bind(LEARNING_SETTLE.as_secs_f64())
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;

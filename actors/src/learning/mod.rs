@@ -4,3 +4,8 @@
 pub mod embed;
 
 pub use embed::{EmbedError, EmbedTask, Embedder, LocalEmbedder, EMBEDDING_DIMS};
+
+/// How long after a call completes its learning may start: the conversation's last records
+/// (the words said while hanging up, the media report) are journaled just after the call
+/// ends, and learning reads the whole journal.
+pub const LEARNING_SETTLE: std::time::Duration = std::time::Duration::from_secs(10);

@@ -2,6 +2,9 @@
 //! and customer memories, embedded for similarity retrieval at call start.
 
 pub mod embed;
+pub mod extract;
+#[cfg(test)]
+mod extract_tests;
 
 pub use embed::{EmbedError, EmbedTask, Embedder, LocalEmbedder, EMBEDDING_DIMS};
 

@@ -1,0 +1,466 @@
+//! What a finished call teaches: its outcome, the patterns the agent used, and what to
+//! remember of the customer. Pure: a call's snapshot and journal in, drafts out (the learning
+//! actor embeds and stores them). Deterministic rules, no model: the same journal always
+//! gives the same drafts.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::machine::{Call, CallStatus, EndReason, Event};
+use crate::ports::JournalEntry;
+use crate::voice::record::{ConversationRecord, Speaker, Tone};
+
+/// Kinds of learned pattern (the `pattern_type` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PatternType {
+    /// How the persona was used: tone changes and where they led.
+    PersonaUsage,
+    /// The opening exchanges of the conversation.
+    TurnSequence,
+    /// The tools the agent called, in order.
+    ToolSequence,
+    /// What made the call go to a person.
+    EscalationTrigger,
+    /// A negative caller turn and the reply after which the caller's mood improved.
+    ObjectionHandling,
+    /// How a resolved call ended.
+    Resolution,
+}
+
+impl PatternType {
+    /// The column's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PersonaUsage => "persona_usage",
+            Self::TurnSequence => "turn_sequence",
+            Self::ToolSequence => "tool_sequence",
+            Self::EscalationTrigger => "escalation_trigger",
+            Self::ObjectionHandling => "objection_handling",
+            Self::Resolution => "resolution",
+        }
+    }
+}
+
+/// Kinds of customer memory (the `kind` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryKind {
+    /// A problem the customer raised.
+    Issue,
+    /// How the customer wants to be dealt with.
+    Preference,
+    /// Something the agent promised.
+    Commitment,
+    /// How the customer felt over the call.
+    SentimentSummary,
+    /// One line about the whole call.
+    CallSummary,
+}
+
+impl MemoryKind {
+    /// The column's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Issue => "issue",
+            Self::Preference => "preference",
+            Self::Commitment => "commitment",
+            Self::SentimentSummary => "sentiment_summary",
+            Self::CallSummary => "call_summary",
+        }
+    }
+}
+
+/// How the call went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// The call went to a person (or was about to).
+    pub escalated: bool,
+    /// Answered, the caller spoke, and it ended normally without a person.
+    pub resolved: bool,
+    /// First and last sentiment score of the caller, if scored.
+    pub sentiment_start: Option<f64>,
+    /// Last.
+    pub sentiment_end: Option<f64>,
+    /// Resolved, and the caller did not end up worse than they started (or ended positive).
+    pub success: bool,
+}
+
+/// A pattern to embed and store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatternDraft {
+    /// Kind.
+    pub pattern_type: PatternType,
+    /// Structured detail (`pattern_data`).
+    pub data: serde_json::Value,
+    /// The text that is embedded and searched.
+    pub description: String,
+}
+
+/// A customer memory to embed and store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryDraft {
+    /// Kind.
+    pub kind: MemoryKind,
+    /// The text that is embedded, searched and shown to the agent.
+    pub content: String,
+    /// In `[0, 1]`.
+    pub importance: f32,
+}
+
+/// Everything learned from one call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Learned {
+    /// How it went.
+    pub outcome: Outcome,
+    /// Patterns (for the call's agent).
+    pub patterns: Vec<PatternDraft>,
+    /// Memories (only when the call has a customer).
+    pub memories: Vec<MemoryDraft>,
+}
+
+/// Longest quoted line in a description or memory, characters.
+const QUOTE: usize = 160;
+
+/// Words that mark a caller's line as a problem worth remembering.
+const ISSUE_WORDS: [&str; 14] = [
+    "problem",
+    "issue",
+    "broken",
+    "charged",
+    "overcharged",
+    "wrong",
+    "not working",
+    "doesn't work",
+    "cancel",
+    "refund",
+    "complaint",
+    "late",
+    "missing",
+    "error",
+];
+/// ...as a preference.
+const PREFERENCE_WORDS: [&str; 8] = [
+    "i prefer",
+    "i'd prefer",
+    "i'd rather",
+    "please don't",
+    "don't call",
+    "call me",
+    "email me",
+    "text me",
+];
+/// Agent phrases that promise something.
+const PROMISE_WORDS: [&str; 6] = [
+    "i will ",
+    "i'll ",
+    "we will ",
+    "we'll ",
+    "i am going to ",
+    "i'm going to ",
+];
+/// ...and the actions that make a promise a commitment.
+const PROMISE_ACTIONS: [&str; 10] = [
+    "call",
+    "send",
+    "refund",
+    "fix",
+    "follow up",
+    "email",
+    "credit",
+    "cancel",
+    "schedule",
+    "check",
+];
+
+struct Line {
+    speaker: Speaker,
+    text: String,
+    turn: u32,
+}
+
+/// Extracts what the call teaches.
+pub fn extract(call: &Call, journal: &[JournalEntry]) -> Learned {
+    let mut lines = Vec::new();
+    let mut scores: Vec<(u32, f64)> = Vec::new();
+    let mut tools = Vec::new();
+    let mut escalation = None;
+    let mut tones = Vec::new();
+    let mut transferred = false;
+    for entry in journal {
+        match &entry.event {
+            Event::TransferRequested { .. } => transferred = true,
+            Event::Conversation { record } => match record {
+                ConversationRecord::Segment {
+                    speaker,
+                    text,
+                    turn,
+                    ..
+                } if !text.trim().is_empty() => lines.push(Line {
+                    speaker: *speaker,
+                    text: text.trim().to_owned(),
+                    turn: *turn,
+                }),
+                ConversationRecord::Sentiment { turn, score, .. } => scores.push((*turn, *score)),
+                ConversationRecord::ToolCall { name, turn, .. } => {
+                    tools.push((name.clone(), *turn))
+                }
+                ConversationRecord::Escalation {
+                    turn,
+                    reason,
+                    detail,
+                    ..
+                } if escalation.is_none() => escalation = Some((*turn, *reason, detail.clone())),
+                ConversationRecord::ToneChanged {
+                    turn, to, reason, ..
+                } => {
+                    tones.push((*turn, *to, reason.clone()));
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    let caller_spoke = lines.iter().any(|l| l.speaker == Speaker::Caller);
+    let escalated = escalation.is_some() || transferred;
+    let ended_well = matches!(
+        call.end_reason,
+        Some(EndReason::NormalClearing | EndReason::AgentEnded)
+    );
+    let resolved = call.status == CallStatus::Completed && caller_spoke && !escalated && ended_well;
+    let sentiment_start = scores.first().map(|s| s.1);
+    let sentiment_end = scores.last().map(|s| s.1);
+    let mood_held = match (sentiment_start, sentiment_end) {
+        (Some(a), Some(b)) => b >= a || b >= 0.0,
+        _ => true,
+    };
+    let outcome = Outcome {
+        escalated,
+        resolved,
+        sentiment_start,
+        sentiment_end,
+        success: resolved && mood_held,
+    };
+    let verdict = if outcome.success {
+        "succeeded"
+    } else if escalated {
+        "escalated"
+    } else {
+        "did not succeed"
+    };
+
+    let mut patterns = Vec::new();
+    let caller_lines: Vec<&Line> = lines
+        .iter()
+        .filter(|l| l.speaker == Speaker::Caller)
+        .collect();
+    let agent_reply = |turn: u32| {
+        lines
+            .iter()
+            .find(|l| l.speaker == Speaker::Agent && l.turn == turn)
+    };
+    // The opening: up to two exchanges.
+    if !caller_lines.is_empty() {
+        let exchanges: Vec<(String, String)> = caller_lines
+            .iter()
+            .take(2)
+            .map(|c| {
+                let reply = agent_reply(c.turn).map_or(String::new(), |a| quote(&a.text));
+                (quote(&c.text), reply)
+            })
+            .collect();
+        let text = exchanges
+            .iter()
+            .map(|(c, a)| format!("Caller: {c} Agent: {a}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        patterns.push(PatternDraft {
+            pattern_type: PatternType::TurnSequence,
+            data: json!({
+                "turns": caller_lines.len(),
+                "exchanges": exchanges.iter().map(|(c, a)| json!({"caller": c, "agent": a})).collect::<Vec<_>>(),
+                "outcome": verdict,
+            }),
+            description: format!("Opening that {verdict}: {text}"),
+        });
+    }
+    if !tools.is_empty() {
+        let names: Vec<&str> = tools.iter().map(|(n, _)| n.as_str()).collect();
+        patterns.push(PatternDraft {
+            pattern_type: PatternType::ToolSequence,
+            data: json!({"tools": names, "outcome": verdict}),
+            description: format!(
+                "Tools used in order: {}; the call {verdict}",
+                names.join(", ")
+            ),
+        });
+    }
+    if let Some((turn, reason, detail)) = &escalation {
+        let said = caller_lines
+            .iter()
+            .rev()
+            .find(|c| c.turn <= *turn)
+            .map_or(String::new(), |c| quote(&c.text));
+        let reason = serde_json::to_value(reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        patterns.push(PatternDraft {
+            pattern_type: PatternType::EscalationTrigger,
+            data: json!({"turn": turn, "reason": reason, "detail": detail, "caller": said}),
+            description: format!("Escalated ({reason}) after the caller said: {said}"),
+        });
+    }
+    // A negative turn followed by a better one: the reply in between handled the objection.
+    for pair in scores.windows(2) {
+        let ((t0, s0), (_, s1)) = (pair[0], pair[1]);
+        if s0 > -0.3 || s1 - s0 < 0.3 {
+            continue;
+        }
+        let (Some(objection), Some(reply)) =
+            (caller_lines.iter().find(|c| c.turn == t0), agent_reply(t0))
+        else {
+            continue;
+        };
+        patterns.push(PatternDraft {
+            pattern_type: PatternType::ObjectionHandling,
+            data: json!({
+                "objection": quote(&objection.text),
+                "response": quote(&reply.text),
+                "sentiment_before": s0,
+                "sentiment_after": s1,
+            }),
+            description: format!(
+                "Objection: {} Response that helped: {}",
+                quote(&objection.text),
+                quote(&reply.text)
+            ),
+        });
+    }
+    if !tones.is_empty() {
+        let changes: Vec<serde_json::Value> = tones
+            .iter()
+            .map(|(turn, to, reason)| json!({"turn": turn, "to": tone_name(*to), "reason": reason}))
+            .collect();
+        let last = tones.last().map_or(Tone::Normal, |t| t.1);
+        patterns.push(PatternDraft {
+            pattern_type: PatternType::PersonaUsage,
+            data: json!({"tone_changes": changes, "final_tone": tone_name(last), "outcome": verdict}),
+            description: format!(
+                "The agent turned {} (after {}); the call {verdict}",
+                tone_name(last),
+                tones.last().map_or("", |t| t.2.as_str())
+            ),
+        });
+    }
+    if outcome.success {
+        if let Some(last) = caller_lines.last() {
+            let reply = agent_reply(last.turn).map_or(String::new(), |a| quote(&a.text));
+            patterns.push(PatternDraft {
+                pattern_type: PatternType::Resolution,
+                data: json!({"caller": quote(&last.text), "agent": reply}),
+                description: format!("Resolved: caller {} agent {reply}", quote(&last.text)),
+            });
+        }
+    }
+
+    let mut memories = Vec::new();
+    if call.spec.customer_id.is_some() && caller_spoke {
+        let first = caller_lines
+            .first()
+            .map_or(String::new(), |c| quote(&c.text));
+        let how = if outcome.success {
+            "resolved".to_owned()
+        } else if escalated {
+            "handed to a person".to_owned()
+        } else {
+            format!(
+                "ended {}",
+                call.end_reason.map_or("without a reason", |r| r.as_str())
+            )
+        };
+        memories.push(MemoryDraft {
+            kind: MemoryKind::CallSummary,
+            content: format!(
+                "{} call on {}: the customer said \"{first}\"; {how}.",
+                capitalized(call.spec.direction.as_str()),
+                call.created_at.format("%Y-%m-%d")
+            ),
+            importance: 0.5,
+        });
+        if let (Some(a), Some(b)) = (sentiment_start, sentiment_end) {
+            let mood = if b <= -0.3 {
+                "frustrated"
+            } else if b >= 0.3 {
+                "positive"
+            } else {
+                "neutral"
+            };
+            memories.push(MemoryDraft {
+                kind: MemoryKind::SentimentSummary,
+                content: format!(
+                    "The customer's mood went from {a:.2} to {b:.2}; they ended {mood}."
+                ),
+                importance: if b <= -0.3 { 0.7 } else { 0.3 },
+            });
+        }
+        for c in &caller_lines {
+            let lowered = c.text.to_lowercase();
+            if PREFERENCE_WORDS.iter().any(|w| lowered.contains(w)) {
+                memories.push(MemoryDraft {
+                    kind: MemoryKind::Preference,
+                    content: quote(&c.text),
+                    importance: 0.6,
+                });
+            } else if ISSUE_WORDS.iter().any(|w| lowered.contains(w)) {
+                memories.push(MemoryDraft {
+                    kind: MemoryKind::Issue,
+                    content: quote(&c.text),
+                    importance: 0.7,
+                });
+            }
+        }
+        for a in lines.iter().filter(|l| l.speaker == Speaker::Agent) {
+            let lowered = format!("{} ", a.text.to_lowercase());
+            if PROMISE_WORDS.iter().any(|w| lowered.contains(w))
+                && PROMISE_ACTIONS.iter().any(|w| lowered.contains(w))
+            {
+                memories.push(MemoryDraft {
+                    kind: MemoryKind::Commitment,
+                    content: format!("The agent promised: {}", quote(&a.text)),
+                    importance: 0.8,
+                });
+            }
+        }
+    }
+    Learned {
+        outcome,
+        patterns,
+        memories,
+    }
+}
+
+fn capitalized(word: &str) -> String {
+    let mut chars = word.chars();
+    chars
+        .next()
+        .map_or(String::new(), |c| c.to_uppercase().chain(chars).collect())
+}
+
+fn tone_name(t: Tone) -> &'static str {
+    match t {
+        Tone::Normal => "normal",
+        Tone::Empathetic => "empathetic",
+    }
+}
+
+/// `text` cut to [`QUOTE`] characters on a char boundary, with an ellipsis when cut.
+fn quote(text: &str) -> String {
+    let mut chars = text.chars();
+    let cut: String = chars.by_ref().take(QUOTE).collect();
+    if chars.next().is_some() {
+        format!("{cut}...")
+    } else {
+        cut
+    }
+}

@@ -1,10 +1,14 @@
 //! Learning and customer memory (DESIGN.md section 7): finished calls become learned patterns
 //! and customer memories, embedded for similarity retrieval at call start.
 
+pub mod actor;
+#[cfg(test)]
+mod actor_tests;
 pub mod embed;
 pub mod extract;
 #[cfg(test)]
 mod extract_tests;
+pub mod store;
 
 pub use embed::{EmbedError, EmbedTask, Embedder, LocalEmbedder, EMBEDDING_DIMS};
 

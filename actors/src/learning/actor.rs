@@ -1,0 +1,428 @@
+//! The Learning actor: works the learning queue. Every completed call is queued durably with
+//! its completion (see `LearningStore`); the actor claims due jobs, reads the call's journal,
+//! extracts what it teaches, embeds the texts (cache first), and stores the rows and the job's
+//! end in one transaction. An embedding outage or a store error leaves the job queued with a
+//! backoff: nothing is dropped, and nothing is stored twice.
+//!
+//! Runs under [`LearningSupervisor`], which restarts it after a crash (ractor never restarts
+//! on its own). Several nodes may each run one: a claim leases its jobs, so no job is worked by
+//! two at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tracing::{debug, info, warn};
+
+use super::embed::{EmbedError, EmbedTask, Embedder};
+use super::extract::extract;
+use super::store::{LearnedRows, LearningJob, LearningStore, NewMemory, NewPattern};
+use crate::machine::CallId;
+use crate::ports::{CallStore, Clock, IdGen, QueryStore};
+
+/// What the learning actor needs.
+#[derive(Clone)]
+pub struct LearningPorts {
+    /// Calls (snapshots).
+    pub calls: Arc<dyn CallStore>,
+    /// Journals.
+    pub queries: Arc<dyn QueryStore>,
+    /// The queue and the learned rows.
+    pub store: Arc<dyn LearningStore>,
+    /// Texts to vectors.
+    pub embedder: Arc<dyn Embedder>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Ids.
+    pub ids: Arc<dyn IdGen>,
+}
+
+/// Tuning.
+#[derive(Debug, Clone)]
+pub struct LearningConfig {
+    /// How often the queue is looked at when nothing nudges the actor.
+    pub poll_every: Duration,
+    /// A claimed job is given to no one else for this long.
+    pub lease: Duration,
+    /// Jobs claimed at once.
+    pub batch: u32,
+    /// First retry delay; doubles per failed attempt...
+    pub retry_base: Duration,
+    /// ...up to this.
+    pub retry_cap: Duration,
+}
+
+impl Default for LearningConfig {
+    fn default() -> Self {
+        LearningConfig {
+            poll_every: Duration::from_secs(5),
+            lease: Duration::from_secs(120),
+            batch: 16,
+            retry_base: Duration::from_secs(30),
+            retry_cap: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// Messages of the learning actor.
+#[derive(Debug)]
+pub enum LearningMsg {
+    /// Look at the queue now.
+    Poll,
+    /// A call completed (a nudge: its queue row already exists, the poll would find it too).
+    CallCompleted(CallId),
+}
+
+/// The worker.
+pub struct LearningActor;
+
+/// Its state.
+pub struct LearningState {
+    ports: LearningPorts,
+    config: LearningConfig,
+    /// A poll is already scheduled or queued.
+    poll_pending: bool,
+}
+
+/// What one job ended as.
+enum JobEnd {
+    Learned { patterns: usize, memories: usize },
+    Retry(String),
+}
+
+impl Actor for LearningActor {
+    type Msg = LearningMsg;
+    type State = LearningState;
+    type Arguments = (LearningPorts, LearningConfig);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<LearningMsg>,
+        (ports, config): (LearningPorts, LearningConfig),
+    ) -> Result<LearningState, ActorProcessingErr> {
+        myself.send_message(LearningMsg::Poll)?;
+        Ok(LearningState {
+            ports,
+            config,
+            poll_pending: true,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<LearningMsg>,
+        msg: LearningMsg,
+        state: &mut LearningState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            LearningMsg::CallCompleted(id) => {
+                debug!(call_id = %id, "learning nudged");
+                // The job is due only after the settle delay; the next poll takes it.
+            }
+            LearningMsg::Poll => {
+                state.poll_pending = false;
+                let now = state.ports.clock.now();
+                let jobs = state
+                    .ports
+                    .store
+                    .claim_learning(now, state.config.lease, state.config.batch)
+                    .await
+                    .map_err(|e| format!("claiming learning jobs: {e}"))?;
+                let full = jobs.len() as u32 == state.config.batch;
+                for job in jobs {
+                    state.work(job).await?;
+                }
+                if !state.poll_pending {
+                    state.poll_pending = true;
+                    if full {
+                        // More may be due: go on at once.
+                        myself.send_message(LearningMsg::Poll)?;
+                    } else {
+                        myself.send_after(state.config.poll_every, || LearningMsg::Poll);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LearningState {
+    /// Works one job to its end (learned, or queued again). `Err` only when the store cannot
+    /// even record the retry: the supervisor restarts the actor and the lease expires.
+    async fn work(&mut self, job: LearningJob) -> Result<(), ActorProcessingErr> {
+        let end = match self.learn(&job).await {
+            Ok(end) => end,
+            Err(e) => JobEnd::Retry(e),
+        };
+        match end {
+            JobEnd::Learned { patterns, memories } => {
+                info!(call_id = %job.call_id, patterns, memories, attempts = job.attempts + 1, "learned from call");
+            }
+            JobEnd::Retry(error) => {
+                let at = self.retry_at(job.attempts);
+                warn!(call_id = %job.call_id, attempts = job.attempts + 1, retry_at = %at, error = %error, "learning deferred");
+                self.ports
+                    .store
+                    .retry_learning(job.call_id, at, &error)
+                    .await
+                    .map_err(|e| format!("deferring learning of {}: {e}", job.call_id))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn retry_at(&self, attempts: u32) -> DateTime<Utc> {
+        let base = self.config.retry_base.as_millis() as u64;
+        let delay = base
+            .saturating_mul(1u64 << attempts.min(20))
+            .min(self.config.retry_cap.as_millis() as u64);
+        self.ports.clock.now() + chrono::Duration::milliseconds(delay as i64)
+    }
+
+    async fn learn(&self, job: &LearningJob) -> Result<JobEnd, String> {
+        let p = &self.ports;
+        let now = p.clock.now();
+        let call = p
+            .calls
+            .load_call(job.call_id)
+            .await
+            .map_err(|e| format!("loading the call: {e}"))?;
+        let journal = p
+            .queries
+            .call_events(job.organization_id, job.call_id)
+            .await
+            .map_err(|e| format!("reading the journal: {e}"))?;
+        let (Some(call), Some(journal)) = (call, journal) else {
+            // The call is gone (its organization was deleted): nothing to learn.
+            p.store
+                .finish_learning(job.call_id, &LearnedRows::default(), now)
+                .await
+                .map_err(|e| format!("closing the job: {e}"))?;
+            return Ok(JobEnd::Learned {
+                patterns: 0,
+                memories: 0,
+            });
+        };
+        let learned = extract(&call, &journal);
+        let mut texts: Vec<String> = learned
+            .patterns
+            .iter()
+            .map(|d| d.description.clone())
+            .collect();
+        texts.extend(learned.memories.iter().map(|m| m.content.clone()));
+        let model = p.embedder.model().to_owned();
+        let (vectors, fresh) = self.embed(&model, &texts).await?;
+        let mut vectors = vectors.into_iter();
+        let mut rows = LearnedRows {
+            cache: fresh,
+            ..LearnedRows::default()
+        };
+        for draft in learned.patterns {
+            rows.patterns.push(NewPattern {
+                id: p.ids.next_id(),
+                organization_id: call.spec.organization_id,
+                agent_id: call.spec.agent_id,
+                source_call_id: call.spec.id,
+                draft,
+                embedding: vectors.next().expect("one vector per text"),
+                model: model.clone(),
+                created_at: now,
+            });
+        }
+        if let Some(customer) = call.spec.customer_id {
+            for draft in learned.memories {
+                rows.memories.push(NewMemory {
+                    id: p.ids.next_id(),
+                    organization_id: call.spec.organization_id,
+                    customer_id: customer,
+                    source_call_id: call.spec.id,
+                    draft,
+                    embedding: vectors.next().expect("one vector per text"),
+                    model: model.clone(),
+                    created_at: now,
+                });
+            }
+        }
+        p.store
+            .finish_learning(job.call_id, &rows, now)
+            .await
+            .map_err(|e| format!("storing what was learned: {e}"))?;
+        Ok(JobEnd::Learned {
+            patterns: rows.patterns.len(),
+            memories: rows.memories.len(),
+        })
+    }
+
+    /// Vectors of `texts` in order, the cache first; identical texts are embedded once. Also
+    /// returns the fresh ones for the cache.
+    #[allow(clippy::type_complexity)]
+    async fn embed(
+        &self,
+        model: &str,
+        texts: &[String],
+    ) -> Result<(Vec<Vec<f32>>, Vec<(String, String, Vec<f32>)>), String> {
+        let p = &self.ports;
+        let cached = p
+            .store
+            .cached_embeddings(model, texts)
+            .await
+            .map_err(|e| format!("reading the embedding cache: {e}"))?;
+        let mut missing: Vec<String> = Vec::new();
+        for (text, hit) in texts.iter().zip(&cached) {
+            if hit.is_none() && !missing.contains(text) {
+                missing.push(text.clone());
+            }
+        }
+        let fresh = if missing.is_empty() {
+            Vec::new()
+        } else {
+            p.embedder
+                .embed(&missing, EmbedTask::Document)
+                .await
+                .map_err(|e| match e {
+                    EmbedError::Rejected(m) | EmbedError::Unavailable(m) => {
+                        format!("embedding: {m}")
+                    }
+                })?
+        };
+        if fresh.len() != missing.len() {
+            return Err(format!(
+                "embedding: {} vectors for {} texts",
+                fresh.len(),
+                missing.len()
+            ));
+        }
+        let vectors = texts
+            .iter()
+            .zip(cached)
+            .map(|(text, hit)| {
+                hit.unwrap_or_else(|| {
+                    let i = missing.iter().position(|m| m == text).expect("missing");
+                    fresh[i].clone()
+                })
+            })
+            .collect();
+        let fresh = missing
+            .into_iter()
+            .zip(fresh)
+            .map(|(t, v)| (model.to_owned(), t, v))
+            .collect();
+        Ok((vectors, fresh))
+    }
+}
+
+/// Keeps the learning actor running: restarts it (after `restart_delay`) whenever it stops
+/// or fails. Overrides `handle_supervisor_evt`, whose default would stop the supervisor.
+pub struct LearningSupervisor;
+
+/// Messages of the supervisor.
+#[derive(Debug)]
+pub enum LearningSupervisorMsg {
+    /// Start (or restart) the worker.
+    Start,
+    /// Forward a nudge to the worker.
+    CallCompleted(CallId),
+}
+
+/// Supervisor state.
+pub struct LearningSupervisorState {
+    ports: LearningPorts,
+    config: LearningConfig,
+    worker: Option<ActorRef<LearningMsg>>,
+    restarts: u64,
+}
+
+/// How long the supervisor waits before restarting a crashed worker.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+impl Actor for LearningSupervisor {
+    type Msg = LearningSupervisorMsg;
+    type State = LearningSupervisorState;
+    type Arguments = (LearningPorts, LearningConfig);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<LearningSupervisorMsg>,
+        (ports, config): (LearningPorts, LearningConfig),
+    ) -> Result<LearningSupervisorState, ActorProcessingErr> {
+        myself.send_message(LearningSupervisorMsg::Start)?;
+        Ok(LearningSupervisorState {
+            ports,
+            config,
+            worker: None,
+            restarts: 0,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<LearningSupervisorMsg>,
+        state: &mut LearningSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(w) = state.worker.take() {
+            w.stop(None);
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<LearningSupervisorMsg>,
+        msg: LearningSupervisorMsg,
+        state: &mut LearningSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            LearningSupervisorMsg::Start => {
+                if state.worker.is_some() {
+                    return Ok(());
+                }
+                match Actor::spawn_linked(
+                    None,
+                    LearningActor,
+                    (state.ports.clone(), state.config.clone()),
+                    myself.get_cell(),
+                )
+                .await
+                {
+                    Ok((worker, _)) => state.worker = Some(worker),
+                    Err(e) => {
+                        warn!(error = %e, "learning worker did not start; retrying");
+                        myself.send_after(RESTART_DELAY, || LearningSupervisorMsg::Start);
+                    }
+                }
+            }
+            LearningSupervisorMsg::CallCompleted(id) => {
+                if let Some(w) = &state.worker {
+                    let _ = w.send_message(LearningMsg::CallCompleted(id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<LearningSupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut LearningSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason),
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
+            _ => return Ok(()),
+        };
+        if state
+            .worker
+            .as_ref()
+            .is_some_and(|w| w.get_id() == cell.get_id())
+        {
+            state.worker = None;
+            state.restarts += 1;
+            warn!(reason = ?why, restarts = state.restarts, "learning worker stopped; restarting");
+            myself.send_after(RESTART_DELAY, || LearningSupervisorMsg::Start);
+        }
+        Ok(())
+    }
+}

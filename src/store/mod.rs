@@ -11,6 +11,7 @@
 
 mod calls;
 mod catalog;
+mod learning;
 mod rows;
 
 use std::time::Duration;

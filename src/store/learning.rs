@@ -1,0 +1,181 @@
+//! [`LearningStore`] on Postgres: the learning queue (claimed with `FOR UPDATE SKIP LOCKED`
+//! and a lease), the embedding cache keyed by model and SHA-256 of the text, and the learned
+//! rows, stored with the job's end in one transaction.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use iace_actors::learning::store::{LearnedRows, LearningJob, LearningStore};
+use iace_actors::machine::CallId;
+use iace_actors::ports::StoreResult;
+use pgvector::Vector;
+use sqlx::Row;
+
+use super::{unavailable, PgStore};
+
+#[async_trait]
+impl LearningStore for PgStore {
+    async fn claim_learning(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<LearningJob>> {
+        let rows = sqlx::query(
+            "WITH due AS ( \
+               SELECT call_id FROM learning_queue \
+                WHERE done_at IS NULL AND next_attempt_at <= $1 \
+                ORDER BY next_attempt_at, call_id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             UPDATE learning_queue q SET next_attempt_at = $1 + make_interval(secs => $2) \
+               FROM due WHERE q.call_id = due.call_id \
+             RETURNING q.call_id, q.organization_id, q.attempts, q.enqueued_at",
+        )
+        .bind(now)
+        .bind(lease.as_secs_f64())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let mut jobs: Vec<(DateTime<Utc>, LearningJob)> = rows
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("enqueued_at")?,
+                    LearningJob {
+                        call_id: r.try_get("call_id")?,
+                        organization_id: r.try_get("organization_id")?,
+                        attempts: u32::try_from(r.try_get::<i32, _>("attempts")?).unwrap_or(0),
+                    },
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(unavailable)?;
+        jobs.sort_by_key(|(at, j)| (*at, j.call_id));
+        Ok(jobs.into_iter().map(|(_, j)| j).collect())
+    }
+
+    async fn cached_embeddings(
+        &self,
+        model: &str,
+        texts: &[String],
+    ) -> StoreResult<Vec<Option<Vec<f32>>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT t.i, c.embedding FROM unnest($2::text[]) WITH ORDINALITY AS t(text, i) \
+             JOIN embedding_cache c \
+               ON c.model = $1 AND c.text_hash = sha256(convert_to(t.text, 'UTF8'))",
+        )
+        .bind(model)
+        .bind(texts)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let mut out = vec![None; texts.len()];
+        for r in rows {
+            let i: i64 = r.try_get("i").map_err(unavailable)?;
+            let v: Vector = r.try_get("embedding").map_err(unavailable)?;
+            if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| out.get_mut(i)) {
+                *slot = Some(v.to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn finish_learning(
+        &self,
+        call_id: CallId,
+        rows: &LearnedRows,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // The job row is the guard: whoever marks it done stores the rows; a second finisher
+        // (a worker whose lease ran out) finds it done and stores nothing.
+        let claimed = sqlx::query(
+            "UPDATE learning_queue SET done_at = $2, last_error = NULL \
+             WHERE call_id = $1 AND done_at IS NULL",
+        )
+        .bind(call_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if claimed.rows_affected() == 0 {
+            return Ok(());
+        }
+        for p in &rows.patterns {
+            sqlx::query(
+                "INSERT INTO learned_pattern (id, organization_id, agent_id, source_call_id, \
+                   pattern_type, pattern_data, description, embedding, embedding_model, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(p.id)
+            .bind(p.organization_id)
+            .bind(p.agent_id)
+            .bind(p.source_call_id)
+            .bind(p.draft.pattern_type.as_str())
+            .bind(&p.draft.data)
+            .bind(&p.draft.description)
+            .bind(Vector::from(p.embedding.clone()))
+            .bind(&p.model)
+            .bind(p.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        for m in &rows.memories {
+            sqlx::query(
+                "INSERT INTO customer_memory (id, organization_id, customer_id, source_call_id, \
+                   kind, content, embedding, embedding_model, importance, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(m.id)
+            .bind(m.organization_id)
+            .bind(m.customer_id)
+            .bind(m.source_call_id)
+            .bind(m.draft.kind.as_str())
+            .bind(&m.draft.content)
+            .bind(Vector::from(m.embedding.clone()))
+            .bind(&m.model)
+            .bind(m.draft.importance)
+            .bind(m.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        for (model, text, v) in &rows.cache {
+            sqlx::query(
+                "INSERT INTO embedding_cache (model, text_hash, embedding) \
+                 VALUES ($1, sha256(convert_to($2, 'UTF8')), $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(model)
+            .bind(text)
+            .bind(Vector::from(v.clone()))
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn retry_learning(
+        &self,
+        call_id: CallId,
+        at: DateTime<Utc>,
+        error: &str,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE learning_queue SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 \
+             WHERE call_id = $1 AND done_at IS NULL",
+        )
+        .bind(call_id)
+        .bind(at)
+        .bind(error)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+}

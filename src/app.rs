@@ -29,6 +29,11 @@ use crate::media::{
 use crate::store::PgStore;
 use crate::telephony::simulated::{SimConfig, SimulatedCarrier};
 use crate::vendor::retry::RetryPolicy;
+use iace_actors::learning::actor::{
+    LearningConfig, LearningPorts, LearningSupervisor, LearningSupervisorMsg,
+};
+use iace_actors::learning::{Embedder, LocalEmbedder};
+use ractor::ActorRef;
 use crate::vendor::telnyx::{TelnyxClient, TelnyxConfig, TelnyxMetrics, WebhookVerifier};
 use iace_sim::telnyx::{FakeTelnyx, FakeTelnyxConfig, Scenario};
 
@@ -48,6 +53,31 @@ impl IdGen for RandomIds {
     fn next_id(&self) -> Uuid {
         Uuid::new_v4()
     }
+}
+
+/// Starts the learning worker of this node (it shares the queue with every other node's).
+async fn start_learning(
+    args: &crate::config::LearningArgs,
+    store: Arc<PgStore>,
+    _breakers: &iace_actors::breaker::Breakers,
+) -> anyhow::Result<ActorRef<LearningSupervisorMsg>> {
+    let embedder: Arc<dyn Embedder> = match args.google_api_key.as_deref().filter(|k| !k.is_empty()) {
+        Some(_) => bail!("GOOGLE_API_KEY is set but the Google embedding client is not wired yet"),
+        None => Arc::new(LocalEmbedder),
+    };
+    info!(model = embedder.model(), "learning from completed calls");
+    let ports = LearningPorts {
+        calls: store.clone(),
+        queries: store.clone(),
+        store,
+        embedder,
+        clock: Arc::new(SystemClock),
+        ids: Arc::new(RandomIds),
+    };
+    let (sup, _) = ractor::Actor::spawn(None, LearningSupervisor, (ports, LearningConfig::default()))
+        .await
+        .context("starting the learning worker")?;
+    Ok(sup)
 }
 
 /// `/ready` check of Redis.
@@ -71,6 +101,7 @@ pub struct Running {
     pub addr: SocketAddr,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     stop: tokio::sync::watch::Sender<bool>,
+    learning: Option<ActorRef<LearningSupervisorMsg>>,
 }
 
 impl Running {
@@ -80,6 +111,7 @@ impl Running {
             engine,
             server,
             stop,
+            learning,
             ..
         } = self;
         let mut server = server;
@@ -96,6 +128,9 @@ impl Running {
                 r.context("server task")?.context("http server")?;
             }
         }
+        if let Some(l) = learning {
+            l.stop(None);
+        }
         engine.shutdown().await;
         engine.breakers().stop();
         Ok(())
@@ -107,6 +142,9 @@ impl Running {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
+        if let Some(l) = self.learning {
+            l.stop(None);
+        }
         self.engine.shutdown().await;
         self.engine.breakers().stop();
     }
@@ -182,6 +220,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         }
         _ => None,
     };
+    let learning_store = store.clone();
     let ports = Ports {
         calls: store.clone(),
         queries: store,
@@ -201,6 +240,11 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let engine = Engine::start(ports, config, &registry)
         .await
         .context("starting the engine")?;
+    let learning = if args.learning.enabled {
+        Some(start_learning(&args.learning, learning_store, &breakers).await?)
+    } else {
+        None
+    };
     if let Some(carrier) = simulated {
         tokio::spawn(forward_carrier_events(engine.clone(), events_rx));
         carrier
@@ -257,6 +301,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         addr,
         server,
         stop,
+        learning,
     })
 }
 
@@ -528,6 +573,11 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         telnyx,
         breakers: Default::default(),
         voice,
+        // No embedding key in dev: the local embedder keeps learning working offline.
+        learning: crate::config::LearningArgs {
+            enabled: true,
+            ..Default::default()
+        },
         admin_token: Some(DEV_ADMIN_TOKEN.into()),
         sim_ring_ms: args.sim_ring_ms,
         sim_talk_ms: args.sim_talk_ms,

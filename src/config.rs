@@ -225,6 +225,9 @@ pub struct ServeArgs {
     /// The voice pipeline.
     #[command(flatten)]
     pub voice: VoiceArgs,
+    /// Learning from completed calls.
+    #[command(flatten)]
+    pub learning: LearningArgs,
     /// Operator token for `/v1/admin/*` (breakers); the operator API is off when unset.
     #[arg(long, env = "IACE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -246,6 +249,29 @@ pub struct ServeArgs {
     /// How long an answered call may last before it is ended with `max_duration` (s).
     #[arg(long, env = "IACE_MAX_CALL_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u32).range(10..=86400))]
     pub max_call_secs: u32,
+}
+
+/// Learning from completed calls: patterns and customer memories, embedded for similarity
+/// search (DESIGN.md section 7).
+#[derive(Debug, Clone, Default, Args)]
+pub struct LearningArgs {
+    /// Learn from completed calls (a worker on this node takes jobs from the shared queue).
+    #[arg(long = "learning", env = "IACE_LEARNING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enabled: bool,
+    /// Google API key for embeddings. Without one a local deterministic embedder is used
+    /// (vectors of different models are never compared).
+    #[arg(long, env = "GOOGLE_API_KEY", hide_env_values = true)]
+    pub google_api_key: Option<String>,
+    /// Google Generative Language API base (the fake's URL in tests).
+    #[arg(
+        long,
+        env = "GOOGLE_API_BASE",
+        default_value = "https://generativelanguage.googleapis.com/v1beta"
+    )]
+    pub google_api_base: String,
+    /// Embedding model (768-d output).
+    #[arg(long, env = "GOOGLE_EMBEDDING_MODEL", default_value = "gemini-embedding-001")]
+    pub embedding_model: String,
 }
 
 /// `iace dev`.

@@ -79,6 +79,7 @@ impl Env {
             },
             breakers,
             voice: Default::default(),
+            learning: Default::default(),
             admin_token: Some(ADMIN_TOKEN.into()),
             sim_ring_ms: 0,
             sim_talk_ms: 0,

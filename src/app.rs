@@ -29,13 +29,14 @@ use crate::media::{
 use crate::store::PgStore;
 use crate::telephony::simulated::{SimConfig, SimulatedCarrier};
 use crate::vendor::retry::RetryPolicy;
+use crate::vendor::telnyx::{TelnyxClient, TelnyxConfig, TelnyxMetrics, WebhookVerifier};
 use iace_actors::learning::actor::{
     LearningConfig, LearningPorts, LearningSupervisor, LearningSupervisorMsg,
 };
+use iace_actors::learning::recall::Recall;
 use iace_actors::learning::{Embedder, LocalEmbedder};
-use ractor::ActorRef;
-use crate::vendor::telnyx::{TelnyxClient, TelnyxConfig, TelnyxMetrics, WebhookVerifier};
 use iace_sim::telnyx::{FakeTelnyx, FakeTelnyxConfig, Scenario};
+use ractor::ActorRef;
 
 /// Wall clock of production.
 pub struct SystemClock;
@@ -55,16 +56,22 @@ impl IdGen for RandomIds {
     }
 }
 
+/// The embedder of learning and recall: Google when a key is configured, else the local one.
+fn embedder(
+    args: &crate::config::LearningArgs,
+    _breakers: &iace_actors::breaker::Breakers,
+) -> anyhow::Result<Arc<dyn Embedder>> {
+    match args.google_api_key.as_deref().filter(|k| !k.is_empty()) {
+        Some(_) => bail!("GOOGLE_API_KEY is set but the Google embedding client is not wired yet"),
+        None => Ok(Arc::new(LocalEmbedder)),
+    }
+}
+
 /// Starts the learning worker of this node (it shares the queue with every other node's).
 async fn start_learning(
-    args: &crate::config::LearningArgs,
     store: Arc<PgStore>,
-    _breakers: &iace_actors::breaker::Breakers,
+    embedder: Arc<dyn Embedder>,
 ) -> anyhow::Result<ActorRef<LearningSupervisorMsg>> {
-    let embedder: Arc<dyn Embedder> = match args.google_api_key.as_deref().filter(|k| !k.is_empty()) {
-        Some(_) => bail!("GOOGLE_API_KEY is set but the Google embedding client is not wired yet"),
-        None => Arc::new(LocalEmbedder),
-    };
     info!(model = embedder.model(), "learning from completed calls");
     let ports = LearningPorts {
         calls: store.clone(),
@@ -74,9 +81,10 @@ async fn start_learning(
         clock: Arc::new(SystemClock),
         ids: Arc::new(RandomIds),
     };
-    let (sup, _) = ractor::Actor::spawn(None, LearningSupervisor, (ports, LearningConfig::default()))
-        .await
-        .context("starting the learning worker")?;
+    let (sup, _) =
+        ractor::Actor::spawn(None, LearningSupervisor, (ports, LearningConfig::default()))
+            .await
+            .context("starting the learning worker")?;
     Ok(sup)
 }
 
@@ -221,6 +229,16 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         _ => None,
     };
     let learning_store = store.clone();
+    let embedder = if args.learning.enabled {
+        Some(embedder(&args.learning, &breakers)?)
+    } else {
+        None
+    };
+    let recall = embedder.clone().map(|embedder| Recall {
+        queries: learning_store.clone(),
+        embedder,
+        half_life: Duration::from_secs(u64::from(args.learning.memory_half_life_days) * 86_400),
+    });
     let ports = Ports {
         calls: store.clone(),
         queries: store,
@@ -229,6 +247,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         ids: Arc::new(RandomIds),
         breakers: breakers.clone(),
         voice,
+        recall,
     };
     let config = EngineConfig {
         node_id: args.node_id.clone().unwrap_or_else(default_node_id),
@@ -240,10 +259,9 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let engine = Engine::start(ports, config, &registry)
         .await
         .context("starting the engine")?;
-    let learning = if args.learning.enabled {
-        Some(start_learning(&args.learning, learning_store, &breakers).await?)
-    } else {
-        None
+    let learning = match embedder {
+        Some(embedder) => Some(start_learning(learning_store, embedder).await?),
+        None => None,
     };
     if let Some(carrier) = simulated {
         tokio::spawn(forward_carrier_events(engine.clone(), events_rx));

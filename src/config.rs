@@ -253,7 +253,7 @@ pub struct ServeArgs {
 
 /// Learning from completed calls: patterns and customer memories, embedded for similarity
 /// search (DESIGN.md section 7).
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct LearningArgs {
     /// Learn from completed calls (a worker on this node takes jobs from the shared queue).
     #[arg(long = "learning", env = "IACE_LEARNING", default_value_t = true, action = clap::ArgAction::Set)]
@@ -270,8 +270,28 @@ pub struct LearningArgs {
     )]
     pub google_api_base: String,
     /// Embedding model (768-d output).
-    #[arg(long, env = "GOOGLE_EMBEDDING_MODEL", default_value = "gemini-embedding-001")]
+    #[arg(
+        long,
+        env = "GOOGLE_EMBEDDING_MODEL",
+        default_value = "gemini-embedding-001"
+    )]
     pub embedding_model: String,
+    /// A customer memory's relevance halves every this many days.
+    #[arg(long, env = "IACE_MEMORY_HALF_LIFE_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub memory_half_life_days: u32,
+}
+
+impl Default for LearningArgs {
+    /// Off (tests and benchmarks that do not exercise learning), otherwise the CLI defaults.
+    fn default() -> Self {
+        LearningArgs {
+            enabled: false,
+            google_api_key: None,
+            google_api_base: "https://generativelanguage.googleapis.com/v1beta".into(),
+            embedding_model: "gemini-embedding-001".into(),
+            memory_half_life_days: 90,
+        }
+    }
 }
 
 /// `iace dev`.

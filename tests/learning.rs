@@ -298,3 +298,335 @@ async fn an_embedding_outage_defers_learning_on_postgres_and_nothing_is_lost() {
     );
     sup.stop(None);
 }
+
+mod api {
+    use super::*;
+    use common::api::{free_port, Api};
+    use iace::config::{DbArgs, LearningArgs, ServeArgs, TelephonyKind};
+    use reqwest::StatusCode;
+    use serde_json::{json, Value};
+
+    #[allow(clippy::too_many_arguments)]
+    async fn memory(
+        pool: &sqlx::PgPool,
+        org: &str,
+        customer: &str,
+        kind: &str,
+        content: &str,
+        importance: f32,
+        days_ago: i64,
+        model: &str,
+    ) {
+        sqlx::query(
+            "INSERT INTO customer_memory (id, organization_id, customer_id, kind, content, embedding, \
+               embedding_model, importance, created_at) VALUES ($1, $2::uuid, $3::uuid, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(Uuid::new_v4())
+        .bind(org)
+        .bind(customer)
+        .bind(kind)
+        .bind(content)
+        .bind(Vector::from(LocalEmbedder::vector(content)))
+        .bind(model)
+        .bind(importance)
+        .bind(Utc::now() - chrono::Duration::days(days_ago))
+        .execute(pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO embedding_cache (model, text_hash, embedding) \
+             VALUES ($1, sha256(convert_to($2, 'UTF8')), $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(model)
+        .bind(content)
+        .bind(Vector::from(LocalEmbedder::vector(content)))
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    async fn pattern(
+        pool: &sqlx::PgPool,
+        org: &str,
+        agent: &str,
+        description: &str,
+        used: i32,
+        won: i32,
+    ) {
+        sqlx::query(
+            "INSERT INTO learned_pattern (id, organization_id, agent_id, pattern_type, pattern_data, \
+               description, embedding, embedding_model, usage_count, success_count, created_at) \
+             VALUES ($1, $2::uuid, $3::uuid, 'resolution', '{}', $4, $5, 'local-ngram-v1', $6, $7, now())",
+        )
+        .bind(Uuid::new_v4())
+        .bind(org)
+        .bind(agent)
+        .bind(description)
+        .bind(Vector::from(LocalEmbedder::vector(description)))
+        .bind(used)
+        .bind(won)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    fn contents(v: &Value) -> Vec<String> {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                m["content"]
+                    .as_str()
+                    .or(m["description"].as_str())
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// Recall through the HTTP API: relevance (similarity, importance, decay), the embedding
+    /// model filter, tenant isolation, validation, and the right to be forgotten.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memories_and_patterns_are_searchable_scoped_and_forgettable() {
+        let (database_url, pool) = common::db::migrated_pool().await;
+        let port = free_port();
+        let running = iace::app::start(ServeArgs {
+            db: DbArgs {
+                database_url: database_url.clone(),
+            },
+            redis_url: std::env::var("REDIS_URL").expect("REDIS_URL"),
+            bind: format!("127.0.0.1:{port}").parse().unwrap(),
+            telephony: TelephonyKind::Simulated,
+            telnyx: Default::default(),
+            breakers: Default::default(),
+            voice: Default::default(),
+            learning: LearningArgs {
+                enabled: true,
+                memory_half_life_days: 30,
+                ..Default::default()
+            },
+            admin_token: None,
+            sim_ring_ms: 100,
+            sim_talk_ms: 100,
+            sim_key_prefix: format!("iace:test:{}:", Uuid::new_v4().simple()),
+            node_id: Some("learning-api".into()),
+            ring_timeout_secs: 30,
+            max_call_secs: 600,
+        })
+        .await
+        .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let (org, key) = iace::app::create_org(&database_url, "Acme").await.unwrap();
+        let (_, other_key) = iace::app::create_org(&database_url, "Other").await.unwrap();
+        let api = Api::new(base.clone(), key);
+        let other = Api::new(base, other_key);
+        let customer = api
+            .post(
+                "/v1/customers",
+                json!({"phone": "+14155550100"}),
+                StatusCode::CREATED,
+            )
+            .await;
+        let cid = customer["id"].as_str().unwrap().to_owned();
+        let agent = api
+            .post("/v1/agents", json!({"name": "Ava"}), StatusCode::CREATED)
+            .await;
+        let aid = agent["id"].as_str().unwrap().to_owned();
+        let oid = org.id.to_string();
+        let m = "local-ngram-v1";
+        memory(
+            &pool,
+            &oid,
+            &cid,
+            "issue",
+            "The router keeps dropping the internet connection",
+            0.7,
+            1,
+            m,
+        )
+        .await;
+        memory(
+            &pool,
+            &oid,
+            &cid,
+            "issue",
+            "The router keeps dropping the internet connection every night",
+            0.7,
+            200,
+            m,
+        )
+        .await;
+        memory(
+            &pool,
+            &oid,
+            &cid,
+            "preference",
+            "Prefers a text message before a technician visit",
+            0.6,
+            2,
+            m,
+        )
+        .await;
+        memory(
+            &pool,
+            &oid,
+            &cid,
+            "call_summary",
+            "Asked about the invoice for March",
+            0.5,
+            3,
+            m,
+        )
+        .await;
+        // Made by another model: never compared with this server's vectors.
+        memory(
+            &pool,
+            &oid,
+            &cid,
+            "issue",
+            "The router keeps dropping the internet connection",
+            1.0,
+            0,
+            "gemini-embedding-001@768",
+        )
+        .await;
+
+        // With a query: the close, recent memory first; its 200-day-old twin is as close but
+        // decayed to almost nothing; the other model's copy never shows.
+        let found = api
+            .get(&format!(
+                "/v1/customers/{cid}/memories?query=router%20dropping%20the%20internet&k=4"
+            ))
+            .await;
+        let hits = found["data"].as_array().unwrap();
+        assert_eq!(hits.len(), 4, "{found:#}");
+        assert_eq!(
+            hits[0]["content"],
+            "The router keeps dropping the internet connection"
+        );
+        let twin = hits
+            .iter()
+            .find(|h| h["content"].as_str().unwrap().ends_with("every night"))
+            .unwrap();
+        assert!(twin["similarity"].as_f64().unwrap() > 0.6, "{found:#}");
+        assert!(twin["relevance"].as_f64().unwrap() < 0.05, "{found:#}");
+        assert!(hits[0]["relevance"].as_f64().unwrap() > 0.5, "{found:#}");
+        assert_eq!(
+            contents(&found)
+                .iter()
+                .filter(|c| *c == "The router keeps dropping the internet connection")
+                .count(),
+            1
+        );
+        // Without one: importance and recency.
+        let recent = api.get(&format!("/v1/customers/{cid}/memories")).await;
+        assert_eq!(
+            contents(&recent),
+            [
+                "The router keeps dropping the internet connection",
+                "Prefers a text message before a technician visit",
+                "Asked about the invoice for March",
+                "The router keeps dropping the internet connection every night",
+            ]
+        );
+        // Validation and tenant isolation.
+        for bad in ["k=0", "k=51", "limit=3"] {
+            let r = api
+                .http
+                .get(format!("{}/v1/customers/{cid}/memories?{bad}", api.base))
+                .bearer_auth(&api.key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+        }
+        for path in [
+            format!("/v1/customers/{cid}/memories"),
+            format!("/v1/agents/{aid}/patterns"),
+            format!("/v1/patterns/top?agent_id={aid}"),
+        ] {
+            let r = other
+                .http
+                .get(format!("{}{path}", other.base))
+                .bearer_auth(&other.key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+        }
+
+        // Patterns: nearest to the query, or the best success rates.
+        pattern(
+            &pool,
+            &oid,
+            &aid,
+            "Refund the double charge and confirm by email",
+            10,
+            9,
+        )
+        .await;
+        pattern(
+            &pool,
+            &oid,
+            &aid,
+            "Offer a technician visit for router problems",
+            10,
+            5,
+        )
+        .await;
+        pattern(&pool, &oid, &aid, "Explain the invoice line by line", 0, 0).await;
+        let top = api
+            .get(&format!("/v1/patterns/top?agent_id={aid}&k=3"))
+            .await;
+        assert_eq!(
+            contents(&top),
+            [
+                "Refund the double charge and confirm by email",
+                "Offer a technician visit for router problems",
+                "Explain the invoice line by line",
+            ]
+        );
+        assert_eq!(top["data"][0]["success_rate"], 0.9);
+        let near = api
+            .get(&format!(
+                "/v1/agents/{aid}/patterns?query=router%20technician&k=1"
+            ))
+            .await;
+        assert_eq!(
+            contents(&near),
+            ["Offer a technician visit for router problems"]
+        );
+
+        // Right to be forgotten: every memory (whatever its model) and the cached vectors.
+        let r = other
+            .http
+            .delete(format!("{}/v1/customers/{cid}/memories", other.base))
+            .bearer_auth(&other.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        let r = api
+            .http
+            .delete(format!("{}/v1/customers/{cid}/memories", api.base))
+            .bearer_auth(&api.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.json::<Value>().await.unwrap()["deleted"], 5);
+        assert!(contents(&api.get(&format!("/v1/customers/{cid}/memories")).await).is_empty());
+        let cached: i64 = sqlx::query_scalar("SELECT count(*) FROM embedding_cache")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(cached, 0);
+        // The agent's patterns are the agent's: untouched.
+        assert_eq!(
+            contents(&api.get(&format!("/v1/patterns/top?agent_id={aid}")).await).len(),
+            3
+        );
+        running.shutdown().await;
+    }
+}

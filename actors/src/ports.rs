@@ -456,4 +456,6 @@ pub struct Ports {
     /// The voice pipeline's vendors; `None` runs calls without a conversation (the media
     /// stream is only measured).
     pub voice: Option<crate::voice::session::VoicePorts>,
+    /// Recall over learned patterns and customer memories; `None` when learning is off.
+    pub recall: Option<crate::learning::recall::Recall>,
 }

@@ -98,6 +98,7 @@ impl World {
             ids: self.ids.clone(),
             breakers: self.breakers.clone(),
             voice: None,
+            recall: None,
         }
     }
 

@@ -7,6 +7,7 @@ mod calls;
 mod catalog;
 pub mod error;
 mod extract;
+mod learning;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -124,7 +125,13 @@ pub fn router(state: AppState) -> Result<Router, prometheus::Error> {
             get(catalog::get_customer)
                 .patch(catalog::update_customer)
                 .delete(catalog::delete_customer),
-        );
+        )
+        .route(
+            "/customers/{id}/memories",
+            get(learning::customer_memories).delete(learning::forget_customer),
+        )
+        .route("/agents/{id}/patterns", get(learning::agent_patterns))
+        .route("/patterns/top", get(learning::top_patterns));
     Ok(Router::new()
         .nest("/v1", v1)
         .route("/health", get(health))

@@ -159,6 +159,7 @@ mod tests {
             ids: Arc::new(SeqIds::new(1)),
             breakers: Default::default(),
             voice: None,
+            recall: None,
         };
         let registry = Registry::new();
         let engine = Engine::start(ports, EngineConfig::default(), &registry)

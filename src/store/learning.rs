@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use iace_actors::learning::recall::{LearningQueries, MemoryHit, PatternHit};
 use iace_actors::learning::store::{LearnedRows, LearningJob, LearningStore};
-use iace_actors::machine::CallId;
+use iace_actors::machine::{CallId, CustomerId, OrganizationId};
 use iace_actors::ports::StoreResult;
 use pgvector::Vector;
 use sqlx::Row;
+use uuid::Uuid;
 
 use super::{unavailable, PgStore};
 
@@ -177,5 +179,166 @@ impl LearningStore for PgStore {
         .await
         .map_err(unavailable)?;
         Ok(())
+    }
+}
+
+fn memory_hit(r: &sqlx::postgres::PgRow) -> Result<MemoryHit, sqlx::Error> {
+    Ok(MemoryHit {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        content: r.try_get("content")?,
+        importance: r.try_get("importance")?,
+        similarity: r.try_get::<f64, _>("similarity")? as f32,
+        relevance: 0.0,
+        source_call_id: r.try_get("source_call_id")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn pattern_hit(r: &sqlx::postgres::PgRow) -> Result<PatternHit, sqlx::Error> {
+    Ok(PatternHit {
+        id: r.try_get("id")?,
+        agent_id: r.try_get("agent_id")?,
+        pattern_type: r.try_get("pattern_type")?,
+        description: r.try_get("description")?,
+        pattern_data: r.try_get("pattern_data")?,
+        usage_count: r.try_get("usage_count")?,
+        success_rate: r.try_get("success_rate")?,
+        similarity: r.try_get::<f64, _>("similarity")? as f32,
+        source_call_id: r.try_get("source_call_id")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+#[async_trait]
+impl LearningQueries for PgStore {
+    async fn memory_candidates(
+        &self,
+        org: OrganizationId,
+        customer: CustomerId,
+        model: &str,
+        query: Option<&[f32]>,
+        limit: u32,
+    ) -> StoreResult<Vec<MemoryHit>> {
+        const COLUMNS: &str = "id, kind, content, importance, source_call_id, created_at";
+        let rows = match query {
+            Some(q) => {
+                let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                // Filtered HNSW scans keep scanning until enough rows pass the filter.
+                sqlx::query("SET LOCAL hnsw.iterative_scan = strict_order")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                let rows = sqlx::query(&format!(
+                    "SELECT {COLUMNS}, 1 - (embedding <=> $4) AS similarity FROM customer_memory \
+                     WHERE organization_id = $1 AND customer_id = $2 AND embedding_model = $3 \
+                     ORDER BY embedding <=> $4, id LIMIT $5"
+                ))
+                .bind(org)
+                .bind(customer)
+                .bind(model)
+                .bind(Vector::from(q.to_vec()))
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                tx.commit().await.map_err(unavailable)?;
+                rows
+            }
+            None => sqlx::query(&format!(
+                "SELECT {COLUMNS}, 0::float8 AS similarity FROM customer_memory \
+                 WHERE organization_id = $1 AND customer_id = $2 AND embedding_model = $3 \
+                 ORDER BY importance DESC, created_at DESC, id LIMIT $4"
+            ))
+            .bind(org)
+            .bind(customer)
+            .bind(model)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?,
+        };
+        rows.iter()
+            .map(memory_hit)
+            .collect::<Result<_, _>>()
+            .map_err(unavailable)
+    }
+
+    async fn pattern_candidates(
+        &self,
+        org: OrganizationId,
+        agent: Uuid,
+        model: &str,
+        query: Option<&[f32]>,
+        limit: u32,
+    ) -> StoreResult<Vec<PatternHit>> {
+        const COLUMNS: &str = "id, agent_id, pattern_type, description, pattern_data, \
+                               usage_count, success_rate, source_call_id, created_at";
+        let rows = match query {
+            Some(q) => {
+                let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                sqlx::query("SET LOCAL hnsw.iterative_scan = strict_order")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                let rows = sqlx::query(&format!(
+                    "SELECT {COLUMNS}, 1 - (embedding <=> $4) AS similarity FROM learned_pattern \
+                     WHERE organization_id = $1 AND agent_id = $2 AND embedding_model = $3 \
+                     ORDER BY embedding <=> $4, id LIMIT $5"
+                ))
+                .bind(org)
+                .bind(agent)
+                .bind(model)
+                .bind(Vector::from(q.to_vec()))
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                tx.commit().await.map_err(unavailable)?;
+                rows
+            }
+            None => sqlx::query(&format!(
+                "SELECT {COLUMNS}, 0::float8 AS similarity FROM learned_pattern \
+                 WHERE organization_id = $1 AND agent_id = $2 AND embedding_model = $3 \
+                 ORDER BY success_rate DESC, usage_count DESC, created_at DESC, id LIMIT $4"
+            ))
+            .bind(org)
+            .bind(agent)
+            .bind(model)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?,
+        };
+        rows.iter()
+            .map(pattern_hit)
+            .collect::<Result<_, _>>()
+            .map_err(unavailable)
+    }
+
+    async fn forget_customer(&self, org: OrganizationId, customer: CustomerId) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // The cached vectors of their texts go too (a text shared with someone else's memory
+        // is only embedded again).
+        sqlx::query(
+            "DELETE FROM embedding_cache c USING customer_memory m \
+             WHERE m.organization_id = $1 AND m.customer_id = $2 \
+               AND c.model = m.embedding_model AND c.text_hash = sha256(convert_to(m.content, 'UTF8'))",
+        )
+        .bind(org)
+        .bind(customer)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let gone = sqlx::query(
+            "DELETE FROM customer_memory WHERE organization_id = $1 AND customer_id = $2",
+        )
+        .bind(org)
+        .bind(customer)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(gone.rows_affected())
     }
 }

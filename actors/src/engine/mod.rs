@@ -37,6 +37,7 @@ use crate::catalog::{
     self, Agent, AgentPatch, AgentStatus, AgentType, Customer, CustomerPatch, NewAgent,
     NewCustomer, Organization,
 };
+use crate::learning::recall::{MemoryHit, PatternHit, Recall, RecallError};
 use crate::machine::{
     start, Call, CallId, CallSpec, CallStatus, Direction, Event, OrganizationId, PhoneNumber,
 };
@@ -777,6 +778,70 @@ impl Engine {
             .ok_or(EngineError::NotFound { what: "customer" })
     }
 
+    // ---------------------------------------------------------------- learning
+
+    fn recall(&self) -> Result<Recall, EngineError> {
+        self.inner
+            .shared
+            .ports
+            .recall
+            .clone()
+            .ok_or_else(|| EngineError::Unavailable("learning is turned off on this server".into()))
+    }
+
+    /// The customer's `k` most relevant memories for `query` (the most important and recent
+    /// without one).
+    pub async fn customer_memories(
+        &self,
+        org: OrganizationId,
+        customer: Uuid,
+        query: Option<String>,
+        k: u32,
+    ) -> Result<Vec<MemoryHit>, EngineError> {
+        let recall = self.recall()?;
+        self.get_customer(org, customer).await?;
+        let now = self.now();
+        self.query(move |_| async move {
+            recall
+                .memories(org, customer, query.as_deref(), k, now)
+                .await
+                .map_err(recall_error)
+        })
+        .await
+    }
+
+    /// The agent's `k` learned patterns nearest to `query`, or its best ones without one.
+    pub async fn agent_patterns(
+        &self,
+        org: OrganizationId,
+        agent: Uuid,
+        query: Option<String>,
+        k: u32,
+    ) -> Result<Vec<PatternHit>, EngineError> {
+        let recall = self.recall()?;
+        self.get_agent(org, agent).await?;
+        self.query(move |_| async move {
+            recall
+                .patterns(org, agent, query.as_deref(), k)
+                .await
+                .map_err(recall_error)
+        })
+        .await
+    }
+
+    /// Deletes every memory of the customer and their cached vectors (right to be
+    /// forgotten); returns how many memories there were.
+    pub async fn forget_customer_memories(
+        &self,
+        org: OrganizationId,
+        customer: Uuid,
+    ) -> Result<u64, EngineError> {
+        let recall = self.recall()?;
+        self.get_customer(org, customer).await?;
+        self.query(move |_| async move { recall.forget(org, customer).await.map_err(recall_error) })
+            .await
+    }
+
     // ---------------------------------------------------------------- plumbing
 
     /// Runs `f` on the query pool, bounded by the engine timeout.
@@ -900,3 +965,10 @@ pub fn parse_status(s: &str) -> Result<CallStatus, EngineError> {
 
 #[cfg(test)]
 mod tests;
+
+fn recall_error(e: RecallError) -> EngineError {
+    match e {
+        RecallError::Store(e) => e.into(),
+        RecallError::Embed(e) => EngineError::Unavailable(format!("embedding the query: {e}")),
+    }
+}

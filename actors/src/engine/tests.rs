@@ -32,6 +32,7 @@ impl World {
             ids: Arc::new(SeqIds::new(seed)),
             breakers: Default::default(),
             voice: None,
+            recall: None,
         };
         let org = Uuid::from_u128(0xA);
         let agent = Uuid::from_u128(0xA6E);

@@ -8,6 +8,7 @@ pub mod embed;
 pub mod extract;
 #[cfg(test)]
 mod extract_tests;
+pub mod recall;
 pub mod store;
 
 pub use embed::{EmbedError, EmbedTask, Embedder, LocalEmbedder, EMBEDDING_DIMS};

@@ -84,6 +84,7 @@ impl World {
                 media: media.clone(),
                 fallback_apology: Arc::new(vec![0xff; 800]),
             }),
+            recall: None,
         };
         let org = Uuid::from_u128(0xA);
         let agent = Uuid::from_u128(0xA6E);

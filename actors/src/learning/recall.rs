@@ -1,0 +1,254 @@
+//! Recall: the customer memories and learned patterns most relevant to a query, for the API
+//! and for the agent's context at call start.
+//!
+//! Memories rank by relevance = similarity x (0.5 + 0.5 x importance) x 0.5^(age / half-life):
+//! a close, important, recent memory beats a close old one. Candidates come from the vector
+//! index (cosine, same embedding model only), several times `k`, and are re-ranked here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::embed::{EmbedError, EmbedTask, Embedder};
+use crate::machine::{CustomerId, OrganizationId};
+use crate::ports::{StoreError, StoreResult};
+
+/// One stored customer memory, as found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemoryHit {
+    /// Id.
+    pub id: Uuid,
+    /// `issue`, `preference`, `commitment`, `sentiment_summary`, `call_summary`.
+    pub kind: String,
+    /// The memory.
+    pub content: String,
+    /// In `[0, 1]`.
+    pub importance: f32,
+    /// Cosine similarity to the query (0 without a query).
+    pub similarity: f32,
+    /// The ranking score (see the module doc).
+    pub relevance: f32,
+    /// The call it came from.
+    pub source_call_id: Option<Uuid>,
+    /// When it was learned.
+    pub created_at: DateTime<Utc>,
+}
+
+/// One learned pattern, as found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PatternHit {
+    /// Id.
+    pub id: Uuid,
+    /// The agent.
+    pub agent_id: Uuid,
+    /// `turn_sequence`, `tool_sequence`, ...
+    pub pattern_type: String,
+    /// The searchable text.
+    pub description: String,
+    /// Structured detail.
+    pub pattern_data: serde_json::Value,
+    /// Calls that used it.
+    pub usage_count: i32,
+    /// Of those, the successful ones / usage.
+    pub success_rate: f64,
+    /// Cosine similarity to the query (0 without a query).
+    pub similarity: f32,
+    /// The call it came from.
+    pub source_call_id: Option<Uuid>,
+    /// When it was learned.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The learned rows, read.
+#[async_trait]
+pub trait LearningQueries: Send + Sync + 'static {
+    /// Up to `limit` memories of the customer made by `model`: the nearest to `query` when
+    /// given (similarity filled), else the most important and recent.
+    async fn memory_candidates(
+        &self,
+        org: OrganizationId,
+        customer: CustomerId,
+        model: &str,
+        query: Option<&[f32]>,
+        limit: u32,
+    ) -> StoreResult<Vec<MemoryHit>>;
+
+    /// Up to `limit` patterns of the agent made by `model`: the nearest to `query` when
+    /// given, else the best success rates (then the most used).
+    async fn pattern_candidates(
+        &self,
+        org: OrganizationId,
+        agent: Uuid,
+        model: &str,
+        query: Option<&[f32]>,
+        limit: u32,
+    ) -> StoreResult<Vec<PatternHit>>;
+
+    /// Deletes every memory of the customer and the cached vectors of their texts; returns
+    /// how many memories there were.
+    async fn forget_customer(&self, org: OrganizationId, customer: CustomerId) -> StoreResult<u64>;
+}
+
+/// Why recall failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RecallError {
+    /// The store did not answer.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The query could not be embedded.
+    #[error("{0}")]
+    Embed(#[from] EmbedError),
+}
+
+/// How many candidates per wanted result come from the index before re-ranking.
+const OVERFETCH: u32 = 4;
+
+/// Largest `k`.
+pub const MAX_K: u32 = 50;
+
+/// Recall over the learned rows with one embedder.
+#[derive(Clone)]
+pub struct Recall {
+    /// The rows.
+    pub queries: Arc<dyn LearningQueries>,
+    /// Embeds queries (the model the rows were made with).
+    pub embedder: Arc<dyn Embedder>,
+    /// Memory relevance halves every this long.
+    pub half_life: Duration,
+}
+
+impl Recall {
+    async fn embed_query(&self, query: Option<&str>) -> Result<Option<Vec<f32>>, RecallError> {
+        let Some(q) = query.map(str::trim).filter(|q| !q.is_empty()) else {
+            return Ok(None);
+        };
+        let mut v = self
+            .embedder
+            .embed(&[q.to_owned()], EmbedTask::Query)
+            .await?;
+        Ok(v.pop())
+    }
+
+    /// The customer's `k` most relevant memories for `query` (or the most important and
+    /// recent ones without a query), as of `now`.
+    pub async fn memories(
+        &self,
+        org: OrganizationId,
+        customer: CustomerId,
+        query: Option<&str>,
+        k: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<MemoryHit>, RecallError> {
+        let k = k.clamp(1, MAX_K);
+        let q = self.embed_query(query).await?;
+        let mut hits = self
+            .queries
+            .memory_candidates(
+                org,
+                customer,
+                self.embedder.model(),
+                q.as_deref(),
+                k * OVERFETCH,
+            )
+            .await?;
+        for h in &mut hits {
+            let base = if q.is_some() {
+                h.similarity.max(0.0)
+            } else {
+                1.0
+            };
+            h.relevance = relevance(base, h.importance, now - h.created_at, self.half_life);
+        }
+        hits.sort_by(|a, b| b.relevance.total_cmp(&a.relevance).then(a.id.cmp(&b.id)));
+        hits.truncate(k as usize);
+        Ok(hits)
+    }
+
+    /// The agent's `k` patterns nearest to `query`, best success rate first among equals; or
+    /// the best ones without a query.
+    pub async fn patterns(
+        &self,
+        org: OrganizationId,
+        agent: Uuid,
+        query: Option<&str>,
+        k: u32,
+    ) -> Result<Vec<PatternHit>, RecallError> {
+        let k = k.clamp(1, MAX_K);
+        let q = self.embed_query(query).await?;
+        let mut hits = self
+            .queries
+            .pattern_candidates(
+                org,
+                agent,
+                self.embedder.model(),
+                q.as_deref(),
+                k * OVERFETCH,
+            )
+            .await?;
+        if q.is_some() {
+            hits.sort_by(|a, b| {
+                b.similarity
+                    .total_cmp(&a.similarity)
+                    .then(b.success_rate.total_cmp(&a.success_rate))
+                    .then(a.id.cmp(&b.id))
+            });
+        }
+        hits.truncate(k as usize);
+        Ok(hits)
+    }
+
+    /// Right to be forgotten.
+    pub async fn forget(
+        &self,
+        org: OrganizationId,
+        customer: CustomerId,
+    ) -> Result<u64, RecallError> {
+        Ok(self.queries.forget_customer(org, customer).await?)
+    }
+}
+
+/// similarity x (0.5 + 0.5 x importance) x 0.5^(age / half-life); a future `created_at`
+/// counts as age zero.
+pub fn relevance(
+    similarity: f32,
+    importance: f32,
+    age: chrono::Duration,
+    half_life: Duration,
+) -> f32 {
+    let age = age.to_std().unwrap_or(Duration::ZERO).as_secs_f64();
+    let half = half_life.as_secs_f64().max(1.0);
+    let decay = 0.5f64.powf(age / half) as f32;
+    similarity * (0.5 + 0.5 * importance.clamp(0.0, 1.0)) * decay
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+
+    #[test]
+    fn relevance_decays_by_half_life_and_weighs_importance() {
+        let half = Duration::from_secs(30 * DAY as u64);
+        let fresh = relevance(0.8, 1.0, chrono::Duration::zero(), half);
+        assert!((fresh - 0.8).abs() < 1e-6);
+        let month = relevance(0.8, 1.0, chrono::Duration::seconds(30 * DAY), half);
+        assert!((month - 0.4).abs() < 1e-6, "{month}");
+        // Unimportant counts half.
+        let trivial = relevance(0.8, 0.0, chrono::Duration::zero(), half);
+        assert!((trivial - 0.4).abs() < 1e-6);
+        // A close old memory loses to a slightly less close recent one...
+        let old_close = relevance(0.9, 0.7, chrono::Duration::seconds(90 * DAY), half);
+        let new_near = relevance(0.7, 0.7, chrono::Duration::seconds(DAY), half);
+        assert!(new_near > old_close, "{new_near} {old_close}");
+        // ...and the clock running backwards does not inflate anything.
+        assert_eq!(
+            relevance(0.5, 0.5, chrono::Duration::seconds(-DAY), half),
+            relevance(0.5, 0.5, chrono::Duration::zero(), half)
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! Learned patterns and customer memories: similarity search and the right to be forgotten.
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{AppPath, AppQuery, Org};
+use super::AppState;
+use iace_actors::learning::recall::MAX_K;
+
+/// `?query=&k=`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecallQuery {
+    query: Option<String>,
+    k: Option<u32>,
+}
+
+/// `?agent_id=&k=`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopQuery {
+    agent_id: Option<Uuid>,
+    k: Option<u32>,
+}
+
+const DEFAULT_K: u32 = 5;
+/// Longest query text, characters.
+const MAX_QUERY: usize = 2000;
+
+fn k_of(k: Option<u32>) -> Result<u32, ApiError> {
+    match k {
+        None => Ok(DEFAULT_K),
+        Some(k) if (1..=MAX_K).contains(&k) => Ok(k),
+        Some(_) => Err(ApiError::invalid(format!(
+            "k: must be between 1 and {MAX_K}"
+        ))),
+    }
+}
+
+fn query_of(q: Option<String>) -> Result<Option<String>, ApiError> {
+    match q {
+        Some(q) if q.chars().count() > MAX_QUERY => Err(ApiError::invalid(format!(
+            "query: at most {MAX_QUERY} characters"
+        ))),
+        Some(q) if q.trim().is_empty() => Ok(None),
+        q => Ok(q),
+    }
+}
+
+/// `GET /v1/customers/{id}/memories?query=&k=`.
+pub async fn customer_memories(
+    State(s): State<AppState>,
+    Org(org): Org,
+    AppPath(id): AppPath<Uuid>,
+    AppQuery(q): AppQuery<RecallQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let k = k_of(q.k)?;
+    let query = query_of(q.query)?;
+    let hits = s.engine.customer_memories(org, id, query, k).await?;
+    Ok(Json(json!({ "data": hits })))
+}
+
+/// `DELETE /v1/customers/{id}/memories`: every memory of the customer and its vectors.
+pub async fn forget_customer(
+    State(s): State<AppState>,
+    Org(org): Org,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    let deleted = s.engine.forget_customer_memories(org, id).await?;
+    Ok(Json(json!({ "deleted": deleted })))
+}
+
+/// `GET /v1/agents/{id}/patterns?query=&k=`.
+pub async fn agent_patterns(
+    State(s): State<AppState>,
+    Org(org): Org,
+    AppPath(id): AppPath<Uuid>,
+    AppQuery(q): AppQuery<RecallQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let k = k_of(q.k)?;
+    let query = query_of(q.query)?;
+    let hits = s.engine.agent_patterns(org, id, query, k).await?;
+    Ok(Json(json!({ "data": hits })))
+}
+
+/// `GET /v1/patterns/top?agent_id=&k=`: the agent's patterns with the best success rates.
+pub async fn top_patterns(
+    State(s): State<AppState>,
+    Org(org): Org,
+    AppQuery(q): AppQuery<TopQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let k = k_of(q.k)?;
+    let agent = q
+        .agent_id
+        .ok_or_else(|| ApiError::invalid("agent_id: required"))?;
+    let hits = s.engine.agent_patterns(org, agent, None, k).await?;
+    Ok(Json(json!({ "data": hits })))
+}

@@ -147,6 +147,18 @@ impl LearningStore for PgStore {
             .await
             .map_err(unavailable)?;
         }
+        if !rows.used_patterns.is_empty() {
+            sqlx::query(
+                "UPDATE learned_pattern SET usage_count = usage_count + 1, \
+                   success_count = success_count + $2, last_used_at = $3 WHERE id = ANY($1)",
+            )
+            .bind(&rows.used_patterns)
+            .bind(i32::from(rows.success))
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
         for (model, text, v) in &rows.cache {
             sqlx::query(
                 "INSERT INTO embedding_cache (model, text_hash, embedding) \

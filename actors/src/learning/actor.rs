@@ -217,6 +217,8 @@ impl LearningState {
         let mut vectors = vectors.into_iter();
         let mut rows = LearnedRows {
             cache: fresh,
+            used_patterns: learned.used_patterns.clone(),
+            success: learned.outcome.success,
             ..LearnedRows::default()
         };
         for draft in learned.patterns {

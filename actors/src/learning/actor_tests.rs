@@ -162,6 +162,11 @@ impl World {
     /// A completed call with a customer and a short billing conversation, queued as the
     /// Postgres store would queue it.
     async fn completed_call(&self, n: u128) -> CallId {
+        self.completed_call_using(n, &[]).await
+    }
+
+    /// The same, with `used` patterns recalled into its context at the start.
+    async fn completed_call_using(&self, n: u128, used: &[Uuid]) -> CallId {
         let spec = CallSpec {
             id: Uuid::from_u128(0xCA11_0000 + n),
             organization_id: ORG,
@@ -202,6 +207,14 @@ impl World {
         let events = vec![
             Event::Carrier {
                 event: CarrierEvent::Answered,
+            },
+            Event::Conversation {
+                record: ConversationRecord::ContextRetrieved {
+                    memories: Vec::new(),
+                    patterns: used.to_vec(),
+                    escalation_risk: 0.1,
+                    degraded: None,
+                },
             },
             say(Speaker::Agent, 0, "Hello, this is Ava."),
             say(Speaker::Caller, 1, "My router is broken again."),
@@ -339,5 +352,28 @@ async fn a_worker_that_crashes_on_the_store_is_restarted_and_the_job_still_runs(
     assert!(row.done_at.is_some(), "{row:?}");
     assert_eq!(row.attempts, 0);
     assert_eq!(w.learning.patterns().len(), w.expected(call).0);
+    sup.stop(None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn patterns_recalled_into_a_call_learn_from_its_outcome() {
+    let w = World::new().await;
+    let first = w.completed_call(1).await;
+    let sup = w.start().await;
+    settle().await;
+    assert!(w.learning.queue_row(first).unwrap().done_at.is_some());
+    let learned: Vec<Uuid> = w.learning.patterns().iter().map(|p| p.id).collect();
+    assert!(learned.len() >= 2);
+    // A later call used two of them and went well.
+    let second = w.completed_call_using(2, &learned[..2]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    assert!(w.learning.queue_row(second).unwrap().done_at.is_some());
+    assert_eq!(w.learning.usage(learned[0]), (1, 1));
+    assert_eq!(w.learning.usage(learned[1]), (1, 1));
+    assert_eq!(
+        w.learning.usage(learned[2 % learned.len()]),
+        if learned.len() > 2 { (0, 0) } else { (1, 1) }
+    );
     sup.stop(None);
 }

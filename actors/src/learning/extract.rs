@@ -117,7 +117,14 @@ pub struct Learned {
     pub patterns: Vec<PatternDraft>,
     /// Memories (only when the call has a customer).
     pub memories: Vec<MemoryDraft>,
+    /// Patterns recalled into this call's context: their success rates learn from the outcome.
+    pub used_patterns: Vec<uuid::Uuid>,
 }
+
+/// How a call summary says the call went to a person (recall's prediction reads it).
+pub const HANDED_OVER: &str = "handed to a person";
+/// How a sentiment summary says the customer ended unhappy (recall's prediction reads it).
+pub const ENDED_FRUSTRATED: &str = "they ended frustrated";
 
 /// Longest quoted line in a description or memory, characters.
 const QUOTE: usize = 160;
@@ -187,6 +194,7 @@ pub fn extract(call: &Call, journal: &[JournalEntry]) -> Learned {
     let mut escalation = None;
     let mut tones = Vec::new();
     let mut transferred = false;
+    let mut used_patterns = Vec::new();
     for entry in journal {
         match &entry.event {
             Event::TransferRequested { .. } => transferred = true,
@@ -215,6 +223,13 @@ pub fn extract(call: &Call, journal: &[JournalEntry]) -> Learned {
                     turn, to, reason, ..
                 } => {
                     tones.push((*turn, *to, reason.clone()));
+                }
+                ConversationRecord::ContextRetrieved { patterns, .. } => {
+                    for p in patterns {
+                        if !used_patterns.contains(p) {
+                            used_patterns.push(*p);
+                        }
+                    }
                 }
                 _ => {}
             },
@@ -372,7 +387,7 @@ pub fn extract(call: &Call, journal: &[JournalEntry]) -> Learned {
         let how = if outcome.success {
             "resolved".to_owned()
         } else if escalated {
-            "handed to a person".to_owned()
+            HANDED_OVER.to_owned()
         } else {
             format!(
                 "ended {}",
@@ -437,6 +452,7 @@ pub fn extract(call: &Call, journal: &[JournalEntry]) -> Learned {
         outcome,
         patterns,
         memories,
+        used_patterns,
     }
 }
 

@@ -211,6 +211,48 @@ impl Recall {
     }
 }
 
+/// What the customer's history predicts for this call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction {
+    /// Chance the caller asks for a person, in `[0, 1]`.
+    pub escalation_risk: f32,
+    /// Why, for the agent's context and the journal.
+    pub reasons: Vec<String>,
+}
+
+/// Escalation risk from the customer's memories: earlier calls handed to a person, calls that
+/// ended with the customer frustrated, several open issues.
+pub fn predict(memories: &[MemoryHit]) -> Prediction {
+    use super::extract::{ENDED_FRUSTRATED, HANDED_OVER};
+    let handed = memories
+        .iter()
+        .filter(|m| m.kind == "call_summary" && m.content.contains(HANDED_OVER))
+        .count();
+    let frustrated = memories
+        .iter()
+        .filter(|m| m.kind == "sentiment_summary" && m.content.contains(ENDED_FRUSTRATED))
+        .count();
+    let issues = memories.iter().filter(|m| m.kind == "issue").count();
+    let mut risk = 0.1f32;
+    let mut reasons = Vec::new();
+    if handed > 0 {
+        risk += if handed > 1 { 0.5 } else { 0.35 };
+        reasons.push(format!("{handed} earlier call(s) went to a person"));
+    }
+    if frustrated > 0 {
+        risk += 0.25;
+        reasons.push(format!("ended {frustrated} earlier call(s) frustrated"));
+    }
+    if issues >= 2 {
+        risk += 0.1;
+        reasons.push(format!("{issues} issues raised before"));
+    }
+    Prediction {
+        escalation_risk: risk.min(1.0),
+        reasons,
+    }
+}
+
 /// similarity x (0.5 + 0.5 x importance) x 0.5^(age / half-life); a future `created_at`
 /// counts as age zero.
 pub fn relevance(
@@ -230,6 +272,44 @@ mod tests {
     use super::*;
 
     const DAY: i64 = 86_400;
+
+    fn hit(kind: &str, content: &str) -> MemoryHit {
+        MemoryHit {
+            id: Uuid::nil(),
+            kind: kind.into(),
+            content: content.into(),
+            importance: 0.5,
+            similarity: 0.0,
+            relevance: 0.0,
+            source_call_id: None,
+            created_at: DateTime::from_timestamp(0, 0).unwrap(),
+        }
+    }
+
+    #[test]
+    fn history_predicts_escalation_risk() {
+        assert_eq!(predict(&[]).escalation_risk, 0.1);
+        let calm = [hit(
+            "call_summary",
+            "Inbound call on 2027-01-01: ...; resolved.",
+        )];
+        assert_eq!(predict(&calm).escalation_risk, 0.1);
+        let rough = [
+            hit(
+                "call_summary",
+                "Inbound call on 2027-01-01: ...; handed to a person.",
+            ),
+            hit(
+                "sentiment_summary",
+                "The customer's mood went from -0.20 to -0.70; they ended frustrated.",
+            ),
+            hit("issue", "Charged twice"),
+            hit("issue", "Router broken"),
+        ];
+        let p = predict(&rough);
+        assert!((p.escalation_risk - 0.8).abs() < 1e-6, "{p:?}");
+        assert_eq!(p.reasons.len(), 3);
+    }
 
     #[test]
     fn relevance_decays_by_half_life_and_weighs_importance() {

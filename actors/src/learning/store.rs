@@ -75,6 +75,10 @@ pub struct LearnedRows {
     pub memories: Vec<NewMemory>,
     /// Fresh vectors for the embedding cache: (model, text, vector).
     pub cache: Vec<(String, String, Vec<f32>)>,
+    /// Patterns this call used: one more use each, and one more success when `success`.
+    pub used_patterns: Vec<Uuid>,
+    /// The call succeeded.
+    pub success: bool,
 }
 
 /// The learning queue, the embedding cache and the learned rows.
@@ -135,6 +139,7 @@ struct Inner {
     cache: HashMap<(String, String), Vec<f32>>,
     patterns: Vec<NewPattern>,
     memories: Vec<NewMemory>,
+    usage: HashMap<Uuid, (u32, u32)>,
 }
 
 /// In-memory [`LearningStore`]. The test (or the simulated call store) enqueues completed calls
@@ -178,6 +183,11 @@ impl MemoryLearningStore {
     /// Stored memories, in insertion order.
     pub fn memories(&self) -> Vec<NewMemory> {
         self.lock().memories.clone()
+    }
+
+    /// (uses, successes) recorded for a pattern.
+    pub fn usage(&self, pattern: Uuid) -> (u32, u32) {
+        self.lock().usage.get(&pattern).copied().unwrap_or_default()
     }
 
     /// Cached vectors.
@@ -243,6 +253,11 @@ impl LearningStore for MemoryLearningStore {
         }
         row.done_at = Some(now);
         inner.patterns.extend(rows.patterns.iter().cloned());
+        for id in &rows.used_patterns {
+            let u = inner.usage.entry(*id).or_default();
+            u.0 += 1;
+            u.1 += u32::from(rows.success);
+        }
         inner.memories.extend(rows.memories.iter().cloned());
         for (model, text, v) in &rows.cache {
             inner
@@ -267,5 +282,112 @@ impl LearningStore for MemoryLearningStore {
             }
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl super::recall::LearningQueries for MemoryLearningStore {
+    async fn memory_candidates(
+        &self,
+        org: OrganizationId,
+        customer: CustomerId,
+        model: &str,
+        query: Option<&[f32]>,
+        limit: u32,
+    ) -> StoreResult<Vec<super::recall::MemoryHit>> {
+        let inner = self.lock();
+        let mut hits: Vec<super::recall::MemoryHit> = inner
+            .memories
+            .iter()
+            .filter(|m| m.organization_id == org && m.customer_id == customer && m.model == model)
+            .map(|m| super::recall::MemoryHit {
+                id: m.id,
+                kind: m.draft.kind.as_str().into(),
+                content: m.draft.content.clone(),
+                importance: m.draft.importance,
+                similarity: query.map_or(0.0, |q| super::embed::cosine(q, &m.embedding)),
+                relevance: 0.0,
+                source_call_id: Some(m.source_call_id),
+                created_at: m.created_at,
+            })
+            .collect();
+        if query.is_some() {
+            hits.sort_by(|a, b| b.similarity.total_cmp(&a.similarity).then(a.id.cmp(&b.id)));
+        } else {
+            hits.sort_by(|a, b| {
+                b.importance
+                    .total_cmp(&a.importance)
+                    .then(b.created_at.cmp(&a.created_at))
+                    .then(a.id.cmp(&b.id))
+            });
+        }
+        hits.truncate(limit as usize);
+        Ok(hits)
+    }
+
+    async fn pattern_candidates(
+        &self,
+        org: OrganizationId,
+        agent: Uuid,
+        model: &str,
+        query: Option<&[f32]>,
+        limit: u32,
+    ) -> StoreResult<Vec<super::recall::PatternHit>> {
+        let inner = self.lock();
+        let mut hits: Vec<super::recall::PatternHit> = inner
+            .patterns
+            .iter()
+            .filter(|p| p.organization_id == org && p.agent_id == agent && p.model == model)
+            .map(|p| {
+                let (used, won) = inner.usage.get(&p.id).copied().unwrap_or_default();
+                super::recall::PatternHit {
+                    id: p.id,
+                    agent_id: p.agent_id,
+                    pattern_type: p.draft.pattern_type.as_str().into(),
+                    description: p.draft.description.clone(),
+                    pattern_data: p.draft.data.clone(),
+                    usage_count: i32::try_from(used).unwrap_or(i32::MAX),
+                    success_rate: if used == 0 {
+                        0.0
+                    } else {
+                        f64::from(won) / f64::from(used)
+                    },
+                    similarity: query.map_or(0.0, |q| super::embed::cosine(q, &p.embedding)),
+                    source_call_id: Some(p.source_call_id),
+                    created_at: p.created_at,
+                }
+            })
+            .collect();
+        if query.is_some() {
+            hits.sort_by(|a, b| b.similarity.total_cmp(&a.similarity).then(a.id.cmp(&b.id)));
+        } else {
+            hits.sort_by(|a, b| {
+                b.success_rate
+                    .total_cmp(&a.success_rate)
+                    .then(b.usage_count.cmp(&a.usage_count))
+                    .then(b.created_at.cmp(&a.created_at))
+                    .then(a.id.cmp(&b.id))
+            });
+        }
+        hits.truncate(limit as usize);
+        Ok(hits)
+    }
+
+    async fn forget_customer(&self, org: OrganizationId, customer: CustomerId) -> StoreResult<u64> {
+        let mut inner = self.lock();
+        let before = inner.memories.len();
+        let gone: Vec<(String, String)> = inner
+            .memories
+            .iter()
+            .filter(|m| m.organization_id == org && m.customer_id == customer)
+            .map(|m| (m.model.clone(), m.draft.content.clone()))
+            .collect();
+        inner
+            .memories
+            .retain(|m| !(m.organization_id == org && m.customer_id == customer));
+        for key in gone {
+            inner.cache.remove(&key);
+        }
+        Ok((before - inner.memories.len()) as u64)
     }
 }

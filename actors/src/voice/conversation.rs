@@ -49,6 +49,12 @@ pub struct CallerContext {
     pub inbound: bool,
     /// The customer's record, as the model may see it (name, notes, history).
     pub customer: Option<serde_json::Value>,
+    /// What earlier calls taught about this customer, most relevant first.
+    pub memories: Vec<String>,
+    /// What worked on this agent's earlier calls, best first.
+    pub patterns: Vec<String>,
+    /// How likely this caller is to want a person, in `[0, 1]`, with why.
+    pub escalation_risk: Option<(f32, String)>,
 }
 
 /// What happened.
@@ -855,6 +861,26 @@ impl Conversation {
         );
         if let Some(customer) = &self.caller_ctx.customer {
             system.push_str(&format!("\nWhat we know about the caller: {customer}"));
+        }
+        if !self.caller_ctx.memories.is_empty() {
+            system.push_str("\nWhat you remember from earlier calls with this customer:");
+            for m in &self.caller_ctx.memories {
+                system.push_str(&format!("\n- {m}"));
+            }
+        }
+        if !self.caller_ctx.patterns.is_empty() {
+            system.push_str("\nWhat worked on earlier calls like this one:");
+            for p in &self.caller_ctx.patterns {
+                system.push_str(&format!("\n- {p}"));
+            }
+        }
+        if let Some((risk, why)) = &self.caller_ctx.escalation_risk {
+            if *risk >= 0.5 {
+                system.push_str(&format!(
+                    "\nThis customer may ask for a person ({why}): be especially patient and \
+                     offer a colleague early if you cannot help."
+                ));
+            }
         }
         if self.tone == Tone::Empathetic {
             system.push_str(

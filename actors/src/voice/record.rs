@@ -173,6 +173,18 @@ pub enum ConversationRecord {
         /// `leave_message` or `hang_up`.
         action: String,
     },
+    /// What was recalled for the agent when the conversation started.
+    ContextRetrieved {
+        /// Customer memories put in the agent's context.
+        memories: Vec<uuid::Uuid>,
+        /// Learned patterns put in the agent's context (their success rates learn from
+        /// this call's outcome).
+        patterns: Vec<uuid::Uuid>,
+        /// Predicted chance the caller asks for a person, in `[0, 1]`.
+        escalation_risk: f32,
+        /// Why recall gave less than asked (timeout, store or embedding error).
+        degraded: Option<String>,
+    },
     /// The caller pressed keys (`dtmf_input`, like its journal kind).
     #[serde(rename = "dtmf_input", alias = "dtmf")]
     Dtmf {
@@ -199,6 +211,7 @@ impl ConversationRecord {
             Self::VendorFailure { .. } => "vendor_failure",
             Self::Voicemail { .. } => "voicemail",
             Self::Dtmf { .. } => "dtmf_input",
+            Self::ContextRetrieved { .. } => "context_retrieved",
         }
     }
 }

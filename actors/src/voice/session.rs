@@ -49,6 +49,37 @@ pub struct VoicePorts {
     pub fallback_apology: Arc<Vec<u8>>,
 }
 
+/// Longest the start of a conversation waits for recalled context.
+const RECALL_TIMEOUT: Duration = Duration::from_millis(400);
+/// Customer memories put in the agent's context.
+const RECALL_MEMORIES: u32 = 5;
+/// Learned patterns put in the agent's context.
+const RECALL_PATTERNS: u32 = 3;
+
+/// What recall found for a call.
+#[derive(Default)]
+struct Recalled {
+    asked: bool,
+    memories: Vec<crate::learning::recall::MemoryHit>,
+    patterns: Vec<crate::learning::recall::PatternHit>,
+    prediction: Option<crate::learning::recall::Prediction>,
+    degraded: Vec<String>,
+}
+
+impl Recalled {
+    /// The journal record of what the agent was given (none when learning is off).
+    fn record(&self) -> Option<crate::voice::record::ConversationRecord> {
+        self.asked.then(
+            || crate::voice::record::ConversationRecord::ContextRetrieved {
+                memories: self.memories.iter().map(|m| m.id).collect(),
+                patterns: self.patterns.iter().map(|p| p.id).collect(),
+                escalation_risk: self.prediction.as_ref().map_or(0.0, |p| p.escalation_risk),
+                degraded: (!self.degraded.is_empty()).then(|| self.degraded.join("; ")),
+            },
+        )
+    }
+}
+
 /// Live voice sessions by call, for the media endpoint's per-frame traffic (which must not go
 /// through the supervisor and the call actor); and the calls whose media stream is up, so a
 /// call actor re-activated after a crash converses again (the stream does not start twice).
@@ -336,6 +367,72 @@ impl VoiceState {
             .unwrap_or(0)
     }
 
+    /// What earlier calls taught, for this call's context: the customer's memories, the
+    /// agent's best patterns, and the escalation prediction. Bounded by [`RECALL_TIMEOUT`]:
+    /// whatever does not come in time is left out (the call never waits on learning).
+    async fn recall(&self) -> Recalled {
+        let Some(recall) = self.shared.ports.recall.clone() else {
+            return Recalled::default();
+        };
+        let spec = &self.spec;
+        let purpose = spec
+            .metadata
+            .get("purpose")
+            .and_then(|p| p.as_str())
+            .map(str::to_owned);
+        let now = self.shared.ports.clock.now();
+        let memories = async {
+            match spec.customer_id {
+                Some(c) => recall
+                    .memories(
+                        spec.organization_id,
+                        c,
+                        purpose.as_deref(),
+                        RECALL_MEMORIES,
+                        now,
+                    )
+                    .await
+                    .map(Some),
+                None => Ok(None),
+            }
+        };
+        let patterns = recall.patterns(
+            spec.organization_id,
+            spec.agent_id,
+            purpose.as_deref(),
+            RECALL_PATTERNS,
+        );
+        let both = async { tokio::join!(memories, patterns) };
+        let mut out = Recalled {
+            asked: true,
+            ..Recalled::default()
+        };
+        match tokio::time::timeout(RECALL_TIMEOUT, both).await {
+            Ok((m, p)) => {
+                match m {
+                    Ok(Some(m)) => {
+                        out.prediction = Some(crate::learning::recall::predict(&m));
+                        out.memories = m;
+                    }
+                    Ok(None) => {}
+                    Err(e) => out.degraded.push(format!("memories: {e}")),
+                }
+                match p {
+                    Ok(p) => out.patterns = p,
+                    Err(e) => out.degraded.push(format!("patterns: {e}")),
+                }
+            }
+            Err(_) => out.degraded.push(format!(
+                "recall took longer than {} ms",
+                RECALL_TIMEOUT.as_millis()
+            )),
+        }
+        if !out.degraded.is_empty() {
+            warn!(call_id = %spec.id, degraded = ?out.degraded, "call context recalled in part");
+        }
+        out
+    }
+
     /// Loads the agent and the customer, opens the vendor streams; returns what failed.
     async fn init(&mut self, myself: &ActorRef<VoiceMsg>) -> Vec<Input> {
         let spec = &self.spec;
@@ -358,6 +455,7 @@ impl VoiceState {
                 VoiceProfile::default()
             }
         };
+        let recalled = self.recall().await;
         let customer = match spec.customer_id {
             Some(id) => self
                 .shared
@@ -387,8 +485,27 @@ impl VoiceState {
             CallerContext {
                 inbound: spec.direction == crate::machine::Direction::Inbound,
                 customer,
+                memories: recalled
+                    .memories
+                    .iter()
+                    .map(|m| m.content.clone())
+                    .collect(),
+                patterns: recalled
+                    .patterns
+                    .iter()
+                    .map(|p| p.description.clone())
+                    .collect(),
+                escalation_risk: recalled
+                    .prediction
+                    .as_ref()
+                    .map(|p| (p.escalation_risk, p.reasons.join("; "))),
             },
         );
+        if let Some(record) = recalled.record() {
+            let _ = self
+                .parent
+                .send_message(CallMsg::Voice(VoiceRequest::Record(record)));
+        }
         let (stt, tts) = tokio::join!(
             self.ports.stt.open(stt_options),
             self.ports.tts.open(tts_options)

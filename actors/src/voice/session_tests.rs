@@ -62,6 +62,14 @@ impl World {
     }
 
     async fn with(persona: serde_json::Value, config: EngineConfig) -> World {
+        World::build(persona, config, None).await
+    }
+
+    async fn build(
+        persona: serde_json::Value,
+        config: EngineConfig,
+        recall: Option<crate::learning::recall::Recall>,
+    ) -> World {
         let t0 = Instant::now();
         let store = Arc::new(MemoryStore::new());
         let carrier = Arc::new(ScriptedTelephony::new());
@@ -84,7 +92,7 @@ impl World {
                 media: media.clone(),
                 fallback_apology: Arc::new(vec![0xff; 800]),
             }),
-            recall: None,
+            recall,
         };
         let org = Uuid::from_u128(0xA);
         let agent = Uuid::from_u128(0xA6E);
@@ -1299,4 +1307,90 @@ async fn a_call_actor_crash_restarts_the_conversation_with_the_call() {
     w.settle().await;
     assert_eq!(w.stt.log(id).map(|l| l.audio_bytes), Some(160));
     w.engine.shutdown().await;
+}
+
+/// With learning on, the conversation starts with what earlier calls taught: the agent's
+/// best patterns are in the model's instructions and the journal says which were used.
+#[tokio::test(start_paused = true)]
+async fn recalled_patterns_are_in_the_context_and_journaled() {
+    use crate::learning::extract::{PatternDraft, PatternType};
+    use crate::learning::recall::Recall;
+    use crate::learning::store::{LearnedRows, LearningStore, MemoryLearningStore, NewPattern};
+    use crate::learning::LocalEmbedder;
+    let learning = Arc::new(MemoryLearningStore::new());
+    let source = Uuid::from_u128(0x5);
+    learning.enqueue(source, Uuid::from_u128(0xA), epoch());
+    let description = "Tools used in order: lookup_customer; the call succeeded";
+    let pattern = NewPattern {
+        id: Uuid::from_u128(0x9A7),
+        organization_id: Uuid::from_u128(0xA),
+        agent_id: Uuid::from_u128(0xA6E),
+        source_call_id: source,
+        draft: PatternDraft {
+            pattern_type: PatternType::ToolSequence,
+            data: json!({"tools": ["lookup_customer"]}),
+            description: description.into(),
+        },
+        embedding: LocalEmbedder::vector(description),
+        model: "local-ngram-v1".into(),
+        created_at: epoch(),
+    };
+    learning
+        .finish_learning(
+            source,
+            &LearnedRows {
+                patterns: vec![pattern],
+                ..LearnedRows::default()
+            },
+            epoch(),
+        )
+        .await
+        .unwrap();
+    let recall = Recall {
+        queries: learning.clone(),
+        embedder: Arc::new(LocalEmbedder),
+        half_life: Duration::from_secs(90 * 86_400),
+    };
+    let w = World::build(
+        json!({"greeting": "Hi."}),
+        EngineConfig::default(),
+        Some(recall),
+    )
+    .await;
+    let id = w.conversing_call().await;
+    let retrieved: Vec<ConversationRecord> = w
+        .store
+        .journal(id)
+        .into_iter()
+        .filter_map(|e| match e.event {
+            crate::machine::Event::Conversation { record }
+                if record.kind() == "context_retrieved" =>
+            {
+                Some(record)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        retrieved,
+        [ConversationRecord::ContextRetrieved {
+            memories: Vec::new(),
+            patterns: vec![Uuid::from_u128(0x9A7)],
+            escalation_risk: 0.0,
+            degraded: None,
+        }]
+    );
+    w.llm.reply(LlmReply::text("Sure."));
+    w.at(1700).await;
+    assert!(w.stt.say(id, "Can you check my account?", 1000, 1500));
+    w.at(1950).await;
+    let requests = w.llm.requests();
+    assert_eq!(requests.len(), 1);
+    assert!(
+        requests[0].messages[0].content.contains(&format!(
+            "What worked on earlier calls like this one:\n- {description}"
+        )),
+        "{}",
+        requests[0].messages[0].content
+    );
 }

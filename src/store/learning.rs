@@ -234,29 +234,22 @@ impl LearningQueries for PgStore {
     ) -> StoreResult<Vec<MemoryHit>> {
         const COLUMNS: &str = "id, kind, content, importance, source_call_id, created_at";
         let rows = match query {
-            Some(q) => {
-                let mut tx = self.pool.begin().await.map_err(unavailable)?;
-                // Filtered HNSW scans keep scanning until enough rows pass the filter.
-                sqlx::query("SET LOCAL hnsw.iterative_scan = strict_order")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-                let rows = sqlx::query(&format!(
-                    "SELECT {COLUMNS}, 1 - (embedding <=> $4) AS similarity FROM customer_memory \
-                     WHERE organization_id = $1 AND customer_id = $2 AND embedding_model = $3 \
-                     ORDER BY embedding <=> $4, id LIMIT $5"
-                ))
-                .bind(org)
-                .bind(customer)
-                .bind(model)
-                .bind(Vector::from(q.to_vec()))
-                .bind(i64::from(limit))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-                tx.commit().await.map_err(unavailable)?;
-                rows
-            }
+            // One customer has few memories: the exact search over the customer's rows (the
+            // `(organization, customer)` index, then a sort; `id` breaks ties, which also
+            // keeps the planner off the HNSW index) beats a filtered HNSW scan.
+            Some(q) => sqlx::query(&format!(
+                "SELECT {COLUMNS}, 1 - (embedding <=> $4) AS similarity FROM customer_memory \
+                 WHERE organization_id = $1 AND customer_id = $2 AND embedding_model = $3 \
+                 ORDER BY embedding <=> $4, id LIMIT $5"
+            ))
+            .bind(org)
+            .bind(customer)
+            .bind(model)
+            .bind(Vector::from(q.to_vec()))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?,
             None => sqlx::query(&format!(
                 "SELECT {COLUMNS}, 0::float8 AS similarity FROM customer_memory \
                  WHERE organization_id = $1 AND customer_id = $2 AND embedding_model = $3 \
@@ -293,10 +286,12 @@ impl LearningQueries for PgStore {
                     .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
+                // HNSW (ORDER BY the distance alone), iterating until enough rows of the agent
+                // pass the filter.
                 let rows = sqlx::query(&format!(
                     "SELECT {COLUMNS}, 1 - (embedding <=> $4) AS similarity FROM learned_pattern \
                      WHERE organization_id = $1 AND agent_id = $2 AND embedding_model = $3 \
-                     ORDER BY embedding <=> $4, id LIMIT $5"
+                     ORDER BY embedding <=> $4 LIMIT $5"
                 ))
                 .bind(org)
                 .bind(agent)

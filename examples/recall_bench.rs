@@ -335,7 +335,7 @@ async fn main() -> anyhow::Result<()> {
         queries.div_ceil(5)
     );
     pool.close().await;
-    sqlx::query(&format!("DROP DATABASE {name}"))
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
         .execute(&admin)
         .await?;
     Ok(())

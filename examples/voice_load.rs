@@ -452,6 +452,11 @@ async fn main() -> anyhow::Result<()> {
         (peak_rss.saturating_sub(baseline_rss)) as f64 / 1024.0 / peak_sessions.max(1) as f64
     );
     running.shutdown().await;
+    // The benchmark's database goes with it.
+    let admin = sqlx::PgPool::connect(&base_url).await?;
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&admin)
+        .await?;
     // Closing its stdin stops the child.
     drop(child.stdin.take());
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;

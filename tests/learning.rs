@@ -63,6 +63,7 @@ async fn completed_call(
     agent: Uuid,
     customer: Uuid,
     epochs: &[i64],
+    used: &[Uuid],
 ) -> Call {
     let spec = CallSpec {
         id: Uuid::new_v4(),
@@ -120,6 +121,14 @@ async fn completed_call(
     for event in [
         Event::Carrier {
             event: CarrierEvent::Answered,
+        },
+        Event::Conversation {
+            record: ConversationRecord::ContextRetrieved {
+                memories: Vec::new(),
+                patterns: used.to_vec(),
+                escalation_risk: 0.1,
+                degraded: None,
+            },
         },
         say(Speaker::Agent, 0, "Hello, this is Ava from Acme."),
         say(
@@ -192,7 +201,7 @@ async fn an_embedding_outage_defers_learning_on_postgres_and_nothing_is_lost() {
         .acquire_shards("learning-test", &shards)
         .await
         .unwrap();
-    let call = completed_call(&store, org.id, agent.id, customer.id, &epochs).await;
+    let call = completed_call(&store, org.id, agent.id, customer.id, &epochs, &[]).await;
     let journal = store
         .call_events(org.id, call.spec.id)
         .await

@@ -56,13 +56,24 @@ impl IdGen for RandomIds {
     }
 }
 
-/// The embedder of learning and recall: Google when a key is configured, else the local one.
+/// The embedder of learning and recall: Google (through the `google` breaker) when a key is
+/// configured, else the local deterministic one.
 fn embedder(
     args: &crate::config::LearningArgs,
-    _breakers: &iace_actors::breaker::Breakers,
+    breakers: &iace_actors::breaker::Breakers,
+    registry: &prometheus::Registry,
 ) -> anyhow::Result<Arc<dyn Embedder>> {
+    use crate::vendor::google::{GoogleConfig, GoogleEmbedder, GoogleMetrics, VENDOR};
     match args.google_api_key.as_deref().filter(|k| !k.is_empty()) {
-        Some(_) => bail!("GOOGLE_API_KEY is set but the Google embedding client is not wired yet"),
+        Some(key) => {
+            let mut config = GoogleConfig::new(key);
+            config.api_base = args.google_api_base.trim_end_matches('/').to_owned();
+            config.model = args.embedding_model.clone();
+            config.breaker = breakers.get(VENDOR).cloned();
+            let google = GoogleEmbedder::new(config, Some(GoogleMetrics::new(registry)?))
+                .context("configuring the Google embedder")?;
+            Ok(Arc::new(google))
+        }
         None => Ok(Arc::new(LocalEmbedder)),
     }
 }
@@ -230,7 +241,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     };
     let learning_store = store.clone();
     let embedder = if args.learning.enabled {
-        Some(embedder(&args.learning, &breakers)?)
+        Some(embedder(&args.learning, &breakers, &registry)?)
     } else {
         None
     };
@@ -564,6 +575,10 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         Some(_) => Some(dev_voices().await?),
         None => None,
     };
+    let google = iace_sim::google::FakeGoogle::start(Default::default())
+        .await
+        .context("starting the fake Google embeddings")?;
+    eprintln!("[dev] fake Google embeddings {}", google.base_url());
     let telnyx = match &fake {
         Some(fake) => TelnyxArgs {
             telnyx_api_key: Some("dev-telnyx-key".into()),
@@ -592,8 +607,11 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         breakers: Default::default(),
         voice,
         // No embedding key in dev: the local embedder keeps learning working offline.
+        // Learning embeds through the real Google client against the fake.
         learning: crate::config::LearningArgs {
             enabled: true,
+            google_api_key: Some(google.api_key().to_owned()),
+            google_api_base: google.base_url(),
             ..Default::default()
         },
         admin_token: Some(DEV_ADMIN_TOKEN.into()),
@@ -617,6 +635,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     if let Some(voices) = voices {
         voices.shutdown().await;
     }
+    google.shutdown().await;
     result
 }
 

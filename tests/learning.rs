@@ -639,3 +639,162 @@ mod api {
         running.shutdown().await;
     }
 }
+
+/// Issue 6's degradation for embeddings, through the real Google client and its breaker: the
+/// vendor fails, the breaker opens, learning jobs stay queued (no request reaches the vendor
+/// while it is open), and once the vendor is back the half-open probe succeeds and every
+/// queued call is learned, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_google_outage_opens_the_breaker_and_queued_learning_completes_after_it() {
+    use iace::vendor::google::{GoogleConfig, GoogleEmbedder};
+    use iace::vendor::retry::RetryPolicy;
+    use iace_actors::breaker::{BreakerConfig, BreakerState, Breakers};
+    use iace_sim::google::{FakeGoogle, FakeGoogleConfig};
+
+    let (_, pool) = common::db::migrated_pool().await;
+    let store = PgStore::new(pool.clone());
+    let now = Utc::now().trunc_subsecs(6);
+    let org = Organization {
+        id: Uuid::new_v4(),
+        name: "Acme".into(),
+        created_at: now,
+    };
+    store
+        .create_organization(&org, Uuid::new_v4(), &format!("hash-{}", org.id), "iace_y")
+        .await
+        .unwrap();
+    let agent: NewAgent = serde_json::from_str(r#"{"name":"Ava"}"#).unwrap();
+    let agent = agent.validate(Uuid::new_v4(), org.id, now).unwrap();
+    store.insert_agent(&agent).await.unwrap();
+    let customer: NewCustomer = serde_json::from_str(r#"{"phone":"+14155550100"}"#).unwrap();
+    let customer = customer.validate(Uuid::new_v4(), org.id, now).unwrap();
+    assert!(store.insert_customer(&customer).await.unwrap());
+    let shards: Vec<u16> = (0..SHARD_COUNT).collect();
+    let epochs = store
+        .acquire_shards("google-outage", &shards)
+        .await
+        .unwrap();
+    let calls = [
+        completed_call(&store, org.id, agent.id, customer.id, &epochs, &[]).await,
+        completed_call(&store, org.id, agent.id, customer.id, &epochs, &[]).await,
+    ];
+
+    let google = FakeGoogle::start(FakeGoogleConfig::default())
+        .await
+        .unwrap();
+    google.fail_next(1000, 503);
+    let breakers = Breakers::start(
+        [(
+            "google".to_owned(),
+            BreakerConfig {
+                consecutive_failures: 3,
+                open_wait: Duration::from_millis(800),
+                open_wait_cap: Duration::from_millis(800),
+                ..BreakerConfig::default()
+            },
+        )]
+        .into(),
+        Arc::new(iace::app::SystemClock),
+        &prometheus::Registry::new(),
+    )
+    .await
+    .unwrap();
+    let embedder = GoogleEmbedder::new(
+        GoogleConfig {
+            api_base: google.base_url(),
+            retry: RetryPolicy {
+                max_attempts: 2,
+                base: Duration::from_millis(20),
+                cap: Duration::from_millis(50),
+                attempt_timeout: Duration::from_secs(2),
+                deadline: Duration::from_secs(4),
+                max_retry_after: Duration::from_secs(1),
+            },
+            breaker: breakers.get("google").cloned(),
+            ..GoogleConfig::new(google.api_key())
+        },
+        None,
+    )
+    .unwrap();
+    let store = Arc::new(store);
+    let (sup, _) = ractor::Actor::spawn(
+        None,
+        LearningSupervisor,
+        (
+            LearningPorts {
+                calls: store.clone(),
+                queries: store.clone(),
+                store: store.clone(),
+                embedder: Arc::new(embedder),
+                clock: Arc::new(Ahead),
+                ids: Arc::new(RandomIds),
+            },
+            LearningConfig {
+                poll_every: Duration::from_millis(100),
+                retry_base: Duration::from_millis(200),
+                retry_cap: Duration::from_millis(400),
+                ..LearningConfig::default()
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    let breaker = breakers.get("google").cloned().unwrap();
+    wait_for("the google breaker to open", async || {
+        breaker.state() == BreakerState::Open
+    })
+    .await;
+    // While open: jobs are deferred without asking Google.
+    let asked = google.requests().len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pending: Vec<(i32, Option<String>)> = sqlx::query_as(
+        "SELECT attempts, last_error FROM learning_queue WHERE done_at IS NULL ORDER BY call_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(pending.len(), 2, "{pending:?}");
+    assert!(pending.iter().all(|(n, _)| *n >= 1), "{pending:?}");
+    if breaker.state() == BreakerState::Open {
+        assert_eq!(
+            google.requests().len(),
+            asked,
+            "nothing reaches Google while open"
+        );
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM learned_pattern")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+
+    // Google is back: the probes go through and both calls are learned.
+    google.fail_next(0, 503);
+    wait_for("both jobs to finish", async || {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM learning_queue WHERE done_at IS NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            == 0
+    })
+    .await;
+    // Its probes succeeded (it closes after enough of them).
+    assert_ne!(breaker.state(), BreakerState::Open);
+    for call in &calls {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM learned_pattern WHERE source_call_id = $1")
+                .bind(call.spec.id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert!(n >= 2, "{n}");
+    }
+    let model: String = sqlx::query_scalar("SELECT DISTINCT embedding_model FROM customer_memory")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(model, "gemini-embedding-001@768");
+    sup.stop(None);
+    breakers.stop();
+    google.shutdown().await;
+}

@@ -17,7 +17,8 @@
 //! media streams, for the integration tests, `iace dev` and the load benchmarks; [`deepgram`]
 //! (live STT over WebSocket, scripted lines driven by audio energy), [`cartesia`] (TTS over
 //! WebSocket and HTTP) and [`groq`] (chat completions with SSE streaming and tool calls) are
-//! the fakes of the voice pipeline's vendors.
+//! the fakes of the voice pipeline's vendors; [`google`] (Gemini embeddings, deterministic
+//! vectors) is the fake of the learning pipeline's.
 
 pub mod carrier;
 pub mod cartesia;
@@ -26,6 +27,7 @@ mod core;
 pub mod deepgram;
 mod fake;
 pub mod faults;
+pub mod google;
 pub mod groq;
 pub mod rng;
 mod store;

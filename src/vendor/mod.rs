@@ -6,6 +6,7 @@
 
 pub mod cartesia;
 pub mod deepgram;
+pub mod google;
 pub mod groq;
 pub mod retry;
 pub mod telnyx;

@@ -67,3 +67,11 @@ CREATE TABLE embedding_cache (
     created_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (model, text_hash)
 );
+
+-- One active learning worker per deployment: whoever holds this lease works the queue; the
+-- others stand by and take over when it expires.
+CREATE TABLE singleton_lease (
+    name        text PRIMARY KEY,
+    holder      text NOT NULL,
+    expires_at  timestamptz NOT NULL
+);

@@ -78,10 +78,12 @@ fn embedder(
     }
 }
 
-/// Starts the learning worker of this node (it shares the queue with every other node's).
+/// Starts the learning worker of this node: it works the queue while it holds the
+/// deployment-wide lease, and stands by otherwise.
 async fn start_learning(
     store: Arc<PgStore>,
     embedder: Arc<dyn Embedder>,
+    node_id: &str,
 ) -> anyhow::Result<ActorRef<LearningSupervisorMsg>> {
     info!(model = embedder.model(), "learning from completed calls");
     let ports = LearningPorts {
@@ -92,10 +94,13 @@ async fn start_learning(
         clock: Arc::new(SystemClock),
         ids: Arc::new(RandomIds),
     };
-    let (sup, _) =
-        ractor::Actor::spawn(None, LearningSupervisor, (ports, LearningConfig::default()))
-            .await
-            .context("starting the learning worker")?;
+    let config = LearningConfig {
+        node_id: node_id.to_owned(),
+        ..LearningConfig::default()
+    };
+    let (sup, _) = ractor::Actor::spawn(None, LearningSupervisor, (ports, config))
+        .await
+        .context("starting the learning worker")?;
     Ok(sup)
 }
 
@@ -260,8 +265,9 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         voice,
         recall,
     };
+    let node_id = args.node_id.clone().unwrap_or_else(default_node_id);
     let config = EngineConfig {
-        node_id: args.node_id.clone().unwrap_or_else(default_node_id),
+        node_id: node_id.clone(),
         ring_timeout_secs: args.ring_timeout_secs,
         max_duration_secs: args.max_call_secs,
         await_amd: telnyx.is_some() && args.telnyx.telnyx_amd != "disabled",
@@ -271,7 +277,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         .await
         .context("starting the engine")?;
     let learning = match embedder {
-        Some(embedder) => Some(start_learning(learning_store, embedder).await?),
+        Some(embedder) => Some(start_learning(learning_store, embedder, &node_id).await?),
         None => None,
     };
     if let Some(carrier) = simulated {

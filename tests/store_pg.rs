@@ -655,3 +655,36 @@ async fn a_completed_call_is_queued_for_learning_with_its_completion_and_only_on
     assert_eq!(failed.status, CallStatus::Failed);
     assert!(queued(unanswered.spec.id).await.is_empty());
 }
+
+#[tokio::test]
+async fn the_learning_lease_has_one_holder_until_it_expires() {
+    use iace_actors::learning::store::LearningStore;
+    use std::time::Duration;
+    let f = fixture().await;
+    let t = now();
+    let ttl = Duration::from_secs(30);
+    assert!(f.store.try_lead("learning", "a", t, ttl).await.unwrap());
+    assert!(!f.store.try_lead("learning", "b", t, ttl).await.unwrap());
+    // The holder renews.
+    let later = t + chrono::Duration::seconds(20);
+    assert!(f.store.try_lead("learning", "a", later, ttl).await.unwrap());
+    assert!(!f
+        .store
+        .try_lead("learning", "b", t + chrono::Duration::seconds(45), ttl)
+        .await
+        .unwrap());
+    // Not renewed: the next one takes over.
+    let expired = later + chrono::Duration::seconds(31);
+    assert!(f
+        .store
+        .try_lead("learning", "b", expired, ttl)
+        .await
+        .unwrap());
+    assert!(!f
+        .store
+        .try_lead("learning", "a", expired, ttl)
+        .await
+        .unwrap());
+    // Other leases are independent.
+    assert!(f.store.try_lead("other", "a", t, ttl).await.unwrap());
+}

@@ -174,6 +174,30 @@ impl LearningStore for PgStore {
         tx.commit().await.map_err(unavailable)
     }
 
+    async fn try_lead(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> StoreResult<bool> {
+        let row = sqlx::query(
+            "INSERT INTO singleton_lease (name, holder, expires_at) \
+             VALUES ($1, $2, $3 + make_interval(secs => $4)) \
+             ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+             WHERE singleton_lease.holder = EXCLUDED.holder OR singleton_lease.expires_at < $3 \
+             RETURNING holder",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now)
+        .bind(ttl.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(row.is_some())
+    }
+
     async fn retry_learning(
         &self,
         call_id: CallId,

@@ -5,8 +5,9 @@
 //! backoff: nothing is dropped, and nothing is stored twice.
 //!
 //! Runs under [`LearningSupervisor`], which restarts it after a crash (ractor never restarts
-//! on its own). Several nodes may each run one: a claim leases its jobs, so no job is worked by
-//! two at once.
+//! on its own). Every node runs one, but only the holder of the deployment-wide `learning`
+//! lease works the queue (the others stand by and take over when it expires); a claim also
+//! leases its jobs, so even two leaders for a moment would not work a job twice.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +48,10 @@ pub struct LearningConfig {
     pub lease: Duration,
     /// Jobs claimed at once.
     pub batch: u32,
+    /// This worker's name in the deployment-wide lease.
+    pub node_id: String,
+    /// The lease lasts this long unless renewed (each poll renews it).
+    pub lead_ttl: Duration,
     /// First retry delay; doubles per failed attempt...
     pub retry_base: Duration,
     /// ...up to this.
@@ -59,6 +64,8 @@ impl Default for LearningConfig {
             poll_every: Duration::from_secs(5),
             lease: Duration::from_secs(120),
             batch: 16,
+            node_id: "node".into(),
+            lead_ttl: Duration::from_secs(30),
             retry_base: Duration::from_secs(30),
             retry_cap: Duration::from_secs(30 * 60),
         }
@@ -83,7 +90,12 @@ pub struct LearningState {
     config: LearningConfig,
     /// A poll is already scheduled or queued.
     poll_pending: bool,
+    /// This worker holds the deployment-wide lease.
+    leading: bool,
 }
+
+/// The deployment-wide lease of the learning worker.
+const LEAD: &str = "learning";
 
 /// What one job ended as.
 enum JobEnd {
@@ -106,6 +118,7 @@ impl Actor for LearningActor {
             ports,
             config,
             poll_pending: true,
+            leading: false,
         })
     }
 
@@ -123,6 +136,22 @@ impl Actor for LearningActor {
             LearningMsg::Poll => {
                 state.poll_pending = false;
                 let now = state.ports.clock.now();
+                let leading = state
+                    .ports
+                    .store
+                    .try_lead(LEAD, &state.config.node_id, now, state.config.lead_ttl)
+                    .await
+                    .map_err(|e| format!("taking the learning lease: {e}"))?;
+                if leading != state.leading {
+                    info!(node = %state.config.node_id, leading, "learning lease");
+                    state.leading = leading;
+                }
+                if !leading {
+                    // Another node works the queue; stand by and ask again.
+                    state.poll_pending = true;
+                    myself.send_after(state.config.poll_every, || LearningMsg::Poll);
+                    return Ok(());
+                }
                 let jobs = state
                     .ports
                     .store

@@ -90,6 +90,15 @@ impl LearningStore for Flaky {
     ) -> StoreResult<()> {
         self.inner.finish_learning(call_id, rows, now).await
     }
+    async fn try_lead(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> StoreResult<bool> {
+        self.inner.try_lead(name, holder, now, ttl).await
+    }
     async fn retry_learning(
         &self,
         call_id: CallId,
@@ -375,5 +384,44 @@ async fn patterns_recalled_into_a_call_learn_from_its_outcome() {
         w.learning.usage(learned[2 % learned.len()]),
         if learned.len() > 2 { (0, 0) } else { (1, 1) }
     );
+    sup.stop(None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_lease_holder_works_the_queue_and_a_standby_takes_over() {
+    let w = World::new().await;
+    // Another node holds the lease for the next 30 s.
+    assert!(w
+        .learning
+        .try_lead(
+            "learning",
+            "other-node",
+            w.clock.now(),
+            Duration::from_secs(30)
+        )
+        .await
+        .unwrap());
+    let call = w.completed_call(1).await;
+    let sup = w.start().await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    settle().await;
+    assert!(
+        w.learning.queue_row(call).unwrap().done_at.is_none(),
+        "standing by"
+    );
+    // The other node stopped renewing: its lease expires and this one takes over.
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    settle().await;
+    assert!(w.learning.queue_row(call).unwrap().done_at.is_some());
+    assert!(!w
+        .learning
+        .try_lead(
+            "learning",
+            "other-node",
+            w.clock.now(),
+            Duration::from_secs(30)
+        )
+        .await
+        .unwrap());
     sup.stop(None);
 }

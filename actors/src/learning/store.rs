@@ -109,6 +109,16 @@ pub trait LearningStore: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> StoreResult<()>;
 
+    /// Takes or renews the deployment-wide lease `name` for `holder` until `now + ttl`;
+    /// `false` while someone else holds an unexpired one.
+    async fn try_lead(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> StoreResult<bool>;
+
     /// The job could not finish: count the attempt and try again at `at`.
     async fn retry_learning(
         &self,
@@ -140,6 +150,7 @@ struct Inner {
     patterns: Vec<NewPattern>,
     memories: Vec<NewMemory>,
     usage: HashMap<Uuid, (u32, u32)>,
+    leases: HashMap<String, (String, DateTime<Utc>)>,
 }
 
 /// In-memory [`LearningStore`]. The test (or the simulated call store) enqueues completed calls
@@ -266,6 +277,27 @@ impl LearningStore for MemoryLearningStore {
                 .or_insert_with(|| v.clone());
         }
         Ok(())
+    }
+
+    async fn try_lead(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> StoreResult<bool> {
+        let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        let mut inner = self.lock();
+        let lease = inner
+            .leases
+            .entry(name.to_owned())
+            .or_insert_with(|| (holder.to_owned(), now + ttl));
+        if lease.0 == holder || lease.1 < now {
+            *lease = (holder.to_owned(), now + ttl);
+            Ok(true)
+        } else {
+            Ok(false)
+        }
     }
 
     async fn retry_learning(

@@ -256,7 +256,7 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct LearningArgs {
     /// Learn from completed calls (a worker on this node takes jobs from the shared queue).
-    #[arg(long = "learning", env = "IACE_LEARNING", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(id = "learning", long = "learning", env = "IACE_LEARNING", default_value_t = true, action = clap::ArgAction::Set)]
     pub enabled: bool,
     /// Google API key for embeddings. Without one a local deterministic embedder is used
     /// (vectors of different models are never compared).
@@ -320,7 +320,12 @@ pub struct DevArgs {
 #[derive(Debug, Clone, Default, Args, serde::Serialize, serde::Deserialize)]
 pub struct VoiceArgs {
     /// Run a conversation on every answered call (speech-to-text, model, speech synthesis).
-    #[arg(long = "voice", env = "IACE_VOICE", default_value_t = false)]
+    #[arg(
+        id = "voice",
+        long = "voice",
+        env = "IACE_VOICE",
+        default_value_t = false
+    )]
     pub enabled: bool,
     /// Deepgram API key.
     #[arg(long, env = "DEEPGRAM_API_KEY", hide_env_values = true)]
@@ -350,4 +355,32 @@ pub struct VoiceArgs {
         default_value = "llama-3.1-8b-instant"
     )]
     pub groq_classify_model: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Clap checks its definitions only when a command is built: a clash (two flattened
+    /// groups with a field of the same name) would panic the binary at start-up.
+    #[test]
+    fn the_command_line_is_well_formed_and_learning_is_on_by_default() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "iace",
+            "serve",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+            "--database-url",
+            "postgres://x@127.0.0.1/x",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve");
+        };
+        assert!(args.learning.enabled);
+        assert!(!args.voice.enabled);
+        assert_eq!(args.learning.memory_half_life_days, 90);
+    }
 }

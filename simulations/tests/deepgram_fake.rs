@@ -463,6 +463,11 @@ async fn scripted_line_streams_growing_interims_then_a_speech_final() {
     assert!(words(finals[2]).is_empty());
     assert_eq!(finals[2]["speech_final"], true);
 
+    // The last final came at 3.8 s of audio; the trailing silence may still be on the way.
+    let deadline = Instant::now() + PROMPT;
+    while fake.connections()[0].audio_bytes < 4_100 * 8 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let rec = &fake.connections()[0];
     assert_eq!(rec.final_transcripts(), vec![line, "Thanks!", ""]);
     assert_eq!(rec.audio_bytes, 4_100 * 8);

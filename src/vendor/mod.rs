@@ -8,5 +8,7 @@ pub mod cartesia;
 pub mod deepgram;
 pub mod google;
 pub mod groq;
+pub mod hubspot;
 pub mod retry;
+pub mod stripe;
 pub mod telnyx;

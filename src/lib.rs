@@ -3,6 +3,7 @@
 //! `media` is the per-call audio edge beside the HTTP API: the Telnyx media-stream WebSocket.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod media;

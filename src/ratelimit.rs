@@ -1,0 +1,163 @@
+//! Request rate limits shared by every node: a sliding-window log per key in Redis, checked
+//! and recorded by one Lua script (atomic on the server, on the server's clock, so nodes with
+//! skewed clocks still agree). Issue 8 puts it in front of the API per key / user and per
+//! organization, by plan tier.
+//!
+//! If Redis cannot answer within [`CHECK_TIMEOUT`], the limiter fails open (the request goes through, unchecked) or
+//! closed (the request is refused as unavailable), as configured; either way it is logged and
+//! counted in `iace_ratelimit_redis_errors_total{mode}`.
+
+use std::time::Duration;
+
+use fred::clients::Client;
+use fred::interfaces::ClientLike;
+use fred::types::{ClusterHash, CustomCommand, Value};
+use tracing::warn;
+
+/// Checks and records one request: prunes entries older than the window, then admits the
+/// request if fewer than `limit` remain. Returns {admitted, remaining, retry_after_ms}.
+const SCRIPT: &str = r"
+local key = KEYS[1]
+local window = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local member = ARGV[3]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+local n = redis.call('ZCARD', key)
+if n < limit then
+  redis.call('ZADD', key, now, member)
+  redis.call('PEXPIRE', key, window)
+  return {1, limit - n - 1, 0}
+end
+local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+local retry = window
+if oldest[2] then retry = tonumber(oldest[2]) + window - now end
+if retry < 1 then retry = 1 end
+return {0, 0, retry}
+";
+
+/// What to do when Redis cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Let the request through unchecked.
+    Open,
+    /// Refuse it as unavailable.
+    Closed,
+}
+
+/// The answer for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Admitted; `remaining` more fit in the current window.
+    Allowed {
+        /// The limit.
+        limit: u32,
+        /// Requests left in the window.
+        remaining: u32,
+    },
+    /// Over the limit: retry after this long.
+    Limited {
+        /// The limit.
+        limit: u32,
+        /// When the oldest request in the window leaves it.
+        retry_after: Duration,
+    },
+    /// Redis did not answer and the limiter fails open: let it through.
+    Unchecked,
+    /// Redis did not answer and the limiter fails closed: refuse (503).
+    Unavailable,
+}
+
+/// A limiter over one Redis.
+#[derive(Clone)]
+pub struct RateLimiter {
+    redis: Client,
+    prefix: String,
+    fail: FailMode,
+    errors: prometheus::IntCounterVec,
+}
+
+/// Longest a check waits for Redis before failing open or closed: a limiter must never be
+/// the slow part of a request.
+pub const CHECK_TIMEOUT: Duration = Duration::from_millis(250);
+
+impl RateLimiter {
+    /// A limiter keeping its windows under `prefix` (e.g. `iace:rl:`).
+    pub fn new(
+        redis: Client,
+        prefix: impl Into<String>,
+        fail: FailMode,
+        registry: &prometheus::Registry,
+    ) -> Result<RateLimiter, prometheus::Error> {
+        let errors = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "iace_ratelimit_redis_errors_total",
+                "Rate-limit checks Redis could not answer, by what the limiter did (open: let through, closed: refused)",
+            ),
+            &["mode"],
+        )?;
+        registry.register(Box::new(errors.clone()))?;
+        Ok(RateLimiter {
+            redis,
+            prefix: prefix.into(),
+            fail,
+            errors,
+        })
+    }
+
+    /// Checks and records one request under `key`: at most `limit` per `window`.
+    pub async fn check(&self, key: &str, limit: u32, window: Duration) -> Decision {
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1);
+        let args = vec![
+            Value::from(SCRIPT),
+            Value::Integer(1),
+            Value::from(format!("{}{key}", self.prefix)),
+            Value::Integer(window_ms),
+            Value::Integer(i64::from(limit)),
+            Value::from(uuid::Uuid::new_v4().simple().to_string()),
+        ];
+        let reply = tokio::time::timeout(
+            CHECK_TIMEOUT,
+            self.redis.custom::<Value, Value>(
+                CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false),
+                args,
+            ),
+        )
+        .await;
+        let parsed = reply.ok().and_then(Result::ok).and_then(|v| match v {
+            Value::Array(items) if items.len() == 3 => {
+                let n: Vec<i64> = items.iter().filter_map(Value::as_i64).collect();
+                (n.len() == 3).then(|| (n[0], n[1], n[2]))
+            }
+            _ => None,
+        });
+        match parsed {
+            Some((1, remaining, _)) => Decision::Allowed {
+                limit,
+                remaining: u32::try_from(remaining).unwrap_or(0),
+            },
+            Some((_, _, retry_ms)) => Decision::Limited {
+                limit,
+                retry_after: Duration::from_millis(u64::try_from(retry_ms).unwrap_or(1)),
+            },
+            None => {
+                let mode = match self.fail {
+                    FailMode::Open => "open",
+                    FailMode::Closed => "closed",
+                };
+                self.errors.with_label_values(&[mode]).inc();
+                warn!(
+                    key,
+                    mode,
+                    connected = self.redis.is_connected(),
+                    "rate limit not checked: Redis did not answer"
+                );
+                match self.fail {
+                    FailMode::Open => Decision::Unchecked,
+                    FailMode::Closed => Decision::Unavailable,
+                }
+            }
+        }
+    }
+}

@@ -455,6 +455,18 @@ async fn health_ready_and_metrics() {
         .await
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+        (
+            "content-security-policy",
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
+    ] {
+        assert_eq!(health.headers()[name], value, "{name}");
+    }
     let ready = server
         .http
         .get(format!("{}/ready", server.base))

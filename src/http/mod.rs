@@ -187,8 +187,27 @@ async fn observe(State(m): State<HttpMetrics>, req: Request, next: Next) -> Resp
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
+    let headers = resp.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        headers
+            .entry(name)
+            .or_insert(HeaderValue::from_static(value));
+    }
     resp
 }
+
+/// On every response: a JSON API is never sniffed, framed, cached or given a referrer, and
+/// loads nothing.
+const SECURITY_HEADERS: [(&str, &str); 5] = [
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+    ("cache-control", "no-store"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+];
 
 async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))

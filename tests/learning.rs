@@ -168,6 +168,49 @@ async fn completed_call(
     call
 }
 
+/// A fresh database with an organization, an agent, a customer, and every shard leased.
+struct Tenant {
+    pool: sqlx::PgPool,
+    store: PgStore,
+    org: Organization,
+    agent: iace_actors::catalog::Agent,
+    customer: iace_actors::catalog::Customer,
+    epochs: Vec<i64>,
+}
+
+impl Tenant {
+    async fn new(node: &str) -> Tenant {
+        let (_, pool) = common::db::migrated_pool().await;
+        let store = PgStore::new(pool.clone());
+        let now = Utc::now().trunc_subsecs(6);
+        let org = Organization {
+            id: Uuid::new_v4(),
+            name: "Acme".into(),
+            created_at: now,
+        };
+        store
+            .create_organization(&org, Uuid::new_v4(), &format!("hash-{}", org.id), "iace_x")
+            .await
+            .unwrap();
+        let agent: NewAgent = serde_json::from_str(r#"{"name":"Ava"}"#).unwrap();
+        let agent = agent.validate(Uuid::new_v4(), org.id, now).unwrap();
+        store.insert_agent(&agent).await.unwrap();
+        let customer: NewCustomer = serde_json::from_str(r#"{"phone":"+14155550100"}"#).unwrap();
+        let customer = customer.validate(Uuid::new_v4(), org.id, now).unwrap();
+        assert!(store.insert_customer(&customer).await.unwrap());
+        let shards: Vec<u16> = (0..SHARD_COUNT).collect();
+        let epochs = store.acquire_shards(node, &shards).await.unwrap();
+        Tenant {
+            pool,
+            store,
+            org,
+            agent,
+            customer,
+            epochs,
+        }
+    }
+}
+
 async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done().await {
@@ -178,29 +221,14 @@ async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedding_outage_defers_learning_on_postgres_and_nothing_is_lost() {
-    let (_, pool) = common::db::migrated_pool().await;
-    let store = PgStore::new(pool.clone());
-    let now = Utc::now().trunc_subsecs(6);
-    let org = Organization {
-        id: Uuid::new_v4(),
-        name: "Acme".into(),
-        created_at: now,
-    };
-    store
-        .create_organization(&org, Uuid::new_v4(), &format!("hash-{}", org.id), "iace_x")
-        .await
-        .unwrap();
-    let agent: NewAgent = serde_json::from_str(r#"{"name":"Ava"}"#).unwrap();
-    let agent = agent.validate(Uuid::new_v4(), org.id, now).unwrap();
-    store.insert_agent(&agent).await.unwrap();
-    let customer: NewCustomer = serde_json::from_str(r#"{"phone":"+14155550100"}"#).unwrap();
-    let customer = customer.validate(Uuid::new_v4(), org.id, now).unwrap();
-    assert!(store.insert_customer(&customer).await.unwrap());
-    let shards: Vec<u16> = (0..SHARD_COUNT).collect();
-    let epochs = store
-        .acquire_shards("learning-test", &shards)
-        .await
-        .unwrap();
+    let Tenant {
+        pool,
+        store,
+        org,
+        agent,
+        customer,
+        epochs,
+    } = Tenant::new("learning-test").await;
     let call = completed_call(&store, org.id, agent.id, customer.id, &epochs, &[]).await;
     let journal = store
         .call_events(org.id, call.spec.id)
@@ -651,29 +679,14 @@ async fn a_google_outage_opens_the_breaker_and_queued_learning_completes_after_i
     use iace_actors::breaker::{BreakerConfig, BreakerState, Breakers};
     use iace_sim::google::{FakeGoogle, FakeGoogleConfig};
 
-    let (_, pool) = common::db::migrated_pool().await;
-    let store = PgStore::new(pool.clone());
-    let now = Utc::now().trunc_subsecs(6);
-    let org = Organization {
-        id: Uuid::new_v4(),
-        name: "Acme".into(),
-        created_at: now,
-    };
-    store
-        .create_organization(&org, Uuid::new_v4(), &format!("hash-{}", org.id), "iace_y")
-        .await
-        .unwrap();
-    let agent: NewAgent = serde_json::from_str(r#"{"name":"Ava"}"#).unwrap();
-    let agent = agent.validate(Uuid::new_v4(), org.id, now).unwrap();
-    store.insert_agent(&agent).await.unwrap();
-    let customer: NewCustomer = serde_json::from_str(r#"{"phone":"+14155550100"}"#).unwrap();
-    let customer = customer.validate(Uuid::new_v4(), org.id, now).unwrap();
-    assert!(store.insert_customer(&customer).await.unwrap());
-    let shards: Vec<u16> = (0..SHARD_COUNT).collect();
-    let epochs = store
-        .acquire_shards("google-outage", &shards)
-        .await
-        .unwrap();
+    let Tenant {
+        pool,
+        store,
+        org,
+        agent,
+        customer,
+        epochs,
+    } = Tenant::new("google-outage").await;
     let calls = [
         completed_call(&store, org.id, agent.id, customer.id, &epochs, &[]).await,
         completed_call(&store, org.id, agent.id, customer.id, &epochs, &[]).await,

@@ -140,6 +140,13 @@ impl Env {
         self.get(&format!("/v1/calls/{call_id}/transcript")).await
     }
 
+    /// Waits for the call to end, asserts it completed, returns it and its transcript.
+    async fn completed(&self, call_id: &str, within: Duration) -> (Value, Value) {
+        let ended = self.wait_ended(call_id, within).await;
+        assert_eq!(ended["status"], "completed", "{ended}");
+        (ended, self.transcript(call_id).await)
+    }
+
     async fn shutdown(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
@@ -403,9 +410,7 @@ async fn a_dropped_speech_to_text_socket_is_reopened_and_the_call_goes_on() {
             json!({"greeting": "Hello, this is Ava from Acme, how can I help you today?"}),
         )
         .await;
-    let ended = env.wait_ended(&call_id, Duration::from_secs(60)).await;
-    assert_eq!(ended["status"], "completed", "{ended}");
-    let t = env.transcript(&call_id).await;
+    let (_, t) = env.completed(&call_id, Duration::from_secs(60)).await;
     assert_eq!(
         texts(t["segments"].as_array().unwrap(), "caller"),
         ["I'd like to check my balance.", "Thanks, that's all."],
@@ -450,9 +455,7 @@ async fn keys_the_caller_presses_are_a_turn_of_the_conversation() {
             json!({"greeting": "Press 1 for billing, then the pound key."}),
         )
         .await;
-    let ended = env.wait_ended(&call_id, Duration::from_secs(60)).await;
-    assert_eq!(ended["status"], "completed", "{ended}");
-    let t = env.transcript(&call_id).await;
+    let (_, t) = env.completed(&call_id, Duration::from_secs(60)).await;
     let keys = events_of(&t, "dtmf_input");
     assert_eq!(keys.len(), 1, "{t:#}");
     assert_eq!(keys[0]["digits"], "1#");
@@ -524,10 +527,8 @@ async fn an_answering_machine_gets_the_agents_message() {
             json!({"voicemail": "leave_message", "voicemail_message": message}),
         )
         .await;
-    let ended = env.wait_ended(&call_id, Duration::from_secs(60)).await;
-    assert_eq!(ended["status"], "completed", "{ended}");
+    let (ended, t) = env.completed(&call_id, Duration::from_secs(60)).await;
     assert_eq!(ended["end_reason"], "voicemail", "{ended}");
-    let t = env.transcript(&call_id).await;
     let vm = events_of(&t, "voicemail");
     assert_eq!(vm.len(), 1, "{t:#}");
     assert_eq!(vm[0]["action"], "leave_message");
@@ -569,10 +570,8 @@ async fn a_silent_caller_is_reprompted_then_the_agent_hangs_up() {
             }),
         )
         .await;
-    let ended = env.wait_ended(&call_id, Duration::from_secs(30)).await;
-    assert_eq!(ended["status"], "completed", "{ended}");
+    let (ended, t) = env.completed(&call_id, Duration::from_secs(30)).await;
     assert_eq!(ended["end_reason"], "silence", "{ended}");
-    let t = env.transcript(&call_id).await;
     assert_eq!(
         texts(t["segments"].as_array().unwrap(), "agent"),
         [
@@ -629,9 +628,7 @@ async fn a_model_outage_mid_call_apologises_and_transfers() {
             }),
         )
         .await;
-    let ended = env.wait_ended(&call_id, Duration::from_secs(60)).await;
-    assert_eq!(ended["status"], "completed", "{ended}");
-    let t = env.transcript(&call_id).await;
+    let (_, t) = env.completed(&call_id, Duration::from_secs(60)).await;
     let failures = events_of(&t, "vendor_failure");
     assert_eq!(failures.len(), 1, "{t:#}");
     assert_eq!(failures[0]["vendor"], "llm", "{t:#}");

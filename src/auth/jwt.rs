@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::vendor::stripe::signature::constant_time_eq;
+use crate::auth::constant_time_eq;
 
 /// Clock skew allowed on `exp` and `nbf`, seconds.
 pub const LEEWAY_SECS: i64 = 30;

@@ -14,7 +14,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::vendor::stripe::signature::constant_time_eq;
+use crate::auth::constant_time_eq;
 
 /// The headers of a delivery that matter (raw values; `None`: absent).
 #[derive(Debug, Clone, Copy, Default)]

@@ -7,6 +7,8 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::auth::constant_time_eq;
+
 /// Why a delivery is refused. Every variant is a 4xx for the sender.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StripeSignatureError {
@@ -84,14 +86,6 @@ pub fn verify(
     } else {
         Err(StripeSignatureError::Mismatch)
     }
-}
-
-/// Equality whose time does not depend on where the inputs differ.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A header for `body` signed with `secret` at `t` (tests, fakes and tooling).

@@ -264,6 +264,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         breakers: breakers.clone(),
         voice,
         recall,
+        accounts: None,
     };
     let node_id = args.node_id.clone().unwrap_or_else(default_node_id);
     let config = EngineConfig {

@@ -4,6 +4,7 @@
 //! This crate has no database, HTTP or WebSocket dependency: everything external is a port
 //! ([`ports`]). The root crate wires in Postgres, Redis and the carrier adapters.
 
+pub mod accounts;
 pub mod breaker;
 pub mod catalog;
 pub mod engine;

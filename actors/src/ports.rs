@@ -458,4 +458,6 @@ pub struct Ports {
     pub voice: Option<crate::voice::session::VoicePorts>,
     /// Recall over learned patterns and customer memories; `None` when learning is off.
     pub recall: Option<crate::learning::recall::Recall>,
+    /// Users, sessions, API keys, plans; `None` where accounts are not kept (simulations).
+    pub accounts: Option<Arc<dyn crate::accounts::AccountStore>>,
 }

@@ -99,6 +99,7 @@ impl World {
             breakers: self.breakers.clone(),
             voice: None,
             recall: None,
+            accounts: None,
         }
     }
 

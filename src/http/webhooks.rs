@@ -160,6 +160,7 @@ mod tests {
             breakers: Default::default(),
             voice: None,
             recall: None,
+            accounts: None,
         };
         let registry = Registry::new();
         let engine = Engine::start(ports, EngineConfig::default(), &registry)

@@ -33,6 +33,7 @@ impl World {
             breakers: Default::default(),
             voice: None,
             recall: None,
+            accounts: None,
         };
         let org = Uuid::from_u128(0xA);
         let agent = Uuid::from_u128(0xA6E);

@@ -93,6 +93,7 @@ impl World {
                 fallback_apology: Arc::new(vec![0xff; 800]),
             }),
             recall,
+            accounts: None,
         };
         let org = Uuid::from_u128(0xA);
         let agent = Uuid::from_u128(0xA6E);

@@ -88,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
         breakers: Default::default(),
         voice: Default::default(),
         learning: Default::default(),
+        security: Default::default(),
         admin_token: None,
         sim_ring_ms: 0,
         sim_talk_ms: 0,

@@ -9,23 +9,26 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use iace_actors::accounts::{AccountStore, Role, User};
 use iace_actors::breaker::Breakers;
 use iace_actors::catalog::Organization;
 use iace_actors::engine::{Engine, EngineConfig};
 use iace_actors::machine::MediaReport;
 use iace_actors::ports::{Clock, IdGen, InboxItem, Ports, QueryStore, Telephony};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
-use crate::config::{DevArgs, ServeArgs, TelephonyKind, TelnyxArgs};
+use crate::auth::jwt::KeyRing;
+use crate::auth::Security;
+use crate::config::{DevArgs, FailModeArg, SecurityArgs, ServeArgs, TelephonyKind, TelnyxArgs};
 use crate::http::webhooks::{TelnyxIngress, WebhookMetrics};
 use crate::http::{AppState, ReadyCheck};
 use crate::media::{
     MediaConfig, MediaMetrics, MediaRegistry, MediaSink, MediaState, MediaStats, MediaTokens,
     StreamInfo,
 };
+use crate::ratelimit::{FailMode, RateLimiter};
 use crate::store::PgStore;
 use crate::telephony::simulated::{SimConfig, SimulatedCarrier};
 use crate::vendor::retry::RetryPolicy;
@@ -257,14 +260,14 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     });
     let ports = Ports {
         calls: store.clone(),
-        queries: store,
+        queries: store.clone(),
         telephony,
         clock: Arc::new(SystemClock),
         ids: Arc::new(RandomIds),
         breakers: breakers.clone(),
         voice,
         recall,
-        accounts: None,
+        accounts: Some(store),
     };
     let node_id = args.node_id.clone().unwrap_or_else(default_node_id);
     let config = EngineConfig {
@@ -296,9 +299,13 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         }),
         None => None,
     };
+    let security = Arc::new(security(&args.security, &redis, &registry)?);
+    let cors_origins = cors_origins(&args.security.cors_origins)?;
     let state = AppState {
         engine: engine.clone(),
         registry: registry.clone(),
+        security,
+        cors_origins,
         ready_checks: vec![Arc::new(RedisReady(redis))],
         telnyx: telnyx_ingress,
         admin_token: args
@@ -488,17 +495,74 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A new API key: `iace_` + 64 hex characters (256 random bits).
-pub fn generate_api_key() -> String {
-    use rand::RngCore as _;
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("iace_{}", hex::encode(bytes))
+/// The HTTP layer's security settings from the command line / environment.
+pub fn security(
+    args: &SecurityArgs,
+    redis: &fred::clients::Client,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Security> {
+    let non_empty = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
+    let keys = match non_empty(&args.jwt_secret) {
+        Some(current) => {
+            let ring = std::iter::once(current)
+                .chain(
+                    args.jwt_previous_secrets
+                        .iter()
+                        .filter(|s| !s.is_empty())
+                        .cloned(),
+                )
+                .map(|s| (crate::auth::key_id(s.as_bytes()), s.into_bytes()))
+                .collect();
+            Some(
+                KeyRing::new(ring, &args.jwt_issuer, &args.jwt_audience)
+                    .context("IACE_JWT_SECRET")?,
+            )
+        }
+        None => None,
+    };
+    let limiter = if args.plan_limits {
+        let fail = match args.rate_limit_fail {
+            FailModeArg::Open => FailMode::Open,
+            FailModeArg::Closed => FailMode::Closed,
+        };
+        Some(RateLimiter::new(redis.clone(), "iace:rl:", fail, registry)?)
+    } else {
+        None
+    };
+    Ok(Security {
+        keys,
+        limiter,
+        stripe_secret: non_empty(&args.stripe_webhook_secret),
+        hubspot_secret: non_empty(&args.hubspot_client_secret),
+        hubspot_url: non_empty(&args.hubspot_webhook_url),
+        billing_grace: chrono::Duration::days(i64::from(args.billing_grace_days)),
+        stripe_tolerance_secs: 300,
+    })
 }
 
-/// SHA-256 hex of an API key: the only form stored.
-pub fn hash_api_key(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+/// `IACE_CORS_ORIGINS`: each an origin (`scheme://host[:port]`, no path), or start-up fails.
+pub fn cors_origins(origins: &[String]) -> anyhow::Result<Vec<axum::http::HeaderValue>> {
+    origins
+        .iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+        .map(|o| {
+            let uri: axum::http::Uri = o
+                .parse()
+                .with_context(|| format!("IACE_CORS_ORIGINS: `{o}` is not an origin"))?;
+            let ok = matches!(uri.scheme_str(), Some("http" | "https"))
+                && uri.host().is_some()
+                && uri
+                    .path_and_query()
+                    .is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty())
+                && !o.ends_with('/');
+            anyhow::ensure!(
+                ok,
+                "IACE_CORS_ORIGINS: `{o}` is not an origin (scheme://host[:port], no path)"
+            );
+            axum::http::HeaderValue::from_str(o).context("IACE_CORS_ORIGINS")
+        })
+        .collect()
 }
 
 /// `iace org create <name>`: returns the organization and its API key.
@@ -516,12 +580,75 @@ pub async fn create_org(database_url: &str, name: &str) -> anyhow::Result<(Organ
         name,
         created_at: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
     };
-    let key = generate_api_key();
+    let key = crate::auth::generate_api_key();
     store
-        .create_organization(&org, Uuid::new_v4(), &hash_api_key(&key), &key[..13])
+        .create_organization(
+            &org,
+            Uuid::new_v4(),
+            &crate::auth::sha256_hex(&key),
+            &crate::auth::key_prefix(&key),
+        )
         .await
         .map_err(|e| anyhow::anyhow!("creating the organization: {e}"))?;
     Ok((org, key))
+}
+
+/// `iace user create`: stores a user of `org` with `password`, or with a generated one-time
+/// password (returned) when `password` is `None`.
+pub async fn create_user(
+    database_url: &str,
+    org: Uuid,
+    email: &str,
+    role: &str,
+    password: Option<String>,
+) -> anyhow::Result<(User, Option<String>)> {
+    let role = Role::parse(role).with_context(|| {
+        format!("--role: `{role}` is not one of owner, admin, member, read_only")
+    })?;
+    let email = email.trim().to_lowercase();
+    let well_formed = email.len() <= 254
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.contains('@')
+        })
+        && !email.chars().any(char::is_whitespace);
+    anyhow::ensure!(well_formed, "--email: `{email}` is not an email address");
+    let (password, generated) = match password {
+        Some(p) => {
+            crate::auth::validate_password(&p).map_err(|e| anyhow::anyhow!("password: {e}"))?;
+            (p, false)
+        }
+        None => (crate::auth::generate_password(), true),
+    };
+    let pool = crate::store::connect(database_url)
+        .await
+        .context("connecting to Postgres (DATABASE_URL)")?;
+    crate::store::migrate(&pool)
+        .await
+        .context("applying migrations")?;
+    let store = PgStore::new(pool);
+    let found = AccountStore::organization(&store, org)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the organization: {e}"))?;
+    anyhow::ensure!(found.is_some(), "--org: no organization {org}");
+    let hashed = {
+        let password = password.clone();
+        tokio::task::spawn_blocking(move || crate::auth::hash_password(&password)).await??
+    };
+    let user = User {
+        id: Uuid::new_v4(),
+        organization_id: org,
+        email,
+        password_hash: hashed,
+        role,
+        created_at: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
+        disabled_at: None,
+    };
+    let inserted = store
+        .insert_user(&user)
+        .await
+        .map_err(|e| anyhow::anyhow!("storing the user: {e}"))?;
+    anyhow::ensure!(inserted, "a user with email {} already exists", user.email);
+    Ok((user, generated.then_some(password)))
 }
 
 /// `iace dev`.
@@ -619,6 +746,12 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             enabled: true,
             google_api_key: Some(google.api_key().to_owned()),
             google_api_base: google.base_url(),
+            ..Default::default()
+        },
+        // Sign-in works in dev with a secret made for this run; plan limits are on.
+        security: crate::config::SecurityArgs {
+            jwt_secret: Some(crate::auth::generate_password() + &crate::auth::generate_password()),
+            plan_limits: true,
             ..Default::default()
         },
         admin_token: Some(DEV_ADMIN_TOKEN.into()),
@@ -750,7 +883,11 @@ async fn dev_api_key(database_url: &str, engine: &Engine) -> anyhow::Result<Stri
             .ok()
             .and_then(|v| v["api_key"].as_str().map(str::to_owned))
         {
-            if engine.authenticate(hash_api_key(&key)).await?.is_some() {
+            if engine
+                .authenticate(crate::auth::sha256_hex(&key))
+                .await?
+                .is_some()
+            {
                 return Ok(key);
             }
         }

@@ -39,6 +39,12 @@ pub enum Command {
         #[command(subcommand)]
         command: OrgCommand,
     },
+    /// User administration.
+    User {
+        /// What to do.
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Development mode: starts local Postgres and Redis (scripts/services up), migrates,
     /// runs the server with the real Telnyx client against the built-in fake Telnyx, and
     /// places a demo outbound call and takes a demo inbound call.
@@ -53,6 +59,30 @@ pub enum OrgCommand {
     Create {
         /// Display name.
         name: String,
+        /// Database.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+/// `iace user ...`.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Creates a user and prints `{"user_id":..,"email":..,"role":..}` plus, unless
+    /// `--password-stdin` is given, a one-time `password` (shown only this once).
+    Create {
+        /// The user's organization.
+        #[arg(long)]
+        org: uuid::Uuid,
+        /// Email (sign-in name; stored lower-case).
+        #[arg(long)]
+        email: String,
+        /// owner, admin, member or read_only.
+        #[arg(long)]
+        role: String,
+        /// Read the password from the first line of standard input instead of generating one.
+        #[arg(long)]
+        password_stdin: bool,
         /// Database.
         #[command(flatten)]
         db: DbArgs,
@@ -228,6 +258,9 @@ pub struct ServeArgs {
     /// Learning from completed calls.
     #[command(flatten)]
     pub learning: LearningArgs,
+    /// Accounts and security.
+    #[command(flatten)]
+    pub security: SecurityArgs,
     /// Operator token for `/v1/admin/*` (breakers); the operator API is off when unset.
     #[arg(long, env = "IACE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -290,6 +323,83 @@ impl Default for LearningArgs {
             google_api_base: "https://generativelanguage.googleapis.com/v1beta".into(),
             embedding_model: "gemini-embedding-001".into(),
             memory_half_life_days: 90,
+        }
+    }
+}
+
+/// Accounts and security (DESIGN.md section 8). Secrets come only from the environment or
+/// the command line, never from files in the repository.
+#[derive(Debug, Clone, Args)]
+pub struct SecurityArgs {
+    /// Access-token signing secret (at least 32 bytes). User sign-in is off without one.
+    #[arg(long, env = "IACE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Earlier signing secrets, comma-separated: their tokens stay valid until they expire
+    /// (rotate by moving the current secret here and setting a new one).
+    #[arg(
+        long,
+        env = "IACE_JWT_PREVIOUS_SECRETS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub jwt_previous_secrets: Vec<String>,
+    /// Access-token issuer.
+    #[arg(long, env = "IACE_JWT_ISSUER", default_value = "iace")]
+    pub jwt_issuer: String,
+    /// Access-token audience.
+    #[arg(long, env = "IACE_JWT_AUDIENCE", default_value = "iace-api")]
+    pub jwt_audience: String,
+    /// Stripe webhook endpoint secret (`whsec_...`); the Stripe webhook is off without one.
+    #[arg(long, env = "STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub stripe_webhook_secret: Option<String>,
+    /// HubSpot app client secret; the HubSpot webhook is off without one.
+    #[arg(long, env = "HUBSPOT_CLIENT_SECRET", hide_env_values = true)]
+    pub hubspot_client_secret: Option<String>,
+    /// The exact URL HubSpot is configured to call (v2/v3 signatures cover it). Default:
+    /// rebuilt from the request's Host and X-Forwarded-Proto.
+    #[arg(long, env = "HUBSPOT_WEBHOOK_URL")]
+    pub hubspot_webhook_url: Option<String>,
+    /// Days an unpaid plan stays in force before it falls back to free.
+    #[arg(long, env = "IACE_BILLING_GRACE_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(0..=90))]
+    pub billing_grace_days: u32,
+    /// Enforce plan limits: requests per minute (per key or user, and per organization) and
+    /// concurrent calls.
+    #[arg(id = "plan_limits", long = "plan-limits", env = "IACE_PLAN_LIMITS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub plan_limits: bool,
+    /// When Redis cannot answer a rate-limit check: `open` lets requests through (logged and
+    /// counted), `closed` refuses them with 503.
+    #[arg(long, env = "IACE_RATE_LIMIT_FAIL", value_enum, default_value_t = FailModeArg::Open)]
+    pub rate_limit_fail: FailModeArg,
+    /// Browser origins allowed to call the API, comma-separated (`https://app.example.com`).
+    #[arg(long, env = "IACE_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+}
+
+/// See [`SecurityArgs::rate_limit_fail`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailModeArg {
+    /// Let requests through unchecked.
+    Open,
+    /// Refuse them.
+    Closed,
+}
+
+impl Default for SecurityArgs {
+    /// No sign-in, no billing/CRM webhooks, no plan limits, no CORS origins (tests and
+    /// benchmarks of other concerns; the command line's defaults turn plan limits on).
+    fn default() -> Self {
+        SecurityArgs {
+            jwt_secret: None,
+            jwt_previous_secrets: Vec::new(),
+            jwt_issuer: "iace".into(),
+            jwt_audience: "iace-api".into(),
+            stripe_webhook_secret: None,
+            hubspot_client_secret: None,
+            hubspot_webhook_url: None,
+            billing_grace_days: 7,
+            plan_limits: false,
+            rate_limit_fail: FailModeArg::Open,
+            cors_origins: Vec::new(),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod media;
+pub mod pii;
 pub mod ratelimit;
 pub mod redis;
 pub mod store;

@@ -1,7 +1,7 @@
 //! The `iace` binary: see `iace --help`.
 
 use clap::Parser;
-use iace::config::{Cli, Command, OrgCommand};
+use iace::config::{Cli, Command, OrgCommand, UserCommand};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -37,6 +37,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 serde_json::json!({"organization_id": org.id, "api_key": key})
             );
+            Ok(())
+        }
+        Command::User {
+            command:
+                UserCommand::Create {
+                    org,
+                    email,
+                    role,
+                    password_stdin,
+                    db,
+                },
+        } => {
+            let password = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                Some(line.trim_end_matches(['\r', '\n']).to_owned())
+            } else {
+                None
+            };
+            let (user, generated) =
+                iace::app::create_user(&db.database_url, org, &email, &role, password).await?;
+            let mut out = serde_json::json!({
+                "user_id": user.id,
+                "organization_id": user.organization_id,
+                "email": user.email,
+                "role": user.role,
+            });
+            if let Some(p) = generated {
+                out["password"] = serde_json::Value::String(p);
+            }
+            println!("{out}");
             Ok(())
         }
         Command::Dev(args) => iace::app::dev(args).await,

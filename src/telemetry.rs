@@ -29,14 +29,14 @@ pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
         || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let fmt = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(crate::pii::ScrubbingStderr)
             .json()
             .with_current_span(true)
             .with_span_list(false)
             .with_filter(filter())
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(crate::pii::ScrubbingStderr)
             .with_target(false)
             .with_filter(filter())
             .boxed(),

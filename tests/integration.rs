@@ -59,6 +59,8 @@ impl Server {
             .env("IACE_SIM_RING_MS", self.ring_ms.to_string())
             .env("IACE_SIM_TALK_MS", self.talk_ms.to_string())
             .env("IACE_SIM_KEY_PREFIX", &self.prefix)
+            // Plan limits (requests per minute, concurrent calls) are tests/security.rs's.
+            .env("IACE_PLAN_LIMITS", "false")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -443,6 +443,7 @@ mod api {
                 memory_half_life_days: 30,
                 ..Default::default()
             },
+            security: Default::default(),
             admin_token: None,
             sim_ring_ms: 100,
             sim_talk_ms: 100,

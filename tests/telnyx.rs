@@ -80,6 +80,7 @@ impl Env {
             breakers,
             voice: Default::default(),
             learning: Default::default(),
+            security: Default::default(),
             admin_token: Some(ADMIN_TOKEN.into()),
             sim_ring_ms: 0,
             sim_talk_ms: 0,

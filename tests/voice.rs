@@ -88,6 +88,7 @@ impl Env {
             breakers: Default::default(),
             voice: voices.args(),
             learning: Default::default(),
+            security: Default::default(),
             admin_token: None,
             sim_ring_ms: 0,
             sim_talk_ms: 0,

@@ -30,8 +30,11 @@ pub struct Claims {
     pub sub: Uuid,
     /// Their organization.
     pub org: Uuid,
-    /// Their role (`owner`, `admin`, `member`, `read_only`).
+    /// Their role (`owner`, `admin`, `member`, `read_only`) when the token was issued; the
+    /// server authorizes with the role stored now.
     pub role: String,
+    /// The login session (refresh-token family): logging it out ends this token too.
+    pub sid: Uuid,
     /// Issued at, Unix seconds.
     pub iat: i64,
     /// Not before, Unix seconds.
@@ -226,6 +229,7 @@ mod tests {
             sub: Uuid::from_u128(1),
             org: Uuid::from_u128(2),
             role: "member".into(),
+            sid: Uuid::from_u128(5),
             iat: NOW,
             nbf: NOW,
             exp: NOW + 1800,

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::{AppJson, AppPath, AppQuery, Org};
 use super::{cursor_of, page_limit, parse_cursor, AppState};
@@ -50,10 +51,14 @@ fn record_call(id: Uuid) {
 /// `POST /v1/calls`.
 pub async fn create(
     State(state): State<AppState>,
-    Org(org): Org,
+    Caller(caller): Caller,
     headers: HeaderMap,
     AppJson(body): AppJson<NewCall>,
 ) -> Result<Response, ApiError> {
+    let org = caller.org;
+    if state.security.limiter.is_some() {
+        concurrent_calls(&state, &caller).await?;
+    }
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => Some(
@@ -73,6 +78,33 @@ pub async fn create(
     } else {
         (StatusCode::CREATED, body).into_response()
     })
+}
+
+/// The plan's concurrent-call limit (429 when every slot is taken). Counted in the store, so
+/// every node sees the same number; two creates racing for the last slot can both pass.
+async fn concurrent_calls(
+    state: &AppState,
+    caller: &iace_actors::accounts::Principal,
+) -> Result<(), ApiError> {
+    let org = caller.org;
+    let plan = caller
+        .account
+        .effective_plan(state.engine.clock_now(), state.security.billing_grace);
+    let allowed = plan.limits().concurrent_calls;
+    let live = state.engine.live_call_count(org).await?;
+    if live >= u64::from(allowed) {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "concurrent_call_limit",
+            format!(
+                "the {} plan allows {allowed} live calls at once and {live} are live; retry when one ends",
+                plan.as_str()
+            ),
+        );
+        e.retry_after = Some(5);
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// `GET /v1/calls/{id}`.

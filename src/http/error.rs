@@ -28,6 +28,8 @@ pub struct ApiError {
     pub message: String,
     /// `Retry-After` seconds, when the client should wait before retrying.
     pub retry_after: Option<u64>,
+    /// `(limit, remaining, reset seconds)` for the `RateLimit-*` headers of a 429.
+    pub rate_limit: Option<(u32, u32, u64)>,
 }
 
 impl ApiError {
@@ -38,6 +40,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            rate_limit: None,
         }
     }
 
@@ -100,6 +103,15 @@ impl IntoResponse for ApiError {
             "request_id": request_id,
         }});
         let mut resp = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        if let Some((limit, remaining, reset)) = self.rate_limit {
+            rate_limit_headers(resp.headers_mut(), limit, remaining, reset);
+        }
         if let Some(secs) = self.retry_after {
             if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
                 resp.headers_mut()
@@ -108,4 +120,17 @@ impl IntoResponse for ApiError {
         }
         resp
     }
+}
+
+/// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds).
+pub fn rate_limit_headers(
+    headers: &mut axum::http::HeaderMap,
+    limit: u32,
+    remaining: u32,
+    reset_secs: u64,
+) {
+    use axum::http::HeaderValue;
+    headers.insert("ratelimit-limit", HeaderValue::from(limit));
+    headers.insert("ratelimit-remaining", HeaderValue::from(remaining));
+    headers.insert("ratelimit-reset", HeaderValue::from(reset_secs));
 }

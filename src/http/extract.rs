@@ -1,4 +1,4 @@
-//! Extractors whose rejections use the error envelope, and API-key authentication.
+//! Extractors whose rejections use the error envelope, and the caller's organization.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -6,10 +6,8 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use iace_actors::machine::OrganizationId;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
-use super::AppState;
 
 /// JSON body; malformed JSON, unknown fields and bad values answer 400 naming the problem.
 pub struct AppJson<T>(pub T);
@@ -90,28 +88,15 @@ fn query_rejection(r: QueryRejection) -> ApiError {
     ApiError::invalid(r.body_text())
 }
 
-/// The organization of the request's API key (`Authorization: Bearer <key>`).
+/// The caller's organization (the [`authorize`](super::auth::authorize) middleware
+/// authenticated the request and checked the route's role before the handler runs).
 pub struct Org(pub OrganizationId);
 
-impl FromRequestParts<AppState> for Org {
+impl<S: Send + Sync> FromRequestParts<S> for Org {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <api key>"))?;
-        let key = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <api key>"))?;
-        let hash = hex::encode(Sha256::digest(key.as_bytes()));
-        match state.engine.authenticate(hash).await? {
-            Some(org) => Ok(Org(org)),
-            None => Err(ApiError::unauthorized("invalid API key")),
-        }
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let super::auth::Caller(p) = super::auth::Caller::from_request_parts(parts, state).await?;
+        Ok(Org(p.org))
     }
 }

@@ -2,7 +2,10 @@
 //! database: handlers parse, call the engine, and map the answer. Every response carries an
 //! `x-request-id`; every error uses one envelope ([`error::ApiError`]).
 
+mod accounts;
 mod admin;
+pub mod auth;
+mod billing;
 mod calls;
 mod catalog;
 pub mod error;
@@ -54,6 +57,10 @@ pub struct AppState {
     pub telnyx: Option<webhooks::TelnyxIngress>,
     /// Operator token of `/v1/admin/*` (`None`: the operator API is off).
     pub admin_token: Option<Arc<str>>,
+    /// Sign-in keys, rate limits, billing/CRM webhook secrets.
+    pub security: Arc<crate::auth::Security>,
+    /// Browser origins allowed to call the API (`IACE_CORS_ORIGINS`); empty: none.
+    pub cors_origins: Vec<HeaderValue>,
 }
 
 #[derive(Clone)]
@@ -101,6 +108,25 @@ pub fn router(state: AppState) -> Result<Router, prometheus::Error> {
             axum::routing::delete(catalog::delete_phone_number),
         )
         .route("/webhooks/telnyx", post(webhooks::telnyx))
+        .route("/webhooks/stripe", post(billing::stripe))
+        .route("/webhooks/hubspot", post(billing::hubspot))
+        .route("/auth/login", post(auth::login))
+        .route("/auth/refresh", post(auth::refresh))
+        .route("/auth/revoke", post(auth::revoke))
+        .route("/auth/revoke-all", post(auth::revoke_all))
+        .route("/me", get(auth::me))
+        .route(
+            "/organization",
+            get(accounts::get_organization).patch(accounts::update_organization),
+        )
+        .route(
+            "/api-keys",
+            post(accounts::create_key).get(accounts::list_keys),
+        )
+        .route(
+            "/api-keys/{id}",
+            axum::routing::delete(accounts::revoke_key),
+        )
         .route("/admin/breakers", get(admin::list_breakers))
         .route(
             "/admin/breakers/{vendor}/{action}",
@@ -132,6 +158,7 @@ pub fn router(state: AppState) -> Result<Router, prometheus::Error> {
         )
         .route("/agents/{id}/patterns", get(learning::agent_patterns))
         .route("/patterns/top", get(learning::top_patterns));
+    let cors = cors(&state.cors_origins);
     Ok(Router::new()
         .nest("/v1", v1)
         .route("/health", get(health))
@@ -139,9 +166,37 @@ pub fn router(state: AppState) -> Result<Router, prometheus::Error> {
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(cors)
         .layer(middleware::from_fn_with_state(metrics, observe))
         .with_state(state))
+}
+
+/// Cross-origin access for the listed browser origins only (none when the list is empty).
+fn cors(origins: &[HeaderValue]) -> tower_http::cors::CorsLayer {
+    use axum::http::{header, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("idempotency-key"),
+            header::HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([
+            header::RETRY_AFTER,
+            header::HeaderName::from_static("x-request-id"),
+            header::HeaderName::from_static("ratelimit-limit"),
+            header::HeaderName::from_static("ratelimit-remaining"),
+            header::HeaderName::from_static("ratelimit-reset"),
+        ])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// Request id, span, metrics and the access log line.
@@ -163,6 +218,7 @@ async fn observe(State(m): State<HttpMetrics>, req: Request, next: Next) -> Resp
         method = %method,
         route = %route,
         call_id = tracing::field::Empty,
+        organization_id = tracing::field::Empty,
     );
     let started = Instant::now();
     let mut resp = REQUEST_ID

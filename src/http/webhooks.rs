@@ -178,6 +178,8 @@ mod tests {
                 metrics: WebhookMetrics::new(&registry).unwrap(),
             }),
             admin_token: None,
+            security: Arc::new(crate::auth::Security::minimal()),
+            cors_origins: Vec::new(),
         };
         (crate::http::router(state).unwrap(), store, key, engine)
     }

@@ -9,6 +9,7 @@
 //! [`CallStore`]: iace_actors::ports::CallStore
 //! [`QueryStore`]: iace_actors::ports::QueryStore
 
+mod accounts;
 mod calls;
 mod catalog;
 mod learning;

@@ -9,6 +9,7 @@
 //! The [`Engine`] is the only thing the HTTP layer and the vendor webhooks hold. Every method
 //! has a timeout ([`EngineConfig::call_timeout`]); none of them hands out a database handle.
 
+mod accounts;
 pub(crate) mod call_actor;
 mod error;
 mod ingress;

@@ -1,0 +1,273 @@
+//! Accounts through the engine: every read and write of users, sessions, API keys, plans and
+//! billing/CRM events runs on the query pool, bounded by the engine timeout. Secrets arrive
+//! hashed (the HTTP layer generates tokens and hashes passwords); the time comes from the
+//! engine's clock.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{Engine, EngineError};
+use crate::accounts::{
+    AccountStore, ApiKeyInfo, BillingEvent, CrmEvent, EventsStored, KeyTier, NewApiKey,
+    NewRefreshToken, OrgAccount, OrgPatch, Principal, Role, Rotation, User,
+};
+use crate::catalog;
+use crate::machine::OrganizationId;
+
+/// Longest API key name.
+pub const MAX_KEY_NAME_LEN: usize = 100;
+
+impl Engine {
+    fn accounts(&self) -> Result<Arc<dyn AccountStore>, EngineError> {
+        self.inner
+            .shared
+            .ports
+            .accounts
+            .clone()
+            .ok_or_else(|| EngineError::Unavailable("accounts are not kept on this server".into()))
+    }
+
+    /// Runs `f` against the account store on the query pool.
+    async fn accounts_query<T, F, Fut>(&self, f: F) -> Result<T, EngineError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn AccountStore>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, crate::ports::StoreError>> + Send + 'static,
+    {
+        let store = self.accounts()?;
+        self.query(move |_| async move { Ok(f(store).await?) })
+            .await
+    }
+
+    /// The engine's current time (microsecond precision).
+    pub fn clock_now(&self) -> DateTime<Utc> {
+        self.now()
+    }
+
+    /// A fresh id from the engine's id port.
+    pub fn next_id(&self) -> Uuid {
+        self.inner.shared.ports.ids.next_id()
+    }
+
+    // ---------------------------------------------------------------- organization
+
+    /// The caller's organization account.
+    pub async fn organization_account(
+        &self,
+        org: OrganizationId,
+    ) -> Result<OrgAccount, EngineError> {
+        self.accounts_query(move |a| async move { a.organization(org).await })
+            .await?
+            .ok_or(EngineError::NotFound {
+                what: "organization",
+            })
+    }
+
+    /// Renames the organization or links/unlinks its HubSpot portal.
+    pub async fn update_organization(
+        &self,
+        org: OrganizationId,
+        mut patch: OrgPatch,
+    ) -> Result<OrgAccount, EngineError> {
+        if let Some(name) = patch.name.take() {
+            patch.name = Some(catalog::validate_name("name", &name)?);
+        }
+        if let Some(Some(portal)) = patch.hubspot_portal_id {
+            if portal <= 0 {
+                return Err(EngineError::invalid(
+                    "hubspot_portal_id",
+                    "must be a positive HubSpot portal (hub) id",
+                ));
+            }
+        }
+        match self
+            .accounts_query(move |a| async move { a.update_organization(org, &patch).await })
+            .await?
+        {
+            Ok(Some(account)) => Ok(account),
+            Ok(None) => Err(EngineError::NotFound {
+                what: "organization",
+            }),
+            Err(conflict) => Err(EngineError::Conflict(conflict)),
+        }
+    }
+
+    // ---------------------------------------------------------------- users and sessions
+
+    /// Stores a new user (`password_hash` already argon2id). A taken email is a conflict.
+    pub async fn create_user(&self, user: User) -> Result<User, EngineError> {
+        let stored = user.clone();
+        let inserted = self
+            .accounts_query(move |a| async move { a.insert_user(&stored).await })
+            .await?;
+        if inserted {
+            Ok(user)
+        } else {
+            Err(EngineError::Conflict(
+                "a user with this email already exists".into(),
+            ))
+        }
+    }
+
+    /// The user who may sign in with `email` (lower-cased here), if any.
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, EngineError> {
+        let email = email.trim().to_lowercase();
+        self.accounts_query(move |a| async move { a.user_by_email(&email).await })
+            .await
+    }
+
+    /// Stores the first refresh token of a new session.
+    pub async fn start_session(&self, token: NewRefreshToken) -> Result<(), EngineError> {
+        self.accounts_query(move |a| async move { a.insert_refresh_token(&token).await })
+            .await
+    }
+
+    /// Rotates a refresh token (see [`AccountStore::rotate_refresh_token`]).
+    pub async fn rotate_session(
+        &self,
+        presented_hash: String,
+        next: NewRefreshToken,
+    ) -> Result<Rotation, EngineError> {
+        let now = self.now();
+        self.accounts_query(move |a| async move {
+            a.rotate_refresh_token(&presented_hash, &next, now).await
+        })
+        .await
+    }
+
+    /// Logs a session out (revokes its refresh-token family); the user and session when the
+    /// token was known.
+    pub async fn end_session(
+        &self,
+        token_hash: String,
+    ) -> Result<Option<(Uuid, Uuid)>, EngineError> {
+        let now = self.now();
+        self.accounts_query(move |a| async move { a.revoke_refresh_token(&token_hash, now).await })
+            .await
+    }
+
+    /// Logs every session of a user out; how many were live.
+    pub async fn end_all_sessions(&self, user: Uuid) -> Result<u64, EngineError> {
+        let now = self.now();
+        self.accounts_query(move |a| async move { a.revoke_user_sessions(user, now).await })
+            .await
+    }
+
+    /// The principal behind a verified access token, when its user and session are live.
+    pub async fn user_principal(
+        &self,
+        user: Uuid,
+        session: Uuid,
+    ) -> Result<Option<Principal>, EngineError> {
+        let now = self.now();
+        self.accounts_query(move |a| async move { a.user_principal(user, session, now).await })
+            .await
+    }
+
+    // ---------------------------------------------------------------- API keys
+
+    /// The principal behind an API key (SHA-256 hex), recording its use.
+    pub async fn key_principal(&self, key_hash: String) -> Result<Option<Principal>, EngineError> {
+        let now = self.now();
+        self.accounts_query(move |a| async move { a.key_principal(&key_hash, now).await })
+            .await
+    }
+
+    /// Creates an API key for the caller's organization. The key itself is generated (and
+    /// shown once) by the caller; only its hash and prefix are stored. A key can never be given
+    /// more rights than its creator has.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_api_key(
+        &self,
+        creator: &Principal,
+        name: &str,
+        role: Role,
+        tier: KeyTier,
+        key_hash: String,
+        prefix: String,
+    ) -> Result<ApiKeyInfo, EngineError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > MAX_KEY_NAME_LEN {
+            return Err(EngineError::invalid(
+                "name",
+                format!("must be 1-{MAX_KEY_NAME_LEN} characters"),
+            ));
+        }
+        if role > creator.role {
+            return Err(EngineError::invalid(
+                "role",
+                format!(
+                    "a {} cannot create a key with role {role}",
+                    creator.role.as_str()
+                ),
+            ));
+        }
+        let info = ApiKeyInfo {
+            id: self.next_id(),
+            organization_id: creator.org,
+            name: name.to_owned(),
+            prefix,
+            role,
+            tier,
+            created_at: self.now(),
+            last_used_at: None,
+            revoked_at: None,
+            created_by: match creator.subject {
+                crate::accounts::Subject::User { user, .. } => Some(user),
+                crate::accounts::Subject::ApiKey(_) => None,
+            },
+        };
+        let key = NewApiKey {
+            info: info.clone(),
+            key_hash,
+        };
+        self.accounts_query(move |a| async move { a.insert_api_key(&key).await })
+            .await?;
+        Ok(info)
+    }
+
+    /// The organization's API keys, newest first.
+    pub async fn list_api_keys(&self, org: OrganizationId) -> Result<Vec<ApiKeyInfo>, EngineError> {
+        self.accounts_query(move |a| async move { a.list_api_keys(org).await })
+            .await
+    }
+
+    /// Revokes one of the organization's keys.
+    pub async fn revoke_api_key(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+    ) -> Result<ApiKeyInfo, EngineError> {
+        let now = self.now();
+        self.accounts_query(move |a| async move { a.revoke_api_key(org, id, now).await })
+            .await?
+            .ok_or(EngineError::NotFound { what: "api key" })
+    }
+
+    /// Live calls of the organization (for the plan's concurrent-call limit).
+    pub async fn live_call_count(&self, org: OrganizationId) -> Result<u64, EngineError> {
+        self.accounts_query(move |a| async move { a.live_calls(org).await })
+            .await
+    }
+
+    // ---------------------------------------------------------------- vendor facts
+
+    /// Stores and applies a Stripe event; `false` when it was a duplicate.
+    pub async fn record_billing_event(&self, event: BillingEvent) -> Result<bool, EngineError> {
+        let now = self.now();
+        self.accounts_query(move |a| async move { a.record_billing_event(&event, now).await })
+            .await
+    }
+
+    /// Stores and applies a batch of HubSpot events.
+    pub async fn record_crm_events(
+        &self,
+        events: Vec<CrmEvent>,
+    ) -> Result<EventsStored, EngineError> {
+        let now = self.now();
+        self.accounts_query(move |a| async move { a.record_crm_events(&events, now).await })
+            .await
+    }
+}

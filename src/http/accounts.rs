@@ -1,0 +1,132 @@
+//! `/v1/organization` (plan, limits, CRM link) and `/v1/api-keys` (create, list, revoke).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use iace_actors::accounts::{KeyTier, OrgPatch, Role};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::extract::{AppJson, AppPath};
+use super::AppState;
+use crate::auth;
+
+fn account_json(state: &AppState, account: &iace_actors::accounts::OrgAccount) -> Value {
+    let plan = account.effective_plan(state.engine.clock_now(), state.security.billing_grace);
+    let grace_ends = account
+        .past_due_since
+        .map(|since| since + state.security.billing_grace);
+    json!({
+        "id": account.id,
+        "name": account.name,
+        "plan": account.plan,
+        "effective_plan": plan,
+        "past_due_since": account.past_due_since,
+        "grace_period_ends_at": grace_ends,
+        "limits": plan.limits(),
+        "stripe_customer_id": account.stripe_customer_id,
+        "hubspot_portal_id": account.hubspot_portal_id,
+        "created_at": account.created_at,
+    })
+}
+
+/// `GET /v1/organization`.
+pub async fn get_organization(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let account = state.engine.organization_account(p.org).await?;
+    Ok(Json(account_json(&state, &account)))
+}
+
+/// `PATCH /v1/organization` (owner): `name`, `hubspot_portal_id`. The plan is Stripe's to set.
+pub async fn update_organization(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    AppJson(patch): AppJson<OrgPatch>,
+) -> Result<Json<Value>, ApiError> {
+    let account = state.engine.update_organization(p.org, patch).await?;
+    Ok(Json(account_json(&state, &account)))
+}
+
+/// `POST /v1/api-keys` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    name: String,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    tier: Option<String>,
+}
+
+/// `POST /v1/api-keys` (admin): the key is in this answer only.
+pub async fn create_key(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    AppJson(body): AppJson<NewKey>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let role = match body.role.as_deref() {
+        None => Role::Member,
+        Some(r) => Role::parse(r)
+            .ok_or_else(|| ApiError::invalid("role: must be owner, admin, member or read_only"))?,
+    };
+    let tier = match body.tier.as_deref() {
+        None => KeyTier::Standard,
+        Some(t) => KeyTier::parse(t)
+            .ok_or_else(|| ApiError::invalid("tier: must be low, standard or high"))?,
+    };
+    let key = auth::generate_api_key();
+    let info = state
+        .engine
+        .create_api_key(
+            &p,
+            &body.name,
+            role,
+            tier,
+            auth::sha256_hex(&key),
+            auth::key_prefix(&key),
+        )
+        .await?;
+    tracing::info!(key_id = %info.id, role = %role, "API key created");
+    let mut v = serde_json::to_value(&info).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("api_key".into(), Value::String(key));
+    }
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+/// `GET /v1/api-keys` (admin).
+pub async fn list_keys(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let keys = state.engine.list_api_keys(p.org).await?;
+    Ok(Json(json!({ "data": keys })))
+}
+
+/// `DELETE /v1/api-keys/{id}` (admin): revoked at once (the next request with it is refused).
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    AppPath(id): AppPath<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    let keys = state.engine.list_api_keys(p.org).await?;
+    let key = keys
+        .iter()
+        .find(|k| k.id == id)
+        .ok_or_else(|| ApiError::not_found("api key not found"))?;
+    if key.role > p.role {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("a {} cannot revoke a key with role {}", p.role, key.role),
+        ));
+    }
+    let info = state.engine.revoke_api_key(p.org, id).await?;
+    tracing::info!(key_id = %info.id, "API key revoked");
+    Ok(Json(serde_json::to_value(&info).unwrap_or(Value::Null)))
+}

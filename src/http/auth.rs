@@ -1,0 +1,541 @@
+//! Who may call what.
+//!
+//! Every route declares its access in [`POLICY`]; the [`authorize`] middleware looks the
+//! matched route up, authenticates the caller (API key or access token, checked against the
+//! store on every request so a revoked key, logged-out session or demoted user loses access at
+//! once), checks the role, applies the rate limits of the key or user and of the organization,
+//! and hands the [`Principal`] to the handler. A route missing from the table answers 500 for
+//! every request: nothing is reachable by omission.
+//!
+//! Also here: `POST /v1/auth/login`, `/refresh`, `/revoke`, `/revoke-all` and `GET /v1/me`.
+
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use iace_actors::accounts::{NewRefreshToken, Principal, Role, Rotation, Subject, User};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::AppJson;
+use super::AppState;
+use crate::auth::{self, jwt::Claims, ACCESS_TTL_SECS, REFRESH_TTL_SECS};
+use crate::ratelimit::Decision;
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (it authenticates itself: login, refresh, vendor signatures, probes).
+    Public,
+    /// The platform operator's token (`/v1/admin/*`, checked by the handlers).
+    Operator,
+    /// A user or API key of the organization with at least this role.
+    Role(Role),
+}
+
+/// Every route, its method and what it needs. Tests walk this table.
+pub const POLICY: &[(&str, &str, Access)] = &[
+    ("GET", "/health", Access::Public),
+    ("GET", "/ready", Access::Public),
+    ("GET", "/metrics", Access::Public),
+    ("POST", "/v1/auth/login", Access::Public),
+    ("POST", "/v1/auth/refresh", Access::Public),
+    ("POST", "/v1/auth/revoke", Access::Public),
+    ("POST", "/v1/auth/revoke-all", Access::Role(Role::ReadOnly)),
+    ("GET", "/v1/me", Access::Role(Role::ReadOnly)),
+    ("POST", "/v1/webhooks/telnyx", Access::Public),
+    ("POST", "/v1/webhooks/stripe", Access::Public),
+    ("POST", "/v1/webhooks/hubspot", Access::Public),
+    ("GET", "/v1/admin/breakers", Access::Operator),
+    (
+        "POST",
+        "/v1/admin/breakers/{vendor}/{action}",
+        Access::Operator,
+    ),
+    ("GET", "/v1/organization", Access::Role(Role::ReadOnly)),
+    ("PATCH", "/v1/organization", Access::Role(Role::Owner)),
+    ("POST", "/v1/api-keys", Access::Role(Role::Admin)),
+    ("GET", "/v1/api-keys", Access::Role(Role::Admin)),
+    ("DELETE", "/v1/api-keys/{id}", Access::Role(Role::Admin)),
+    ("POST", "/v1/calls", Access::Role(Role::Member)),
+    ("GET", "/v1/calls", Access::Role(Role::ReadOnly)),
+    ("GET", "/v1/calls/{id}", Access::Role(Role::ReadOnly)),
+    ("GET", "/v1/calls/{id}/events", Access::Role(Role::ReadOnly)),
+    (
+        "GET",
+        "/v1/calls/{id}/transcript",
+        Access::Role(Role::ReadOnly),
+    ),
+    ("POST", "/v1/calls/{id}/hangup", Access::Role(Role::Member)),
+    (
+        "POST",
+        "/v1/calls/{id}/transfer",
+        Access::Role(Role::Member),
+    ),
+    ("POST", "/v1/phone-numbers", Access::Role(Role::Admin)),
+    ("GET", "/v1/phone-numbers", Access::Role(Role::ReadOnly)),
+    (
+        "DELETE",
+        "/v1/phone-numbers/{id}",
+        Access::Role(Role::Admin),
+    ),
+    ("POST", "/v1/agents", Access::Role(Role::Admin)),
+    ("GET", "/v1/agents", Access::Role(Role::ReadOnly)),
+    ("GET", "/v1/agents/{id}", Access::Role(Role::ReadOnly)),
+    ("PATCH", "/v1/agents/{id}", Access::Role(Role::Admin)),
+    ("DELETE", "/v1/agents/{id}", Access::Role(Role::Admin)),
+    ("POST", "/v1/customers", Access::Role(Role::Member)),
+    ("GET", "/v1/customers", Access::Role(Role::ReadOnly)),
+    ("GET", "/v1/customers/{id}", Access::Role(Role::ReadOnly)),
+    ("PATCH", "/v1/customers/{id}", Access::Role(Role::Member)),
+    ("DELETE", "/v1/customers/{id}", Access::Role(Role::Member)),
+    (
+        "GET",
+        "/v1/customers/{id}/memories",
+        Access::Role(Role::ReadOnly),
+    ),
+    (
+        "DELETE",
+        "/v1/customers/{id}/memories",
+        Access::Role(Role::Admin),
+    ),
+    (
+        "GET",
+        "/v1/agents/{id}/patterns",
+        Access::Role(Role::ReadOnly),
+    ),
+    ("GET", "/v1/patterns/top", Access::Role(Role::ReadOnly)),
+];
+
+/// The access a matched route needs (`HEAD` is served by `GET`).
+pub fn access_of(method: &Method, path: &str) -> Option<Access> {
+    let method = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    POLICY
+        .iter()
+        .find(|(m, p, _)| *m == method && *p == path)
+        .map(|(_, _, a)| *a)
+}
+
+/// The authenticated caller, for handlers.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .map(Caller)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "route has no authenticated caller (missing from the access policy)",
+                )
+            })
+    }
+}
+
+/// The middleware: policy, authentication, role, rate limits.
+pub async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let Some(path) = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+    else {
+        // No route matched: the fallback answers 404.
+        return next.run(req).await;
+    };
+    let access = match access_of(req.method(), &path) {
+        Some(a) => a,
+        None if POLICY.iter().any(|(_, p, _)| *p == path) => {
+            // A known path with another method: the router answers 405.
+            return next.run(req).await;
+        }
+        None => {
+            tracing::error!(route = %path, "route missing from the access policy; refused");
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "this route has no access policy",
+            )
+            .into_response();
+        }
+    };
+    let Access::Role(needed) = access else {
+        return next.run(req).await;
+    };
+    let principal = match authenticate(&state, req.headers()).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    if principal.role < needed {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this needs the {needed} role; the caller is {}",
+                principal.role
+            ),
+        )
+        .into_response();
+    }
+    let headers = match limit(&state, &principal).await {
+        Ok(h) => h,
+        Err(e) => return e.into_response(),
+    };
+    tracing::Span::current().record("organization_id", tracing::field::display(principal.org));
+    req.extensions_mut().insert(principal);
+    let mut resp = next.run(req).await;
+    resp.headers_mut().extend(headers);
+    resp
+}
+
+/// `Authorization: Bearer <API key | access token>` to a principal.
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let credential = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <credential>"))?
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <credential>"))?;
+    let engine = &state.engine;
+    if credential.starts_with("iace_") {
+        return engine
+            .key_principal(auth::sha256_hex(credential))
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("invalid API key"));
+    }
+    // Anything else must be an access token (refresh tokens are opaque `iacert_...` and
+    // fail here as malformed).
+    let keys = state
+        .security
+        .keys
+        .as_ref()
+        .ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
+    let now = engine.clock_now().timestamp();
+    let claims = keys
+        .verify(credential, now)
+        .map_err(|e| ApiError::unauthorized(format!("invalid access token: {e}")))?;
+    engine
+        .user_principal(claims.sub, claims.sid)
+        .await?
+        .filter(|p| p.org == claims.org)
+        .ok_or_else(|| ApiError::unauthorized("invalid access token: the session has ended"))
+}
+
+const WINDOW: Duration = Duration::from_secs(60);
+
+/// Checks the caller's and the organization's per-minute budgets (together, one round trip
+/// each in parallel); the headers describe the tighter one.
+async fn limit(state: &AppState, p: &Principal) -> Result<HeaderMap, ApiError> {
+    let mut headers = HeaderMap::new();
+    let Some(limiter) = &state.security.limiter else {
+        return Ok(headers);
+    };
+    let plan = p
+        .account
+        .effective_plan(state.engine.clock_now(), state.security.billing_grace);
+    let limits = plan.limits();
+    let (caller_key, caller_limit) = match (p.subject, p.key_tier) {
+        (Subject::ApiKey(id), Some(tier)) => (format!("key:{id}"), tier.requests_per_minute()),
+        (Subject::ApiKey(id), None) => (format!("key:{id}"), limits.user_requests_per_minute),
+        (Subject::User { user, .. }, _) => {
+            (format!("user:{user}"), limits.user_requests_per_minute)
+        }
+    };
+    let org_key = format!("org:{}", p.org);
+    let (caller, org) = tokio::join!(
+        limiter.check(&caller_key, caller_limit, WINDOW),
+        limiter.check(&org_key, limits.org_requests_per_minute, WINDOW),
+    );
+    for d in [&caller, &org] {
+        match d {
+            Decision::Limited { limit, retry_after } => {
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "over {limit} requests per minute ({} plan{}); retry in {secs} s",
+                        plan.as_str(),
+                        if std::ptr::eq(d, &org) {
+                            ", whole organization"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+                e.retry_after = Some(secs);
+                e.rate_limit = Some((*limit, 0, secs));
+                return Err(e);
+            }
+            Decision::Unavailable => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "rate limits cannot be checked right now (Redis is unreachable); retry",
+                ));
+            }
+            Decision::Allowed { .. } | Decision::Unchecked => {}
+        }
+    }
+    let tightest = [&caller, &org]
+        .into_iter()
+        .filter_map(|d| match d {
+            Decision::Allowed { limit, remaining } => Some((*limit, *remaining)),
+            _ => None,
+        })
+        .min_by_key(|(_, remaining)| *remaining);
+    if let Some((limit, remaining)) = tightest {
+        super::error::rate_limit_headers(&mut headers, limit, remaining, WINDOW.as_secs());
+    }
+    Ok(headers)
+}
+
+// ------------------------------------------------------------------ sessions
+
+/// `POST /v1/auth/login` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    email: String,
+    password: String,
+}
+
+/// `POST /v1/auth/refresh` and `/revoke` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshBody {
+    refresh_token: String,
+}
+
+/// Failed sign-ins allowed per email per window.
+const LOGIN_ATTEMPTS: u32 = 10;
+const LOGIN_WINDOW: Duration = Duration::from_secs(300);
+
+fn keys(state: &AppState) -> Result<&auth::jwt::KeyRing, ApiError> {
+    state.security.keys.as_ref().ok_or_else(|| {
+        ApiError::not_found("user sign-in is not configured on this server (set IACE_JWT_SECRET)")
+    })
+}
+
+/// `POST /v1/auth/login`: email + password to an access token and a refresh token.
+pub async fn login(
+    State(state): State<AppState>,
+    AppJson(body): AppJson<Login>,
+) -> Result<Json<Value>, ApiError> {
+    keys(&state)?;
+    let email = body.email.trim().to_lowercase();
+    if email.is_empty() || email.len() > 254 || body.password.len() > auth::MAX_PASSWORD_BYTES {
+        return Err(invalid_credentials());
+    }
+    if let Some(limiter) = &state.security.limiter {
+        let key = format!("login:{}", auth::sha256_hex(&email));
+        match limiter.check(&key, LOGIN_ATTEMPTS, LOGIN_WINDOW).await {
+            Decision::Limited { retry_after, .. } => {
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many sign-in attempts for this account; wait and retry",
+                );
+                e.retry_after = Some(retry_after.as_secs().max(1));
+                return Err(e);
+            }
+            Decision::Unavailable => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "sign-in is unavailable right now; retry",
+                ))
+            }
+            _ => {}
+        }
+    }
+    let user = state.engine.user_by_email(&email).await?;
+    let phc = user
+        .as_ref()
+        .filter(|u| u.disabled_at.is_none())
+        .map(|u| u.password_hash.clone());
+    let password = body.password;
+    let ok = tokio::task::spawn_blocking(move || match phc {
+        Some(phc) => auth::verify_password(&phc, &password),
+        None => {
+            // Same cost as a wrong password: no telling which emails exist.
+            auth::verify_password(auth::dummy_password_hash(), &password);
+            false
+        }
+    })
+    .await
+    .unwrap_or(false);
+    let Some(user) = user.filter(|_| ok) else {
+        tracing::info!("sign-in refused");
+        return Err(invalid_credentials());
+    };
+    let family = state.engine.next_id();
+    let refresh = auth::generate_refresh_token();
+    let now = state.engine.clock_now();
+    state
+        .engine
+        .start_session(NewRefreshToken {
+            id: state.engine.next_id(),
+            family_id: family,
+            user_id: user.id,
+            organization_id: user.organization_id,
+            token_hash: auth::sha256_hex(&refresh),
+            issued_at: now,
+            expires_at: now + chrono::Duration::seconds(REFRESH_TTL_SECS),
+        })
+        .await?;
+    tracing::info!(user_id = %user.id, session = %family, "signed in");
+    Ok(Json(token_pair(&state, &user, family, refresh)?))
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+        "the email or password is wrong",
+    )
+}
+
+fn token_pair(
+    state: &AppState,
+    user: &User,
+    family: Uuid,
+    refresh: String,
+) -> Result<Value, ApiError> {
+    let now = state.engine.clock_now().timestamp();
+    let access = keys(state)?.sign(Claims {
+        iss: String::new(),
+        aud: String::new(),
+        sub: user.id,
+        org: user.organization_id,
+        role: user.role.as_str().into(),
+        sid: family,
+        iat: now,
+        nbf: now,
+        exp: now + ACCESS_TTL_SECS,
+        jti: state.engine.next_id(),
+        typ: String::new(),
+    });
+    Ok(json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": ACCESS_TTL_SECS,
+        "refresh_token": refresh,
+        "refresh_expires_in": REFRESH_TTL_SECS,
+        "user": {"id": user.id, "organization_id": user.organization_id, "email": user.email, "role": user.role},
+    }))
+}
+
+/// `POST /v1/auth/refresh`: rotates the refresh token. Presenting one that was already
+/// rotated revokes the whole session (someone else has a copy).
+pub async fn refresh(
+    State(state): State<AppState>,
+    AppJson(body): AppJson<RefreshBody>,
+) -> Result<Json<Value>, ApiError> {
+    keys(&state)?;
+    let next = auth::generate_refresh_token();
+    let now = state.engine.clock_now();
+    let rotation = state
+        .engine
+        .rotate_session(
+            auth::sha256_hex(body.refresh_token.trim()),
+            NewRefreshToken {
+                id: state.engine.next_id(),
+                family_id: Uuid::nil(),
+                user_id: Uuid::nil(),
+                organization_id: Uuid::nil(),
+                token_hash: auth::sha256_hex(&next),
+                issued_at: now,
+                expires_at: now + chrono::Duration::seconds(REFRESH_TTL_SECS),
+            },
+        )
+        .await?;
+    match rotation {
+        Rotation::Rotated { user, family_id } => {
+            Ok(Json(token_pair(&state, &user, family_id, next)?))
+        }
+        Rotation::Reused { user_id, family_id } => {
+            tracing::warn!(user_id = %user_id, session = %family_id,
+                "a rotated refresh token was presented again; the session is revoked");
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "refresh_token_reused",
+                "this refresh token was already used; the session has been revoked, sign in again",
+            ))
+        }
+        Rotation::Invalid => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "the refresh token is unknown, expired or revoked",
+        )),
+    }
+}
+
+/// `POST /v1/auth/revoke`: logs the refresh token's session out (its access tokens stop
+/// working at once). Answers 200 for unknown tokens too (RFC 7009).
+pub async fn revoke(
+    State(state): State<AppState>,
+    AppJson(body): AppJson<RefreshBody>,
+) -> Result<Json<Value>, ApiError> {
+    let ended = state
+        .engine
+        .end_session(auth::sha256_hex(body.refresh_token.trim()))
+        .await?;
+    if let Some((user, session)) = ended {
+        tracing::info!(user_id = %user, session = %session, "signed out");
+    }
+    Ok(Json(json!({"revoked": ended.is_some()})))
+}
+
+/// `POST /v1/auth/revoke-all`: ends every session of the calling user.
+pub async fn revoke_all(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let Subject::User { user, .. } = p.subject else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "API keys have no sessions; revoke the key instead",
+        ));
+    };
+    let n = state.engine.end_all_sessions(user).await?;
+    tracing::info!(user_id = %user, sessions = n, "signed out everywhere");
+    Ok(Json(json!({"revoked_sessions": n})))
+}
+
+/// `GET /v1/me`: the caller.
+pub async fn me(State(state): State<AppState>, Caller(p): Caller) -> Json<Value> {
+    let plan = p
+        .account
+        .effective_plan(state.engine.clock_now(), state.security.billing_grace);
+    Json(json!({
+        "organization_id": p.org,
+        "subject": p.subject,
+        "role": p.role,
+        "key_tier": p.key_tier,
+        "plan": plan,
+        "limits": plan.limits(),
+    }))
+}

@@ -1,0 +1,106 @@
+//! `POST /v1/webhooks/stripe` (plans) and `POST /v1/webhooks/hubspot` (contacts).
+//!
+//! Each handler verifies the signature over the raw bytes before parsing anything (401,
+//! nothing stored, when it fails), parses (400 when the verified body is not an event), and
+//! answers 200 only once the engine has stored the event, deduplicated by the vendor's event
+//! id, together with its effect (one transaction). A store failure answers 503 so the vendor
+//! re-delivers.
+
+use axum::body::Bytes;
+use axum::extract::{OriginalUri, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::vendor::hubspot::signature::{self as hubspot_sig, SignatureHeaders};
+use crate::vendor::stripe::signature as stripe_sig;
+
+fn refused(vendor: &str, why: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(vendor, reason = %why, "webhook refused: bad signature");
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_signature",
+        format!("{vendor} signature check failed: {why}"),
+    )
+}
+
+/// `POST /v1/webhooks/stripe`.
+pub async fn stripe(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let secret = state.security.stripe_secret.as_deref().ok_or_else(|| {
+        ApiError::not_found("Stripe webhooks are not configured (set STRIPE_WEBHOOK_SECRET)")
+    })?;
+    let now = state.engine.clock_now().timestamp();
+    stripe_sig::verify(
+        secret,
+        headers.get("stripe-signature").map(|v| v.as_bytes()),
+        &body,
+        now,
+        state.security.stripe_tolerance_secs,
+    )
+    .map_err(|e| refused("Stripe", e))?;
+    let event = crate::vendor::stripe::events::parse_event(&body)
+        .map_err(|e| ApiError::invalid(format!("not a Stripe event: {e}")))?;
+    let (id, kind) = (event.event_id.clone(), event.event_type.clone());
+    let new = state.engine.record_billing_event(event).await?;
+    tracing::info!(vendor = "stripe", event_id = %id, event_type = %kind, duplicate = !new, "billing event stored");
+    Ok(Json(json!({"received": true, "duplicate": !new})))
+}
+
+/// The URL HubSpot called: the configured one, or rebuilt from the request.
+fn hubspot_uri(state: &AppState, headers: &HeaderMap, uri: &Uri) -> String {
+    if let Some(url) = &state.security.hubspot_url {
+        return url.clone();
+    }
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .filter(|p| *p == "http" || *p == "https")
+        .unwrap_or("https");
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    format!("{scheme}://{host}{path}")
+}
+
+/// `POST /v1/webhooks/hubspot`.
+pub async fn hubspot(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let secret = state.security.hubspot_secret.as_deref().ok_or_else(|| {
+        ApiError::not_found("HubSpot webhooks are not configured (set HUBSPOT_CLIENT_SECRET)")
+    })?;
+    let header = |name: &str| headers.get(name).map(|v| v.as_bytes());
+    let signed = SignatureHeaders {
+        signature: header("x-hubspot-signature"),
+        version: header("x-hubspot-signature-version"),
+        signature_v3: header("x-hubspot-signature-v3"),
+        timestamp: header("x-hubspot-request-timestamp"),
+    };
+    let now_ms = state.engine.clock_now().timestamp_millis();
+    let url = hubspot_uri(&state, &headers, &uri);
+    hubspot_sig::verify(secret, "POST", &url, &body, signed, now_ms)
+        .map_err(|e| refused("HubSpot", e))?;
+    let events = crate::vendor::hubspot::events::parse_events(&body)
+        .map_err(|e| ApiError::invalid(format!("not HubSpot events: {e}")))?;
+    let stored = state.engine.record_crm_events(events).await?;
+    tracing::info!(
+        vendor = "hubspot",
+        new = stored.new,
+        duplicates = stored.duplicates,
+        "CRM events stored"
+    );
+    Ok(Json(
+        json!({"received": true, "new": stored.new, "duplicates": stored.duplicates}),
+    ))
+}

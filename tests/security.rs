@@ -1,0 +1,1196 @@
+//! Accounts and security end to end: the real `iace` binary, real Postgres and real Redis.
+//! Sign-in and refresh rotation (with reuse detection), logout, API keys, every route against
+//! every kind of bad credential, Stripe and HubSpot webhooks, plan limits shared by two server
+//! processes, CORS. Requires `DATABASE_URL` and `REDIS_URL` (`eval "$(scripts/services env)"`).
+
+mod common;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use iace::auth::jwt::{Claims, KeyRing};
+use iace::http::auth::{Access, POLICY};
+use iace_actors::accounts::Role;
+use reqwest::{header::HeaderMap, Method, StatusCode};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use common::server::{create_org, create_user, Server};
+
+const JWT_SECRET: &str = "test-signing-secret-0123456789-abcdefghij";
+const STRIPE_SECRET: &str = "whsec_test_secret_for_iace";
+const HUBSPOT_SECRET: &str = "yyyyyyyy-yyyy-yyyy-yyyy-yyyyyyyyyyyy";
+const PASSWORD: &str = "correct horse battery staple";
+const ORIGIN: &str = "https://app.example.com";
+
+/// The security settings every server here runs with (plus `extra`).
+async fn server(database_url: &str, extra: &[(&str, &str)]) -> Server {
+    let mut env = vec![
+        ("IACE_JWT_SECRET", JWT_SECRET),
+        ("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET),
+        ("HUBSPOT_CLIENT_SECRET", HUBSPOT_SECRET),
+        ("IACE_CORS_ORIGINS", ORIGIN),
+        // Calls ring for a minute: they stay live for the concurrent-call limit.
+        ("IACE_SIM_RING_MS", "60000"),
+    ];
+    env.extend_from_slice(extra);
+    Server::start(database_url, &env).await
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+async fn send(
+    base: &str,
+    method: Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> Answer {
+    let http = reqwest::Client::new();
+    let mut req = http.request(method, format!("{base}{path}"));
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status();
+    let headers = r.headers().clone();
+    let body = r.json().await.unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn login(base: &str, email: &str, password: &str) -> Answer {
+    send(
+        base,
+        Method::POST,
+        "/v1/auth/login",
+        None,
+        Some(json!({"email": email, "password": password})),
+    )
+    .await
+}
+
+async fn refresh(base: &str, token: &str) -> Answer {
+    send(
+        base,
+        Method::POST,
+        "/v1/auth/refresh",
+        None,
+        Some(json!({"refresh_token": token})),
+    )
+    .await
+}
+
+fn s(v: &Value, k: &str) -> String {
+    v[k].as_str()
+        .unwrap_or_else(|| panic!("no {k} in {v}"))
+        .to_owned()
+}
+
+fn email() -> String {
+    format!("u{}@example.com", Uuid::new_v4().simple())
+}
+
+#[tokio::test]
+async fn login_refresh_rotation_reuse_detection_and_logout() {
+    let db = common::db::fresh_database().await;
+    let srv = server(&db, &[]).await;
+    let base = &srv.base;
+    let (org, _) = create_org(&db, "Acme");
+    let alice = email();
+    create_user(&db, &org, &alice, "member", PASSWORD);
+
+    // The CLI refuses bad input and stores nothing.
+    let bad = common::server::admin(
+        &db,
+        &[
+            "user",
+            "create",
+            "--org",
+            &org,
+            "--email",
+            "x@example.com",
+            "--role",
+            "root",
+        ],
+        None,
+    );
+    assert!(bad.unwrap_err().contains("--role"));
+    let short = common::server::admin(
+        &db,
+        &[
+            "user",
+            "create",
+            "--org",
+            &org,
+            "--email",
+            "y@example.com",
+            "--role",
+            "member",
+            "--password-stdin",
+        ],
+        Some("short\n"),
+    );
+    assert!(short.unwrap_err().contains("at least 12"));
+    let dup = common::server::admin(
+        &db,
+        &[
+            "user",
+            "create",
+            "--org",
+            &org,
+            "--email",
+            &alice.to_uppercase(),
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert!(dup.unwrap_err().contains("already exists"));
+    // Without --password-stdin a one-time password is printed once.
+    let generated = common::server::admin(
+        &db,
+        &[
+            "user",
+            "create",
+            "--org",
+            &org,
+            "--email",
+            &email(),
+            "--role",
+            "read_only",
+        ],
+        None,
+    )
+    .unwrap();
+    assert_eq!(generated["password"].as_str().unwrap().len(), 24);
+
+    // Wrong password and unknown email: the same 401.
+    let wrong = login(base, &alice, "not the password at all").await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong.body["error"]["code"], "invalid_credentials");
+    let unknown = login(base, &email(), PASSWORD).await;
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(unknown.body["error"]["code"], "invalid_credentials");
+
+    let first = login(base, &alice.to_uppercase(), PASSWORD).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert_eq!(first.body["expires_in"], 1800);
+    assert_eq!(first.body["refresh_expires_in"], 7 * 24 * 3600);
+    let access_a = s(&first.body, "access_token");
+    let refresh_a = s(&first.body, "refresh_token");
+    let me = send(base, Method::GET, "/v1/me", Some(&access_a), None).await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.body["role"], "member");
+    assert_eq!(me.body["organization_id"], org.as_str());
+
+    // Only the hash of the refresh token is stored.
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let stored: Vec<String> = sqlx::query_scalar("SELECT token_hash FROM refresh_token")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored,
+        vec![hex::encode(Sha256::digest(refresh_a.as_bytes()))]
+    );
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM app_user WHERE email = $1")
+        .bind(&alice)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+
+    // Rotation: a new pair; the session's access tokens keep working.
+    let second = refresh(base, &refresh_a).await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.body);
+    let refresh_b = s(&second.body, "refresh_token");
+    let access_b = s(&second.body, "access_token");
+    assert_ne!(refresh_a, refresh_b);
+    for token in [&access_a, &access_b] {
+        let r = send(base, Method::GET, "/v1/calls", Some(token), None).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+
+    // Reuse of the rotated token: the whole family is revoked, including the newest token
+    // and every access token of the session.
+    let replay = refresh(base, &refresh_a).await;
+    assert_eq!(replay.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(replay.body["error"]["code"], "refresh_token_reused");
+    let after = refresh(base, &refresh_b).await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(after.body["error"]["code"], "invalid_token");
+    for token in [&access_a, &access_b] {
+        let r = send(base, Method::GET, "/v1/me", Some(token), None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+        assert_eq!(r.headers["www-authenticate"], "Bearer");
+    }
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT revoke_reason FROM refresh_token")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(reasons, vec!["reuse".to_owned()]);
+
+    // Logout ends one session; revoke-all ends the others.
+    let one = login(base, &alice, PASSWORD).await.body;
+    let two = login(base, &alice, PASSWORD).await.body;
+    let three = login(base, &alice, PASSWORD).await.body;
+    let out = send(
+        base,
+        Method::POST,
+        "/v1/auth/revoke",
+        None,
+        Some(json!({"refresh_token": s(&one, "refresh_token")})),
+    )
+    .await;
+    assert_eq!(out.body, json!({"revoked": true}));
+    let r = send(
+        base,
+        Method::GET,
+        "/v1/me",
+        Some(&s(&one, "access_token")),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = send(
+        base,
+        Method::GET,
+        "/v1/me",
+        Some(&s(&two, "access_token")),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "other sessions live on");
+    let all = send(
+        base,
+        Method::POST,
+        "/v1/auth/revoke-all",
+        Some(&s(&two, "access_token")),
+        None,
+    )
+    .await;
+    assert_eq!(all.body, json!({"revoked_sessions": 2}));
+    for session in [&two, &three] {
+        let r = send(
+            base,
+            Method::GET,
+            "/v1/me",
+            Some(&s(session, "access_token")),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        let r = refresh(base, &s(session, "refresh_token")).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    // An unknown token: 200 with nothing revoked (RFC 7009).
+    let out = send(
+        base,
+        Method::POST,
+        "/v1/auth/revoke",
+        None,
+        Some(json!({"refresh_token": "iacert_nope"})),
+    )
+    .await;
+    assert_eq!(out.body, json!({"revoked": false}));
+
+    // Guessing passwords: 10 attempts per account per 5 minutes, then 429.
+    let victim = email();
+    create_user(&db, &org, &victim, "admin", PASSWORD);
+    for _ in 0..10 {
+        assert_eq!(
+            login(base, &victim, "guess guess guess").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let limited = login(base, &victim, PASSWORD).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers.contains_key("retry-after"));
+}
+
+/// A token signed with `secret` (our format), with `edit` applied to the claims.
+fn token_with(secret: &str, org: &str, user: &str, session: Uuid, exp_offset: i64) -> String {
+    let ring = KeyRing::new(
+        vec![(
+            iace::auth::key_id(secret.as_bytes()),
+            secret.as_bytes().to_vec(),
+        )],
+        "iace",
+        "iace-api",
+    )
+    .unwrap();
+    let now = chrono::Utc::now().timestamp();
+    ring.sign(Claims {
+        iss: String::new(),
+        aud: String::new(),
+        sub: user.parse().unwrap(),
+        org: org.parse().unwrap(),
+        role: "owner".into(),
+        sid: session,
+        iat: now - 7200,
+        nbf: now - 7200,
+        exp: now + exp_offset,
+        jti: Uuid::new_v4(),
+        typ: String::new(),
+    })
+}
+
+/// `alg: none` with the claims of a real token and no signature.
+fn alg_none(real: &str) -> String {
+    let body = real.split('.').nth(1).unwrap();
+    let head = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    format!("{head}.{body}.")
+}
+
+/// Fills a route's path parameters.
+fn concrete(path: &str, id: &str) -> String {
+    path.replace("{id}", id)
+        .replace("{vendor}", "telnyx")
+        .replace("{action}", "reset")
+}
+
+/// A body each route would accept from its own tenant (so another tenant's 404 cannot hide
+/// behind a 400).
+fn body_for(method: &str, path: &str) -> Option<Value> {
+    match (method, path) {
+        ("GET" | "DELETE", _) => None,
+        (_, "/v1/calls/{id}/transfer") => Some(json!({"to": "+14155550111"})),
+        ("PATCH", "/v1/organization") => Some(json!({"name": "Renamed"})),
+        ("PATCH", _) => Some(json!({"name": "Renamed"})),
+        _ => Some(json!({})),
+    }
+}
+
+#[tokio::test]
+async fn every_route_refuses_bad_credentials_other_tenants_and_under_privileged_callers() {
+    let db = common::db::fresh_database().await;
+    let srv = server(&db, &[]).await;
+    let base = &srv.base;
+    let (org_a, key_a) = create_org(&db, "A");
+    let (org_b, key_b) = create_org(&db, "B");
+    let reader = email();
+    let reader_id = create_user(&db, &org_a, &reader, "read_only", PASSWORD);
+    let member = email();
+    create_user(&db, &org_a, &member, "member", PASSWORD);
+    let reader_login = login(base, &reader, PASSWORD).await.body;
+    let reader_token = s(&reader_login, "access_token");
+    let reader_refresh = s(&reader_login, "refresh_token");
+    let member_token = s(&login(base, &member, PASSWORD).await.body, "access_token");
+
+    // Tenant A's resources, one of each kind.
+    let agent = send(
+        base,
+        Method::POST,
+        "/v1/agents",
+        Some(&key_a),
+        Some(json!({"name": "Ava"})),
+    )
+    .await;
+    assert_eq!(agent.status, StatusCode::CREATED, "{}", agent.body);
+    let agent_id = s(&agent.body, "id");
+    let customer = send(
+        base,
+        Method::POST,
+        "/v1/customers",
+        Some(&key_a),
+        Some(json!({"phone": "+14155550123", "name": "Carol"})),
+    )
+    .await;
+    let customer_id = s(&customer.body, "id");
+    let call = send(
+        base,
+        Method::POST,
+        "/v1/calls",
+        Some(&key_a),
+        Some(json!({"to": "+14155550100", "from": "+14155550199", "agent_id": agent_id})),
+    )
+    .await;
+    assert_eq!(call.status, StatusCode::CREATED, "{}", call.body);
+    let call_id = s(&call.body, "id");
+    let key = send(
+        base,
+        Method::POST,
+        "/v1/api-keys",
+        Some(&key_a),
+        Some(json!({"name": "ci"})),
+    )
+    .await;
+    let api_key_id = s(&key.body, "id");
+    let number = send(
+        base,
+        Method::POST,
+        "/v1/phone-numbers",
+        Some(&key_a),
+        Some(json!({"number": "+14155550777", "agent_id": agent_id})),
+    )
+    .await;
+    let number_id = number.body["id"].as_str().map(str::to_owned);
+
+    let id_for = |path: &str| -> String {
+        if path.starts_with("/v1/calls/") {
+            call_id.clone()
+        } else if path.starts_with("/v1/agents/") {
+            agent_id.clone()
+        } else if path.starts_with("/v1/customers/") {
+            customer_id.clone()
+        } else if path.starts_with("/v1/api-keys/") {
+            api_key_id.clone()
+        } else if path.starts_with("/v1/phone-numbers/") {
+            number_id
+                .clone()
+                .unwrap_or_else(|| Uuid::new_v4().to_string())
+        } else {
+            Uuid::new_v4().to_string()
+        }
+    };
+
+    let session = Uuid::new_v4();
+    let expired = token_with(JWT_SECRET, &org_a, &reader_id, session, -3600);
+    let foreign = token_with(
+        "another-secret-another-secret-0123456789",
+        &org_a,
+        &reader_id,
+        session,
+        600,
+    );
+    let none = alg_none(&reader_token);
+    let revoked_key = {
+        let k = send(
+            base,
+            Method::POST,
+            "/v1/api-keys",
+            Some(&key_a),
+            Some(json!({"name": "gone"})),
+        )
+        .await;
+        let r = send(
+            base,
+            Method::DELETE,
+            &format!("/v1/api-keys/{}", s(&k.body, "id")),
+            Some(&key_a),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        s(&k.body, "api_key")
+    };
+    let bad_credentials: Vec<(&str, Option<String>)> = vec![
+        ("no credentials", None),
+        ("expired token", Some(expired)),
+        ("token signed with another key", Some(foreign)),
+        ("alg none", Some(none)),
+        (
+            "refresh token as access token",
+            Some(reader_refresh.clone()),
+        ),
+        ("revoked API key", Some(revoked_key)),
+        ("made-up API key", Some(format!("iace_{}", "0".repeat(64)))),
+        ("junk", Some("Zm9v.YmFy.YmF6".into())),
+    ];
+
+    let mut walked = 0;
+    for (method, path, access) in POLICY {
+        let Access::Role(needed) = access else {
+            continue;
+        };
+        walked += 1;
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        let own = concrete(path, &id_for(path));
+        for (what, cred) in &bad_credentials {
+            let r = send(
+                base,
+                m.clone(),
+                &own,
+                cred.as_deref(),
+                body_for(method, path),
+            )
+            .await;
+            assert_eq!(
+                r.status,
+                StatusCode::UNAUTHORIZED,
+                "{what}: {method} {own}: {}",
+                r.body
+            );
+        }
+        // Another organization: 404 for A's ids, never A's data.
+        if path.contains("{id}") {
+            let r = send(base, m.clone(), &own, Some(&key_b), body_for(method, path)).await;
+            assert_eq!(
+                r.status,
+                StatusCode::NOT_FOUND,
+                "other org: {method} {own}: {}",
+                r.body
+            );
+            let text = r.body.to_string();
+            assert!(!text.contains("Carol") && !text.contains("Ava"), "{text}");
+        } else if *method == "GET" {
+            let r = send(base, m.clone(), &own, Some(&key_b), None).await;
+            let text = r.body.to_string();
+            for secret in [&call_id, &agent_id, &customer_id, &org_a] {
+                assert!(
+                    !text.contains(secret.as_str()),
+                    "other org sees A's {secret} at {own}: {text}"
+                );
+            }
+        }
+        // A read_only user: writes are 403, reads pass the role check (revoke-all would end
+        // the reader's own session: checked last).
+        if *path == "/v1/auth/revoke-all" {
+            continue;
+        }
+        let r = send(
+            base,
+            m.clone(),
+            &own,
+            Some(&reader_token),
+            body_for(method, path),
+        )
+        .await;
+        if needed > &Role::ReadOnly {
+            assert_eq!(
+                r.status,
+                StatusCode::FORBIDDEN,
+                "read_only: {method} {own}: {}",
+                r.body
+            );
+        } else {
+            assert_ne!(
+                r.status,
+                StatusCode::FORBIDDEN,
+                "read_only: {method} {own}: {}",
+                r.body
+            );
+            assert_ne!(
+                r.status,
+                StatusCode::UNAUTHORIZED,
+                "read_only: {method} {own}: {}",
+                r.body
+            );
+        }
+        // A member: only admin/owner routes are 403.
+        if needed > &Role::Member {
+            let r = send(
+                base,
+                m.clone(),
+                &own,
+                Some(&member_token),
+                body_for(method, path),
+            )
+            .await;
+            assert_eq!(
+                r.status,
+                StatusCode::FORBIDDEN,
+                "member: {method} {own}: {}",
+                r.body
+            );
+        }
+    }
+    assert!(walked >= 30, "walked {walked} routes");
+    let r = send(
+        base,
+        Method::POST,
+        "/v1/auth/revoke-all",
+        Some(&reader_token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // Nothing any of that did changed A's data.
+    let calls = send(base, Method::GET, "/v1/calls", Some(&key_a), None).await;
+    assert_eq!(calls.body["data"].as_array().unwrap().len(), 1);
+    let c = send(
+        base,
+        Method::GET,
+        &format!("/v1/customers/{customer_id}"),
+        Some(&key_a),
+        None,
+    )
+    .await;
+    assert_eq!(c.body["name"], "Carol");
+    let _ = org_b;
+
+    // Keys never carry more rights than their creator; keys are shown once and stored hashed.
+    let admin_key = send(
+        base,
+        Method::POST,
+        "/v1/api-keys",
+        Some(&key_a),
+        Some(json!({"name": "ops", "role": "admin", "tier": "low"})),
+    )
+    .await;
+    assert_eq!(admin_key.status, StatusCode::CREATED, "{}", admin_key.body);
+    let admin_secret = s(&admin_key.body, "api_key");
+    let escalate = send(
+        base,
+        Method::POST,
+        "/v1/api-keys",
+        Some(&admin_secret),
+        Some(json!({"name": "root", "role": "owner"})),
+    )
+    .await;
+    assert_eq!(
+        escalate.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        escalate.body
+    );
+    let owner_keys = send(base, Method::GET, "/v1/api-keys", Some(&admin_secret), None).await;
+    let first_key = owner_keys.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["role"] == "owner")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let demote = send(
+        base,
+        Method::DELETE,
+        &format!("/v1/api-keys/{first_key}"),
+        Some(&admin_secret),
+        None,
+    )
+    .await;
+    assert_eq!(
+        demote.status,
+        StatusCode::FORBIDDEN,
+        "an admin cannot revoke the owner's key"
+    );
+    let listed = owner_keys.body.to_string();
+    assert!(
+        !listed.contains(&admin_secret) && !listed.contains(&key_a),
+        "keys are shown once"
+    );
+    let used = owner_keys.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == first_key.as_str())
+        .unwrap()
+        .clone();
+    assert!(used["last_used_at"].is_string(), "{used}");
+    assert_eq!(used["prefix"].as_str().unwrap(), &key_a[..13]);
+    let bad = send(
+        base,
+        Method::POST,
+        "/v1/api-keys",
+        Some(&key_a),
+        Some(json!({"name": "x", "tier": "gold"})),
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+
+    // CORS: the configured origin only.
+    let http = reqwest::Client::new();
+    for (origin, allowed) in [(ORIGIN, true), ("https://evil.example.com", false)] {
+        let r = http
+            .request(Method::OPTIONS, format!("{base}/v1/calls"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+            .await
+            .unwrap();
+        let header = r
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(
+            header.as_deref() == Some(origin),
+            allowed,
+            "{origin}: {header:?}"
+        );
+    }
+}
+
+fn stripe_header(body: &str, t: i64) -> String {
+    iace::vendor::stripe::signature::sign(STRIPE_SECRET, t, body.as_bytes())
+}
+
+async fn stripe(base: &str, event: &Value, signature: Option<String>) -> Answer {
+    let body = event.to_string();
+    let sig = signature.unwrap_or_else(|| stripe_header(&body, chrono::Utc::now().timestamp()));
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/webhooks/stripe"))
+        .header("stripe-signature", sig)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    Answer {
+        status: r.status(),
+        headers: r.headers().clone(),
+        body: r.json().await.unwrap_or(Value::Null),
+    }
+}
+
+fn subscription_event(
+    id: &str,
+    kind: &str,
+    created: i64,
+    org: Option<&str>,
+    status: &str,
+    lookup: &str,
+) -> Value {
+    let metadata = org.map_or(json!({}), |o| json!({"organization_id": o}));
+    json!({"id": id, "object": "event", "api_version": "2026-06-24.dahlia", "created": created,
+      "livemode": false, "pending_webhooks": 1, "request": {"id": null, "idempotency_key": null},
+      "type": kind,
+      "data": {"object": {"id": "sub_1", "object": "subscription", "customer": "cus_acme",
+        "status": status, "metadata": metadata,
+        "items": {"object": "list", "data": [{"id": "si_1", "object": "subscription_item",
+          "price": {"id": "price_x", "object": "price", "lookup_key": lookup}, "quantity": 1}]}}}})
+}
+
+fn invoice_event(id: &str, kind: &str, created: i64) -> Value {
+    json!({"id": id, "object": "event", "created": created, "type": kind,
+      "data": {"object": {"id": "in_1", "object": "invoice", "customer": "cus_acme", "status": "open",
+        "attempt_count": 1, "amount_due": 4900}}})
+}
+
+async fn plan_of(base: &str, key: &str) -> Value {
+    send(base, Method::GET, "/v1/organization", Some(key), None)
+        .await
+        .body
+}
+
+#[tokio::test]
+async fn stripe_events_set_the_plan_once_each_and_an_unpaid_plan_lapses_after_the_grace_period() {
+    let db = common::db::fresh_database().await;
+    let srv = server(&db, &[]).await;
+    let base = &srv.base;
+    let (org, key) = create_org(&db, "Billing");
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let day = 86_400;
+    assert_eq!(plan_of(base, &key).await["plan"], "free");
+
+    // Refused before parsing, nothing stored: no header, another secret, stale timestamp,
+    // tampered body.
+    let created = subscription_event(
+        "evt_1",
+        "customer.subscription.created",
+        now - 10 * day,
+        Some(&org),
+        "active",
+        "pro_monthly",
+    );
+    let body = created.to_string();
+    let other = iace::vendor::stripe::signature::sign("whsec_other", now, body.as_bytes());
+    for sig in [
+        String::new(),
+        other,
+        stripe_header(&body, now - 301),
+        stripe_header(&(body.clone() + " "), now),
+        "t=abc,v1=00".into(),
+    ] {
+        let r = stripe(base, &created, Some(sig.clone())).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{sig}: {}", r.body);
+    }
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM account_event")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+
+    // Subscribed (organization named in the metadata): pro.
+    let r = stripe(base, &created, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["duplicate"], false);
+    let account = plan_of(base, &key).await;
+    assert_eq!(account["plan"], "pro");
+    assert_eq!(account["stripe_customer_id"], "cus_acme");
+    assert_eq!(account["limits"]["concurrent_calls"], 50);
+    // The same event again: acknowledged, not applied twice.
+    let r = stripe(base, &created, None).await;
+    assert_eq!(r.body["duplicate"], true);
+
+    // An upgrade, then a delayed older downgrade that must not win.
+    let upgrade = subscription_event(
+        "evt_2",
+        "customer.subscription.updated",
+        now - 9 * day,
+        None,
+        "active",
+        "enterprise_annual",
+    );
+    assert_eq!(stripe(base, &upgrade, None).await.status, StatusCode::OK);
+    let late = subscription_event(
+        "evt_3",
+        "customer.subscription.updated",
+        now - 9 * day - 60,
+        None,
+        "active",
+        "pro_monthly",
+    );
+    assert_eq!(stripe(base, &late, None).await.status, StatusCode::OK);
+    assert_eq!(plan_of(base, &key).await["plan"], "enterprise");
+    let outcome: String =
+        sqlx::query_scalar("SELECT outcome FROM account_event WHERE event_id = 'evt_3'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(outcome, "stale");
+
+    // Payment failed 2 days ago: still enterprise within the 7-day grace period.
+    let failed = invoice_event("evt_4", "invoice.payment_failed", now - 2 * day);
+    assert_eq!(stripe(base, &failed, None).await.status, StatusCode::OK);
+    let account = plan_of(base, &key).await;
+    assert_eq!(account["plan"], "enterprise");
+    assert_eq!(account["effective_plan"], "enterprise");
+    assert!(account["grace_period_ends_at"].is_string());
+    // Paid: the grace period ends.
+    let paid = invoice_event("evt_5", "invoice.paid", now - day);
+    assert_eq!(stripe(base, &paid, None).await.status, StatusCode::OK);
+    assert!(plan_of(base, &key).await["past_due_since"].is_null());
+    // Unpaid for 8 days: the plan in force is free (limits follow).
+    let failed = invoice_event("evt_6", "invoice.payment_failed", now - day + 1);
+    assert_eq!(stripe(base, &failed, None).await.status, StatusCode::OK);
+    sqlx::query(
+        "UPDATE organization SET past_due_since = now() - interval '8 days' WHERE id = $1::uuid",
+    )
+    .bind(&org)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let account = plan_of(base, &key).await;
+    assert_eq!(account["plan"], "enterprise");
+    assert_eq!(account["effective_plan"], "free");
+    assert_eq!(account["limits"]["concurrent_calls"], 2);
+    // Canceled: free.
+    let canceled = subscription_event(
+        "evt_7",
+        "customer.subscription.deleted",
+        now,
+        None,
+        "canceled",
+        "enterprise_annual",
+    );
+    assert_eq!(stripe(base, &canceled, None).await.status, StatusCode::OK);
+    assert_eq!(plan_of(base, &key).await["plan"], "free");
+
+    // A verified body that is not an event: 400, nothing stored.
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM account_event")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let r = stripe(base, &json!({"hello": "world"}), None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM account_event")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(before, after);
+}
+
+fn hubspot_v3(url: &str, body: &str, ts: i64) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(HUBSPOT_SECRET.as_bytes()).unwrap();
+    mac.update(format!("POST{url}{body}{ts}").as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+async fn hubspot(base: &str, events: &Value, ts_offset_ms: i64, tamper: bool) -> Answer {
+    let url = format!(
+        "https://{}/v1/webhooks/hubspot",
+        base.trim_start_matches("http://")
+    );
+    let body = events.to_string();
+    let ts = chrono::Utc::now().timestamp_millis() + ts_offset_ms;
+    let mut sig = hubspot_v3(&url, &body, ts);
+    if tamper {
+        sig = hubspot_v3(&url, &(body.clone() + " "), ts);
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/webhooks/hubspot"))
+        .header("x-hubspot-signature-v3", sig)
+        .header("x-hubspot-request-timestamp", ts.to_string())
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    Answer {
+        status: r.status(),
+        headers: r.headers().clone(),
+        body: r.json().await.unwrap_or(Value::Null),
+    }
+}
+
+fn contact_change(event_id: u64, portal: i64, contact: u64, property: &str, value: &str) -> Value {
+    json!({"eventId": event_id, "subscriptionId": 1, "portalId": portal, "appId": 2,
+      "occurredAt": 1_764_000_000_000_i64, "subscriptionType": "contact.propertyChange",
+      "attemptNumber": 0, "objectId": contact, "propertyName": property,
+      "propertyValue": value, "changeSource": "CRM_UI"})
+}
+
+#[tokio::test]
+async fn hubspot_contact_events_update_the_linked_customer_once() {
+    let db = common::db::fresh_database().await;
+    let srv = server(&db, &[]).await;
+    let base = &srv.base;
+    let (_, key) = create_org(&db, "CRM");
+    let (_, other_key) = create_org(&db, "Other");
+    let portal = 62_515;
+    let r = send(
+        base,
+        Method::PATCH,
+        "/v1/organization",
+        Some(&key),
+        Some(json!({"hubspot_portal_id": portal})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // A portal belongs to one organization.
+    let r = send(
+        base,
+        Method::PATCH,
+        "/v1/organization",
+        Some(&other_key),
+        Some(json!({"hubspot_portal_id": portal})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    let c = send(
+        base,
+        Method::POST,
+        "/v1/customers",
+        Some(&key),
+        Some(json!({"phone": "+15550001111", "name": "Old Name", "metadata": {"hubspot_contact_id": "123"}})),
+    )
+    .await;
+    assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
+    let id = s(&c.body, "id");
+    send(
+        base,
+        Method::POST,
+        "/v1/customers",
+        Some(&key),
+        Some(json!({"phone": "+15550002222"})),
+    )
+    .await;
+
+    let batch = json!([
+        contact_change(1, portal, 123, "phone", "+15550003333"),
+        contact_change(2, portal, 123, "email", "Ann@Example.com"),
+        contact_change(3, portal, 123, "firstname", "Ann"),
+        contact_change(4, portal, 123, "lastname", "Lee"),
+        contact_change(5, portal, 123, "phone", "not a phone"),
+        contact_change(6, portal, 123, "phone", "+15550002222"),
+        contact_change(7, 999, 123, "email", "x@y.z"),
+    ]);
+    // Bad signatures and a stale timestamp are refused; nothing changes.
+    assert_eq!(
+        hubspot(base, &batch, 0, true).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        hubspot(base, &batch, -301_000, false).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = hubspot(base, &batch, 0, false).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["new"], 7);
+    let customer = send(
+        base,
+        Method::GET,
+        &format!("/v1/customers/{id}"),
+        Some(&key),
+        None,
+    )
+    .await
+    .body;
+    assert_eq!(customer["phone"], "+15550003333", "{customer}");
+    assert_eq!(customer["email"], "ann@example.com");
+    assert_eq!(customer["name"], "Ann Lee");
+    // Re-delivered: acknowledged, nothing applied again.
+    let again = json!([contact_change(1, portal, 123, "phone", "+15550004444")]);
+    let r = hubspot(base, &again, 0, false).await;
+    assert_eq!(r.body["duplicates"], 1);
+    let customer = send(
+        base,
+        Method::GET,
+        &format!("/v1/customers/{id}"),
+        Some(&key),
+        None,
+    )
+    .await
+    .body;
+    assert_eq!(customer["phone"], "+15550003333");
+    // Deleted in HubSpot: unlinked, kept.
+    let deleted = json!([{"eventId": 8, "portalId": portal, "occurredAt": 1_764_000_000_000_i64,
+        "subscriptionType": "contact.deletion", "objectId": 123}]);
+    assert_eq!(
+        hubspot(base, &deleted, 0, false).await.status,
+        StatusCode::OK
+    );
+    let customer = send(
+        base,
+        Method::GET,
+        &format!("/v1/customers/{id}"),
+        Some(&key),
+        None,
+    )
+    .await
+    .body;
+    assert!(
+        customer["metadata"].get("hubspot_contact_id").is_none(),
+        "{customer}"
+    );
+    // A verified body that is not an array of events: 400.
+    assert_eq!(
+        hubspot(base, &json!({"eventId": 1}), 0, false).await.status,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn random_bytes_and_headers_to_the_webhooks_are_refused_and_store_nothing() {
+    let db = common::db::fresh_database().await;
+    let srv = server(&db, &[]).await;
+    let base = &srv.base;
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let http = reqwest::Client::new();
+    let mut seed: u64 = 0x5EC0_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let headers = [
+        "stripe-signature",
+        "x-hubspot-signature",
+        "x-hubspot-signature-version",
+        "x-hubspot-signature-v3",
+        "x-hubspot-request-timestamp",
+        "telnyx-signature-ed25519",
+        "telnyx-timestamp",
+    ];
+    for i in 0..150 {
+        let len = (next() % 400) as usize;
+        let body: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        let route = ["stripe", "hubspot", "telnyx"][i % 3];
+        let mut req = http.post(format!("{base}/v1/webhooks/{route}")).body(body);
+        for h in headers {
+            if next() % 2 == 0 {
+                let v = match next() % 4 {
+                    0 => format!("t={},v1={:064x}", chrono::Utc::now().timestamp(), next()),
+                    1 => "v3".to_owned(),
+                    2 => chrono::Utc::now().timestamp_millis().to_string(),
+                    _ => format!("{:x}{:x}", next(), next()),
+                };
+                req = req.header(h, v);
+            }
+        }
+        let r = req.send().await.unwrap();
+        assert!(r.status().is_client_error(), "{route} #{i}: {}", r.status());
+    }
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM account_event")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let m: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!((n, m), (0, 0));
+}
+
+#[tokio::test]
+async fn rate_limits_hold_across_two_server_processes_sharing_redis() {
+    let db = common::db::fresh_database().await;
+    let one = server(&db, &[]).await;
+    let two = server(&db, &[]).await;
+    let (_, owner) = create_org(&db, "Busy");
+    // A `low` key: 60 requests per minute, whichever node serves them.
+    let k = send(
+        &one.base,
+        Method::POST,
+        "/v1/api-keys",
+        Some(&owner),
+        Some(json!({"name": "batch", "tier": "low"})),
+    )
+    .await;
+    let low = s(&k.body, "api_key");
+    let mut remaining = Vec::new();
+    for i in 0..60 {
+        let base = if i % 2 == 0 { &one.base } else { &two.base };
+        let r = send(base, Method::GET, "/v1/agents", Some(&low), None).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.body);
+        remaining.push(
+            r.headers["ratelimit-remaining"]
+                .to_str()
+                .unwrap()
+                .parse::<u32>()
+                .unwrap(),
+        );
+        assert_eq!(r.headers["ratelimit-limit"], "60");
+    }
+    assert_eq!(remaining.first(), Some(&59));
+    assert_eq!(remaining.last(), Some(&0));
+    for base in [&one.base, &two.base] {
+        let r = send(base, Method::GET, "/v1/agents", Some(&low), None).await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+        assert_eq!(r.body["error"]["code"], "rate_limited");
+        let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+        assert_eq!(r.headers["ratelimit-remaining"], "0");
+    }
+    // The owner's key has its own budget (the organization's 120 is not exhausted).
+    let r = send(&two.base, Method::GET, "/v1/agents", Some(&owner), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    // The free plan's concurrent-call limit (2), counted across both nodes.
+    let agent = send(
+        &one.base,
+        Method::POST,
+        "/v1/agents",
+        Some(&owner),
+        Some(json!({"name": "Ava"})),
+    )
+    .await;
+    let agent_id = s(&agent.body, "id");
+    let call = json!({"to": "+14155550100", "from": "+14155550199", "agent_id": agent_id});
+    // (Both nodes claim every shard of this database: the second one started owns the calls.)
+    for _ in 0..2 {
+        let r = send(
+            &two.base,
+            Method::POST,
+            "/v1/calls",
+            Some(&owner),
+            Some(call.clone()),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    let r = send(
+        &one.base,
+        Method::POST,
+        "/v1/calls",
+        Some(&owner),
+        Some(call.clone()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert_eq!(r.body["error"]["code"], "concurrent_call_limit");
+}

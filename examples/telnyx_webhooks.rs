@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use iace::config::{DbArgs, ServeArgs, TelephonyKind, TelnyxArgs};
+use iace::config::{ServeArgs, TelephonyKind, TelnyxArgs};
 use iace_sim::telnyx::{FakeTelnyx, FakeTelnyxConfig, Scenario};
 
 fn arg(name: &str, default: usize) -> usize {
@@ -67,11 +67,6 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let running = iace::app::start(ServeArgs {
-        db: DbArgs {
-            database_url: database_url.clone(),
-        },
-        redis_url,
-        bind: format!("127.0.0.1:{port}").parse()?,
         telephony: TelephonyKind::Telnyx,
         telnyx: TelnyxArgs {
             telnyx_api_key: Some("bench-key".into()),
@@ -85,17 +80,15 @@ async fn main() -> anyhow::Result<()> {
             media_greeting: false,
             media_echo: true,
         },
-        breakers: Default::default(),
-        voice: Default::default(),
-        learning: Default::default(),
-        security: Default::default(),
-        admin_token: None,
         sim_ring_ms: 0,
         sim_talk_ms: 0,
         sim_key_prefix: "unused:".into(),
         node_id: Some("bench".into()),
-        ring_timeout_secs: 30,
-        max_call_secs: 3600,
+        ..ServeArgs::local(
+            &database_url,
+            &redis_url,
+            format!("127.0.0.1:{port}").parse()?,
+        )
     })
     .await?;
     let (_, key) = iace::app::create_org(&database_url, "Bench").await?;

@@ -24,7 +24,7 @@
 use std::time::{Duration, Instant};
 
 use iace::app::FakeVoices;
-use iace::config::{DbArgs, ServeArgs, TelephonyKind, TelnyxArgs, VoiceArgs};
+use iace::config::{ServeArgs, TelephonyKind, TelnyxArgs, VoiceArgs};
 use iace_sim::cartesia::FakeCartesiaConfig;
 use iace_sim::deepgram::FakeDeepgramConfig;
 use iace_sim::groq::FakeGroqConfig;
@@ -275,11 +275,6 @@ async fn main() -> anyhow::Result<()> {
     let (mut child, fakes) = spawn_fakes(k).await?;
     let child_pid = child.id().map(|p| p.to_string()).unwrap_or_default();
     let running = iace::app::start(ServeArgs {
-        db: DbArgs {
-            database_url: database_url.clone(),
-        },
-        redis_url,
-        bind: format!("127.0.0.1:{port}").parse()?,
         telephony: TelephonyKind::Telnyx,
         telnyx: TelnyxArgs {
             telnyx_api_key: Some("bench-key".into()),
@@ -293,17 +288,16 @@ async fn main() -> anyhow::Result<()> {
             media_greeting: false,
             media_echo: false,
         },
-        breakers: Default::default(),
         voice: fakes.voice,
-        learning: Default::default(),
-        security: Default::default(),
-        admin_token: None,
         sim_ring_ms: 0,
         sim_talk_ms: 0,
         sim_key_prefix: "unused:".into(),
         node_id: Some("bench".into()),
-        ring_timeout_secs: 30,
-        max_call_secs: 3600,
+        ..ServeArgs::local(
+            &database_url,
+            &redis_url,
+            format!("127.0.0.1:{port}").parse()?,
+        )
     })
     .await?;
     let (_, key) = iace::app::create_org(&database_url, "Voice bench").await?;

@@ -327,6 +327,33 @@ impl Default for LearningArgs {
     }
 }
 
+impl ServeArgs {
+    /// A server on local services with the simulated carrier and every optional part at its
+    /// default (off): the base that tests, examples and benchmarks adjust.
+    pub fn local(database_url: &str, redis_url: &str, bind: SocketAddr) -> ServeArgs {
+        ServeArgs {
+            db: DbArgs {
+                database_url: database_url.to_owned(),
+            },
+            redis_url: redis_url.to_owned(),
+            bind,
+            telephony: TelephonyKind::Simulated,
+            telnyx: TelnyxArgs::default(),
+            breakers: BreakerArgs::default(),
+            voice: VoiceArgs::default(),
+            learning: LearningArgs::default(),
+            security: SecurityArgs::default(),
+            admin_token: None,
+            sim_ring_ms: 2000,
+            sim_talk_ms: 8000,
+            sim_key_prefix: "iace:sim:".into(),
+            node_id: None,
+            ring_timeout_secs: 30,
+            max_call_secs: 3600,
+        }
+    }
+}
+
 /// Accounts and security (DESIGN.md section 8). Secrets come only from the environment or
 /// the command line, never from files in the repository.
 #[derive(Debug, Clone, Args)]

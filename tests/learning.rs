@@ -339,7 +339,7 @@ async fn an_embedding_outage_defers_learning_on_postgres_and_nothing_is_lost() {
 mod api {
     use super::*;
     use common::api::{free_port, Api};
-    use iace::config::{DbArgs, LearningArgs, ServeArgs, TelephonyKind};
+    use iace::config::{LearningArgs, ServeArgs};
     use reqwest::StatusCode;
     use serde_json::{json, Value};
 
@@ -429,28 +429,21 @@ mod api {
         let (database_url, pool) = common::db::migrated_pool().await;
         let port = free_port();
         let running = iace::app::start(ServeArgs {
-            db: DbArgs {
-                database_url: database_url.clone(),
-            },
-            redis_url: std::env::var("REDIS_URL").expect("REDIS_URL"),
-            bind: format!("127.0.0.1:{port}").parse().unwrap(),
-            telephony: TelephonyKind::Simulated,
-            telnyx: Default::default(),
-            breakers: Default::default(),
-            voice: Default::default(),
             learning: LearningArgs {
                 enabled: true,
                 memory_half_life_days: 30,
                 ..Default::default()
             },
-            security: Default::default(),
-            admin_token: None,
             sim_ring_ms: 100,
             sim_talk_ms: 100,
             sim_key_prefix: format!("iace:test:{}:", Uuid::new_v4().simple()),
             node_id: Some("learning-api".into()),
-            ring_timeout_secs: 30,
             max_call_secs: 600,
+            ..ServeArgs::local(
+                &database_url,
+                &std::env::var("REDIS_URL").expect("REDIS_URL"),
+                format!("127.0.0.1:{port}").parse().unwrap(),
+            )
         })
         .await
         .unwrap();

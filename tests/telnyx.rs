@@ -10,7 +10,7 @@ use common::api::{free_port, Api};
 use std::time::{Duration, Instant};
 
 use iace::app::Running;
-use iace::config::{BreakerArgs, DbArgs, ServeArgs, TelephonyKind, TelnyxArgs};
+use iace::config::{BreakerArgs, ServeArgs, TelephonyKind, TelnyxArgs};
 use iace_sim::telnyx::{
     sign_webhook, DeliveryFaults, FakeTelnyx, FakeTelnyxConfig, LegState, Scenario,
 };
@@ -59,11 +59,6 @@ impl Env {
         .await
         .expect("fake telnyx");
         let running = iace::app::start(ServeArgs {
-            db: DbArgs {
-                database_url: database_url.clone(),
-            },
-            redis_url: std::env::var("REDIS_URL").expect("REDIS_URL"),
-            bind: format!("127.0.0.1:{port}").parse().unwrap(),
             telephony: TelephonyKind::Telnyx,
             telnyx: TelnyxArgs {
                 telnyx_api_key: Some("k-test".into()),
@@ -78,16 +73,16 @@ impl Env {
                 media_echo: true,
             },
             breakers,
-            voice: Default::default(),
-            learning: Default::default(),
-            security: Default::default(),
             admin_token: Some(ADMIN_TOKEN.into()),
             sim_ring_ms: 0,
             sim_talk_ms: 0,
             sim_key_prefix: "unused:".into(),
             node_id: Some("telnyx-test".into()),
-            ring_timeout_secs: 30,
-            max_call_secs: 3600,
+            ..ServeArgs::local(
+                &database_url,
+                &std::env::var("REDIS_URL").expect("REDIS_URL"),
+                format!("127.0.0.1:{port}").parse().unwrap(),
+            )
         })
         .await
         .expect("server");

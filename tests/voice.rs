@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::api::{free_port, Api};
 use iace::app::{FakeVoices, Running};
-use iace::config::{DbArgs, ServeArgs, TelephonyKind, TelnyxArgs};
+use iace::config::{ServeArgs, TelephonyKind, TelnyxArgs};
 use iace_sim::cartesia::FakeCartesiaConfig;
 use iace_sim::deepgram::{FakeDeepgram, FakeDeepgramConfig};
 use iace_sim::groq::{FakeGroq, FakeGroqConfig, Reply};
@@ -67,11 +67,6 @@ impl Env {
         .await
         .expect("fake voice vendors");
         let running = iace::app::start(ServeArgs {
-            db: DbArgs {
-                database_url: database_url.clone(),
-            },
-            redis_url: std::env::var("REDIS_URL").expect("REDIS_URL"),
-            bind: format!("127.0.0.1:{port}").parse().unwrap(),
             telephony: TelephonyKind::Telnyx,
             telnyx: TelnyxArgs {
                 telnyx_api_key: Some("k-test".into()),
@@ -85,17 +80,17 @@ impl Env {
                 media_greeting: false,
                 media_echo: false,
             },
-            breakers: Default::default(),
             voice: voices.args(),
-            learning: Default::default(),
-            security: Default::default(),
-            admin_token: None,
             sim_ring_ms: 0,
             sim_talk_ms: 0,
             sim_key_prefix: "unused:".into(),
             node_id: Some("voice-test".into()),
-            ring_timeout_secs: 30,
             max_call_secs: 600,
+            ..ServeArgs::local(
+                &database_url,
+                &std::env::var("REDIS_URL").expect("REDIS_URL"),
+                format!("127.0.0.1:{port}").parse().unwrap(),
+            )
         })
         .await
         .expect("server");

@@ -386,6 +386,18 @@ pub struct SecurityArgs {
     /// rebuilt from the request's Host and X-Forwarded-Proto.
     #[arg(long, env = "HUBSPOT_WEBHOOK_URL")]
     pub hubspot_webhook_url: Option<String>,
+    /// HubSpot private-app (or OAuth) token for CRM v3: a contact event about a contact no
+    /// customer is linked to yet is looked up and linked by phone or email. Without one such
+    /// events are stored only.
+    #[arg(long, env = "HUBSPOT_ACCESS_TOKEN", hide_env_values = true)]
+    pub hubspot_access_token: Option<String>,
+    /// HubSpot API base (the fake's URL in tests).
+    #[arg(
+        long,
+        env = "HUBSPOT_API_BASE",
+        default_value = "https://api.hubapi.com"
+    )]
+    pub hubspot_api_base: String,
     /// Days an unpaid plan stays in force before it falls back to free.
     #[arg(long, env = "IACE_BILLING_GRACE_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(0..=90))]
     pub billing_grace_days: u32,
@@ -423,6 +435,8 @@ impl Default for SecurityArgs {
             stripe_webhook_secret: None,
             hubspot_client_secret: None,
             hubspot_webhook_url: None,
+            hubspot_access_token: None,
+            hubspot_api_base: "https://api.hubapi.com".into(),
             billing_grace_days: 7,
             plan_limits: false,
             rate_limit_fail: FailModeArg::Open,

@@ -7,9 +7,9 @@ mod common;
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use iace::store::PgStore;
 use iace_actors::accounts::{
-    AccountStore, ApiKeyInfo, BillingAction, BillingChange, BillingEvent, CrmChange, CrmEvent,
-    CrmField, EventsStored, KeyTier, NewApiKey, NewRefreshToken, OrgPatch, Plan, Principal, Role,
-    Rotation, Subject, User,
+    AccountStore, ApiKeyInfo, BillingAction, BillingChange, BillingEvent, CrmChange,
+    CrmContactFacts, CrmEvent, CrmField, CrmLink, EventsStored, KeyTier, NewApiKey,
+    NewRefreshToken, OrgPatch, Plan, Principal, Role, Rotation, Subject, User,
 };
 use iace_actors::catalog::Organization;
 use iace_actors::ports::QueryStore;
@@ -1157,7 +1157,8 @@ async fn crm_events_update_linked_customers() {
         s.record_crm_events(&batch, now).await.unwrap(),
         EventsStored {
             new: 11,
-            duplicates: 1
+            duplicates: 1,
+            unlinked: vec![(123, "999".into())],
         }
     );
     let row = customer_row(&s, c).await;
@@ -1186,7 +1187,7 @@ async fn crm_events_update_linked_customers() {
         ("6", "applied", Some(a)),
         ("7", "ignored: invalid email", Some(a)),
         ("8", "ignored: a customer needs a phone", Some(a)),
-        ("9", "no_match", Some(a)),
+        ("9", "unlinked_contact", Some(a)),
         ("10", "ignored: event type not acted on", Some(a)),
         ("11", "no_match", None),
     ];
@@ -1217,7 +1218,8 @@ async fn crm_events_update_linked_customers() {
         s.record_crm_events(&batch, later).await.unwrap(),
         EventsStored {
             new: 4,
-            duplicates: 1
+            duplicates: 1,
+            unlinked: vec![(123, "501".into())],
         }
     );
     let row = customer_row(&s, c).await;
@@ -1232,7 +1234,7 @@ async fn crm_events_update_linked_customers() {
         }
     );
     assert_eq!(outcome(&s, "hubspot", "22").await.0, "applied");
-    assert_eq!(outcome(&s, "hubspot", "23").await.0, "no_match");
+    assert_eq!(outcome(&s, "hubspot", "23").await.0, "unlinked_contact");
     assert_eq!(
         s.record_crm_events(&[], later).await.unwrap(),
         EventsStored::default()
@@ -1260,5 +1262,98 @@ async fn a_cleared_name_is_null() {
     assert_eq!(
         (row.name, row.metadata),
         (None, json!({"hubspot_contact_id": "7"}))
+    );
+}
+
+#[tokio::test]
+async fn an_unlinked_contact_is_linked_to_the_customer_with_its_phone_or_email() {
+    let s = store().await;
+    let a = org(&s, "Acme").await;
+    let link = OrgPatch {
+        name: None,
+        hubspot_portal_id: Some(Some(123)),
+    };
+    s.update_organization(a, &link).await.unwrap().unwrap();
+    let by_phone = customer(&s, a, "+14155550100", json!({"tier": "gold"})).await;
+    let now = t0();
+    // An event about contact 777 before anyone is linked to it.
+    let mut event = prop("40", "777", CrmField::FirstName, "Ana");
+    event.payload = json!({"eventId": 40, "objectId": 777});
+    let stored = s.record_crm_events(&[event], now).await.unwrap();
+    assert_eq!(stored.unlinked, vec![(123, "777".into())]);
+    assert_eq!(outcome(&s, "hubspot", "40").await.0, "unlinked_contact");
+
+    let facts = CrmContactFacts {
+        contact_id: "777".into(),
+        email: Some(" Ana@Example.com".into()),
+        phone: Some("+14155550100".into()),
+        firstname: Some("Ana".into()),
+        lastname: Some("Diaz".into()),
+    };
+    assert_eq!(
+        s.link_crm_contact(123, &facts, now).await.unwrap(),
+        CrmLink::Linked { customer: by_phone }
+    );
+    let row = customer_row(&s, by_phone).await;
+    assert_eq!(row.email.as_deref(), Some("ana@example.com"));
+    assert_eq!(row.name.as_deref(), Some("Ana Diaz"));
+    assert_eq!(row.metadata["hubspot_contact_id"], "777");
+    assert_eq!(row.metadata["tier"], "gold");
+    assert_eq!(
+        outcome(&s, "hubspot", "40").await.0,
+        "applied: linked through the CRM"
+    );
+    // Again: already linked, nothing changes.
+    assert_eq!(
+        s.link_crm_contact(123, &facts, now).await.unwrap(),
+        CrmLink::AlreadyLinked { customer: by_phone }
+    );
+
+    // By email when the phone matches nobody; two matches link nobody.
+    let by_email = customer(&s, a, "+14155550101", json!({})).await;
+    sqlx::query("UPDATE customer SET email = 'bo@example.com' WHERE id = $1")
+        .bind(by_email)
+        .execute(s.pool())
+        .await
+        .unwrap();
+    let bo = CrmContactFacts {
+        contact_id: "778".into(),
+        email: Some("BO@example.com".into()),
+        phone: Some("+19999999999".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.link_crm_contact(123, &bo, now).await.unwrap(),
+        CrmLink::Linked { customer: by_email }
+    );
+    let twin_a = customer(&s, a, "+14155550102", json!({})).await;
+    let twin_b = customer(&s, a, "+14155550103", json!({})).await;
+    sqlx::query("UPDATE customer SET email = 'twin@example.com' WHERE id = ANY($1)")
+        .bind(vec![twin_a, twin_b])
+        .execute(s.pool())
+        .await
+        .unwrap();
+    let twin = CrmContactFacts {
+        contact_id: "779".into(),
+        email: Some("twin@example.com".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.link_crm_contact(123, &twin, now).await.unwrap(),
+        CrmLink::Ambiguous
+    );
+    let nobody = CrmContactFacts {
+        contact_id: "780".into(),
+        email: Some("nobody@example.com".into()),
+        phone: Some("+14155559999".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.link_crm_contact(123, &nobody, now).await.unwrap(),
+        CrmLink::NoCustomer
+    );
+    assert_eq!(
+        s.link_crm_contact(999, &nobody, now).await.unwrap(),
+        CrmLink::NoOrganization
     );
 }

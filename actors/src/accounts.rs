@@ -449,12 +449,52 @@ pub enum CrmField {
 }
 
 /// Outcome of storing a batch of account events.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventsStored {
     /// New events (stored and applied).
     pub new: u32,
     /// Seen before (nothing done).
     pub duplicates: u32,
+    /// `(portal, contact)` of new events about a contact no customer is linked to yet, in a
+    /// linked portal (stored with outcome `unlinked_contact`), each once.
+    pub unlinked: Vec<(i64, String)>,
+}
+
+/// A HubSpot contact as the CRM reports it now (looked up to link it to a customer).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CrmContactFacts {
+    /// The contact id.
+    pub contact_id: String,
+    /// `email`.
+    pub email: Option<String>,
+    /// `phone`.
+    pub phone: Option<String>,
+    /// `firstname`.
+    pub firstname: Option<String>,
+    /// `lastname`.
+    pub lastname: Option<String>,
+}
+
+/// What linking a contact did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrmLink {
+    /// The customer with the contact's phone (else email) is now linked and took the contact's
+    /// email and name; the contact's stored unlinked events are marked applied.
+    Linked {
+        /// The customer.
+        customer: Uuid,
+    },
+    /// A customer was linked already (the event stream keeps it current).
+    AlreadyLinked {
+        /// The customer.
+        customer: Uuid,
+    },
+    /// No unlinked customer has the contact's phone or email.
+    NoCustomer,
+    /// Several customers match: nothing linked (a person decides).
+    Ambiguous,
+    /// No organization is linked to the portal.
+    NoOrganization,
 }
 
 /// Accounts persistence. Every organization-scoped method is scoped by its `org` argument.
@@ -538,6 +578,14 @@ pub trait AccountStore: Send + Sync + 'static {
         events: &[CrmEvent],
         now: DateTime<Utc>,
     ) -> StoreResult<EventsStored>;
+    /// Links a HubSpot contact to the organization's unlinked customer with its phone (else
+    /// its email), in one transaction (see [`CrmLink`]).
+    async fn link_crm_contact(
+        &self,
+        portal_id: i64,
+        contact: &CrmContactFacts,
+        now: DateTime<Utc>,
+    ) -> StoreResult<CrmLink>;
 }
 
 #[cfg(test)]

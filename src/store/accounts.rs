@@ -11,9 +11,9 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use iace_actors::accounts::{
-    AccountStore, ApiKeyInfo, BillingAction, BillingEvent, CrmChange, CrmEvent, CrmField,
-    EventsStored, KeyTier, NewApiKey, NewRefreshToken, OrgAccount, OrgPatch, Plan, Principal,
-    RevokeReason, Role, Rotation, Subject, User,
+    AccountStore, ApiKeyInfo, BillingAction, BillingEvent, CrmChange, CrmContactFacts, CrmEvent,
+    CrmField, CrmLink, EventsStored, KeyTier, NewApiKey, NewRefreshToken, OrgAccount, OrgPatch,
+    Plan, Principal, RevokeReason, Role, Rotation, Subject, User,
 };
 use iace_actors::machine::{OrganizationId, PhoneNumber};
 use iace_actors::ports::{StoreError, StoreResult};
@@ -42,6 +42,10 @@ const LAST_USED_EVERY_SECS: i64 = 60;
 
 const APPLIED: &str = "applied";
 const NO_MATCH: &str = "no_match";
+/// A contact event in a linked portal whose contact no customer is linked to (yet).
+const UNLINKED: &str = "unlinked_contact";
+/// Outcome of an unlinked contact's events once the contact is linked through the CRM.
+const LINKED: &str = "applied: linked through the CRM";
 const STALE: &str = "stale";
 const NOT_ACTED_ON: &str = "ignored: event type not acted on";
 const CUSTOMER_MISMATCH: &str = "ignored: customer mismatch";
@@ -344,7 +348,7 @@ async fn apply_crm(
     .await
     .map_err(unavailable)?;
     if customers.is_empty() {
-        return Ok((Some(org), NO_MATCH));
+        return Ok((Some(org), UNLINKED));
     }
     let outcome = match change {
         CrmChange::Deleted { .. } => {
@@ -853,10 +857,139 @@ impl AccountStore for PgStore {
             }
             stored.new += 1;
             let (org, outcome) = apply_crm(&mut tx, event, now).await?;
+            if outcome == UNLINKED {
+                if let Some(
+                    CrmChange::Property { contact_id, .. } | CrmChange::Deleted { contact_id },
+                ) = &event.change
+                {
+                    let key = (event.portal_id, contact_id.clone());
+                    if !stored.unlinked.contains(&key) {
+                        stored.unlinked.push(key);
+                    }
+                }
+            }
             set_outcome(&mut tx, VENDOR, &event.event_id, org, outcome).await?;
         }
         tx.commit().await.map_err(unavailable)?;
         Ok(stored)
+    }
+
+    async fn link_crm_contact(
+        &self,
+        portal_id: i64,
+        contact: &CrmContactFacts,
+        now: DateTime<Utc>,
+    ) -> StoreResult<CrmLink> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let org: Option<OrganizationId> =
+            sqlx::query_scalar("SELECT id FROM organization WHERE hubspot_portal_id = $1")
+                .bind(portal_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        let Some(org) = org else {
+            return Ok(CrmLink::NoOrganization);
+        };
+        let linked: Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM customer WHERE organization_id = $1 \
+               AND metadata @> jsonb_build_object('hubspot_contact_id', $2::text) LIMIT 1",
+        )
+        .bind(org)
+        .bind(&contact.contact_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if let Some(customer) = linked {
+            return Ok(CrmLink::AlreadyLinked { customer });
+        }
+        let phone = contact
+            .phone
+            .as_deref()
+            .and_then(|p| PhoneNumber::parse(p.trim()).ok());
+        let email = contact
+            .email
+            .as_deref()
+            .and_then(|e| crm_email(e).ok().flatten());
+        let mut candidates: Vec<Uuid> = Vec::new();
+        if let Some(phone) = &phone {
+            candidates = sqlx::query_scalar(
+                "SELECT id FROM customer WHERE organization_id = $1 AND phone = $2 \
+                   AND NOT metadata ? 'hubspot_contact_id' FOR UPDATE",
+            )
+            .bind(org)
+            .bind(phone.as_str())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        if candidates.is_empty() {
+            if let Some(email) = &email {
+                candidates = sqlx::query_scalar(
+                    "SELECT id FROM customer WHERE organization_id = $1 AND lower(email) = $2 \
+                       AND NOT metadata ? 'hubspot_contact_id' ORDER BY id FOR UPDATE",
+                )
+                .bind(org)
+                .bind(email)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            }
+        }
+        let customer = match candidates.as_slice() {
+            [] => return Ok(CrmLink::NoCustomer),
+            [one] => *one,
+            _ => return Ok(CrmLink::Ambiguous),
+        };
+        let clean = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let (first, last) = (clean(&contact.firstname), clean(&contact.lastname));
+        let mut names = serde_json::Map::new();
+        names.insert(
+            "hubspot_contact_id".into(),
+            serde_json::Value::String(contact.contact_id.clone()),
+        );
+        if let Some(f) = &first {
+            names.insert("hubspot_firstname".into(), f.clone().into());
+        }
+        if let Some(l) = &last {
+            names.insert("hubspot_lastname".into(), l.clone().into());
+        }
+        let name = [first, last]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        sqlx::query(
+            "UPDATE customer SET metadata = metadata || $2, \
+               email = COALESCE($3, email), name = COALESCE(NULLIF($4, ''), name), \
+               updated_at = $5 WHERE id = $1",
+        )
+        .bind(customer)
+        .bind(serde_json::Value::Object(names))
+        .bind(email)
+        .bind(name)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query(
+            "UPDATE account_event SET outcome = $4 \
+             WHERE vendor = 'hubspot' AND organization_id = $1 AND outcome = $2 \
+               AND payload->>'objectId' = $3",
+        )
+        .bind(org)
+        .bind(UNLINKED)
+        .bind(&contact.contact_id)
+        .bind(LINKED)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(CrmLink::Linked { customer })
     }
 }
 

@@ -48,6 +48,12 @@ impl Server {
         server
     }
 
+    /// Sets (or replaces) an environment variable for the next [`Server::spawn`].
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
     /// (Re)starts the process and waits for `/health`.
     pub async fn spawn(&mut self) {
         let mut cmd = Command::new(BIN);

@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use super::{Engine, EngineError};
 use crate::accounts::{
-    AccountStore, ApiKeyInfo, BillingEvent, CrmEvent, EventsStored, KeyTier, NewApiKey,
-    NewRefreshToken, OrgAccount, OrgPatch, Principal, Role, Rotation, User,
+    AccountStore, ApiKeyInfo, BillingEvent, CrmContactFacts, CrmEvent, CrmLink, EventsStored,
+    KeyTier, NewApiKey, NewRefreshToken, OrgAccount, OrgPatch, Principal, Role, Rotation, User,
 };
 use crate::catalog;
 use crate::machine::OrganizationId;
@@ -269,5 +269,18 @@ impl Engine {
         let now = self.now();
         self.accounts_query(move |a| async move { a.record_crm_events(&events, now).await })
             .await
+    }
+
+    /// Links a HubSpot contact (as the CRM reports it) to the matching customer.
+    pub async fn link_crm_contact(
+        &self,
+        portal_id: i64,
+        contact: CrmContactFacts,
+    ) -> Result<CrmLink, EngineError> {
+        let now = self.now();
+        self.accounts_query(
+            move |a| async move { a.link_crm_contact(portal_id, &contact, now).await },
+        )
+        .await
     }
 }

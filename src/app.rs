@@ -299,7 +299,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         }),
         None => None,
     };
-    let security = Arc::new(security(&args.security, &redis, &registry)?);
+    let security = Arc::new(security(&args.security, &redis, &registry, &breakers)?);
     let cors_origins = cors_origins(&args.security.cors_origins)?;
     let state = AppState {
         engine: engine.clone(),
@@ -500,6 +500,7 @@ pub fn security(
     args: &SecurityArgs,
     redis: &fred::clients::Client,
     registry: &prometheus::Registry,
+    breakers: &Breakers,
 ) -> anyhow::Result<Security> {
     let non_empty = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
     let keys = match non_empty(&args.jwt_secret) {
@@ -529,9 +530,23 @@ pub fn security(
     } else {
         None
     };
+    let hubspot_crm = match non_empty(&args.hubspot_access_token) {
+        Some(token) => {
+            use crate::vendor::hubspot::crm::{CrmConfig, CrmMetrics, HubSpotCrm, VENDOR};
+            let mut config = CrmConfig::new(token);
+            config.api_base.clone_from(&args.hubspot_api_base);
+            config.breaker = breakers.get(VENDOR).cloned();
+            let crm = HubSpotCrm::new(config)
+                .context("HUBSPOT_ACCESS_TOKEN")?
+                .with_metrics(CrmMetrics::new(registry)?);
+            Some(Arc::new(crm))
+        }
+        None => None,
+    };
     Ok(Security {
         keys,
         limiter,
+        hubspot_crm,
         stripe_secret: non_empty(&args.stripe_webhook_secret),
         hubspot_secret: non_empty(&args.hubspot_client_secret),
         hubspot_url: non_empty(&args.hubspot_webhook_url),
@@ -765,6 +780,9 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     .await?;
     let base = format!("http://{}", running.addr);
     let key = dev_api_key(&database_url, &running.engine).await?;
+    if let Err(e) = dev_user(&database_url, &base, &running.engine, &key).await {
+        error!(error = %e, "dev user setup failed");
+    }
     if let Err(e) = demo(&base, &key, !args.no_demo_call, fake.as_ref()).await {
         error!(error = %e, "demo setup failed");
     }
@@ -884,7 +902,7 @@ async fn dev_api_key(database_url: &str, engine: &Engine) -> anyhow::Result<Stri
             .and_then(|v| v["api_key"].as_str().map(str::to_owned))
         {
             if engine
-                .authenticate(crate::auth::sha256_hex(&key))
+                .key_principal(crate::auth::sha256_hex(&key))
                 .await?
                 .is_some()
             {
@@ -897,6 +915,45 @@ async fn dev_api_key(database_url: &str, engine: &Engine) -> anyhow::Result<Stri
     std::fs::create_dir_all(".services")?;
     std::fs::write(path, line.to_string())?;
     Ok(key)
+}
+
+/// The dev organization's owner user (`dev@iace.local`), created once with a generated
+/// password kept in `.services/dev-user.json` (git-ignored); prints how to sign in.
+async fn dev_user(
+    database_url: &str,
+    base: &str,
+    engine: &Engine,
+    key: &str,
+) -> anyhow::Result<()> {
+    const EMAIL: &str = "dev@iace.local";
+    let path = Path::new(".services/dev-user.json");
+    let saved = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|raw| serde_json::from_str::<serde_json::Value>(&raw).ok())
+        .and_then(|v| v["password"].as_str().map(str::to_owned));
+    let password = match (engine.user_by_email(EMAIL).await?, saved) {
+        (Some(_), Some(password)) => password,
+        (Some(_), None) => return Ok(()),
+        (None, _) => {
+            let org = engine
+                .key_principal(crate::auth::sha256_hex(key))
+                .await?
+                .context("the dev API key does not authenticate")?
+                .org;
+            let (_, password) = create_user(database_url, org, EMAIL, "owner", None).await?;
+            let password = password.context("a generated password")?;
+            std::fs::write(
+                path,
+                serde_json::json!({"email": EMAIL, "password": password}).to_string(),
+            )?;
+            password
+        }
+    };
+    eprintln!("\n[dev] sign in as the organization's owner:");
+    eprintln!(
+        "  curl -s -H 'Content-Type: application/json' -d '{{\"email\":\"{EMAIL}\",\"password\":\"{password}\"}}' {base}/v1/auth/login"
+    );
+    Ok(())
 }
 
 /// The operator token of `iace dev` (`/v1/admin/*`).

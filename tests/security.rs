@@ -1012,7 +1012,19 @@ fn contact_change(event_id: u64, portal: i64, contact: u64, property: &str, valu
 #[tokio::test]
 async fn hubspot_contact_events_update_the_linked_customer_once() {
     let db = common::db::fresh_database().await;
-    let srv = server(&db, &[]).await;
+    // The CRM the server looks unlinked contacts up in (the wire-level fake).
+    let crm = iace_sim::hubspot::FakeHubSpot::start(Default::default())
+        .await
+        .unwrap();
+    let crm_base = crm.base_url();
+    let srv = server(
+        &db,
+        &[
+            ("HUBSPOT_ACCESS_TOKEN", crm.access_token()),
+            ("HUBSPOT_API_BASE", &crm_base),
+        ],
+    )
+    .await;
     let base = &srv.base;
     let (_, key) = create_org(&db, "CRM");
     let (_, other_key) = create_org(&db, "Other");
@@ -1122,6 +1134,41 @@ async fn hubspot_contact_events_update_the_linked_customer_once() {
         customer["metadata"].get("hubspot_contact_id").is_none(),
         "{customer}"
     );
+    // A contact no customer is linked to: stored, then looked up in the CRM and linked to
+    // the customer with its phone (who takes its name and email).
+    crm.put_contact(
+        "555",
+        json!({"phone": "+15550002222", "email": "Bo@Example.com", "firstname": "Bo", "lastname": "Diaz"}),
+    );
+    let unlinked = json!([contact_change(9, portal, 555, "email", "bo@example.com")]);
+    assert_eq!(
+        hubspot(base, &unlinked, 0, false).await.status,
+        StatusCode::OK
+    );
+    let list = || async {
+        send(base, Method::GET, "/v1/customers", Some(&key), None)
+            .await
+            .body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["phone"] == "+15550002222")
+            .cloned()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut bo = list().await;
+    while bo["metadata"]["hubspot_contact_id"] != "555" {
+        assert!(std::time::Instant::now() < deadline, "not linked: {bo}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        bo = list().await;
+    }
+    assert_eq!(bo["name"], "Bo Diaz");
+    assert_eq!(bo["email"], "bo@example.com");
+    let searches = crm.requests();
+    assert_eq!(searches.len(), 1, "one lookup");
+    assert_eq!(searches[0].bearer(), Some(crm.access_token()));
+
     // A verified body that is not an array of events: 400.
     assert_eq!(
         hubspot(base, &json!({"eventId": 1}), 0, false).await.status,

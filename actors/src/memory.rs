@@ -379,11 +379,6 @@ impl CallStore for MemoryStore {
 
 #[async_trait]
 impl QueryStore for MemoryStore {
-    async fn authenticate(&self, key_hash: &str) -> StoreResult<Option<OrganizationId>> {
-        self.check()?;
-        Ok(self.lock().keys.get(key_hash).copied())
-    }
-
     async fn create_organization(
         &self,
         org: &Organization,

@@ -249,8 +249,6 @@ pub struct PageRequest {
 /// that takes an organization is scoped by it: another tenant's rows are invisible.
 #[async_trait]
 pub trait QueryStore: Send + Sync + 'static {
-    /// The organization owning the API key with this SHA-256 hex hash, if any.
-    async fn authenticate(&self, key_hash: &str) -> StoreResult<Option<OrganizationId>>;
     /// Creates an organization and its first API key (hash only).
     async fn create_organization(
         &self,

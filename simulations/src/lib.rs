@@ -18,7 +18,8 @@
 //! (live STT over WebSocket, scripted lines driven by audio energy), [`cartesia`] (TTS over
 //! WebSocket and HTTP) and [`groq`] (chat completions with SSE streaming and tool calls) are
 //! the fakes of the voice pipeline's vendors; [`google`] (Gemini embeddings, deterministic
-//! vectors) is the fake of the learning pipeline's.
+//! vectors) is the fake of the learning pipeline's; [`hubspot`] (the CRM v3 contacts search
+//! over seeded contacts) is the fake of the CRM sync's.
 
 pub mod carrier;
 pub mod cartesia;
@@ -29,6 +30,7 @@ mod fake;
 pub mod faults;
 pub mod google;
 pub mod groq;
+pub mod hubspot;
 pub mod rng;
 mod store;
 pub mod telnyx;

@@ -225,9 +225,6 @@ impl CallStore for SimStore {
 /// the same tenant-scoped semantics as Postgres.
 #[async_trait]
 impl QueryStore for SimStore {
-    async fn authenticate(&self, key_hash: &str) -> StoreResult<Option<OrganizationId>> {
-        self.inner.authenticate(key_hash).await
-    }
     async fn create_organization(
         &self,
         org: &Organization,

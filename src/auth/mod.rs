@@ -134,6 +134,8 @@ pub struct Security {
     /// The exact URL HubSpot calls (v2/v3 signatures cover it); `None`: rebuilt from the
     /// request's `Host` (and `X-Forwarded-Proto`, default https).
     pub hubspot_url: Option<String>,
+    /// HubSpot CRM v3 (`HUBSPOT_ACCESS_TOKEN`): links contacts no customer is linked to yet.
+    pub hubspot_crm: Option<std::sync::Arc<crate::vendor::hubspot::crm::HubSpotCrm>>,
     /// How long an unpaid plan stays in force.
     pub billing_grace: chrono::Duration,
     /// Stripe's timestamp tolerance (s).
@@ -149,6 +151,7 @@ impl Security {
             stripe_secret: None,
             hubspot_secret: None,
             hubspot_url: None,
+            hubspot_crm: None,
             billing_grace: chrono::Duration::days(7),
             stripe_tolerance_secs: 300,
         }

@@ -94,6 +94,14 @@ pub async fn hubspot(
     let events = crate::vendor::hubspot::events::parse_events(&body)
         .map_err(|e| ApiError::invalid(format!("not HubSpot events: {e}")))?;
     let stored = state.engine.record_crm_events(events).await?;
+    if let Some(crm) = state.security.hubspot_crm.clone() {
+        if !stored.unlinked.is_empty() {
+            // After the 200: the events are stored; linking is enrichment (the next event
+            // about the contact tries again if this fails).
+            let task = link_contacts(state.engine.clone(), crm, stored.unlinked.clone());
+            tokio::spawn(tracing::Instrument::in_current_span(task));
+        }
+    }
     tracing::info!(
         vendor = "hubspot",
         new = stored.new,
@@ -103,4 +111,40 @@ pub async fn hubspot(
     Ok(Json(
         json!({"received": true, "new": stored.new, "duplicates": stored.duplicates}),
     ))
+}
+
+/// Looks each unlinked contact up in the CRM and links it to the customer with its phone or
+/// email.
+async fn link_contacts(
+    engine: iace_actors::engine::Engine,
+    crm: std::sync::Arc<crate::vendor::hubspot::crm::HubSpotCrm>,
+    unlinked: Vec<(i64, String)>,
+) {
+    for (portal, contact) in unlinked {
+        let facts = match crm.contact(&contact).await {
+            Ok(Some(c)) => iace_actors::accounts::CrmContactFacts {
+                contact_id: contact.clone(),
+                email: c.email,
+                phone: c.phone,
+                firstname: c.firstname,
+                lastname: c.lastname,
+            },
+            Ok(None) => {
+                tracing::info!(portal, contact = %contact, "HubSpot contact not found; not linked");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(portal, contact = %contact, error = %e, "HubSpot contact lookup failed; not linked");
+                continue;
+            }
+        };
+        match engine.link_crm_contact(portal, facts).await {
+            Ok(link) => {
+                tracing::info!(portal, contact = %contact, outcome = ?link, "HubSpot contact link")
+            }
+            Err(e) => {
+                tracing::warn!(portal, contact = %contact, error = %e, "linking a HubSpot contact failed")
+            }
+        }
+    }
 }

@@ -50,16 +50,6 @@ fn phone_taken(phone: &str) -> CatalogWriteError {
 
 #[async_trait]
 impl QueryStore for PgStore {
-    async fn authenticate(&self, key_hash: &str) -> StoreResult<Option<OrganizationId>> {
-        sqlx::query_scalar(
-            "SELECT organization_id FROM api_key WHERE key_hash = $1 AND revoked_at IS NULL",
-        )
-        .bind(key_hash)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(unavailable)
-    }
-
     async fn create_organization(
         &self,
         org: &Organization,

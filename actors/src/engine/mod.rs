@@ -618,15 +618,6 @@ impl Engine {
 
     // ---------------------------------------------------------------- organizations
 
-    /// Resolves an API key hash (SHA-256 hex) to its organization.
-    pub async fn authenticate(
-        &self,
-        key_hash: String,
-    ) -> Result<Option<OrganizationId>, EngineError> {
-        self.query(move |q| async move { Ok(q.authenticate(&key_hash).await?) })
-            .await
-    }
-
     /// Creates an organization with its first API key, given as a hash and a display prefix
     /// (the key itself is generated and shown by the caller, never stored).
     pub async fn create_organization(

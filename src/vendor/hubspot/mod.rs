@@ -1,5 +1,6 @@
-//! HubSpot (CRM): webhook signatures (vendor-protocols.md section 7). The webhook endpoint and
-//! the contact sync come with issue 8's CRM work.
+//! HubSpot (CRM): webhook signatures and events (vendor-protocols.md 7.1-7.3) and the CRM v3
+//! REST client (7.4) that reads contacts.
 
+pub mod crm;
 pub mod events;
 pub mod signature;

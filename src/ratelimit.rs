@@ -14,27 +14,43 @@ use fred::interfaces::ClientLike;
 use fred::types::{ClusterHash, CustomCommand, Value};
 use tracing::warn;
 
-/// Checks and records one request: prunes entries older than the window, then admits the
-/// request if fewer than `limit` remain. Returns {admitted, remaining, retry_after_ms}.
+/// Checks and records one request against every key's budget: prunes entries older than the
+/// window, and admits the request only if every key has room, recording it under all of them
+/// (a request refused by one budget consumes none). Returns {admitted, remaining,
+/// retry_after_ms} per key. ARGV: window_ms, member, then one limit per key.
 const SCRIPT: &str = r"
-local key = KEYS[1]
 local window = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-local member = ARGV[3]
+local member = ARGV[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-local n = redis.call('ZCARD', key)
-if n < limit then
-  redis.call('ZADD', key, now, member)
-  redis.call('PEXPIRE', key, window)
-  return {1, limit - n - 1, 0}
+local out = {}
+local all = true
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[2 + i])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local n = redis.call('ZCARD', key)
+  if n < limit then
+    out[#out + 1] = 1
+    out[#out + 1] = limit - n - 1
+    out[#out + 1] = 0
+  else
+    all = false
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local retry = window
+    if oldest[2] then retry = tonumber(oldest[2]) + window - now end
+    if retry < 1 then retry = 1 end
+    out[#out + 1] = 0
+    out[#out + 1] = 0
+    out[#out + 1] = retry
+  end
 end
-local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-local retry = window
-if oldest[2] then retry = tonumber(oldest[2]) + window - now end
-if retry < 1 then retry = 1 end
-return {0, 0, retry}
+if all then
+  for _, key in ipairs(KEYS) do
+    redis.call('ZADD', key, now, member)
+    redis.call('PEXPIRE', key, window)
+  end
+end
+return out
 ";
 
 /// What to do when Redis cannot answer.
@@ -108,15 +124,33 @@ impl RateLimiter {
 
     /// Checks and records one request under `key`: at most `limit` per `window`.
     pub async fn check(&self, key: &str, limit: u32, window: Duration) -> Decision {
+        self.check_all(&[(key, limit)], window)
+            .await
+            .pop()
+            .unwrap_or(Decision::Unavailable)
+    }
+
+    /// Checks one request against several budgets in one round trip (one decision per key, in
+    /// order); it is recorded under all of them only if all admit it. In a Redis Cluster the
+    /// keys must share a hash tag (`{org}`).
+    pub async fn check_all(&self, checks: &[(&str, u32)], window: Duration) -> Vec<Decision> {
         let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1);
-        let args = vec![
+        let mut args = vec![
             Value::from(SCRIPT),
-            Value::Integer(1),
-            Value::from(format!("{}{key}", self.prefix)),
-            Value::Integer(window_ms),
-            Value::Integer(i64::from(limit)),
-            Value::from(uuid::Uuid::new_v4().simple().to_string()),
+            Value::Integer(i64::try_from(checks.len()).unwrap_or(0)),
         ];
+        args.extend(
+            checks
+                .iter()
+                .map(|(key, _)| Value::from(format!("{}{key}", self.prefix))),
+        );
+        args.push(Value::Integer(window_ms));
+        args.push(Value::from(uuid::Uuid::new_v4().simple().to_string()));
+        args.extend(
+            checks
+                .iter()
+                .map(|(_, limit)| Value::Integer(i64::from(*limit))),
+        );
         let reply = tokio::time::timeout(
             CHECK_TIMEOUT,
             self.redis.custom::<Value, Value>(
@@ -126,37 +160,46 @@ impl RateLimiter {
         )
         .await;
         let parsed = reply.ok().and_then(Result::ok).and_then(|v| match v {
-            Value::Array(items) if items.len() == 3 => {
+            Value::Array(items) if items.len() == 3 * checks.len() => {
                 let n: Vec<i64> = items.iter().filter_map(Value::as_i64).collect();
-                (n.len() == 3).then(|| (n[0], n[1], n[2]))
+                (n.len() == items.len()).then_some(n)
             }
             _ => None,
         });
         match parsed {
-            Some((1, remaining, _)) => Decision::Allowed {
-                limit,
-                remaining: u32::try_from(remaining).unwrap_or(0),
-            },
-            Some((_, _, retry_ms)) => Decision::Limited {
-                limit,
-                retry_after: Duration::from_millis(u64::try_from(retry_ms).unwrap_or(1)),
-            },
+            Some(n) => checks
+                .iter()
+                .zip(n.chunks(3))
+                .map(|((_, limit), r)| match r {
+                    [1, remaining, _] => Decision::Allowed {
+                        limit: *limit,
+                        remaining: u32::try_from(*remaining).unwrap_or(0),
+                    },
+                    [_, _, retry_ms] => Decision::Limited {
+                        limit: *limit,
+                        retry_after: Duration::from_millis(u64::try_from(*retry_ms).unwrap_or(1)),
+                    },
+                    _ => Decision::Unavailable,
+                })
+                .collect(),
             None => {
                 let mode = match self.fail {
                     FailMode::Open => "open",
                     FailMode::Closed => "closed",
                 };
                 self.errors.with_label_values(&[mode]).inc();
+                let keys: Vec<&str> = checks.iter().map(|(k, _)| *k).collect();
                 warn!(
-                    key,
+                    keys = ?keys,
                     mode,
                     connected = self.redis.is_connected(),
                     "rate limit not checked: Redis did not answer"
                 );
-                match self.fail {
+                let decision = match self.fail {
                     FailMode::Open => Decision::Unchecked,
                     FailMode::Closed => Decision::Unavailable,
-                }
+                };
+                vec![decision; checks.len()]
             }
         }
     }

@@ -104,3 +104,43 @@ async fn without_redis_the_limiter_fails_open_or_closed_as_configured() {
         assert_eq!(counted, 1.0, "{label}");
     }
 }
+
+/// Several budgets in one check: admitted only if every one has room, and a request refused by
+/// one budget consumes none of the others.
+#[tokio::test]
+async fn several_budgets_are_checked_together_all_or_nothing() {
+    let prefix = format!("iace:test:rl:{}:", uuid::Uuid::new_v4().simple());
+    let l = limiter(&prefix, FailMode::Closed).await;
+    let window = Duration::from_secs(60);
+    let budgets = [("{o}:key:k", 2), ("{o}:org", 5)];
+    for want in [(1, 4), (0, 3)] {
+        let d = l.check_all(&budgets, window).await;
+        assert_eq!(
+            d,
+            vec![
+                Decision::Allowed {
+                    limit: 2,
+                    remaining: want.0
+                },
+                Decision::Allowed {
+                    limit: 5,
+                    remaining: want.1
+                },
+            ]
+        );
+    }
+    // The key's budget is spent: refused, and the organization's is not charged for it.
+    let d = l.check_all(&budgets, window).await;
+    assert!(matches!(d[0], Decision::Limited { limit: 2, .. }), "{d:?}");
+    assert!(
+        matches!(d[1], Decision::Allowed { remaining: 2, .. }),
+        "{d:?}"
+    );
+    let d = l
+        .check_all(&[("{o}:key:other", 10), ("{o}:org", 5)], window)
+        .await;
+    assert!(
+        matches!(d[1], Decision::Allowed { remaining: 2, .. }),
+        "{d:?}"
+    );
+}

@@ -244,8 +244,8 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal
 
 const WINDOW: Duration = Duration::from_secs(60);
 
-/// Checks the caller's and the organization's per-minute budgets (together, one round trip
-/// each in parallel); the headers describe the tighter one.
+/// Checks the caller's and the organization's per-minute budgets in one round trip (a request
+/// refused by either consumes neither); the headers describe the tighter one.
 async fn limit(state: &AppState, p: &Principal) -> Result<HeaderMap, ApiError> {
     let mut headers = HeaderMap::new();
     let Some(limiter) = &state.security.limiter else {
@@ -255,18 +255,34 @@ async fn limit(state: &AppState, p: &Principal) -> Result<HeaderMap, ApiError> {
         .account
         .effective_plan(state.engine.clock_now(), state.security.billing_grace);
     let limits = plan.limits();
+    // Both keys carry the organization as hash tag: one slot in a Redis Cluster.
     let (caller_key, caller_limit) = match (p.subject, p.key_tier) {
-        (Subject::ApiKey(id), Some(tier)) => (format!("key:{id}"), tier.requests_per_minute()),
-        (Subject::ApiKey(id), None) => (format!("key:{id}"), limits.user_requests_per_minute),
-        (Subject::User { user, .. }, _) => {
-            (format!("user:{user}"), limits.user_requests_per_minute)
-        }
+        (Subject::ApiKey(id), Some(tier)) => (
+            format!("{{{}}}:key:{id}", p.org),
+            tier.requests_per_minute(),
+        ),
+        (Subject::ApiKey(id), None) => (
+            format!("{{{}}}:key:{id}", p.org),
+            limits.user_requests_per_minute,
+        ),
+        (Subject::User { user, .. }, _) => (
+            format!("{{{}}}:user:{user}", p.org),
+            limits.user_requests_per_minute,
+        ),
     };
-    let org_key = format!("org:{}", p.org);
-    let (caller, org) = tokio::join!(
-        limiter.check(&caller_key, caller_limit, WINDOW),
-        limiter.check(&org_key, limits.org_requests_per_minute, WINDOW),
-    );
+    let org_key = format!("{{{}}}:org", p.org);
+    let mut decisions = limiter
+        .check_all(
+            &[
+                (caller_key.as_str(), caller_limit),
+                (org_key.as_str(), limits.org_requests_per_minute),
+            ],
+            WINDOW,
+        )
+        .await
+        .into_iter();
+    let caller = decisions.next().unwrap_or(Decision::Unavailable);
+    let org = decisions.next().unwrap_or(Decision::Unavailable);
     for d in [&caller, &org] {
         match d {
             Decision::Limited { limit, retry_after } => {

@@ -15,21 +15,8 @@ use std::time::{Duration, Instant};
 use iace::config::{ServeArgs, TelephonyKind, TelnyxArgs};
 use iace_sim::telnyx::{FakeTelnyx, FakeTelnyxConfig, Scenario};
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map_or(default, |v| v.parse().expect("a number"))
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
+mod common;
+use common::{arg, percentile};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -30,21 +30,8 @@ use iace_sim::deepgram::FakeDeepgramConfig;
 use iace_sim::groq::FakeGroqConfig;
 use iace_sim::telnyx::{CallerScript, FakeTelnyx, FakeTelnyxConfig, Scenario};
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map_or(default, |v| v.parse().expect("a number"))
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
+mod common;
+use common::{arg, percentile};
 
 /// User + system CPU of a process (`self` or a pid), in clock ticks (Linux `/proc/*/stat`).
 fn cpu_ticks(pid: &str) -> u64 {

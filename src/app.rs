@@ -580,15 +580,20 @@ pub fn cors_origins(origins: &[String]) -> anyhow::Result<Vec<axum::http::Header
         .collect()
 }
 
-/// `iace org create <name>`: returns the organization and its API key.
-pub async fn create_org(database_url: &str, name: &str) -> anyhow::Result<(Organization, String)> {
+/// The store of an administrative command (migrations applied).
+async fn admin_store(database_url: &str) -> anyhow::Result<PgStore> {
     let pool = crate::store::connect(database_url)
         .await
         .context("connecting to Postgres (DATABASE_URL)")?;
     crate::store::migrate(&pool)
         .await
         .context("applying migrations")?;
-    let store = PgStore::new(pool);
+    Ok(PgStore::new(pool))
+}
+
+/// `iace org create <name>`: returns the organization and its API key.
+pub async fn create_org(database_url: &str, name: &str) -> anyhow::Result<(Organization, String)> {
+    let store = admin_store(database_url).await?;
     let name = iace_actors::catalog::validate_name("name", name)?;
     let org = Organization {
         id: Uuid::new_v4(),
@@ -634,13 +639,7 @@ pub async fn create_user(
         }
         None => (crate::auth::generate_password(), true),
     };
-    let pool = crate::store::connect(database_url)
-        .await
-        .context("connecting to Postgres (DATABASE_URL)")?;
-    crate::store::migrate(&pool)
-        .await
-        .context("applying migrations")?;
-    let store = PgStore::new(pool);
+    let store = admin_store(database_url).await?;
     let found = AccountStore::organization(&store, org)
         .await
         .map_err(|e| anyhow::anyhow!("reading the organization: {e}"))?;

@@ -3,6 +3,9 @@
 //! the `google` breaker; and against a tiny hand-made server for answers the fake never gives
 //! (wrong counts and sizes). Real sockets, real time; no database needed.
 
+mod common;
+
+use common::vendor::{fast_retry, Wall};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,28 +19,10 @@ use iace_sim::google::{EmbedMethod, FakeGoogle, FakeGoogleConfig, InjectedFault,
 
 const MODEL: &str = "gemini-embedding-001";
 
-struct Wall;
-impl iace_actors::ports::Clock for Wall {
-    fn now(&self) -> chrono::DateTime<chrono::Utc> {
-        chrono::Utc::now()
-    }
-}
-
-fn policy() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 3,
-        base: Duration::from_millis(50),
-        cap: Duration::from_millis(200),
-        attempt_timeout: Duration::from_secs(3),
-        deadline: Duration::from_secs(10),
-        max_retry_after: Duration::from_secs(5),
-    }
-}
-
 fn config(fake: &FakeGoogle, breakers: &Breakers) -> GoogleConfig {
     GoogleConfig {
         api_base: fake.base_url(),
-        retry: policy(),
+        retry: fast_retry(),
         breaker: breakers.get("google").cloned(),
         ..GoogleConfig::new(fake.api_key())
     }
@@ -432,7 +417,7 @@ async fn a_stalled_attempt_times_out_and_the_retry_answers() {
         GoogleConfig {
             retry: RetryPolicy {
                 attempt_timeout: Duration::from_millis(400),
-                ..policy()
+                ..fast_retry()
             },
             ..config(&fake, &breakers)
         },
@@ -480,7 +465,7 @@ async fn a_wrong_answer_is_unavailable_never_a_silent_mismatch() {
     let embedder = GoogleEmbedder::new(
         GoogleConfig {
             api_base: base,
-            retry: policy(),
+            retry: fast_retry(),
             ..GoogleConfig::new("AIzaANY")
         },
         None,

@@ -3,38 +3,22 @@
 //! breaker; and against a tiny hand-made server for answers the fake never gives (unreadable
 //! or mismatched ones). Real sockets, real time; no database needed.
 
+mod common;
+
+use common::vendor::{fast_retry, Wall};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use iace::vendor::hubspot::crm::{CrmConfig, CrmContact, CrmError, CrmMetrics, HubSpotCrm};
-use iace::vendor::retry::RetryPolicy;
 use iace_actors::breaker::{BreakerConfig, BreakerState, Breakers};
 use iace_sim::hubspot::{FakeHubSpot, FakeHubSpotConfig, InjectedFault, RecordedFilter};
 use serde_json::json;
 
-struct Wall;
-impl iace_actors::ports::Clock for Wall {
-    fn now(&self) -> chrono::DateTime<chrono::Utc> {
-        chrono::Utc::now()
-    }
-}
-
-fn policy() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 3,
-        base: Duration::from_millis(50),
-        cap: Duration::from_millis(200),
-        attempt_timeout: Duration::from_secs(3),
-        deadline: Duration::from_secs(10),
-        max_retry_after: Duration::from_secs(5),
-    }
-}
-
 fn config(fake: &FakeHubSpot, breakers: &Breakers) -> CrmConfig {
     CrmConfig {
         api_base: fake.base_url(),
-        retry: policy(),
+        retry: fast_retry(),
         breaker: breakers.get("hubspot").cloned(),
         ..CrmConfig::new(fake.access_token())
     }
@@ -424,7 +408,7 @@ async fn a_wrong_answer_is_a_protocol_error_and_not_retried() {
     let base = canned_server(body.clone(), hits.clone()).await;
     let crm = HubSpotCrm::new(CrmConfig {
         api_base: base,
-        retry: policy(),
+        retry: fast_retry(),
         ..CrmConfig::new("pat-any")
     })
     .unwrap();

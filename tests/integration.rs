@@ -4,28 +4,15 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_iace");
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").expect(
-        "REDIS_URL is not set: run `scripts/services up` and `eval \"$(scripts/services env)\"`",
-    )
-}
-
-/// One server process on its own database.
+/// One server process on its own database (simulated carrier; plan limits are
+/// tests/security.rs's).
 struct Server {
-    child: Option<Child>,
-    database_url: String,
-    prefix: String,
-    port: u16,
-    ring_ms: u64,
-    talk_ms: u64,
+    inner: common::server::Server,
     base: String,
     http: reqwest::Client,
 }
@@ -33,90 +20,34 @@ struct Server {
 impl Server {
     async fn start(ring_ms: u64, talk_ms: u64) -> Server {
         let database_url = common::db::fresh_database().await;
-        let prefix = format!("iace:test:{}:", uuid::Uuid::new_v4().simple());
-        let port = free_port();
-        let mut server = Server {
-            child: None,
-            database_url,
-            prefix,
-            port,
-            ring_ms,
-            talk_ms,
-            base: format!("http://127.0.0.1:{port}"),
+        let (ring, talk) = (ring_ms.to_string(), talk_ms.to_string());
+        let inner = common::server::Server::start(
+            &database_url,
+            &[
+                ("IACE_SIM_RING_MS", &ring),
+                ("IACE_SIM_TALK_MS", &talk),
+                ("IACE_PLAN_LIMITS", "false"),
+            ],
+        )
+        .await;
+        Server {
+            base: inner.base.clone(),
+            inner,
             http: reqwest::Client::new(),
-        };
-        server.spawn().await;
-        server
+        }
     }
 
     async fn spawn(&mut self) {
-        let child = Command::new(BIN)
-            .arg("serve")
-            .env("DATABASE_URL", &self.database_url)
-            .env("REDIS_URL", redis_url())
-            .env("IACE_BIND", format!("127.0.0.1:{}", self.port))
-            .env("IACE_TELEPHONY", "simulated")
-            .env("IACE_SIM_RING_MS", self.ring_ms.to_string())
-            .env("IACE_SIM_TALK_MS", self.talk_ms.to_string())
-            .env("IACE_SIM_KEY_PREFIX", &self.prefix)
-            // Plan limits (requests per minute, concurrent calls) are tests/security.rs's.
-            .env("IACE_PLAN_LIMITS", "false")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawning the iace binary");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = self.http.get(format!("{}/health", self.base)).send().await {
-                if r.status() == StatusCode::OK {
-                    return;
-                }
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("iace exited during start-up: {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "iace did not come up within 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.inner.spawn().await;
     }
 
     /// SIGKILL: no graceful shutdown, no flushing.
     fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().expect("kill -9");
-            child.wait().expect("reap");
-        }
+        self.inner.kill9();
     }
 
     fn org(&self, name: &str) -> (String, String) {
-        let out = Command::new(BIN)
-            .args(["org", "create", name])
-            .env("DATABASE_URL", &self.database_url)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("running iace org create");
-        assert!(out.status.success(), "org create failed: {out:?}");
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        let lines: Vec<&str> = stdout.lines().collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "org create prints exactly one line: {stdout}"
-        );
-        let v: Value = serde_json::from_str(lines[0]).unwrap();
-        (
-            v["organization_id"].as_str().unwrap().to_owned(),
-            v["api_key"].as_str().unwrap().to_owned(),
-        )
+        common::server::create_org(&self.inner.database_url, name)
     }
 
     async fn send(
@@ -211,20 +142,6 @@ impl Server {
         );
         events
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn kinds(events: &[Value]) -> Vec<String> {

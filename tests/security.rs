@@ -58,6 +58,11 @@ async fn send(
     if let Some(body) = body {
         req = req.json(&body);
     }
+    answer(req).await
+}
+
+/// Sends a request and reads its status, headers and JSON body.
+async fn answer(req: reqwest::RequestBuilder) -> Answer {
     let r = req.send().await.unwrap();
     let status = r.status();
     let headers = r.headers().clone();
@@ -795,19 +800,14 @@ fn stripe_header(body: &str, t: i64) -> String {
 async fn stripe(base: &str, event: &Value, signature: Option<String>) -> Answer {
     let body = event.to_string();
     let sig = signature.unwrap_or_else(|| stripe_header(&body, chrono::Utc::now().timestamp()));
-    let r = reqwest::Client::new()
-        .post(format!("{base}/v1/webhooks/stripe"))
-        .header("stripe-signature", sig)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    Answer {
-        status: r.status(),
-        headers: r.headers().clone(),
-        body: r.json().await.unwrap_or(Value::Null),
-    }
+    answer(
+        reqwest::Client::new()
+            .post(format!("{base}/v1/webhooks/stripe"))
+            .header("stripe-signature", sig)
+            .header("content-type", "application/json")
+            .body(body),
+    )
+    .await
 }
 
 fn subscription_event(
@@ -986,20 +986,15 @@ async fn hubspot(base: &str, events: &Value, ts_offset_ms: i64, tamper: bool) ->
     if tamper {
         sig = hubspot_v3(&url, &(body.clone() + " "), ts);
     }
-    let r = reqwest::Client::new()
-        .post(format!("{base}/v1/webhooks/hubspot"))
-        .header("x-hubspot-signature-v3", sig)
-        .header("x-hubspot-request-timestamp", ts.to_string())
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    Answer {
-        status: r.status(),
-        headers: r.headers().clone(),
-        body: r.json().await.unwrap_or(Value::Null),
-    }
+    answer(
+        reqwest::Client::new()
+            .post(format!("{base}/v1/webhooks/hubspot"))
+            .header("x-hubspot-signature-v3", sig)
+            .header("x-hubspot-request-timestamp", ts.to_string())
+            .header("content-type", "application/json")
+            .body(body),
+    )
+    .await
 }
 
 fn contact_change(event_id: u64, portal: i64, contact: u64, property: &str, value: &str) -> Value {

@@ -27,6 +27,8 @@ pub struct Server {
     pub port: u16,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// The simulated carrier's Redis key prefix (kept across restarts).
+    pub sim_prefix: String,
     env: Vec<(String, String)>,
 }
 
@@ -39,6 +41,7 @@ impl Server {
             database_url: database_url.to_owned(),
             port,
             base: format!("http://127.0.0.1:{port}"),
+            sim_prefix: format!("iace:test:{}:", uuid::Uuid::new_v4().simple()),
             env: env
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -62,10 +65,7 @@ impl Server {
             .env("REDIS_URL", redis_url())
             .env("IACE_BIND", format!("127.0.0.1:{}", self.port))
             .env("IACE_TELEPHONY", "simulated")
-            .env(
-                "IACE_SIM_KEY_PREFIX",
-                format!("iace:test:{}:", uuid::Uuid::new_v4().simple()),
-            )
+            .env("IACE_SIM_KEY_PREFIX", &self.sim_prefix)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());

@@ -25,8 +25,6 @@ fn mask_phones(s: &str) -> String {
     while i < chars.len() {
         let plus = chars[i] == '+';
         let start = if plus { i + 1 } else { i };
-        let preceded_by_word =
-            i > 0 && (chars[i - 1].is_ascii_alphanumeric() || chars[i - 1] == '-');
         let mut j = start;
         while j < chars.len() && chars[j].is_ascii_digit() {
             j += 1;
@@ -34,11 +32,11 @@ fn mask_phones(s: &str) -> String {
         let digits = j - start;
         let followed_by_word =
             j < chars.len() && (chars[j].is_ascii_alphanumeric() || chars[j] == '-');
-        let is_phone = !preceded_by_word && !followed_by_word && plus && (8..=15).contains(&digits);
+        // What precedes the `+` does not matter: in text logs it is an ANSI colour code
+        // (`...=\x1b[0m+1415...`).
+        let is_phone = plus && !followed_by_word && (8..=15).contains(&digits);
         if is_phone {
-            if plus {
-                out.push('+');
-            }
+            out.push('+');
             for (k, c) in chars[start..j].iter().enumerate() {
                 out.push(if k < 2 || k + 2 >= digits { *c } else { '*' });
             }
@@ -144,6 +142,11 @@ mod tests {
             "a customer a***@example.co.uk exists"
         );
         assert_eq!(scrub("Ann@Example.com."), "A***@Example.com.");
+        // Text logs colour the field name: the number still goes.
+        assert_eq!(
+            scrub("to\x1b[0m\x1b[2m=\x1b[0m+14155550100 x"),
+            "to\x1b[0m\x1b[2m=\x1b[0m+14*******00 x"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::vendor::{fast_retry, Wall};
+use common::vendor::{breakers_for, fast_retry, settle};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,13 +37,7 @@ async fn setup(
     let fake = FakeGoogle::start(FakeGoogleConfig::default())
         .await
         .unwrap();
-    let breakers = Breakers::start(
-        [("google".to_owned(), breaker)].into(),
-        Arc::new(Wall),
-        &prometheus::Registry::new(),
-    )
-    .await
-    .unwrap();
+    let breakers = breakers_for("google", breaker).await;
     let metrics = GoogleMetrics::new(registry).unwrap();
     let embedder = GoogleEmbedder::new(config(&fake, &breakers), Some(metrics)).unwrap();
     (fake, embedder, breakers)
@@ -78,10 +72,6 @@ fn counter(registry: &prometheus::Registry, name: &str, outcome: Option<&str>) -
 }
 
 /// Lets the breaker actor take in the outcomes it was sent.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(50)).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_texts_in_order_and_normalises_every_vector() {
     let registry = prometheus::Registry::new();

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::vendor::{fast_retry, Wall};
+use common::vendor::{breakers_for, fast_retry, settle};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,13 +41,7 @@ async fn setup(
         "102",
         json!({"email": "", "phone": "+15550002222", "firstname": "Bob", "lastname": null}),
     );
-    let breakers = Breakers::start(
-        [("hubspot".to_owned(), breaker)].into(),
-        Arc::new(Wall),
-        &prometheus::Registry::new(),
-    )
-    .await
-    .unwrap();
+    let breakers = breakers_for("hubspot", breaker).await;
     let crm = HubSpotCrm::new(config(&fake, &breakers))
         .unwrap()
         .with_metrics(CrmMetrics::new(registry).unwrap());
@@ -81,10 +75,6 @@ fn outcome(registry: &prometheus::Registry, label: &str) -> u64 {
 }
 
 /// Lets the breaker actor take in the outcomes it was sent.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(50)).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contact_is_found_by_id_with_the_documented_request() {
     let registry = prometheus::Registry::new();

@@ -25,3 +25,22 @@ pub fn fast_retry() -> RetryPolicy {
         max_retry_after: Duration::from_secs(5),
     }
 }
+
+/// A breaker for `vendor` alone, configured as given, on the wall clock.
+pub async fn breakers_for(
+    vendor: &str,
+    config: iace_actors::breaker::BreakerConfig,
+) -> iace_actors::breaker::Breakers {
+    iace_actors::breaker::Breakers::start(
+        [(vendor.to_owned(), config)].into(),
+        std::sync::Arc::new(Wall),
+        &prometheus::Registry::new(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Lets a breaker actor take in the outcomes just recorded.
+pub async fn settle() {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}

@@ -91,6 +91,7 @@ async fn completed_call(
                 event: Event::Created { spec: spec.clone() },
             },
             None,
+            None,
         )
         .await
         .unwrap();

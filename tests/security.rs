@@ -1279,26 +1279,54 @@ async fn rate_limits_hold_across_two_server_processes_sharing_redis() {
     .await;
     let agent_id = s(&agent.body, "id");
     let call = json!({"to": "+14155550100", "from": "+14155550199", "agent_id": agent_id});
-    // (Both nodes claim every shard of this database: the second one started owns the calls.)
-    for _ in 0..2 {
-        let r = send(
-            &two.base,
-            Method::POST,
-            "/v1/calls",
-            Some(&owner),
-            Some(call.clone()),
-        )
-        .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    // Both nodes claim every shard of this database and the second one started owns the calls,
+    // so creates go to it (store_pg's racing_limited_inserts_never_pass_the_live_call_limit
+    // races separate connections, as separate nodes would); the count is read on the other.
+    let create = |base: String, key: String| {
+        let owner = owner.clone();
+        let call = call.clone();
+        async move {
+            let req = reqwest::Client::new()
+                .post(format!("{base}/v1/calls"))
+                .bearer_auth(owner)
+                .header("idempotency-key", key)
+                .json(&call);
+            answer(req).await
+        }
+    };
+    // Ten creates racing for the plan's two slots at once: exactly two admitted.
+    let burst: Vec<_> = (0..10)
+        .map(|i| tokio::spawn(create(two.base.clone(), format!("slot-{i}"))))
+        .collect();
+    let mut admitted = Vec::new();
+    for (i, r) in burst.into_iter().enumerate() {
+        let r = r.await.unwrap();
+        if r.status == StatusCode::CREATED {
+            admitted.push(i);
+            continue;
+        }
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+        assert_eq!(r.body["error"]["code"], "concurrent_call_limit");
+        assert_eq!(r.headers["retry-after"], "5");
+        assert!(
+            s(&r.body["error"], "message").contains("free plan allows 2 live calls"),
+            "{}",
+            r.body
+        );
     }
-    let r = send(
+    assert_eq!(admitted.len(), 2, "admitted {admitted:?}");
+    // A client retrying a create it was told succeeded gets its call back, even at the limit.
+    let r = create(two.base.clone(), format!("slot-{}", admitted[0])).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.headers["idempotent-replayed"], "true");
+    let org = send(
         &one.base,
-        Method::POST,
-        "/v1/calls",
+        Method::GET,
+        "/v1/organization",
         Some(&owner),
-        Some(call.clone()),
+        None,
     )
     .await;
-    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
-    assert_eq!(r.body["error"]["code"], "concurrent_call_limit");
+    assert_eq!(org.body["live_calls"], 2, "{}", org.body);
+    assert_eq!(org.body["limits"]["concurrent_calls"], 2, "{}", org.body);
 }

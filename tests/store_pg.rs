@@ -92,7 +92,10 @@ impl Fixture {
     async fn insert(&self, to: &str) -> Call {
         let (call, entry) = self.new_call(to);
         assert_eq!(
-            self.store.insert_call(&call, &entry, None).await.unwrap(),
+            self.store
+                .insert_call(&call, &entry, None, None)
+                .await
+                .unwrap(),
             InsertOutcome::Created
         );
         call
@@ -222,7 +225,7 @@ async fn a_new_lease_epoch_fences_the_old_owner() {
         ..entry
     };
     assert!(matches!(
-        f.store.insert_call(&fresh, &entry, None).await,
+        f.store.insert_call(&fresh, &entry, None, None).await,
         Err(StoreError::Stale)
     ));
 }
@@ -236,12 +239,18 @@ async fn idempotency_keys_return_the_first_call_or_refuse_other_bodies() {
     };
     let (first, e1) = f.new_call("+14155550100");
     assert_eq!(
-        f.store.insert_call(&first, &e1, Some(&key)).await.unwrap(),
+        f.store
+            .insert_call(&first, &e1, Some(&key), None)
+            .await
+            .unwrap(),
         InsertOutcome::Created
     );
     let (second, e2) = f.new_call("+14155550100");
     assert_eq!(
-        f.store.insert_call(&second, &e2, Some(&key)).await.unwrap(),
+        f.store
+            .insert_call(&second, &e2, Some(&key), None)
+            .await
+            .unwrap(),
         InsertOutcome::Existing(Box::new(first.clone()))
     );
     let other = IdempotencyKey {
@@ -251,7 +260,7 @@ async fn idempotency_keys_return_the_first_call_or_refuse_other_bodies() {
     let (third, e3) = f.new_call("+14155550111");
     assert_eq!(
         f.store
-            .insert_call(&third, &e3, Some(&other))
+            .insert_call(&third, &e3, Some(&other), None)
             .await
             .unwrap(),
         InsertOutcome::IdempotencyMismatch
@@ -271,6 +280,103 @@ async fn idempotency_keys_return_the_first_call_or_refuse_other_bodies() {
 }
 
 #[tokio::test]
+async fn racing_limited_inserts_never_pass_the_live_call_limit() {
+    const LIMIT: u32 = 3;
+    let f = fixture().await;
+    let key_of = |i: usize| IdempotencyKey {
+        key: format!("race-{i}"),
+        fingerprint: "fp".into(),
+    };
+    // 24 inserts for the last 3 slots, all in flight at once on separate connections.
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            let store = f.store.clone();
+            let (call, entry) = f.new_call("+14155550100");
+            let key = key_of(i);
+            tokio::spawn(async move {
+                let outcome = store
+                    .insert_call(&call, &entry, Some(&key), Some(LIMIT))
+                    .await
+                    .unwrap();
+                (i, call, outcome)
+            })
+        })
+        .collect();
+    let mut created = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            (i, call, InsertOutcome::Created) => created.push((i, call)),
+            (_, _, InsertOutcome::LiveLimit { live }) => {
+                assert_eq!(live, u64::from(LIMIT));
+                refused += 1;
+            }
+            (_, _, other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        created.len(),
+        LIMIT as usize,
+        "exactly the limit is admitted"
+    );
+    assert_eq!(refused, 24 - LIMIT as usize);
+    let listed = f
+        .store
+        .list_calls(
+            f.org,
+            &CallFilter {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.len(),
+        LIMIT as usize,
+        "the refused inserts stored nothing"
+    );
+
+    // At the limit, a replay of an admitted key still answers with its call.
+    let (i, first) = &created[0];
+    let (again, entry) = f.new_call("+14155550100");
+    assert_eq!(
+        f.store
+            .insert_call(&again, &entry, Some(&key_of(*i)), Some(LIMIT))
+            .await
+            .unwrap(),
+        InsertOutcome::Existing(Box::new(first.clone()))
+    );
+    // Unlimited inserts (inbound calls, engine-internal) are not counted against it.
+    let (extra, entry) = f.new_call("+14155550100");
+    assert_eq!(
+        f.store
+            .insert_call(&extra, &entry, None, None)
+            .await
+            .unwrap(),
+        InsertOutcome::Created
+    );
+    let (late, entry) = f.new_call("+14155550100");
+    assert_eq!(
+        f.store
+            .insert_call(&late, &entry, None, Some(LIMIT + 1))
+            .await
+            .unwrap(),
+        InsertOutcome::LiveLimit { live: 4 }
+    );
+    // A call that ends frees its slot.
+    f.apply(first, Event::HangupRequested).await.unwrap();
+    f.apply(&extra, Event::HangupRequested).await.unwrap();
+    assert_eq!(
+        f.store
+            .insert_call(&late, &entry, None, Some(LIMIT))
+            .await
+            .unwrap(),
+        InsertOutcome::Created
+    );
+}
+
+#[tokio::test]
 async fn unknown_or_foreign_agents_and_customers_are_refused() {
     let f = fixture().await;
     let stranger = org(&f.store, "Globex").await;
@@ -281,7 +387,10 @@ async fn unknown_or_foreign_agents_and_customers_are_refused() {
         spec: call.spec.clone(),
     };
     assert_eq!(
-        f.store.insert_call(&call, &entry, None).await.unwrap(),
+        f.store
+            .insert_call(&call, &entry, None, None)
+            .await
+            .unwrap(),
         InsertOutcome::UnknownAgent
     );
     let (mut call, mut entry) = f.new_call("+14155550100");
@@ -290,7 +399,10 @@ async fn unknown_or_foreign_agents_and_customers_are_refused() {
         spec: call.spec.clone(),
     };
     assert_eq!(
-        f.store.insert_call(&call, &entry, None).await.unwrap(),
+        f.store
+            .insert_call(&call, &entry, None, None)
+            .await
+            .unwrap(),
         InsertOutcome::UnknownCustomer
     );
 }

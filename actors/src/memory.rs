@@ -171,6 +171,7 @@ impl CallStore for MemoryStore {
         call: &Call,
         created: &JournalEntry,
         idempotency: Option<&IdempotencyKey>,
+        max_live: Option<u32>,
     ) -> StoreResult<InsertOutcome> {
         self.check()?;
         let mut s = self.lock();
@@ -200,6 +201,16 @@ impl CallStore for MemoryStore {
         }
         if s.calls.contains_key(&call.spec.id) {
             return Err(StoreError::Stale);
+        }
+        if let Some(max) = max_live {
+            let live = s
+                .calls
+                .values()
+                .filter(|c| c.spec.organization_id == org && !c.status.is_terminal())
+                .count() as u64;
+            if live >= u64::from(max) {
+                return Ok(InsertOutcome::LiveLimit { live });
+            }
         }
         if let Some(key) = idempotency {
             s.idempotency.insert(

@@ -90,6 +90,11 @@ pub enum InsertOutcome {
     UnknownAgent,
     /// The customer does not exist in the call's organization.
     UnknownCustomer,
+    /// The organization already has `live` live calls, not fewer than the `max_live` asked for.
+    LiveLimit {
+        /// Live calls counted.
+        live: u64,
+    },
 }
 
 /// A vendor event as received, stored before it is acknowledged.
@@ -164,11 +169,17 @@ pub trait CallStore: Send + Sync + 'static {
 
     /// Inserts a new call (snapshot + `created` journal entry) in one transaction, honouring the
     /// idempotency key. `call.owner_epoch` must be the current epoch of the call's shard.
+    ///
+    /// With `max_live`, the organization's live calls (pending, ringing, in progress) are
+    /// counted in the same serialized step as the insert, so concurrent inserts on any node can
+    /// never take the organization past `max_live`; a replay of an idempotency key answers with
+    /// its call whatever the count.
     async fn insert_call(
         &self,
         call: &Call,
         created: &JournalEntry,
         idempotency: Option<&IdempotencyKey>,
+        max_live: Option<u32>,
     ) -> StoreResult<InsertOutcome>;
 
     /// Appends `entry` and writes the snapshot `call` (whose version is `entry.seq`) in one

@@ -99,9 +99,13 @@ impl CallStore for SimStore {
         call: &Call,
         created: &JournalEntry,
         idempotency: Option<&IdempotencyKey>,
+        max_live: Option<u32>,
     ) -> StoreResult<InsertOutcome> {
         self.before("insert_call").await?;
-        let outcome = self.inner.insert_call(call, created, idempotency).await?;
+        let outcome = self
+            .inner
+            .insert_call(call, created, idempotency, max_live)
+            .await?;
         let id = call.spec.id;
         match &outcome {
             InsertOutcome::Created => {

@@ -33,13 +33,16 @@ fn account_json(state: &AppState, account: &iace_actors::accounts::OrgAccount) -
     })
 }
 
-/// `GET /v1/organization`.
+/// `GET /v1/organization`, with the live calls counted against the plan's concurrent-call limit.
 pub async fn get_organization(
     State(state): State<AppState>,
     Caller(p): Caller,
 ) -> Result<Json<Value>, ApiError> {
     let account = state.engine.organization_account(p.org).await?;
-    Ok(Json(account_json(&state, &account)))
+    let live = state.engine.live_call_count(p.org).await?;
+    let mut body = account_json(&state, &account);
+    body["live_calls"] = json!(live);
+    Ok(Json(body))
 }
 
 /// `PATCH /v1/organization` (owner): `name`, `hubspot_portal_id`. The plan is Stripe's to set.

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use iace_actors::engine::{parse_status, NewCall};
+use iace_actors::engine::{parse_status, EngineError, NewCall};
 use iace_actors::machine::Call;
 use iace_actors::ports::{CallFilter, JournalEntry};
 use serde::Deserialize;
@@ -56,9 +56,15 @@ pub async fn create(
     AppJson(body): AppJson<NewCall>,
 ) -> Result<Response, ApiError> {
     let org = caller.org;
-    if state.security.limiter.is_some() {
-        concurrent_calls(&state, &caller).await?;
-    }
+    // The plan's concurrent-call limit, enforced by the store in the same step as the insert.
+    let plan = caller
+        .account
+        .effective_plan(state.engine.clock_now(), state.security.billing_grace);
+    let max_live = state
+        .security
+        .limiter
+        .is_some()
+        .then(|| plan.limits().concurrent_calls);
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => Some(
@@ -67,7 +73,21 @@ pub async fn create(
                 .to_owned(),
         ),
     };
-    let created = state.engine.create_call(org, body, key).await?;
+    let created = state
+        .engine
+        .create_call_within(org, body, key, max_live)
+        .await
+        .map_err(|e| match e {
+            EngineError::ConcurrentCallLimit { allowed, live } => {
+                let mut api = ApiError::from(EngineError::ConcurrentCallLimit { allowed, live });
+                api.message = format!(
+                    "the {} plan allows {allowed} live calls at once and {live} are live; retry when one ends",
+                    plan.as_str()
+                );
+                api
+            }
+            other => other.into(),
+        })?;
     record_call(created.call.spec.id);
     let body = Json(call_resource(&created.call));
     Ok(if created.replayed {
@@ -78,33 +98,6 @@ pub async fn create(
     } else {
         (StatusCode::CREATED, body).into_response()
     })
-}
-
-/// The plan's concurrent-call limit (429 when every slot is taken). Counted in the store, so
-/// every node sees the same number; two creates racing for the last slot can both pass.
-async fn concurrent_calls(
-    state: &AppState,
-    caller: &iace_actors::accounts::Principal,
-) -> Result<(), ApiError> {
-    let org = caller.org;
-    let plan = caller
-        .account
-        .effective_plan(state.engine.clock_now(), state.security.billing_grace);
-    let allowed = plan.limits().concurrent_calls;
-    let live = state.engine.live_call_count(org).await?;
-    if live >= u64::from(allowed) {
-        let mut e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "concurrent_call_limit",
-            format!(
-                "the {} plan allows {allowed} live calls at once and {live} are live; retry when one ends",
-                plan.as_str()
-            ),
-        );
-        e.retry_after = Some(5);
-        return Err(e);
-    }
-    Ok(())
 }
 
 /// `GET /v1/calls/{id}`.

@@ -73,6 +73,7 @@ impl From<EngineError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             EngineError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            EngineError::ConcurrentCallLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
         };
         let message = match &e {
             EngineError::IllegalTransition { status, message } => {
@@ -86,6 +87,10 @@ impl From<EngineError> for ApiError {
                 .map(|u| (u - chrono::Utc::now()).num_seconds().max(1))
                 .unwrap_or(30);
             error.retry_after = u64::try_from(secs).ok();
+        }
+        if let EngineError::ConcurrentCallLimit { .. } = &e {
+            // Calls last minutes; a few seconds is a polite first retry.
+            error.retry_after = Some(5);
         }
         error
     }

@@ -125,15 +125,27 @@ impl CallStore for PgStore {
         call: &Call,
         created: &JournalEntry,
         idempotency: Option<&IdempotencyKey>,
+        max_live: Option<u32>,
     ) -> StoreResult<InsertOutcome> {
+        let org = call.spec.organization_id;
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        if max_live.is_some() {
+            // Limited inserts of one organization take turns (held to commit), so the count
+            // below and the insert are one step on every node. Taken before anything else.
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(hashtextextended('iace:live:' || $1::text, 0))",
+            )
+            .bind(org)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
         check_epoch(&mut tx, shard(call), call.owner_epoch).await?;
         if let Some(key) = idempotency {
             if let Some(found) = find_by_key(&mut tx, call, key).await? {
                 return Ok(found);
             }
         }
-        let org = call.spec.organization_id;
         let agent_ok: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM agent WHERE id = $1 AND organization_id = $2)",
         )
@@ -156,6 +168,20 @@ impl CallStore for PgStore {
             .map_err(unavailable)?;
             if !ok {
                 return Ok(InsertOutcome::UnknownCustomer);
+            }
+        }
+        if let Some(max) = max_live {
+            let live: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM call WHERE organization_id = $1 \
+                   AND status IN ('pending', 'ringing', 'in_progress')",
+            )
+            .bind(org)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            let live = u64::try_from(live).unwrap_or(0);
+            if live >= u64::from(max) {
+                return Ok(InsertOutcome::LiveLimit { live });
             }
         }
         let (deadline_at, deadline_kind) = deadline_parts(call);

@@ -47,6 +47,17 @@ pub enum EngineError {
     /// `Idempotency-Key`).
     #[error("the engine did not answer within {0} ms")]
     Timeout(u64),
+    /// The organization's plan allows `allowed` live calls at once and `live` are live. Nothing
+    /// was stored.
+    #[error(
+        "your plan allows {allowed} live calls at once and {live} are live; retry when one ends"
+    )]
+    ConcurrentCallLimit {
+        /// The plan's limit.
+        allowed: u32,
+        /// Live calls counted when the create was refused.
+        live: u64,
+    },
 }
 
 impl EngineError {
@@ -61,6 +72,7 @@ impl EngineError {
             EngineError::Unavailable(_) => "unavailable",
             EngineError::VendorUnavailable { .. } => "vendor_unavailable",
             EngineError::Timeout(_) => "timeout",
+            EngineError::ConcurrentCallLimit { .. } => "concurrent_call_limit",
         }
     }
 

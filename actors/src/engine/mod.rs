@@ -341,6 +341,22 @@ impl Engine {
         req: NewCall,
         idempotency_key: Option<String>,
     ) -> Result<CreatedCall, EngineError> {
+        self.create_call_within(org, req, idempotency_key, None)
+            .await
+    }
+
+    /// [`Engine::create_call`] under a concurrent-call limit: refused with
+    /// [`EngineError::ConcurrentCallLimit`] (nothing stored) when the organization already has
+    /// `max_live` live calls. The count and the insert are one serialized step in the store, so
+    /// racing creates on any number of nodes never exceed the limit; a replay of an
+    /// idempotency key answers with its call even at the limit.
+    pub async fn create_call_within(
+        &self,
+        org: OrganizationId,
+        req: NewCall,
+        idempotency_key: Option<String>,
+        max_live: Option<u32>,
+    ) -> Result<CreatedCall, EngineError> {
         let metadata = match req.metadata.clone() {
             None => serde_json::Value::Object(Default::default()),
             Some(v) => catalog::validate_object("metadata", v)?,
@@ -368,7 +384,7 @@ impl Engine {
             max_duration_secs: self.inner.shared.config.max_duration_secs,
             inbound_leg_id: None,
         };
-        self.insert_and_activate(spec, idempotency).await
+        self.insert_and_activate(spec, idempotency, max_live).await
     }
 
     /// Takes an inbound call the carrier offers (the telephony adapter has already resolved
@@ -415,7 +431,8 @@ impl Engine {
             max_duration_secs: shared.config.max_duration_secs,
             inbound_leg_id: Some(leg.to_owned()),
         };
-        self.insert_and_activate(spec, Some(idempotency)).await
+        self.insert_and_activate(spec, Some(idempotency), None)
+            .await
     }
 
     /// Refuses new work at once while `vendor`'s breaker is open (no breaker: allowed).
@@ -478,6 +495,7 @@ impl Engine {
         &self,
         spec: CallSpec,
         idempotency: Option<IdempotencyKey>,
+        max_live: Option<u32>,
     ) -> Result<CreatedCall, EngineError> {
         let shared = &self.inner.shared;
         let now = self.now();
@@ -491,12 +509,12 @@ impl Engine {
             event: Event::Created { spec },
         };
         let outcome = shared
-            .with_timeout(
-                shared
-                    .ports
-                    .calls
-                    .insert_call(&call, &created, idempotency.as_ref()),
-            )
+            .with_timeout(shared.ports.calls.insert_call(
+                &call,
+                &created,
+                idempotency.as_ref(),
+                max_live,
+            ))
             .await?;
         match outcome {
             InsertOutcome::Created => {
@@ -539,6 +557,10 @@ impl Engine {
                 "customer_id",
                 "no customer with this id in your organization",
             )),
+            InsertOutcome::LiveLimit { live } => Err(EngineError::ConcurrentCallLimit {
+                allowed: max_live.unwrap_or(0),
+                live,
+            }),
         }
     }
 

@@ -273,6 +273,47 @@ async fn idempotency_key_replays_and_refuses_other_bodies() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_concurrent_call_limit_refuses_new_calls_until_one_ends() {
+    let w = World::new(41).await;
+    let engine = w.engine().await;
+    let first = engine
+        .create_call_within(w.org, w.new_call(), Some("a".into()), Some(1))
+        .await
+        .unwrap();
+    let err = engine
+        .create_call_within(w.org, w.new_call(), Some("b".into()), Some(1))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        EngineError::ConcurrentCallLimit {
+            allowed: 1,
+            live: 1
+        }
+    );
+    assert_eq!(err.code(), "concurrent_call_limit");
+    let listed = engine
+        .list_calls(w.org, CallFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1, "the refused create stored nothing");
+    // The replay of the admitted key is not refused.
+    let again = engine
+        .create_call_within(w.org, w.new_call(), Some("a".into()), Some(1))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    engine.hangup(w.org, first.call.spec.id).await.unwrap();
+    w.until(first.call.spec.id, "ended", |c| c.status.is_terminal())
+        .await;
+    let next = engine
+        .create_call_within(w.org, w.new_call(), Some("b".into()), Some(1))
+        .await
+        .unwrap();
+    assert!(!next.replayed);
+}
+
+#[tokio::test(start_paused = true)]
 async fn hangup_cancels_then_refuses_with_current_status() {
     let w = World::new(5).await;
     let engine = w.engine().await;
@@ -491,7 +532,10 @@ async fn reconciliation_ends_calls_the_carrier_forgot_and_redials_pending_ones()
         event: Event::Created { spec },
     };
     assert_eq!(
-        w.store.insert_call(&call, &entry, None).await.unwrap(),
+        w.store
+            .insert_call(&call, &entry, None, None)
+            .await
+            .unwrap(),
         InsertOutcome::Created
     );
 

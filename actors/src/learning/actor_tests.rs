@@ -199,7 +199,10 @@ impl World {
             event: Event::Created { spec: spec.clone() },
         };
         assert_eq!(
-            self.calls.insert_call(&call, &created, None).await.unwrap(),
+            self.calls
+                .insert_call(&call, &created, None, None)
+                .await
+                .unwrap(),
             crate::ports::InsertOutcome::Created
         );
         let say = |speaker, turn, text: &str| Event::Conversation {

@@ -358,7 +358,8 @@ impl ServeArgs {
 /// the command line, never from files in the repository.
 #[derive(Debug, Clone, Args)]
 pub struct SecurityArgs {
-    /// Access-token signing secret (at least 32 bytes). User sign-in is off without one.
+    /// Access-token signing secret (at least 32 bytes, `HS256`). User sign-in is off without
+    /// this or IACE_JWT_KEY_FILE.
     #[arg(long, env = "IACE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// Earlier signing secrets, comma-separated: their tokens stay valid until they expire
@@ -370,6 +371,16 @@ pub struct SecurityArgs {
         value_delimiter = ','
     )]
     pub jwt_previous_secrets: Vec<String>,
+    /// Ed25519 signing key for access tokens (`EdDSA`): a PEM PKCS#8 private key file, e.g.
+    /// from `openssl genpkey -algorithm ed25519`. When set it signs, and IACE_JWT_SECRET (if
+    /// also set) only verifies: tokens issued before the switch stay valid. Its public key is
+    /// published at `/.well-known/jwks.json`.
+    #[arg(long, env = "IACE_JWT_KEY_FILE")]
+    pub jwt_key_file: Option<std::path::PathBuf>,
+    /// Earlier Ed25519 keys that only verify, comma-separated PEM files (public or private):
+    /// rotate by moving the current key file here and setting a new one.
+    #[arg(long, env = "IACE_JWT_VERIFY_KEY_FILES", value_delimiter = ',')]
+    pub jwt_verify_key_files: Vec<std::path::PathBuf>,
     /// Access-token issuer.
     #[arg(long, env = "IACE_JWT_ISSUER", default_value = "iace")]
     pub jwt_issuer: String,
@@ -430,6 +441,8 @@ impl Default for SecurityArgs {
         SecurityArgs {
             jwt_secret: None,
             jwt_previous_secrets: Vec::new(),
+            jwt_key_file: None,
+            jwt_verify_key_files: Vec::new(),
             jwt_issuer: "iace".into(),
             jwt_audience: "iace-api".into(),
             stripe_webhook_secret: None,

@@ -1,17 +1,24 @@
-//! Access tokens: compact JWS (JWT) signed with HMAC-SHA256.
+//! Access tokens: compact JWS (JWT) signed with HMAC-SHA256 (`HS256`, a shared secret) or
+//! Ed25519 (`EdDSA`, a key file; other services can verify with the public keys published at
+//! `/.well-known/jwks.json`).
 //!
-//! The algorithm is fixed server-side: a token whose header names anything but `HS256`
-//! (`none`, `RS256`, ...) is refused before any signature work, so no algorithm confusion is
-//! possible. Signing keys carry an id (`kid` in the header): the newest key signs, every key in
-//! the ring verifies, so rotating the key does not log anyone out (drop the old key once its
-//! tokens have expired). Issuer, audience, expiry and not-before are checked, and `typ` must
-//! be `access` (a refresh token, which is opaque anyway, or any other token cannot pass).
+//! The algorithm is fixed server-side, per key: a token whose header names anything but
+//! `HS256` or `EdDSA` (`none`, `RS256`, ...) is refused before any signature work, and the
+//! algorithm must be the one of the key its `kid` names, so no algorithm confusion is possible
+//! (an Ed25519 public key is never used as an HMAC secret). Signing keys carry an id (`kid` in
+//! the header), derived from the key: the first key signs, every key in the ring verifies, so
+//! rotating the key, or moving from a secret to a key file, does not log anyone out (drop the
+//! old key once its tokens have expired). Issuer, audience, expiry and not-before are checked,
+//! and `typ` must be `access` (a refresh token, which is opaque anyway, or any other token
+//! cannot pass).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey};
+use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 use crate::auth::constant_time_eq;
@@ -62,7 +69,7 @@ pub enum TokenError {
     /// Not three base64url parts of JSON.
     #[error("malformed token")]
     Malformed,
-    /// The header names an algorithm other than HS256.
+    /// The header names an algorithm other than HS256 or EdDSA, or not the one of its key.
     #[error("unsupported algorithm")]
     Algorithm,
     /// No key with the token's id.
@@ -85,10 +92,125 @@ pub enum TokenError {
     WrongType,
 }
 
+/// One key of the ring: an HMAC secret (`HS256`) or an Ed25519 key (`EdDSA`; with its private
+/// half it can sign, without it only verify).
+#[derive(Clone)]
+pub struct Key {
+    kid: String,
+    material: Material,
+}
+
+#[derive(Clone)]
+enum Material {
+    Hmac(Vec<u8>),
+    Ed25519 {
+        verifying: VerifyingKey,
+        signing: Option<Box<SigningKey>>,
+    },
+}
+
+impl Key {
+    /// An HMAC-SHA256 secret (at least 32 bytes) under the given id.
+    pub fn hmac(kid: impl Into<String>, secret: Vec<u8>) -> anyhow::Result<Key> {
+        let kid = kid.into();
+        anyhow::ensure!(!kid.is_empty(), "a signing key needs an id");
+        anyhow::ensure!(
+            secret.len() >= 32,
+            "signing key {kid} is shorter than 32 bytes"
+        );
+        Ok(Key {
+            kid,
+            material: Material::Hmac(secret),
+        })
+    }
+
+    /// An HMAC-SHA256 secret whose id is derived from it (rotation needs no id bookkeeping).
+    pub fn hmac_secret(secret: &str) -> anyhow::Result<Key> {
+        Key::hmac(
+            crate::auth::key_id(secret.as_bytes()),
+            secret.as_bytes().to_vec(),
+        )
+    }
+
+    /// An Ed25519 key from PEM: a PKCS#8 private key (`-----BEGIN PRIVATE KEY-----`, as
+    /// `openssl genpkey -algorithm ed25519` writes) signs and verifies; a public key
+    /// (`-----BEGIN PUBLIC KEY-----`) only verifies. The id is derived from the public key.
+    pub fn ed25519_pem(pem: &str) -> anyhow::Result<Key> {
+        let pem = pem.trim();
+        let (verifying, signing) = if pem.starts_with("-----BEGIN PRIVATE KEY-----") {
+            let signing = SigningKey::from_pkcs8_pem(pem)
+                .map_err(|e| anyhow::anyhow!("not an Ed25519 PKCS#8 private key ({e})"))?;
+            (signing.verifying_key(), Some(Box::new(signing)))
+        } else if pem.starts_with("-----BEGIN PUBLIC KEY-----") {
+            let verifying = VerifyingKey::from_public_key_pem(pem)
+                .map_err(|e| anyhow::anyhow!("not an Ed25519 public key ({e})"))?;
+            (verifying, None)
+        } else {
+            anyhow::bail!(
+                "expected a PEM Ed25519 key (-----BEGIN PRIVATE KEY----- or -----BEGIN PUBLIC KEY-----)"
+            );
+        };
+        anyhow::ensure!(!verifying.is_weak(), "the Ed25519 public key is weak");
+        Ok(Key {
+            kid: hex::encode(&Sha256::digest(verifying.as_bytes())[..6]),
+            material: Material::Ed25519 { verifying, signing },
+        })
+    }
+
+    /// The key id (`kid`).
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The JWS algorithm of this key: `HS256` or `EdDSA`.
+    pub fn alg(&self) -> &'static str {
+        match self.material {
+            Material::Hmac(_) => "HS256",
+            Material::Ed25519 { .. } => "EdDSA",
+        }
+    }
+
+    /// Whether this key can sign (an HMAC secret or an Ed25519 private key).
+    pub fn can_sign(&self) -> bool {
+        match &self.material {
+            Material::Hmac(_) => true,
+            Material::Ed25519 { signing, .. } => signing.is_some(),
+        }
+    }
+
+    #[cfg(test)]
+    fn verifying_bytes(&self) -> &[u8] {
+        match &self.material {
+            Material::Ed25519 { verifying, .. } => verifying.as_bytes(),
+            Material::Hmac(_) => panic!("not an Ed25519 key"),
+        }
+    }
+
+    fn signature(&self, input: &[u8]) -> Vec<u8> {
+        match &self.material {
+            Material::Hmac(secret) => mac(secret, input),
+            Material::Ed25519 { signing, .. } => signing
+                .as_ref()
+                .expect("the ring's first key can sign (checked in KeyRing::new)")
+                .sign(input)
+                .to_bytes()
+                .to_vec(),
+        }
+    }
+
+    fn check(&self, input: &[u8], given: &[u8]) -> bool {
+        match &self.material {
+            Material::Hmac(secret) => constant_time_eq(&mac(secret, input), given),
+            Material::Ed25519 { verifying, .. } => ed25519_dalek::Signature::from_slice(given)
+                .is_ok_and(|sig| verifying.verify_strict(input, &sig).is_ok()),
+        }
+    }
+}
+
 /// The signing keys: the first signs, all verify.
 #[derive(Clone)]
 pub struct KeyRing {
-    keys: Vec<(String, Vec<u8>)>,
+    keys: Vec<Key>,
     issuer: String,
     audience: String,
 }
@@ -97,7 +219,14 @@ impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the secrets.
         f.debug_struct("KeyRing")
-            .field("kids", &self.keys.iter().map(|k| &k.0).collect::<Vec<_>>())
+            .field(
+                "kids",
+                &self
+                    .keys
+                    .iter()
+                    .map(|k| format!("{} ({})", k.kid, k.alg()))
+                    .collect::<Vec<_>>(),
+            )
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .finish()
@@ -105,18 +234,25 @@ impl std::fmt::Debug for KeyRing {
 }
 
 impl KeyRing {
-    /// `keys`: (key id, secret), newest first; secrets of at least 32 bytes.
+    /// `keys`: newest first; the first must be able to sign; ids must differ.
     pub fn new(
-        keys: Vec<(String, Vec<u8>)>,
+        keys: Vec<Key>,
         issuer: impl Into<String>,
         audience: impl Into<String>,
     ) -> anyhow::Result<KeyRing> {
-        anyhow::ensure!(!keys.is_empty(), "at least one signing key is needed");
-        for (kid, secret) in &keys {
-            anyhow::ensure!(!kid.is_empty(), "a signing key needs an id");
+        let Some(first) = keys.first() else {
+            anyhow::bail!("at least one signing key is needed");
+        };
+        anyhow::ensure!(
+            first.can_sign(),
+            "the signing key {} is a public key: it can only verify",
+            first.kid
+        );
+        for (i, k) in keys.iter().enumerate() {
             anyhow::ensure!(
-                secret.len() >= 32,
-                "signing key {kid} is shorter than 32 bytes"
+                keys[..i].iter().all(|o| o.kid != k.kid),
+                "signing key {} is listed twice",
+                k.kid
             );
         }
         Ok(KeyRing {
@@ -126,21 +262,26 @@ impl KeyRing {
         })
     }
 
+    /// The key that signs new tokens.
+    pub fn signing_key(&self) -> &Key {
+        &self.keys[0]
+    }
+
     /// Signs claims (their `iss`, `aud` and `typ` are set here).
     pub fn sign(&self, mut claims: Claims) -> String {
         claims.iss.clone_from(&self.issuer);
         claims.aud.clone_from(&self.audience);
         claims.typ = "access".into();
-        let (kid, secret) = &self.keys[0];
+        let key = &self.keys[0];
         let header = Header {
-            alg: "HS256".into(),
+            alg: key.alg().into(),
             typ: Some("JWT".into()),
-            kid: Some(kid.clone()),
+            kid: Some(key.kid.clone()),
         };
         let head = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).expect("serialisable"));
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("serialisable"));
         let input = format!("{head}.{body}");
-        let sig = URL_SAFE_NO_PAD.encode(mac(secret, input.as_bytes()));
+        let sig = URL_SAFE_NO_PAD.encode(key.signature(input.as_bytes()));
         format!("{input}.{sig}")
     }
 
@@ -157,24 +298,25 @@ impl KeyRing {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or(TokenError::Malformed)?;
-        if header.alg != "HS256" {
+        if header.alg != "HS256" && header.alg != "EdDSA" {
             return Err(TokenError::Algorithm);
         }
-        let secret = match &header.kid {
+        let key = match &header.kid {
             Some(kid) => self
                 .keys
                 .iter()
-                .find(|(k, _)| k == kid)
-                .map(|(_, s)| s)
+                .find(|k| &k.kid == kid)
                 .ok_or(TokenError::UnknownKey)?,
             None => return Err(TokenError::UnknownKey),
         };
+        if header.alg != key.alg() {
+            return Err(TokenError::Algorithm);
+        }
         let given = URL_SAFE_NO_PAD
             .decode(sig)
             .map_err(|_| TokenError::Malformed)?;
         let input_len = head.len() + 1 + body.len();
-        let expected = mac(secret, &token.as_bytes()[..input_len]);
-        if !constant_time_eq(&expected, &given) {
+        if !key.check(&token.as_bytes()[..input_len], &given) {
             return Err(TokenError::Signature);
         }
         let claims: Claims = URL_SAFE_NO_PAD
@@ -196,6 +338,28 @@ impl KeyRing {
         }
         Ok(claims)
     }
+
+    /// The ring's public keys as a JWK Set (RFC 7517, OKP keys of RFC 8037): every Ed25519
+    /// key, signing or verify-only, so other services can check our tokens. HMAC secrets are
+    /// never published.
+    pub fn jwks(&self) -> serde_json::Value {
+        let keys: Vec<serde_json::Value> = self
+            .keys
+            .iter()
+            .filter_map(|k| match &k.material {
+                Material::Ed25519 { verifying, .. } => Some(serde_json::json!({
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "x": URL_SAFE_NO_PAD.encode(verifying.as_bytes()),
+                    "kid": k.kid,
+                    "alg": "EdDSA",
+                    "use": "sig",
+                })),
+                Material::Hmac(_) => None,
+            })
+            .collect();
+        serde_json::json!({ "keys": keys })
+    }
 }
 
 fn mac(secret: &[u8], input: &[u8]) -> Vec<u8> {
@@ -214,7 +378,7 @@ mod tests {
     fn ring(keys: &[(&str, u8)]) -> KeyRing {
         KeyRing::new(
             keys.iter()
-                .map(|(kid, b)| ((*kid).to_owned(), vec![*b; 32]))
+                .map(|(kid, b)| Key::hmac(*kid, vec![*b; 32]).unwrap())
                 .collect(),
             "iace",
             "iace-api",
@@ -367,10 +531,150 @@ mod tests {
         ] {
             assert!(r.verify(junk, NOW).is_err(), "{junk}");
         }
-        assert!(KeyRing::new(vec![("k".into(), vec![0; 16])], "i", "a").is_err());
+        assert!(Key::hmac("k", vec![0; 16]).is_err());
         assert!(KeyRing::new(vec![], "i", "a").is_err());
         let shown = format!("{r:?}");
         assert!(shown.contains("k1") && !shown.contains("[1, 1"), "{shown}");
+    }
+
+    /// RFC 8037 appendix A: the Ed25519 key (RFC 8032 test 1) and the A.4 JWS made with it.
+    const A4_D: &str = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A";
+    const A4_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+    const A4_INPUT: &str = "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc";
+    const A4_SIGNATURE: &str =
+        "hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg";
+
+    /// PEM as `openssl genpkey -algorithm ed25519` writes it (RFC 8410 PKCS#8 v1), built by hand
+    /// from the DER layout so the parser is checked against the format, not against itself.
+    fn private_pem(seed: &[u8]) -> String {
+        let mut der = hex::decode("302e020100300506032b657004220420").unwrap();
+        der.extend_from_slice(seed);
+        pem("PRIVATE KEY", &der)
+    }
+
+    fn public_pem(key: &[u8]) -> String {
+        let mut der = hex::decode("302a300506032b6570032100").unwrap();
+        der.extend_from_slice(key);
+        pem("PUBLIC KEY", &der)
+    }
+
+    fn pem(label: &str, der: &[u8]) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        format!("-----BEGIN {label}-----\n{b64}\n-----END {label}-----\n")
+    }
+
+    fn ed_key(seed: u8) -> Key {
+        Key::ed25519_pem(&private_pem(&[seed; 32])).unwrap()
+    }
+
+    fn ring_of(keys: Vec<Key>) -> KeyRing {
+        KeyRing::new(keys, "iace", "iace-api").unwrap()
+    }
+
+    fn header_of(token: &str) -> serde_json::Value {
+        let head = token.split('.').next().unwrap();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(head).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn ed25519_keys_from_pem_reproduce_the_rfc_8037_vector() {
+        let d = URL_SAFE_NO_PAD.decode(A4_D).unwrap();
+        let key = Key::ed25519_pem(&private_pem(&d)).unwrap();
+        assert_eq!(key.alg(), "EdDSA");
+        assert!(key.can_sign());
+        assert_eq!(
+            URL_SAFE_NO_PAD.encode(key.signature(A4_INPUT.as_bytes())),
+            A4_SIGNATURE
+        );
+        let public = Key::ed25519_pem(&public_pem(&URL_SAFE_NO_PAD.decode(A4_X).unwrap())).unwrap();
+        assert!(!public.can_sign());
+        assert_eq!(public.kid(), key.kid(), "the id is the public key's");
+        let sig = URL_SAFE_NO_PAD.decode(A4_SIGNATURE).unwrap();
+        assert!(public.check(A4_INPUT.as_bytes(), &sig));
+        assert!(!public.check(b"eyJhbGciOiJFZERTQSJ9.e30", &sig));
+        assert!(!public.check(A4_INPUT.as_bytes(), &sig[..63]));
+        let jwks = ring_of(vec![key, Key::hmac("h", vec![1; 32]).unwrap()]).jwks();
+        assert_eq!(jwks["keys"].as_array().unwrap().len(), 1, "{jwks}");
+        assert_eq!(jwks["keys"][0]["x"], A4_X);
+        assert_eq!(jwks["keys"][0]["kty"], "OKP");
+        assert_eq!(jwks["keys"][0]["crv"], "Ed25519");
+        assert_eq!(jwks["keys"][0]["alg"], "EdDSA");
+    }
+
+    #[test]
+    fn ed25519_signing_verifies_and_moving_from_a_secret_logs_no_one_out() {
+        let hs = ring(&[("k1", 1)]);
+        let old = hs.sign(claims());
+        let ed = ed_key(7);
+        let kid = ed.kid().to_owned();
+        let both = ring_of(vec![ed.clone(), Key::hmac("k1", vec![1; 32]).unwrap()]);
+        let token = both.sign(claims());
+        assert_eq!(header_of(&token)["alg"], "EdDSA");
+        assert_eq!(header_of(&token)["kid"], kid.as_str());
+        assert_eq!(both.verify(&token, NOW).unwrap().sub, Uuid::from_u128(1));
+        assert!(both.verify(&old, NOW).is_ok(), "the secret still verifies");
+        // Another service holding only the public key verifies the token.
+        let public = Key::ed25519_pem(&public_pem(
+            &URL_SAFE_NO_PAD
+                .decode(both.jwks()["keys"][0]["x"].as_str().unwrap())
+                .unwrap(),
+        ))
+        .unwrap();
+        let verifier = ring_of(vec![ed_key(8), public]);
+        assert!(verifier.verify(&token, NOW).is_ok());
+        assert_eq!(hs.verify(&token, NOW), Err(TokenError::UnknownKey));
+        // A public key cannot be the signing key; ids must differ; junk is refused.
+        let public_only = Key::ed25519_pem(&public_pem(ed.verifying_bytes())).unwrap();
+        assert!(KeyRing::new(vec![public_only], "i", "a").is_err());
+        assert!(KeyRing::new(vec![ed_key(7), ed_key(7)], "i", "a").is_err());
+        for junk in [
+            "",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+            &public_pem(&[0; 32]),
+        ] {
+            assert!(Key::ed25519_pem(junk).is_err(), "{junk}");
+        }
+    }
+
+    #[test]
+    fn algorithm_confusion_between_the_two_kinds_of_key_is_refused() {
+        let ed = ed_key(7);
+        let ed_kid = ed.kid().to_owned();
+        let r = ring_of(vec![ed.clone(), Key::hmac("k1", vec![1; 32]).unwrap()]);
+        let mut good = serde_json::to_value(claims()).unwrap();
+        good["iss"] = "iace".into();
+        good["aud"] = "iace-api".into();
+        good["typ"] = "access".into();
+        // HS256 under the Ed25519 key's id, keyed with its public bytes (the classic attack).
+        let confused = serde_json::json!({"alg": "HS256", "kid": ed_kid});
+        assert_eq!(
+            r.verify(&forge(&confused, &good, Some(ed.verifying_bytes())), NOW),
+            Err(TokenError::Algorithm)
+        );
+        // EdDSA under the HMAC key's id.
+        let token = r.sign(claims());
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        parts[0] = URL_SAFE_NO_PAD.encode(r#"{"alg":"EdDSA","kid":"k1"}"#);
+        assert_eq!(r.verify(&parts.join("."), NOW), Err(TokenError::Algorithm));
+        // Signed by another Ed25519 key under our id.
+        let other = ring_of(vec![ed_key(9)]);
+        let theirs = other.sign(claims());
+        let mut parts: Vec<String> = theirs.split('.').map(str::to_owned).collect();
+        parts[0] = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"EdDSA","kid":"{ed_kid}"}}"#));
+        let head = parts[0].clone();
+        let input = format!("{head}.{}", parts[1]);
+        parts[2] = URL_SAFE_NO_PAD.encode(ed_key(9).signature(input.as_bytes()));
+        assert_eq!(r.verify(&parts.join("."), NOW), Err(TokenError::Signature));
+        // Claims changed after signing.
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        let mut owner = good.clone();
+        owner["role"] = "owner".into();
+        parts[1] = URL_SAFE_NO_PAD.encode(owner.to_string());
+        assert_eq!(r.verify(&parts.join("."), NOW), Err(TokenError::Signature));
+        // An empty or short signature.
+        let cut = &token[..token.rfind('.').unwrap() + 1];
+        assert_eq!(r.verify(cut, NOW), Err(TokenError::Signature));
     }
 
     proptest! {

@@ -43,6 +43,7 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("GET", "/health", Access::Public),
     ("GET", "/ready", Access::Public),
     ("GET", "/metrics", Access::Public),
+    ("GET", "/.well-known/jwks.json", Access::Public),
     ("POST", "/v1/auth/login", Access::Public),
     ("POST", "/v1/auth/refresh", Access::Public),
     ("POST", "/v1/auth/revoke", Access::Public),
@@ -350,8 +351,22 @@ const LOGIN_WINDOW: Duration = Duration::from_secs(300);
 
 fn keys(state: &AppState) -> Result<&auth::jwt::KeyRing, ApiError> {
     state.security.keys.as_ref().ok_or_else(|| {
-        ApiError::not_found("user sign-in is not configured on this server (set IACE_JWT_SECRET)")
+        ApiError::not_found(
+            "user sign-in is not configured on this server (set IACE_JWT_SECRET or IACE_JWT_KEY_FILE)",
+        )
     })
+}
+
+/// `GET /.well-known/jwks.json`: the public keys that verify our access tokens (Ed25519 keys
+/// only; with HMAC secrets alone the set is empty, as such tokens can only be checked here).
+pub async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let ring = keys(&state)?;
+    let mut resp = Json(ring.jwks()).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("public, max-age=300"),
+    );
+    Ok(resp)
 }
 
 /// `POST /v1/auth/login`: email + password to an access token and a refresh token.

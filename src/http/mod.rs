@@ -164,6 +164,7 @@ pub fn router(state: AppState) -> Result<Router, prometheus::Error> {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
+        .route("/.well-known/jwks.json", get(auth::jwks))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

@@ -295,7 +295,6 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let telnyx_ingress = match &telnyx {
         Some(edge) => Some(TelnyxIngress {
             verifier: edge.verifier.clone(),
-            metrics: WebhookMetrics::new(&registry)?,
         }),
         None => None,
     };
@@ -308,6 +307,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         cors_origins,
         ready_checks: vec![Arc::new(RedisReady(redis))],
         telnyx: telnyx_ingress,
+        webhooks: WebhookMetrics::new(&registry)?,
         admin_token: args
             .admin_token
             .as_deref()

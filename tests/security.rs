@@ -1081,6 +1081,30 @@ async fn stripe_events_set_the_plan_once_each_and_an_unpaid_plan_lapses_after_th
         .await
         .unwrap();
     assert_eq!(before, after);
+
+    // Every delivery above is counted by its outcome.
+    for (outcome, n) in [
+        ("unauthorized", 5),
+        ("stored", 7),
+        ("duplicate", 1),
+        ("malformed", 1),
+    ] {
+        assert_eq!(webhook_count(base, "stripe", outcome).await, n, "{outcome}");
+    }
+}
+
+/// `iace_webhooks_total{vendor, outcome}` as the server reports it on `/metrics`.
+async fn webhook_count(base: &str, vendor: &str, outcome: &str) -> u64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("iace_webhooks_total{{outcome=\"{outcome}\",vendor=\"{vendor}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |v| v.trim().parse().unwrap())
 }
 
 fn hubspot_v3(url: &str, body: &str, ts: i64) -> String {
@@ -1283,6 +1307,18 @@ async fn hubspot_contact_events_update_the_linked_customer_once() {
         hubspot(base, &json!({"eventId": 1}), 0, false).await.status,
         StatusCode::BAD_REQUEST
     );
+    for (outcome, n) in [
+        ("unauthorized", 2),
+        ("stored", 3),
+        ("duplicate", 1),
+        ("malformed", 1),
+    ] {
+        assert_eq!(
+            webhook_count(base, "hubspot", outcome).await,
+            n,
+            "{outcome}"
+        );
+    }
 }
 
 #[tokio::test]

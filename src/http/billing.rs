@@ -11,6 +11,7 @@ use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::Json;
 use serde_json::{json, Value};
+use std::time::Instant;
 
 use super::error::ApiError;
 use super::AppState;
@@ -26,12 +27,47 @@ fn refused(vendor: &str, why: impl std::fmt::Display) -> ApiError {
     )
 }
 
+/// The `iace_webhooks_total` outcome of a refused delivery.
+fn refusal(e: &ApiError) -> &'static str {
+    match e.status {
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::BAD_REQUEST => "malformed",
+        StatusCode::NOT_FOUND => "disabled",
+        _ => "unavailable",
+    }
+}
+
+/// Counts a delivery's outcome (`stored` or `duplicate` when answered 200).
+fn observed(
+    state: &AppState,
+    vendor: &str,
+    started: Instant,
+    result: Result<(Json<Value>, &'static str), ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let outcome = match &result {
+        Ok((_, outcome)) => outcome,
+        Err(e) => refusal(e),
+    };
+    state.webhooks.observe(vendor, outcome, started);
+    result.map(|(answer, _)| answer)
+}
+
 /// `POST /v1/webhooks/stripe`.
 pub async fn stripe(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    let result = stripe_delivery(&state, &headers, &body).await;
+    observed(&state, "stripe", started, result)
+}
+
+async fn stripe_delivery(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Json<Value>, &'static str), ApiError> {
     let secret = state.security.stripe_secret.as_deref().ok_or_else(|| {
         ApiError::not_found("Stripe webhooks are not configured (set STRIPE_WEBHOOK_SECRET)")
     })?;
@@ -39,17 +75,20 @@ pub async fn stripe(
     stripe_sig::verify(
         secret,
         headers.get("stripe-signature").map(|v| v.as_bytes()),
-        &body,
+        body,
         now,
         state.security.stripe_tolerance_secs,
     )
     .map_err(|e| refused("Stripe", e))?;
-    let event = crate::vendor::stripe::events::parse_event(&body)
+    let event = crate::vendor::stripe::events::parse_event(body)
         .map_err(|e| ApiError::invalid(format!("not a Stripe event: {e}")))?;
     let (id, kind) = (event.event_id.clone(), event.event_type.clone());
     let new = state.engine.record_billing_event(event).await?;
     tracing::info!(vendor = "stripe", event_id = %id, event_type = %kind, duplicate = !new, "billing event stored");
-    Ok(Json(json!({"received": true, "duplicate": !new})))
+    Ok((
+        Json(json!({"received": true, "duplicate": !new})),
+        if new { "stored" } else { "duplicate" },
+    ))
 }
 
 /// The URL HubSpot called: the configured one, or rebuilt from the request.
@@ -77,6 +116,17 @@ pub async fn hubspot(
     OriginalUri(uri): OriginalUri,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    let result = hubspot_delivery(&state, &headers, &uri, &body).await;
+    observed(&state, "hubspot", started, result)
+}
+
+async fn hubspot_delivery(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: &Bytes,
+) -> Result<(Json<Value>, &'static str), ApiError> {
     let secret = state.security.hubspot_secret.as_deref().ok_or_else(|| {
         ApiError::not_found("HubSpot webhooks are not configured (set HUBSPOT_CLIENT_SECRET)")
     })?;
@@ -88,10 +138,10 @@ pub async fn hubspot(
         timestamp: header("x-hubspot-request-timestamp"),
     };
     let now_ms = state.engine.clock_now().timestamp_millis();
-    let url = hubspot_uri(&state, &headers, &uri);
-    hubspot_sig::verify(secret, "POST", &url, &body, signed, now_ms)
+    let url = hubspot_uri(state, headers, uri);
+    hubspot_sig::verify(secret, "POST", &url, body, signed, now_ms)
         .map_err(|e| refused("HubSpot", e))?;
-    let events = crate::vendor::hubspot::events::parse_events(&body)
+    let events = crate::vendor::hubspot::events::parse_events(body)
         .map_err(|e| ApiError::invalid(format!("not HubSpot events: {e}")))?;
     let stored = state.engine.record_crm_events(events).await?;
     if let Some(crm) = state.security.hubspot_crm.clone() {
@@ -108,8 +158,15 @@ pub async fn hubspot(
         duplicates = stored.duplicates,
         "CRM events stored"
     );
-    Ok(Json(
-        json!({"received": true, "new": stored.new, "duplicates": stored.duplicates}),
+    // A batch counts as stored when it brought anything new.
+    let outcome = if stored.new > 0 {
+        "stored"
+    } else {
+        "duplicate"
+    };
+    Ok((
+        Json(json!({"received": true, "new": stored.new, "duplicates": stored.duplicates})),
+        outcome,
     ))
 }
 

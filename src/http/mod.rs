@@ -55,6 +55,8 @@ pub struct AppState {
     pub ready_checks: Vec<Arc<dyn ReadyCheck>>,
     /// Telnyx webhook verification, when Telnyx is the carrier.
     pub telnyx: Option<webhooks::TelnyxIngress>,
+    /// Outcomes and answer times of every vendor's webhooks.
+    pub webhooks: webhooks::WebhookMetrics,
     /// Operator token of `/v1/admin/*` (`None`: the operator API is off).
     pub admin_token: Option<Arc<str>>,
     /// Sign-in keys, rate limits, billing/CRM webhook secrets.

@@ -28,8 +28,6 @@ use crate::vendor::telnyx::WebhookVerifier;
 pub struct TelnyxIngress {
     /// Signature check with the configured public key.
     pub verifier: Arc<WebhookVerifier>,
-    /// Ack latency and outcomes.
-    pub metrics: WebhookMetrics,
 }
 
 /// Webhook metrics (all vendors).
@@ -55,7 +53,7 @@ impl WebhookMetrics {
         let outcomes = IntCounterVec::new(
             Opts::new(
                 "iace_webhooks_total",
-                "Vendor webhooks by outcome (accepted, duplicate, stored, parked, rejected, unauthorized, malformed, unavailable)",
+                "Vendor webhooks by outcome (accepted, duplicate, stored, parked, rejected, unauthorized, malformed, unavailable, disabled)",
             ),
             &["vendor", "outcome"],
         )?;
@@ -64,7 +62,8 @@ impl WebhookMetrics {
         Ok(WebhookMetrics { ack, outcomes })
     }
 
-    fn observe(&self, vendor: &str, outcome: &str, started: Instant) {
+    /// Counts one delivery and its time to answer.
+    pub fn observe(&self, vendor: &str, outcome: &str, started: Instant) {
         self.outcomes.with_label_values(&[vendor, outcome]).inc();
         self.ack
             .with_label_values(&[vendor])
@@ -86,14 +85,14 @@ pub async fn telnyx(State(state): State<AppState>, headers: HeaderMap, body: Byt
             .verify(header(SIGNATURE_HEADER), header(TIMESTAMP_HEADER), &body)
     {
         warn!(error = %e, "telnyx webhook refused");
-        ingress.metrics.observe("telnyx", "unauthorized", started);
+        state.webhooks.observe("telnyx", "unauthorized", started);
         return ApiError::unauthorized("webhook signature verification failed").into_response();
     }
     let event = match parse_event(&body, chrono::Utc::now()) {
         Ok(event) => event,
         Err(e) => {
             warn!(error = %e, "authentic telnyx webhook that is not an event");
-            ingress.metrics.observe("telnyx", "malformed", started);
+            state.webhooks.observe("telnyx", "malformed", started);
             return ApiError::invalid(e.to_string()).into_response();
         }
     };
@@ -109,13 +108,13 @@ pub async fn telnyx(State(state): State<AppState>, headers: HeaderMap, body: Byt
                 IngestOutcome::Rejected => "rejected",
             };
             debug!(event_id = %event_id, event_type = %event_type, outcome = word, "telnyx webhook stored");
-            ingress.metrics.observe("telnyx", word, started);
+            state.webhooks.observe("telnyx", word, started);
             (StatusCode::OK, Json(json!({"status": word}))).into_response()
         }
         Err(e) => {
             // Not stored: Telnyx must try again.
             warn!(event_id = %event_id, event_type = %event_type, error = %e, "telnyx webhook not stored; answering 503");
-            ingress.metrics.observe("telnyx", "unavailable", started);
+            state.webhooks.observe("telnyx", "unavailable", started);
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -175,8 +174,8 @@ mod tests {
             ready_checks: vec![],
             telnyx: Some(TelnyxIngress {
                 verifier: Arc::new(verifier),
-                metrics: WebhookMetrics::new(&registry).unwrap(),
             }),
+            webhooks: WebhookMetrics::new(&registry).unwrap(),
             admin_token: None,
             security: Arc::new(crate::auth::Security::minimal()),
             cors_origins: Vec::new(),

@@ -292,12 +292,9 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             .context("resuming simulated carrier legs")?;
     }
 
-    let telnyx_ingress = match &telnyx {
-        Some(edge) => Some(TelnyxIngress {
-            verifier: edge.verifier.clone(),
-        }),
-        None => None,
-    };
+    let telnyx_ingress = telnyx.as_ref().map(|edge| TelnyxIngress {
+        verifier: edge.verifier.clone(),
+    });
     let security = Arc::new(security(&args.security, &redis, &registry, &breakers)?);
     let cors_origins = cors_origins(&args.security.cors_origins)?;
     let state = AppState {

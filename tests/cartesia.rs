@@ -4,7 +4,8 @@
 //! fake paces audio on the wall clock); every test starts its own fake, so they run in
 //! parallel, and each finishes in a few seconds.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -640,21 +641,8 @@ async fn server_errors_at_open_are_retried_then_unavailable() {
     fake.shutdown().await;
 }
 
-struct Wall;
-impl iace_actors::ports::Clock for Wall {
-    fn now(&self) -> chrono::DateTime<chrono::Utc> {
-        chrono::Utc::now()
-    }
-}
-
 async fn breakers(config: BreakerConfig) -> Breakers {
-    Breakers::start(
-        [("cartesia".to_owned(), config)].into(),
-        Arc::new(Wall),
-        &prometheus::Registry::new(),
-    )
-    .await
-    .unwrap()
+    common::vendor::breakers_for("cartesia", config).await
 }
 
 #[tokio::test]

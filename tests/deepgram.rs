@@ -7,12 +7,15 @@
 //! audio time, so most tests send audio as fast as the stream takes it; the tests of wall-clock
 //! behaviour (keepalives, drops, stalls) measure elapsed time. Each test starts its own fake.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
+
+use common::vendor::breakers_for;
 
 use iace::vendor::deepgram::{DeepgramConfig, DeepgramMetrics, DeepgramStt};
 use iace::vendor::retry::RetryPolicy;
-use iace_actors::breaker::{BreakerConfig, Breakers};
+use iace_actors::breaker::BreakerConfig;
 use iace_actors::voice::{SpeechToText, SttEvent, SttInput, SttOptions, SttStream, VoiceError};
 use iace_sim::deepgram::{ConnectionEnd, FakeDeepgram, FakeDeepgramConfig};
 use iace_sim::telnyx::g711;
@@ -53,13 +56,6 @@ fn silence(ms: usize) -> Vec<u8> {
 
 // ---------------------------------------------------------------------------------------------
 // Set-up
-
-struct Wall;
-impl iace_actors::ports::Clock for Wall {
-    fn now(&self) -> chrono::DateTime<chrono::Utc> {
-        chrono::Utc::now()
-    }
-}
 
 async fn fake(config: FakeDeepgramConfig) -> FakeDeepgram {
     FakeDeepgram::start(config).await.expect("fake starts")
@@ -665,13 +661,7 @@ async fn reconnects_are_bounded() {
 #[tokio::test]
 async fn an_open_breaker_fails_open_without_touching_the_network() {
     let fake = fake(FakeDeepgramConfig::default()).await;
-    let breakers = Breakers::start(
-        [("deepgram".to_owned(), BreakerConfig::default())].into(),
-        Arc::new(Wall),
-        &prometheus::Registry::new(),
-    )
-    .await
-    .unwrap();
+    let breakers = breakers_for("deepgram", BreakerConfig::default()).await;
     let breaker = breakers.get("deepgram").unwrap().clone();
     breaker.force_open().await.expect("breaker answers");
     let stt = DeepgramStt::new(

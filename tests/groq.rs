@@ -3,6 +3,8 @@
 //! chat-model port over it ([`GroqLlm`]) with barge-in cancellation. Real sockets, real time;
 //! no database needed.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,12 +19,7 @@ use iace_sim::groq::{FakeGroq, FakeGroqConfig, Reply, ToolCall, ToolCallChunking
 use serde_json::json;
 use uuid::Uuid;
 
-struct Wall;
-impl iace_actors::ports::Clock for Wall {
-    fn now(&self) -> chrono::DateTime<chrono::Utc> {
-        chrono::Utc::now()
-    }
-}
+use common::vendor::breakers_for;
 
 async fn setup(breaker: BreakerConfig) -> (FakeGroq, Arc<GroqClient>, Breakers) {
     let fake = FakeGroq::start(FakeGroqConfig {
@@ -32,13 +29,7 @@ async fn setup(breaker: BreakerConfig) -> (FakeGroq, Arc<GroqClient>, Breakers) 
     })
     .await
     .unwrap();
-    let breakers = Breakers::start(
-        [("groq".to_owned(), breaker)].into(),
-        Arc::new(Wall),
-        &prometheus::Registry::new(),
-    )
-    .await
-    .unwrap();
+    let breakers = breakers_for("groq", breaker).await;
     let client = GroqClient::new(GroqConfig {
         api_base: fake.base_url(),
         api_key: fake.api_key().to_owned(),

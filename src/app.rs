@@ -648,13 +648,7 @@ pub async fn create_user(
     let role = Role::parse(role).with_context(|| {
         format!("--role: `{role}` is not one of owner, admin, member, read_only")
     })?;
-    let email = email.trim().to_lowercase();
-    let well_formed = email.len() <= 254
-        && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && domain.contains('.') && !domain.contains('@')
-        })
-        && !email.chars().any(char::is_whitespace);
-    anyhow::ensure!(well_formed, "--email: `{email}` is not an email address");
+    let email = crate::auth::normalize_email(email).map_err(|e| anyhow::anyhow!("--email: {e}"))?;
     let (password, generated) = match password {
         Some(p) => {
             crate::auth::validate_password(&p).map_err(|e| anyhow::anyhow!("password: {e}"))?;

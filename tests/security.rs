@@ -515,7 +515,10 @@ fn alg_none(real: &str) -> String {
 }
 
 /// What only admins and owners may do (stated here, independently of the policy table).
-const ADMIN_ONLY: [(&str, &str); 10] = [
+const ADMIN_ONLY: [(&str, &str); 13] = [
+    ("GET", "/v1/users"),
+    ("POST", "/v1/users"),
+    ("PATCH", "/v1/users/{id}"),
     ("POST", "/v1/api-keys"),
     ("GET", "/v1/api-keys"),
     ("DELETE", "/v1/api-keys/{id}"),
@@ -541,6 +544,7 @@ fn body_for(method: &str, path: &str) -> Option<Value> {
     match (method, path) {
         ("GET" | "DELETE", _) => None,
         (_, "/v1/calls/{id}/transfer") => Some(json!({"to": "+14155550111"})),
+        ("PATCH", "/v1/users/{id}") => Some(json!({"role": "read_only"})),
         ("PATCH", "/v1/organization") => Some(json!({"name": "Renamed"})),
         ("PATCH", _) => Some(json!({"name": "Renamed"})),
         _ => Some(json!({})),
@@ -621,6 +625,8 @@ async fn every_route_refuses_bad_credentials_other_tenants_and_under_privileged_
             customer_id.clone()
         } else if path.starts_with("/v1/api-keys/") {
             api_key_id.clone()
+        } else if path.starts_with("/v1/users/") {
+            reader_id.clone()
         } else if path.starts_with("/v1/phone-numbers/") {
             number_id
                 .clone()
@@ -724,6 +730,18 @@ async fn every_route_refuses_bad_credentials_other_tenants_and_under_privileged_
         // expectation comes from the method, not from the table under test; revoke-all
         // would end the reader's own session: checked last.)
         if *path == "/v1/auth/revoke-all" {
+            continue;
+        }
+        // Changing one's own password is a write every role may do (this body is incomplete:
+        // 400, nothing changes).
+        if *path == "/v1/me/password" {
+            let r = send(base, m.clone(), &own, Some(&reader_token), Some(json!({}))).await;
+            assert_eq!(
+                r.status,
+                StatusCode::BAD_REQUEST,
+                "read_only: {own}: {}",
+                r.body
+            );
             continue;
         }
         let write = *method != "GET";

@@ -286,6 +286,10 @@ pub enum RevokeReason {
     LogoutAll,
     /// A rotated token was presented again.
     Reuse,
+    /// The user was disabled.
+    UserDisabled,
+    /// The user changed their password (every other session ends).
+    PasswordChanged,
 }
 
 impl RevokeReason {
@@ -295,8 +299,46 @@ impl RevokeReason {
             RevokeReason::Logout => "logout",
             RevokeReason::LogoutAll => "logout_all",
             RevokeReason::Reuse => "reuse",
+            RevokeReason::UserDisabled => "user_disabled",
+            RevokeReason::PasswordChanged => "password_changed",
         }
     }
+}
+
+/// A change to a user (`PATCH /v1/users/{id}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserChange {
+    /// New role.
+    pub role: Option<Role>,
+    /// `true` disables (every session ends at once), `false` enables again.
+    pub disabled: Option<bool>,
+}
+
+/// Who asks for a [`UserChange`]: their role bounds what they may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserActor {
+    /// The acting user, when a user (not an API key) acts.
+    pub user: Option<Uuid>,
+    /// Their role.
+    pub role: Role,
+}
+
+/// What a [`UserChange`] did. The rules are checked under the organization's owner lock, so
+/// two owners demoting each other at once cannot leave the organization without one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UserUpdate {
+    /// Applied (or nothing to change); the user as stored now.
+    Updated(User),
+    /// No such user in the organization.
+    NotFound,
+    /// The user's role is above the actor's.
+    Outranked,
+    /// The new role is above the actor's.
+    RoleAboveOwn,
+    /// Users cannot disable themselves (sign out instead).
+    SelfDisable,
+    /// It would leave the organization without an enabled owner.
+    LastOwner,
 }
 
 /// An API key as listed (never the key itself).
@@ -514,6 +556,29 @@ pub trait AccountStore: Send + Sync + 'static {
     async fn insert_user(&self, user: &User) -> StoreResult<bool>;
     /// The user with this (lower-case) email.
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
+    /// The organization's user with this id.
+    async fn user(&self, org: OrganizationId, id: Uuid) -> StoreResult<Option<User>>;
+    /// The organization's users, oldest first (disabled ones too).
+    async fn list_users(&self, org: OrganizationId) -> StoreResult<Vec<User>>;
+    /// Applies `change` to the organization's user `id` as `actor`, atomically with the rules
+    /// of [`UserUpdate`]; disabling revokes every session of the user in the same transaction.
+    async fn update_user(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+        change: &UserChange,
+        actor: UserActor,
+        now: DateTime<Utc>,
+    ) -> StoreResult<UserUpdate>;
+    /// Replaces the user's password hash and revokes every session but `keep` (the caller's),
+    /// in one transaction; `false` when the user is gone or disabled.
+    async fn set_password(
+        &self,
+        user: Uuid,
+        password_hash: &str,
+        keep: Uuid,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
 
     /// Stores the first refresh token of a login.
     async fn insert_refresh_token(&self, token: &NewRefreshToken) -> StoreResult<()>;

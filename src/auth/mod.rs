@@ -69,6 +69,21 @@ pub fn dummy_password_hash() -> &'static str {
     })
 }
 
+/// A user's email as stored: trimmed, lower-case, `local@domain.tld`, at most 254 bytes.
+pub fn normalize_email(email: &str) -> Result<String, String> {
+    let email = email.trim().to_lowercase();
+    let well_formed = email.len() <= 254
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.contains('@')
+        })
+        && !email.chars().any(char::is_whitespace);
+    if well_formed {
+        Ok(email)
+    } else {
+        Err(format!("`{email}` is not an email address"))
+    }
+}
+
 /// Checks a password's shape (length only: no composition rules, per NIST SP 800-63B).
 pub fn validate_password(password: &str) -> Result<(), String> {
     if password.chars().count() < MIN_PASSWORD_CHARS {

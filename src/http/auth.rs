@@ -49,6 +49,10 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("POST", "/v1/auth/revoke", Access::Public),
     ("POST", "/v1/auth/revoke-all", Access::Role(Role::ReadOnly)),
     ("GET", "/v1/me", Access::Role(Role::ReadOnly)),
+    ("POST", "/v1/me/password", Access::Role(Role::ReadOnly)),
+    ("GET", "/v1/users", Access::Role(Role::Admin)),
+    ("POST", "/v1/users", Access::Role(Role::Admin)),
+    ("PATCH", "/v1/users/{id}", Access::Role(Role::Admin)),
     ("POST", "/v1/webhooks/telnyx", Access::Public),
     ("POST", "/v1/webhooks/stripe", Access::Public),
     ("POST", "/v1/webhooks/hubspot", Access::Public),
@@ -369,6 +373,32 @@ pub async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(resp)
 }
 
+/// Counts a password check against the account's budget (sign-in and password change share
+/// it: 10 per 5 minutes), so neither can be used to guess a password quickly.
+pub(crate) async fn password_attempt(state: &AppState, email: &str) -> Result<(), ApiError> {
+    let Some(limiter) = &state.security.limiter else {
+        return Ok(());
+    };
+    let key = format!("login:{}", auth::sha256_hex(email));
+    match limiter.check(&key, LOGIN_ATTEMPTS, LOGIN_WINDOW).await {
+        Decision::Limited { retry_after, .. } => {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many password attempts for this account; wait and retry",
+            );
+            e.retry_after = Some(retry_after.as_secs().max(1));
+            Err(e)
+        }
+        Decision::Unavailable => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "password checks are unavailable right now; retry",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// `POST /v1/auth/login`: email + password to an access token and a refresh token.
 pub async fn login(
     State(state): State<AppState>,
@@ -379,28 +409,7 @@ pub async fn login(
     if email.is_empty() || email.len() > 254 || body.password.len() > auth::MAX_PASSWORD_BYTES {
         return Err(invalid_credentials());
     }
-    if let Some(limiter) = &state.security.limiter {
-        let key = format!("login:{}", auth::sha256_hex(&email));
-        match limiter.check(&key, LOGIN_ATTEMPTS, LOGIN_WINDOW).await {
-            Decision::Limited { retry_after, .. } => {
-                let mut e = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "too many sign-in attempts for this account; wait and retry",
-                );
-                e.retry_after = Some(retry_after.as_secs().max(1));
-                return Err(e);
-            }
-            Decision::Unavailable => {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "sign-in is unavailable right now; retry",
-                ))
-            }
-            _ => {}
-        }
-    }
+    password_attempt(&state, &email).await?;
     let user = state.engine.user_by_email(&email).await?;
     let phc = user
         .as_ref()

@@ -11,6 +11,7 @@ mod catalog;
 pub mod error;
 mod extract;
 mod learning;
+mod users;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -117,6 +118,9 @@ pub fn router(state: AppState) -> Result<Router, prometheus::Error> {
         .route("/auth/revoke", post(auth::revoke))
         .route("/auth/revoke-all", post(auth::revoke_all))
         .route("/me", get(auth::me))
+        .route("/me/password", post(users::change_password))
+        .route("/users", post(users::create).get(users::list))
+        .route("/users/{id}", axum::routing::patch(users::update))
         .route(
             "/organization",
             get(accounts::get_organization).patch(accounts::update_organization),

@@ -12,6 +12,7 @@ use super::{Engine, EngineError};
 use crate::accounts::{
     AccountStore, ApiKeyInfo, BillingEvent, CrmContactFacts, CrmEvent, CrmLink, EventsStored,
     KeyTier, NewApiKey, NewRefreshToken, OrgAccount, OrgPatch, Principal, Role, Rotation, User,
+    UserActor, UserChange, UserUpdate,
 };
 use crate::catalog;
 use crate::machine::OrganizationId;
@@ -109,6 +110,51 @@ impl Engine {
                 "a user with this email already exists".into(),
             ))
         }
+    }
+
+    /// The organization's users, oldest first.
+    pub async fn list_users(&self, org: OrganizationId) -> Result<Vec<User>, EngineError> {
+        self.accounts_query(move |a| async move { a.list_users(org).await })
+            .await
+    }
+
+    /// The organization's user `id`.
+    pub async fn user(&self, org: OrganizationId, id: Uuid) -> Result<User, EngineError> {
+        self.accounts_query(move |a| async move { a.user(org, id).await })
+            .await?
+            .ok_or(EngineError::NotFound { what: "user" })
+    }
+
+    /// Changes a user's role or enables/disables them as `actor` (see [`UserUpdate`] for the
+    /// rules, checked atomically by the store). Disabling ends every session at once.
+    pub async fn update_user(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+        change: UserChange,
+        actor: UserActor,
+    ) -> Result<UserUpdate, EngineError> {
+        let now = self.now();
+        self.accounts_query(
+            move |a| async move { a.update_user(org, id, &change, actor, now).await },
+        )
+        .await
+    }
+
+    /// Sets a user's password (`password_hash` already argon2id) and ends every other session
+    /// of theirs; `false` when the user is gone or disabled.
+    pub async fn change_password(
+        &self,
+        user: Uuid,
+        password_hash: String,
+        keep_session: Uuid,
+    ) -> Result<bool, EngineError> {
+        let now = self.now();
+        self.accounts_query(move |a| async move {
+            a.set_password(user, &password_hash, keep_session, now)
+                .await
+        })
+        .await
     }
 
     /// The user who may sign in with `email` (lower-cased here), if any.

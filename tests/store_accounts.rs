@@ -377,6 +377,11 @@ async fn expired_tokens_and_disabled_users_cannot_refresh() {
 
     let family = login(&s, &u, "A", now).await;
     assert!(s.user_principal(u.id, family, now).await.unwrap().is_some());
+    // The session ends with its refresh token: its access tokens are refused from then on.
+    let expiry = now + Duration::days(30);
+    let just_before = expiry - Duration::seconds(1);
+    assert!(s.user_principal(u.id, family, just_before).await.unwrap().is_some());
+    assert_eq!(s.user_principal(u.id, family, expiry).await.unwrap(), None);
     sqlx::query("UPDATE app_user SET disabled_at = $2 WHERE id = $1")
         .bind(u.id)
         .bind(now)

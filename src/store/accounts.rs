@@ -822,19 +822,24 @@ impl AccountStore for PgStore {
         &self,
         user: Uuid,
         session: Uuid,
-        _now: DateTime<Utc>,
+        now: DateTime<Utc>,
     ) -> StoreResult<Option<Principal>> {
-        // A session is live while its family has an unrevoked token: the newest one after any
-        // rotation; every revocation (logout, logout-all, reuse) revokes them all at once.
+        // A session is live while the newest token of its family (the one not rotated yet) is
+        // neither revoked nor expired: every revocation (logout, logout-all, reuse, disabling,
+        // a password change) revokes them all at once, and a session nobody refreshed in
+        // time ends with its refresh token, its access tokens with it.
         let row = sqlx::query(&format!(
             "SELECT u.role, {ORG_COLUMNS} FROM app_user u \
              JOIN organization o ON o.id = u.organization_id \
              WHERE u.id = $1 AND u.disabled_at IS NULL \
                AND EXISTS (SELECT 1 FROM refresh_token t \
-                            WHERE t.family_id = $2 AND t.user_id = u.id AND t.revoked_at IS NULL)"
+                            WHERE t.family_id = $2 AND t.user_id = u.id \
+                              AND t.revoked_at IS NULL AND t.rotated_at IS NULL \
+                              AND t.expires_at > $3)"
         ))
         .bind(user)
         .bind(session)
+        .bind(now)
         .fetch_optional(&self.pool)
         .await
         .map_err(unavailable)?;

@@ -296,6 +296,21 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         verifier: edge.verifier.clone(),
     });
     let security = Arc::new(security(&args.security, &redis, &registry, &breakers)?);
+    if let Some(crm) = &security.hubspot_crm {
+        let config = crate::crm_link::LinkerConfig {
+            base_backoff: Duration::from_millis(args.security.crm_link_retry_ms),
+            poll: Duration::from_millis(args.security.crm_link_retry_ms)
+                .min(Duration::from_secs(30)),
+            ..Default::default()
+        };
+        crate::crm_link::spawn(
+            engine.clone(),
+            crm.clone(),
+            security.crm_wake.clone(),
+            config,
+            &registry,
+        )?;
+    }
     let cors_origins = cors_origins(&args.security.cors_origins)?;
     let state = AppState {
         engine: engine.clone(),
@@ -570,6 +585,7 @@ pub fn security(
         keys,
         limiter,
         hubspot_crm,
+        crm_wake: Default::default(),
         stripe_secret: non_empty(&args.stripe_webhook_secret),
         hubspot_secret: non_empty(&args.hubspot_client_secret),
         hubspot_url: non_empty(&args.hubspot_webhook_url),

@@ -402,6 +402,10 @@ pub struct SecurityArgs {
     /// events are stored only.
     #[arg(long, env = "HUBSPOT_ACCESS_TOKEN", hide_env_values = true)]
     pub hubspot_access_token: Option<String>,
+    /// First retry delay of a failed CRM lookup of an unlinked HubSpot contact (ms); doubles
+    /// per attempt up to an hour.
+    #[arg(long, env = "IACE_CRM_LINK_RETRY_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub crm_link_retry_ms: u64,
     /// HubSpot API base (the fake's URL in tests).
     #[arg(
         long,
@@ -450,6 +454,7 @@ impl Default for SecurityArgs {
             hubspot_webhook_url: None,
             hubspot_access_token: None,
             hubspot_api_base: "https://api.hubapi.com".into(),
+            crm_link_retry_ms: 30_000,
             billing_grace_days: 7,
             plan_limits: false,
             rate_limit_fail: FailModeArg::Open,

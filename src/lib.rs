@@ -5,6 +5,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod crm_link;
 pub mod http;
 pub mod media;
 pub mod pii;

@@ -1340,6 +1340,102 @@ async fn hubspot_contact_events_update_the_linked_customer_once() {
 }
 
 #[tokio::test]
+async fn a_contact_hubspot_could_not_look_up_is_linked_once_it_recovers() {
+    let db = common::db::fresh_database().await;
+    let crm = iace_sim::hubspot::FakeHubSpot::start(Default::default())
+        .await
+        .unwrap();
+    let crm_base = crm.base_url();
+    let srv = server(
+        &db,
+        &[
+            ("HUBSPOT_ACCESS_TOKEN", crm.access_token()),
+            ("HUBSPOT_API_BASE", &crm_base),
+            ("IACE_CRM_LINK_RETRY_MS", "200"),
+            ("IACE_BREAKER_OPEN_WAIT_MS", "300"),
+        ],
+    )
+    .await;
+    let base = &srv.base;
+    let (_, key) = create_org(&db, "Flaky CRM");
+    let portal = 70_001;
+    let r = send(
+        base,
+        Method::PATCH,
+        "/v1/organization",
+        Some(&key),
+        Some(json!({"hubspot_portal_id": portal})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let c = send(
+        base,
+        Method::POST,
+        "/v1/customers",
+        Some(&key),
+        Some(json!({"phone": "+15550007777"})),
+    )
+    .await;
+    let customer_id = s(&c.body, "id");
+    crm.put_contact(
+        "4242",
+        json!({"phone": "+15550007777", "firstname": "Cy", "lastname": "Ng"}),
+    );
+    // HubSpot fails the first lookup's every attempt.
+    crm.fail_next(4, 503);
+    let event = json!([contact_change(1, portal, 4242, "firstname", "Cy")]);
+    let r = hubspot(base, &event, 0, false).await;
+    assert_eq!(r.status, StatusCode::OK, "acknowledged at once: {}", r.body);
+
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let c = send(
+            base,
+            Method::GET,
+            &format!("/v1/customers/{customer_id}"),
+            Some(&key),
+            None,
+        )
+        .await;
+        if c.body["metadata"]["hubspot_contact_id"] == "4242" {
+            assert_eq!(c.body["name"], "Cy Ng");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never linked: {}",
+            c.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM crm_link_queue")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(queued, 0, "resolved lookups leave the queue");
+    assert!(
+        crm.requests().len() >= 5,
+        "four failed attempts, then the lookup that worked"
+    );
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("iace_crm_links_total{outcome=\"linked\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("iace_crm_links_total{outcome=\"retry\"}"),
+        "{metrics}"
+    );
+    let _ = pool.close().await;
+}
+
+#[tokio::test]
 async fn random_bytes_and_headers_to_the_webhooks_are_refused_and_store_nothing() {
     let db = common::db::fresh_database().await;
     let srv = server(&db, &[]).await;

@@ -380,7 +380,11 @@ async fn expired_tokens_and_disabled_users_cannot_refresh() {
     // The session ends with its refresh token: its access tokens are refused from then on.
     let expiry = now + Duration::days(30);
     let just_before = expiry - Duration::seconds(1);
-    assert!(s.user_principal(u.id, family, just_before).await.unwrap().is_some());
+    assert!(s
+        .user_principal(u.id, family, just_before)
+        .await
+        .unwrap()
+        .is_some());
     assert_eq!(s.user_principal(u.id, family, expiry).await.unwrap(), None);
     sqlx::query("UPDATE app_user SET disabled_at = $2 WHERE id = $1")
         .bind(u.id)
@@ -1159,7 +1163,7 @@ async fn crm_events_update_linked_customers() {
         ),
     ];
     assert_eq!(
-        s.record_crm_events(&batch, now).await.unwrap(),
+        s.record_crm_events(&batch, false, now).await.unwrap(),
         EventsStored {
             new: 11,
             duplicates: 1,
@@ -1220,7 +1224,7 @@ async fn crm_events_update_linked_customers() {
         prop("23", "501", CrmField::LastName, "Gone"),
     ];
     assert_eq!(
-        s.record_crm_events(&batch, later).await.unwrap(),
+        s.record_crm_events(&batch, false, later).await.unwrap(),
         EventsStored {
             new: 4,
             duplicates: 1,
@@ -1241,7 +1245,7 @@ async fn crm_events_update_linked_customers() {
     assert_eq!(outcome(&s, "hubspot", "22").await.0, "applied");
     assert_eq!(outcome(&s, "hubspot", "23").await.0, "unlinked_contact");
     assert_eq!(
-        s.record_crm_events(&[], later).await.unwrap(),
+        s.record_crm_events(&[], false, later).await.unwrap(),
         EventsStored::default()
     );
 }
@@ -1260,9 +1264,9 @@ async fn a_cleared_name_is_null() {
         prop("1", "7", CrmField::LastName, "Diaz"),
         prop("2", "7", CrmField::LastName, ""),
     ];
-    s.record_crm_events(&batch[..1], t0()).await.unwrap();
+    s.record_crm_events(&batch[..1], false, t0()).await.unwrap();
     assert_eq!(customer_row(&s, c).await.name.as_deref(), Some("Diaz"));
-    s.record_crm_events(&batch[1..], t0()).await.unwrap();
+    s.record_crm_events(&batch[1..], false, t0()).await.unwrap();
     let row = customer_row(&s, c).await;
     assert_eq!(
         (row.name, row.metadata),
@@ -1284,7 +1288,7 @@ async fn an_unlinked_contact_is_linked_to_the_customer_with_its_phone_or_email()
     // An event about contact 777 before anyone is linked to it.
     let mut event = prop("40", "777", CrmField::FirstName, "Ana");
     event.payload = json!({"eventId": 40, "objectId": 777});
-    let stored = s.record_crm_events(&[event], now).await.unwrap();
+    let stored = s.record_crm_events(&[event], false, now).await.unwrap();
     assert_eq!(stored.unlinked, vec![(123, "777".into())]);
     assert_eq!(outcome(&s, "hubspot", "40").await.0, "unlinked_contact");
 
@@ -1361,4 +1365,76 @@ async fn an_unlinked_contact_is_linked_to_the_customer_with_its_phone_or_email()
         s.link_crm_contact(999, &nobody, now).await.unwrap(),
         CrmLink::NoOrganization
     );
+}
+
+#[tokio::test]
+async fn unlinked_contacts_queue_with_their_events_and_claims_are_fenced() {
+    let s = store().await;
+    let a = org(&s, "Acme").await;
+    let link = OrgPatch {
+        name: None,
+        hubspot_portal_id: Some(Some(123)),
+    };
+    s.update_organization(a, &link).await.unwrap().unwrap();
+    let lease = std::time::Duration::from_secs(60);
+    let now = t0();
+    // Without linking, nothing is queued.
+    s.record_crm_events(&[prop("50", "901", CrmField::FirstName, "A")], false, now)
+        .await
+        .unwrap();
+    assert!(s.claim_crm_links(now, lease, 10).await.unwrap().is_empty());
+    // With linking, the contact is queued in the events' transaction, once per contact.
+    let batch = [
+        prop("51", "902", CrmField::FirstName, "B"),
+        prop("52", "902", CrmField::LastName, "C"),
+        prop("53", "903", CrmField::FirstName, "D"),
+    ];
+    let stored = s.record_crm_events(&batch, true, now).await.unwrap();
+    assert_eq!(stored.unlinked.len(), 2);
+    let jobs = s.claim_crm_links(now, lease, 10).await.unwrap();
+    let mut contacts: Vec<_> = jobs.iter().map(|j| j.contact_id.as_str()).collect();
+    contacts.sort_unstable();
+    assert_eq!(contacts, ["902", "903"]);
+    assert!(jobs.iter().all(|j| j.portal_id == 123 && j.attempts == 0));
+    // Claimed: not due again within the lease, due after it.
+    assert!(s.claim_crm_links(now, lease, 10).await.unwrap().is_empty());
+    let (j902, j903) = if jobs[0].contact_id == "902" {
+        (jobs[0].clone(), jobs[1].clone())
+    } else {
+        (jobs[1].clone(), jobs[0].clone())
+    };
+    // A failed lookup is retried at the given time, its attempt counted.
+    let retry_at = now + Duration::seconds(30);
+    s.retry_crm_link(&j903, retry_at, "hubspot is unavailable")
+        .await
+        .unwrap();
+    assert!(s
+        .claim_crm_links(retry_at - Duration::seconds(1), lease, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let again = s.claim_crm_links(retry_at, lease, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].contact_id.as_str(), again[0].attempts),
+        ("903", 1)
+    );
+    // A new event about a claimed contact keeps it queued even if the claim then finishes.
+    let later = now + Duration::seconds(5);
+    s.record_crm_events(
+        &[prop("54", "902", CrmField::Email, "b@example.com")],
+        true,
+        later,
+    )
+    .await
+    .unwrap();
+    s.finish_crm_link(&j902).await.unwrap();
+    let requeued = s.claim_crm_links(later, lease, 10).await.unwrap();
+    assert_eq!(requeued.len(), 1);
+    assert_eq!(requeued[0].contact_id, "902");
+    // Finished under its own claim: gone.
+    s.finish_crm_link(&requeued[0]).await.unwrap();
+    s.finish_crm_link(&again[0]).await.unwrap();
+    let far = now + Duration::days(1);
+    assert!(s.claim_crm_links(far, lease, 10).await.unwrap().is_empty());
 }

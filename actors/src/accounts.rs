@@ -502,6 +502,20 @@ pub struct EventsStored {
     pub unlinked: Vec<(i64, String)>,
 }
 
+/// A queued CRM lookup of a contact no customer is linked to yet (claimed under a lease).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrmLinkJob {
+    /// The HubSpot portal.
+    pub portal_id: i64,
+    /// The contact.
+    pub contact_id: String,
+    /// Failed lookups so far.
+    pub attempts: u32,
+    /// The end of this claim's lease: finishing or retrying only acts while the row still
+    /// carries it (an event that queued the contact again meanwhile keeps it queued).
+    pub lease_until: DateTime<Utc>,
+}
+
 /// A HubSpot contact as the CRM reports it now (looked up to link it to a customer).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CrmContactFacts {
@@ -637,12 +651,34 @@ pub trait AccountStore: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> StoreResult<bool>;
     /// Stores a batch of HubSpot events (each deduplicated by its id) and applies their
-    /// changes, in one transaction.
+    /// changes, in one transaction. With `queue_links`, each contact of
+    /// [`EventsStored::unlinked`] is queued for a CRM lookup in that transaction too (due at
+    /// once, also when it was already queued).
     async fn record_crm_events(
         &self,
         events: &[CrmEvent],
+        queue_links: bool,
         now: DateTime<Utc>,
     ) -> StoreResult<EventsStored>;
+    /// Claims up to `limit` due CRM lookups, oldest due first; a claimed lookup is not due
+    /// again for `lease` (another node skips it meanwhile).
+    async fn claim_crm_links(
+        &self,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<CrmLinkJob>>;
+    /// A lookup failed: due again at `at`, one more attempt counted (unless queued again
+    /// since the claim).
+    async fn retry_crm_link(
+        &self,
+        job: &CrmLinkJob,
+        at: DateTime<Utc>,
+        error: &str,
+    ) -> StoreResult<()>;
+    /// A lookup is resolved (linked, or nothing to link): off the queue, unless an event
+    /// queued the contact again since the claim.
+    async fn finish_crm_link(&self, job: &CrmLinkJob) -> StoreResult<()>;
     /// Links a HubSpot contact to the organization's unlinked customer with its phone (else
     /// its email), in one transaction (see [`CrmLink`]).
     async fn link_crm_contact(

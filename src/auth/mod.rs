@@ -151,6 +151,8 @@ pub struct Security {
     pub hubspot_url: Option<String>,
     /// HubSpot CRM v3 (`HUBSPOT_ACCESS_TOKEN`): links contacts no customer is linked to yet.
     pub hubspot_crm: Option<std::sync::Arc<crate::vendor::hubspot::crm::HubSpotCrm>>,
+    /// Wakes the CRM linker (see [`crate::crm_link`]) when a webhook queued a contact.
+    pub crm_wake: std::sync::Arc<tokio::sync::Notify>,
     /// How long an unpaid plan stays in force.
     pub billing_grace: chrono::Duration,
     /// Stripe's timestamp tolerance (s).
@@ -167,6 +169,7 @@ impl Security {
             hubspot_secret: None,
             hubspot_url: None,
             hubspot_crm: None,
+            crm_wake: Default::default(),
             billing_grace: chrono::Duration::days(7),
             stripe_tolerance_secs: 300,
         }

@@ -143,14 +143,11 @@ async fn hubspot_delivery(
         .map_err(|e| refused("HubSpot", e))?;
     let events = crate::vendor::hubspot::events::parse_events(body)
         .map_err(|e| ApiError::invalid(format!("not HubSpot events: {e}")))?;
-    let stored = state.engine.record_crm_events(events).await?;
-    if let Some(crm) = state.security.hubspot_crm.clone() {
-        if !stored.unlinked.is_empty() {
-            // After the 200: the events are stored; linking is enrichment (the next event
-            // about the contact tries again if this fails).
-            let task = link_contacts(state.engine.clone(), crm, stored.unlinked.clone());
-            tokio::spawn(tracing::Instrument::in_current_span(task));
-        }
+    let linking = state.security.hubspot_crm.is_some();
+    let stored = state.engine.record_crm_events(events, linking).await?;
+    if linking && !stored.unlinked.is_empty() {
+        // Queued with the events (durable); the linker looks them up after the 200.
+        state.security.crm_wake.notify_one();
     }
     tracing::info!(
         vendor = "hubspot",
@@ -168,40 +165,4 @@ async fn hubspot_delivery(
         Json(json!({"received": true, "new": stored.new, "duplicates": stored.duplicates})),
         outcome,
     ))
-}
-
-/// Looks each unlinked contact up in the CRM and links it to the customer with its phone or
-/// email.
-async fn link_contacts(
-    engine: iace_actors::engine::Engine,
-    crm: std::sync::Arc<crate::vendor::hubspot::crm::HubSpotCrm>,
-    unlinked: Vec<(i64, String)>,
-) {
-    for (portal, contact) in unlinked {
-        let facts = match crm.contact(&contact).await {
-            Ok(Some(c)) => iace_actors::accounts::CrmContactFacts {
-                contact_id: contact.clone(),
-                email: c.email,
-                phone: c.phone,
-                firstname: c.firstname,
-                lastname: c.lastname,
-            },
-            Ok(None) => {
-                tracing::info!(portal, contact = %contact, "HubSpot contact not found; not linked");
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(portal, contact = %contact, error = %e, "HubSpot contact lookup failed; not linked");
-                continue;
-            }
-        };
-        match engine.link_crm_contact(portal, facts).await {
-            Ok(link) => {
-                tracing::info!(portal, contact = %contact, outcome = ?link, "HubSpot contact link")
-            }
-            Err(e) => {
-                tracing::warn!(portal, contact = %contact, error = %e, "linking a HubSpot contact failed")
-            }
-        }
-    }
 }

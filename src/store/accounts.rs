@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use iace_actors::accounts::{
     AccountStore, ApiKeyInfo, BillingAction, BillingEvent, CrmChange, CrmContactFacts, CrmEvent,
-    CrmField, CrmLink, EventsStored, KeyTier, NewApiKey, NewRefreshToken, OrgAccount, OrgPatch,
-    Plan, Principal, RevokeReason, Role, Rotation, Subject, User, UserActor, UserChange,
+    CrmField, CrmLink, CrmLinkJob, EventsStored, KeyTier, NewApiKey, NewRefreshToken, OrgAccount,
+    OrgPatch, Plan, Principal, RevokeReason, Role, Rotation, Subject, User, UserActor, UserChange,
     UserUpdate,
 };
 use iace_actors::machine::{OrganizationId, PhoneNumber};
@@ -994,6 +994,7 @@ impl AccountStore for PgStore {
     async fn record_crm_events(
         &self,
         events: &[CrmEvent],
+        queue_links: bool,
         now: DateTime<Utc>,
     ) -> StoreResult<EventsStored> {
         const VENDOR: &str = "hubspot";
@@ -1031,8 +1032,96 @@ impl AccountStore for PgStore {
             }
             set_outcome(&mut tx, VENDOR, &event.event_id, org, outcome).await?;
         }
+        if queue_links {
+            for (portal, contact) in &stored.unlinked {
+                sqlx::query(
+                    "INSERT INTO crm_link_queue (portal_id, contact_id, enqueued_at, next_attempt_at) \
+                     VALUES ($1, $2, $3, $3) \
+                     ON CONFLICT (portal_id, contact_id) DO UPDATE \
+                       SET next_attempt_at = LEAST(crm_link_queue.next_attempt_at, $3)",
+                )
+                .bind(portal)
+                .bind(contact)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            }
+        }
         tx.commit().await.map_err(unavailable)?;
         Ok(stored)
+    }
+
+    async fn claim_crm_links(
+        &self,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<CrmLinkJob>> {
+        // The lease's end as stored is the claim's fencing token (see CrmLinkJob).
+        let rows: Vec<(i64, String, i32, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+            "WITH due AS ( \
+               SELECT portal_id, contact_id FROM crm_link_queue WHERE next_attempt_at <= $1 \
+                ORDER BY next_attempt_at, portal_id, contact_id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             UPDATE crm_link_queue q SET next_attempt_at = $1 + make_interval(secs => $2) \
+               FROM due WHERE q.portal_id = due.portal_id AND q.contact_id = due.contact_id \
+             RETURNING q.portal_id, q.contact_id, q.attempts, q.enqueued_at, q.next_attempt_at",
+        )
+        .bind(now)
+        .bind(lease.as_secs_f64())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let mut jobs = rows;
+        jobs.sort_by(|a, b| (a.3, a.0, &a.1).cmp(&(b.3, b.0, &b.1)));
+        Ok(jobs
+            .into_iter()
+            .map(
+                |(portal_id, contact_id, attempts, _, lease_until)| CrmLinkJob {
+                    portal_id,
+                    contact_id,
+                    attempts: u32::try_from(attempts).unwrap_or(0),
+                    lease_until,
+                },
+            )
+            .collect())
+    }
+
+    async fn retry_crm_link(
+        &self,
+        job: &CrmLinkJob,
+        at: DateTime<Utc>,
+        error: &str,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE crm_link_queue SET attempts = attempts + 1, next_attempt_at = $3, \
+               last_error = $4 \
+             WHERE portal_id = $1 AND contact_id = $2 AND next_attempt_at = $5",
+        )
+        .bind(job.portal_id)
+        .bind(&job.contact_id)
+        .bind(at)
+        .bind(error)
+        .bind(job.lease_until)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn finish_crm_link(&self, job: &CrmLinkJob) -> StoreResult<()> {
+        sqlx::query(
+            "DELETE FROM crm_link_queue \
+             WHERE portal_id = $1 AND contact_id = $2 AND next_attempt_at = $3",
+        )
+        .bind(job.portal_id)
+        .bind(&job.contact_id)
+        .bind(job.lease_until)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn link_crm_contact(

@@ -10,9 +10,9 @@ use uuid::Uuid;
 
 use super::{Engine, EngineError};
 use crate::accounts::{
-    AccountStore, ApiKeyInfo, BillingEvent, CrmContactFacts, CrmEvent, CrmLink, EventsStored,
-    KeyTier, NewApiKey, NewRefreshToken, OrgAccount, OrgPatch, Principal, Role, Rotation, User,
-    UserActor, UserChange, UserUpdate,
+    AccountStore, ApiKeyInfo, BillingEvent, CrmContactFacts, CrmEvent, CrmLink, CrmLinkJob,
+    EventsStored, KeyTier, NewApiKey, NewRefreshToken, OrgAccount, OrgPatch, Principal, Role,
+    Rotation, User, UserActor, UserChange, UserUpdate,
 };
 use crate::catalog;
 use crate::machine::OrganizationId;
@@ -311,9 +311,43 @@ impl Engine {
     pub async fn record_crm_events(
         &self,
         events: Vec<CrmEvent>,
+        queue_links: bool,
     ) -> Result<EventsStored, EngineError> {
         let now = self.now();
-        self.accounts_query(move |a| async move { a.record_crm_events(&events, now).await })
+        self.accounts_query(
+            move |a| async move { a.record_crm_events(&events, queue_links, now).await },
+        )
+        .await
+    }
+
+    /// Claims due CRM lookups (see [`AccountStore::claim_crm_links`]).
+    pub async fn claim_crm_links(
+        &self,
+        lease: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<CrmLinkJob>, EngineError> {
+        let now = self.now();
+        self.accounts_query(move |a| async move { a.claim_crm_links(now, lease, limit).await })
+            .await
+    }
+
+    /// A CRM lookup failed: due again after `backoff`.
+    pub async fn retry_crm_link(
+        &self,
+        job: &CrmLinkJob,
+        backoff: std::time::Duration,
+        error: String,
+    ) -> Result<(), EngineError> {
+        let at = self.now() + chrono::Duration::from_std(backoff).unwrap_or(chrono::Duration::MAX);
+        let job = job.clone();
+        self.accounts_query(move |a| async move { a.retry_crm_link(&job, at, &error).await })
+            .await
+    }
+
+    /// A CRM lookup is resolved: off the queue.
+    pub async fn finish_crm_link(&self, job: &CrmLinkJob) -> Result<(), EngineError> {
+        let job = job.clone();
+        self.accounts_query(move |a| async move { a.finish_crm_link(&job).await })
             .await
     }
 

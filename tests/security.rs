@@ -1160,35 +1160,50 @@ fn contact_change(event_id: u64, portal: i64, contact: u64, property: &str, valu
       "propertyValue": value, "changeSource": "CRM_UI"})
 }
 
-#[tokio::test]
-async fn hubspot_contact_events_update_the_linked_customer_once() {
-    let db = common::db::fresh_database().await;
-    // The CRM the server looks unlinked contacts up in (the wire-level fake).
+/// A server that looks unlinked contacts up in a wire-level fake HubSpot CRM.
+async fn with_crm(db: &str, extra: &[(&str, &str)]) -> (iace_sim::hubspot::FakeHubSpot, Server) {
     let crm = iace_sim::hubspot::FakeHubSpot::start(Default::default())
         .await
         .unwrap();
     let crm_base = crm.base_url();
-    let srv = server(
-        &db,
-        &[
-            ("HUBSPOT_ACCESS_TOKEN", crm.access_token()),
-            ("HUBSPOT_API_BASE", &crm_base),
-        ],
-    )
-    .await;
-    let base = &srv.base;
-    let (_, key) = create_org(&db, "CRM");
-    let (_, other_key) = create_org(&db, "Other");
-    let portal = 62_515;
+    let mut env = vec![
+        ("HUBSPOT_ACCESS_TOKEN", crm.access_token()),
+        ("HUBSPOT_API_BASE", crm_base.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let srv = server(db, &env).await;
+    (crm, srv)
+}
+
+/// Links the organization of `key` to a HubSpot portal.
+async fn link_portal(base: &str, key: &str, portal: i64) {
     let r = send(
         base,
         Method::PATCH,
         "/v1/organization",
-        Some(&key),
+        Some(key),
         Some(json!({"hubspot_portal_id": portal})),
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+/// Creates a customer; its resource.
+async fn customer(base: &str, key: &str, body: Value) -> Value {
+    let c = send(base, Method::POST, "/v1/customers", Some(key), Some(body)).await;
+    assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
+    c.body
+}
+
+#[tokio::test]
+async fn hubspot_contact_events_update_the_linked_customer_once() {
+    let db = common::db::fresh_database().await;
+    let (crm, srv) = with_crm(&db, &[]).await;
+    let base = &srv.base;
+    let (_, key) = create_org(&db, "CRM");
+    let (_, other_key) = create_org(&db, "Other");
+    let portal = 62_515;
+    link_portal(base, &key, portal).await;
     // A portal belongs to one organization.
     let r = send(
         base,
@@ -1199,24 +1214,9 @@ async fn hubspot_contact_events_update_the_linked_customer_once() {
     )
     .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
-    let c = send(
-        base,
-        Method::POST,
-        "/v1/customers",
-        Some(&key),
-        Some(json!({"phone": "+15550001111", "name": "Old Name", "metadata": {"hubspot_contact_id": "123"}})),
-    )
-    .await;
-    assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
-    let id = s(&c.body, "id");
-    send(
-        base,
-        Method::POST,
-        "/v1/customers",
-        Some(&key),
-        Some(json!({"phone": "+15550002222"})),
-    )
-    .await;
+    let linked = json!({"phone": "+15550001111", "name": "Old Name", "metadata": {"hubspot_contact_id": "123"}});
+    let id = s(&customer(base, &key, linked).await, "id");
+    customer(base, &key, json!({"phone": "+15550002222"})).await;
 
     let batch = json!([
         contact_change(1, portal, 123, "phone", "+15550003333"),
@@ -1342,15 +1342,9 @@ async fn hubspot_contact_events_update_the_linked_customer_once() {
 #[tokio::test]
 async fn a_contact_hubspot_could_not_look_up_is_linked_once_it_recovers() {
     let db = common::db::fresh_database().await;
-    let crm = iace_sim::hubspot::FakeHubSpot::start(Default::default())
-        .await
-        .unwrap();
-    let crm_base = crm.base_url();
-    let srv = server(
+    let (crm, srv) = with_crm(
         &db,
         &[
-            ("HUBSPOT_ACCESS_TOKEN", crm.access_token()),
-            ("HUBSPOT_API_BASE", &crm_base),
             ("IACE_CRM_LINK_RETRY_MS", "200"),
             ("IACE_BREAKER_OPEN_WAIT_MS", "300"),
         ],
@@ -1359,24 +1353,11 @@ async fn a_contact_hubspot_could_not_look_up_is_linked_once_it_recovers() {
     let base = &srv.base;
     let (_, key) = create_org(&db, "Flaky CRM");
     let portal = 70_001;
-    let r = send(
-        base,
-        Method::PATCH,
-        "/v1/organization",
-        Some(&key),
-        Some(json!({"hubspot_portal_id": portal})),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let c = send(
-        base,
-        Method::POST,
-        "/v1/customers",
-        Some(&key),
-        Some(json!({"phone": "+15550007777"})),
-    )
-    .await;
-    let customer_id = s(&c.body, "id");
+    link_portal(base, &key, portal).await;
+    let customer_id = s(
+        &customer(base, &key, json!({"phone": "+15550007777"})).await,
+        "id",
+    );
     crm.put_contact(
         "4242",
         json!({"phone": "+15550007777", "firstname": "Cy", "lastname": "Ng"}),

@@ -1121,8 +1121,8 @@ fn prop(id: &str, contact: &str, field: CrmField, value: &str) -> CrmEvent {
     )
 }
 
-#[tokio::test]
-async fn crm_events_update_linked_customers() {
+/// A store with organization "Acme" linked to HubSpot portal 123 (the portal of `prop`).
+async fn store_with_portal() -> (PgStore, Uuid) {
     let s = store().await;
     let a = org(&s, "Acme").await;
     let link = OrgPatch {
@@ -1130,6 +1130,12 @@ async fn crm_events_update_linked_customers() {
         hubspot_portal_id: Some(Some(123)),
     };
     s.update_organization(a, &link).await.unwrap().unwrap();
+    (s, a)
+}
+
+#[tokio::test]
+async fn crm_events_update_linked_customers() {
+    let (s, a) = store_with_portal().await;
     let c = customer(
         &s,
         a,
@@ -1252,13 +1258,7 @@ async fn crm_events_update_linked_customers() {
 
 #[tokio::test]
 async fn a_cleared_name_is_null() {
-    let s = store().await;
-    let a = org(&s, "Acme").await;
-    let link = OrgPatch {
-        name: None,
-        hubspot_portal_id: Some(Some(123)),
-    };
-    s.update_organization(a, &link).await.unwrap().unwrap();
+    let (s, a) = store_with_portal().await;
     let c = customer(&s, a, "+14155550100", json!({"hubspot_contact_id": "7"})).await;
     let batch = [
         prop("1", "7", CrmField::LastName, "Diaz"),
@@ -1276,13 +1276,7 @@ async fn a_cleared_name_is_null() {
 
 #[tokio::test]
 async fn an_unlinked_contact_is_linked_to_the_customer_with_its_phone_or_email() {
-    let s = store().await;
-    let a = org(&s, "Acme").await;
-    let link = OrgPatch {
-        name: None,
-        hubspot_portal_id: Some(Some(123)),
-    };
-    s.update_organization(a, &link).await.unwrap().unwrap();
+    let (s, a) = store_with_portal().await;
     let by_phone = customer(&s, a, "+14155550100", json!({"tier": "gold"})).await;
     let now = t0();
     // An event about contact 777 before anyone is linked to it.
@@ -1369,13 +1363,7 @@ async fn an_unlinked_contact_is_linked_to_the_customer_with_its_phone_or_email()
 
 #[tokio::test]
 async fn unlinked_contacts_queue_with_their_events_and_claims_are_fenced() {
-    let s = store().await;
-    let a = org(&s, "Acme").await;
-    let link = OrgPatch {
-        name: None,
-        hubspot_portal_id: Some(Some(123)),
-    };
-    s.update_organization(a, &link).await.unwrap().unwrap();
+    let (s, _) = store_with_portal().await;
     let lease = std::time::Duration::from_secs(60);
     let now = t0();
     // Without linking, nothing is queued.

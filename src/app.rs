@@ -677,10 +677,7 @@ pub async fn create_user(
         .await
         .map_err(|e| anyhow::anyhow!("reading the organization: {e}"))?;
     anyhow::ensure!(found.is_some(), "--org: no organization {org}");
-    let hashed = {
-        let password = password.clone();
-        tokio::task::spawn_blocking(move || crate::auth::hash_password(&password)).await??
-    };
+    let hashed = crate::auth::hash_password_off_thread(password.clone()).await?;
     let user = User {
         id: Uuid::new_v4(),
         organization_id: org,

@@ -48,6 +48,11 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))
 }
 
+/// [`hash_password`] on a blocking thread (argon2id is deliberately slow).
+pub async fn hash_password_off_thread(password: String) -> anyhow::Result<String> {
+    tokio::task::spawn_blocking(move || hash_password(&password)).await?
+}
+
 /// Checks a password against a PHC string (the parameters come from the string). A malformed
 /// string never matches. CPU-heavy: call from a blocking thread.
 pub fn verify_password(phc: &str, password: &str) -> bool {

@@ -41,11 +41,9 @@ fn parse_role(role: &str) -> Result<Role, ApiError> {
         .ok_or_else(|| ApiError::invalid("role: must be owner, admin, member or read_only"))
 }
 
-/// Hashes a password off the async threads (argon2id is deliberately slow).
 async fn hash(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || auth::hash_password(&password))
+    auth::hash_password_off_thread(password)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 

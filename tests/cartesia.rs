@@ -366,9 +366,7 @@ async fn cancel_mid_utterance_silences_it_and_a_new_context_then_works() {
         assert!(*at < grace, "audio {at:?} after the cancel: {event:?}");
     }
     assert!(
-        fake.wait_for(Duration::from_secs(1), |f| f
-            .context("turn-1")
-            .is_some_and(|c| c.cancelled()))
+        fake.wait_for(WAIT, |f| f.context("turn-1").is_some_and(|c| c.cancelled()))
             .await
     );
     let ctx = fake.context("turn-1").unwrap();
@@ -476,7 +474,7 @@ async fn the_idle_close_reopens_lazily_without_a_failure() {
     let mut stream = open(&fake).await;
     say_whole(&fake, &mut stream, "turn-1", "Take your time.").await;
     assert!(
-        fake.wait_for(Duration::from_secs(3), |f| f.connections()[0].close
+        fake.wait_for(WAIT, |f| f.connections()[0].close
             == Some(CloseReason::Idle))
             .await,
         "{:?}",
@@ -524,10 +522,7 @@ async fn reconnects_are_bounded_then_the_stream_fails_and_closes() {
         next_event(&mut stream, WAIT).await,
         Ok(Some(TtsEvent::Reconnected { .. }))
     ));
-    assert!(
-        fake.wait_for(Duration::from_secs(1), |f| f.connections().len() == 2)
-            .await
-    );
+    assert!(fake.wait_for(WAIT, |f| f.connections().len() == 2).await);
     fake.drop_connection_after(Duration::from_millis(10));
     let Ok(Some(TtsEvent::Failed { reason })) = next_event(&mut stream, WAIT).await else {
         panic!("expected Failed");
@@ -547,7 +542,7 @@ async fn close_ends_the_stream_with_a_close_frame() {
     stream.input.try_send(TtsInput::Close).unwrap();
     assert_eq!(next_event(&mut stream, WAIT).await, Ok(None));
     assert!(
-        fake.wait_for(Duration::from_secs(2), |f| f.connections()[0].close
+        fake.wait_for(WAIT, |f| f.connections()[0].close
             == Some(CloseReason::ClientClosed))
             .await,
         "{:?}",
@@ -560,7 +555,7 @@ async fn close_ends_the_stream_with_a_close_frame() {
     let closed = tokio::time::timeout(WAIT, events.recv()).await;
     assert_eq!(closed, Ok(None));
     assert!(
-        fake.wait_for(Duration::from_secs(2), |f| f.connections()[1].close
+        fake.wait_for(WAIT, |f| f.connections()[1].close
             == Some(CloseReason::ClientClosed))
             .await
     );
@@ -717,7 +712,7 @@ async fn vendor_errors_mid_call_trip_the_breaker_and_the_next_drop_is_final() {
             "{events:?}"
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(5);
     while breaker.state() != BreakerState::Open && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

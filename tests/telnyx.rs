@@ -510,12 +510,22 @@ async fn a_hangup_that_overtakes_its_answer_still_ends_completed() {
         )
         .await;
     assert_eq!(r.status(), StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The late answer made the engine ask the carrier: this leg is really still up at the
+    // fake (the test forged the hangup), so the engine releases it.
+    let waited = Instant::now();
+    let kinds = loop {
+        let kinds = env.kinds(&id).await;
+        if kinds.iter().any(|k| k == "leg_released") {
+            break kinds;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the leg was never released: {kinds:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let call = env.get(&format!("/v1/calls/{id}")).await;
     assert_eq!(call["status"], "completed");
-    // The late answer made the engine ask the carrier: this leg is really still up at the
-    // fake (the test forged the hangup), so the engine released it.
-    let kinds = env.kinds(&id).await;
     assert_eq!(
         kinds.iter().filter(|k| *k == "answered").count(),
         1,
@@ -1043,8 +1053,9 @@ async fn rate_limits_timeouts_and_slow_answers_open_the_breaker() {
     env.fake.fail_commands(1, 429, Some(Duration::from_secs(2)));
     let started = Instant::now();
     let id = env.dial("+14155551000").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let b = env.breaker("telnyx").await;
+    let b = env
+        .breaker_until("telnyx", "open", Duration::from_millis(1500))
+        .await;
     assert_eq!(b["state"], "open", "{b}");
     let until = chrono::DateTime::parse_from_rfc3339(b["open_until"].as_str().unwrap()).unwrap();
     let wait = until.timestamp() - chrono::Utc::now().timestamp();

@@ -926,7 +926,7 @@ async fn fail_next_refuses_handshakes_http_and_new_contexts() {
     send(&mut ws, &gen("live", "Still ", true)).await;
     // Arm the failure only once "live" exists, or it would fail "live" itself.
     assert!(
-        fake.wait_for(Duration::from_secs(1), |f| f.context("live").is_some())
+        fake.wait_for(Duration::from_secs(10), |f| f.context("live").is_some())
             .await
     );
     fake.fail_next(2, 500);
@@ -1025,7 +1025,7 @@ async fn stalled_context_never_answers_while_others_do() {
     // The client gives up and cancels; the socket is still fine.
     send(&mut ws, &json!({"context_id": "stuck", "cancel": true})).await;
     assert!(
-        fake.wait_for(Duration::from_secs(1), |f| f
+        fake.wait_for(Duration::from_secs(10), |f| f
             .context("stuck")
             .is_some_and(|c| c.cancelled()))
             .await
@@ -1075,7 +1075,7 @@ async fn dropped_connection_ends_without_a_close_frame() {
     assert!(chunks < 24);
 
     assert!(
-        fake.wait_for(Duration::from_secs(1), |f| f.connections()[0].close
+        fake.wait_for(Duration::from_secs(10), |f| f.connections()[0].close
             == Some(CloseReason::Dropped))
             .await
     );
@@ -1127,7 +1127,7 @@ async fn idle_sockets_are_closed_after_the_configured_time() {
     // Reading on sends our close reply, completing the closing handshake.
     let _ = tokio::time::timeout(Duration::from_secs(1), ws.next()).await;
     assert!(
-        fake.wait_for(Duration::from_secs(2), |f| f.connections()[0].close
+        fake.wait_for(Duration::from_secs(10), |f| f.connections()[0].close
             == Some(CloseReason::Idle))
             .await
     );

@@ -398,7 +398,7 @@ async fn streams_scripted_text_word_by_word_with_pacing() {
     );
 
     assert!(
-        fake.wait_for(Duration::from_secs(2), |f| f.requests()[0].completed)
+        fake.wait_for(Duration::from_secs(10), |f| f.requests()[0].completed)
             .await
     );
     let r = &fake.requests()[0];
@@ -829,7 +829,7 @@ async fn client_disconnect_mid_stream_is_recorded_as_cancelled() {
     let dropped_at = Instant::now();
 
     assert!(
-        fake.wait_for(Duration::from_secs(3), |f| f.requests()[0].cancelled)
+        fake.wait_for(Duration::from_secs(10), |f| f.requests()[0].cancelled)
             .await,
         "disconnect not recorded: {:?}",
         fake.requests()[0]
@@ -870,7 +870,7 @@ async fn stall_sends_headers_then_nothing() {
     drop(reader);
 
     assert!(
-        fake.wait_for(Duration::from_secs(3), |f| f.requests()[0].cancelled)
+        fake.wait_for(Duration::from_secs(10), |f| f.requests()[0].cancelled)
             .await
     );
     let r = &fake.requests()[0];

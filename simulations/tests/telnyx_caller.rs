@@ -404,7 +404,7 @@ impl Harness {
     async fn stream_stopped(&self, id: &str) -> CallerTimeline {
         let stopped = self
             .fake
-            .wait_for(Duration::from_secs(3), |f| {
+            .wait_for(Duration::from_secs(10), |f| {
                 f.caller_timeline(id)
                     .is_some_and(|t| t.stopped_ms.is_some())
             })
@@ -579,14 +579,14 @@ async fn say_is_one_burst_of_talk_then_comfort_noise() {
         "the fake Deepgram hears one line per Say"
     );
 
-    let t = h.step_ended(&id, 2, Duration::from_secs(1)).await;
+    let t = h.step_ended(&id, 2, Duration::from_secs(15)).await;
     assert_eq!(t.steps.len(), 3);
     assert!(t
         .steps
         .iter()
         .all(|s| s.end.unwrap().outcome == StepOutcome::Done));
     assert_eq!(t.steps[0].step, CallerStep::Say(ms(600)));
-    assert!(t.steps[0].start_ms <= 50, "{t:?}");
+    assert!(t.steps[0].start_ms <= 250, "{t:?}");
     let say = t.steps[0].end_ms().unwrap() - t.steps[0].start_ms;
     assert!(within(say, 580, 750), "Say(600ms) took {say} ms");
     assert!(t.agent_audio.is_empty() && t.clears_ms.is_empty());
@@ -611,7 +611,7 @@ async fn wait_for_agent_audio_holds_the_caller_until_the_app_plays() {
         .wait_for_agent_audio(Duration::from_secs(5))
         .say(ms(400));
     let id = h.dial("+15551110002", Some(script)).await;
-    let t = h.step_ended(&id, 1, Duration::from_secs(5)).await;
+    let t = h.step_ended(&id, 1, Duration::from_secs(15)).await;
 
     let wait = t.step(0).unwrap();
     assert_eq!(wait.end.unwrap().outcome, StepOutcome::Done);
@@ -646,7 +646,7 @@ async fn wait_for_agent_audio_gives_up_after_its_timeout() {
         .wait_for_agent_audio(ms(300))
         .say(ms(200));
     let id = h.dial("+15551110003", Some(script)).await;
-    let t = h.step_ended(&id, 1, Duration::from_secs(3)).await;
+    let t = h.step_ended(&id, 1, Duration::from_secs(15)).await;
     let wait = t.step(0).unwrap();
     assert_eq!(wait.end.unwrap().outcome, StepOutcome::TimedOut);
     let waited = wait.end_ms().unwrap() - wait.start_ms;
@@ -670,7 +670,7 @@ async fn wait_for_agent_silence_waits_for_the_play_out_to_end_plus_quiet() {
         .wait_for_agent_silence(ms(300), Duration::from_secs(5))
         .say(ms(400));
     let id = h.dial("+15551110004", Some(script)).await;
-    let t = h.step_ended(&id, 2, Duration::from_secs(6)).await;
+    let t = h.step_ended(&id, 2, Duration::from_secs(15)).await;
 
     assert_eq!(t.agent_audio.len(), 1, "{t:?}");
     let agent = t.agent_audio[0];
@@ -721,7 +721,7 @@ async fn barge_in_clear_stops_the_play_out_right_away() {
         .say(ms(800))
         .wait_for_agent_silence(ms(200), Duration::from_secs(3));
     let id = h.dial("+15551110005", Some(script)).await;
-    let t = h.step_ended(&id, 3, Duration::from_secs(6)).await;
+    let t = h.step_ended(&id, 3, Duration::from_secs(15)).await;
 
     let say = t.step(2).unwrap();
     assert_eq!(say.step, CallerStep::Say(ms(800)));
@@ -792,7 +792,7 @@ async fn dtmf_step_arrives_as_a_media_frame_and_a_webhook() {
         "{before} frames before the key"
     );
 
-    let t = h.step_ended(&id, 2, Duration::from_secs(2)).await;
+    let t = h.step_ended(&id, 2, Duration::from_secs(15)).await;
     let key = t.step(1).unwrap();
     assert_eq!(key.step, CallerStep::Dtmf('7'));
     assert_eq!(

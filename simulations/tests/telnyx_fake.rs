@@ -434,7 +434,7 @@ async fn dial_sends_signed_events_in_order_with_client_state() {
     // The receiver logs a hook before the fake has its response; wait for the fake's record.
     assert!(
         h.fake
-            .wait_for(Duration::from_secs(2), |f| f.deliveries().len() == 3)
+            .wait_for(Duration::from_secs(10), |f| f.deliveries().len() == 3)
             .await
     );
     let deliveries = h.fake.deliveries();
@@ -690,7 +690,7 @@ async fn injected_failures_retry_after_and_latency() {
     assert!(impatient.is_err_and(|e| e.is_timeout()));
     assert!(
         h.fake
-            .wait_for(Duration::from_secs(2), |f| f.legs().len() == 2)
+            .wait_for(Duration::from_secs(10), |f| f.legs().len() == 2)
             .await
     );
     h.fake.set_command_latency(Duration::ZERO);
@@ -739,7 +739,7 @@ async fn webhook_redelivered_after_500() {
     );
     assert!(
         h.fake
-            .wait_for(Duration::from_secs(2), |f| f.deliveries().len() == 4)
+            .wait_for(Duration::from_secs(10), |f| f.deliveries().len() == 4)
             .await,
         "{:?}",
         h.fake.deliveries()
@@ -1206,7 +1206,7 @@ async fn media_flows_both_ways_with_marks_and_clear() {
     assert!(marks[1].0 >= clear, "m2 echoed before the clear");
     assert!(marks[1].0.duration_since(clear) < Duration::from_millis(300));
     assert!(marks[1].0.duration_since(media.sent_at("m2")) < Duration::from_millis(700));
-    assert!(marks[2].0.duration_since(media.sent_at("m3")) < Duration::from_millis(100));
+    assert!(marks[2].0.duration_since(media.sent_at("m3")) < Duration::from_millis(300));
     let errors: Vec<(Value, Value)> = media
         .frames("error")
         .into_iter()
@@ -1224,7 +1224,7 @@ async fn media_flows_both_ways_with_marks_and_clear() {
 
     // The fake marks the socket down only after the close handshake ends on its side.
     let closed = |f: &FakeTelnyx| f.leg(&id).is_some_and(|l| !l.stream_connected);
-    assert!(h.fake.wait_for(Duration::from_secs(2), closed).await);
+    assert!(h.fake.wait_for(Duration::from_secs(10), closed).await);
     let leg = h.fake.leg(&id).unwrap();
     assert_eq!(leg.frames_received, 51);
     assert_eq!(leg.bytes_received, 51 * 160);

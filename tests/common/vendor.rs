@@ -40,7 +40,27 @@ pub async fn breakers_for(
     .unwrap()
 }
 
-/// Lets a breaker actor take in the outcomes just recorded.
+/// Lets a breaker actor take in the outcomes just recorded: for checks that a breaker stayed
+/// as it was (a wrong answer here can only pass, never flake).
 pub async fn settle() {
     tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Waits (up to 5 s) until `vendor`'s breaker is in `state`: outcomes reach the breaker actor
+/// as messages, so a loaded machine may take a moment to apply them.
+pub async fn breaker_reaches(
+    breakers: &iace_actors::breaker::Breakers,
+    vendor: &str,
+    state: iace_actors::breaker::BreakerState,
+) {
+    let breaker = breakers.get(vendor).expect("breaker");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while breaker.state() != state {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{vendor}'s breaker is {:?}, never {state:?}",
+            breaker.state()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

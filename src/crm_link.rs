@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use iace_actors::accounts::{CrmContactFacts, CrmLinkJob};
 use iace_actors::engine::Engine;
 use prometheus::{IntCounterVec, Opts, Registry};
@@ -30,9 +31,11 @@ pub struct LinkerConfig {
     /// Failed lookups after which a contact leaves the queue (its events stay stored as
     /// `unlinked_contact`; the next event about it queues it again).
     pub max_attempts: u32,
-    /// How long a claimed lookup is reserved for this node.
+    /// How long a claimed lookup is reserved for this node: past it, another node (or this
+    /// one) may take it again. It must outlast one lookup (the HubSpot client's retry
+    /// deadline, 20 s by default), as a claimed batch is looked up concurrently.
     pub lease: Duration,
-    /// Lookups claimed at a time.
+    /// Lookups claimed, and worked concurrently, at a time.
     pub batch: u32,
 }
 
@@ -43,8 +46,8 @@ impl Default for LinkerConfig {
             base_backoff: Duration::from_secs(30),
             max_backoff: Duration::from_secs(3600),
             max_attempts: 12,
-            lease: Duration::from_secs(120),
-            batch: 20,
+            lease: Duration::from_secs(60),
+            batch: 8,
         }
     }
 }
@@ -119,9 +122,11 @@ impl Linker {
             if jobs.is_empty() {
                 return;
             }
-            for job in &jobs {
-                self.work(job).await;
-            }
+            // Concurrently: one slow lookup neither holds up the batch nor lets the later
+            // claims' leases run out while they wait their turn.
+            futures::stream::iter(&jobs)
+                .for_each_concurrent(None, |job| self.work(job))
+                .await;
         }
     }
 
@@ -201,5 +206,15 @@ mod tests {
         assert_eq!(c.backoff(6), Duration::from_secs(1920));
         assert_eq!(c.backoff(7), Duration::from_secs(3600));
         assert_eq!(c.backoff(u32::MAX), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn a_claim_outlasts_the_lookups_it_covers() {
+        // A batch is looked up concurrently, so the lease must cover one lookup (bounded by
+        // the HubSpot client's retry deadline) with room for the database round trips.
+        let lookup = crate::vendor::hubspot::crm::CrmConfig::new("t")
+            .retry
+            .deadline;
+        assert!(LinkerConfig::default().lease >= lookup * 2);
     }
 }

@@ -1164,7 +1164,7 @@ impl AccountStore for PgStore {
         if let Some(phone) = &phone {
             candidates = sqlx::query_scalar(
                 "SELECT id FROM customer WHERE organization_id = $1 AND phone = $2 \
-                   AND NOT metadata ? 'hubspot_contact_id' FOR UPDATE",
+                   AND NOT metadata ? 'hubspot_contact_id' ORDER BY id FOR UPDATE",
             )
             .bind(org)
             .bind(phone.as_str())

@@ -1,12 +1,53 @@
-//! The lifecycle every wire-level vendor fake shares: a stop signal, tasks that end with it,
-//! a bounded shutdown of the server task, and the polling helper their `wait_for` uses.
+//! The lifecycle every wire-level vendor fake shares: the server on a loopback port with its
+//! stop signal ([`Served`]), tasks that end with it, a bounded shutdown of the server task, and
+//! the polling helper their `wait_for` uses.
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// A fake's server on `127.0.0.1:0`: its address, its stop signal and its task. Dropping it
+/// drops the signal's sender, which stops the server and everything watching the signal (just
+/// without waiting, as [`Served::shutdown`] does).
+pub(crate) struct Served {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<io::Result<()>>,
+}
+
+impl Served {
+    /// Binds `127.0.0.1:0` and serves the router `build` returns. `build` gets the stop signal
+    /// for the fake's state (stalled requests and spawned tasks watch it) and returns that state
+    /// with the router.
+    pub(crate) async fn start<S>(
+        build: impl FnOnce(watch::Receiver<bool>) -> io::Result<(S, axum::Router)>,
+    ) -> io::Result<(S, Served)> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, stop_rx) = watch::channel(false);
+        let (state, app) = build(stop_rx.clone())?;
+        let server = tokio::spawn(async move {
+            crate::serve(listener, app)
+                .with_graceful_shutdown(stopped(stop_rx))
+                .await
+        });
+        Ok((state, Served { addr, stop, server }))
+    }
+
+    /// The socket the server listens on.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the server, giving in-flight requests up to 2 s (see [`shut_down`]).
+    pub(crate) async fn shutdown(self) {
+        shut_down(&self.stop, self.server).await;
+    }
+}
 
 /// Resolves once the stop signal is raised (or its sender is gone).
 pub(crate) async fn stopped(mut stop: watch::Receiver<bool>) {

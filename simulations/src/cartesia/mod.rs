@@ -58,14 +58,13 @@ mod session;
 mod state;
 mod wire;
 
+use crate::fake::Served;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 pub use self::audio::synthesize;
 pub use self::format::{Container, Encoding, OutputFormat, MP3_BIT_RATES, SAMPLE_RATES};
@@ -324,45 +323,34 @@ pub struct HttpRequestRecord {
 /// watch the same stop signal, which closes when the sender drops), just without waiting.
 pub struct FakeCartesia {
     shared: Arc<Shared>,
-    addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    server: JoinHandle<io::Result<()>>,
+    served: Served,
 }
 
 impl FakeCartesia {
     /// Binds `127.0.0.1:0` and serves `/tts/websocket` and `/tts/bytes`.
     pub async fn start(config: FakeCartesiaConfig) -> io::Result<FakeCartesia> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (stop, stop_rx) = watch::channel(false);
-        let shared = Arc::new(Shared::new(config, stop_rx.clone()));
-        let app = api::router(shared.clone());
-        let server = tokio::spawn(async move {
-            crate::serve(listener, app)
-                .with_graceful_shutdown(state::stopped(stop_rx))
-                .await
-        });
-        Ok(FakeCartesia {
-            shared,
-            addr,
-            stop,
-            server,
+        let (shared, served) = Served::start(|stop| {
+            let shared = Arc::new(Shared::new(config, stop));
+            let app = api::router(shared.clone());
+            Ok((shared, app))
         })
+        .await?;
+        Ok(FakeCartesia { shared, served })
     }
 
     /// The socket the fake listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.served.addr()
     }
 
     /// `ws://127.0.0.1:PORT/tts/websocket`.
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/tts/websocket", self.addr)
+        format!("ws://{}/tts/websocket", self.served.addr())
     }
 
     /// `http://127.0.0.1:PORT`, the REST base; clients append `/tts/bytes`.
     pub fn http_base(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.served.addr())
     }
 
     /// The API key requests must present.
@@ -463,7 +451,7 @@ impl FakeCartesia {
     /// Stops the server and every session (their sockets drop without a close frame). In-flight
     /// HTTP requests get up to 2 s to finish.
     pub async fn shutdown(self) {
-        crate::fake::shut_down(&self.stop, self.server).await;
+        self.served.shutdown().await;
     }
 }
 

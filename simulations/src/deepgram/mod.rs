@@ -32,6 +32,7 @@ mod server;
 mod sha256;
 mod transcriber;
 
+use crate::fake::Served;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
@@ -39,7 +40,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 pub use self::params::UNSUPPORTED as UNSUPPORTED_ERROR_PREFIX;
 
@@ -228,56 +228,45 @@ impl Shared {
 /// same stop signal, which closes when the sender drops), just without waiting.
 pub struct FakeDeepgram {
     shared: Arc<Shared>,
-    addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    server: JoinHandle<io::Result<()>>,
+    served: Served,
 }
 
 impl FakeDeepgram {
     /// Binds `127.0.0.1:0` and serves `/v1/listen`.
     pub async fn start(config: FakeDeepgramConfig) -> io::Result<FakeDeepgram> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (stop, stop_rx) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                connections: Vec::new(),
-                script: config.script.clone(),
-                tag_scripts: HashMap::new(),
-                next_faults: ConnectionFaults::default(),
-                refuse_next: None,
-                latency: Duration::ZERO,
-            }),
-            config,
-            stop: stop_rx.clone(),
-        });
-        let app = server::router(shared.clone());
-        let server = tokio::spawn(async move {
-            crate::serve(listener, app)
-                .with_graceful_shutdown(server::stopped(stop_rx))
-                .await
-        });
-        Ok(FakeDeepgram {
-            shared,
-            addr,
-            stop,
-            server,
+        let (shared, served) = Served::start(|stop| {
+            let shared = Arc::new(Shared {
+                state: Mutex::new(State {
+                    connections: Vec::new(),
+                    script: config.script.clone(),
+                    tag_scripts: HashMap::new(),
+                    next_faults: ConnectionFaults::default(),
+                    refuse_next: None,
+                    latency: Duration::ZERO,
+                }),
+                config,
+                stop,
+            });
+            let app = server::router(shared.clone());
+            Ok((shared, app))
         })
+        .await?;
+        Ok(FakeDeepgram { shared, served })
     }
 
     /// The socket it listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.served.addr()
     }
 
     /// `ws://127.0.0.1:PORT`; clients append `/v1/listen?...`.
     pub fn url(&self) -> String {
-        format!("ws://{}", self.addr)
+        format!("ws://{}", self.served.addr())
     }
 
     /// `ws://127.0.0.1:PORT/v1/listen?<query>`.
     pub fn listen_url(&self, query: &str) -> String {
-        format!("ws://{}/v1/listen?{query}", self.addr)
+        format!("ws://{}/v1/listen?{query}", self.served.addr())
     }
 
     /// The key the handshake accepts.
@@ -360,6 +349,6 @@ impl FakeDeepgram {
     /// [`ConnectionEnd::Shutdown`], their sockets closed without a close frame). Waits up to
     /// 2 s for the server.
     pub async fn shutdown(self) {
-        crate::fake::shut_down(&self.stop, self.server).await;
+        self.served.shutdown().await;
     }
 }

@@ -66,14 +66,13 @@ mod api;
 mod state;
 mod validate;
 
+use crate::fake::Served;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use self::state::{InjectedFailure, Shared};
 
@@ -231,42 +230,31 @@ impl RecordedRequest {
 /// stop signal, which closes when the sender drops), just without waiting.
 pub struct FakeGoogle {
     shared: Arc<Shared>,
-    addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    server: JoinHandle<io::Result<()>>,
+    served: Served,
 }
 
 impl FakeGoogle {
     /// Binds `127.0.0.1:0` and serves `/v1beta/models/{model}:embedContent` and
     /// `:batchEmbedContents`.
     pub async fn start(config: FakeGoogleConfig) -> io::Result<FakeGoogle> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (stop, stop_rx) = watch::channel(false);
-        let shared = Arc::new(Shared::new(config, stop_rx.clone()));
-        let app = api::router(shared.clone());
-        let server = tokio::spawn(async move {
-            crate::serve(listener, app)
-                .with_graceful_shutdown(crate::fake::stopped(stop_rx))
-                .await
-        });
-        Ok(FakeGoogle {
-            shared,
-            addr,
-            stop,
-            server,
+        let (shared, served) = Served::start(|stop| {
+            let shared = Arc::new(Shared::new(config, stop));
+            let app = api::router(shared.clone());
+            Ok((shared, app))
         })
+        .await?;
+        Ok(FakeGoogle { shared, served })
     }
 
     /// The socket the API listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.served.addr()
     }
 
     /// `http://127.0.0.1:PORT/v1beta`, the API base; clients append
     /// `/models/{model}:batchEmbedContents`.
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1beta", self.addr)
+        format!("http://{}/v1beta", self.served.addr())
     }
 
     /// The key requests must present.
@@ -331,7 +319,7 @@ impl FakeGoogle {
 
     /// Stops the server; stalled requests end at once, others get up to 2 s to finish.
     pub async fn shutdown(self) {
-        crate::fake::shut_down(&self.stop, self.server).await;
+        self.served.shutdown().await;
     }
 }
 

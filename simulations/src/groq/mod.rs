@@ -32,14 +32,13 @@ mod reply;
 mod state;
 mod stream;
 
+use crate::fake::Served;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use self::state::{InjectedFailure, Shared};
 
@@ -269,41 +268,30 @@ pub struct RecordedRequest {
 /// the same stop signal, which closes when the sender drops), just without waiting for them.
 pub struct FakeGroq {
     shared: Arc<Shared>,
-    addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    server: JoinHandle<io::Result<()>>,
+    served: Served,
 }
 
 impl FakeGroq {
     /// Binds `127.0.0.1:0` and serves `/openai/v1/chat/completions` and `/openai/v1/models`.
     pub async fn start(config: FakeGroqConfig) -> io::Result<FakeGroq> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (stop, stop_rx) = watch::channel(false);
-        let shared = Arc::new(Shared::new(config, stop_rx.clone()));
-        let app = api::router(shared.clone());
-        let server = tokio::spawn(async move {
-            crate::serve(listener, app)
-                .with_graceful_shutdown(state::stopped(stop_rx))
-                .await
-        });
-        Ok(FakeGroq {
-            shared,
-            addr,
-            stop,
-            server,
+        let (shared, served) = Served::start(|stop| {
+            let shared = Arc::new(Shared::new(config, stop));
+            let app = api::router(shared.clone());
+            Ok((shared, app))
         })
+        .await?;
+        Ok(FakeGroq { shared, served })
     }
 
     /// The socket the API listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.served.addr()
     }
 
     /// `http://127.0.0.1:PORT/openai/v1`, what the Groq SDK calls `base_url`; clients append
     /// `/chat/completions`.
     pub fn base_url(&self) -> String {
-        format!("http://{}/openai/v1", self.addr)
+        format!("http://{}/openai/v1", self.served.addr())
     }
 
     /// The key requests must present as `Authorization: Bearer <key>`.
@@ -367,7 +355,7 @@ impl FakeGroq {
     /// Stops the server and every stream. Streams end at once (without `[DONE]`); other
     /// in-flight requests get up to 2 s to finish.
     pub async fn shutdown(self) {
-        crate::fake::shut_down(&self.stop, self.server).await;
+        self.served.shutdown().await;
     }
 }
 

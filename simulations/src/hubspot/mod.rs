@@ -78,6 +78,7 @@ mod api;
 mod search;
 mod state;
 
+use crate::fake::Served;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,8 +86,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::{Map, Value};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use self::state::{Contact, InjectedFailure, Shared};
 
@@ -232,41 +231,30 @@ impl RecordedRequest {
 /// same stop signal, which closes when the sender drops), just without waiting.
 pub struct FakeHubSpot {
     shared: Arc<Shared>,
-    addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    server: JoinHandle<io::Result<()>>,
+    served: Served,
 }
 
 impl FakeHubSpot {
     /// Binds `127.0.0.1:0` and serves `POST /crm/v3/objects/contacts/search`.
     pub async fn start(config: FakeHubSpotConfig) -> io::Result<FakeHubSpot> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (stop, stop_rx) = watch::channel(false);
-        let shared = Arc::new(Shared::new(config, stop_rx.clone()));
-        let app = api::router(shared.clone());
-        let server = tokio::spawn(async move {
-            crate::serve(listener, app)
-                .with_graceful_shutdown(crate::fake::stopped(stop_rx))
-                .await
-        });
-        Ok(FakeHubSpot {
-            shared,
-            addr,
-            stop,
-            server,
+        let (shared, served) = Served::start(|stop| {
+            let shared = Arc::new(Shared::new(config, stop));
+            let app = api::router(shared.clone());
+            Ok((shared, app))
         })
+        .await?;
+        Ok(FakeHubSpot { shared, served })
     }
 
     /// The socket the API listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.served.addr()
     }
 
     /// `http://127.0.0.1:PORT`, the API base (like `https://api.hubapi.com`); clients append
     /// `/crm/v3/objects/contacts/search`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.served.addr())
     }
 
     /// The token requests must present.
@@ -386,6 +374,6 @@ impl FakeHubSpot {
 
     /// Stops the server; stalled requests end at once, others get up to 2 s to finish.
     pub async fn shutdown(self) {
-        crate::fake::shut_down(&self.stop, self.server).await;
+        self.served.shutdown().await;
     }
 }

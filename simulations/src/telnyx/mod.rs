@@ -30,6 +30,7 @@ mod media;
 mod state;
 mod webhooks;
 
+use crate::fake::Served;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,8 +39,6 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use ed25519_dalek::{Signer, SigningKey};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use self::state::Shared;
 
@@ -326,40 +325,29 @@ pub struct LegSnapshot {
 /// the same stop signal, which closes when the sender drops), just without waiting for them.
 pub struct FakeTelnyx {
     shared: Arc<Shared>,
-    addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    server: JoinHandle<io::Result<()>>,
+    served: Served,
 }
 
 impl FakeTelnyx {
     /// Binds `127.0.0.1:0` and serves the command API.
     pub async fn start(config: FakeTelnyxConfig) -> io::Result<FakeTelnyx> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (stop, stop_rx) = watch::channel(false);
-        let shared = Arc::new(Shared::new(config, stop_rx.clone())?);
-        let app = api::router(shared.clone());
-        let server = tokio::spawn(async move {
-            crate::serve(listener, app)
-                .with_graceful_shutdown(state::stopped(stop_rx))
-                .await
-        });
-        Ok(FakeTelnyx {
-            shared,
-            addr,
-            stop,
-            server,
+        let (shared, served) = Served::start(|stop| {
+            let shared = Arc::new(Shared::new(config, stop)?);
+            let app = api::router(shared.clone());
+            Ok((shared, app))
         })
+        .await?;
+        Ok(FakeTelnyx { shared, served })
     }
 
     /// The socket the command API listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.served.addr()
     }
 
     /// `http://127.0.0.1:PORT/v2`; clients append `/calls`, `/calls/{id}/actions/hangup`, ...
     pub fn api_base(&self) -> String {
-        format!("http://{}/v2", self.addr)
+        format!("http://{}/v2", self.served.addr())
     }
 
     /// Base64 of the 32-byte Ed25519 public key that verifies the webhooks (what the Telnyx
@@ -471,7 +459,7 @@ impl FakeTelnyx {
     /// Stops the server and every leg, timer, delivery and media task. In-flight command
     /// requests get up to 2 s to finish.
     pub async fn shutdown(self) {
-        crate::fake::shut_down(&self.stop, self.server).await;
+        self.served.shutdown().await;
     }
 }
 

@@ -123,9 +123,6 @@ impl Shared {
     }
 }
 
-/// Resolves once the fake is told to stop, or its stop sender is gone.
-pub(crate) use crate::fake::stopped;
-
 /// The next `remaining` commands fail with `status`.
 pub(crate) struct InjectedFailure {
     pub(crate) remaining: u32,

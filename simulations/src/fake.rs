@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -46,6 +47,28 @@ impl Served {
     /// Stops the server, giving in-flight requests up to 2 s (see [`shut_down`]).
     pub(crate) async fn shutdown(self) {
         shut_down(&self.stop, self.server).await;
+    }
+}
+
+/// A fake whose request log can mark a request abandoned by its client.
+pub(crate) trait CancelRequest {
+    /// Marks request `idx` as abandoned by its client, unless it already finished.
+    fn cancel(&self, idx: usize);
+}
+
+/// Marks the request cancelled if hyper drops the handler (the client went away) before the
+/// answer was handed over; the handler disarms it once it has answered.
+pub(crate) struct CancelOnDrop<S: CancelRequest> {
+    pub(crate) shared: Arc<S>,
+    pub(crate) idx: usize,
+    pub(crate) armed: bool,
+}
+
+impl<S: CancelRequest> Drop for CancelOnDrop<S> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.cancel(self.idx);
+        }
     }
 }
 

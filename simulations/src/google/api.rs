@@ -27,6 +27,7 @@ use super::{
     full_embedding, EmbedMethod, FakeGoogleConfig, InjectedFault, KeySource, MissingKey,
     RecordedRequest,
 };
+use crate::fake::CancelOnDrop;
 
 /// The routes, under the API base `/v1beta`.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -433,22 +434,6 @@ fn answer(method: EmbedMethod, model: &str, native_dims: usize, valid: &[Valid])
                 embeddings: vectors.iter().map(|v| Embedding { values: v }).collect(),
             },
         ),
-    }
-}
-
-/// Marks the request cancelled if hyper drops the handler (the client went away) before the
-/// answer was handed over.
-struct CancelOnDrop {
-    shared: Arc<Shared>,
-    idx: usize,
-    armed: bool,
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if self.armed {
-            self.shared.cancel(self.idx);
-        }
     }
 }
 

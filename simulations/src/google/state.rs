@@ -67,9 +67,10 @@ impl Shared {
             f(r);
         }
     }
+}
 
-    /// Marks request `idx` as abandoned by its client, unless it was answered.
-    pub(crate) fn cancel(&self, idx: usize) {
+impl crate::fake::CancelRequest for Shared {
+    fn cancel(&self, idx: usize) {
         self.update(idx, |r| {
             if r.finished_at.is_none() {
                 r.cancelled = true;

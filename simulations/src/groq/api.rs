@@ -25,6 +25,7 @@ use super::reply::{self, Plan};
 use super::state::{self, Shared, State as FakeState};
 use super::stream::{self, Meta, SYSTEM_FINGERPRINT};
 use super::{FakeGroqConfig, InjectedFault, RecordedRequest};
+use crate::fake::CancelOnDrop;
 
 /// The routes, under the SDK's `base_url` `/openai/v1`.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -578,22 +579,6 @@ fn ok_response(extra: HeaderMap, stream: bool, body: Body) -> Response {
     }
     h.extend(extra);
     resp
-}
-
-/// Removes the "cancelled" mark only when the non-streaming answer was handed to hyper; if the
-/// client leaves first, hyper drops the handler future and with it this guard.
-struct CancelOnDrop {
-    shared: Arc<Shared>,
-    idx: usize,
-    armed: bool,
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if self.armed {
-            self.shared.cancel(self.idx);
-        }
-    }
 }
 
 /// The non-streaming answer, sent when the equivalent stream would have ended.

@@ -80,9 +80,13 @@ impl Shared {
             f(r);
         }
     }
+}
 
-    /// Marks request `idx` as abandoned by its client, unless it already finished.
-    pub(crate) fn cancel(&self, idx: usize) {
+/// Resolves once the fake is told to stop (or its handle is gone).
+pub(crate) use crate::fake::stopped;
+
+impl crate::fake::CancelRequest for Shared {
+    fn cancel(&self, idx: usize) {
         self.update(idx, |r| {
             if !r.completed {
                 r.cancelled = true;
@@ -91,6 +95,3 @@ impl Shared {
         });
     }
 }
-
-/// Resolves once the fake is told to stop (or its handle is gone).
-pub(crate) use crate::fake::stopped;

@@ -8,6 +8,7 @@
 //! That is noticed at the next write at the latest, or during a pause as soon as hyper drops
 //! the body.
 
+use crate::fake::CancelRequest;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

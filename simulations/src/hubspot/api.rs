@@ -24,6 +24,7 @@ use serde_json::{json, Map, Value};
 use super::search;
 use super::state::{Shared, State as FakeState};
 use super::{FakeHubSpotConfig, InjectedFault, RecordedRequest, BURST_INTERVAL};
+use crate::fake::CancelOnDrop;
 
 /// The routes, under the API base.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -391,22 +392,6 @@ fn bearer(authorization: Option<&str>) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
-}
-
-/// Marks the request cancelled if hyper drops the handler (the client went away) before the
-/// answer was handed over.
-struct CancelOnDrop {
-    shared: Arc<Shared>,
-    idx: usize,
-    armed: bool,
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if self.armed {
-            self.shared.cancel(self.idx);
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

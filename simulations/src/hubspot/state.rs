@@ -129,16 +129,6 @@ impl Shared {
             f(r);
         }
     }
-
-    /// Marks request `idx` as abandoned by its client, unless it was answered.
-    pub(crate) fn cancel(&self, idx: usize) {
-        self.update(idx, |r| {
-            if r.finished_at.is_none() {
-                r.cancelled = true;
-                r.finished_at = Some(Instant::now());
-            }
-        });
-    }
 }
 
 impl State {
@@ -157,5 +147,16 @@ impl State {
     /// What is left of the current burst window.
     pub(crate) fn window_left(&self, interval: Duration) -> Duration {
         interval.saturating_sub(self.window.0.elapsed())
+    }
+}
+
+impl crate::fake::CancelRequest for Shared {
+    fn cancel(&self, idx: usize) {
+        self.update(idx, |r| {
+            if r.finished_at.is_none() {
+                r.cancelled = true;
+                r.finished_at = Some(Instant::now());
+            }
+        });
     }
 }

@@ -108,12 +108,26 @@ impl Api {
 }
 
 /// A port nobody listens on right now (the server binds it next).
+///
+/// A port the kernel hands out for `bind(0)` (as every fake does) or to an outgoing connection
+/// could be taken between this check and the server's own bind ("Address already in use", seen
+/// on CI). So the port comes from below the ephemeral range (32768-60999 on Linux), where
+/// neither ever lands: distinct within this process, spread across processes by the pid, and
+/// checked free when picked.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(97) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + (start + n) % SPAN).expect("below 32000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN);
 }
 
 /// One request as `bearer` (an API key or access token); the status and the JSON body.

@@ -120,9 +120,7 @@ async fn completed_call(
         },
     };
     for event in [
-        Event::Carrier {
-            event: CarrierEvent::Answered,
-        },
+        Event::carrier(CarrierEvent::Answered),
         Event::Conversation {
             record: ConversationRecord::ContextRetrieved {
                 memories: Vec::new(),
@@ -150,11 +148,9 @@ async fn completed_call(
         ),
         mood(2, 0.5),
         say(Speaker::Agent, 2, "Will do. Goodbye!"),
-        Event::Carrier {
-            event: CarrierEvent::HungUp {
-                cause: HangupCause::NormalClearing,
-            },
-        },
+        Event::carrier(CarrierEvent::HungUp {
+            cause: HangupCause::NormalClearing,
+        }),
     ] {
         let before = call.version;
         step(&mut call, event.clone(), now).unwrap();

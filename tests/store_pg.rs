@@ -123,9 +123,7 @@ impl Fixture {
 }
 
 fn answered() -> Event {
-    Event::Carrier {
-        event: CarrierEvent::Answered,
-    }
+    Event::carrier(CarrierEvent::Answered)
 }
 
 #[tokio::test]
@@ -415,6 +413,8 @@ async fn inbox_dedupes_and_is_marked_processed_with_the_change() {
         vendor: "telnyx".into(),
         event_id: "ev-1".into(),
         call_id: call.spec.id,
+        // Read back with the event: the leg decides whether the fact is the call's own.
+        carrier_leg: Some("leg-7".into()),
         occurred_at: now(),
         event: CarrierEvent::Answered,
     };
@@ -607,11 +607,9 @@ async fn inbox_rows_without_a_call_wait_under_their_leg_and_are_adopted_once() {
     call = f
         .apply(
             &call,
-            Event::Carrier {
-                event: CarrierEvent::Initiated {
-                    carrier_call_id: "leg-1".into(),
-                },
-            },
+            Event::carrier(CarrierEvent::Initiated {
+                carrier_call_id: "leg-1".into(),
+            }),
         )
         .await
         .unwrap();
@@ -714,9 +712,7 @@ async fn phone_numbers_are_unique_routed_and_tenant_scoped() {
 }
 
 fn hung_up(cause: iace_actors::machine::HangupCause) -> Event {
-    Event::Carrier {
-        event: CarrierEvent::HungUp { cause },
-    }
+    Event::carrier(CarrierEvent::HungUp { cause })
 }
 
 #[tokio::test]
@@ -799,4 +795,60 @@ async fn the_learning_lease_has_one_holder_until_it_expires() {
         .unwrap());
     // Other leases are independent.
     assert!(f.store.try_lead("other", "a", t, ttl).await.unwrap());
+}
+
+#[tokio::test]
+async fn stray_legs_and_ownership_are_stored_with_the_call() {
+    let f = fixture().await;
+    let mut call = f.insert("+14155550100").await;
+    call = f
+        .apply(
+            &call,
+            Event::carrier(CarrierEvent::Initiated {
+                carrier_call_id: "leg-own".into(),
+            }),
+        )
+        .await
+        .unwrap();
+    call = f
+        .apply(
+            &call,
+            Event::StrayLeg {
+                leg: "leg-second".into(),
+                fact: CarrierEvent::Answered,
+            },
+        )
+        .await
+        .unwrap();
+    let loaded = f.store.load_call(call.spec.id).await.unwrap().unwrap();
+    assert_eq!(loaded.stray_legs, call.stray_legs);
+    assert_eq!(
+        loaded.stray_legs,
+        vec![iace_actors::machine::StrayLeg {
+            leg: "leg-second".into(),
+            ended: false
+        }]
+    );
+    assert_eq!(loaded.carrier_call_id.as_deref(), Some("leg-own"));
+    // The journal replays to the stored snapshot.
+    let journal = f
+        .store
+        .call_events(f.org, call.spec.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut replayed =
+        iace_actors::machine::replay(journal.iter().map(|e| (e.event.clone(), e.at))).unwrap();
+    replayed.owner_epoch = loaded.owner_epoch;
+    assert_eq!(replayed, loaded);
+
+    // A dial asks whether this node still owns the call's shard.
+    let shard = iace_actors::ports::shard_of(call.spec.id);
+    let epoch = f.epochs[usize::from(shard)];
+    assert!(f.store.owns_shard(shard, epoch).await.unwrap());
+    f.store
+        .acquire_shards("other-node", &[shard])
+        .await
+        .unwrap();
+    assert!(!f.store.owns_shard(shard, epoch).await.unwrap());
 }

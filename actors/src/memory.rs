@@ -166,6 +166,11 @@ impl CallStore for MemoryStore {
             .collect())
     }
 
+    async fn owns_shard(&self, shard: u16, epoch: i64) -> StoreResult<bool> {
+        self.check()?;
+        Ok(self.lock().leases.get(&shard).is_some_and(|l| l.1 == epoch))
+    }
+
     async fn insert_call(
         &self,
         call: &Call,
@@ -693,6 +698,7 @@ pub struct ScriptedTelephony {
     statuses: Mutex<HashMap<CallId, LegStatus>>,
     reject_dials: AtomicBool,
     down: AtomicBool,
+    status_requests: std::sync::atomic::AtomicU64,
 }
 
 impl ScriptedTelephony {
@@ -737,6 +743,11 @@ impl ScriptedTelephony {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(call, status);
+    }
+
+    /// How many times the engine asked for a leg's status.
+    pub fn status_requests(&self) -> u64 {
+        self.status_requests.load(Ordering::SeqCst)
     }
 
     /// Makes `dial` fail with `Rejected`.
@@ -812,6 +823,7 @@ impl Telephony for ScriptedTelephony {
         call_id: CallId,
         _carrier_call_id: Option<&str>,
     ) -> Result<LegStatus, TelephonyError> {
+        self.status_requests.fetch_add(1, Ordering::SeqCst);
         if self.down.load(Ordering::SeqCst) {
             return Err(TelephonyError::Unavailable(
                 "scripted carrier is down".into(),

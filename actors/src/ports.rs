@@ -106,10 +106,25 @@ pub struct InboxItem {
     pub event_id: String,
     /// Our call the event is about.
     pub call_id: CallId,
+    /// The carrier's leg the event is about, when it names one: a fact of another leg than
+    /// the call's own never moves the call.
+    #[serde(default)]
+    pub carrier_leg: Option<String>,
     /// When the vendor says it happened.
     pub occurred_at: DateTime<Utc>,
     /// The normalised fact.
     pub event: CarrierEvent,
+}
+
+impl InboxItem {
+    /// The fact as the call's machine takes it: with its leg and the carrier's time.
+    pub fn to_event(&self) -> crate::machine::Event {
+        crate::machine::Event::Carrier {
+            event: self.event.clone(),
+            leg: self.carrier_leg.clone(),
+            at: Some(self.occurred_at),
+        }
+    }
 }
 
 /// A vendor event as received, in its general form: routed to a call or not (yet), with or
@@ -143,6 +158,7 @@ impl InboxRow {
             vendor: self.vendor.clone(),
             event_id: self.event_id.clone(),
             call_id: self.call_id?,
+            carrier_leg: self.carrier_leg.clone(),
             occurred_at: self.occurred_at,
             event: self.event.clone()?,
         })
@@ -166,6 +182,10 @@ pub trait CallStore: Send + Sync + 'static {
     /// Takes ownership of `shards` for `node`, bumping each shard's epoch. Returns the new epoch
     /// of every shard, in the order given. Writes fenced with an older epoch fail from then on.
     async fn acquire_shards(&self, node: &str, shards: &[u16]) -> StoreResult<Vec<i64>>;
+
+    /// Whether `epoch` is still the current epoch of `shard`: asked before a command that
+    /// cannot be fenced by a write (a dial), so an owner that lost the shard stops acting.
+    async fn owns_shard(&self, shard: u16, epoch: i64) -> StoreResult<bool>;
 
     /// Inserts a new call (snapshot + `created` journal entry) in one transaction, honouring the
     /// idempotency key. `call.owner_epoch` must be the current epoch of the call's shard.

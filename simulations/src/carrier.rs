@@ -3,9 +3,14 @@
 //! a real carrier does: asynchronously, possibly late, out of order, twice, and retried until
 //! acknowledged.
 //!
-//! It also checks what only the carrier can see: a call is never dialed twice (a retried
-//! command id is deduplicated, as Telnyx does with `command_id`), an inbound leg maps to one
-//! call, and at the end every leg has been released.
+//! Like Telnyx, it deduplicates a repeated dial `command_id` only for a while: a dial repeated
+//! after the window creates a second leg of the call, whose webhooks name that leg. Events are
+//! stamped with the carrier's own time and name their leg.
+//!
+//! It also checks what only the carrier can see: a call is dialed with one command id only,
+//! and never again once the engine has journaled its leg; an inbound leg maps to one call;
+//! at the end every leg has been released. It tells the checker which legs it answered, so a
+//! call can be `in_progress` only if its own leg was answered.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -47,7 +52,8 @@ struct Leg {
 struct State {
     legs: BTreeMap<String, Leg>,
     by_call: BTreeMap<CallId, String>,
-    dial_commands: BTreeMap<String, String>,
+    /// Dial command id -> (leg, when it was first seen, ms).
+    dial_commands: BTreeMap<String, (String, u64)>,
     plans: BTreeMap<String, CallPlan>,
     accepted: BTreeSet<String>,
     next_leg: u64,
@@ -58,23 +64,41 @@ struct State {
 
 pub(crate) struct SimCarrier {
     core: Arc<Core>,
+    /// The carrier's clock at simulated time zero (its events carry its own time).
+    epoch: chrono::DateTime<chrono::Utc>,
     slot: Slot,
     me: Weak<SimCarrier>,
     org: Uuid,
     agent: Uuid,
     state: Mutex<State>,
+    /// Asks the world to kill the engine (a crash mid-dial).
+    crash: Mutex<Option<tokio::sync::mpsc::UnboundedSender<()>>>,
 }
 
 impl SimCarrier {
-    pub fn new(core: Arc<Core>, slot: Slot, org: Uuid, agent: Uuid) -> Arc<Self> {
+    pub fn new(
+        core: Arc<Core>,
+        epoch: chrono::DateTime<chrono::Utc>,
+        slot: Slot,
+        org: Uuid,
+        agent: Uuid,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| SimCarrier {
             core,
+            epoch,
             slot,
             me: me.clone(),
             org,
             agent,
             state: Mutex::new(State::default()),
+            crash: Mutex::new(None),
         })
+    }
+
+    /// Where to ask for a crash of the engine right after a dial (profiles with
+    /// `crash_on_dial`).
+    pub fn crash_requests(&self, tx: tokio::sync::mpsc::UnboundedSender<()>) {
+        *self.crash.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -172,6 +196,9 @@ impl SimCarrier {
         l.state = next;
         let call = l.call_id;
         drop(s);
+        if next == LegState::Answered {
+            self.core.checker().leg_answered(leg);
+        }
         self.core.log(format!("leg {leg} -> {next:?}"));
         call
     }
@@ -180,21 +207,25 @@ impl SimCarrier {
         self.state().legs.get(leg).map(|l| l.state)
     }
 
-    /// Sends a webhook about `call` (asynchronously, with the profile's delivery faults).
-    fn emit(&self, call: CallId, event: CarrierEvent) {
+    /// Sends a webhook about `leg` of `call` (asynchronously, with the profile's delivery
+    /// faults).
+    fn emit(&self, call: CallId, leg: &str, event: CarrierEvent) {
         let Some(me) = self.arc() else { return };
         let event_id = {
             let mut s = self.state();
             s.next_event += 1;
             format!("ev-{}", s.next_event)
         };
-        self.core
-            .log(format!("webhook {event_id} for {call}: {event:?}"));
+        self.core.log(format!(
+            "webhook {event_id} for {call} leg {leg}: {event:?}"
+        ));
+        let ms = i64::try_from(self.core.now_ms()).unwrap_or(i64::MAX);
         let item = InboxItem {
             vendor: "simcarrier".into(),
             event_id,
             call_id: call,
-            occurred_at: chrono::DateTime::UNIX_EPOCH,
+            carrier_leg: Some(leg.to_owned()),
+            occurred_at: self.epoch + chrono::Duration::milliseconds(ms),
             event,
         };
         let r = self.core.rates;
@@ -255,13 +286,13 @@ impl SimCarrier {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
             if self.leg_state(&leg) == Some(LegState::Ringing) {
-                self.emit(call, CarrierEvent::Ringing);
+                self.emit(call, &leg, CarrierEvent::Ringing);
             }
             let ring = plan.ring_ms.max(300);
             let end_unanswered = |cause| {
                 if let Some(c) = self.transition(&leg, &[LegState::Ringing], LegState::Ended(cause))
                 {
-                    self.emit(c, CarrierEvent::HungUp { cause });
+                    self.emit(c, &leg, CarrierEvent::HungUp { cause });
                 }
             };
             match plan.scenario {
@@ -283,7 +314,7 @@ impl SimCarrier {
                     tokio::time::sleep(Duration::from_millis(ring - 300)).await;
                     let answered = self.transition(&leg, &[LegState::Ringing], LegState::Answered);
                     if let Some(c) = answered {
-                        self.emit(c, CarrierEvent::Answered);
+                        self.emit(c, &leg, CarrierEvent::Answered);
                         self.clone().talk(leg, plan.talk_ms);
                     }
                 }
@@ -298,7 +329,7 @@ impl SimCarrier {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             let cause = HangupCause::NormalClearing;
             if let Some(c) = self.transition(&leg, &[LegState::Answered], LegState::Ended(cause)) {
-                self.emit(c, CarrierEvent::HungUp { cause });
+                self.emit(c, &leg, CarrierEvent::HungUp { cause });
             }
         });
     }
@@ -416,7 +447,7 @@ impl SimCarrier {
             loop {
                 let call = self.state().legs.get(&leg).and_then(|l| l.call_id);
                 if let Some(call) = call {
-                    self.emit(call, event);
+                    self.emit(call, &leg, event);
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -429,38 +460,75 @@ impl SimCarrier {
 impl Telephony for SimCarrier {
     async fn dial(&self, cmd: DialCommand) -> Result<String, TelephonyError> {
         self.command_faults("dial").await?;
+        let known = self
+            .core
+            .checker()
+            .calls()
+            .get(&cmd.call_id)
+            .and_then(|m| m.folded.carrier_call_id.clone());
+        if let Some(known) = known {
+            self.core.violate(
+                "no second dial for a call whose leg is known",
+                format!(
+                    "call {} dialed with command {} although its leg {known} is journaled",
+                    cmd.call_id, cmd.command_id
+                ),
+            );
+            return Err(TelephonyError::Rejected("duplicate dial".into()));
+        }
+        let now = self.core.now_ms();
+        let window = self.core.rates.dial_dedupe_ms.unwrap_or(60_000);
         let (leg, new, plan) = {
             let mut s = self.state();
-            if let Some(leg) = s.dial_commands.get(&cmd.command_id) {
-                (leg.clone(), false, None)
-            } else {
-                let plan = s.plans.get(cmd.to.as_str()).cloned();
-                s.next_leg += 1;
-                let leg = format!("out-{}", s.next_leg);
-                let second = s.by_call.insert(cmd.call_id, leg.clone());
-                s.dial_commands.insert(cmd.command_id.clone(), leg.clone());
-                if let Some(plan) = plan.clone() {
-                    s.legs.insert(
-                        leg.clone(),
-                        Leg {
-                            call_id: Some(cmd.call_id),
-                            state: LegState::Ringing,
-                            plan,
-                        },
-                    );
+            match s.dial_commands.get(&cmd.command_id) {
+                Some((leg, at)) if now.saturating_sub(*at) <= window => (leg.clone(), false, None),
+                remembered => {
+                    let repeat = remembered.is_some();
+                    let plan = s.plans.get(cmd.to.as_str()).cloned();
+                    s.next_leg += 1;
+                    let leg = format!("out-{}", s.next_leg);
+                    let first = s.by_call.get(&cmd.call_id).cloned();
+                    if first.is_none() {
+                        s.by_call.insert(cmd.call_id, leg.clone());
+                    }
+                    if !repeat {
+                        s.dial_commands
+                            .insert(cmd.command_id.clone(), (leg.clone(), now));
+                    }
+                    if let Some(plan) = plan.clone() {
+                        s.legs.insert(
+                            leg.clone(),
+                            Leg {
+                                call_id: Some(cmd.call_id),
+                                state: LegState::Ringing,
+                                plan,
+                            },
+                        );
+                    }
+                    match first {
+                        Some(first) if !repeat => {
+                            drop(s);
+                            self.core.violate(
+                                "a call is dialed with one command id",
+                                format!(
+                                    "call {} dialed again with command {} (first leg {first})",
+                                    cmd.call_id, cmd.command_id
+                                ),
+                            );
+                            return Err(TelephonyError::Rejected("duplicate dial".into()));
+                        }
+                        Some(first) => {
+                            drop(s);
+                            self.core.count("second_leg");
+                            self.core.log(format!(
+                                "dial {} repeated after the dedupe window: second leg {leg} (first {first})",
+                                cmd.command_id
+                            ));
+                        }
+                        None => {}
+                    }
+                    (leg, true, plan)
                 }
-                if let Some(first) = second {
-                    drop(s);
-                    self.core.violate(
-                        "a call is dialed once",
-                        format!(
-                            "call {} dialed again with command {} (first leg {first})",
-                            cmd.call_id, cmd.command_id
-                        ),
-                    );
-                    return Err(TelephonyError::Rejected("duplicate dial".into()));
-                }
-                (leg, true, plan)
             }
         };
         self.core.log(format!(
@@ -481,6 +549,26 @@ impl Telephony for SimCarrier {
                     "a call is dialed once",
                     format!("dial to {} that no client asked for", cmd.to),
                 ),
+            }
+        }
+        if new
+            && self
+                .core
+                .fault("crash_on_dial", self.core.rates.crash_on_dial)
+        {
+            // kill -9 with the dial sent and its answer not yet journaled: the answer is lost
+            // with the connection.
+            let asked = self
+                .crash
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_some_and(|tx| tx.send(()).is_ok());
+            if asked {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                return Err(TelephonyError::Unavailable(
+                    "connection reset: the process died (injected)".into(),
+                ));
             }
         }
         self.ambiguous()?;
@@ -507,7 +595,7 @@ impl Telephony for SimCarrier {
             Some(LegState::Answered) => {}
             Some(LegState::Ringing) => {
                 if let Some(c) = self.transition(&leg, &[LegState::Ringing], LegState::Answered) {
-                    self.emit(c, CarrierEvent::Answered);
+                    self.emit(c, &leg, CarrierEvent::Answered);
                     let talk = self.state().legs.get(&leg).and_then(|l| l.plan.talk_ms);
                     if let Some(me) = self.arc() {
                         me.talk(leg.clone(), talk);
@@ -550,7 +638,7 @@ impl Telephony for SimCarrier {
                 LegState::Ended(cause),
             );
             if let Some(c) = ended {
-                self.emit(c, CarrierEvent::HungUp { cause });
+                self.emit(c, &leg, CarrierEvent::HungUp { cause });
             }
         }
         self.ambiguous()
@@ -559,7 +647,7 @@ impl Telephony for SimCarrier {
     async fn status(
         &self,
         call_id: CallId,
-        _carrier_call_id: Option<&str>,
+        carrier_call_id: Option<&str>,
     ) -> Result<LegStatus, TelephonyError> {
         if self.core.now_ms() < self.state().down_until_ms {
             return Err(TelephonyError::Unavailable("503 carrier outage".into()));
@@ -572,8 +660,9 @@ impl Telephony for SimCarrier {
                 "502 bad gateway (injected)".into(),
             ));
         }
+        // Like Telnyx, the carrier can only be asked about a leg by its id.
         let s = self.state();
-        let status = match s.by_call.get(&call_id).and_then(|l| s.legs.get(l)) {
+        let status = match carrier_call_id.and_then(|l| s.legs.get(l)) {
             None => LegStatus::Unknown,
             Some(l) => match l.state {
                 LegState::Ringing => LegStatus::Ringing,
@@ -582,7 +671,9 @@ impl Telephony for SimCarrier {
             },
         };
         drop(s);
-        self.core.log(format!("status {call_id} -> {status:?}"));
+        self.core.log(format!(
+            "status {call_id} {carrier_call_id:?} -> {status:?}"
+        ));
         Ok(status)
     }
 }

@@ -4,7 +4,10 @@
 //!   the end only the release of the carrier leg is journaled);
 //! - version and owner epoch never decrease, and the journal has no gap;
 //! - the snapshot equals the fold of the journal;
-//! - each carrier event (inbox row) is applied at most once.
+//! - each carrier event (inbox row) is applied at most once;
+//! - a call's status and times change only by its own leg's facts or our commands (a fact
+//!   naming another leg is journaled as `stray_leg` and moves nothing);
+//! - a call is answered only if the carrier answered its leg.
 //!
 //! The world adds the end-of-run checks (every call terminal within a bound once faults stop,
 //! every carrier leg released, every accepted event processed, no timer fired for an ended
@@ -12,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use iace_actors::machine::{start, step, Call, CallId, CallStatus};
+use iace_actors::machine::{start, step, Call, CallId, CallStatus, Event};
 use iace_actors::ports::JournalEntry;
 
 /// The checker's model of one call: the fold of what was committed.
@@ -34,6 +37,8 @@ pub type Broken = (&'static str, String);
 pub struct Checker {
     calls: BTreeMap<CallId, Model>,
     applied_inbox: BTreeSet<(String, String)>,
+    /// Legs the carrier answered (told by the carrier as it answers them).
+    answered_legs: BTreeSet<String>,
 }
 
 /// Whether the machine may move a call from `from` to `to` in one event.
@@ -173,10 +178,44 @@ impl Checker {
                 ));
             }
         }
+        if let Event::Carrier { leg: Some(leg), .. } = &entry.event {
+            let moved = call.status != before
+                || call.answered_at != model.folded.answered_at
+                || call.ended_at != model.folded.ended_at;
+            if moved && call.carrier_call_id.as_deref() != Some(leg.as_str()) {
+                return Err((
+                    "a call changes only by its own leg's facts",
+                    format!(
+                        "call {id} (leg {:?}) moved {before} -> {} by `{kind}` of leg {leg}",
+                        call.carrier_call_id, call.status
+                    ),
+                ));
+            }
+        }
+        if call.status == CallStatus::InProgress && before != CallStatus::InProgress {
+            let answered = call
+                .carrier_call_id
+                .as_ref()
+                .is_some_and(|l| self.answered_legs.contains(l));
+            if !answered {
+                return Err((
+                    "answered only if the carrier answered the call's leg",
+                    format!(
+                        "call {id} became in_progress by `{kind}` but its leg {:?} was never answered",
+                        call.carrier_call_id
+                    ),
+                ));
+            }
+        }
         model.folded = folded;
         model.epoch = call.owner_epoch;
         model.journal_len = entry.seq;
         Ok(())
+    }
+
+    /// The carrier answered `leg`.
+    pub fn leg_answered(&mut self, leg: &str) {
+        self.answered_legs.insert(leg.to_owned());
     }
 
     /// Every call the store committed, in id order.
@@ -246,9 +285,7 @@ mod tests {
     }
 
     fn ringing() -> Event {
-        Event::Carrier {
-            event: CarrierEvent::Ringing,
-        }
+        Event::carrier(CarrierEvent::Ringing)
     }
 
     #[test]
@@ -293,13 +330,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e:?}"));
         ch.on_append(&c1, &e1, Some(("v", "1")))
             .unwrap_or_else(|e| panic!("{e:?}"));
-        let (c2, e2) = next(
-            &c1,
-            Event::Carrier {
-                event: CarrierEvent::Answered,
-            },
-            2,
-        );
+        let (c2, e2) = next(&c1, Event::carrier(CarrierEvent::Answered), 2);
         assert_eq!(
             ch.on_append(&c2, &e2, Some(("v", "1"))).unwrap_err().0,
             "each carrier event applied at most once"
@@ -308,11 +339,9 @@ mod tests {
         let mut ch = Checker::default();
         ch.on_insert(&c0, &created)
             .unwrap_or_else(|e| panic!("{e:?}"));
-        let busy = Event::Carrier {
-            event: CarrierEvent::HungUp {
-                cause: HangupCause::Busy,
-            },
-        };
+        let busy = Event::carrier(CarrierEvent::HungUp {
+            cause: HangupCause::Busy,
+        });
         let (ended, e) = next(&c0, busy, 1);
         ch.on_append(&ended, &e, None)
             .unwrap_or_else(|e| panic!("{e:?}"));

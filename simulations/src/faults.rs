@@ -73,6 +73,10 @@ impl Profile {
         let crash = Rates {
             crash_every_s: Some((60, 600)),
             clock_jump_every_s: Some((30, 300)),
+            // A carrier with a short memory for command ids: a dial repeated after a restart
+            // gets a second leg, as it would from Telnyx after 60 s.
+            dial_dedupe_ms: Some(3_000),
+            crash_on_dial: 15,
             ..none
         };
         let outage = Rates {
@@ -93,6 +97,8 @@ impl Profile {
             Profile::Chaos => Rates {
                 crash_every_s: crash.crash_every_s,
                 clock_jump_every_s: crash.clock_jump_every_s,
+                dial_dedupe_ms: crash.dial_dedupe_ms,
+                crash_on_dial: crash.crash_on_dial,
                 store_fail: store.store_fail,
                 store_slow: store.store_slow,
                 store_ambiguous: store.store_ambiguous,
@@ -141,6 +147,12 @@ pub struct Rates {
     pub store_jitter_ms: u64,
     /// A call actor panics while applying an event (before or after the write commits).
     pub panic_in_transition: u32,
+    /// How long the carrier remembers a dial's command id (a repeat within it returns the
+    /// same leg; after it, a repeat creates a second leg). `None`: 60 s, as Telnyx documents.
+    pub dial_dedupe_ms: Option<u64>,
+    /// The engine is killed (`kill -9`) right after a dial reached the carrier, before its
+    /// answer is journaled, per mille of dials.
+    pub crash_on_dial: u32,
     /// The whole engine is killed and restarted from the store every (min, max) seconds.
     pub crash_every_s: Option<(u64, u64)>,
     /// The wall clock jumps (forward up to 20 s: timers fire late; back up to 3 s: timers fire

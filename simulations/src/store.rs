@@ -83,6 +83,11 @@ impl SimStore {
 
 #[async_trait]
 impl CallStore for SimStore {
+    async fn owns_shard(&self, shard: u16, epoch: i64) -> StoreResult<bool> {
+        self.before("owns_shard").await?;
+        self.inner.owns_shard(shard, epoch).await
+    }
+
     async fn acquire_shards(&self, node: &str, shards: &[u16]) -> StoreResult<Vec<i64>> {
         self.before("acquire_shards").await?;
         let epochs = self.inner.acquire_shards(node, shards).await?;

@@ -285,7 +285,7 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
     let org = iace_actors::ports::IdGen::next_id(&*ids);
     let agent = iace_actors::ports::IdGen::next_id(&*ids);
     let store = Arc::new(SimStore::new(core.clone()));
-    let carrier = SimCarrier::new(core.clone(), slot.clone(), org, agent);
+    let carrier = SimCarrier::new(core.clone(), epoch, slot.clone(), org, agent);
     let clock = Arc::new(SimClock {
         base: TokioClock::new(epoch),
         skew_ms: AtomicI64::new(0),
@@ -346,7 +346,9 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
                 if w.core.draw(0, 2) == 0 {
                     w.crash().await;
                     tokio::time::sleep(Duration::from_millis(w.core.draw(0, 5_000))).await;
-                    w.start_engine().await;
+                    if current(&w.slot).is_none() {
+                        w.start_engine().await;
+                    }
                 } else {
                     // Takeover: a new node takes the shards while the old one still runs (a
                     // paused VM, a partition); the old one's writes must be fenced. It dies
@@ -359,6 +361,26 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
                         old.kill().await;
                         w.core.log("old engine killed");
                     }
+                }
+            }
+        }));
+    }
+    if rates.crash_on_dial > 0 {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        carrier.crash_requests(tx);
+        let w = world.clone();
+        chaos.push(tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                if !w.core.faults_on() || current(&w.slot).is_none() {
+                    continue;
+                }
+                w.core.log("engine killed mid-dial");
+                w.core.count("crash_mid_dial");
+                w.crash().await;
+                tokio::time::sleep(Duration::from_millis(w.core.draw(0, 8_000))).await;
+                // The periodic crashes may have restarted it meanwhile.
+                if current(&w.slot).is_none() {
+                    w.start_engine().await;
                 }
             }
         }));
@@ -570,9 +592,12 @@ async fn recovery(world: &Arc<World>, planned: usize) {
             customer_id: None,
             metadata: None,
         };
-        // A breaker whose wait is over opens its probes on the first request it refuses.
+        // A breaker whose wait is over opens its probes on the first request it refuses. A
+        // trip in the last moments of the outage's tail (a release retried into it) can hold
+        // it open for up to one more capped wait: try for that long.
         let mut created = None;
-        for _ in 0..5 {
+        let tries = carrier_breaker().open_wait_cap.as_secs() + 5;
+        for _ in 0..tries {
             let Some(engine) = current(&world.slot) else {
                 break;
             };
@@ -586,9 +611,13 @@ async fn recovery(world: &Arc<World>, planned: usize) {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         let Some(id) = created else {
+            let breaker = match world.breakers.get(CARRIER) {
+                Some(b) => b.snapshot().await,
+                None => None,
+            };
             core.violate(
                 "calls recover when the carrier comes back",
-                format!("recovery call {n} was never accepted"),
+                format!("recovery call {n} was never accepted; breaker {breaker:?}"),
             );
             return;
         };

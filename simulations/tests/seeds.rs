@@ -57,6 +57,10 @@ fn faults_are_really_injected() {
         "store_fail",
         "store_ambiguous",
         "panic_in_transition",
+        // kill -9 between a dial and its journaled answer, and the second leg a carrier
+        // creates for a dial repeated after its dedupe window.
+        "crash_on_dial",
+        "second_leg",
     ] {
         assert!(
             r.faults.get(kind).copied().unwrap_or(0) > 0,

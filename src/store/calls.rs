@@ -92,6 +92,16 @@ async fn insert_entry(
 
 #[async_trait]
 impl CallStore for PgStore {
+    async fn owns_shard(&self, shard: u16, epoch: i64) -> StoreResult<bool> {
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT epoch FROM shard_lease WHERE shard = $1")
+                .bind(i16::try_from(shard).unwrap_or(i16::MAX))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        Ok(current == Some(epoch))
+    }
+
     async fn acquire_shards(&self, node: &str, shards: &[u16]) -> StoreResult<Vec<i64>> {
         let ids: Vec<i16> = shards
             .iter()
@@ -266,7 +276,7 @@ impl CallStore for PgStore {
             "UPDATE call SET status = $3, end_reason = $4, carrier_call_id = $5, version = $6, \
                owner_epoch = $7, next_deadline_at = $8, next_deadline_kind = $9, \
                updated_at = $10, ringing_at = $11, answered_at = $12, ended_at = $13, \
-               release_pending = $14 \
+               release_pending = $14, stray_legs = $15 \
              WHERE id = $1 AND version = $2",
         )
         .bind(call.spec.id)
@@ -283,6 +293,10 @@ impl CallStore for PgStore {
         .bind(call.answered_at)
         .bind(call.ended_at)
         .bind(call.release_pending)
+        .bind(
+            serde_json::to_value(&call.stray_legs)
+                .map_err(|e| StoreError::Unavailable(format!("encoding stray legs: {e}")))?,
+        )
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
@@ -353,8 +367,8 @@ impl CallStore for PgStore {
         let payload = serde_json::to_value(&item.event)
             .map_err(|e| StoreError::Unavailable(format!("encoding inbox payload: {e}")))?;
         let done = sqlx::query(
-            "INSERT INTO inbox (vendor, event_id, organization_id, call_id, occurred_at, payload) \
-             SELECT $1, $2, organization_id, id, $4, $5 FROM call WHERE id = $3 \
+            "INSERT INTO inbox (vendor, event_id, organization_id, call_id, occurred_at, payload, carrier_leg) \
+             SELECT $1, $2, organization_id, id, $4, $5, $6 FROM call WHERE id = $3 \
              ON CONFLICT (vendor, event_id) DO NOTHING",
         )
         .bind(&item.vendor)
@@ -362,6 +376,7 @@ impl CallStore for PgStore {
         .bind(item.call_id)
         .bind(item.occurred_at)
         .bind(payload)
+        .bind(&item.carrier_leg)
         .execute(&self.pool)
         .await
         .map_err(unavailable)?;
@@ -383,7 +398,7 @@ impl CallStore for PgStore {
 
     async fn inbox_pending(&self, limit: i64) -> StoreResult<Vec<InboxItem>> {
         let rows = sqlx::query(
-            "SELECT vendor, event_id, call_id, occurred_at, payload FROM inbox \
+            "SELECT vendor, event_id, call_id, carrier_leg, occurred_at, payload FROM inbox \
              WHERE processed_at IS NULL AND call_id IS NOT NULL AND payload IS NOT NULL \
              ORDER BY received_at LIMIT $1",
         )
@@ -463,7 +478,7 @@ impl CallStore for PgStore {
              FROM call c \
              WHERE c.id = $3 AND i.vendor = $1 AND i.carrier_leg = $2 \
                AND i.call_id IS NULL AND i.processed_at IS NULL AND i.payload IS NOT NULL \
-             RETURNING i.vendor, i.event_id, i.call_id, i.occurred_at, i.payload, i.received_at",
+             RETURNING i.vendor, i.event_id, i.call_id, i.carrier_leg, i.occurred_at, i.payload, i.received_at",
         )
         .bind(vendor)
         .bind(carrier_leg)
@@ -508,6 +523,7 @@ fn inbox_item_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<InboxItem> {
         vendor: row.try_get("vendor").map_err(unavailable)?,
         event_id: row.try_get("event_id").map_err(unavailable)?,
         call_id: row.try_get("call_id").map_err(unavailable)?,
+        carrier_leg: row.try_get("carrier_leg").map_err(unavailable)?,
         occurred_at: row.try_get("occurred_at").map_err(unavailable)?,
         event: serde_json::from_value(payload)
             .map_err(|e| StoreError::Unavailable(format!("corrupt inbox payload: {e}")))?,

@@ -12,7 +12,7 @@ use sqlx::Row;
 pub(super) const CALL_COLUMNS: &str = "id, organization_id, direction, from_number, to_number, \
     agent_id, customer_id, metadata, status, end_reason, carrier_call_id, version, owner_epoch, \
     next_deadline_at, next_deadline_kind, ring_timeout_secs, max_duration_secs, created_at, \
-    updated_at, ringing_at, answered_at, ended_at, release_pending";
+    updated_at, ringing_at, answered_at, ended_at, release_pending, stray_legs";
 
 /// Columns of `agent`.
 pub(super) const AGENT_COLUMNS: &str = "id, organization_id, name, persona_config, voice_config, \
@@ -91,6 +91,8 @@ pub(super) fn call_from_row(row: &PgRow) -> Result<Call, StoreError> {
         answered_at: get(row, "answered_at")?,
         ended_at: get(row, "ended_at")?,
         release_pending: get(row, "release_pending")?,
+        stray_legs: serde_json::from_value(get(row, "stray_legs")?)
+            .map_err(|e| StoreError::Unavailable(format!("corrupt stray_legs of a call: {e}")))?,
     })
 }
 

@@ -230,6 +230,7 @@ impl Leg {
             Step::HangUp(cause) => CarrierEvent::HungUp { cause },
         };
         InboxItem {
+            carrier_leg: Some(self.id.clone()),
             vendor: VENDOR.to_owned(),
             event_id: format!("{}:{}", self.id, step.kind()),
             call_id: self.call_id,

@@ -21,7 +21,9 @@ use crate::machine::{
     step, AmdResult, Call, CallId, CallStatus, CarrierEvent, Direction, Effect, EndReason, Event,
     HangupCause, PhoneNumber, TimerKind, TransitionError,
 };
-use crate::ports::{DialCommand, JournalEntry, LegCommand, LegStatus, StoreError, TelephonyError};
+use crate::ports::{
+    shard_of, DialCommand, JournalEntry, LegCommand, LegStatus, StoreError, TelephonyError,
+};
 use crate::voice::record::ConversationRecord;
 use crate::voice::session::{VoiceArgs, VoiceMsg, VoiceSession};
 use chrono::{DateTime, Utc};
@@ -80,8 +82,8 @@ pub(crate) enum CallMsg {
     },
     /// Ask the carrier for the live status of the leg.
     Reconcile,
-    /// The carrier's answer.
-    Reconciled(Result<LegStatus, TelephonyError>),
+    /// The carrier's answer about the leg it was asked about (`None`: no leg was known).
+    Reconciled(Option<String>, Result<LegStatus, TelephonyError>),
     /// Re-issue the hangup of an ended call whose release the carrier has not confirmed.
     RetryRelease,
     /// Stop if the call has ended (sent after the last message a terminal call may need).
@@ -131,6 +133,24 @@ pub(crate) struct CallState {
     voice_failures: u32,
     /// The answering-machine verdict, once known.
     amd: Option<AmdResult>,
+    /// The dial in flight, if any. Dropped once the call's leg is journaled (a webhook can
+    /// name the leg before the dial's own answer): from then on the call is never dialed
+    /// again, not even by a retry of this request. Also dropped when the actor dies (killed
+    /// or failed): its retries must die with it, as they would with the process, or they
+    /// would dial behind the back of the actor that takes over.
+    dial: Option<DialGuard>,
+}
+
+/// Stops a dial task from making another attempt once dropped.
+/// Cooperative, not an abort: a request already sent runs to its end, so its leg id is
+/// still learned (and released if it is not the call's) and its breaker permit is recorded
+/// as what the carrier answered, not as a failure of our making.
+pub(crate) struct DialGuard(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for DialGuard {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Attempts of a carrier command on `Unavailable` before giving up.
@@ -165,6 +185,7 @@ impl Actor for CallActor {
             voice: None,
             voice_failures: 0,
             amd: None,
+            dial: None,
         })
     }
 
@@ -178,6 +199,9 @@ impl Actor for CallActor {
         state.cancel_timer();
         state.stop_voice();
         state.shared.voice.forget_stream(state.id);
+        // A dial still in flight dies with the actor: a leg it creates anyway names itself in
+        // its webhooks and is released then.
+        state.dial.take();
         Ok(())
     }
 
@@ -290,7 +314,17 @@ impl Actor for CallActor {
                 state.reconcile(&myself);
                 Ok(())
             }
-            CallMsg::Reconciled(result) => state.reconciled(&myself, result).await,
+            CallMsg::Reconciled(asked, result) => {
+                let known = state.call.as_ref().and_then(|c| c.carrier_call_id.clone());
+                if asked != known {
+                    // The leg became known while the carrier was asked about none: that
+                    // answer is about nothing; ask again about the leg.
+                    state.reconciling = false;
+                    state.reconcile(&myself);
+                    return Ok(());
+                }
+                state.reconciled(&myself, result).await
+            }
             CallMsg::RetryRelease => {
                 state.release_attempts += 1;
                 if let Some(call) = state.call.as_ref().filter(|c| c.release_pending) {
@@ -344,6 +378,11 @@ impl CallState {
         let activation = self.activation.take().unwrap_or(Activation::Resume);
         match activation {
             Activation::New { call, effects } => {
+                self.shared
+                    .metrics
+                    .activations
+                    .with_label_values(&["new"])
+                    .inc();
                 let seq = call.version;
                 self.call = Some(*call);
                 self.run_effects(myself, effects, seq);
@@ -354,6 +393,24 @@ impl CallState {
                     myself.stop(Some("no such call".into()));
                     return Ok(());
                 };
+                if call.status.is_terminal() && !call.release_pending {
+                    // Woken by a late fact (a media report, a webhook after the end): journal
+                    // it and stop. Nothing to reconcile, no timer, no conversation; a sign of
+                    // life from the carrier still triggers reconciliation in `apply`.
+                    self.shared
+                        .metrics
+                        .activations
+                        .with_label_values(&["ended"])
+                        .inc();
+                    debug!(call_id = %self.id, status = call.status.as_str(), "ended call woken for a late fact");
+                    myself.send_message(CallMsg::StopIfDone)?;
+                    return Ok(());
+                }
+                self.shared
+                    .metrics
+                    .activations
+                    .with_label_values(&["live"])
+                    .inc();
                 info!(call_id = %self.id, status = call.status.as_str(), version = call.version, "call re-activated");
                 if let Some(d) = call.deadline {
                     let seq = call.version;
@@ -421,21 +478,37 @@ impl CallState {
         event: Event,
         inbox: InboxRef,
     ) -> Result<Result<Call, EngineError>, ActorProcessingErr> {
-        let overtaken = matches!(
-            event,
+        // A fact of another leg than the call's own is journaled as what it is, and never
+        // moves the call.
+        let event = match self.call.as_ref() {
+            Some(call) => crate::machine::classify(call, event),
+            None => event,
+        };
+        if let Event::StrayLeg { leg, .. } = &event {
+            self.shared.metrics.stray_legs.inc();
+            warn!(call_id = %self.id, stray = %leg, kind = event.kind(), "fact of a second leg of the call");
+        }
+        let overtaken = match &event {
             Event::Carrier {
-                event: CarrierEvent::HungUp {
-                    cause: HangupCause::NormalClearing
-                }
-            }
-        ) && self
-            .call
-            .as_ref()
-            .is_some_and(|c| matches!(c.status, CallStatus::Pending | CallStatus::Ringing));
-        if overtaken {
+                event:
+                    CarrierEvent::HungUp {
+                        cause: HangupCause::NormalClearing,
+                    },
+                leg,
+                at,
+            } => self
+                .call
+                .as_ref()
+                .is_some_and(|c| matches!(c.status, CallStatus::Pending | CallStatus::Ringing))
+                .then(|| (leg.clone(), *at)),
+            _ => None,
+        };
+        if let Some((leg, at)) = overtaken {
             info!(call_id = %self.id, "normal clearing before the answer: journaling the late answer first");
             let answered = Event::Carrier {
                 event: CarrierEvent::Answered,
+                leg,
+                at,
             };
             if let Err(e) = self.apply_one(myself, answered, None).await? {
                 return Ok(Err(e));
@@ -487,15 +560,7 @@ impl CallState {
             // carrier for a call that ended (a late answer, a dial that went through after
             // all) means a leg may still be up; ask the carrier, and keep the event
             // unprocessed until we know (a crash in between re-delivers it).
-            let alive = matches!(
-                &event,
-                Event::Carrier {
-                    event: CarrierEvent::Initiated { .. }
-                        | CarrierEvent::Ringing
-                        | CarrierEvent::RingingLeg { .. }
-                        | CarrierEvent::Answered
-                }
-            );
+            let alive = matches!(&event, Event::Carrier { event, .. } if event.is_alive());
             if alive && next.status.is_terminal() && !next.release_pending {
                 self.reconcile_inbox.extend(inbox);
                 self.reconcile(myself);
@@ -532,6 +597,10 @@ impl CallState {
                 self.shared.metrics.stale_writes.inc();
                 warn!(call_id = %self.id, version = before, "stale write; stopping this call actor");
                 self.cancel_timer();
+                // The call is another node's now: this one dials nothing more for it.
+                if let Some(dial) = self.dial.take() {
+                    drop(dial);
+                }
                 myself.stop(Some("stale".into()));
                 return Ok(Err(EngineError::Unavailable(
                     "the call is owned by another node".into(),
@@ -543,7 +612,19 @@ impl CallState {
         }
         let m = &self.shared.metrics;
         m.events_applied.with_label_values(&[kind]).inc();
-        if next.status.is_terminal() {
+        let leg_learned = next.carrier_call_id.is_some()
+            && self
+                .call
+                .as_ref()
+                .is_some_and(|c| c.carrier_call_id.is_none());
+        if leg_learned {
+            if let Some(dial) = self.dial.take() {
+                drop(dial);
+            }
+        }
+        let ended_now = next.status.is_terminal()
+            && self.call.as_ref().is_some_and(|c| !c.status.is_terminal());
+        if ended_now {
             let reason = next.end_reason.map_or("none", |r| r.as_str());
             m.calls_ended
                 .with_label_values(&[next.status.as_str(), reason])
@@ -579,6 +660,7 @@ impl CallState {
     fn tell_voice(&mut self, event: &Event, call: &Call) {
         if let Event::Carrier {
             event: CarrierEvent::MachineDetection { result },
+            ..
         } = event
         {
             self.amd = Some(*result);
@@ -588,12 +670,15 @@ impl CallState {
             _ if call.status.is_terminal() => VoiceMsg::CallEnded,
             Event::Carrier {
                 event: CarrierEvent::MachineDetection { result },
+                ..
             } => VoiceMsg::Amd(*result),
             Event::Carrier {
                 event: CarrierEvent::Dtmf { digit },
+                ..
             } => VoiceMsg::Dtmf(digit.clone()),
             Event::Carrier {
                 event: CarrierEvent::Bridged { .. },
+                ..
             } => VoiceMsg::CallEnded,
             _ => return,
         };
@@ -788,18 +873,40 @@ impl CallState {
         }
     }
 
-    fn spawn_dial(&self, myself: &ActorRef<CallMsg>, cmd: DialCommand) {
+    fn spawn_dial(&mut self, myself: &ActorRef<CallMsg>, cmd: DialCommand) {
         let shared = self.shared.clone();
         let me = myself.clone();
+        self.dial.take();
+        let (shard, epoch) = (shard_of(self.id), self.shared.shards.epoch_of(self.id));
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.dial = Some(DialGuard(stopped.clone()));
         tokio::spawn(async move {
-            let event = match retry_command(shared.config.command_timeout, || {
-                shared.ports.telephony.dial(cmd.clone())
-            })
-            .await
-            {
-                Ok(carrier_call_id) => Event::Carrier {
-                    event: CarrierEvent::Initiated { carrier_call_id },
-                },
+            let attempt = || async {
+                if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Ok(Err("the call's actor no longer wants it"));
+                }
+                if let Some(why) = dial_gate(&shared, cmd.call_id, shard, epoch).await {
+                    return Ok(Err(why));
+                }
+                // The leg may have been learned while the store was asked.
+                if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Ok(Err("the call's actor no longer wants it"));
+                }
+                shared.ports.telephony.dial(cmd.clone()).await.map(Ok)
+            };
+            let event = match retry_command(shared.config.command_timeout, attempt).await {
+                Ok(Ok(carrier_call_id)) => {
+                    Event::carrier(CarrierEvent::Initiated { carrier_call_id })
+                }
+                Ok(Err(why)) => {
+                    shared
+                        .metrics
+                        .effect_failures
+                        .with_label_values(&["dial_abandoned"])
+                        .inc();
+                    info!(call_id = %cmd.call_id, reason = why, "dial abandoned");
+                    return;
+                }
                 Err(e) => {
                     shared
                         .metrics
@@ -837,7 +944,7 @@ impl CallState {
         let (id, leg) = (call.spec.id, call.carrier_call_id.clone());
         tokio::spawn(async move {
             let status = shared.ports.telephony.status(id, leg.as_deref()).await;
-            let _ = me.send_message(CallMsg::Reconciled(status));
+            let _ = me.send_message(CallMsg::Reconciled(leg, status));
         });
     }
 
@@ -892,9 +999,11 @@ impl CallState {
                     events.push(Event::LegReleased);
                 }
             }
-            (CallStatus::Pending, status) => {
-                // The dial may never have reached the carrier: re-issue it with the original
-                // command id (version 1), which the carrier deduplicates.
+            (CallStatus::Pending, LegStatus::Unknown) if call.carrier_call_id.is_none() => {
+                // No leg was ever journaled: the dial may never have reached the carrier.
+                // Re-issue it with its original command id (version 1) only, so a carrier
+                // that still remembers it deduplicates it; a second leg it creates anyway
+                // is released as stray when its facts arrive.
                 let cmd = DialCommand {
                     call_id: self.id,
                     command_id: command_id(self.id, 1),
@@ -902,14 +1011,20 @@ impl CallState {
                     to: call.spec.to.clone(),
                     timeout_secs: call.spec.ring_timeout_secs,
                 };
-                if !matches!(status, LegStatus::Ended(_)) {
-                    self.spawn_dial(myself, cmd);
-                }
-                events.extend(carrier_facts(status));
+                self.shared
+                    .metrics
+                    .effect_failures
+                    .with_label_values(&["dial_reissued"])
+                    .inc();
+                info!(call_id = %self.id, "no leg known after re-activation; re-issuing the original dial");
+                self.spawn_dial(myself, cmd);
             }
+            // A call whose leg is journaled is never dialed again: the carrier's word on
+            // that leg decides (a leg it no longer knows is lost).
             (_, LegStatus::Unknown) => events.push(Event::CarrierLost),
-            (_, status) => events.extend(carrier_facts(status)),
+            (_, status) => events.extend(carrier_facts(status, call.carrier_call_id.clone())),
         }
+
         for event in events {
             if let Err(e) = self.apply(myself, event, None).await? {
                 debug!(call_id = %self.id, error = %e, "reconciliation event refused");
@@ -951,9 +1066,27 @@ impl CallState {
     }
 }
 
-/// The carrier facts a live leg status implies.
-fn carrier_facts(status: LegStatus) -> Vec<Event> {
-    let carrier = |event| Event::Carrier { event };
+/// Why a dial must not be placed (checked before every attempt), if it must not: a dial is
+/// not fenced by a write, so this node asks the store first. A store that cannot answer does
+/// not stop the dial of a call this node owns.
+async fn dial_gate(shared: &Shared, id: CallId, shard: u16, epoch: i64) -> Option<&'static str> {
+    if let Ok(false) = shared.ports.calls.owns_shard(shard, epoch).await {
+        return Some("another node owns the call");
+    }
+    match shared.ports.calls.load_call(id).await {
+        Ok(Some(call)) if call.carrier_call_id.is_some() => Some("the call's leg is journaled"),
+        Ok(Some(call)) if call.status.is_terminal() => Some("the call ended"),
+        _ => None,
+    }
+}
+
+/// The carrier facts a leg status implies (about the call's own leg, when known).
+fn carrier_facts(status: LegStatus, leg: Option<String>) -> Vec<Event> {
+    let carrier = |event| Event::Carrier {
+        event,
+        leg: leg.clone(),
+        at: None,
+    };
     match status {
         LegStatus::Unknown => vec![],
         LegStatus::Ringing => vec![carrier(CarrierEvent::Ringing)],

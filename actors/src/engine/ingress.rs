@@ -288,7 +288,7 @@ impl Engine {
     pub(crate) fn deliver_item(&self, item: InboxItem) {
         let _ = self.inner.supervisor.send_message(SupervisorMsg::Deliver {
             call_id: item.call_id,
-            event: Event::Carrier { event: item.event },
+            event: item.to_event(),
             inbox: Some((item.vendor, item.event_id)),
             reply: None,
         });

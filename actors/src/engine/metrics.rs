@@ -10,8 +10,15 @@ pub struct EngineMetrics {
     pub calls_created: IntCounter,
     /// Journaled events by kind.
     pub events_applied: IntCounterVec,
-    /// Calls that reached a terminal status, by status and end reason.
+    /// Calls that reached a terminal status, by status and end reason: counted once per call,
+    /// by the write that ends it (later entries of an ended call do not count).
     pub calls_ended: IntCounterVec,
+    /// Facts of a second leg of a call (a dial the carrier did not deduplicate), journaled as
+    /// `stray_leg` and released.
+    pub stray_legs: IntCounter,
+    /// Call actors started, by kind: `new` (a call just created), `live` (a live call
+    /// recovered or re-activated), `ended` (an ended call woken to journal a late fact).
+    pub activations: IntCounterVec,
     /// CallActors currently running.
     pub live_actors: IntGauge,
     /// CallActor crashes, by outcome (`restarted`, `gave_up`).
@@ -42,6 +49,17 @@ impl EngineMetrics {
                     "Calls ended, by status and end reason",
                 ),
                 &["status", "end_reason"],
+            )?,
+            stray_legs: IntCounter::new(
+                "iace_stray_legs_total",
+                "Facts of a second carrier leg of a call, journaled and released",
+            )?,
+            activations: IntCounterVec::new(
+                Opts::new(
+                    "iace_call_activations_total",
+                    "Call actors started, by kind",
+                ),
+                &["kind"],
             )?,
             live_actors: IntGauge::new("iace_call_actors", "CallActors currently running")?,
             actor_failures: IntCounterVec::new(
@@ -79,6 +97,8 @@ impl EngineMetrics {
         registry.register(Box::new(m.events_applied.clone()))?;
         registry.register(Box::new(m.calls_ended.clone()))?;
         registry.register(Box::new(m.live_actors.clone()))?;
+        registry.register(Box::new(m.stray_legs.clone()))?;
+        registry.register(Box::new(m.activations.clone()))?;
         registry.register(Box::new(m.actor_failures.clone()))?;
         registry.register(Box::new(m.stale_writes.clone()))?;
         registry.register(Box::new(m.effect_failures.clone()))?;

@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 
 use super::call_actor::{Activation, ApplyReply, CallActor, CallArgs, CallMsg, InboxRef};
 use super::{EngineError, Shared};
-use crate::machine::{Call, CallId, CarrierEvent, Effect, Event};
+use crate::machine::{Call, CallId, Effect, Event};
 
 /// Mailbox of the supervisor.
 // Messages are moved into the mailbox once; boxing the event would only add an allocation.
@@ -400,9 +400,7 @@ impl SupervisorState {
                     for item in items {
                         let _ = me.send_message(SupervisorMsg::Deliver {
                             call_id: item.call_id,
-                            event: Event::Carrier {
-                                event: CarrierEvent::clone(&item.event),
-                            },
+                            event: item.to_event(),
                             inbox: Some((item.vendor, item.event_id)),
                             reply: None,
                         });

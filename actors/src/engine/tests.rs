@@ -95,9 +95,35 @@ impl World {
         engine
             .ingest_carrier_event(InboxItem {
                 vendor: "test".into(),
+                carrier_leg: None,
                 event_id: id.into(),
                 call_id: call,
                 occurred_at: self.ports.clock.now(),
+                event,
+            })
+            .await
+            .unwrap()
+    }
+
+    /// A webhook about `leg` of `call`, stamped by the carrier at `occurred_at`.
+    async fn leg_event(
+        &self,
+        engine: &Engine,
+        call: CallId,
+        leg: &str,
+        event: CarrierEvent,
+        occurred_at: chrono::DateTime<chrono::Utc>,
+    ) -> IngestOutcome {
+        let n = self
+            .events
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        engine
+            .ingest_carrier_event(InboxItem {
+                vendor: "test".into(),
+                carrier_leg: Some(leg.into()),
+                event_id: format!("ev-{n}"),
+                call_id: call,
+                occurred_at,
                 event,
             })
             .await
@@ -400,6 +426,7 @@ async fn a_crashed_call_actor_is_reactivated_and_the_event_is_not_lost() {
     w.store.set_down(false);
     let item = InboxItem {
         vendor: "test".into(),
+        carrier_leg: None,
         event_id: "ans".into(),
         call_id: id,
         occurred_at: w.ports.clock.now(),
@@ -412,9 +439,7 @@ async fn a_crashed_call_actor_is_reactivated_and_the_event_is_not_lost() {
         .supervisor
         .send_message(SupervisorMsg::Deliver {
             call_id: id,
-            event: Event::Carrier {
-                event: CarrierEvent::Answered,
-            },
+            event: Event::carrier(CarrierEvent::Answered),
             inbox: Some(("test".into(), "ans".into())),
             reply: None,
         })
@@ -543,7 +568,8 @@ async fn reconciliation_ends_calls_the_carrier_forgot_and_redials_pending_ones()
     let c = w
         .until(lost, "carrier lost", |c| c.status.is_terminal())
         .await;
-    assert_eq!(c.status, CallStatus::Failed);
+    // It was answered: it completes (in_progress never moves to failed).
+    assert_eq!(c.status, CallStatus::Completed);
     assert_eq!(c.end_reason, Some(EndReason::CarrierLost));
     w.assert_contiguous(lost);
 
@@ -880,4 +906,264 @@ async fn a_stray_second_leg_is_hung_up_and_the_call_keeps_its_own() {
     // The inbox row of the stray event was processed (nothing left for the sweep).
     assert!(w.store.inbox_pending(10).await.unwrap().is_empty());
     engine.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_whose_leg_is_journaled_is_never_dialed_again() {
+    let w = World::new(21).await;
+    let old = w.engine().await;
+    let id = old
+        .create_call(w.org, w.new_call(), None)
+        .await
+        .unwrap()
+        .call
+        .spec
+        .id;
+    // The dial's answer named the leg; the call is still pending (no ringing yet).
+    let call = w
+        .until(id, "leg known", |c| c.carrier_call_id.is_some())
+        .await;
+    assert_eq!(call.status, CallStatus::Pending);
+    old.kill().await;
+    // A restart: re-activation asks the carrier about that leg and never dials again.
+    let new = w.engine().await;
+    w.until(id, "ringing from reconciliation", |c| {
+        c.status == CallStatus::Ringing
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(w.carrier.dials(id).len(), 1, "one dial per call");
+
+    // Without a journaled leg the dial is re-issued, with its original command id only.
+    let id2 = new
+        .create_call(w.org, w.new_call(), None)
+        .await
+        .unwrap()
+        .call
+        .spec
+        .id;
+    new.kill().await;
+    w.store.set_down(false);
+    let journaled_leg = w.store.snapshot(id2).unwrap().carrier_call_id;
+    if journaled_leg.is_none() {
+        let _third = w.engine().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let dials = w.carrier.dials(id2);
+        assert!(dials.len() <= 2);
+        assert!(dials.iter().all(|d| d.command_id == format!("{id2}:1")));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn facts_of_a_second_leg_never_move_the_call_and_the_leg_is_released() {
+    let w = World::new(22).await;
+    let engine = w.engine().await;
+    let id = engine
+        .create_call(w.org, w.new_call(), None)
+        .await
+        .unwrap()
+        .call
+        .spec
+        .id;
+    let own = w
+        .until(id, "leg known", |c| c.carrier_call_id.is_some())
+        .await
+        .carrier_call_id
+        .unwrap();
+    let now = w.ports.clock.now();
+    w.leg_event(&engine, id, &own, CarrierEvent::Answered, now)
+        .await;
+    w.until(id, "answered", |c| c.status == CallStatus::InProgress)
+        .await;
+    // A repeated dial the carrier did not deduplicate: a second leg rings, answers and
+    // hangs up.
+    let stray = "leg-second";
+    w.leg_event(&engine, id, stray, CarrierEvent::Answered, now)
+        .await;
+    w.leg_event(
+        &engine,
+        id,
+        stray,
+        CarrierEvent::HungUp {
+            cause: HangupCause::NormalClearing,
+        },
+        now,
+    )
+    .await;
+    for _ in 0..100 {
+        if w.carrier
+            .hangups(id)
+            .iter()
+            .any(|h| h.carrier_call_id.as_deref() == Some(stray))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let call = w.store.snapshot(id).unwrap();
+    assert_eq!(call.status, CallStatus::InProgress, "the call goes on");
+    assert_eq!(call.carrier_call_id.as_deref(), Some(own.as_str()));
+    assert_eq!(call.ended_at, None);
+    assert_eq!(
+        w.assert_contiguous(id),
+        ["created", "initiated", "answered", "stray_leg", "stray_leg"]
+    );
+    let released: Vec<_> = w
+        .carrier
+        .hangups(id)
+        .into_iter()
+        .filter_map(|h| h.carrier_call_id)
+        .collect();
+    assert_eq!(
+        released,
+        [stray.to_owned()],
+        "the stray leg is released, the call's is not"
+    );
+    assert_eq!(engine.metrics().stray_legs.get(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn answer_and_end_times_are_the_carriers_not_the_time_of_applying() {
+    let w = World::new(23).await;
+    let engine = w.engine().await;
+    let id = engine
+        .create_call(w.org, w.new_call(), None)
+        .await
+        .unwrap()
+        .call
+        .spec
+        .id;
+    let leg = w
+        .until(id, "leg known", |c| c.carrier_call_id.is_some())
+        .await
+        .carrier_call_id
+        .unwrap();
+    let answered = w.ports.clock.now() + chrono::Duration::seconds(2);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    // Delivered late (the node was restarting): 18 s after the carrier's answer.
+    w.leg_event(&engine, id, &leg, CarrierEvent::Answered, answered)
+        .await;
+    w.until(id, "answered", |c| c.status == CallStatus::InProgress)
+        .await;
+    let ended = answered + chrono::Duration::milliseconds(10_500);
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    w.leg_event(
+        &engine,
+        id,
+        &leg,
+        CarrierEvent::HungUp {
+            cause: HangupCause::NormalClearing,
+        },
+        ended,
+    )
+    .await;
+    let call = w
+        .until(id, "completed", |c| c.status == CallStatus::Completed)
+        .await;
+    assert_eq!(call.answered_at, Some(answered));
+    assert_eq!(
+        call.ended_at,
+        Some(ended),
+        "10.5 s talked, as the carrier says"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_call_end_is_counted_once_and_late_facts_do_not_reactivate_it() {
+    let w = World::new(24).await;
+    let engine = w.engine().await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = engine
+            .create_call(w.org, w.new_call(), None)
+            .await
+            .unwrap()
+            .call
+            .spec
+            .id;
+        w.until(id, "leg known", |c| c.carrier_call_id.is_some())
+            .await;
+        w.carrier_event(&engine, id, CarrierEvent::Answered).await;
+        w.until(id, "answered", |c| c.status == CallStatus::InProgress)
+            .await;
+        // Ended by us: completed, then the release is journaled (the leg_released entry).
+        engine.hangup(w.org, id).await.unwrap();
+        w.until(id, "released", |c| {
+            c.status.is_terminal() && !c.release_pending
+        })
+        .await;
+        ids.push(id);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let statuses_before = w.carrier.status_requests();
+    // Late facts for the ended calls: a media report and a stream that stopped.
+    for id in &ids {
+        engine.report_media(
+            *id,
+            crate::machine::MediaReport {
+                stream_id: "s".into(),
+                frames_in: 1,
+                frames_out: 1,
+                gaps: 0,
+                jitter_ms: 0.0,
+                duration_ms: 20,
+            },
+        );
+        w.carrier_event(&engine, *id, CarrierEvent::StreamStopped)
+            .await;
+    }
+    for id in &ids {
+        w.until(*id, "late facts journaled", |c| c.version >= 7)
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Counted against the journal: one end per call, however many entries follow it.
+    let ends_in_journal: usize = ids
+        .iter()
+        .map(|id| {
+            let journal = w.store.journal(*id);
+            let mut folded = None::<Call>;
+            let mut ends = 0;
+            for e in &journal {
+                let before = folded.as_ref().map(|c| c.status.is_terminal());
+                let next = match (&folded, &e.event) {
+                    (None, Event::Created { spec }) => crate::machine::start(spec.clone(), e.at).0,
+                    (Some(c), ev) => {
+                        let mut c = c.clone();
+                        crate::machine::step(&mut c, ev.clone(), e.at).unwrap();
+                        c
+                    }
+                    _ => unreachable!(),
+                };
+                if next.status.is_terminal() && before == Some(false) {
+                    ends += 1;
+                }
+                folded = Some(next);
+            }
+            ends
+        })
+        .sum();
+    assert_eq!(ends_in_journal, 3);
+    let counted: u64 = ["completed"]
+        .iter()
+        .map(|s| {
+            engine
+                .metrics()
+                .calls_ended
+                .with_label_values(&[s, "hangup_requested"])
+                .get()
+        })
+        .sum();
+    assert_eq!(counted, 3, "iace_calls_ended_total counts each end once");
+    // Woken to journal the late facts, without asking the carrier anything.
+    assert_eq!(w.carrier.status_requests(), statuses_before);
+    assert!(
+        engine
+            .metrics()
+            .activations
+            .with_label_values(&["ended"])
+            .get()
+            >= 1
+    );
 }

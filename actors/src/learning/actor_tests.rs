@@ -217,9 +217,7 @@ impl World {
             },
         };
         let events = vec![
-            Event::Carrier {
-                event: CarrierEvent::Answered,
-            },
+            Event::carrier(CarrierEvent::Answered),
             Event::Conversation {
                 record: ConversationRecord::ContextRetrieved {
                     memories: Vec::new(),
@@ -254,11 +252,9 @@ impl World {
                     degraded: false,
                 },
             },
-            Event::Carrier {
-                event: CarrierEvent::HungUp {
-                    cause: HangupCause::NormalClearing,
-                },
-            },
+            Event::carrier(CarrierEvent::HungUp {
+                cause: HangupCause::NormalClearing,
+            }),
         ];
         for event in events {
             let before = call.version;

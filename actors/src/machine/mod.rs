@@ -327,6 +327,20 @@ pub struct Call {
     /// known to be released: no phone line is ever left open.
     #[serde(default)]
     pub release_pending: bool,
+    /// Other legs the carrier reported for this outbound call (a repeated dial it did not
+    /// deduplicate): hung up, never the call's. Kept so a repeated fact about one changes
+    /// nothing, like every other duplicate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stray_legs: Vec<StrayLeg>,
+}
+
+/// A leg of a call that is not its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StrayLeg {
+    /// The carrier's id of the leg.
+    pub leg: String,
+    /// The carrier reported its end.
+    pub ended: bool,
 }
 
 /// A carrier-reported fact about a call leg.
@@ -380,6 +394,24 @@ pub enum CarrierEvent {
 }
 
 impl CarrierEvent {
+    /// The leg the fact names itself (the carrier's answer to a dial names its leg).
+    pub fn named_leg(&self) -> Option<&str> {
+        match self {
+            Self::Initiated { carrier_call_id } | Self::RingingLeg { carrier_call_id } => {
+                Some(carrier_call_id)
+            }
+            _ => None,
+        }
+    }
+
+    /// A sign that the leg is (still) up.
+    pub fn is_alive(&self) -> bool {
+        matches!(
+            self,
+            Self::Initiated { .. } | Self::Ringing | Self::RingingLeg { .. } | Self::Answered
+        )
+    }
+
     /// Facts that annotate the call's journal without moving its status. They are recorded
     /// whenever they arrive (a media stream often stops after the hangup) and never refused.
     pub fn is_annotation(&self) -> bool {
@@ -437,6 +469,24 @@ pub enum Event {
     Carrier {
         /// The fact.
         event: CarrierEvent,
+        /// The carrier's leg the fact is about, when the carrier names it. A fact of another
+        /// leg than the call's own never moves the call (see [`Event::StrayLeg`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        leg: Option<String>,
+        /// When the carrier says it happened. Answer and end times come from here (bounded by
+        /// the call's earlier times and by `now`), so a fact applied late (after a restart or
+        /// a takeover) does not stretch the call's durations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<DateTime<Utc>>,
+    },
+    /// A fact of a leg that is not the call's own: a second leg of a dial the carrier did not
+    /// deduplicate. It never changes the call's status or times; the leg is hung up (unless
+    /// the fact is its end).
+    StrayLeg {
+        /// The other leg.
+        leg: String,
+        /// What the carrier reported about it.
+        fact: CarrierEvent,
     },
     /// The carrier refused our dial or answer command.
     CommandRejected {
@@ -489,11 +539,21 @@ pub enum Event {
 }
 
 impl Event {
+    /// A carrier fact that names no leg and no time (the leg is the call's own).
+    pub fn carrier(event: CarrierEvent) -> Event {
+        Event::Carrier {
+            event,
+            leg: None,
+            at: None,
+        }
+    }
+
     /// Short name stored in the journal's `kind` column.
     pub fn kind(&self) -> &'static str {
         match self {
             Event::Created { .. } => "created",
-            Event::Carrier { event } => match event {
+            Event::StrayLeg { .. } => "stray_leg",
+            Event::Carrier { event, .. } => match event {
                 CarrierEvent::Initiated { .. } => "initiated",
                 CarrierEvent::Ringing | CarrierEvent::RingingLeg { .. } => "ringing",
                 CarrierEvent::Answered => "answered",
@@ -625,6 +685,7 @@ pub fn start(spec: CallSpec, now: DateTime<Utc>) -> (Call, Vec<Effect>) {
         answered_at: None,
         ended_at: None,
         release_pending: false,
+        stray_legs: Vec::new(),
     };
     let effects = vec![
         first,
@@ -649,83 +710,144 @@ pub fn step(
     let mut effects = Vec::new();
     match event {
         Event::Created { .. } => return Err(TransitionError::Invalid { kind: "created" }),
-        Event::Carrier { event } => match event {
-            CarrierEvent::Initiated { carrier_call_id } => {
-                if stray(call, &carrier_call_id) {
-                    effects.push(Effect::HangupStray { carrier_call_id });
-                } else if call.carrier_call_id.is_none() && !status.is_terminal() {
-                    call.carrier_call_id = Some(carrier_call_id);
-                    touch(call, now);
-                }
+        Event::StrayLeg { leg, fact } => {
+            if !stray(call, &leg) {
+                return Err(TransitionError::Invalid { kind: "stray_leg" });
             }
-            CarrierEvent::RingingLeg { carrier_call_id } => {
-                if stray(call, &carrier_call_id) {
-                    effects.push(Effect::HangupStray { carrier_call_id });
-                    return Ok(effects);
-                }
-                let mut changed = false;
-                if call.carrier_call_id.is_none() && !status.is_terminal() {
-                    call.carrier_call_id = Some(carrier_call_id);
-                    changed = true;
-                }
-                if status == Pending {
-                    call.status = Ringing;
-                    call.ringing_at = Some(now);
-                    changed = true;
-                }
-                if changed {
-                    touch(call, now);
-                }
-            }
-            CarrierEvent::Ringing => {
-                if status == Pending {
-                    call.status = Ringing;
-                    call.ringing_at = Some(now);
-                    touch(call, now);
-                }
-            }
-            CarrierEvent::Answered => {
-                if matches!(status, Pending | Ringing) {
-                    call.status = InProgress;
-                    call.ringing_at.get_or_insert(now);
-                    call.answered_at = Some(now);
-                    let at = now + Duration::seconds(i64::from(call.spec.max_duration_secs));
-                    call.deadline = Some(Deadline {
-                        kind: TimerKind::MaxDuration,
-                        at,
-                    });
-                    effects.push(Effect::ArmTimer {
-                        kind: TimerKind::MaxDuration,
-                        at,
+            let ended = matches!(fact, CarrierEvent::HungUp { .. });
+            match call.stray_legs.iter_mut().find(|s| s.leg == leg) {
+                None => {
+                    call.stray_legs.push(StrayLeg {
+                        leg: leg.clone(),
+                        ended,
                     });
                     touch(call, now);
+                    if !ended {
+                        effects.push(Effect::HangupStray {
+                            carrier_call_id: leg,
+                        });
+                    }
                 }
-            }
-            CarrierEvent::HungUp { cause } => match status {
-                Pending | Ringing => {
-                    let reason = unanswered_reason(call.spec.direction, cause);
-                    end(call, Failed, reason, now, &mut effects);
-                }
-                InProgress => {
-                    let reason = if cause == HangupCause::TimeLimit {
-                        EndReason::MaxDuration
-                    } else {
-                        EndReason::NormalClearing
-                    };
-                    end(call, Completed, reason, now, &mut effects)
-                }
-                _ if call.release_pending => {
-                    // The leg we hung up is gone: nothing left to release.
-                    call.release_pending = false;
+                Some(known) if ended && !known.ended => {
+                    known.ended = true;
                     touch(call, now);
                 }
-                _ => {}
-            },
-            annotation => {
-                debug_assert!(annotation.is_annotation());
+                Some(known) if !known.ended && fact.is_alive() => {
+                    // Still up after our hangup: hang up again (nothing new to journal).
+                    effects.push(Effect::HangupStray {
+                        carrier_call_id: leg,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        Event::Carrier { event, leg, at } => {
+            let leg = leg.or_else(|| event.named_leg().map(str::to_owned));
+            if let Some(other) = leg.as_deref().filter(|l| stray(call, l)) {
+                // Also when a caller did not classify it first (see [`classify`]).
+                return step(
+                    call,
+                    Event::StrayLeg {
+                        leg: other.to_owned(),
+                        fact: event,
+                    },
+                    now,
+                );
+            }
+            let adopt = |call: &mut Call| match &leg {
+                Some(l)
+                    if call.spec.direction == Direction::Outbound
+                        && call.carrier_call_id.is_none() =>
+                {
+                    call.carrier_call_id = Some(l.clone());
+                    true
+                }
+                _ => false,
+            };
+            // The carrier's time of the fact, never before what the call already knows and
+            // never after now (clocks differ).
+            let carrier_time = |floor: DateTime<Utc>| at.unwrap_or(now).min(now).max(floor);
+            if status.is_terminal() && event.is_alive() && adopt(call) {
+                // A leg came up after the call ended without one (a dial whose answer was
+                // lost): now that its id is known, release it by id.
                 touch(call, now);
+                let reason = call.end_reason.unwrap_or(EndReason::VendorError);
+                release(call, reason, &mut effects);
+                return Ok(effects);
             }
-        },
+            match event {
+                CarrierEvent::Initiated { .. } => {
+                    if !status.is_terminal() && adopt(call) {
+                        touch(call, now);
+                    }
+                }
+                CarrierEvent::RingingLeg { .. } | CarrierEvent::Ringing => {
+                    let mut changed = !status.is_terminal() && adopt(call);
+                    if status == Pending {
+                        call.status = Ringing;
+                        call.ringing_at = Some(carrier_time(call.created_at));
+                        changed = true;
+                    }
+                    if changed {
+                        touch(call, now);
+                    }
+                }
+                CarrierEvent::Answered => {
+                    if matches!(status, Pending | Ringing) {
+                        adopt(call);
+                        let answered = carrier_time(call.ringing_at.unwrap_or(call.created_at));
+                        call.status = InProgress;
+                        call.ringing_at.get_or_insert(answered);
+                        call.answered_at = Some(answered);
+                        let at =
+                            answered + Duration::seconds(i64::from(call.spec.max_duration_secs));
+                        call.deadline = Some(Deadline {
+                            kind: TimerKind::MaxDuration,
+                            at,
+                        });
+                        effects.push(Effect::ArmTimer {
+                            kind: TimerKind::MaxDuration,
+                            at,
+                        });
+                        touch(call, now);
+                    }
+                }
+                CarrierEvent::HungUp { cause } => {
+                    let floor = call
+                        .answered_at
+                        .or(call.ringing_at)
+                        .unwrap_or(call.created_at);
+                    let ended = carrier_time(floor);
+                    match status {
+                        Pending | Ringing => {
+                            adopt(call);
+                            let reason = unanswered_reason(call.spec.direction, cause);
+                            end(call, Failed, reason, ended, &mut effects);
+                            call.updated_at = now;
+                        }
+                        InProgress => {
+                            let reason = if cause == HangupCause::TimeLimit {
+                                EndReason::MaxDuration
+                            } else {
+                                EndReason::NormalClearing
+                            };
+                            end(call, Completed, reason, ended, &mut effects);
+                            call.updated_at = now;
+                        }
+                        _ if call.release_pending => {
+                            // The leg we hung up is gone: nothing left to release.
+                            call.release_pending = false;
+                            touch(call, now);
+                        }
+                        _ => {}
+                    }
+                }
+                annotation => {
+                    debug_assert!(annotation.is_annotation());
+                    touch(call, now);
+                }
+            }
+        }
         Event::MediaReported { .. } | Event::Conversation { .. } => touch(call, now),
         Event::AgentHangup { reason } => match status {
             InProgress => {
@@ -815,7 +937,13 @@ pub fn step(
         }
         Event::CarrierLost => {
             if !status.is_terminal() {
-                end(call, Failed, EndReason::CarrierLost, now, &mut effects);
+                // An answered call that is lost still was a conversation: it completes.
+                let terminal = if status == InProgress {
+                    Completed
+                } else {
+                    Failed
+                };
+                end(call, terminal, EndReason::CarrierLost, now, &mut effects);
             }
         }
         Event::EngineFault { .. } => {
@@ -855,6 +983,21 @@ where
         }
     }
     Ok(call)
+}
+
+/// Rewrites a carrier fact of another leg than the call's own as [`Event::StrayLeg`], so the
+/// journal says what it was. Anything else is returned as it is.
+pub fn classify(call: &Call, event: Event) -> Event {
+    match event {
+        Event::Carrier { event, leg, at } => {
+            let named = leg.clone().or_else(|| event.named_leg().map(str::to_owned));
+            match named.filter(|l| stray(call, l)) {
+                Some(leg) => Event::StrayLeg { leg, fact: event },
+                None => Event::Carrier { event, leg, at },
+            }
+        }
+        other => other,
+    }
 }
 
 /// A leg of an outbound call other than the one the call already has.

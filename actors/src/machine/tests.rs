@@ -23,7 +23,7 @@ fn spec(direction: Direction) -> CallSpec {
 }
 
 fn carrier(event: CarrierEvent) -> Event {
-    Event::Carrier { event }
+    Event::carrier(event)
 }
 
 #[test]
@@ -308,7 +308,21 @@ fn any_event() -> impl Strategy<Value = (Event, i64)> {
         Just(Event::ReleaseLeg),
         Just(Event::LegReleased),
     ];
-    (event, 1i64..60)
+    // The same facts naming a leg (the call's own or a second one) and the carrier's time.
+    let with_leg = (
+        event,
+        prop_oneof![Just(None), Just(Some("leg")), Just(Some("other"))],
+        prop_oneof![Just(None), (0i64..800).prop_map(Some)],
+    )
+        .prop_map(|(event, leg, at)| match event {
+            Event::Carrier { event, .. } => Event::Carrier {
+                event,
+                leg: leg.map(str::to_owned),
+                at: at.map(t),
+            },
+            other => other,
+        });
+    (with_leg, 1i64..60)
 }
 
 proptest! {
@@ -350,6 +364,12 @@ proptest! {
                 // After the end only the release of the carrier leg may be recorded.
                 let mut same = call.clone();
                 same.release_pending = before.release_pending;
+                // Second legs heard of after the end are recorded (and hung up).
+                same.stray_legs = before.stray_legs.clone();
+                if before.carrier_call_id.is_none() {
+                    // A leg that shows up after the end is learned, to be released by id.
+                    same.carrier_call_id = None;
+                }
                 same.version = before.version;
                 same.updated_at = before.updated_at;
                 prop_assert_eq!(&same, &before, "terminal state changed");
@@ -362,6 +382,27 @@ proptest! {
             prop_assert_eq!(call.ended_at.is_some(), call.status.is_terminal());
             if call.status.is_terminal() {
                 prop_assert!(call.deadline.is_none(), "terminal call keeps a timer");
+            }
+            let named = match &event {
+                Event::Carrier { event, leg, .. } => leg.clone().or(event.named_leg().map(str::to_owned)),
+                _ => None,
+            };
+            let stray = inbound.then_some(()).is_none()
+                && before.carrier_call_id.is_some()
+                && named.is_some()
+                && named != before.carrier_call_id;
+            if stray {
+                prop_assert_eq!(call.status, before.status, "a stray leg moved the call");
+                prop_assert_eq!(
+                    (call.ringing_at, call.answered_at, call.ended_at, &call.carrier_call_id),
+                    (before.ringing_at, before.answered_at, before.ended_at, &before.carrier_call_id)
+                );
+            }
+            if let (Some(a), Some(e)) = (call.answered_at, call.ended_at) {
+                prop_assert!(a <= e, "answered after the end");
+            }
+            if let Some(a) = call.answered_at {
+                prop_assert!(a >= call.created_at && a <= t(now), "answer time out of bounds");
             }
             if call.version != before.version {
                 journal.push((event, t(now)));
@@ -432,44 +473,173 @@ fn a_second_leg_for_an_outbound_call_is_hung_up_and_changes_nothing() {
     let (mut call, _) = start(spec(Direction::Outbound), t(0));
     step(
         &mut call,
-        Event::Carrier {
-            event: CarrierEvent::Initiated {
-                carrier_call_id: "leg-a".into(),
-            },
-        },
+        Event::carrier(CarrierEvent::Initiated {
+            carrier_call_id: "leg-a".into(),
+        }),
         t(1),
     )
     .unwrap();
-    let before = call.clone();
-    for event in [
-        CarrierEvent::Initiated {
+    let leg_b = |event| Event::Carrier {
+        event,
+        leg: Some("leg-b".into()),
+        at: Some(t(2)),
+    };
+    for (n, event) in [
+        Event::carrier(CarrierEvent::Initiated {
             carrier_call_id: "leg-b".into(),
-        },
-        CarrierEvent::RingingLeg {
+        }),
+        Event::carrier(CarrierEvent::RingingLeg {
             carrier_call_id: "leg-b".into(),
-        },
-    ] {
-        let effects = step(&mut call, Event::Carrier { event }, t(2)).unwrap();
+        }),
+        leg_b(CarrierEvent::Ringing),
+        leg_b(CarrierEvent::Answered),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let before = call.clone();
+        // Journaled as what it is.
+        let classified = classify(&call, event.clone());
+        assert_eq!(classified.kind(), "stray_leg");
+        let effects = step(&mut call, event, t(2)).unwrap();
         assert_eq!(
             effects,
             vec![Effect::HangupStray {
                 carrier_call_id: "leg-b".into()
             }]
         );
-        assert_eq!(call, before, "a stray leg does not touch the call");
+        // Journaled once (the first fact about the leg); a repeat changes nothing but hangs
+        // the leg up again.
+        let journaled = i64::from(n == 0);
+        assert_eq!(call.version, before.version + journaled);
+        assert_eq!(call.stray_legs.len(), 1);
+        assert_eq!(
+            call.status, before.status,
+            "a stray leg never moves the call"
+        );
+        assert_eq!(call.carrier_call_id, before.carrier_call_id);
+        assert_eq!(
+            (call.ringing_at, call.answered_at, call.ended_at),
+            (before.ringing_at, before.answered_at, before.ended_at)
+        );
     }
+    // The stray leg's end (after our hangup, or the callee's) ends nothing and needs no
+    // hangup.
+    let before = call.clone();
+    let effects = step(
+        &mut call,
+        leg_b(CarrierEvent::HungUp {
+            cause: HangupCause::NormalClearing,
+        }),
+        t(3),
+    )
+    .unwrap();
+    assert!(effects.is_empty());
+    assert_eq!(call.status, CallStatus::Pending);
+    assert_eq!(call.ended_at, None);
+    assert_eq!(call.version, before.version + 1);
+    assert!(call.stray_legs[0].ended);
+    // Delivered again (at-least-once webhooks): nothing to journal.
+    let again = call.clone();
+    let effects = step(
+        &mut call,
+        leg_b(CarrierEvent::HungUp {
+            cause: HangupCause::NormalClearing,
+        }),
+        t(4),
+    )
+    .unwrap();
+    assert!(effects.is_empty());
+    assert_eq!(call, again);
     // The call's own leg still rings it.
     let effects = step(
         &mut call,
-        Event::Carrier {
-            event: CarrierEvent::RingingLeg {
-                carrier_call_id: "leg-a".into(),
-            },
-        },
+        Event::carrier(CarrierEvent::RingingLeg {
+            carrier_call_id: "leg-a".into(),
+        }),
         t(3),
     )
     .unwrap();
     assert!(effects.is_empty());
     assert_eq!(call.status, CallStatus::Ringing);
     assert_eq!(call.carrier_call_id.as_deref(), Some("leg-a"));
+}
+
+#[test]
+fn times_come_from_the_carrier_bounded_by_the_call_and_now() {
+    let (mut call, _) = start(spec(Direction::Outbound), t(0));
+    let own = |event, at: i64| Event::Carrier {
+        event,
+        leg: Some("leg-a".into()),
+        at: Some(t(at)),
+    };
+    // Applied late (a restart at t=100): the carrier's times, not the time of applying.
+    step(&mut call, own(CarrierEvent::Ringing, 2), t(100)).unwrap();
+    assert_eq!(call.ringing_at, Some(t(2)));
+    assert_eq!(call.carrier_call_id.as_deref(), Some("leg-a"), "adopted");
+    let effects = step(&mut call, own(CarrierEvent::Answered, 5), t(100)).unwrap();
+    assert_eq!(call.answered_at, Some(t(5)));
+    assert_eq!(call.updated_at, t(100));
+    let max = t(5) + chrono::Duration::seconds(i64::from(call.spec.max_duration_secs));
+    assert!(effects.contains(&Effect::ArmTimer {
+        kind: TimerKind::MaxDuration,
+        at: max
+    }));
+    step(
+        &mut call,
+        own(
+            CarrierEvent::HungUp {
+                cause: HangupCause::NormalClearing,
+            },
+            15,
+        ),
+        t(126),
+    )
+    .unwrap();
+    assert_eq!(call.status, CallStatus::Completed);
+    assert_eq!(call.ended_at, Some(t(15)), "10 s talked, not 121");
+    assert_eq!(call.updated_at, t(126));
+
+    // A carrier clock ahead of ours is bounded by now; one behind the call's own times by
+    // those times.
+    let (mut call, _) = start(spec(Direction::Outbound), t(10));
+    step(&mut call, own(CarrierEvent::Ringing, 50), t(12)).unwrap();
+    assert_eq!(call.ringing_at, Some(t(12)));
+    step(&mut call, own(CarrierEvent::Answered, 3), t(13)).unwrap();
+    assert_eq!(call.answered_at, Some(t(12)));
+}
+
+#[test]
+fn a_leg_that_comes_up_after_the_call_ended_without_one_is_released_by_id() {
+    let (mut call, _) = start(spec(Direction::Outbound), t(0));
+    step(
+        &mut call,
+        Event::CommandRejected {
+            detail: "timeout".into(),
+        },
+        t(1),
+    )
+    .unwrap();
+    assert_eq!(call.status, CallStatus::Failed);
+    assert!(call.carrier_call_id.is_none());
+    let effects = step(
+        &mut call,
+        Event::Carrier {
+            event: CarrierEvent::Answered,
+            leg: Some("late".into()),
+            at: Some(t(2)),
+        },
+        t(2),
+    )
+    .unwrap();
+    assert_eq!(call.carrier_call_id.as_deref(), Some("late"));
+    assert_eq!(call.status, CallStatus::Failed);
+    assert_eq!(call.answered_at, None);
+    assert!(call.release_pending);
+    assert_eq!(
+        effects,
+        vec![Effect::Hangup {
+            reason: EndReason::VendorError
+        }]
+    );
 }

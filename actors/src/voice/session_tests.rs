@@ -189,6 +189,7 @@ impl World {
         self.engine
             .ingest_carrier_event(InboxItem {
                 vendor: "test".into(),
+                carrier_leg: None,
                 event_id: format!("ev-{n}"),
                 call_id: call,
                 occurred_at: epoch(),

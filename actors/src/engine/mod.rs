@@ -812,8 +812,10 @@ impl Engine {
         query: Option<String>,
         k: u32,
     ) -> Result<Vec<MemoryHit>, EngineError> {
-        let recall = self.recall()?;
+        // Tenancy before the feature: another organization's id is 404 whether or not
+        // learning is on, so the answer never tells which ids exist elsewhere.
         self.get_customer(org, customer).await?;
+        let recall = self.recall()?;
         let now = self.now();
         self.query(move |_| async move {
             recall
@@ -832,8 +834,8 @@ impl Engine {
         query: Option<String>,
         k: u32,
     ) -> Result<Vec<PatternHit>, EngineError> {
-        let recall = self.recall()?;
         self.get_agent(org, agent).await?;
+        let recall = self.recall()?;
         self.query(move |_| async move {
             recall
                 .patterns(org, agent, query.as_deref(), k)
@@ -850,8 +852,8 @@ impl Engine {
         org: OrganizationId,
         customer: Uuid,
     ) -> Result<u64, EngineError> {
-        let recall = self.recall()?;
         self.get_customer(org, customer).await?;
+        let recall = self.recall()?;
         self.query(move |_| async move { recall.forget(org, customer).await.map_err(recall_error) })
             .await
     }

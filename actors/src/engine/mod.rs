@@ -585,6 +585,16 @@ impl Engine {
         .await?
     }
 
+    /// The status of call `id` of whichever organization, `None` when there is no such call.
+    /// For the media endpoint, whose stream token already names the call.
+    pub async fn call_status(&self, id: CallId) -> Result<Option<CallStatus>, EngineError> {
+        let shared = &self.inner.shared;
+        let call = shared
+            .with_timeout(shared.ports.calls.load_call(id))
+            .await?;
+        Ok(call.map(|c| c.status))
+    }
+
     /// One call of the organization.
     pub async fn get_call(&self, org: OrganizationId, id: CallId) -> Result<Call, EngineError> {
         self.query(move |q| async move { Ok(q.get_call(org, id).await?) })

@@ -1068,7 +1068,7 @@ async fn rate_limits_timeouts_and_slow_answers_open_the_breaker() {
     // fast meanwhile), the command waits it out and goes again as the half-open probe. The
     // test must see the breaker open and a dial refused within Retry-After, so it is the
     // longest the client honours (5 s), not a time a busy machine could overrun.
-    let env = Env::start_with(answer(100, 200), breakers.clone()).await;
+    let env = Env::start_with(Scenario::NoAnswer, breakers.clone()).await;
     env.fake.fail_commands(1, 429, Some(Duration::from_secs(5)));
     let started = Instant::now();
     let id = env.dial("+14155551000").await;
@@ -1102,10 +1102,18 @@ async fn rate_limits_timeouts_and_slow_answers_open_the_breaker() {
 
     // Slow answers (500 ms > 400 ms): the slow-call rate opens it although every call worked.
     // Only the two dials may enter the breaker's window: the fake delays POSTs only, so a
-    // fast request (a status GET when a late or re-delivered webhook names a call that has
-    // already ended, which a busy machine makes likely) would dilute the slow rate below the
-    // threshold. Calls that keep ringing cause no other request.
+    // fast request dilutes the slow rate below the threshold. A call that ends before its
+    // dial's delayed answer arrives makes the engine ask Telnyx for the leg's status (a late
+    // sign of life for an ended call) with a fast GET, and on a busy machine that GET could
+    // land before the second dial's answer (slow rate 2 of 3 or 2 of 4: closed). Calls that
+    // keep ringing cause no other request, also when every webhook is delivered twice and
+    // late ones overtake earlier ones.
     let env = Env::start_with(Scenario::NoAnswer, breakers.clone()).await;
+    env.fake.set_delivery_faults(DeliveryFaults {
+        duplicate_every: Some(1),
+        reorder: true,
+        drop_first_attempt_every: None,
+    });
     env.fake.set_command_latency(Duration::from_millis(500));
     env.dial("+14155551001").await;
     env.dial("+14155551002").await;

@@ -1074,7 +1074,7 @@ async fn rate_limits_timeouts_and_slow_answers_open_the_breaker() {
     // fast meanwhile), the command waits it out and goes again as the half-open probe. The
     // test must see the breaker open and a dial refused within Retry-After, so it is the
     // longest the client honours (5 s), not a time a busy machine could overrun.
-    let env = Env::start_with(Scenario::NoAnswer, breakers.clone()).await;
+    let env = Env::start_with(answer(100, 200), breakers.clone()).await;
     env.fake.fail_commands(1, 429, Some(Duration::from_secs(5)));
     let started = Instant::now();
     let id = env.dial("+14155551000").await;

@@ -26,6 +26,11 @@ use super::machine::{
 };
 use crate::ports::Clock;
 
+/// How much of its open wait a breaker may have left when a caller that waited out the same
+/// Retry-After asks again (see [`BreakerHandle::acquire_after_wait`]): the time between the
+/// caller's receiving the 429 and the breaker's actor recording it, generously.
+const AFTER_WAIT_SLACK: chrono::Duration = chrono::Duration::seconds(2);
+
 /// The vendors IACE calls, each with its own breaker.
 pub const VENDORS: [&str; 7] = [
     "telnyx", "deepgram", "cartesia", "groq", "google", "stripe", "hubspot",
@@ -390,18 +395,23 @@ impl BreakerHandle {
     /// Like [`BreakerHandle::acquire`], for a retry that has just waited out a Retry-After:
     /// the breaker it finds is open with its wait just over, and goes half-open on the first
     /// refused request; ask again briefly (the call then goes out as a probe) instead of
-    /// failing.
+    /// failing. The breaker's wait began when its actor saw the 429, a moment after the
+    /// caller began its own, so it may still have up to [`AFTER_WAIT_SLACK`] to run: the call
+    /// waits that out too rather than losing the race between the two timers.
     pub async fn acquire_after_wait(&self) -> Result<Permit, Rejected> {
         let mut tries = 0;
         loop {
             match self.acquire() {
-                Err(r)
-                    if tries < 5
-                        && r.state == BreakerState::Open
-                        && r.until.is_some_and(|u| u <= self.clock.now()) =>
-                {
+                Err(r) if tries < 5 && r.state == BreakerState::Open => {
+                    let now = self.clock.now();
+                    let left = match r.until {
+                        Some(until) if until <= now + AFTER_WAIT_SLACK => {
+                            (until - now).to_std().unwrap_or_default()
+                        }
+                        _ => return Err(r),
+                    };
                     tries += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    tokio::time::sleep(left.max(Duration::from_millis(10))).await;
                 }
                 other => return other,
             }

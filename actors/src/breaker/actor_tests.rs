@@ -189,5 +189,17 @@ async fn a_retry_that_waited_out_retry_after_is_not_beaten_by_the_breakers_later
     settle().await;
     let rejected = h.acquire_after_wait().await.unwrap_err();
     assert_eq!(rejected.state, BreakerState::Open);
+
+    // Opened by failures, a breaker refuses until its wait is over, also a moment before.
+    let g = b.get("groq").unwrap().clone();
+    for _ in 0..3 {
+        let p = g.acquire().unwrap();
+        g.record(p, CallOutcome::Failure { elapsed: FAST });
+    }
+    settle().await;
+    tokio::time::sleep(Duration::from_millis(29_500)).await;
+    assert_eq!(g.state(), BreakerState::Open);
+    let rejected = g.acquire_after_wait().await.unwrap_err();
+    assert_eq!(rejected.state, BreakerState::Open);
     b.stop();
 }

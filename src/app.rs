@@ -230,7 +230,12 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             carrier
         }
         TelephonyKind::Telnyx => {
-            let edge = telnyx_edge(&args.telnyx, &registry, &breakers)?;
+            // A stream may (re)connect at any point of the call: while it rings and for as
+            // long as it may last, with a margin for the carrier's own delays.
+            let token_ttl = Duration::from_secs(
+                u64::from(args.ring_timeout_secs) + u64::from(args.max_call_secs) + 300,
+            );
+            let edge = telnyx_edge(&args.telnyx, token_ttl, &registry, &breakers)?;
             let client = edge.client.clone();
             telnyx = Some(edge);
             client
@@ -370,6 +375,7 @@ struct TelnyxEdge {
 
 fn telnyx_edge(
     args: &TelnyxArgs,
+    token_ttl: Duration,
     registry: &prometheus::Registry,
     breakers: &Breakers,
 ) -> anyhow::Result<TelnyxEdge> {
@@ -389,7 +395,8 @@ fn telnyx_edge(
                 warn!("IACE_MEDIA_SECRET is not set: media-stream tokens use a random per-process secret (a stream that reaches another node or a restarted one is refused)");
                 MediaTokens::random()
             }
-        },
+        }
+        .with_ttl(token_ttl),
     );
     let signer = tokens.clone();
     let client = TelnyxClient::new(
@@ -438,6 +445,23 @@ fn telnyx_edge(
 struct EngineMedia(Engine);
 
 impl MediaSink for EngineMedia {
+    /// Asks the engine for the call's status. When the engine cannot answer (the database
+    /// is unreachable), the stream is admitted: its token is authentic and expires, and
+    /// refusing would cut a live call's audio for a blip.
+    fn admits(&self, call_id: Uuid) -> crate::media::Admission {
+        let engine = self.0.clone();
+        Box::pin(async move {
+            match engine.call_status(call_id).await {
+                Ok(Some(status)) => !status.is_terminal(),
+                Ok(None) => false,
+                Err(e) => {
+                    warn!(call_id = %call_id, error = %e, "call status unknown; media stream admitted on its token");
+                    true
+                }
+            }
+        })
+    }
+
     fn started(&self, call_id: Uuid, info: StreamInfo) {
         info!(call_id = %call_id, stream_id = %info.stream_id, encoding = %info.encoding, "media stream attached");
         self.0.media_started(call_id);

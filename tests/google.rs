@@ -331,9 +331,14 @@ async fn a_429_waits_out_its_retry_delay_and_one_too_long_opens_the_breaker() {
     // Longer than the policy waits: give up at once, and the breaker stays open for the delay,
     // so the next embedding fails fast without asking Google.
     fake.rate_limit_next(1, Duration::from_secs(30));
-    let started = Instant::now();
-    let err = embedder.embed(&one, EmbedTask::Query).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // Answering well within the 30 s means it did not wait them out, however busy the machine.
+    let err = tokio::time::timeout(
+        Duration::from_secs(20),
+        embedder.embed(&one, EmbedTask::Query),
+    )
+    .await
+    .expect("gives up at once")
+    .unwrap_err();
     assert!(
         matches!(&err, EmbedError::Unavailable(m)
             if m.contains("429 RESOURCE_EXHAUSTED") && m.contains("retry after 30 s")),

@@ -285,9 +285,11 @@ async fn a_429_waits_out_its_retry_after_and_one_too_long_opens_the_breaker() {
     // Longer than the policy waits: give up at once, and the breaker stays open for the
     // wait, so the next lookup fails fast without asking HubSpot.
     fake.rate_limit_next(1, Duration::from_secs(30));
-    let started = Instant::now();
-    let err = crm.contact("101").await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // Answering well within the 30 s means it did not wait them out, however busy the machine.
+    let err = tokio::time::timeout(Duration::from_secs(20), crm.contact("101"))
+        .await
+        .expect("gives up at once")
+        .unwrap_err();
     assert!(
         matches!(&err, CrmError::Unavailable(m)
             if m.contains("429 RATE_LIMITS") && m.contains("retry after 30 s")),
@@ -359,10 +361,13 @@ async fn a_stalled_attempt_times_out_after_the_configured_timeout_and_the_retry_
     .with_metrics(CrmMetrics::new(&registry).unwrap());
     fake.stall_next();
     let started = Instant::now();
-    assert_eq!(crm.contact("101").await, Ok(Some(ann())));
+    // The stalled request is never answered: returning at all means the client cut it.
+    let found = tokio::time::timeout(Duration::from_secs(30), crm.contact("101"))
+        .await
+        .expect("the stalled attempt is cut");
+    assert_eq!(found, Ok(Some(ann())));
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(400), "{took:?}");
-    assert!(took < Duration::from_secs(3), "{took:?}");
     assert!(
         fake.wait_for(Duration::from_secs(10), |f| f.requests()[0].cancelled)
             .await

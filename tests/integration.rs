@@ -19,17 +19,20 @@ struct Server {
 
 impl Server {
     async fn start(ring_ms: u64, talk_ms: u64) -> Server {
+        Server::start_with(ring_ms, talk_ms, &[]).await
+    }
+
+    /// [`Server::start`] with extra environment.
+    async fn start_with(ring_ms: u64, talk_ms: u64, extra: &[(&str, &str)]) -> Server {
         let database_url = common::db::fresh_database().await;
         let (ring, talk) = (ring_ms.to_string(), talk_ms.to_string());
-        let inner = common::server::Server::start(
-            &database_url,
-            &[
-                ("IACE_SIM_RING_MS", &ring),
-                ("IACE_SIM_TALK_MS", &talk),
-                ("IACE_PLAN_LIMITS", "false"),
-            ],
-        )
-        .await;
+        let mut env = vec![
+            ("IACE_SIM_RING_MS", ring.as_str()),
+            ("IACE_SIM_TALK_MS", talk.as_str()),
+            ("IACE_PLAN_LIMITS", "false"),
+        ];
+        env.extend_from_slice(extra);
+        let inner = common::server::Server::start(&database_url, &env).await;
         Server {
             base: inner.base.clone(),
             inner,
@@ -360,8 +363,333 @@ async fn malformed_inputs_get_a_clear_400_and_store_nothing() {
     }
     let (s, v) = server.get(&key, "/v1/calls/not-a-uuid").await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    // Two Idempotency-Key headers: which one the client meant is unknowable.
+    let (s, v, _) = server
+        .send(
+            reqwest::Method::POST,
+            &key,
+            "/v1/calls",
+            Some(call_body(&agent).to_string()),
+            &[("idempotency-key", "first"), ("idempotency-key", "second")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "two idempotency keys: {v}");
+    assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key"),
+        "{v}"
+    );
     let (_, list) = server.get(&key, "/v1/calls").await;
     assert_eq!(list["data"], json!([]), "nothing stored");
+}
+
+/// What a test may not change by a refused request: the organization's settings and the
+/// number of its keys, users, agents, customers, numbers and calls (rows compared whole where
+/// nothing else changes them).
+async fn snapshot(server: &Server, key: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    for path in [
+        "/v1/organization",
+        "/v1/api-keys",
+        "/v1/users",
+        "/v1/agents",
+        "/v1/customers",
+        "/v1/phone-numbers",
+        "/v1/calls",
+    ] {
+        let (s, v) = server.get(key, path).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {v}");
+        all.push(match path {
+            "/v1/organization" => json!([v["name"], v["hubspot_portal_id"]]),
+            // Calls change as they progress, keys record their last use.
+            "/v1/calls" | "/v1/api-keys" => json!(v["data"].as_array().unwrap().len()),
+            _ => v,
+        });
+    }
+    all
+}
+
+#[tokio::test]
+async fn bodies_that_are_not_json_objects_are_refused_on_every_route_and_store_nothing() {
+    let server = Server::start(300, 30_000).await;
+    let (_, key) = server.org("Acme");
+    let agent = server.agent(&key).await;
+    let (s, customer) = server
+        .post(&key, "/v1/customers", json!({"phone": "+14155550111"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{customer}");
+    let customer = customer["id"].as_str().unwrap();
+    let (s, user) = server
+        .post(&key, "/v1/users", json!({"email": "ann@example.com"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{user}");
+    let user = user["id"].as_str().unwrap();
+    let (_, call) = server.post(&key, "/v1/calls", call_body(&agent)).await;
+    let call = call["id"].as_str().unwrap();
+    let before = snapshot(&server, &key).await;
+    // Serde's derived structs take an array as their fields in order, so each positional body
+    // here would otherwise be read as the object it spells.
+    let cases: Vec<(reqwest::Method, String, Value)> = vec![
+        (reqwest::Method::PATCH, "/v1/organization".into(), json!([])),
+        (
+            reqwest::Method::PATCH,
+            "/v1/organization".into(),
+            json!(["Renamed"]),
+        ),
+        (
+            reqwest::Method::PATCH,
+            "/v1/organization".into(),
+            json!("Renamed"),
+        ),
+        (
+            reqwest::Method::PATCH,
+            "/v1/organization".into(),
+            json!(null),
+        ),
+        (reqwest::Method::PATCH, "/v1/organization".into(), json!(7)),
+        (
+            reqwest::Method::POST,
+            "/v1/api-keys".into(),
+            json!(["sneaky"]),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/api-keys".into(),
+            json!(["sneaky", "owner", "high"]),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/users".into(),
+            json!(["bob@example.com"]),
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("/v1/users/{user}"),
+            json!(["admin"]),
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("/v1/users/{user}"),
+            json!(["admin", true]),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/me/password".into(),
+            json!(["a", "b"]),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/agents".into(),
+            json!(["Sneaky"]),
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("/v1/agents/{agent}"),
+            json!(["Renamed", null, null, null, null]),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/customers".into(),
+            json!(["+14155550112"]),
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("/v1/customers/{customer}"),
+            json!(["+14155550113", null, null, null, null]),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/phone-numbers".into(),
+            json!(["+14155550114", agent]),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/calls".into(),
+            json!(["+14155550100", "+14155550199", agent]),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/calls/{call}/transfer"),
+            json!(["+14155550115"]),
+        ),
+    ];
+    for (method, path, body) in cases {
+        let (s, v, _) = server
+            .send(method.clone(), &key, &path, Some(body.to_string()), &[])
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {path} {body}: {v}");
+        assert_eq!(
+            v["error"]["code"], "invalid_request",
+            "{method} {path} {body}: {v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("must be a JSON object"),
+            "{method} {path} {body}: {v}"
+        );
+    }
+    assert_eq!(snapshot(&server, &key).await, before, "nothing stored");
+    // Objects still pass, with whitespace before them too.
+    let (s, v, _) = server
+        .send(
+            reqwest::Method::PATCH,
+            &key,
+            "/v1/organization",
+            Some(" \n{\"name\": \"Acme Two\"}".into()),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["name"], "Acme Two");
+}
+
+#[tokio::test]
+async fn with_learning_off_another_organizations_ids_are_404_before_the_feature_is_503() {
+    let server = Server::start_with(300, 30_000, &[("IACE_LEARNING", "false")]).await;
+    let (_, key_a) = server.org("Acme");
+    let (_, key_b) = server.org("Globex");
+    let agent = server.agent(&key_a).await;
+    let (s, customer) = server
+        .post(&key_a, "/v1/customers", json!({"phone": "+14155550111"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{customer}");
+    let customer = customer["id"].as_str().unwrap();
+    let routes = [
+        (
+            reqwest::Method::GET,
+            format!("/v1/customers/{customer}/memories"),
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/v1/customers/{customer}/memories"),
+        ),
+        (reqwest::Method::GET, format!("/v1/agents/{agent}/patterns")),
+        (
+            reqwest::Method::GET,
+            format!("/v1/patterns/top?agent_id={agent}"),
+        ),
+    ];
+    for (method, path) in &routes {
+        // Another organization learns nothing about these ids, learning on or off.
+        let (s, v, _) = server.send(method.clone(), &key_b, path, None, &[]).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{method} {path}: {v}");
+        assert_eq!(v["error"]["code"], "not_found", "{v}");
+        // The owner is told the feature is off.
+        let (s, v, _) = server.send(method.clone(), &key_a, path, None, &[]).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{method} {path}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("learning is turned off"),
+            "{v}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn users_and_api_keys_are_paginated_like_calls() {
+    let server = Server::start(300, 30_000).await;
+    let (_, key) = server.org("Acme");
+    let (_, other) = server.org("Globex");
+    for i in 0..4 {
+        let (s, v) = server
+            .post(&key, "/v1/api-keys", json!({"name": format!("k{i}")}))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let (s, v) = server
+            .post(
+                &key,
+                "/v1/users",
+                json!({"email": format!("u{i}@example.com")}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    // The organization's first key plus four; four users.
+    for (path, total, name) in [("/v1/api-keys", 5, "name"), ("/v1/users", 4, "email")] {
+        let (s, all) = server.get(&key, path).await;
+        assert_eq!(s, StatusCode::OK, "{all}");
+        let all: Vec<Value> = all["data"].as_array().unwrap().clone();
+        assert_eq!(all.len(), total, "{path}");
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let url = match &cursor {
+                None => format!("{path}?limit=2"),
+                Some(c) => format!("{path}?limit=2&cursor={c}"),
+            };
+            let (s, page) = server.get(&key, &url).await;
+            assert_eq!(s, StatusCode::OK, "{url}: {page}");
+            let rows = page["data"].as_array().unwrap();
+            assert!(rows.len() <= 2, "{url}: {page}");
+            seen.extend(rows.iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+            assert!(seen.len() <= total, "{path}: pages do not end");
+        }
+        assert_eq!(
+            seen.iter().map(|r| r[name].clone()).collect::<Vec<_>>(),
+            all.iter().map(|r| r[name].clone()).collect::<Vec<_>>(),
+            "{path}: the pages are the list, in order, each row once"
+        );
+        for bad in [
+            "limit=0",
+            "limit=101",
+            "limit=x",
+            "cursor=nope",
+            "colour=red",
+        ] {
+            let (s, v) = server.get(&key, &format!("{path}?{bad}")).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{path}?{bad}: {v}");
+            assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+        }
+        // Another organization's pages hold none of these.
+        let (_, theirs) = server.get(&other, &format!("{path}?limit=100")).await;
+        let theirs = theirs["data"].as_array().unwrap();
+        assert!(
+            theirs.iter().all(|r| !all.contains(r)),
+            "{path}: {theirs:?}"
+        );
+    }
+    // A key on a later page is still revoked by id.
+    let (_, first) = server.get(&key, "/v1/api-keys?limit=1").await;
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let (_, rest) = server
+        .get(&key, &format!("/v1/api-keys?limit=100&cursor={cursor}"))
+        .await;
+    let last = rest["data"].as_array().unwrap().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, v, _) = server
+        .send(
+            reqwest::Method::DELETE,
+            &key,
+            &format!("/v1/api-keys/{last}"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["revoked_at"].is_string(), "{v}");
+    let (s, v, _) = server
+        .send(
+            reqwest::Method::DELETE,
+            &other,
+            &format!("/v1/api-keys/{last}"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
 }
 
 #[tokio::test]

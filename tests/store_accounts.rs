@@ -12,7 +12,7 @@ use iace_actors::accounts::{
     NewRefreshToken, OrgPatch, Plan, Principal, Role, Rotation, Subject, User,
 };
 use iace_actors::catalog::Organization;
-use iace_actors::ports::QueryStore;
+use iace_actors::ports::{PageRequest, QueryStore};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -699,11 +699,31 @@ async fn api_keys_list_newest_first_and_revoke_within_their_organization() {
         s.insert_api_key(k).await.unwrap();
     }
 
-    let listed = s.list_api_keys(a).await.unwrap();
+    let page = PageRequest {
+        limit: 100,
+        after: None,
+    };
+    let listed = s.list_api_keys(a, &page).await.unwrap();
     assert_eq!(listed.len(), 3, "the two keys and the organization's first");
     assert_eq!(listed[0], k2.info);
     assert_eq!(listed[1], k1.info);
     assert_eq!(listed[2].name, "default");
+    // Pages of two: the second starts after the first's last key and holds the rest.
+    let first = PageRequest {
+        limit: 2,
+        after: None,
+    };
+    assert_eq!(s.list_api_keys(a, &first).await.unwrap(), listed[..2]);
+    let second = PageRequest {
+        limit: 2,
+        after: Some((k1.info.created_at, k1.info.id)),
+    };
+    assert_eq!(s.list_api_keys(a, &second).await.unwrap(), listed[2..]);
+    assert_eq!(
+        s.api_key(a, k1.info.id).await.unwrap(),
+        Some(k1.info.clone())
+    );
+    assert_eq!(s.api_key(a, kb.info.id).await.unwrap(), None, "B's key");
 
     // Another organization's key is not there.
     assert_eq!(s.revoke_api_key(a, kb.info.id, now).await.unwrap(), None);
@@ -730,10 +750,10 @@ async fn api_keys_list_newest_first_and_revoke_within_their_organization() {
         .unwrap();
     assert_eq!(again, revoked);
     // Revoked keys are still listed.
-    assert_eq!(s.list_api_keys(a).await.unwrap()[1], revoked);
+    assert_eq!(s.list_api_keys(a, &page).await.unwrap()[1], revoked);
     // B's key, used once above.
     assert_eq!(
-        s.list_api_keys(b).await.unwrap()[0],
+        s.list_api_keys(b, &page).await.unwrap()[0],
         ApiKeyInfo {
             last_used_at: Some(now),
             ..kb.info.clone()

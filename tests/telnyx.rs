@@ -16,6 +16,7 @@ use iace_sim::telnyx::{
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const SEED: [u8; 32] = [42u8; 32];
 const ADMIN_TOKEN: &str = "test-admin-token";
@@ -254,6 +255,22 @@ async fn outbound_call_through_the_real_client_with_media_both_ways() {
     let report = &report["data"]["report"];
     assert!(report["frames_in"].as_u64().unwrap() > 20, "{report}");
     assert!(report["frames_out"].as_u64().unwrap() > 20, "{report}");
+
+    // The call has ended: its stream token, still within its lifetime, opens nothing.
+    let token = dial.body["stream_auth_token"].as_str().unwrap();
+    assert!(token.starts_with(&format!("{id}.")), "{token}");
+    let stream_url = dial.body["stream_url"].as_str().unwrap();
+    let mut request = stream_url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("x-telnyx-streaming-auth-token", token.parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        Err(other) => panic!("expected HTTP 403, got {other}"),
+        Ok(_) => panic!("a stream opened for a call that has ended"),
+    }
     env.stop().await;
 }
 
@@ -950,7 +967,9 @@ async fn a_telnyx_outage_opens_the_breaker_fails_new_calls_fast_and_recovers() {
         },
         BreakerArgs {
             breaker_consecutive_failures: 3,
-            breaker_open_wait_ms: 1500,
+            // Everything below checks the breaker while it is open, so the open wait is one
+            // a busy machine cannot run through before those checks are done.
+            breaker_open_wait_ms: 10_000,
             breaker_half_open_probes: 1,
             ..BreakerArgs::default()
         },
@@ -998,7 +1017,11 @@ async fn a_telnyx_outage_opens_the_breaker_fails_new_calls_fast_and_recovers() {
     let commands_while_open = env.fake.commands().len();
 
     // Recovery: after the open wait the breaker lets one probe through; it succeeds.
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let until = chrono::DateTime::parse_from_rfc3339(breaker["open_until"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let left = (until - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(left).await;
     let recovered = Instant::now();
     let id = loop {
         let r = env.try_dial("+14155550999").await;
@@ -1007,7 +1030,7 @@ async fn a_telnyx_outage_opens_the_breaker_fails_new_calls_fast_and_recovers() {
             break body["id"].as_str().unwrap().to_owned();
         }
         assert!(
-            recovered.elapsed() < Duration::from_secs(5),
+            recovered.elapsed() < Duration::from_secs(30),
             "never recovered"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1048,27 +1071,29 @@ async fn rate_limits_timeouts_and_slow_answers_open_the_breaker() {
         ..BreakerArgs::default()
     };
     // 429 with Retry-After: the breaker opens for that long at once (new calls are refused
-    // fast meanwhile), the command waits it out and goes again as the half-open probe.
+    // fast meanwhile), the command waits it out and goes again as the half-open probe. The
+    // test must see the breaker open and a dial refused within Retry-After, so it is the
+    // longest the client honours (5 s), not a time a busy machine could overrun.
     let env = Env::start_with(answer(100, 200), breakers.clone()).await;
-    env.fake.fail_commands(1, 429, Some(Duration::from_secs(2)));
+    env.fake.fail_commands(1, 429, Some(Duration::from_secs(5)));
     let started = Instant::now();
     let id = env.dial("+14155551000").await;
     let b = env
-        .breaker_until("telnyx", "open", Duration::from_millis(1500))
+        .breaker_until("telnyx", "open", Duration::from_secs(5))
         .await;
     assert_eq!(b["state"], "open", "{b}");
     let until = chrono::DateTime::parse_from_rfc3339(b["open_until"].as_str().unwrap()).unwrap();
     let wait = until.timestamp() - chrono::Utc::now().timestamp();
     assert!(
-        (0..=2).contains(&wait),
+        (0..=5).contains(&wait),
         "open for Retry-After, not the 60 s open wait: {wait}"
     );
     let r = env.try_dial("+14155551005").await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    env.wait_status(&id, "completed", Duration::from_secs(10))
+    env.wait_status(&id, "completed", Duration::from_secs(30))
         .await;
     assert!(
-        started.elapsed() >= Duration::from_secs(2),
+        started.elapsed() >= Duration::from_secs(5),
         "Retry-After honoured"
     );
     let dials: Vec<_> = env
@@ -1082,17 +1107,40 @@ async fn rate_limits_timeouts_and_slow_answers_open_the_breaker() {
     env.stop().await;
 
     // Slow answers (500 ms > 400 ms): the slow-call rate opens it although every call worked.
-    let env = Env::start_with(answer(100, 200), breakers.clone()).await;
+    // Only the two dials may enter the breaker's window: the fake delays POSTs only, so a
+    // fast request dilutes the slow rate below the threshold. A call that ends before its
+    // dial's delayed answer arrives makes the engine ask Telnyx for the leg's status (a late
+    // sign of life for an ended call) with a fast GET, and on a busy machine that GET could
+    // land before the second dial's answer (slow rate 2 of 3 or 2 of 4: closed). Calls that
+    // keep ringing cause no other request, also when every webhook is delivered twice and
+    // late ones overtake earlier ones.
+    let env = Env::start_with(Scenario::NoAnswer, breakers.clone()).await;
+    env.fake.set_delivery_faults(DeliveryFaults {
+        duplicate_every: Some(1),
+        reorder: true,
+        drop_first_attempt_every: None,
+    });
     env.fake.set_command_latency(Duration::from_millis(500));
     env.dial("+14155551001").await;
     env.dial("+14155551002").await;
-    // The dial answers arrive 500 ms after the webhooks they cause.
     let snapshot = env
-        .breaker_until("telnyx", "open", Duration::from_secs(5))
+        .breaker_until("telnyx", "open", Duration::from_secs(15))
         .await;
     assert_eq!(snapshot["state"], "open", "{snapshot}");
     let r = env.try_dial("+14155551003").await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let sent: Vec<_> = env
+        .fake
+        .commands()
+        .into_iter()
+        .map(|c| (c.method.clone(), c.action.clone()))
+        .collect();
+    assert_eq!(
+        sent.iter().filter(|(_, a)| a == "dial").count(),
+        2,
+        "the refused dial never reached Telnyx: {sent:?}"
+    );
+    assert_eq!(sent.len(), 2, "nothing but the two dials: {sent:?}");
     env.stop().await;
 
     // Timeouts (the fake answers after the client's 3 s attempt timeout): failures.
@@ -1104,7 +1152,8 @@ async fn rate_limits_timeouts_and_slow_answers_open_the_breaker() {
         },
     )
     .await;
-    env.fake.set_command_latency(Duration::from_secs(4));
+    // Far past the 3 s attempt timeout, so the client's timer wins however busy the machine.
+    env.fake.set_command_latency(Duration::from_secs(8));
     let id = env.dial("+14155551004").await;
     // Two attempts time out (3 s each): two failures in a row open the breaker.
     let snapshot = env
@@ -1113,7 +1162,7 @@ async fn rate_limits_timeouts_and_slow_answers_open_the_breaker() {
     assert_eq!(snapshot["state"], "open", "{snapshot}");
     // Telnyx did place the call although its answer was late: the webhooks carry it to the end.
     let call = env
-        .wait_status(&id, "completed", Duration::from_secs(10))
+        .wait_status(&id, "completed", Duration::from_secs(30))
         .await;
     assert_eq!(call["end_reason"], "normal_clearing");
     env.stop().await;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::machine::OrganizationId;
-use crate::ports::StoreResult;
+use crate::ports::{PageRequest, StoreResult};
 
 /// What a principal may do. Ordered: each role can do everything the ones below it can.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -572,8 +572,10 @@ pub trait AccountStore: Send + Sync + 'static {
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
     /// The organization's user with this id.
     async fn user(&self, org: OrganizationId, id: Uuid) -> StoreResult<Option<User>>;
-    /// The organization's users, oldest first (disabled ones too).
-    async fn list_users(&self, org: OrganizationId) -> StoreResult<Vec<User>>;
+    /// One page of the organization's users, oldest first (disabled ones too). Unlike the
+    /// newest-first lists, `page.after` here returns users strictly *newer* than the cursor
+    /// (the next ones in this list's order).
+    async fn list_users(&self, org: OrganizationId, page: &PageRequest) -> StoreResult<Vec<User>>;
     /// Applies `change` to the organization's user `id` as `actor`, atomically with the rules
     /// of [`UserUpdate`]; disabling revokes every session of the user in the same transaction.
     async fn update_user(
@@ -630,8 +632,14 @@ pub trait AccountStore: Send + Sync + 'static {
     ) -> StoreResult<Option<Principal>>;
     /// Stores a new API key.
     async fn insert_api_key(&self, key: &NewApiKey) -> StoreResult<()>;
-    /// The organization's API keys, newest first (revoked ones too).
-    async fn list_api_keys(&self, org: OrganizationId) -> StoreResult<Vec<ApiKeyInfo>>;
+    /// One page of the organization's API keys, newest first (revoked ones too).
+    async fn list_api_keys(
+        &self,
+        org: OrganizationId,
+        page: &PageRequest,
+    ) -> StoreResult<Vec<ApiKeyInfo>>;
+    /// The organization's API key with this id (revoked or not).
+    async fn api_key(&self, org: OrganizationId, id: Uuid) -> StoreResult<Option<ApiKeyInfo>>;
     /// Revokes a key; `None` when the organization has no such key.
     async fn revoke_api_key(
         &self,

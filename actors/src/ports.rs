@@ -267,12 +267,14 @@ pub struct CallFilter {
     pub after: Option<(DateTime<Utc>, Uuid)>,
 }
 
-/// A keyset page request for agents and customers.
+/// A keyset page request for the lists other than calls (agents, customers, phone numbers,
+/// users, API keys).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PageRequest {
     /// Page size (already clamped by the engine).
     pub limit: i64,
-    /// Return rows strictly older than this `(created_at, id)`.
+    /// Return rows strictly older than this `(created_at, id)` (strictly newer for a list
+    /// kept oldest first): the last row of the previous page.
     pub after: Option<(DateTime<Utc>, Uuid)>,
 }
 

@@ -9,8 +9,9 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::auth::Caller;
+use super::catalog::{page, PageQuery};
 use super::error::ApiError;
-use super::extract::{AppJson, AppPath};
+use super::extract::{AppJson, AppPath, AppQuery};
 use super::AppState;
 use crate::auth;
 
@@ -102,13 +103,16 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, Json(v)))
 }
 
-/// `GET /v1/api-keys` (admin).
+/// `GET /v1/api-keys?limit=&cursor=` (admin): newest first.
 pub async fn list_keys(
     State(state): State<AppState>,
     Caller(p): Caller,
+    AppQuery(q): AppQuery<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let keys = state.engine.list_api_keys(p.org).await?;
-    Ok(Json(json!({ "data": keys })))
+    let request = q.request()?;
+    let limit = request.limit;
+    let keys = state.engine.list_api_keys(p.org, request).await?;
+    Ok(page(&keys, limit, |k| (k.created_at, k.id)))
 }
 
 /// `DELETE /v1/api-keys/{id}` (admin): revoked at once (the next request with it is refused).
@@ -117,11 +121,7 @@ pub async fn revoke_key(
     Caller(p): Caller,
     AppPath(id): AppPath<Uuid>,
 ) -> Result<Json<Value>, ApiError> {
-    let keys = state.engine.list_api_keys(p.org).await?;
-    let key = keys
-        .iter()
-        .find(|k| k.id == id)
-        .ok_or_else(|| ApiError::not_found("api key not found"))?;
+    let key = state.engine.api_key(p.org, id).await?;
     if key.role > p.role {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

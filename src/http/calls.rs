@@ -65,9 +65,16 @@ pub async fn create(
         .limiter
         .is_some()
         .then(|| plan.limits().concurrent_calls);
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => Some(
+    let mut keys = headers.get_all("idempotency-key").iter();
+    let key = match (keys.next(), keys.next()) {
+        (None, _) => None,
+        // Taking either one would replay or dedupe against a key the client may not have meant.
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "Idempotency-Key: give the header once (it was sent more than once)",
+            ))
+        }
+        (Some(v), None) => Some(
             v.to_str()
                 .map_err(|_| ApiError::invalid("Idempotency-Key must be printable ASCII"))?
                 .to_owned(),

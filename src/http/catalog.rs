@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::extract::{AppJson, AppPath, AppQuery, Org};
 use super::{cursor_of, page_limit, parse_cursor, AppState};
 
-/// Query of the catalog lists.
+/// `?limit=&cursor=` of the lists other than calls (catalog, users, API keys).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
@@ -22,7 +22,8 @@ pub struct PageQuery {
 }
 
 impl PageQuery {
-    fn request(&self) -> Result<PageRequest, ApiError> {
+    /// The page asked for; a bad limit or cursor answers 400.
+    pub(super) fn request(&self) -> Result<PageRequest, ApiError> {
         Ok(PageRequest {
             limit: page_limit(self.limit)?,
             after: self.cursor.as_deref().map(parse_cursor).transpose()?,
@@ -30,20 +31,30 @@ impl PageQuery {
     }
 }
 
-fn page<T: Serialize>(
+/// `{"data": rows, "next_cursor": ...}` (see [`next_cursor`]).
+pub(super) fn page<T: Serialize>(
     rows: &[T],
     limit: i64,
     key: impl Fn(&T) -> (chrono::DateTime<chrono::Utc>, Uuid),
 ) -> Json<Value> {
-    let next = (i64::try_from(rows.len()).unwrap_or(i64::MAX) == limit)
+    Json(json!({"data": rows, "next_cursor": next_cursor(rows, limit, key)}))
+}
+
+/// The cursor of the page after `rows` when the page is full (`key` gives a row's
+/// `(created_at, id)`); `None` on the last page.
+pub(super) fn next_cursor<T>(
+    rows: &[T],
+    limit: i64,
+    key: impl Fn(&T) -> (chrono::DateTime<chrono::Utc>, Uuid),
+) -> Option<String> {
+    (i64::try_from(rows.len()).unwrap_or(i64::MAX) == limit)
         .then(|| {
             rows.last().map(|r| {
                 let (at, id) = key(r);
                 cursor_of(at, id)
             })
         })
-        .flatten();
-    Json(json!({"data": rows, "next_cursor": next}))
+        .flatten()
 }
 
 fn to_value<T: Serialize>(v: &T) -> Json<Value> {

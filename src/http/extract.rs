@@ -1,6 +1,7 @@
 //! Extractors whose rejections use the error envelope, and the caller's organization.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -9,7 +10,8 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 
-/// JSON body; malformed JSON, unknown fields and bad values answer 400 naming the problem.
+/// JSON object body; malformed JSON, a body that is not an object, unknown fields and bad
+/// values answer 400 naming the problem.
 pub struct AppJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for AppJson<T>
@@ -20,20 +22,54 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
+        let (parts, body) = req.into_parts();
+        let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+            .await
+            .map_err(bytes_rejection)?;
+        let parsed = axum::Json::<T>::from_request(
+            Request::from_parts(parts, Body::from(bytes.clone())),
+            state,
+        )
+        .await;
+        match parsed {
+            // Serde's derived structs also accept a JSON array (fields by position, missing
+            // `#[serde(default)]` ones defaulted), so `["x"]` would pass as `{"name": "x"}` and
+            // `[]` as an empty patch: every body this API takes is an object, so anything else
+            // is refused here, once for every route.
+            Ok(_) | Err(JsonRejection::JsonDataError(_)) if !is_object(&bytes) => {
+                Err(ApiError::invalid("the request body must be a JSON object"))
+            }
             Ok(axum::Json(v)) => Ok(AppJson(v)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
 }
 
+/// Whether a JSON text is an object (its first non-whitespace byte opens one).
+fn is_object(json: &[u8]) -> bool {
+    json.iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .is_some_and(|b| *b == b'{')
+}
+
+fn bytes_rejection(r: BytesRejection) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return too_large();
+    }
+    ApiError::invalid(r.body_text())
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "the request body is larger than 256 KiB",
+    )
+}
+
 fn json_rejection(r: JsonRejection) -> ApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "the request body is larger than 256 KiB",
-        );
+        return too_large();
     }
     let message = match &r {
         JsonRejection::MissingJsonContentType(_) => {

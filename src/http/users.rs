@@ -15,8 +15,9 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::auth::{password_attempt, Caller};
+use super::catalog::{next_cursor, PageQuery};
 use super::error::ApiError;
-use super::extract::{AppJson, AppPath};
+use super::extract::{AppJson, AppPath, AppQuery};
 use super::AppState;
 use crate::auth;
 
@@ -47,15 +48,19 @@ async fn hash(password: String) -> Result<String, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 
-/// `GET /v1/users` (admin).
+/// `GET /v1/users?limit=&cursor=` (admin): oldest first.
 pub async fn list(
     State(state): State<AppState>,
     Caller(p): Caller,
+    AppQuery(q): AppQuery<PageQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let users = state.engine.list_users(p.org).await?;
-    Ok(Json(
-        json!({ "data": users.iter().map(user_json).collect::<Vec<_>>() }),
-    ))
+    let request = q.request()?;
+    let limit = request.limit;
+    let users = state.engine.list_users(p.org, request).await?;
+    Ok(Json(json!({
+        "data": users.iter().map(user_json).collect::<Vec<_>>(),
+        "next_cursor": next_cursor(&users, limit, |u| (u.created_at, u.id)),
+    })))
 }
 
 /// `POST /v1/users` body.

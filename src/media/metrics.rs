@@ -6,8 +6,10 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 
 /// Error kinds counted in `iace_media_stream_errors_total{kind}`.
 pub(crate) mod kind {
-    /// Bad or missing token (401 at upgrade, or 1008 after it).
+    /// Bad, expired or missing token (401 at upgrade, or 1008 after it).
     pub const AUTH: &str = "auth";
+    /// A valid token for a call that has ended (403 at upgrade, or 1008 after it).
+    pub const CALL_ENDED: &str = "call_ended";
     /// `client_state` names another call than the token.
     pub const CLIENT_STATE: &str = "client_state";
     /// A frame we could not understand (not JSON, binary, bad base64).

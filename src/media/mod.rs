@@ -23,12 +23,14 @@ mod token;
 #[cfg(test)]
 mod tests;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{State, WebSocketUpgrade};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -40,7 +42,10 @@ use crate::http::error::ApiError;
 pub use metrics::MediaMetrics;
 pub use out::RegistryMediaOut;
 pub use registry::{MediaHandle, MediaRegistry, MediaSendError};
-pub use token::MediaTokens;
+pub use token::{MediaTokens, DEFAULT_TTL as DEFAULT_TOKEN_TTL};
+
+/// The answer of [`MediaSink::admits`].
+pub type Admission = Pin<Box<dyn Future<Output = bool> + Send + 'static>>;
 
 /// Path Telnyx connects to (put it, as a `wss://` URL, in `stream_url`).
 pub const TELNYX_MEDIA_PATH: &str = "/v1/media/telnyx";
@@ -63,6 +68,14 @@ const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// once; nothing comes after `stopped`. A call may have several streams in its life (a
 /// reconnect): correlate by `stream_id`.
 pub trait MediaSink: Send + Sync + 'static {
+    /// Whether a stream for `call_id` may open now: `false` once the call has ended (or when
+    /// there is no such call), so a token that outlives its call opens nothing. Asked once per
+    /// stream, as soon as its token is verified and before any other method; unlike them it
+    /// may wait on a lookup, which must be bounded. The default admits every call.
+    fn admits(&self, call_id: Uuid) -> Admission {
+        let _ = call_id;
+        Box::pin(std::future::ready(true))
+    }
     /// An authenticated stream for `call_id` started; its handle is already in the registry.
     fn started(&self, call_id: Uuid, info: StreamInfo);
     /// The caller's audio of one inbound media frame, as μ-law 8 kHz (never empty). A PCMA
@@ -204,8 +217,9 @@ pub fn router(state: MediaState) -> Router {
         .with_state(state)
 }
 
-/// Checks the upgrade-header token before upgrading: a wrong token gets a plain 401 and no
-/// socket. Without the header, the session demands the token in the `connected` frame.
+/// Checks the upgrade-header token before upgrading: a wrong or expired token gets a plain
+/// 401 and no socket, a token of a call that has ended a 403. Without the header, the session
+/// demands the token in the `connected` frame and checks the same.
 async fn upgrade_stream(
     State(state): State<MediaState>,
     headers: HeaderMap,
@@ -226,6 +240,14 @@ async fn upgrade_stream(
             }
         },
     };
+    if let Some(call_id) = header_call {
+        if !state.sink.admits(call_id).await {
+            state.metrics.error(metrics::kind::CALL_ENDED);
+            tracing::warn!(%call_id, "media stream upgrade refused: the call has ended");
+            return ApiError::new(StatusCode::FORBIDDEN, "call_ended", "the call has ended")
+                .into_response();
+        }
+    }
     match ws {
         Ok(ws) => ws
             .max_message_size(MAX_MESSAGE_BYTES)

@@ -186,6 +186,12 @@ async fn open(
                 .and_then(Inbound::connected_token)
                 .and_then(|token| state.tokens.verify(token));
             match verified {
+                Some(id) if !state.sink.admits(id).await => {
+                    state.metrics.error(kind::CALL_ENDED);
+                    tracing::warn!(call_id = %id, "media stream refused: the call has ended");
+                    close(socket, CLOSE_POLICY, "the call has ended").await;
+                    return None;
+                }
                 Some(id) => {
                     call_id = Some(id);
                     continue;

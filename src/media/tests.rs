@@ -2,8 +2,9 @@
 //! tokio-tungstenite client playing Telnyx, and a sink that records what the engine would hear.
 //! Real time throughout (real sockets never mix with paused time); every wait is bounded.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -36,9 +37,14 @@ enum SinkEvent {
     Stopped(Uuid, MediaStats),
 }
 
-struct RecordingSink(mpsc::UnboundedSender<SinkEvent>);
+/// Records what it hears; the calls in `ended` have ended (as the engine would say).
+struct RecordingSink(mpsc::UnboundedSender<SinkEvent>, Arc<Mutex<HashSet<Uuid>>>);
 
 impl MediaSink for RecordingSink {
+    fn admits(&self, call_id: Uuid) -> Admission {
+        let live = !self.1.lock().unwrap().contains(&call_id);
+        Box::pin(async move { live })
+    }
     fn started(&self, call_id: Uuid, info: StreamInfo) {
         let _ = self.0.send(SinkEvent::Started(call_id, info));
     }
@@ -56,9 +62,22 @@ impl MediaSink for RecordingSink {
     }
 }
 
+/// A clock a test moves.
+struct TestClock(Mutex<chrono::DateTime<chrono::Utc>>);
+
+impl iace_actors::ports::Clock for TestClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        *self.0.lock().unwrap()
+    }
+}
+
 struct Harness {
     addr: SocketAddr,
     tokens: Arc<MediaTokens>,
+    /// The tokens' clock.
+    clock: Arc<TestClock>,
+    /// Calls the sink says have ended.
+    ended: Arc<Mutex<HashSet<Uuid>>>,
     registry: MediaRegistry,
     metrics: MediaMetrics,
     events: mpsc::UnboundedReceiver<SinkEvent>,
@@ -76,12 +95,18 @@ async fn harness(config: MediaConfig) -> Harness {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, events) = mpsc::unbounded_channel();
-    let tokens = Arc::new(MediaTokens::new(b"test secret"));
+    let clock = Arc::new(TestClock(Mutex::new(chrono::Utc::now())));
+    let tokens = Arc::new(
+        MediaTokens::new(b"test secret")
+            .with_ttl(Duration::from_secs(600))
+            .with_clock(clock.clone()),
+    );
+    let ended = Arc::new(Mutex::new(HashSet::new()));
     let registry = MediaRegistry::new();
     let metrics = MediaMetrics::new(&prometheus::Registry::new()).unwrap();
     let state = MediaState {
         tokens: Arc::clone(&tokens),
-        sink: Arc::new(RecordingSink(tx)),
+        sink: Arc::new(RecordingSink(tx, ended.clone())),
         registry: registry.clone(),
         metrics: metrics.clone(),
         config,
@@ -90,6 +115,8 @@ async fn harness(config: MediaConfig) -> Harness {
     Harness {
         addr,
         tokens,
+        clock,
+        ended,
         registry,
         metrics,
         events,
@@ -267,6 +294,69 @@ async fn bad_header_token_is_refused_before_upgrade() {
     assert_eq!(h.metrics.error_count(kind::AUTH), 2);
     assert_eq!(h.registry.live(), 0);
     h.assert_no_more_events();
+}
+
+#[tokio::test]
+async fn expired_tokens_are_refused_at_the_upgrade_and_in_the_connected_frame() {
+    let mut h = harness(config()).await;
+    let call = Uuid::new_v4();
+    let token = h.tokens.token(call);
+    *h.clock.0.lock().unwrap() += chrono::Duration::seconds(601);
+
+    match h.try_connect(Some(&token)).await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 401),
+        Err(other) => panic!("expected HTTP 401, got {other}"),
+        Ok(_) => panic!("upgrade accepted with an expired token"),
+    }
+    let mut client = h.try_connect(None).await.unwrap();
+    send(
+        &mut client,
+        json!({"event": "connected", "x-telnyx-streaming-auth-token": token}),
+    )
+    .await;
+    assert_eq!(u16::from(recv_close(&mut client).await.code), 1008);
+    assert_eq!(h.metrics.error_count(kind::AUTH), 2);
+    assert_eq!(h.registry.live(), 0);
+    h.assert_no_more_events();
+
+    // A token issued now opens the stream.
+    let mut client = h.connect_as(call).await;
+    send(&mut client, start_frame("s", Some(call))).await;
+    h.started(call).await;
+}
+
+#[tokio::test]
+async fn a_token_of_a_call_that_has_ended_opens_nothing() {
+    let mut h = harness(config()).await;
+    let (ended, live) = (Uuid::new_v4(), Uuid::new_v4());
+    h.ended.lock().unwrap().insert(ended);
+    let token = h.tokens.token(ended);
+
+    // Upgrade header: 403, no socket.
+    match h.try_connect(Some(&token)).await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 403),
+        Err(other) => panic!("expected HTTP 403, got {other}"),
+        Ok(_) => panic!("upgrade accepted for a call that has ended"),
+    }
+    // Token in the `connected` frame: closed with policy before `start`.
+    let mut client = h.try_connect(None).await.unwrap();
+    send(
+        &mut client,
+        json!({"event": "connected", "x-telnyx-streaming-auth-token": token}),
+    )
+    .await;
+    let frame = recv_close(&mut client).await;
+    assert_eq!(u16::from(frame.code), 1008);
+    assert_eq!(frame.reason.as_str(), "the call has ended");
+    assert_eq!(h.metrics.error_count(kind::CALL_ENDED), 2);
+    assert_eq!(h.metrics.error_count(kind::AUTH), 0);
+    assert_eq!(h.registry.live(), 0);
+    h.assert_no_more_events();
+
+    // Another call's stream is unaffected.
+    let mut client = h.connect_as(live).await;
+    send(&mut client, start_frame("s", Some(live))).await;
+    h.started(live).await;
 }
 
 #[tokio::test]

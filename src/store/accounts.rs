@@ -17,7 +17,7 @@ use iace_actors::accounts::{
     UserUpdate,
 };
 use iace_actors::machine::{OrganizationId, PhoneNumber};
-use iace_actors::ports::{StoreError, StoreResult};
+use iace_actors::ports::{PageRequest, StoreError, StoreResult};
 use sqlx::postgres::PgRow;
 use sqlx::{Connection, PgConnection, Row};
 use tracing::warn;
@@ -535,15 +535,25 @@ impl AccountStore for PgStore {
         row.as_ref().map(user_from_row).transpose()
     }
 
-    async fn list_users(&self, org: OrganizationId) -> StoreResult<Vec<User>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {USER_COLUMNS} FROM app_user WHERE organization_id = $1 \
-             ORDER BY created_at, id"
-        ))
-        .bind(org)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
+    async fn list_users(&self, org: OrganizationId, page: &PageRequest) -> StoreResult<Vec<User>> {
+        // The cursor is the last row of the previous page; the next rows come after it in
+        // this list's order.
+        let sql = match page.after {
+            None => format!(
+                "SELECT {USER_COLUMNS} FROM app_user WHERE organization_id = $1 \
+                 ORDER BY created_at, id LIMIT $2"
+            ),
+            Some(_) => format!(
+                "SELECT {USER_COLUMNS} FROM app_user WHERE organization_id = $1 \
+                   AND (created_at, id) > ($3, $4) \
+                 ORDER BY created_at, id LIMIT $2"
+            ),
+        };
+        let mut query = sqlx::query(&sql).bind(org).bind(page.limit);
+        if let Some((at, id)) = page.after {
+            query = query.bind(at).bind(id);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(unavailable)?;
         rows.iter().map(user_from_row).collect()
     }
 
@@ -922,16 +932,42 @@ impl AccountStore for PgStore {
         Ok(())
     }
 
-    async fn list_api_keys(&self, org: OrganizationId) -> StoreResult<Vec<ApiKeyInfo>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_key WHERE organization_id = $1 \
-             ORDER BY created_at DESC, id DESC"
+    async fn list_api_keys(
+        &self,
+        org: OrganizationId,
+        page: &PageRequest,
+    ) -> StoreResult<Vec<ApiKeyInfo>> {
+        // The cursor is the last row of the previous page; the next rows come after it in
+        // this list's order.
+        let sql = match page.after {
+            None => format!(
+                "SELECT {KEY_COLUMNS} FROM api_key WHERE organization_id = $1 \
+                 ORDER BY created_at DESC, id DESC LIMIT $2"
+            ),
+            Some(_) => format!(
+                "SELECT {KEY_COLUMNS} FROM api_key WHERE organization_id = $1 \
+                   AND (created_at, id) < ($3, $4) \
+                 ORDER BY created_at DESC, id DESC LIMIT $2"
+            ),
+        };
+        let mut query = sqlx::query(&sql).bind(org).bind(page.limit);
+        if let Some((at, id)) = page.after {
+            query = query.bind(at).bind(id);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(unavailable)?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn api_key(&self, org: OrganizationId, id: Uuid) -> StoreResult<Option<ApiKeyInfo>> {
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_key WHERE id = $1 AND organization_id = $2"
         ))
+        .bind(id)
         .bind(org)
-        .fetch_all(&self.pool)
+        .fetch_optional(&self.pool)
         .await
         .map_err(unavailable)?;
-        rows.iter().map(key_from_row).collect()
+        row.as_ref().map(key_from_row).transpose()
     }
 
     async fn revoke_api_key(

@@ -11,7 +11,7 @@
 //! one atomic decrement, so no more than `half_open_probes` calls go out.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -22,9 +22,14 @@ use tracing::{error, info, warn};
 
 use super::machine::{
     Breaker, BreakerConfig, BreakerSnapshot, BreakerState, CallOutcome, Permit, Rejected,
-    Transition,
+    Transition, TransitionReason,
 };
 use crate::ports::Clock;
+
+/// How much of its open wait a breaker may have left when a caller that waited out the same
+/// Retry-After asks again (see [`BreakerHandle::acquire_after_wait`]): the time between the
+/// caller's receiving the 429 and the breaker's actor recording it, generously.
+const AFTER_WAIT_SLACK: chrono::Duration = chrono::Duration::seconds(2);
 
 /// The vendors IACE calls, each with its own breaker.
 pub const VENDORS: [&str; 7] = [
@@ -84,6 +89,9 @@ struct View {
     open_until_ms: AtomicI64,
     generation: AtomicU64,
     probes: AtomicI64,
+    /// The last opening was a 429's Retry-After: its callers are waiting out the same time,
+    /// so [`BreakerHandle::acquire_after_wait`] lets them wait out the breaker's rest of it.
+    rate_limited: AtomicBool,
 }
 
 impl View {
@@ -93,6 +101,7 @@ impl View {
             open_until_ms: AtomicI64::new(NO_DEADLINE),
             generation: AtomicU64::new(0),
             probes: AtomicI64::new(0),
+            rate_limited: AtomicBool::new(false),
         }
     }
 
@@ -254,6 +263,12 @@ impl VendorBreakerState {
                 .max(self.breaker.config().slow_call * 2);
             myself.send_after(wait, move || BreakerMsg::ProbeDeadline { generation });
         }
+        if tr.to == BreakerState::Open {
+            self.args.view.rate_limited.store(
+                tr.reason == TransitionReason::RateLimited,
+                Ordering::Release,
+            );
+        }
         if let (BreakerState::Open, Some(until)) = (tr.to, snap.open_until) {
             let wait = (until - now).to_std().unwrap_or(Duration::ZERO);
             myself.send_after(wait, || BreakerMsg::Tick);
@@ -390,18 +405,30 @@ impl BreakerHandle {
     /// Like [`BreakerHandle::acquire`], for a retry that has just waited out a Retry-After:
     /// the breaker it finds is open with its wait just over, and goes half-open on the first
     /// refused request; ask again briefly (the call then goes out as a probe) instead of
-    /// failing.
+    /// failing. When a 429 opened it, its wait began when its actor recorded the 429, a moment
+    /// after the caller began waiting out the same Retry-After, so it may still have up to
+    /// [`AFTER_WAIT_SLACK`] to run: the call waits that out too rather than losing the race
+    /// between the two timers. A breaker opened by failures still refuses until its wait is
+    /// over (never retry while it is open).
     pub async fn acquire_after_wait(&self) -> Result<Permit, Rejected> {
         let mut tries = 0;
         loop {
             match self.acquire() {
-                Err(r)
-                    if tries < 5
-                        && r.state == BreakerState::Open
-                        && r.until.is_some_and(|u| u <= self.clock.now()) =>
-                {
+                Err(r) if tries < 5 && r.state == BreakerState::Open => {
+                    let now = self.clock.now();
+                    let slack = if self.view.rate_limited.load(Ordering::Acquire) {
+                        AFTER_WAIT_SLACK
+                    } else {
+                        chrono::Duration::zero()
+                    };
+                    let left = match r.until {
+                        Some(until) if until <= now + slack => {
+                            (until - now).to_std().unwrap_or_default()
+                        }
+                        _ => return Err(r),
+                    };
                     tries += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    tokio::time::sleep(left.max(Duration::from_millis(10))).await;
                 }
                 other => return other,
             }

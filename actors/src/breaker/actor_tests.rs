@@ -154,3 +154,52 @@ async fn rate_limited_opens_for_retry_after() {
     assert_eq!(h.state(), BreakerState::HalfOpen);
     b.stop();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_that_waited_out_retry_after_is_not_beaten_by_the_breakers_later_start() {
+    let registry = Registry::new();
+    let b = breakers(&registry).await;
+    let h = b.get("telnyx").unwrap().clone();
+    let p = h.acquire().unwrap();
+    // The caller starts its wait now; the breaker records the 429 half a second later (a busy
+    // actor), so its open wait ends half a second after the caller's.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.record(
+        p,
+        CallOutcome::RateLimited {
+            retry_after: Some(Duration::from_secs(1)),
+        },
+    );
+    settle().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.state(), BreakerState::Open);
+    let permit = h.acquire_after_wait().await.expect("goes out as the probe");
+    assert!(permit.probe);
+    h.record(permit, CallOutcome::Success { elapsed: FAST });
+    settle().await;
+
+    // A breaker open for longer than the slack still refuses at once.
+    let p = h.acquire().unwrap();
+    h.record(
+        p,
+        CallOutcome::RateLimited {
+            retry_after: Some(Duration::from_secs(30)),
+        },
+    );
+    settle().await;
+    let rejected = h.acquire_after_wait().await.unwrap_err();
+    assert_eq!(rejected.state, BreakerState::Open);
+
+    // Opened by failures, a breaker refuses until its wait is over, also a moment before.
+    let g = b.get("groq").unwrap().clone();
+    for _ in 0..3 {
+        let p = g.acquire().unwrap();
+        g.record(p, CallOutcome::Failure { elapsed: FAST });
+    }
+    settle().await;
+    tokio::time::sleep(Duration::from_millis(29_500)).await;
+    assert_eq!(g.state(), BreakerState::Open);
+    let rejected = g.acquire_after_wait().await.unwrap_err();
+    assert_eq!(rejected.state, BreakerState::Open);
+    b.stop();
+}

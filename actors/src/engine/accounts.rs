@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Engine, EngineError};
+use super::{clamp_limit, Engine, EngineError};
 use crate::accounts::{
     AccountStore, ApiKeyInfo, BillingEvent, CrmContactFacts, CrmEvent, CrmLink, CrmLinkJob,
     EventsStored, KeyTier, NewApiKey, NewRefreshToken, OrgAccount, OrgPatch, Principal, Role,
@@ -16,6 +16,7 @@ use crate::accounts::{
 };
 use crate::catalog;
 use crate::machine::OrganizationId;
+use crate::ports::PageRequest;
 
 /// Longest API key name.
 pub const MAX_KEY_NAME_LEN: usize = 100;
@@ -112,9 +113,15 @@ impl Engine {
         }
     }
 
-    /// The organization's users, oldest first.
-    pub async fn list_users(&self, org: OrganizationId) -> Result<Vec<User>, EngineError> {
-        self.accounts_query(move |a| async move { a.list_users(org).await })
+    /// One page of the organization's users, oldest first. `page.limit` is clamped to
+    /// 1..=100; `page.after` is the last user of the previous page.
+    pub async fn list_users(
+        &self,
+        org: OrganizationId,
+        mut page: PageRequest,
+    ) -> Result<Vec<User>, EngineError> {
+        page.limit = clamp_limit(page.limit);
+        self.accounts_query(move |a| async move { a.list_users(org, &page).await })
             .await
     }
 
@@ -274,10 +281,23 @@ impl Engine {
         Ok(info)
     }
 
-    /// The organization's API keys, newest first.
-    pub async fn list_api_keys(&self, org: OrganizationId) -> Result<Vec<ApiKeyInfo>, EngineError> {
-        self.accounts_query(move |a| async move { a.list_api_keys(org).await })
+    /// One page of the organization's API keys, newest first. `page.limit` is clamped to
+    /// 1..=100.
+    pub async fn list_api_keys(
+        &self,
+        org: OrganizationId,
+        mut page: PageRequest,
+    ) -> Result<Vec<ApiKeyInfo>, EngineError> {
+        page.limit = clamp_limit(page.limit);
+        self.accounts_query(move |a| async move { a.list_api_keys(org, &page).await })
             .await
+    }
+
+    /// One of the organization's API keys (revoked or not).
+    pub async fn api_key(&self, org: OrganizationId, id: Uuid) -> Result<ApiKeyInfo, EngineError> {
+        self.accounts_query(move |a| async move { a.api_key(org, id).await })
+            .await?
+            .ok_or(EngineError::NotFound { what: "api key" })
     }
 
     /// Revokes one of the organization's keys.

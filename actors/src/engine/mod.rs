@@ -585,6 +585,16 @@ impl Engine {
         .await?
     }
 
+    /// The status of call `id` of whichever organization, `None` when there is no such call.
+    /// For the media endpoint, whose stream token already names the call.
+    pub async fn call_status(&self, id: CallId) -> Result<Option<CallStatus>, EngineError> {
+        let shared = &self.inner.shared;
+        let call = shared
+            .with_timeout(shared.ports.calls.load_call(id))
+            .await?;
+        Ok(call.map(|c| c.status))
+    }
+
     /// One call of the organization.
     pub async fn get_call(&self, org: OrganizationId, id: CallId) -> Result<Call, EngineError> {
         self.query(move |q| async move { Ok(q.get_call(org, id).await?) })
@@ -812,8 +822,10 @@ impl Engine {
         query: Option<String>,
         k: u32,
     ) -> Result<Vec<MemoryHit>, EngineError> {
-        let recall = self.recall()?;
+        // Tenancy before the feature: another organization's id is 404 whether or not
+        // learning is on, so the answer never tells which ids exist elsewhere.
         self.get_customer(org, customer).await?;
+        let recall = self.recall()?;
         let now = self.now();
         self.query(move |_| async move {
             recall
@@ -832,8 +844,8 @@ impl Engine {
         query: Option<String>,
         k: u32,
     ) -> Result<Vec<PatternHit>, EngineError> {
-        let recall = self.recall()?;
         self.get_agent(org, agent).await?;
+        let recall = self.recall()?;
         self.query(move |_| async move {
             recall
                 .patterns(org, agent, query.as_deref(), k)
@@ -850,8 +862,8 @@ impl Engine {
         org: OrganizationId,
         customer: Uuid,
     ) -> Result<u64, EngineError> {
-        let recall = self.recall()?;
         self.get_customer(org, customer).await?;
+        let recall = self.recall()?;
         self.query(move |_| async move { recall.forget(org, customer).await.map_err(recall_error) })
             .await
     }

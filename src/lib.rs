@@ -6,6 +6,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod crm_link;
+pub mod edge;
 pub mod http;
 pub mod media;
 pub mod pii;

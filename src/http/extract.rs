@@ -29,11 +29,7 @@ where
 
 fn json_rejection(r: JsonRejection) -> ApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "the request body is larger than 256 KiB",
-        );
+        return super::too_large();
     }
     let message = match &r {
         JsonRejection::MissingJsonContentType(_) => {

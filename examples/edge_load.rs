@@ -132,7 +132,8 @@ fn slow_clients(addr: &str, n: usize, stop: Arc<AtomicBool>) -> Vec<tokio::task:
                         // A closed connection shows on the read side first.
                         let mut probe = [0u8; 1];
                         if let Ok(Ok(0) | Err(_)) =
-                            tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut probe)).await
+                            tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut probe))
+                                .await
                         {
                             break;
                         }
@@ -174,8 +175,8 @@ async fn main() -> anyhow::Result<()> {
             let base_url = std::env::var("DATABASE_URL").map_err(|_| {
                 anyhow::anyhow!("DATABASE_URL is not set: eval \"$(scripts/services env)\"")
             })?;
-            let redis = std::env::var("REDIS_URL")
-                .map_err(|_| anyhow::anyhow!("REDIS_URL is not set"))?;
+            let redis =
+                std::env::var("REDIS_URL").map_err(|_| anyhow::anyhow!("REDIS_URL is not set"))?;
             let admin = sqlx::PgPool::connect(&base_url).await?;
             let name = format!("iace_bench_{}", uuid::Uuid::new_v4().simple());
             sqlx::query(&format!("CREATE DATABASE {name}"))
@@ -215,9 +216,15 @@ async fn main() -> anyhow::Result<()> {
     let slow_tasks = slow_clients(&addr, slow, stop.clone());
     // Let the slow clients connect before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    println!("holding {} idle and {slow} slow-headers connections", held.len());
+    println!(
+        "holding {} idle and {slow} slow-headers connections",
+        held.len()
+    );
     let loaded = measure(&base, clients, secs).await;
-    print(&format!("with {} idle + {slow} slow held", held.len()), &loaded);
+    print(
+        &format!("with {} idle + {slow} slow held", held.len()),
+        &loaded,
+    );
     println!("server counters while held:");
     for line in counters(&metrics_base).await {
         println!("  {line}");

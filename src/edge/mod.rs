@@ -609,6 +609,46 @@ mod tests {
         assert!(text.contains(r#""code":"uri_too_long""#));
     }
 
+    /// Handlers see the peer's address as `ConnectInfo<SocketAddr>`, as with
+    /// `into_make_service_with_connect_info` under `axum::serve`.
+    #[tokio::test]
+    async fn handlers_get_the_peer_address_and_stop_drains_the_server() {
+        use axum::routing::get;
+        let router = Router::new().route(
+            "/peer",
+            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+        );
+        let config = EdgeConfig {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 8,
+        };
+        let edge = Edge::new(config, &Registry::new()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let server = tokio::spawn(serve(listener, router, edge.clone(), stopped));
+
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let local = tcp.local_addr().unwrap();
+        tcp.write_all(b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with(&local.to_string()), "{answer}");
+
+        let _ = stop.send(true);
+        tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .expect("the server drains")
+            .unwrap()
+            .unwrap();
+        assert!(edge.unready_reason().unwrap().contains("draining"));
+    }
+
     #[test]
     fn the_log_throttle_admits_one_line_per_interval_and_counts_the_rest() {
         let t = LogThrottle::new();

@@ -392,6 +392,8 @@ async fn connection(
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.keep_alive(!probes_only);
+    // Ours (see `conn`) instead: hyper's would also cut idle keep-alive connections.
+    builder.header_read_timeout(None);
     let conn = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
     let timeouts = Timeouts {
@@ -424,6 +426,11 @@ async fn connection(
             }
             () = stopped(&mut stop), if !draining => {
                 draining = true;
+                // A request still arriving is not in flight: a slow-headers client must not
+                // hold the shutdown up for its header timeout.
+                if state.phase() == Phase::Header {
+                    return;
+                }
                 conn.as_mut().graceful_shutdown();
             }
         }

@@ -19,11 +19,14 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin iace
 COPY --from=builder /usr/local/bin/iace /usr/local/bin/iace
+# Metrics on their own port: reachable by a scraper on the container network, published
+# only where the deployment chooses (never on the API's load balancer).
 ENV IACE_BIND=0.0.0.0:8080 \
+    IACE_METRICS_BIND=0.0.0.0:9464 \
     DATABASE_URL=postgres://iace:iace@postgres:5432/iace \
     REDIS_URL=redis://redis:6379 \
     RUST_LOG=info
-EXPOSE 8080
+EXPOSE 8080 9464
 USER iace
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/iace"]
 CMD ["serve"]

@@ -126,6 +126,11 @@ pub struct Running {
     pub engine: Engine,
     /// Where the API listens.
     pub addr: SocketAddr,
+    /// Where `/metrics` and the detailed `/ready` are served (`None`: disabled).
+    pub metrics_addr: Option<SocketAddr>,
+    /// The HTTP edge (open connections, draining).
+    pub edge: Arc<crate::edge::Edge>,
+    drain: Duration,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     stop: tokio::sync::watch::Sender<bool>,
     learning: Option<ActorRef<LearningSupervisorMsg>>,
@@ -139,11 +144,22 @@ impl Running {
             server,
             stop,
             learning,
+            edge,
+            drain,
             ..
         } = self;
         let mut server = server;
         tokio::select! {
             _ = shutdown_signal() => {
+                edge.start_draining();
+                if !drain.is_zero() {
+                    // Still serving, not ready: load balancers take the node out first.
+                    info!(drain_secs = drain.as_secs(), "draining before shutdown");
+                    tokio::select! {
+                        _ = tokio::time::sleep(drain) => {}
+                        _ = shutdown_signal() => {}
+                    }
+                }
                 info!("shutting down");
                 let _ = stop.send(true);
                 match tokio::time::timeout(Duration::from_secs(10), &mut server).await {
@@ -167,6 +183,7 @@ impl Running {
 impl Running {
     /// Stops serving (in-flight requests drain) and shuts the engine down.
     pub async fn shutdown(self) {
+        self.edge.start_draining();
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
         if let Some(l) = self.learning {
@@ -197,6 +214,8 @@ async fn shutdown_signal() {
 
 /// Connects everything, migrates, starts the engine (recovering live calls) and the server.
 pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
+    let nofile = crate::edge::raise_nofile_limit();
+    let metrics_bind = args.edge.metrics_addr().map_err(|e| anyhow::anyhow!(e))?;
     let pool = crate::store::connect(&args.db.database_url)
         .await
         .context("connecting to Postgres (DATABASE_URL)")?;
@@ -317,12 +336,24 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         )?;
     }
     let cors_origins = cors_origins(&args.security.cors_origins)?;
+    let edge_config = crate::edge::EdgeConfig::from_args(&args.edge, nofile);
+    info!(
+        max_connections = edge_config.max_connections,
+        header_timeout_secs = edge_config.header_timeout.as_secs(),
+        body_timeout_secs = edge_config.body_timeout.as_secs(),
+        idle_timeout_secs = edge_config.idle_timeout.as_secs(),
+        "http edge"
+    );
+    let edge = crate::edge::Edge::new(edge_config, &registry)?;
     let state = AppState {
         engine: engine.clone(),
         registry: registry.clone(),
         security,
         cors_origins,
-        ready_checks: vec![Arc::new(RedisReady(redis))],
+        ready_checks: vec![
+            Arc::new(RedisReady(redis)),
+            Arc::new(crate::edge::EdgeReady(edge.clone())),
+        ],
         telnyx: telnyx_ingress,
         webhooks: WebhookMetrics::new(&registry)?,
         admin_token: args
@@ -331,6 +362,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             .filter(|t| !t.is_empty())
             .map(Arc::from),
     };
+    let ops = crate::http::ops_router(state.clone());
     let mut router = crate::http::router(state).context("building the router")?;
     if let Some(edge) = telnyx {
         router = router.merge(crate::media::router(MediaState {
@@ -345,20 +377,19 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding {}", args.bind))?;
     let addr = listener.local_addr()?;
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(async move {
-        // Nagle off: media frames and mark echoes are small writes that must not wait for
-        // the peer's delayed ACK.
-        axum::serve(axum::serve::ListenerExt::tap_io(listener, no_delay), router)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
-    });
-    info!(%addr, telephony = ?args.telephony, "iace listening");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let metrics_addr = match metrics_bind {
+        Some(bind) => Some(serve_ops(bind, ops, stopped.clone()).await?),
+        None => None,
+    };
+    let server = tokio::spawn(crate::edge::serve(listener, router, edge.clone(), stopped));
+    info!(%addr, metrics = ?metrics_addr, telephony = ?args.telephony, "iace listening");
     Ok(Running {
         engine,
         addr,
+        metrics_addr,
+        edge,
+        drain: Duration::from_secs(args.edge.drain_secs),
         server,
         stop,
         learning,
@@ -822,6 +853,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             plan_limits: true,
             ..Default::default()
         },
+        edge: Default::default(),
         admin_token: Some(DEV_ADMIN_TOKEN.into()),
         sim_ring_ms: args.sim_ring_ms,
         sim_talk_ms: args.sim_talk_ms,
@@ -1133,10 +1165,29 @@ async fn demo(
     Ok(())
 }
 
-/// Turns Nagle's algorithm off on an accepted connection (best effort: a socket that refuses
-/// the option still works, only slower).
-fn no_delay(tcp: &mut tokio::net::TcpStream) {
-    let _ = tcp.set_nodelay(true);
+/// Serves the operations router (`/metrics`, detailed `/ready`) on its own listener until
+/// `stop`; returns the bound address. It is meant for loopback or a private network, so the
+/// plain `axum::serve` is enough.
+async fn serve_ops(
+    bind: SocketAddr,
+    ops: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("binding the metrics listener {bind} (IACE_METRICS_BIND)"))?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let served = axum::serve(listener, ops)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = served {
+            error!(error = %e, "metrics listener failed");
+        }
+    });
+    Ok(addr)
 }
 
 #[cfg(test)]

@@ -261,6 +261,9 @@ pub struct ServeArgs {
     /// Accounts and security.
     #[command(flatten)]
     pub security: SecurityArgs,
+    /// The HTTP edge: timeouts, connection cap, metrics listener, draining.
+    #[command(flatten)]
+    pub edge: EdgeArgs,
     /// Operator token for `/v1/admin/*` (breakers); the operator API is off when unset.
     #[arg(long, env = "IACE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -343,6 +346,7 @@ impl ServeArgs {
             voice: VoiceArgs::default(),
             learning: LearningArgs::default(),
             security: SecurityArgs::default(),
+            edge: EdgeArgs::default(),
             admin_token: None,
             sim_ring_ms: 2000,
             sim_talk_ms: 8000,
@@ -351,6 +355,66 @@ impl ServeArgs {
             ring_timeout_secs: 30,
             max_call_secs: 3600,
         }
+    }
+}
+
+/// The HTTP edge (what one client may hold) and the operations listener.
+#[derive(Debug, Clone, Args)]
+pub struct EdgeArgs {
+    /// Longest wait for a request's headers once its first byte arrived (s); the connection
+    /// is closed after it. Headers are a few hundred bytes: 10 s covers a bad mobile link and
+    /// bounds a slow-headers client.
+    #[arg(long, env = "IACE_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub http_header_timeout_secs: u64,
+    /// Longest wait for a request's whole body once its headers arrived (s). Bodies are at
+    /// most 256 KiB: 30 s is under 9 KB/s, slower than any client that means well.
+    #[arg(long, env = "IACE_HTTP_BODY_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_body_timeout_secs: u64,
+    /// A keep-alive connection with no request in flight is closed after this (s). Longer
+    /// than the usual load-balancer idle timeout (60 s), so the balancer closes first and
+    /// never sends a request on a connection the server is closing (nginx's default is 75 s).
+    #[arg(long, env = "IACE_HTTP_IDLE_TIMEOUT_SECS", default_value_t = 75, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_idle_timeout_secs: u64,
+    /// Most open API connections; beyond it (and a reserve of 16 for `/health` and `/ready`)
+    /// a connection is answered 503 and closed. 0: 10,000, lowered to fit the open-file limit.
+    #[arg(long, env = "IACE_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+    /// Where `/metrics` and the detailed `/ready` are served (`host:port`); `off` or empty
+    /// disables them. Keep it off the public network: metrics name routes, vendors, tenants'
+    /// volumes.
+    #[arg(long, env = "IACE_METRICS_BIND", default_value = "127.0.0.1:9464")]
+    pub metrics_bind: String,
+    /// On SIGTERM, keep serving this long (s) with `/ready` answering 503, so load balancers
+    /// stop sending work before the listener closes. 0: close at once.
+    #[arg(long, env = "IACE_DRAIN_SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub drain_secs: u64,
+}
+
+impl Default for EdgeArgs {
+    /// The command line's defaults, except the metrics listener on an ephemeral loopback
+    /// port (tests and benchmarks run several servers side by side).
+    fn default() -> Self {
+        EdgeArgs {
+            http_header_timeout_secs: 10,
+            http_body_timeout_secs: 30,
+            http_idle_timeout_secs: 75,
+            max_connections: 0,
+            metrics_bind: "127.0.0.1:0".into(),
+            drain_secs: 0,
+        }
+    }
+}
+
+impl EdgeArgs {
+    /// The metrics listener's address, `None` when disabled.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, String> {
+        let v = self.metrics_bind.trim();
+        if v.is_empty() || v.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        v.parse()
+            .map(Some)
+            .map_err(|e| format!("IACE_METRICS_BIND={v:?}: not host:port or off ({e})"))
     }
 }
 

@@ -722,11 +722,28 @@ async fn health_ready_and_metrics() {
         .unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
     let ready: Value = ready.json().await.unwrap();
-    assert_eq!(ready["checks"]["database"], "ok", "{ready}");
-    assert_eq!(ready["checks"]["redis"], "ok", "{ready}");
+    assert_eq!(
+        ready,
+        json!({"status": "ready"}),
+        "the API port says ready or not, nothing of the internals"
+    );
+    let ops = &server.inner.metrics_base;
+    let detail: Value = server
+        .http
+        .get(format!("{ops}/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["status"], "ready", "{detail}");
+    assert_eq!(detail["checks"]["database"], "ok", "{detail}");
+    assert_eq!(detail["checks"]["redis"], "ok", "{detail}");
+    assert_eq!(detail["checks"]["http_edge"], "ok", "{detail}");
     let metrics = server
         .http
-        .get(format!("{}/metrics", server.base))
+        .get(format!("{ops}/metrics"))
         .send()
         .await
         .unwrap()
@@ -734,4 +751,15 @@ async fn health_ready_and_metrics() {
         .await
         .unwrap();
     assert!(metrics.contains("iace_calls_created_total"), "{metrics}");
+    assert!(metrics.contains("iace_http_connections_open"), "{metrics}");
+    // Metrics are not on the API port.
+    let on_api = server
+        .http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_api.status(), StatusCode::NOT_FOUND);
+    let body: Value = on_api.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
 }

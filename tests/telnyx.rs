@@ -79,6 +79,12 @@ impl Env {
             sim_talk_ms: 0,
             sim_key_prefix: "unused:".into(),
             node_id: Some("telnyx-test".into()),
+            // Headers have 2 s: a media WebSocket that the edge did not see upgrade would be
+            // cut 2 s into its stream (a quiet or busy stream must never be).
+            edge: iace::config::EdgeArgs {
+                http_header_timeout_secs: 2,
+                ..Default::default()
+            },
             ..ServeArgs::local(
                 &database_url,
                 &std::env::var("REDIS_URL").expect("REDIS_URL"),
@@ -912,9 +918,10 @@ async fn operators_see_and_steer_the_breakers() {
         0,
         "nothing stored"
     );
+    let metrics_addr = env.running.as_ref().unwrap().metrics_addr.unwrap();
     let ready: Value = env
         .http
-        .get(format!("{}/ready", env.base))
+        .get(format!("http://{metrics_addr}/ready"))
         .send()
         .await
         .unwrap()

@@ -42,7 +42,6 @@ pub enum Access {
 pub const POLICY: &[(&str, &str, Access)] = &[
     ("GET", "/health", Access::Public),
     ("GET", "/ready", Access::Public),
-    ("GET", "/metrics", Access::Public),
     ("GET", "/.well-known/jwks.json", Access::Public),
     ("POST", "/v1/auth/login", Access::Public),
     ("POST", "/v1/auth/refresh", Access::Public),

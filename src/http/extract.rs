@@ -54,22 +54,14 @@ fn is_object(json: &[u8]) -> bool {
 
 fn bytes_rejection(r: BytesRejection) -> ApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return too_large();
+        return super::too_large();
     }
     ApiError::invalid(r.body_text())
 }
 
-fn too_large() -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        "the request body is larger than 256 KiB",
-    )
-}
-
 fn json_rejection(r: JsonRejection) -> ApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return too_large();
+        return super::too_large();
     }
     let message = match &r {
         JsonRejection::MissingJsonContentType(_) => {

@@ -169,7 +169,6 @@ pub fn router(state: AppState) -> Result<Router, prometheus::Error> {
         .nest("/v1", v1)
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/metrics", get(metrics_text))
         .route("/.well-known/jwks.json", get(auth::jwks))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -178,6 +177,7 @@ pub fn router(state: AppState) -> Result<Router, prometheus::Error> {
             auth::authorize,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(body_limit))
         .layer(cors)
         .layer(middleware::from_fn_with_state(metrics, observe))
         .with_state(state))
@@ -276,7 +276,77 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// The operations router, for a listener apart from the API (`IACE_METRICS_BIND`):
+/// `/metrics`, the detailed `/ready` (each dependency's state, the breakers) and `/health`.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/ready", get(ready_detail))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// A body the server will not take is refused from its declared `Content-Length`, before a
+/// byte of it is read, on every route (the webhooks' raw-body extractors included); a body
+/// that grows past the limit without declaring it is refused by the extractors, and their
+/// plain-text 413 is answered with the envelope here too.
+async fn body_limit(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        // The body stays unread: the connection cannot carry another request after it.
+        let mut resp = too_large().into_response();
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+        return resp;
+    }
+    let resp = next.run(req).await;
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
+        return too_large().into_response();
+    }
+    resp
+}
+
+/// 413 `payload_too_large`.
+pub(crate) fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!(
+            "the request body is larger than {} KiB",
+            MAX_BODY_BYTES / 1024
+        ),
+    )
+}
+
+/// Ready or not, and nothing more: which dependency failed and the vendors' breaker states
+/// are for operators (the detailed answer is on the operations listener).
 async fn ready(State(state): State<AppState>) -> Response {
+    let (status, _) = readiness(&state).await;
+    let word = if status == StatusCode::OK {
+        "ready"
+    } else {
+        "unavailable"
+    };
+    (status, Json(json!({"status": word}))).into_response()
+}
+
+async fn ready_detail(State(state): State<AppState>) -> Response {
+    let (status, body) = readiness(&state).await;
+    (status, Json(body)).into_response()
+}
+
+async fn readiness(state: &AppState) -> (StatusCode, serde_json::Value) {
     let mut checks = serde_json::Map::new();
     let mut ok = true;
     match state.engine.ready().await {
@@ -315,7 +385,7 @@ async fn ready(State(state): State<AppState>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     };
-    (status, Json(json!({"status": word, "checks": checks}))).into_response()
+    (status, json!({"status": word, "checks": checks}))
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {

@@ -27,6 +27,10 @@ pub struct Server {
     pub port: u16,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// `http://127.0.0.1:PORT` of its metrics listener (`/metrics`, the detailed `/ready`).
+    pub metrics_base: String,
+    /// The open-file soft limit it is started with (`None`: inherited).
+    pub nofile_soft: Option<u64>,
     /// The simulated carrier's Redis key prefix (kept across restarts).
     pub sim_prefix: String,
     env: Vec<(String, String)>,
@@ -36,11 +40,14 @@ impl Server {
     /// Starts a server on `database_url` with the simulated carrier and extra `env`.
     pub async fn start(database_url: &str, env: &[(&str, &str)]) -> Server {
         let port = super::api::free_port();
+        let metrics_port = super::api::free_port();
         let mut server = Server {
             child: None,
             database_url: database_url.to_owned(),
             port,
             base: format!("http://127.0.0.1:{port}"),
+            metrics_base: format!("http://127.0.0.1:{metrics_port}"),
+            nofile_soft: None,
             sim_prefix: format!("iace:test:{}:", uuid::Uuid::new_v4().simple()),
             env: env
                 .iter()
@@ -57,11 +64,38 @@ impl Server {
         self.env.push((key.to_owned(), value.to_owned()));
     }
 
+    /// The process id of the running server.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends SIGTERM (a graceful shutdown).
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+    }
+
     /// (Re)starts the process and waits for `/health`.
     pub async fn spawn(&mut self) {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .env("DATABASE_URL", &self.database_url)
+        // A lowered soft limit goes through the shell's `ulimit` (no unsafe pre_exec here).
+        let mut cmd = match self.nofile_soft {
+            Some(n) => {
+                let mut cmd = Command::new("sh");
+                cmd.args(["-c", &format!("ulimit -S -n {n} && exec \"$0\" serve"), BIN]);
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new(BIN);
+                cmd.arg("serve");
+                cmd
+            }
+        };
+        let metrics_addr = self.metrics_base.trim_start_matches("http://").to_owned();
+        cmd.env("DATABASE_URL", &self.database_url)
+            .env("IACE_METRICS_BIND", metrics_addr)
             .env("REDIS_URL", redis_url())
             .env("IACE_BIND", format!("127.0.0.1:{}", self.port))
             .env("IACE_TELEPHONY", "simulated")

@@ -348,10 +348,10 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             axum::serve::ListenerExt::tap_io(listener, no_delay),
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
-            .with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
+        .with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+        .await
     });
     info!(%addr, telephony = ?args.telephony, "iace listening");
     Ok(Running {
@@ -597,14 +597,21 @@ pub fn security(
             .trusted_proxies
             .iter()
             .filter(|p| !p.trim().is_empty())
-            .map(|p| p.parse().map_err(|e| anyhow::anyhow!("IACE_TRUSTED_PROXIES: {e}")))
+            .map(|p| {
+                p.parse()
+                    .map_err(|e| anyhow::anyhow!("IACE_TRUSTED_PROXIES: {e}"))
+            })
             .collect::<anyhow::Result<_>>()?,
     };
     let signin_refused = crate::auth::signin_refused_counter();
     registry.register(Box::new(signin_refused.clone()))?;
     // Every password hash and check of this process goes through this pool.
     let pool = crate::auth::pool::configure(args.password_pool());
-    tracing::info!(workers = pool.config().workers, queue = pool.config().queue, "password pool");
+    tracing::info!(
+        workers = pool.config().workers,
+        queue = pool.config().queue,
+        "password pool"
+    );
     Ok(Security {
         keys,
         limiter,

@@ -173,7 +173,10 @@ async fn budgets_checked_together_keep_windows_of_their_own() {
         if matches!(d[0], Decision::Allowed { .. }) {
             break d;
         }
-        assert!(Instant::now() < deadline, "the short window never slid: {d:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the short window never slid: {d:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(

@@ -352,7 +352,12 @@ async fn login_via(base: &str, email: &str, forwarded: &str) -> Answer {
 }
 
 fn assert_rate_limited(a: &Answer, what: &str) {
-    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{what}: {}", a.body);
+    assert_eq!(
+        a.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{what}: {}",
+        a.body
+    );
     assert_eq!(a.body["error"]["code"], "rate_limited", "{what}");
     let retry: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=600).contains(&retry), "{what}: Retry-After {retry}");
@@ -377,7 +382,10 @@ async fn sign_ins_per_client_address_are_budgeted_before_any_password_check() {
 
     // Distinct unknown emails from one address: each account's own budget never applies.
     for _ in 0..3 {
-        assert_eq!(login(base, &email(), PASSWORD).await.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            login(base, &email(), PASSWORD).await.status,
+            StatusCode::UNAUTHORIZED
+        );
     }
     let refused = login(base, &email(), PASSWORD).await;
     assert_rate_limited(&refused, "the 4th sign-in from the address");
@@ -400,7 +408,10 @@ async fn sign_ins_per_client_address_are_budgeted_before_any_password_check() {
             ("IACE_SIGNIN_GLOBAL_LIMIT", "0"),
             ("IACE_SIGNIN_WINDOW_SECS", "600"),
             ("IACE_TRUSTED_PROXIES", "127.0.0.0/8,::1"),
-            ("IACE_RATE_LIMIT_PREFIX", &format!("iace:test:rl:{}:", Uuid::new_v4().simple())),
+            (
+                "IACE_RATE_LIMIT_PREFIX",
+                &format!("iace:test:rl:{}:", Uuid::new_v4().simple()),
+            ),
         ],
     )
     .await;
@@ -419,7 +430,12 @@ async fn sign_ins_per_client_address_are_budgeted_before_any_password_check() {
         "a forged entry before the client's",
     );
     let other = login_via(base, &user, "198.51.100.2").await;
-    assert_eq!(other.status, StatusCode::OK, "another client: {}", other.body);
+    assert_eq!(
+        other.status,
+        StatusCode::OK,
+        "another client: {}",
+        other.body
+    );
 }
 
 #[tokio::test]
@@ -441,7 +457,10 @@ async fn the_global_sign_in_budget_refuses_before_any_password_check() {
     let first = login(base, &user, PASSWORD).await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.body);
     for _ in 0..3 {
-        assert_eq!(login(base, &email(), PASSWORD).await.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            login(base, &email(), PASSWORD).await.status,
+            StatusCode::UNAUTHORIZED
+        );
     }
     assert_rate_limited(&login(base, &email(), PASSWORD).await, "the 5th sign-in");
     assert_rate_limited(&login(base, &user, PASSWORD).await, "a good password");
@@ -493,7 +512,10 @@ async fn a_full_password_pool_refuses_fast_with_retry_after_and_nothing_else_fai
                     assert_eq!(a.headers["retry-after"], "1");
                     overloaded += 1;
                 }
-                other => panic!("only 401 or the explicit 503 refusal, got {other}: {}", a.body),
+                other => panic!(
+                    "only 401 or the explicit 503 refusal, got {other}: {}",
+                    a.body
+                ),
             }
         }
     }

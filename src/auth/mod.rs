@@ -199,11 +199,7 @@ impl SigninLimits {
     /// The client's address: the peer's, or, when the peer is a trusted proxy, the right-most
     /// `X-Forwarded-For` entry that is not itself a trusted proxy (entries left of it could
     /// be written by anyone). `None` when the peer is unknown.
-    pub fn client_address(
-        &self,
-        peer: Option<IpAddr>,
-        forwarded_for: &[&str],
-    ) -> Option<IpAddr> {
+    pub fn client_address(&self, peer: Option<IpAddr>, forwarded_for: &[&str]) -> Option<IpAddr> {
         let mut client = canonical(peer?);
         if !self.trusted(client) {
             return Some(client);
@@ -270,7 +266,9 @@ impl IpRange {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.net, canonical(ip)) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -369,10 +367,7 @@ mod tests {
         // From a proxy: the right-most entry that is not a proxy; forged entries left of it
         // are ignored.
         assert_eq!(
-            limits.client_address(
-                Some(ip("10.1.2.3")),
-                &["6.6.6.6, 198.51.100.1", "10.9.9.9"]
-            ),
+            limits.client_address(Some(ip("10.1.2.3")), &["6.6.6.6, 198.51.100.1", "10.9.9.9"]),
             Some(ip("198.51.100.1"))
         );
         assert_eq!(
@@ -395,7 +390,10 @@ mod tests {
         );
         assert!("10.0.0.0/33".parse::<IpRange>().is_err());
         assert!("example.com".parse::<IpRange>().is_err());
-        assert!("0.0.0.0/0".parse::<IpRange>().unwrap().contains(ip("8.8.8.8")));
+        assert!("0.0.0.0/0"
+            .parse::<IpRange>()
+            .unwrap()
+            .contains(ip("8.8.8.8")));
         // One key per IPv4 address, one per IPv6 /64; IPv4-mapped IPv6 is IPv4.
         assert_eq!(address_key(ip("::ffff:192.0.2.1")), "192.0.2.1");
         assert_eq!(

@@ -350,7 +350,10 @@ mod tests {
         let ran_second = Arc::new(AtomicBool::new(false));
         let flag = ran_second.clone();
         let mut waiting = Box::pin(pool.run(move |_| flag.store(true, Ordering::SeqCst)));
-        assert!((&mut waiting).now_or_never().is_none(), "queued, not refused");
+        assert!(
+            (&mut waiting).now_or_never().is_none(),
+            "queued, not refused"
+        );
         // A third is refused at once, while the blocker still holds the worker.
         assert_eq!(pool.run(|_| ()).now_or_never(), Some(Err(Overloaded)));
         assert!(pool.verify(None, "x".repeat(12)).now_or_never() == Some(Err(Overloaded)));
@@ -362,7 +365,10 @@ mod tests {
         assert!(ran_second.load(Ordering::SeqCst));
         // Free again: checks run.
         let phc = pool.hash("pool password".into()).await.unwrap().unwrap();
-        assert_eq!(pool.verify(Some(phc), "pool password".into()).await, Ok(true));
+        assert_eq!(
+            pool.verify(Some(phc), "pool password".into()).await,
+            Ok(true)
+        );
         assert_eq!(pool.verify(None, "pool password".into()).await, Ok(false));
     }
 
@@ -375,7 +381,10 @@ mod tests {
         let flag = ran.clone();
         let queued_at = Instant::now();
         let mut waiting = Box::pin(pool.run(move |_| flag.store(true, Ordering::SeqCst)));
-        assert!((&mut waiting).now_or_never().is_none(), "queued, not refused");
+        assert!(
+            (&mut waiting).now_or_never().is_none(),
+            "queued, not refused"
+        );
         // Hold the worker until the queued job is certainly past its bound.
         while queued_at.elapsed() < Duration::from_millis(20) {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -400,7 +409,11 @@ mod tests {
         let theirs = super::super::hash_password("another password here").unwrap();
         assert!(verify_with(&mut scratch, &theirs, "another password here"));
         assert!(!verify_with(&mut scratch, &theirs, "another password her"));
-        assert!(verify_with(&mut scratch, &phc, "correct horse battery staple"));
+        assert!(verify_with(
+            &mut scratch,
+            &phc,
+            "correct horse battery staple"
+        ));
         assert!(!verify_with(&mut scratch, "not a phc string", "x"));
         // Other costs (a hash from before a cost change) verify too.
         let cheap = Argon2::new(
@@ -415,5 +428,4 @@ mod tests {
         assert!(verify_with(&mut scratch, &cheap, "cheap password"));
         assert!(!verify_with(&mut scratch, &cheap, "cheap passwore"));
     }
-
 }

@@ -10,7 +10,7 @@
 //! check that cannot start within the queue's bound is refused at once ([`Overloaded`]) rather
 //! than waiting behind the burst.
 
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -91,6 +91,9 @@ trait Task: Send {
 struct Job<F, T> {
     f: F,
     answer: tokio::sync::oneshot::Sender<Result<T, Overloaded>>,
+    /// The job's place in the pool, given back when the worker is done with it (run,
+    /// expired or skipped).
+    _place: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl<F, T> Task for Job<F, T>
@@ -117,8 +120,18 @@ struct Queued {
 /// Bounded password hashing: see the module documentation.
 #[derive(Clone)]
 pub struct PasswordPool {
-    tx: SyncSender<Queued>,
+    tx: Sender<Queued>,
+    /// `workers + queue` places: a job holds one from [`PasswordPool::reserve`] until a
+    /// worker is done with it, so at most that many are running or waiting.
+    places: Arc<tokio::sync::Semaphore>,
     config: PoolConfig,
+}
+
+/// A place in the pool, taken before the work a check needs first (e.g. reading the stored
+/// hash), so a full pool refuses before that work is done.
+pub struct Reservation {
+    tx: Sender<Queued>,
+    place: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl PasswordPool {
@@ -128,7 +141,7 @@ impl PasswordPool {
             workers: config.workers.max(1),
             ..config
         };
-        let (tx, rx) = sync_channel::<Queued>(config.queue);
+        let (tx, rx) = channel::<Queued>();
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..config.workers {
             let rx = rx.clone();
@@ -138,12 +151,27 @@ impl PasswordPool {
                 .spawn(move || work(&rx, max_wait))
                 .expect("spawning a password worker thread");
         }
-        PasswordPool { tx, config }
+        let places = Arc::new(tokio::sync::Semaphore::new(config.workers + config.queue));
+        PasswordPool { tx, places, config }
     }
 
     /// Its configuration.
     pub fn config(&self) -> PoolConfig {
         self.config
+    }
+
+    /// Takes a place for one job, or refuses at once when every worker is busy and the queue
+    /// is full.
+    pub fn reserve(&self) -> Result<Reservation, Overloaded> {
+        let place = self
+            .places
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Overloaded)?;
+        Ok(Reservation {
+            tx: self.tx.clone(),
+            place,
+        })
     }
 
     /// Runs `f` on a worker with its memory, or refuses at once when every worker is busy
@@ -153,17 +181,7 @@ impl PasswordPool {
         &self,
         f: impl FnOnce(&mut Scratch) -> T + Send + 'static,
     ) -> Result<T, Overloaded> {
-        let (answer, rx) = tokio::sync::oneshot::channel();
-        let queued = Queued {
-            task: Box::new(Job { f, answer }),
-            enqueued: Instant::now(),
-        };
-        match self.tx.try_send(queued) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => return Err(Overloaded),
-        }
-        // A worker that panicked drops the answer: report overloaded rather than hang.
-        rx.await.unwrap_or(Err(Overloaded))
+        self.reserve()?.run(f).await
     }
 
     /// Hashes a password into an argon2id PHC string at the default cost.
@@ -174,6 +192,35 @@ impl PasswordPool {
     /// Checks a password against a PHC string; `None` checks it against a random hash at the
     /// default cost (always false), so an unknown account costs what a wrong password does.
     pub async fn verify(&self, phc: Option<String>, password: String) -> Result<bool, Overloaded> {
+        self.reserve()?.verify(phc, password).await
+    }
+}
+
+impl Reservation {
+    /// Runs `f` on a worker in this place (see [`PasswordPool::run`]).
+    pub async fn run<T: Send + 'static>(
+        self,
+        f: impl FnOnce(&mut Scratch) -> T + Send + 'static,
+    ) -> Result<T, Overloaded> {
+        let (answer, rx) = tokio::sync::oneshot::channel();
+        let queued = Queued {
+            task: Box::new(Job {
+                f,
+                answer,
+                _place: self.place,
+            }),
+            enqueued: Instant::now(),
+        };
+        // The places bound the channel: it never holds more than `workers + queue` jobs.
+        if self.tx.send(queued).is_err() {
+            return Err(Overloaded);
+        }
+        // A worker that panicked drops the answer: report overloaded rather than hang.
+        rx.await.unwrap_or(Err(Overloaded))
+    }
+
+    /// [`PasswordPool::verify`] in this place.
+    pub async fn verify(self, phc: Option<String>, password: String) -> Result<bool, Overloaded> {
         self.run(move |scratch| match phc {
             Some(phc) => verify_with(scratch, &phc, &password),
             None => {

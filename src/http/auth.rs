@@ -535,6 +535,20 @@ pub async fn login(
         return Err(invalid_credentials());
     }
     signin_budgets(&state, &email, client).await?;
+    // A place in the password pool before the account is read: a full pool refuses before
+    // any work, the database's included.
+    let refused_overloaded = || {
+        state
+            .security
+            .signin_refused
+            .with_label_values(&["overloaded"])
+            .inc();
+        tracing::info!("sign-in refused: the password pool is full");
+        overloaded()
+    };
+    let place = auth::pool::global()
+        .reserve()
+        .map_err(|_| refused_overloaded())?;
     let user = state.engine.user_by_email(&email).await?;
     // Unknown and disabled accounts are checked against a hash of the same cost: no
     // telling which emails exist by timing.
@@ -542,18 +556,10 @@ pub async fn login(
         .as_ref()
         .filter(|u| u.disabled_at.is_none())
         .map(|u| u.password_hash.clone());
-    let ok = match auth::verify_password_off_thread(phc, body.password).await {
-        Ok(ok) => ok,
-        Err(auth::pool::Overloaded) => {
-            state
-                .security
-                .signin_refused
-                .with_label_values(&["overloaded"])
-                .inc();
-            tracing::info!("sign-in refused: the password pool is full");
-            return Err(overloaded());
-        }
-    };
+    let ok = place
+        .verify(phc, body.password)
+        .await
+        .map_err(|_| refused_overloaded())?;
     let Some(user) = user.filter(|_| ok) else {
         tracing::info!("sign-in refused");
         return Err(invalid_credentials());

@@ -403,7 +403,12 @@ mod tests {
         );
         // A third is refused at once, while the blocker still holds the worker.
         assert_eq!(pool.run(|_| ()).now_or_never(), Some(Err(Overloaded)));
-        assert!(pool.verify(None, "x".repeat(12)).now_or_never() == Some(Err(Overloaded)));
+        assert_eq!(
+            pool.verify(None, "x".repeat(12)).now_or_never(),
+            Some(Err(Overloaded))
+        );
+        // A reservation is refused the same way, before any other work is done.
+        assert!(pool.reserve().is_err());
         assert!(!running.is_finished());
         assert!(!ran_second.load(Ordering::SeqCst));
         release.send(()).unwrap();

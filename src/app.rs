@@ -619,7 +619,12 @@ pub fn security(
             FailModeArg::Open => FailMode::Open,
             FailModeArg::Closed => FailMode::Closed,
         };
-        Some(RateLimiter::new(redis.clone(), "iace:rl:", fail, registry)?)
+        Some(RateLimiter::new(
+            redis.clone(),
+            args.rate_limit_prefix.clone(),
+            fail,
+            registry,
+        )?)
     } else {
         None
     };
@@ -636,9 +641,34 @@ pub fn security(
         }
         None => None,
     };
+    let signin = crate::auth::SigninLimits {
+        per_address: args.signin_address_limit,
+        global: args.signin_global_limit,
+        window: Duration::from_secs(args.signin_window_secs),
+        trusted_proxies: args
+            .trusted_proxies
+            .iter()
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| {
+                p.parse()
+                    .map_err(|e| anyhow::anyhow!("IACE_TRUSTED_PROXIES: {e}"))
+            })
+            .collect::<anyhow::Result<_>>()?,
+    };
+    let signin_refused = crate::auth::signin_refused_counter();
+    registry.register(Box::new(signin_refused.clone()))?;
+    // Every password hash and check of this process goes through this pool.
+    let pool = crate::auth::pool::configure(args.password_pool());
+    tracing::info!(
+        workers = pool.config().workers,
+        queue = pool.config().queue,
+        "password pool"
+    );
     Ok(Security {
         keys,
         limiter,
+        signin,
+        signin_refused,
         hubspot_crm,
         crm_wake: Default::default(),
         stripe_secret: non_empty(&args.stripe_webhook_secret),

@@ -491,6 +491,53 @@ pub struct SecurityArgs {
     /// Browser origins allowed to call the API, comma-separated (`https://app.example.com`).
     #[arg(long, env = "IACE_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// Redis key prefix of the rate-limit windows (deployments sharing one Redis set
+    /// different prefixes).
+    #[arg(long, env = "IACE_RATE_LIMIT_PREFIX", default_value = "iace:rl:")]
+    pub rate_limit_prefix: String,
+    /// Sign-ins (`POST /v1/auth/login`) allowed per client address per
+    /// IACE_SIGNIN_WINDOW_SECS, checked before any password work; 0: no per-address budget.
+    /// Needs plan limits on (the limiter).
+    #[arg(long, env = "IACE_SIGNIN_ADDRESS_LIMIT", default_value_t = 30)]
+    pub signin_address_limit: u32,
+    /// Sign-ins allowed per IACE_SIGNIN_WINDOW_SECS across the whole deployment (all nodes
+    /// share it in Redis), checked before any password work; 0: no global budget.
+    #[arg(long, env = "IACE_SIGNIN_GLOBAL_LIMIT", default_value_t = 1200)]
+    pub signin_global_limit: u32,
+    /// The window of the per-address and global sign-in budgets (s).
+    #[arg(long, env = "IACE_SIGNIN_WINDOW_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub signin_window_secs: u64,
+    /// Reverse proxies whose `X-Forwarded-For` names the client, comma-separated addresses or
+    /// CIDR ranges (`10.0.0.0/8,fd00::/8`). Empty: the header is never trusted and the client
+    /// is the TCP peer.
+    #[arg(long, env = "IACE_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+    /// Password hashing and verification threads (checks at once; each holds 19 MiB of
+    /// argon2 memory). Default: the number of cores.
+    #[arg(long, env = "IACE_PASSWORD_WORKERS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub password_workers: Option<u32>,
+    /// Password checks that may wait for a worker; beyond that they are refused at once with
+    /// 503 `overloaded`. Default: twice the workers.
+    #[arg(long, env = "IACE_PASSWORD_QUEUE", value_parser = clap::value_parser!(u32).range(0..=65536))]
+    pub password_queue: Option<u32>,
+    /// Longest a password check waits for a worker before it is refused (ms).
+    #[arg(long, env = "IACE_PASSWORD_MAX_WAIT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub password_max_wait_ms: u64,
+}
+
+impl SecurityArgs {
+    /// The password pool's configuration.
+    pub fn password_pool(&self) -> crate::auth::pool::PoolConfig {
+        let default = crate::auth::pool::PoolConfig::default();
+        let workers = self
+            .password_workers
+            .map_or(default.workers, |w| w as usize);
+        crate::auth::pool::PoolConfig {
+            workers,
+            queue: self.password_queue.map_or(2 * workers, |q| q as usize),
+            max_wait: std::time::Duration::from_millis(self.password_max_wait_ms),
+        }
+    }
 }
 
 /// See [`SecurityArgs::rate_limit_fail`].
@@ -523,6 +570,14 @@ impl Default for SecurityArgs {
             plan_limits: false,
             rate_limit_fail: FailModeArg::Open,
             cors_origins: Vec::new(),
+            rate_limit_prefix: "iace:rl:".into(),
+            signin_address_limit: 30,
+            signin_global_limit: 1200,
+            signin_window_secs: 60,
+            trusted_proxies: Vec::new(),
+            password_workers: None,
+            password_queue: None,
+            password_max_wait_ms: 1000,
         }
     }
 }

@@ -15,18 +15,18 @@ use fred::types::{ClusterHash, CustomCommand, Value};
 use tracing::warn;
 
 /// Checks and records one request against every key's budget: prunes entries older than the
-/// window, and admits the request only if every key has room, recording it under all of them
-/// (a request refused by one budget consumes none). Returns {admitted, remaining,
-/// retry_after_ms} per key. ARGV: window_ms, member, then one limit per key.
+/// key's window, and admits the request only if every key has room, recording it under all of
+/// them (a request refused by one budget consumes none). Returns {admitted, remaining,
+/// retry_after_ms} per key. ARGV: member, then a limit and a window (ms) per key.
 const SCRIPT: &str = r"
-local window = tonumber(ARGV[1])
-local member = ARGV[2]
+local member = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 local all = true
 for i, key in ipairs(KEYS) do
-  local limit = tonumber(ARGV[2 + i])
+  local limit = tonumber(ARGV[2 * i])
+  local window = tonumber(ARGV[2 * i + 1])
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
   local n = redis.call('ZCARD', key)
   if n < limit then
@@ -45,9 +45,9 @@ for i, key in ipairs(KEYS) do
   end
 end
 if all then
-  for _, key in ipairs(KEYS) do
+  for i, key in ipairs(KEYS) do
     redis.call('ZADD', key, now, member)
-    redis.call('PEXPIRE', key, window)
+    redis.call('PEXPIRE', key, tonumber(ARGV[2 * i + 1]))
   end
 end
 return out
@@ -134,7 +134,13 @@ impl RateLimiter {
     /// order); it is recorded under all of them only if all admit it. In a Redis Cluster the
     /// keys must share a hash tag (`{org}`).
     pub async fn check_all(&self, checks: &[(&str, u32)], window: Duration) -> Vec<Decision> {
-        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1);
+        let checks: Vec<(&str, u32, Duration)> =
+            checks.iter().map(|(k, l)| (*k, *l, window)).collect();
+        self.check_windows(&checks).await
+    }
+
+    /// [`RateLimiter::check_all`] with a window of its own per budget: `(key, limit, window)`.
+    pub async fn check_windows(&self, checks: &[(&str, u32, Duration)]) -> Vec<Decision> {
         let mut args = vec![
             Value::from(SCRIPT),
             Value::Integer(i64::try_from(checks.len()).unwrap_or(0)),
@@ -142,15 +148,14 @@ impl RateLimiter {
         args.extend(
             checks
                 .iter()
-                .map(|(key, _)| Value::from(format!("{}{key}", self.prefix))),
+                .map(|(key, _, _)| Value::from(format!("{}{key}", self.prefix))),
         );
-        args.push(Value::Integer(window_ms));
         args.push(Value::from(uuid::Uuid::new_v4().simple().to_string()));
-        args.extend(
-            checks
-                .iter()
-                .map(|(_, limit)| Value::Integer(i64::from(*limit))),
-        );
+        for (_, limit, window) in checks {
+            let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1);
+            args.push(Value::Integer(i64::from(*limit)));
+            args.push(Value::Integer(window_ms));
+        }
         let reply = tokio::time::timeout(
             CHECK_TIMEOUT,
             self.redis.custom::<Value, Value>(
@@ -170,7 +175,7 @@ impl RateLimiter {
             Some(n) => checks
                 .iter()
                 .zip(n.chunks(3))
-                .map(|((_, limit), r)| match r {
+                .map(|((_, limit, _), r)| match r {
                     [1, remaining, _] => Decision::Allowed {
                         limit: *limit,
                         remaining: u32::try_from(*remaining).unwrap_or(0),
@@ -188,7 +193,7 @@ impl RateLimiter {
                     FailMode::Closed => "closed",
                 };
                 self.errors.with_label_values(&[mode]).inc();
-                let keys: Vec<&str> = checks.iter().map(|(k, _)| *k).collect();
+                let keys: Vec<&str> = checks.iter().map(|(k, _, _)| *k).collect();
                 warn!(
                     keys = ?keys,
                     mode,

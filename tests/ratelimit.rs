@@ -144,3 +144,46 @@ async fn several_budgets_are_checked_together_all_or_nothing() {
         "{d:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_checked_together_keep_windows_of_their_own() {
+    let prefix = format!("iace:test:rl:{}:", uuid::Uuid::new_v4().simple());
+    let l = limiter(&prefix, FailMode::Closed).await;
+    // A short window with room for one, and a long one with room for three.
+    let short = ("{s}:short", 1, Duration::from_millis(300));
+    let long = ("{s}:long", 3, Duration::from_secs(600));
+    let d = l.check_windows(&[short, long]).await;
+    assert!(
+        d.iter().all(|d| matches!(d, Decision::Allowed { .. })),
+        "{d:?}"
+    );
+    let d = l.check_windows(&[short, long]).await;
+    assert!(matches!(d[0], Decision::Limited { limit: 1, .. }), "{d:?}");
+    match d[0] {
+        Decision::Limited { retry_after, .. } => {
+            assert!(retry_after <= Duration::from_millis(300), "{retry_after:?}")
+        }
+        _ => unreachable!(),
+    }
+    // Once the short window has slid past, the pair is admitted again; the long one
+    // remembers both admissions (and not the refusal).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let d = loop {
+        let d = l.check_windows(&[short, long]).await;
+        if matches!(d[0], Decision::Allowed { .. }) {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the short window never slid: {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        d[1],
+        Decision::Allowed {
+            limit: 3,
+            remaining: 1
+        }
+    );
+}

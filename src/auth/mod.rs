@@ -3,11 +3,12 @@
 //! signature check uses, and the [`Security`] settings the HTTP layer enforces.
 
 pub mod jwt;
+pub mod pool;
 
-use std::sync::OnceLock;
+use std::net::IpAddr;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Version};
 use rand::RngCore as _;
 use sha2::{Digest, Sha256};
 
@@ -33,11 +34,11 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 
 /// argon2id with the OWASP-recommended cost (19 MiB, 2 passes, 1 lane).
 fn argon2() -> Argon2<'static> {
-    let params = Params::new(19 * 1024, 2, 1, None).expect("static argon2 parameters are valid");
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, pool::default_params())
 }
 
-/// Hashes a password into an argon2id PHC string (CPU-heavy: call from a blocking thread).
+/// Hashes a password into an argon2id PHC string with memory of its own (CPU-heavy: the
+/// server goes through the bounded pool instead, [`hash_password_off_thread`]).
 pub fn hash_password(password: &str) -> anyhow::Result<String> {
     let mut salt = [0u8; 16];
     rand::rng().fill_bytes(&mut salt);
@@ -48,29 +49,29 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))
 }
 
-/// [`hash_password`] on a blocking thread (argon2id is deliberately slow).
+/// [`hash_password`] on the process's password pool ([`pool::global`]): argon2id is
+/// deliberately slow and memory-hard, so every hash and check shares that bounded pool.
 pub async fn hash_password_off_thread(password: String) -> anyhow::Result<String> {
-    tokio::task::spawn_blocking(move || hash_password(&password)).await?
+    pool::global().hash(password).await?
+}
+
+/// [`verify_password`] on the process's password pool; `None` (unknown or disabled account)
+/// costs what a wrong password does and never matches.
+pub async fn verify_password_off_thread(
+    phc: Option<String>,
+    password: String,
+) -> Result<bool, pool::Overloaded> {
+    pool::global().verify(phc, password).await
 }
 
 /// Checks a password against a PHC string (the parameters come from the string). A malformed
-/// string never matches. CPU-heavy: call from a blocking thread.
+/// string never matches. Memory of its own, CPU-heavy: the server goes through the bounded
+/// pool instead ([`verify_password_off_thread`]).
 pub fn verify_password(phc: &str, password: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|parsed| {
         argon2()
             .verify_password(password.as_bytes(), &parsed)
             .is_ok()
-    })
-}
-
-/// A hash no password matches, verified when the email is unknown so that a login with an
-/// unknown email costs as much as one with a wrong password (no user enumeration by timing).
-pub fn dummy_password_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| {
-        let mut random = [0u8; 24];
-        rand::rng().fill_bytes(&mut random);
-        hash_password(&hex::encode(random)).unwrap_or_default()
     })
 }
 
@@ -162,6 +163,159 @@ pub struct Security {
     pub billing_grace: chrono::Duration,
     /// Stripe's timestamp tolerance (s).
     pub stripe_tolerance_secs: i64,
+    /// Sign-in budgets beyond the per-account one (checked with [`Security::limiter`]).
+    pub signin: SigninLimits,
+    /// `iace_signin_refused_total{reason}`.
+    pub signin_refused: prometheus::IntCounterVec,
+}
+
+/// Budgets every sign-in is checked against before any password work, besides the account's
+/// own (10 per 5 minutes): per client address and for the whole deployment.
+#[derive(Debug, Clone)]
+pub struct SigninLimits {
+    /// Sign-ins per client address per window; 0: no per-address budget.
+    pub per_address: u32,
+    /// Sign-ins per window across the deployment (every node); 0: no global budget.
+    pub global: u32,
+    /// The window of both.
+    pub window: std::time::Duration,
+    /// Peers whose `X-Forwarded-For` names the client (reverse proxies, load balancers).
+    pub trusted_proxies: Vec<IpRange>,
+}
+
+impl Default for SigninLimits {
+    /// No per-address or global budget, no trusted proxy.
+    fn default() -> Self {
+        SigninLimits {
+            per_address: 0,
+            global: 0,
+            window: std::time::Duration::from_secs(60),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl SigninLimits {
+    /// The client's address: the peer's, or, when the peer is a trusted proxy, the right-most
+    /// `X-Forwarded-For` entry that is not itself a trusted proxy (entries left of it could
+    /// be written by anyone). `None` when the peer is unknown.
+    pub fn client_address(&self, peer: Option<IpAddr>, forwarded_for: &[&str]) -> Option<IpAddr> {
+        let mut client = canonical(peer?);
+        if !self.trusted(client) {
+            return Some(client);
+        }
+        let hops = forwarded_for
+            .iter()
+            .flat_map(|h| h.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>();
+        for hop in hops.into_iter().rev() {
+            let Some(ip) = parse_hop(hop) else {
+                // Garbage in the chain: the last good address is the client.
+                break;
+            };
+            client = canonical(ip);
+            if !self.trusted(client) {
+                break;
+            }
+        }
+        Some(client)
+    }
+
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|r| r.contains(ip))
+    }
+}
+
+/// IPv4-mapped IPv6 as IPv4, so one client has one key.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// One `X-Forwarded-For` entry: an address, possibly with a port (`1.2.3.4:5`, `[::1]:5`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+}
+
+/// The budget key of a client address: IPv4 as is, IPv6 by its /64 (one subscriber's
+/// allocation: an attacker holding a /64 must not get 2^64 budgets).
+pub fn address_key(ip: IpAddr) -> String {
+    match canonical(ip) {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
+/// An address or a CIDR range (`10.0.0.0/8`, `fd00::/8`, `192.0.2.7`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// Whether `ip` is in the range.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, canonical(ip)) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<IpRange, String> {
+        let s = s.trim();
+        let (addr, prefix) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
+        let net = canonical(
+            addr.parse::<IpAddr>()
+                .map_err(|_| format!("`{s}` is not an IP address or CIDR range"))?,
+        );
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{s}`: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(IpRange { net, prefix })
+    }
+}
+
+/// `iace_signin_refused_total{reason}`: sign-ins refused before any password work, by why
+/// (`account`, `address`, `global`: a budget; `overloaded`: the password pool was full).
+pub fn signin_refused_counter() -> prometheus::IntCounterVec {
+    prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "iace_signin_refused_total",
+            "Sign-ins refused before their password was checked, by reason (account, address, global: a budget; overloaded: the password pool was full)",
+        ),
+        &["reason"],
+    )
+    .expect("static metric definition")
 }
 
 impl Security {
@@ -177,6 +331,8 @@ impl Security {
             crm_wake: Default::default(),
             billing_grace: chrono::Duration::days(7),
             stripe_tolerance_secs: 300,
+            signin: SigninLimits::default(),
+            signin_refused: signin_refused_counter(),
         }
     }
 }
@@ -195,7 +351,59 @@ mod tests {
         // Same password, fresh salt.
         assert_ne!(phc, hash_password("correct horse battery staple").unwrap());
         assert!(!verify_password("not a phc string", "x"));
-        assert!(!verify_password(dummy_password_hash(), ""));
+    }
+
+    #[test]
+    fn client_addresses_trust_forwarded_for_only_from_trusted_proxies() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut limits = SigninLimits::default();
+        // No trusted proxy: the header is ignored, whatever it says.
+        assert_eq!(
+            limits.client_address(Some(ip("203.0.113.9")), &["198.51.100.1"]),
+            Some(ip("203.0.113.9"))
+        );
+        assert_eq!(limits.client_address(None, &["198.51.100.1"]), None);
+        limits.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()];
+        // From a proxy: the right-most entry that is not a proxy; forged entries left of it
+        // are ignored.
+        assert_eq!(
+            limits.client_address(Some(ip("10.1.2.3")), &["6.6.6.6, 198.51.100.1", "10.9.9.9"]),
+            Some(ip("198.51.100.1"))
+        );
+        assert_eq!(
+            limits.client_address(Some(ip("::1")), &["198.51.100.7:5555"]),
+            Some(ip("198.51.100.7"))
+        );
+        // A peer that is not a proxy is the client even with the header.
+        assert_eq!(
+            limits.client_address(Some(ip("192.0.2.1")), &["198.51.100.1"]),
+            Some(ip("192.0.2.1"))
+        );
+        // A proxy without the header, or with garbage, is the client itself.
+        assert_eq!(
+            limits.client_address(Some(ip("10.0.0.1")), &[]),
+            Some(ip("10.0.0.1"))
+        );
+        assert_eq!(
+            limits.client_address(Some(ip("10.0.0.1")), &["not an ip"]),
+            Some(ip("10.0.0.1"))
+        );
+        assert!("10.0.0.0/33".parse::<IpRange>().is_err());
+        assert!("example.com".parse::<IpRange>().is_err());
+        assert!("0.0.0.0/0"
+            .parse::<IpRange>()
+            .unwrap()
+            .contains(ip("8.8.8.8")));
+        // One key per IPv4 address, one per IPv6 /64; IPv4-mapped IPv6 is IPv4.
+        assert_eq!(address_key(ip("::ffff:192.0.2.1")), "192.0.2.1");
+        assert_eq!(
+            address_key(ip("2001:db8:1:2:aaaa::1")),
+            address_key(ip("2001:db8:1:2:bbbb::2"))
+        );
+        assert_ne!(
+            address_key(ip("2001:db8:1:2::1")),
+            address_key(ip("2001:db8:1:3::1"))
+        );
     }
 
     #[test]

@@ -9,9 +9,10 @@
 //!
 //! Also here: `POST /v1/auth/login`, `/refresh`, `/revoke`, `/revoke-all` and `GET /v1/me`.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -372,35 +373,159 @@ pub async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(resp)
 }
 
+/// The budget key of an account (its email; unknown emails have one too, so a refusal says
+/// nothing about which exist). Every sign-in key shares the `{signin}` hash tag: one
+/// round trip checks them together, also in a Redis Cluster.
+fn account_key(email: &str) -> String {
+    format!("{{signin}}:account:{}", auth::sha256_hex(email))
+}
+
 /// Counts a password check against the account's budget (sign-in and password change share
 /// it: 10 per 5 minutes), so neither can be used to guess a password quickly.
 pub(crate) async fn password_attempt(state: &AppState, email: &str) -> Result<(), ApiError> {
     let Some(limiter) = &state.security.limiter else {
         return Ok(());
     };
-    let key = format!("login:{}", auth::sha256_hex(email));
-    match limiter.check(&key, LOGIN_ATTEMPTS, LOGIN_WINDOW).await {
-        Decision::Limited { retry_after, .. } => {
-            let mut e = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many password attempts for this account; wait and retry",
-            );
-            e.retry_after = Some(retry_after.as_secs().max(1));
-            Err(e)
-        }
-        Decision::Unavailable => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "password checks are unavailable right now; retry",
+    match limiter
+        .check(&account_key(email), LOGIN_ATTEMPTS, LOGIN_WINDOW)
+        .await
+    {
+        Decision::Limited { retry_after, .. } => Err(too_many_attempts(
+            "too many password attempts for this account; wait and retry",
+            retry_after,
         )),
+        Decision::Unavailable => Err(password_checks_unavailable()),
         _ => Ok(()),
     }
 }
 
-/// `POST /v1/auth/login`: email + password to an access token and a refresh token.
+fn too_many_attempts(message: &str, retry_after: Duration) -> ApiError {
+    let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+    e.retry_after = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
+    e
+}
+
+fn password_checks_unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "password checks are unavailable right now; retry",
+    )
+}
+
+/// 503 `overloaded`: the password pool is full (see [`auth::pool`]).
+pub(crate) fn overloaded() -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "too many password checks at once; retry shortly",
+    );
+    e.retry_after = Some(auth::pool::Overloaded::RETRY_AFTER_SECS);
+    e
+}
+
+/// The client's address for the per-address sign-in budget (see
+/// [`auth::SigninLimits::client_address`]): the TCP peer, or what a trusted proxy forwarded.
+/// `None` when the server was not started with connect info.
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        if peer.is_none() {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "the client address is unknown (the server is not serving with connect \
+                     info): the per-address sign-in budget is not applied"
+                );
+            });
+        }
+        let forwarded: Vec<&str> = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        Ok(ClientAddr(
+            state.security.signin.client_address(peer, &forwarded),
+        ))
+    }
+}
+
+/// Checks a sign-in against its budgets before any password work, in one round trip: the
+/// account's (10 per 5 minutes), the client address's and the deployment's (per
+/// `IACE_SIGNIN_*`). A sign-in refused by one budget consumes none, so a flood refused per
+/// address does not eat the global budget of everyone else.
+async fn signin_budgets(
+    state: &AppState,
+    email: &str,
+    client: Option<IpAddr>,
+) -> Result<(), ApiError> {
+    let Some(limiter) = &state.security.limiter else {
+        return Ok(());
+    };
+    let limits = &state.security.signin;
+    let account = account_key(email);
+    let address = client.map(|ip| format!("{{signin}}:address:{}", auth::address_key(ip)));
+    let global = "{signin}:global";
+    // Most specific first: the reason reported is the first budget that refused.
+    let mut checks: Vec<(&str, u32, Duration, &'static str)> = Vec::with_capacity(3);
+    if let Some(address) = address.as_deref().filter(|_| limits.per_address > 0) {
+        checks.push((address, limits.per_address, limits.window, "address"));
+    }
+    checks.push((&account, LOGIN_ATTEMPTS, LOGIN_WINDOW, "account"));
+    if limits.global > 0 {
+        checks.push((global, limits.global, limits.window, "global"));
+    }
+    let keys: Vec<(&str, u32, Duration)> = checks.iter().map(|(k, l, w, _)| (*k, *l, *w)).collect();
+    let decisions = limiter.check_windows(&keys).await;
+    if decisions.iter().any(|d| matches!(d, Decision::Unavailable)) {
+        return Err(password_checks_unavailable());
+    }
+    let refused = checks
+        .iter()
+        .zip(&decisions)
+        .filter_map(|((_, _, _, reason), d)| match d {
+            Decision::Limited { retry_after, .. } => Some((*reason, *retry_after)),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    let Some((reason, _)) = refused.first() else {
+        return Ok(());
+    };
+    // The sign-in goes through only once every budget that refused has room again.
+    let retry_after = refused.iter().map(|(_, r)| *r).max().unwrap_or_default();
+    state
+        .security
+        .signin_refused
+        .with_label_values(&[reason])
+        .inc();
+    tracing::info!(reason, "sign-in refused by its budget");
+    Err(too_many_attempts(
+        match *reason {
+            "address" => "too many sign-ins from this address; wait and retry",
+            "account" => "too many password attempts for this account; wait and retry",
+            _ => "too many sign-ins right now; wait and retry",
+        },
+        retry_after,
+    ))
+}
+
+/// `POST /v1/auth/login`: email + password to an access token and a refresh token. The
+/// budgets are checked before the password; the password is checked on the bounded pool
+/// (503 `overloaded` when it is full).
 pub async fn login(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     AppJson(body): AppJson<Login>,
 ) -> Result<Json<Value>, ApiError> {
     keys(&state)?;
@@ -408,23 +533,32 @@ pub async fn login(
     if email.is_empty() || email.len() > 254 || body.password.len() > auth::MAX_PASSWORD_BYTES {
         return Err(invalid_credentials());
     }
-    password_attempt(&state, &email).await?;
+    signin_budgets(&state, &email, client).await?;
+    // A place in the password pool before the account is read: a full pool refuses before
+    // any work, the database's included.
+    let refused_overloaded = || {
+        state
+            .security
+            .signin_refused
+            .with_label_values(&["overloaded"])
+            .inc();
+        tracing::info!("sign-in refused: the password pool is full");
+        overloaded()
+    };
+    let place = auth::pool::global()
+        .reserve()
+        .map_err(|_| refused_overloaded())?;
     let user = state.engine.user_by_email(&email).await?;
+    // Unknown and disabled accounts are checked against a hash of the same cost: no
+    // telling which emails exist by timing.
     let phc = user
         .as_ref()
         .filter(|u| u.disabled_at.is_none())
         .map(|u| u.password_hash.clone());
-    let password = body.password;
-    let ok = tokio::task::spawn_blocking(move || match phc {
-        Some(phc) => auth::verify_password(&phc, &password),
-        None => {
-            // Same cost as a wrong password: no telling which emails exist.
-            auth::verify_password(auth::dummy_password_hash(), &password);
-            false
-        }
-    })
-    .await
-    .unwrap_or(false);
+    let ok = place
+        .verify(phc, body.password)
+        .await
+        .map_err(|_| refused_overloaded())?;
     let Some(user) = user.filter(|_| ok) else {
         tracing::info!("sign-in refused");
         return Err(invalid_credentials());

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::auth::{password_attempt, Caller};
+use super::auth::{overloaded, password_attempt, Caller};
 use super::catalog::{next_cursor, PageQuery};
 use super::error::ApiError;
 use super::extract::{AppJson, AppPath, AppQuery};
@@ -43,8 +43,10 @@ fn parse_role(role: &str) -> Result<Role, ApiError> {
 }
 
 async fn hash(password: String) -> Result<String, ApiError> {
-    auth::hash_password_off_thread(password)
+    auth::pool::global()
+        .hash(password)
         .await
+        .map_err(|_| overloaded())?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 
@@ -209,9 +211,9 @@ pub async fn change_password(
     let me = state.engine.user(p.org, user).await?;
     password_attempt(&state, &me.email).await?;
     let (phc, current) = (me.password_hash.clone(), body.current_password);
-    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&phc, &current))
+    let ok = auth::verify_password_off_thread(Some(phc), current)
         .await
-        .unwrap_or(false);
+        .map_err(|_| overloaded())?;
     if !ok {
         tracing::info!(user_id = %user, "password change refused: wrong current password");
         return Err(wrong_password());

@@ -100,6 +100,21 @@ impl Server {
             .env("IACE_BIND", format!("127.0.0.1:{}", self.port))
             .env("IACE_TELEPHONY", "simulated")
             .env("IACE_SIM_KEY_PREFIX", &self.sim_prefix)
+            // Rate-limit windows per database (servers on one database are one deployment and
+            // share them): sign-in budgets per address and for the whole deployment would
+            // otherwise be shared by every test's server on this Redis (all of them see
+            // clients at 127.0.0.1).
+            .env(
+                "IACE_RATE_LIMIT_PREFIX",
+                format!(
+                    "iace:test:rl:{}:",
+                    self.database_url.rsplit('/').next().unwrap_or_default()
+                ),
+            )
+            // Password checks of a debug build on a busy machine can take seconds: a check
+            // queued behind another waits rather than being refused (tests of the bound
+            // lower it).
+            .env("IACE_PASSWORD_MAX_WAIT_MS", "30000")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());

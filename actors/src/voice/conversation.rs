@@ -466,6 +466,8 @@ pub struct Conversation {
     pending_rounds: Option<(u32, u32)>,
     filler_at: Option<Micros>,
     amd_at: Option<Micros>,
+    /// When the wait for the answering-machine verdict began.
+    amd_since: Option<Micros>,
     voicemail_at: Option<Micros>,
     dtmf: String,
     dtmf_at: Option<Micros>,
@@ -515,6 +517,7 @@ impl Conversation {
             pending_rounds: None,
             filler_at: None,
             amd_at: None,
+            amd_since: None,
             voicemail_at: None,
             dtmf: String::new(),
             dtmf_at: None,
@@ -595,6 +598,7 @@ impl Conversation {
                     if await_amd {
                         self.phase = Phase::AwaitAmd;
                         self.amd_at = Some(now + self.profile.persona.amd_wait_ms * MS);
+                        self.amd_since = Some(now);
                     } else {
                         self.greet(now, &mut out);
                     }
@@ -677,6 +681,16 @@ impl Conversation {
         self.amd_at = None;
         let greeting = self.profile.persona.greeting.clone();
         self.say(now, Kind::Greeting, &greeting, After::Listen, out);
+    }
+
+    /// Journals that the call is taken for a person without a verdict.
+    fn assume_human(&mut self, now: Micros, reason: &str, out: &mut Vec<Action>) {
+        let waited_ms = self.amd_since.map_or(0, |t| now.saturating_sub(t) / MS);
+        tracing::info!(reason, waited_ms, "no answering-machine verdict; taking the call for a person");
+        out.push(Action::Record(ConversationRecord::AmdAssumedHuman {
+            reason: reason.to_owned(),
+            waited_ms,
+        }));
     }
 
     fn amd(&mut self, now: Micros, result: AmdResult, out: &mut Vec<Action>) {
@@ -890,9 +904,19 @@ impl Conversation {
             return;
         }
         if self.phase == Phase::AwaitAmd {
-            // A person said "hello?" before the detector decided: greet them.
+            // A person spoke before the detector decided: greet them. "Hello?" is answered by
+            // the greeting; anything more is answered after it, as the first turn (the
+            // greeting goes into the model's context first, so the reply follows on from it).
+            self.assume_human(now, "the caller spoke before the verdict", out);
             self.greet(now, out);
-            return;
+            if text::only_salutation(&said) {
+                return;
+            }
+            if let Some(greeting) = self.utterances.last_mut() {
+                greeting.historied = true;
+                let text = greeting.text.clone();
+                self.push_history(ChatMessage::text(ChatRole::Assistant, text));
+            }
         }
         self.interrupted = None;
         self.turn += 1;
@@ -1992,6 +2016,8 @@ impl Conversation {
 
     fn timers(&mut self, now: Micros, out: &mut Vec<Action>) {
         if due(&mut self.amd_at, now) && self.phase == Phase::AwaitAmd {
+            // A verdict that never comes (a lost webhook) must not silence the call.
+            self.assume_human(now, "no verdict within amd_wait_ms", out);
             self.greet(now, out);
         }
         if due(&mut self.voicemail_at, now) && self.phase == Phase::Voicemail {

@@ -1093,3 +1093,57 @@ fn a_model_that_stays_away_ends_the_call_after_the_wait_with_the_apology() {
         }
     )));
 }
+
+/// Detection running and no verdict ever arriving: the caller who speaks first is taken for a
+/// person (journaled), greeted, and their sentence answered after the greeting, as turn 1. A
+/// bare "hello?" is answered by the greeting alone; silence by the greeting at
+/// `amd_wait_ms`, journaled too.
+#[test]
+fn without_a_verdict_the_callers_first_sentence_is_greeted_and_answered() {
+    let mut line = Line::new(json!({"greeting": "Hi, this is Ava from Acme.", "amd_wait_ms": 5000}));
+    line.send(Input::Start { await_amd: true });
+    line.to(1000);
+    line.caller_says("Yes, I'm calling back about the invoice you sent me.");
+    let out = line.to(1300);
+    assert!(has(&out, |a| matches!(a,
+        Action::Record(ConversationRecord::AmdAssumedHuman { reason, waited_ms: 1250 })
+            if reason == "the caller spoke before the verdict")));
+    assert!(spoken(&out).starts_with("Hi, this is Ava from Acme."));
+    let Some(Action::LlmStart { messages, .. }) =
+        out.iter().find(|a| matches!(a, Action::LlmStart { .. }))
+    else {
+        panic!("the sentence is answered: {out:?}")
+    };
+    let said: Vec<(ChatRole, &str)> = messages[1..]
+        .iter()
+        .map(|m| (m.role, m.content.as_str()))
+        .collect();
+    assert_eq!(
+        said,
+        [
+            (ChatRole::Assistant, "Hi, this is Ava from Acme."),
+            (ChatRole::User, "Yes, I'm calling back about the invoice you sent me."),
+        ]
+    );
+    assert!(line.records().iter().any(|r| matches!(r,
+        ConversationRecord::Segment { speaker: Speaker::Caller, turn: 1, .. })));
+    // The late verdict changes nothing any more.
+    assert!(line.send(Input::Amd(AmdResult::Machine)).is_empty());
+
+    // "Hello?" only: the greeting answers it.
+    let mut line = Line::new(json!({"amd_wait_ms": 5000}));
+    line.send(Input::Start { await_amd: true });
+    line.caller_says("Hello?");
+    let out = line.to(300);
+    assert_eq!(spoken(&out), "Hello! How can I help you today?");
+    assert!(llm_start(&out).is_none());
+
+    // Nobody says anything and no verdict comes: greeted at `amd_wait_ms`, journaled.
+    let mut line = Line::new(json!({"amd_wait_ms": 2000}));
+    line.send(Input::Start { await_amd: true });
+    let out = line.to(2000);
+    assert_eq!(spoken(&out), "Hello! How can I help you today?");
+    assert!(has(&out, |a| matches!(a,
+        Action::Record(ConversationRecord::AmdAssumedHuman { reason, waited_ms: 2000 })
+            if reason == "no verdict within amd_wait_ms")));
+}

@@ -1372,7 +1372,19 @@ async fn without_a_verdict_the_greeting_waits_amd_wait_ms_and_a_human_is_greeted
     assert_eq!(w.tts.texts(silent), texts(&[("t0-u1", "Hi.")]));
     w.at(3000).await;
     assert_eq!(w.records(human), [(550, agent("Hi.", 400, 550, 0))]);
-    assert_eq!(w.records(silent), [(2250, agent("Hi.", 2100, 2250, 0))]);
+    assert_eq!(
+        w.records(silent),
+        [
+            (
+                2000,
+                ConversationRecord::AmdAssumedHuman {
+                    reason: "no verdict within amd_wait_ms".into(),
+                    waited_ms: 2000,
+                }
+            ),
+            (2250, agent("Hi.", 2100, 2250, 0))
+        ]
+    );
     w.engine.shutdown().await;
 }
 

@@ -676,10 +676,13 @@ async fn a_model_outage_mid_call_apologises_and_transfers() {
 /// shared `groq` breaker, open it, and end the call as `voice_failure`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_sentiment_degrades_to_the_lexicon_and_the_call_goes_on() {
-    // Two failures in a row open a breaker: three late classifications are enough.
+    // Breakers that judge after four outcomes (half of them failed, or two in a row): a
+    // single call's replies and late classifications are enough to reach them.
     let env = Env::start_tuned("disabled", FakeDeepgramConfig::default(), |args| {
         args.breakers = BreakerArgs {
             breaker_consecutive_failures: 2,
+            breaker_min_calls: 4,
+            breaker_failure_rate: 0.5,
             ..BreakerArgs::default()
         };
         args.admin_token = Some("voice-admin-token".into());

@@ -73,9 +73,7 @@ pub fn ports(
             deadline: SENTIMENT_TIMEOUT,
             max_retry_after: Duration::from_millis(200),
         },
-        classify_breaker: breakers
-            .get(crate::vendor::groq::CLASSIFY_BREAKER)
-            .cloned(),
+        classify_breaker: breakers.get(crate::vendor::groq::CLASSIFY_BREAKER).cloned(),
     })?);
     let degraded = prometheus::IntCounter::new(
         "iace_sentiment_degraded_total",

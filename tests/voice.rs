@@ -643,7 +643,10 @@ async fn a_model_outage_mid_call_apologises_and_transfers() {
     assert_eq!(failures.len(), 1, "{t:#}");
     assert_eq!(failures[0]["vendor"], "llm", "{t:#}");
     let agent_said = texts(t["segments"].as_array().unwrap(), "agent");
-    assert!(agent_said.contains(&"One moment please.".to_owned()), "{t:#}");
+    assert!(
+        agent_said.contains(&"One moment please.".to_owned()),
+        "{t:#}"
+    );
     assert!(
         agent_said
             .iter()
@@ -688,7 +691,8 @@ async fn late_sentiment_degrades_to_the_lexicon_and_the_call_goes_on() {
         args.admin_token = Some("voice-admin-token".into());
     })
     .await;
-    env.groq().set_classify_latency(Some(Duration::from_secs(60)));
+    env.groq()
+        .set_classify_latency(Some(Duration::from_secs(60)));
     env.deepgram().set_script([
         "Hi, I'm calling about my order.",
         "It was supposed to arrive on Monday.",

@@ -686,7 +686,11 @@ impl Conversation {
     /// Journals that the call is taken for a person without a verdict.
     fn assume_human(&mut self, now: Micros, reason: &str, out: &mut Vec<Action>) {
         let waited_ms = self.amd_since.map_or(0, |t| now.saturating_sub(t) / MS);
-        tracing::info!(reason, waited_ms, "no answering-machine verdict; taking the call for a person");
+        tracing::info!(
+            reason,
+            waited_ms,
+            "no answering-machine verdict; taking the call for a person"
+        );
         out.push(Action::Record(ConversationRecord::AmdAssumedHuman {
             reason: reason.to_owned(),
             waited_ms,
@@ -1144,7 +1148,11 @@ impl Conversation {
             .saturating_mul(1 << down.attempts.min(8))
             .min(REPLY_RETRY_CAP);
         down.attempts += 1;
-        tracing::debug!(reason, attempts = down.attempts, "the model could not answer; retrying");
+        tracing::debug!(
+            reason,
+            attempts = down.attempts,
+            "the model could not answer; retrying"
+        );
         let hold = down.held_turn != Some(reply.turn);
         down.held_turn = Some(reply.turn);
         self.reply_retry = Some(ReplyRetry {

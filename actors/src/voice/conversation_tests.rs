@@ -995,7 +995,10 @@ fn an_unanswered_reply_holds_and_retries_until_the_model_answers() {
     line.synth(&speak_ctx(&out).unwrap(), 800);
     line.play_all();
     assert!(!has(&out, |a| matches!(a, Action::Hangup { .. })));
-    assert!(!line.records().iter().any(|r| matches!(r, ConversationRecord::VendorFailure { .. })));
+    assert!(!line
+        .records()
+        .iter()
+        .any(|r| matches!(r, ConversationRecord::VendorFailure { .. })));
     // Asked again after 1 s, then 2 s: no second hold line for the same turn.
     assert!(llm_start(&line.to(start + 999)).is_none());
     let out = line.to(start + 1000);
@@ -1023,7 +1026,9 @@ fn an_unanswered_reply_holds_and_retries_until_the_model_answers() {
         .iter()
         .rev()
         .find_map(|a| match a {
-            Action::LlmStart { reply, messages, .. } if *reply == r4 => Some(messages.clone()),
+            Action::LlmStart {
+                reply, messages, ..
+            } if *reply == r4 => Some(messages.clone()),
             _ => None,
         })
         .unwrap();
@@ -1056,7 +1061,9 @@ fn a_model_that_stays_away_ends_the_call_after_the_wait_with_the_apology() {
     let mut attempts = Vec::new();
     let mut ended = false;
     while line.now / MS < start + 20_000 && !ended {
-        let Some(deadline) = line.conv.next_deadline() else { break };
+        let Some(deadline) = line.conv.next_deadline() else {
+            break;
+        };
         let out = line.to(deadline / MS);
         if let Some(r) = llm_start(&out) {
             attempts.push(line.now / MS - start);
@@ -1100,7 +1107,8 @@ fn a_model_that_stays_away_ends_the_call_after_the_wait_with_the_apology() {
 /// `amd_wait_ms`, journaled too.
 #[test]
 fn without_a_verdict_the_callers_first_sentence_is_greeted_and_answered() {
-    let mut line = Line::new(json!({"greeting": "Hi, this is Ava from Acme.", "amd_wait_ms": 5000}));
+    let mut line =
+        Line::new(json!({"greeting": "Hi, this is Ava from Acme.", "amd_wait_ms": 5000}));
     line.send(Input::Start { await_amd: true });
     line.to(1000);
     line.caller_says("Yes, I'm calling back about the invoice you sent me.");
@@ -1122,11 +1130,20 @@ fn without_a_verdict_the_callers_first_sentence_is_greeted_and_answered() {
         said,
         [
             (ChatRole::Assistant, "Hi, this is Ava from Acme."),
-            (ChatRole::User, "Yes, I'm calling back about the invoice you sent me."),
+            (
+                ChatRole::User,
+                "Yes, I'm calling back about the invoice you sent me."
+            ),
         ]
     );
-    assert!(line.records().iter().any(|r| matches!(r,
-        ConversationRecord::Segment { speaker: Speaker::Caller, turn: 1, .. })));
+    assert!(line.records().iter().any(|r| matches!(
+        r,
+        ConversationRecord::Segment {
+            speaker: Speaker::Caller,
+            turn: 1,
+            ..
+        }
+    )));
     // The late verdict changes nothing any more.
     assert!(line.send(Input::Amd(AmdResult::Machine)).is_empty());
 

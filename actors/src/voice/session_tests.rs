@@ -1077,8 +1077,10 @@ async fn a_model_that_cannot_answer_apologises_and_ends_the_call() {
 #[tokio::test(start_paused = true)]
 async fn a_model_that_cannot_answer_for_a_moment_holds_the_caller_and_goes_on() {
     let w = World::new(json!({"greeting": "Hi.", "hold": "One moment."})).await;
-    w.llm.reply(LlmReply::unavailable("the groq circuit breaker is open"));
-    w.llm.reply(LlmReply::unavailable("the groq circuit breaker is open"));
+    w.llm
+        .reply(LlmReply::unavailable("the groq circuit breaker is open"));
+    w.llm
+        .reply(LlmReply::unavailable("the groq circuit breaker is open"));
     w.llm.reply(LlmReply::text("We open at nine."));
     let id = w.conversing_call().await;
     w.at(1000).await;

@@ -9,8 +9,25 @@ const BACKCHANNEL: &[&str] = &[
 
 /// Words of someone picking up the phone ("hello?", "hi, who's this?", "Bob speaking").
 const SALUTATIONS: &[&str] = &[
-    "hello", "hi", "hey", "hiya", "howdy", "hallo", "yo", "speaking", "good", "morning",
-    "afternoon", "evening", "who", "who's", "whos", "is", "this", "it's", "there",
+    "hello",
+    "hi",
+    "hey",
+    "hiya",
+    "howdy",
+    "hallo",
+    "yo",
+    "speaking",
+    "good",
+    "morning",
+    "afternoon",
+    "evening",
+    "who",
+    "who's",
+    "whos",
+    "is",
+    "this",
+    "it's",
+    "there",
 ];
 
 /// Words after which a speaker usually goes on.

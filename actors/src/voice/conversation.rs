@@ -1191,11 +1191,11 @@ impl Conversation {
             .as_ref()
             .map_or(now, |d| d.since + self.profile.persona.reply_wait_ms * MS);
         if now >= bound {
-            let reason = format!("{} (no answer for {} ms)", retry.reason, {
-                self.llm_down
-                    .as_ref()
-                    .map_or(0, |d| now.saturating_sub(d.since) / MS)
-            });
+            let waited = self
+                .llm_down
+                .as_ref()
+                .map_or(0, |d| now.saturating_sub(d.since) / MS);
+            let reason = format!("{} (no answer for {waited} ms)", retry.reason);
             self.vendor_failed(now, "llm", &reason, out);
             return;
         }

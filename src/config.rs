@@ -135,8 +135,9 @@ pub struct BreakerArgs {
     /// Probe calls let through while half-open.
     #[arg(long, env = "IACE_BREAKER_HALF_OPEN_PROBES", default_value_t = 3)]
     pub breaker_half_open_probes: u32,
-    /// Slow-call threshold (ms) for every vendor, replacing the per-vendor defaults (telnyx
-    /// and google 3 s, deepgram and cartesia 2 s, groq, stripe and hubspot 5 s).
+    /// Slow-call threshold (ms) for every breaker, replacing the per-breaker defaults (telnyx
+    /// and google 3 s, deepgram and cartesia 2 s, groq_classify 1 s, groq, stripe and
+    /// hubspot 5 s).
     #[arg(long, env = "IACE_BREAKER_SLOW_CALL_MS")]
     pub breaker_slow_call_ms: Option<u64>,
 }
@@ -158,9 +159,11 @@ impl Default for BreakerArgs {
 }
 
 impl BreakerArgs {
-    /// Every vendor's breaker configuration: these settings plus the vendor's slow-call
-    /// threshold (what "slow" means differs: a Groq completion is slower than a Telnyx
-    /// command).
+    /// Every breaker's configuration: these settings plus the breaker's slow-call threshold
+    /// (what "slow" means differs: a Groq completion is slower than a Telnyx command, and a
+    /// sentiment classification is useless after its 800 ms budget). `groq_classify` (Groq's
+    /// classifications) is a breaker apart from `groq` (its replies): see
+    /// `vendor::groq`.
     pub fn configs(
         &self,
     ) -> std::collections::BTreeMap<String, iace_actors::breaker::BreakerConfig> {
@@ -171,6 +174,7 @@ impl BreakerArgs {
                 let slow_ms = self.breaker_slow_call_ms.unwrap_or(match *vendor {
                     "telnyx" | "google" => 3_000,
                     "deepgram" | "cartesia" => 2_000,
+                    "groq_classify" => 1_000,
                     _ => 5_000,
                 });
                 let config = iace_actors::breaker::BreakerConfig {

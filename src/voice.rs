@@ -1,6 +1,7 @@
 //! Wiring of the voice pipeline: the real vendor clients (Deepgram, Cartesia, Groq) behind the
-//! engine's voice ports, each through its circuit breaker, and the media endpoint's registry
-//! as the calls' outbound media.
+//! engine's voice ports, each through its circuit breaker (Groq's replies through `groq`, its
+//! sentiment classifications through `groq_classify`), and the media endpoint's registry as
+//! the calls' outbound media.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,8 @@ use crate::vendor::deepgram::{DeepgramConfig, DeepgramMetrics, DeepgramStt};
 use crate::vendor::groq::{GroqClient, GroqConfig, GroqLlm, GroqSentiment};
 use crate::vendor::retry::RetryPolicy;
 
-/// How long a sentiment classification may take before the lexicon answers instead.
+/// How long a sentiment classification may take before the lexicon answers instead. A miss
+/// counts as a failure on `groq_classify` (only): see `vendor::groq`.
 const SENTIMENT_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// The voice ports of a server whose calls converse.
@@ -61,6 +63,17 @@ pub fn ports(
             max_retry_after: Duration::from_secs(1),
         },
         breaker: breakers.get(crate::vendor::groq::VENDOR).cloned(),
+        // A classification is optional and bounded by its budget: one quick retry of a
+        // refused connection or 5xx fits in it, nothing more.
+        classify_retry: RetryPolicy {
+            max_attempts: 2,
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(200),
+            attempt_timeout: SENTIMENT_TIMEOUT,
+            deadline: SENTIMENT_TIMEOUT,
+            max_retry_after: Duration::from_millis(200),
+        },
+        classify_breaker: breakers.get(crate::vendor::groq::CLASSIFY_BREAKER).cloned(),
     })?);
     let degraded = prometheus::IntCounter::new(
         "iace_sentiment_degraded_total",

@@ -19,7 +19,7 @@ use iace_sim::groq::{FakeGroq, FakeGroqConfig, Reply, ToolCall, ToolCallChunking
 use serde_json::json;
 use uuid::Uuid;
 
-use common::vendor::{breaker_reaches, breakers_for, settle};
+use common::vendor::{breaker_reaches, settle};
 
 async fn setup(breaker: BreakerConfig) -> (FakeGroq, Arc<GroqClient>, Breakers) {
     let fake = FakeGroq::start(FakeGroqConfig {
@@ -29,7 +29,18 @@ async fn setup(breaker: BreakerConfig) -> (FakeGroq, Arc<GroqClient>, Breakers) 
     })
     .await
     .unwrap();
-    let breakers = breakers_for("groq", breaker).await;
+    // Replies and classifications each behind their own breaker, as in production.
+    let breakers = Breakers::start(
+        [
+            ("groq".to_owned(), breaker.clone()),
+            ("groq_classify".to_owned(), breaker),
+        ]
+        .into(),
+        Arc::new(common::vendor::Wall),
+        &prometheus::Registry::new(),
+    )
+    .await
+    .unwrap();
     let client = GroqClient::new(GroqConfig {
         api_base: fake.base_url(),
         api_key: fake.api_key().to_owned(),
@@ -44,6 +55,15 @@ async fn setup(breaker: BreakerConfig) -> (FakeGroq, Arc<GroqClient>, Breakers) 
             max_retry_after: Duration::from_secs(5),
         },
         breaker: breakers.get("groq").cloned(),
+        classify_retry: RetryPolicy {
+            max_attempts: 2,
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(200),
+            attempt_timeout: Duration::from_secs(3),
+            deadline: Duration::from_secs(5),
+            max_retry_after: Duration::from_millis(200),
+        },
+        classify_breaker: breakers.get("groq_classify").cloned(),
     })
     .unwrap();
     (fake, Arc::new(client), breakers)
@@ -221,12 +241,59 @@ async fn sentiment_comes_from_groq_and_degrades_to_the_lexicon_while_it_is_down(
         assert_eq!(s.source, "lexicon");
         assert_eq!(s.label, SentimentLabel::Positive);
     }
-    breaker_reaches(&breakers, "groq", BreakerState::Open).await;
+    breaker_reaches(&breakers, "groq_classify", BreakerState::Open).await;
     let before = fake.requests().len();
     let s = scorer.score("awful").await;
     assert!(s.degraded);
     assert_eq!(fake.requests().len(), before);
     assert_eq!(degraded.get(), 4);
+    // Classifications have their own breaker: the replies' stays closed.
+    assert_eq!(breakers.get("groq").unwrap().state(), BreakerState::Closed);
+    breakers.stop();
+    fake.shutdown().await;
+}
+
+/// A model under load answers its classifications later than their 800 ms budget, its
+/// replies in time: each missed budget degrades that turn's sentiment to the lexicon and
+/// counts against `groq_classify` only (which opens and stops sending classifications);
+/// replies go on through the closed `groq` breaker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_classifications_open_only_the_classify_breaker_and_replies_go_on() {
+    let (fake, client, breakers) = setup(BreakerConfig {
+        consecutive_failures: 5,
+        open_wait: Duration::from_secs(60),
+        ..BreakerConfig::default()
+    })
+    .await;
+    fake.set_classify_latency(Some(Duration::from_secs(3)));
+    let degraded = prometheus::IntCounter::new("t", "t").unwrap();
+    let scorer = DegradingSentiment::new(
+        Arc::new(GroqSentiment::new(client.clone())),
+        Duration::from_millis(800),
+        degraded.clone(),
+    );
+    for _ in 0..5 {
+        let s = scorer.score("this is taking forever, I'm frustrated").await;
+        assert!(s.degraded);
+        assert_eq!(s.source, "lexicon");
+        assert_eq!(s.label, SentimentLabel::Negative);
+    }
+    breaker_reaches(&breakers, "groq_classify", BreakerState::Open).await;
+    // Open: the lexicon answers without asking Groq.
+    let before = fake.requests().len();
+    assert!(scorer.score("fine").await.degraded);
+    assert_eq!(fake.requests().len(), before);
+    // Replies are not touched by any of it.
+    settle().await;
+    assert_eq!(breakers.get("groq").unwrap().state(), BreakerState::Closed);
+    fake.push_reply(Reply::text("Still here to help."));
+    let events = collect(client.stream_reply(&[user("hello?")], &[]).await.unwrap()).await;
+    assert!(
+        matches!(events.last(), Some(Ok(ReplyEvent::Done { .. }))),
+        "{events:?}"
+    );
+    settle().await;
+    assert_eq!(breakers.get("groq").unwrap().state(), BreakerState::Closed);
     breakers.stop();
     fake.shutdown().await;
 }

@@ -890,7 +890,16 @@ async fn operators_see_and_steer_the_breakers() {
         .collect();
     assert_eq!(
         vendors,
-        ["cartesia", "deepgram", "google", "groq", "hubspot", "stripe", "telnyx"]
+        [
+            "cartesia",
+            "deepgram",
+            "google",
+            "groq",
+            "groq_classify",
+            "hubspot",
+            "stripe",
+            "telnyx"
+        ]
     );
     assert!(body["data"]
         .as_array()

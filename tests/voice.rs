@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::api::{free_port, Api};
 use iace::app::{FakeVoices, Running};
-use iace::config::{ServeArgs, TelephonyKind, TelnyxArgs};
+use iace::config::{BreakerArgs, ServeArgs, TelephonyKind, TelnyxArgs};
 use iace_sim::cartesia::FakeCartesiaConfig;
 use iace_sim::deepgram::{FakeDeepgram, FakeDeepgramConfig};
 use iace_sim::groq::{FakeGroq, FakeGroqConfig, Reply};
@@ -42,6 +42,15 @@ impl Env {
 
     /// `amd`: the Telnyx answering-machine detection mode the server asks for.
     async fn start_with(amd: &str, deepgram: FakeDeepgramConfig) -> Env {
+        Env::start_tuned(amd, deepgram, |_| {}).await
+    }
+
+    /// As [`Env::start_with`], with the server's settings adjusted by `tune` first.
+    async fn start_tuned(
+        amd: &str,
+        deepgram: FakeDeepgramConfig,
+        tune: impl FnOnce(&mut ServeArgs),
+    ) -> Env {
         let (database_url, _pool) = common::db::migrated_pool().await;
         let port = free_port();
         let base = format!("http://127.0.0.1:{port}");
@@ -66,7 +75,7 @@ impl Env {
         )
         .await
         .expect("fake voice vendors");
-        let running = iace::app::start(ServeArgs {
+        let mut args = ServeArgs {
             telephony: TelephonyKind::Telnyx,
             telnyx: TelnyxArgs {
                 telnyx_api_key: Some("k-test".into()),
@@ -91,9 +100,9 @@ impl Env {
                 &std::env::var("REDIS_URL").expect("REDIS_URL"),
                 format!("127.0.0.1:{port}").parse().unwrap(),
             )
-        })
-        .await
-        .expect("server");
+        };
+        tune(&mut args);
+        let running = iace::app::start(args).await.expect("server");
         let (_, key) = iace::app::create_org(&database_url, "Voice test")
             .await
             .expect("org");
@@ -605,6 +614,9 @@ async fn a_model_outage_mid_call_apologises_and_transfers() {
             .wait_for_agent_audio(wait)
             .wait_for_agent_silence(quiet, wait)
             .say(Duration::from_millis(1200))
+            // The hold line, then (the model still down after `reply_wait_ms`) the apology.
+            .wait_for_agent_audio(wait)
+            .wait_for_agent_silence(Duration::from_millis(800), wait)
             .wait_for_agent_audio(wait)
             .wait_for_agent_silence(Duration::from_millis(800), wait)
             .silence(Duration::from_secs(2))
@@ -617,6 +629,8 @@ async fn a_model_outage_mid_call_apologises_and_transfers() {
             CALLEE,
             json!({
                 "greeting": "Hello, this is Ava.",
+                "hold": "One moment please.",
+                "reply_wait_ms": 2000,
                 "apology": "Sorry, I'm having trouble on my side.",
                 "handoff": "Let me get a colleague.",
                 "human_number": HUMAN,
@@ -629,6 +643,10 @@ async fn a_model_outage_mid_call_apologises_and_transfers() {
     assert_eq!(failures.len(), 1, "{t:#}");
     assert_eq!(failures[0]["vendor"], "llm", "{t:#}");
     let agent_said = texts(t["segments"].as_array().unwrap(), "agent");
+    assert!(
+        agent_said.contains(&"One moment please.".to_owned()),
+        "{t:#}"
+    );
     assert!(
         agent_said
             .iter()
@@ -651,5 +669,101 @@ async fn a_model_outage_mid_call_apologises_and_transfers() {
         .collect();
     assert_eq!(transfers.len(), 1, "{transfers:?}");
     assert_eq!(transfers[0].body["to"], HUMAN);
+    env.shutdown().await;
+}
+
+/// The model answers replies in time but its sentiment classifications late (as a model
+/// under load does): each turn's sentiment comes from the lexicon, journaled as degraded, the
+/// late classifications open only the `groq_classify` breaker, and the call keeps conversing
+/// turn after turn (it used to count each of our own 800 ms cut-offs as a failure of the
+/// shared `groq` breaker, open it, and end the call as `voice_failure`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_sentiment_degrades_to_the_lexicon_and_the_call_goes_on() {
+    // Breakers that judge after four outcomes (half of them failed, or two in a row): a
+    // single call's replies and late classifications are enough to reach them.
+    let env = Env::start_tuned("disabled", FakeDeepgramConfig::default(), |args| {
+        args.breakers = BreakerArgs {
+            breaker_consecutive_failures: 2,
+            breaker_min_calls: 4,
+            breaker_failure_rate: 0.5,
+            ..BreakerArgs::default()
+        };
+        args.admin_token = Some("voice-admin-token".into());
+    })
+    .await;
+    env.groq()
+        .set_classify_latency(Some(Duration::from_secs(60)));
+    env.deepgram().set_script([
+        "Hi, I'm calling about my order.",
+        "It was supposed to arrive on Monday.",
+        "Can you check where it is?",
+        "Okay, thank you.",
+    ]);
+    for reply in [
+        "Sure, I can help with your order.",
+        "I see, let me look at that.",
+        "It is on its way and arrives tomorrow.",
+        "You're welcome, goodbye.",
+    ] {
+        env.groq().push_reply(Reply::text(reply));
+    }
+    let wait = Duration::from_secs(15);
+    let quiet = Duration::from_millis(500);
+    let mut script = CallerScript::new()
+        .wait_for_agent_audio(wait)
+        .wait_for_agent_silence(quiet, wait);
+    for _ in 0..4 {
+        script = script
+            .say(Duration::from_millis(1200))
+            .wait_for_agent_audio(wait)
+            .wait_for_agent_silence(quiet, wait);
+    }
+    env.telnyx.set_caller_script(CALLEE, script.hangup());
+    let call_id = env
+        .dial(CALLEE, json!({"greeting": "Hello, this is Ava from Acme."}))
+        .await;
+    let (ended, t) = env.completed(&call_id, Duration::from_secs(90)).await;
+    assert_ne!(ended["end_reason"], "voice_failure", "{ended}");
+    assert!(events_of(&t, "vendor_failure").is_empty(), "{t:#}");
+    let agent_said = texts(t["segments"].as_array().unwrap(), "agent");
+    assert_eq!(
+        agent_said,
+        [
+            "Hello, this is Ava from Acme.",
+            "Sure, I can help with your order.",
+            "I see, let me look at that.",
+            "It is on its way and arrives tomorrow.",
+            "You're welcome, goodbye.",
+        ],
+        "{t:#}"
+    );
+    let sentiment = t["sentiment"].as_array().unwrap();
+    assert_eq!(sentiment.len(), 4, "{t:#}");
+    assert!(
+        sentiment
+            .iter()
+            .all(|s| s["source"] == "lexicon" && s["degraded"] == true),
+        "{t:#}"
+    );
+    // Both breakers are listed; only the classifications' one opened.
+    let (status, body) = common::api::request(
+        &env.base,
+        reqwest::Method::GET,
+        "/v1/admin/breakers",
+        Some("voice-admin-token"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let state = |name: &str| {
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["vendor"] == name)
+            .map(|b| b["state"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(state("groq").as_deref(), Some("closed"), "{body}");
+    assert_ne!(state("groq_classify").as_deref(), Some("closed"), "{body}");
     env.shutdown().await;
 }

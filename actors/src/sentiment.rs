@@ -2,6 +2,10 @@
 //! [`DegradingSentiment`], which answers with the lexicon (marked `degraded`) whenever the
 //! sentiment vendor cannot (its breaker is open, it fails, it is too slow).
 //!
+//! Sentiment is optional work: the vendor behind it must sit behind a breaker of its own
+//! (`groq_classify` in production), never the one of the conversation's replies, because the
+//! turn budget cuts off a late answer and that cut-off counts against the vendor's breaker.
+//!
 //! The lexicon scorer is deliberately small and deterministic (a VADER-style word list with
 //! negation, intensifiers and exclamation): good enough to keep tone adaptation and
 //! escalation working through a vendor outage, never a replacement for the model.

@@ -31,9 +31,18 @@ use crate::ports::Clock;
 /// caller's receiving the 429 and the breaker's actor recording it, generously.
 const AFTER_WAIT_SLACK: chrono::Duration = chrono::Duration::seconds(2);
 
-/// The vendors IACE calls, each with its own breaker.
-pub const VENDORS: [&str; 7] = [
-    "telnyx", "deepgram", "cartesia", "groq", "google", "stripe", "hubspot",
+/// IACE's breakers: one per vendor it calls, plus `groq_classify`, a bulkhead for Groq's
+/// optional classifications (caller sentiment) kept apart from `groq`, the conversation's
+/// replies, so that slow or failing optional work never fails the reply path.
+pub const VENDORS: [&str; 8] = [
+    "telnyx",
+    "deepgram",
+    "cartesia",
+    "groq",
+    "groq_classify",
+    "google",
+    "stripe",
+    "hubspot",
 ];
 
 /// Breaker metrics (one set for every vendor).

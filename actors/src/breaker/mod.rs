@@ -1,5 +1,7 @@
 //! Vendor circuit breakers: one actor per external vendor (telnyx, deepgram, cartesia, groq,
-//! google, stripe, hubspot) owns that vendor's [`Breaker`]; callers ask a [`BreakerHandle`]
+//! google, stripe, hubspot), and one per optional operation class that must not share its
+//! vendor's breaker (`groq_classify`: sentiment classifications, apart from `groq` replies),
+//! owns that [`Breaker`]; callers ask a [`BreakerHandle`]
 //! for permission without a round trip (it reads a snapshot the actor publishes) and report
 //! outcomes with a message.
 //!

@@ -31,6 +31,9 @@ const BYTES_PER_MS: u64 = 8;
 /// Past its expected end, an utterance whose marks never came back counts as played (the
 /// media stream is gone); its follow-up (a hangup, a transfer) must not hang on it.
 const PLAYOUT_GRACE: Micros = 2000 * MS;
+/// A mark the carrier has not echoed this long after its audio should have played means the
+/// media stream does not echo marks: from then on the audio's own duration says what was heard.
+const MARK_WAIT: Micros = 1000 * MS;
 /// Digits pressed within this gap are one input.
 const DTMF_GAP: Micros = 1200 * MS;
 /// The longest wait for an answering machine's greeting to end before leaving the message.
@@ -41,6 +44,10 @@ const MAX_TOOL_ROUNDS: u32 = 3;
 const MAX_HISTORY: usize = 24;
 /// Spoken-text rate assumed when the synthesiser gives no word timings.
 const MS_PER_CHAR: u64 = 65;
+/// First wait before asking the model again after it could not answer; doubles per attempt.
+const REPLY_RETRY_FIRST: Micros = 1000 * MS;
+/// Longest wait between two attempts (a breaker's half-open probes are not missed by much).
+const REPLY_RETRY_CAP: Micros = 8000 * MS;
 
 /// Who the caller is, for the model's context.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -259,6 +266,11 @@ struct Utterance {
     sent: u64,
     /// Audio the carrier confirmed played, bytes.
     played: u64,
+    /// Audio played by its own duration, bytes (kept up to date only while the media stream
+    /// does not echo marks).
+    estimated: u64,
+    /// When each forwarded chunk should play: `(start, offset, bytes)`.
+    schedule: Vec<(Micros, u64, u64)>,
     words: Vec<(String, f32, f32)>,
     started: Micros,
     /// When its audio should have finished playing, once fully synthesized.
@@ -273,11 +285,41 @@ struct Utterance {
 
 impl Utterance {
     fn finished(&self) -> bool {
-        self.tts_done && self.held.is_empty() && self.played >= self.sent
+        self.tts_done && self.held.is_empty() && self.heard_bytes() >= self.sent
+    }
+
+    /// Audio the caller has heard: what the marks confirmed, or what the audio's duration
+    /// says has played when the marks do not come back.
+    fn heard_bytes(&self) -> u64 {
+        self.played.max(self.estimated)
     }
 
     fn heard_ms(&self) -> u64 {
-        self.played / BYTES_PER_MS
+        self.heard_bytes() / BYTES_PER_MS
+    }
+
+    /// Bytes that have played by `t`, by the audio's duration.
+    fn played_by(&self, t: Micros) -> u64 {
+        self.schedule
+            .iter()
+            .filter(|(start, _, _)| t > *start)
+            .map(|(start, _, len)| ((t - start) * BYTES_PER_MS / MS).min(*len))
+            .sum()
+    }
+
+    /// When the first chunk whose mark has not come back should have finished playing.
+    fn unconfirmed_end(&self) -> Option<Micros> {
+        self.schedule
+            .iter()
+            .find(|(_, offset, len)| offset + len > self.played)
+            .map(|(start, _, len)| start + len * MS / BYTES_PER_MS)
+    }
+
+    /// When all its forwarded audio should have played.
+    fn schedule_end(&self) -> Option<Micros> {
+        self.schedule
+            .last()
+            .map(|(start, _, len)| start + len * MS / BYTES_PER_MS)
     }
 
     /// The words the caller heard, and the rest.
@@ -372,6 +414,25 @@ enum Phase {
     Done,
 }
 
+/// A caller turn the model could not answer yet: asked again at `at`.
+#[derive(Debug)]
+struct ReplyRetry {
+    turn: u32,
+    rounds: u32,
+    at: Micros,
+    reason: String,
+}
+
+/// The model stopped answering at `since` (first unanswered attempt), for `reason`.
+#[derive(Debug)]
+struct LlmDown {
+    since: Micros,
+    reason: String,
+    attempts: u32,
+    /// The caller turn the hold line was said for.
+    held_turn: Option<u32>,
+}
+
 #[derive(Debug)]
 struct Interrupted {
     turn: u32,
@@ -405,6 +466,8 @@ pub struct Conversation {
     pending_rounds: Option<(u32, u32)>,
     filler_at: Option<Micros>,
     amd_at: Option<Micros>,
+    /// When the wait for the answering-machine verdict began.
+    amd_since: Option<Micros>,
     voicemail_at: Option<Micros>,
     dtmf: String,
     dtmf_at: Option<Micros>,
@@ -418,6 +481,14 @@ pub struct Conversation {
     latency_pending: Option<(String, u32, Timing)>,
     /// Lexicon estimate of the turn being answered (until the vendor's score arrives).
     pending_estimate: Option<(u32, f64)>,
+    /// The next attempt at a reply the model could not give.
+    reply_retry: Option<ReplyRetry>,
+    /// The model is not answering (since when, why).
+    llm_down: Option<LlmDown>,
+    /// When the audio forwarded so far should have finished playing.
+    playhead: Micros,
+    /// The media stream does not echo marks (one is overdue by [`MARK_WAIT`]).
+    marks_missing: bool,
 }
 
 impl Conversation {
@@ -446,6 +517,7 @@ impl Conversation {
             pending_rounds: None,
             filler_at: None,
             amd_at: None,
+            amd_since: None,
             voicemail_at: None,
             dtmf: String::new(),
             dtmf_at: None,
@@ -456,6 +528,10 @@ impl Conversation {
             escalated: false,
             latency_pending: None,
             pending_estimate: None,
+            reply_retry: None,
+            llm_down: None,
+            playhead: 0,
+            marks_missing: false,
         }
     }
 
@@ -501,6 +577,8 @@ impl Conversation {
             silence,
             playout,
             self.fallback_mark.as_ref().map(|f| f.2),
+            self.reply_retry.as_ref().map(|r| r.at),
+            self.playback_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -513,12 +591,14 @@ impl Conversation {
         if self.phase == Phase::Done {
             return out;
         }
+        self.refresh_playback(now);
         match input {
             Input::Start { await_amd } => {
                 if self.phase == Phase::Idle {
                     if await_amd {
                         self.phase = Phase::AwaitAmd;
                         self.amd_at = Some(now + self.profile.persona.amd_wait_ms * MS);
+                        self.amd_since = Some(now);
                     } else {
                         self.greet(now, &mut out);
                     }
@@ -532,7 +612,7 @@ impl Conversation {
             Input::Llm { reply, event, at } => self.llm(now, reply, event, at, &mut out),
             Input::LlmUnavailable { reply, reason } => {
                 if self.reply.as_ref().is_some_and(|r| r.id == reply) {
-                    self.vendor_failed(now, "llm", &reason, &mut out);
+                    self.reply_unavailable(now, &reason, &mut out);
                 }
             }
             Input::Tts { event, at } => self.tts(now, event, at, &mut out),
@@ -552,6 +632,48 @@ impl Conversation {
         out
     }
 
+    // ------------------------------------------------------------------ play-out
+
+    /// Keeps what the caller heard up to date when the media stream does not echo marks: a
+    /// mark overdue by [`MARK_WAIT`] switches to the audio's own duration (μ-law 8 kHz, 8
+    /// bytes per ms, played in the order forwarded), until a mark comes back.
+    fn refresh_playback(&mut self, now: Micros) {
+        if !self.marks_missing
+            && self
+                .utterances
+                .iter()
+                .filter_map(Utterance::unconfirmed_end)
+                .any(|end| end + MARK_WAIT <= now)
+        {
+            tracing::info!(
+                "the media stream does not echo marks; judging play-out by the audio's duration"
+            );
+            self.marks_missing = true;
+        }
+        if self.marks_missing {
+            for u in &mut self.utterances {
+                u.estimated = u.estimated.max(u.played_by(now));
+            }
+        }
+    }
+
+    /// When play-out must be looked at again: a mark falling overdue, or (marks missing) the
+    /// first utterance's audio ending by its duration.
+    fn playback_deadline(&self) -> Option<Micros> {
+        if self.marks_missing {
+            self.utterances
+                .first()
+                .filter(|u| u.tts_done && u.held.is_empty() && u.heard_bytes() < u.sent)
+                .and_then(Utterance::schedule_end)
+        } else {
+            self.utterances
+                .iter()
+                .filter_map(Utterance::unconfirmed_end)
+                .min()
+                .map(|end| end + MARK_WAIT)
+        }
+    }
+
     // ------------------------------------------------------------------ start, amd, voicemail
 
     fn greet(&mut self, now: Micros, out: &mut Vec<Action>) {
@@ -559,6 +681,20 @@ impl Conversation {
         self.amd_at = None;
         let greeting = self.profile.persona.greeting.clone();
         self.say(now, Kind::Greeting, &greeting, After::Listen, out);
+    }
+
+    /// Journals that the call is taken for a person without a verdict.
+    fn assume_human(&mut self, now: Micros, reason: &str, out: &mut Vec<Action>) {
+        let waited_ms = self.amd_since.map_or(0, |t| now.saturating_sub(t) / MS);
+        tracing::info!(
+            reason,
+            waited_ms,
+            "no answering-machine verdict; taking the call for a person"
+        );
+        out.push(Action::Record(ConversationRecord::AmdAssumedHuman {
+            reason: reason.to_owned(),
+            waited_ms,
+        }));
     }
 
     fn amd(&mut self, now: Micros, result: AmdResult, out: &mut Vec<Action>) {
@@ -772,9 +908,19 @@ impl Conversation {
             return;
         }
         if self.phase == Phase::AwaitAmd {
-            // A person said "hello?" before the detector decided: greet them.
+            // A person spoke before the detector decided: greet them. "Hello?" is answered by
+            // the greeting; anything more is answered after it, as the first turn (the
+            // greeting goes into the model's context first, so the reply follows on from it).
+            self.assume_human(now, "the caller spoke before the verdict", out);
             self.greet(now, out);
-            return;
+            if text::only_salutation(&said) {
+                return;
+            }
+            if let Some(greeting) = self.utterances.last_mut() {
+                greeting.historied = true;
+                let text = greeting.text.clone();
+                self.push_history(ChatMessage::text(ChatRole::Assistant, text));
+            }
         }
         self.interrupted = None;
         self.turn += 1;
@@ -799,6 +945,8 @@ impl Conversation {
             self.escalate(now, EscalationReason::CallerRequest, said, out);
             return;
         }
+        // A turn the model could not answer yet is answered together with this one.
+        self.reply_retry = None;
         let timing = Timing {
             eos: self
                 .audio_origin
@@ -930,6 +1078,9 @@ impl Conversation {
         if self.reply.as_ref().is_none_or(|r| r.id != id) {
             return;
         }
+        if !matches!(event, LlmEvent::Failed { .. }) {
+            self.llm_answering(now, out);
+        }
         match event {
             LlmEvent::Text { text } => {
                 let reply = self.reply.as_mut().expect("checked");
@@ -947,8 +1098,115 @@ impl Conversation {
                 self.flush_reply(now, at, true, out);
                 self.reply_done(now, out);
             }
-            LlmEvent::Failed { reason } => self.vendor_failed(now, "llm", &reason, out),
+            LlmEvent::Failed { reason } => {
+                let started = self
+                    .reply
+                    .as_ref()
+                    .is_some_and(|r| r.ctx.is_some() || !r.tool_calls.is_empty());
+                if started {
+                    // Words of it were spoken: they cannot be taken back.
+                    self.vendor_failed(now, "llm", &reason, out);
+                } else {
+                    self.reply_unavailable(now, &reason, out);
+                }
+            }
         }
+    }
+
+    /// The model could not answer the current reply (its breaker is open, it failed or broke
+    /// off before its first words). The caller hears the hold line once per turn, and the
+    /// reply is asked again with backoff (so the breaker's half-open probes get their chance);
+    /// only when the model has not answered for the persona's `reply_wait_ms` does
+    /// `on_vendor_failure` apply. Each call waits from its own first unanswered attempt, so
+    /// an outage ends calls one by one as their waits run out, never all at once.
+    fn reply_unavailable(&mut self, now: Micros, reason: &str, out: &mut Vec<Action>) {
+        let Some(reply) = self.reply.take() else {
+            return;
+        };
+        out.push(Action::LlmCancel { reply: reply.id });
+        if !matches!(self.phase, Phase::Active) {
+            return;
+        }
+        let down = self.llm_down.get_or_insert_with(|| LlmDown {
+            since: now,
+            reason: reason.to_owned(),
+            attempts: 0,
+            held_turn: None,
+        });
+        let bound = down.since + self.profile.persona.reply_wait_ms * MS;
+        if now >= bound {
+            let waited = now.saturating_sub(down.since) / MS;
+            let reason = if waited == 0 {
+                reason.to_owned()
+            } else {
+                format!("{reason} (no answer for {waited} ms)")
+            };
+            self.vendor_failed(now, "llm", &reason, out);
+            return;
+        }
+        let wait = REPLY_RETRY_FIRST
+            .saturating_mul(1 << down.attempts.min(8))
+            .min(REPLY_RETRY_CAP);
+        down.attempts += 1;
+        tracing::debug!(
+            reason,
+            attempts = down.attempts,
+            "the model could not answer; retrying"
+        );
+        let hold = down.held_turn != Some(reply.turn);
+        down.held_turn = Some(reply.turn);
+        self.reply_retry = Some(ReplyRetry {
+            turn: reply.turn,
+            rounds: reply.rounds,
+            at: (now + wait).min(bound),
+            reason: reason.to_owned(),
+        });
+        if hold && !self.utterances.iter().any(|u| u.kind.interruptible()) {
+            let line = self.profile.persona.hold.clone();
+            self.say(now, Kind::Filler, &line, After::Listen, out);
+        }
+    }
+
+    /// A reply started arriving: a model outage, if there was one, is over.
+    fn llm_answering(&mut self, now: Micros, out: &mut Vec<Action>) {
+        if let Some(down) = self.llm_down.take() {
+            out.push(Action::Record(ConversationRecord::VendorGap {
+                vendor: "llm".into(),
+                gap_ms: now.saturating_sub(down.since) / MS,
+                reason: down.reason,
+            }));
+        }
+    }
+
+    /// The retry of an unanswered reply is due.
+    fn retry_reply(&mut self, now: Micros, out: &mut Vec<Action>) {
+        let Some(retry) = self.reply_retry.take() else {
+            return;
+        };
+        if !matches!(self.phase, Phase::Active) || self.reply.is_some() {
+            return;
+        }
+        let bound = self
+            .llm_down
+            .as_ref()
+            .map_or(now, |d| d.since + self.profile.persona.reply_wait_ms * MS);
+        if now >= bound {
+            let waited = self
+                .llm_down
+                .as_ref()
+                .map_or(0, |d| now.saturating_sub(d.since) / MS);
+            let reason = format!("{} (no answer for {waited} ms)", retry.reason);
+            self.vendor_failed(now, "llm", &reason, out);
+            return;
+        }
+        // The latency of a held turn is the outage's, not the pipeline's: not recorded.
+        let timing = Timing {
+            turn_end: now,
+            llm_request: now,
+            recorded: true,
+            ..Timing::default()
+        };
+        self.request_reply(retry.turn, retry.rounds, timing, out);
     }
 
     /// Sends the speakable part of the reply's buffer (all of it when `done`).
@@ -988,6 +1246,8 @@ impl Conversation {
                         held: Vec::new(),
                         sent: 0,
                         played: 0,
+                        estimated: 0,
+                        schedule: Vec::new(),
                         words: Vec::new(),
                         started: now,
                         playout_deadline: None,
@@ -1186,6 +1446,8 @@ impl Conversation {
             held: Vec::new(),
             sent: 0,
             played: 0,
+            estimated: 0,
+            schedule: Vec::new(),
             words: Vec::new(),
             started: now,
             playout_deadline: None,
@@ -1215,7 +1477,7 @@ impl Conversation {
                     return;
                 }
                 let first = u.sent == 0;
-                forward(u, mulaw, now, out);
+                forward(u, mulaw, now, &mut self.playhead, out);
                 if first && u.kind == Kind::Reply {
                     self.record_latency(&context, at, now, out);
                 }
@@ -1279,7 +1541,7 @@ impl Conversation {
     fn release_held(&mut self, now: Micros, out: &mut Vec<Action>) {
         for u in self.utterances.iter_mut() {
             for chunk in std::mem::take(&mut u.held) {
-                forward(u, chunk, now, out);
+                forward(u, chunk, now, &mut self.playhead, out);
             }
             if u.tts_done {
                 if u.playout_deadline.is_none() {
@@ -1354,6 +1616,8 @@ impl Conversation {
         if let Some(u) = self.utterances.iter_mut().find(|u| u.ctx == ctx) {
             u.played = u.played.max(bytes);
         }
+        // The stream echoes marks (again): they say what was heard.
+        self.marks_missing = false;
         self.finish_played(now, out);
     }
 
@@ -1439,6 +1703,7 @@ impl Conversation {
         }
         self.utterances = keep;
         out.push(Action::MediaClear);
+        self.playhead = now;
         if let Some(reply) = self.reply.take() {
             out.push(Action::LlmCancel { reply: reply.id });
         }
@@ -1643,6 +1908,7 @@ impl Conversation {
         self.tools_pending.clear();
         self.pending_rounds = None;
         self.filler_at = None;
+        self.reply_retry = None;
     }
 
     fn end_after_speech(&mut self, now: Micros, ctx: Option<&str>, out: &mut Vec<Action>) {
@@ -1683,6 +1949,8 @@ impl Conversation {
         if let Some(reply) = self.reply.take() {
             out.push(Action::LlmCancel { reply: reply.id });
         }
+        self.reply_retry = None;
+        self.llm_down = None;
         for u in std::mem::take(&mut self.utterances) {
             if !u.tts_done && !self.tts_dead {
                 out.push(Action::TtsCancel {
@@ -1696,6 +1964,7 @@ impl Conversation {
             }
         }
         out.push(Action::MediaClear);
+        self.playhead = now;
         self.tools_pending.clear();
         self.pending_rounds = None;
         self.filler_at = None;
@@ -1755,6 +2024,8 @@ impl Conversation {
 
     fn timers(&mut self, now: Micros, out: &mut Vec<Action>) {
         if due(&mut self.amd_at, now) && self.phase == Phase::AwaitAmd {
+            // A verdict that never comes (a lost webhook) must not silence the call.
+            self.assume_human(now, "no verdict within amd_wait_ms", out);
             self.greet(now, out);
         }
         if due(&mut self.voicemail_at, now) && self.phase == Phase::Voicemail {
@@ -1803,9 +2074,15 @@ impl Conversation {
             }
             self.finish_played(now, out);
         }
+        if self.marks_missing {
+            self.finish_played(now, out);
+        }
         if self.fallback_mark.as_ref().is_some_and(|f| f.2 <= now) {
             let (_, after, _) = self.fallback_mark.take().expect("checked");
             self.follow(now, after, out);
+        }
+        if self.reply_retry.as_ref().is_some_and(|r| r.at <= now) {
+            self.retry_reply(now, out);
         }
         if let Some(deadline) = self.silence_deadline().filter(|&t| t <= now) {
             let _ = deadline;
@@ -1852,6 +2129,7 @@ impl Conversation {
         let quiet = self.phase == Phase::Active
             && self.utterances.is_empty()
             && self.reply.is_none()
+            && self.reply_retry.is_none()
             && self.tools_pending.is_empty()
             && !self.caller.speaking
             && self.caller.finals.is_empty()
@@ -1859,7 +2137,10 @@ impl Conversation {
             && self.dtmf.is_empty();
         if quiet {
             self.silence_since.get_or_insert(now);
-        } else if self.utterances.iter().any(|u| u.kind != Kind::Reprompt) || self.reply.is_some() {
+        } else if self.utterances.iter().any(|u| u.kind != Kind::Reprompt)
+            || self.reply.is_some()
+            || self.reply_retry.is_some()
+        {
             // Silence counts from when the agent last stopped talking (a reprompt is part of
             // the silence: the goodbye comes `hangup_after_ms` after the silence began).
             self.silence_since = None;
@@ -1883,10 +2164,23 @@ impl Conversation {
 }
 
 /// Forwards one chunk of an utterance's audio with the mark that reports its play-out.
-fn forward(u: &mut Utterance, mulaw: Vec<u8>, now: Micros, out: &mut Vec<Action>) {
+///
+/// `playhead` is when the audio forwarded before should have finished playing: this chunk
+/// plays after it (the carrier plays in order, in real time).
+fn forward(
+    u: &mut Utterance,
+    mulaw: Vec<u8>,
+    now: Micros,
+    playhead: &mut Micros,
+    out: &mut Vec<Action>,
+) {
     if mulaw.is_empty() {
         return;
     }
+    let start = (*playhead).max(now);
+    let len = mulaw.len() as u64;
+    u.schedule.push((start, u.sent, len));
+    *playhead = start + len * MS / BYTES_PER_MS;
     u.first_sent_at.get_or_insert(now);
     u.sent += mulaw.len() as u64;
     out.push(Action::MediaAudio(mulaw));

@@ -410,7 +410,8 @@ fn a_backchannel_final_while_the_agent_talks_is_not_a_turn() {
     let _ = ctx;
     let out = line.caller_says("okay.");
     assert!(!has(&out, |a| matches!(a, Action::MediaClear)));
-    let out = line.to(line.now / MS + 2000);
+    // (Within the marks' wait: the reply is still playing as far as the carrier said.)
+    let out = line.to(line.now / MS + 1000);
     assert!(llm_start(&out).is_none());
     assert!(line.records().iter().any(|r| matches!(r, ConversationRecord::Segment { speaker: Speaker::Caller, text, .. } if text == "okay.")));
     assert!(line.conv.agent_speaking());
@@ -820,9 +821,9 @@ fn dtmf_is_a_turn() {
 
 #[test]
 fn vendor_failure_apologises_then_transfers_or_ends() {
-    let mut line = Line::greeted(
-        json!({"human_number": "+14155550100", "apology": "Sorry, technical trouble."}),
-    );
+    // `reply_wait_ms: 0`: no holding for the model, the policy applies at once.
+    let mut line = Line::greeted(json!({"human_number": "+14155550100",
+        "apology": "Sorry, technical trouble.", "reply_wait_ms": 0}));
     let r = line.turn("Hi.");
     let out = line.send(Input::LlmUnavailable {
         reply: r,
@@ -976,4 +977,190 @@ fn call_end_records_what_was_cut_off() {
     assert!(has(&out, |a| matches!(a, Action::Close)));
     assert!(line.conv.is_done());
     assert!(line.send(Input::Timer).is_empty());
+}
+
+/// The model cannot answer (its breaker is open): the caller hears the hold line once, the
+/// reply is asked again with backoff (1 s, 2 s, 4 s, ...), and the first answer goes on as a
+/// normal reply, the outage journaled as a gap. Nothing ends the call.
+#[test]
+fn an_unanswered_reply_holds_and_retries_until_the_model_answers() {
+    let mut line = Line::greeted(json!({"hold": "One moment please.", "reply_wait_ms": 30000}));
+    let r = line.turn("Where is my order?");
+    let start = line.now / MS;
+    let out = line.send(Input::LlmUnavailable {
+        reply: r,
+        reason: "the groq circuit breaker is open".into(),
+    });
+    assert_eq!(spoken(&out), "One moment please.");
+    line.synth(&speak_ctx(&out).unwrap(), 800);
+    line.play_all();
+    assert!(!has(&out, |a| matches!(a, Action::Hangup { .. })));
+    assert!(!line
+        .records()
+        .iter()
+        .any(|r| matches!(r, ConversationRecord::VendorFailure { .. })));
+    // Asked again after 1 s, then 2 s: no second hold line for the same turn.
+    assert!(llm_start(&line.to(start + 999)).is_none());
+    let out = line.to(start + 1000);
+    let r2 = llm_start(&out).expect("first retry");
+    let out = line.send(Input::LlmUnavailable {
+        reply: r2,
+        reason: "open".into(),
+    });
+    assert!(spoken(&out).is_empty());
+    assert!(llm_start(&line.to(start + 2999)).is_none());
+    let r3 = llm_start(&line.to(start + 3000)).expect("second retry");
+    // The breaker half-opened and this attempt went through: the reply goes on.
+    line.answer(r3, "It ships tomorrow.");
+    line.play_all();
+    assert!(line.records().iter().any(|r| matches!(r,
+        ConversationRecord::VendorGap { vendor, gap_ms: 3000, .. } if vendor == "llm")));
+    assert!(line.records().iter().any(|r| matches!(r,
+        ConversationRecord::Segment { speaker: Speaker::Agent, text, interrupted: false, .. }
+            if text == "It ships tomorrow.")));
+    assert!(!line.conv.is_done());
+    // The model's context has the caller's turn and the reply, not the hold line.
+    let r4 = line.turn("Thanks.");
+    let messages = line
+        .log
+        .iter()
+        .rev()
+        .find_map(|a| match a {
+            Action::LlmStart {
+                reply, messages, ..
+            } if *reply == r4 => Some(messages.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let said: Vec<&str> = messages[1..].iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(
+        said,
+        [
+            "Hello! How can I help you today?",
+            "Where is my order?",
+            "It ships tomorrow.",
+            "Thanks."
+        ]
+    );
+}
+
+/// A model that stays away: each call applies its policy only once its own `reply_wait_ms`
+/// (from its first unanswered attempt) has passed, after the apology.
+#[test]
+fn a_model_that_stays_away_ends_the_call_after_the_wait_with_the_apology() {
+    let mut line = Line::greeted(json!({"apology": "Sorry, technical trouble.",
+        "reply_wait_ms": 10000}));
+    let r = line.turn("Hello?");
+    let start = line.now / MS;
+    let hold = line.send(Input::LlmUnavailable {
+        reply: r,
+        reason: "open".into(),
+    });
+    line.synth(&speak_ctx(&hold).unwrap(), 800);
+    line.play_all();
+    let mut attempts = Vec::new();
+    let mut ended = false;
+    while line.now / MS < start + 20_000 && !ended {
+        let Some(deadline) = line.conv.next_deadline() else {
+            break;
+        };
+        let out = line.to(deadline / MS);
+        if let Some(r) = llm_start(&out) {
+            attempts.push(line.now / MS - start);
+            line.send(Input::LlmUnavailable {
+                reply: r,
+                reason: "open".into(),
+            });
+        }
+        ended = line
+            .records()
+            .iter()
+            .any(|r| matches!(r, ConversationRecord::VendorFailure { .. }));
+    }
+    // 1, 3, 7 s; then the wait (10 s) is over.
+    assert_eq!(attempts, [1000, 3000, 7000]);
+    assert!(ended);
+    assert_eq!(line.now / MS - start, 10_000);
+    let ctx = line
+        .log
+        .iter()
+        .rev()
+        .find_map(|a| match a {
+            Action::TtsSpeak { context, text, .. } if text == "Sorry, technical trouble." => {
+                Some(context.clone())
+            }
+            _ => None,
+        })
+        .expect("apology");
+    line.synth(&ctx, 800);
+    assert!(has(&line.play_all(), |a| matches!(
+        a,
+        Action::Hangup {
+            reason: EndReason::VoiceFailure
+        }
+    )));
+}
+
+/// Detection running and no verdict ever arriving: the caller who speaks first is taken for a
+/// person (journaled), greeted, and their sentence answered after the greeting, as turn 1. A
+/// bare "hello?" is answered by the greeting alone; silence by the greeting at
+/// `amd_wait_ms`, journaled too.
+#[test]
+fn without_a_verdict_the_callers_first_sentence_is_greeted_and_answered() {
+    let mut line =
+        Line::new(json!({"greeting": "Hi, this is Ava from Acme.", "amd_wait_ms": 5000}));
+    line.send(Input::Start { await_amd: true });
+    line.to(1000);
+    line.caller_says("Yes, I'm calling back about the invoice you sent me.");
+    let out = line.to(1300);
+    assert!(has(&out, |a| matches!(a,
+        Action::Record(ConversationRecord::AmdAssumedHuman { reason, waited_ms: 1250 })
+            if reason == "the caller spoke before the verdict")));
+    assert!(spoken(&out).starts_with("Hi, this is Ava from Acme."));
+    let Some(Action::LlmStart { messages, .. }) =
+        out.iter().find(|a| matches!(a, Action::LlmStart { .. }))
+    else {
+        panic!("the sentence is answered: {out:?}")
+    };
+    let said: Vec<(ChatRole, &str)> = messages[1..]
+        .iter()
+        .map(|m| (m.role, m.content.as_str()))
+        .collect();
+    assert_eq!(
+        said,
+        [
+            (ChatRole::Assistant, "Hi, this is Ava from Acme."),
+            (
+                ChatRole::User,
+                "Yes, I'm calling back about the invoice you sent me."
+            ),
+        ]
+    );
+    assert!(line.records().iter().any(|r| matches!(
+        r,
+        ConversationRecord::Segment {
+            speaker: Speaker::Caller,
+            turn: 1,
+            ..
+        }
+    )));
+    // The late verdict changes nothing any more.
+    assert!(line.send(Input::Amd(AmdResult::Machine)).is_empty());
+
+    // "Hello?" only: the greeting answers it.
+    let mut line = Line::new(json!({"amd_wait_ms": 5000}));
+    line.send(Input::Start { await_amd: true });
+    line.caller_says("Hello?");
+    let out = line.to(300);
+    assert_eq!(spoken(&out), "Hello! How can I help you today?");
+    assert!(llm_start(&out).is_none());
+
+    // Nobody says anything and no verdict comes: greeted at `amd_wait_ms`, journaled.
+    let mut line = Line::new(json!({"amd_wait_ms": 2000}));
+    line.send(Input::Start { await_amd: true });
+    let out = line.to(2000);
+    assert_eq!(spoken(&out), "Hello! How can I help you today?");
+    assert!(has(&out, |a| matches!(a,
+        Action::Record(ConversationRecord::AmdAssumedHuman { reason, waited_ms: 2000 })
+            if reason == "no verdict within amd_wait_ms")));
 }

@@ -15,6 +15,7 @@
 //!  "turn_taking": {"holdoff_ms": 250, "long_holdoff_ms": 1200, "min_barge_in_words": 2,
 //!  "min_barge_in_ms": 500, "false_interruption_ms": 1500},
 //!  "silence": {"reprompt_after_ms": 7000, "hangup_after_ms": 20000}, "filler_after_ms": 800,
+//!  "hold": "Sorry, one moment please.", "reply_wait_ms": 35000, "amd_wait_ms": 3500,
 //!  "tools": ["end_call", "transfer_to_human", "lookup_customer"]}
 //! ```
 //! `voice_config`: `{"voice_id": "...", "model_id": "sonic-3", "language": "en", "speed": 1.0}`.
@@ -165,8 +166,11 @@ pub struct Persona {
     pub goodbye: String,
     /// Said when the caller has been silent.
     pub reprompt: String,
-    /// Said when a vendor fails.
+    /// Said when a vendor fails for good (before `on_vendor_failure` applies).
     pub apology: String,
+    /// Said when the model cannot answer a turn at once (its breaker is open, it failed
+    /// before its first words): the agent retries while the caller holds.
+    pub hold: String,
     /// Said before a transfer.
     pub handoff: String,
     /// Said when a tool takes long.
@@ -193,6 +197,10 @@ pub struct Persona {
     pub tools: Vec<String>,
     /// How long an outbound call waits for the answering-machine verdict before greeting.
     pub amd_wait_ms: u64,
+    /// How long a call holds for the model to answer again once it could not (retrying with
+    /// backoff, so a breaker's half-open probes get their chance) before `on_vendor_failure`
+    /// applies. Counted from the first unanswered attempt; 0 applies it at once.
+    pub reply_wait_ms: u64,
 }
 
 impl Default for Persona {
@@ -203,6 +211,7 @@ impl Default for Persona {
             goodbye: "Thank you for calling. Goodbye!".into(),
             reprompt: "Are you still there?".into(),
             apology: "I'm sorry, I'm having technical difficulties.".into(),
+            hold: "Sorry, one moment please.".into(),
             handoff: "Let me connect you with a colleague who can help.".into(),
             filler: "One moment while I check that.".into(),
             voicemail_message: "Hello, we tried to reach you. Please call us back. Goodbye.".into(),
@@ -216,6 +225,7 @@ impl Default for Persona {
             filler_after_ms: 800,
             tools: TOOLS.iter().map(|t| (*t).to_owned()).collect(),
             amd_wait_ms: 3500,
+            reply_wait_ms: 35_000,
         }
     }
 }
@@ -304,6 +314,11 @@ impl VoiceProfile {
                 "silence: reprompt_after_ms >= 1000 and hangup_after_ms > reprompt_after_ms".into(),
             ));
         }
+        if persona.reply_wait_ms > 120_000 || persona.amd_wait_ms > 60_000 {
+            return Err(bad(
+                "reply_wait_ms must be <= 120000 and amd_wait_ms <= 60000".into(),
+            ));
+        }
         if let Some(tool) = persona.tools.iter().find(|t| !TOOLS.contains(&t.as_str())) {
             return Err(bad(format!(
                 "unknown tool `{tool}`; available: {}",
@@ -314,6 +329,7 @@ impl VoiceProfile {
             ("greeting", &persona.greeting),
             ("goodbye", &persona.goodbye),
             ("apology", &persona.apology),
+            ("hold", &persona.hold),
             ("handoff", &persona.handoff),
         ] {
             if text.trim().is_empty() {

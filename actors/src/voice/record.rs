@@ -168,6 +168,14 @@ pub enum ConversationRecord {
         /// What the agent did: `transfer` or `end`.
         action: String,
     },
+    /// No answering-machine verdict came in time (or the caller spoke before it): the agent
+    /// took the call for a person and greeted.
+    AmdAssumedHuman {
+        /// `no verdict within amd_wait_ms` or `the caller spoke before the verdict`.
+        reason: String,
+        /// How long the verdict was waited for, ms.
+        waited_ms: u64,
+    },
     /// An answering machine answered.
     Voicemail {
         /// `leave_message` or `hang_up`.
@@ -210,6 +218,7 @@ impl ConversationRecord {
             Self::VendorGap { .. } => "vendor_gap",
             Self::VendorFailure { .. } => "vendor_failure",
             Self::Voicemail { .. } => "voicemail",
+            Self::AmdAssumedHuman { .. } => "amd_assumed_human",
             Self::Dtmf { .. } => "dtmf_input",
             Self::ContextRetrieved { .. } => "context_retrieved",
         }

@@ -623,6 +623,150 @@ async fn caller_speech_over_the_agent_cancels_synthesis_and_clears_the_stream() 
     w.engine.shutdown().await;
 }
 
+/// A media stream that never echoes marks: once a mark is overdue (1 s past its audio's
+/// end) the audio's own duration says what played. The reply is journaled with its text, not
+/// interrupted, when its audio has played by duration; the caller's next words are a turn
+/// (not a barge-in over a reply that "never finished"), and the model's context keeps it.
+#[tokio::test(start_paused = true)]
+async fn without_mark_echoes_replies_count_as_heard_by_their_duration() {
+    let w = World::new(json!({"greeting": "Hi."})).await;
+    w.media.stop_echo();
+    w.llm.reply(LlmReply::text("We open at nine."));
+    w.llm.reply(LlmReply::text("Sundays too."));
+    let id = w.conversing_call().await;
+    w.at(3000).await;
+    assert!(w.stt.say(id, "What are your hours?", 2500, 2900));
+    // Turn at 3250; the reply (16 characters, 800 ms of audio) plays from about 3630 to 4430.
+    w.at(5000).await;
+    assert!(w.stt.say(id, "And on Sundays?", 4600, 4900));
+    w.at(6000).await;
+    assert!(w.media.echoed(id).is_empty(), "no mark came back");
+    let requests = w.llm.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        without_system(&requests[1].messages),
+        [
+            (ChatRole::Assistant, "Hi.".to_owned()),
+            (ChatRole::User, "What are your hours?".to_owned()),
+            (ChatRole::Assistant, "We open at nine.".to_owned()),
+            (ChatRole::User, "And on Sundays?".to_owned()),
+        ]
+    );
+    let agent_segments: Vec<(String, bool)> = w
+        .records(id)
+        .into_iter()
+        .filter_map(|(_, r)| match r {
+            ConversationRecord::Segment {
+                speaker: Speaker::Agent,
+                text,
+                interrupted,
+                ..
+            } => Some((text, interrupted)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        agent_segments[..2],
+        [
+            ("Hi.".to_owned(), false),
+            ("We open at nine.".to_owned(), false)
+        ]
+    );
+    assert!(!w.kinds(id).contains(&"barge_in"));
+    assert!(!w
+        .records(id)
+        .iter()
+        .any(|(_, r)| matches!(r, ConversationRecord::BargeIn { .. })));
+    w.engine.shutdown().await;
+}
+
+/// A barge-in when the media stream does not echo marks: what the caller heard is what the
+/// audio's duration says had played when they cut in, and the model's context keeps exactly
+/// that.
+#[tokio::test(start_paused = true)]
+async fn without_mark_echoes_a_barge_in_cuts_the_reply_at_its_played_duration() {
+    let w = World::new(json!({"greeting": "Hi."})).await;
+    w.media.stop_echo();
+    w.llm.reply(
+        LlmReply::deltas(&[
+            "Our hours are nine to five. ",
+            "On weekends we open at ten. ",
+        ])
+        .paced(Duration::from_millis(200), Duration::from_millis(1000)),
+    );
+    let id = w.conversing_call().await;
+    // The greeting's mark is overdue at 1250 (its audio ended at 250): from then on the
+    // audio's duration says what played.
+    w.at(2000).await;
+    assert!(w.stt.say(id, "What are your hours?", 1500, 1900));
+    // The first sentence is spoken from 2550 (1350 ms of audio). At 3250, 700 ms of it has
+    // played: "Our" (0-150), "hours" (200-450), "are" (500-650).
+    w.at(3250).await;
+    assert!(w.stt.push(
+        id,
+        SttEvent::Transcript {
+            text: "wait, what about".into(),
+            is_final: false,
+            speech_final: false,
+            confidence: 0.8,
+            start_ms: 3100,
+            end_ms: 3200,
+        }
+    ));
+    w.settle().await;
+    let records = w.records(id);
+    assert_eq!(
+        records[records.len() - 2..],
+        [
+            (
+                3250,
+                ConversationRecord::Segment {
+                    speaker: Speaker::Agent,
+                    text: "Our hours are".into(),
+                    start_ms: 2550,
+                    end_ms: 3250,
+                    confidence: 1.0,
+                    interrupted: true,
+                    turn: 1,
+                }
+            ),
+            (
+                3250,
+                ConversationRecord::BargeIn {
+                    turn: 1,
+                    at_ms: 3250,
+                    heard_ms: 700,
+                }
+            ),
+        ]
+    );
+    w.at(3700).await;
+    assert!(w.stt.push(
+        id,
+        SttEvent::Transcript {
+            text: "wait, what about Sunday?".into(),
+            is_final: true,
+            speech_final: true,
+            confidence: 0.9,
+            start_ms: 3100,
+            end_ms: 3600,
+        }
+    ));
+    w.at(4000).await;
+    let requests = w.llm.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        without_system(&requests[1].messages),
+        [
+            (ChatRole::Assistant, "Hi.".to_owned()),
+            (ChatRole::User, "What are your hours?".to_owned()),
+            (ChatRole::Assistant, "Our hours are...".to_owned()),
+            (ChatRole::User, "wait, what about Sunday?".to_owned()),
+        ]
+    );
+    w.engine.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_model_hands_the_call_to_a_person_with_a_tool_call() {
     let w = World::new(json!({"greeting": "Hi.", "human_number": HUMAN})).await;
@@ -899,7 +1043,8 @@ async fn a_recogniser_that_cannot_open_cuts_the_greeting_short_with_the_apology(
 
 #[tokio::test(start_paused = true)]
 async fn a_model_that_cannot_answer_apologises_and_ends_the_call() {
-    let w = World::new(json!({"greeting": "Hi."})).await;
+    // No holding for the model (`reply_wait_ms: 0`): the policy applies at once.
+    let w = World::new(json!({"greeting": "Hi.", "reply_wait_ms": 0})).await;
     w.llm.reply(LlmReply::unavailable("breaker open"));
     let id = w.conversing_call().await;
     w.at(1000).await;
@@ -923,6 +1068,55 @@ async fn a_model_that_cannot_answer_apologises_and_ends_the_call() {
         ]
     );
     assert_eq!(w.call(id).end_reason, Some(EndReason::VoiceFailure));
+    w.engine.shutdown().await;
+}
+
+/// The model's breaker is open when the caller's turn ends: the caller hears the hold line,
+/// the reply is asked again 1 s and then 2 s later, and once the model answers (the breaker
+/// half-opened and closed) the conversation goes on; the outage is journaled as a gap, never
+/// as a failure, and the call is not ended.
+#[tokio::test(start_paused = true)]
+async fn a_model_that_cannot_answer_for_a_moment_holds_the_caller_and_goes_on() {
+    let w = World::new(json!({"greeting": "Hi.", "hold": "One moment."})).await;
+    w.llm
+        .reply(LlmReply::unavailable("the groq circuit breaker is open"));
+    w.llm
+        .reply(LlmReply::unavailable("the groq circuit breaker is open"));
+    w.llm.reply(LlmReply::text("We open at nine."));
+    let id = w.conversing_call().await;
+    w.at(1000).await;
+    assert!(w.stt.say(id, "What are your hours?", 500, 900));
+    w.at(8000).await;
+    // Asked at 1250 (turn end), 2250 and 4250.
+    assert_eq!(w.llm.requests().len(), 3);
+    assert_eq!(
+        w.tts.texts(id),
+        texts(&[
+            ("t0-u1", "Hi."),
+            ("t1-u2", "One moment."),
+            ("t1-u3", "We open at nine.")
+        ])
+    );
+    let records: Vec<ConversationRecord> = w.records(id).into_iter().map(|(_, r)| r).collect();
+    assert!(
+        records.contains(&ConversationRecord::VendorGap {
+            vendor: "llm".into(),
+            gap_ms: 3200,
+            reason: "scripted-llm unavailable: the groq circuit breaker is open".into(),
+        }),
+        "{records:?}"
+    );
+    assert!(
+        !records
+            .iter()
+            .any(|r| matches!(r, ConversationRecord::VendorFailure { .. })),
+        "{records:?}"
+    );
+    assert!(records.iter().any(|r| matches!(r,
+        ConversationRecord::Segment { speaker: Speaker::Agent, text, interrupted: false, .. }
+            if text == "We open at nine.")));
+    assert_eq!(w.call(id).status, CallStatus::InProgress);
+    assert_eq!(w.call(id).end_reason, None);
     w.engine.shutdown().await;
 }
 
@@ -1181,7 +1375,19 @@ async fn without_a_verdict_the_greeting_waits_amd_wait_ms_and_a_human_is_greeted
     assert_eq!(w.tts.texts(silent), texts(&[("t0-u1", "Hi.")]));
     w.at(3000).await;
     assert_eq!(w.records(human), [(550, agent("Hi.", 400, 550, 0))]);
-    assert_eq!(w.records(silent), [(2250, agent("Hi.", 2100, 2250, 0))]);
+    assert_eq!(
+        w.records(silent),
+        [
+            (
+                2000,
+                ConversationRecord::AmdAssumedHuman {
+                    reason: "no verdict within amd_wait_ms".into(),
+                    waited_ms: 2000,
+                }
+            ),
+            (2250, agent("Hi.", 2100, 2250, 0))
+        ]
+    );
     w.engine.shutdown().await;
 }
 

@@ -7,6 +7,29 @@ const BACKCHANNEL: &[&str] = &[
     "okay", "ok", "yeah", "yep", "yes", "right", "sure", "alright", "got", "it", "i", "see",
 ];
 
+/// Words of someone picking up the phone ("hello?", "hi, who's this?", "Bob speaking").
+const SALUTATIONS: &[&str] = &[
+    "hello",
+    "hi",
+    "hey",
+    "hiya",
+    "howdy",
+    "hallo",
+    "yo",
+    "speaking",
+    "good",
+    "morning",
+    "afternoon",
+    "evening",
+    "who",
+    "who's",
+    "whos",
+    "is",
+    "this",
+    "it's",
+    "there",
+];
+
 /// Words after which a speaker usually goes on.
 const CONTINUATIONS: &[&str] = &[
     "and", "or", "but", "so", "um", "uh", "umm", "because", "is", "my", "the", "a", "an", "to",
@@ -44,6 +67,11 @@ pub fn meaningful_words(text: &str) -> usize {
     words(text)
         .filter(|w| !BACKCHANNEL.contains(&w.as_str()))
         .count()
+}
+
+/// Nothing but a salutation or backchannels: picking up the phone, not asking anything.
+pub fn only_salutation(text: &str) -> bool {
+    words(text).all(|w| SALUTATIONS.contains(&w.as_str()) || BACKCHANNEL.contains(&w.as_str()))
 }
 
 /// The words so far look like the speaker is not done: a dictated number, a trailing

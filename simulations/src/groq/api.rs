@@ -547,10 +547,14 @@ fn decide(
         now,
         plan.prompt_tokens.saturating_add(plan.completion_tokens),
     );
+    let ttft = match st.classify_latency {
+        Some(latency) if json_mode => latency,
+        _ => st.ttft,
+    };
     let decision = Decision::Answer {
         plan,
         mid_stream_error,
-        ttft: st.ttft,
+        ttft,
         inter_token: st.inter_token,
     };
     (decision, false)

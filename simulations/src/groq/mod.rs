@@ -342,6 +342,13 @@ impl FakeGroq {
         st.inter_token = inter_token;
     }
 
+    /// Classifications (JSON-mode requests) arriving from now on answer after `latency`
+    /// (`None`: like every request, after the configured time to first token); replies keep
+    /// their own pace. A model under load answers its classifications late this way.
+    pub fn set_classify_latency(&self, latency: Option<Duration>) {
+        self.shared.lock().classify_latency = latency;
+    }
+
     /// Every `chat/completions` request received, in arrival order (in-flight ones included).
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.lock().requests.clone()

@@ -35,6 +35,9 @@ pub(crate) struct State {
     pub(crate) ttft: Duration,
     /// Delay between deltas of requests arriving now.
     pub(crate) inter_token: Duration,
+    /// Time to answer of classifications (JSON mode) arriving now, when it differs from
+    /// `ttft` (a classification made slow while replies stay in time).
+    pub(crate) classify_latency: Option<Duration>,
     /// Request log; indices are stable (it only grows), so a stream task updates its entry by
     /// index.
     pub(crate) requests: Vec<RecordedRequest>,
@@ -58,6 +61,7 @@ impl Shared {
             stalls: 0,
             ttft: cfg.ttft,
             inter_token: cfg.inter_token,
+            classify_latency: None,
             requests: Vec::new(),
             limits: RateLimits::new(cfg.limit_requests, cfg.limit_tokens, Instant::now()),
         };

@@ -1,11 +1,15 @@
 //! Groq chat completions (OpenAI-compatible, vendor-protocols.md section 4): streaming replies
 //! for the conversation, one-shot JSON completions for classification (caller sentiment).
 //!
-//! Every request goes through the `groq` breaker and the shared [`RetryPolicy`]; retries only
-//! happen before a reply starts (a stream that broke halfway is the caller's to handle: the
-//! words already spoken cannot be taken back). A streamed reply is judged by its time to the
-//! first token, the latency a caller hears. [`GroqLlm`] serves the engine's chat-model port
-//! with it.
+//! Replies and classifications are two operation classes with their own breaker and retry
+//! policy (a bulkhead, as resilience4j and Envoy keep per route): replies go through the
+//! `groq` breaker, classifications through `groq_classify`. A classification is optional (the
+//! caller's sentiment has a local fallback) and runs under a tight budget; when Groq is slow
+//! under load, its budget misses open `groq_classify` and shed that optional traffic, and never
+//! the breaker the conversation's replies depend on. Retries only happen before a reply starts
+//! (a stream that broke halfway is the caller's to handle: the words already spoken cannot be
+//! taken back). A streamed reply is judged by its time to the first token, the latency a
+//! caller hears. [`GroqLlm`] serves the engine's chat-model port with it.
 
 mod llm;
 mod wire;
@@ -26,8 +30,11 @@ use crate::vendor::retry::{self, Attempt, RetryPolicy};
 
 /// The real API.
 pub const DEFAULT_API_BASE: &str = "https://api.groq.com/openai/v1";
-/// Breaker name of this vendor.
+/// Breaker name of this vendor's replies (the conversation's reply path).
 pub const VENDOR: &str = "groq";
+/// Breaker name of this vendor's classifications (caller sentiment): optional work, kept
+/// apart so its failures and budget misses never fail the replies.
+pub const CLASSIFY_BREAKER: &str = "groq_classify";
 
 /// Client settings.
 #[derive(Clone)]
@@ -40,10 +47,14 @@ pub struct GroqConfig {
     pub model: String,
     /// Model of classifications (small and fast).
     pub classify_model: String,
-    /// Retries and timeouts of the request head.
+    /// Retries and timeouts of a reply's request head.
     pub retry: RetryPolicy,
-    /// The `groq` breaker.
+    /// The `groq` breaker (replies).
     pub breaker: Option<BreakerHandle>,
+    /// Retries and timeouts of a classification (bounded by its caller's budget).
+    pub classify_retry: RetryPolicy,
+    /// The `groq_classify` breaker (classifications).
+    pub classify_breaker: Option<BreakerHandle>,
 }
 
 impl std::fmt::Debug for GroqConfig {
@@ -138,13 +149,19 @@ impl GroqClient {
             tools: &tools,
             response_format: None,
         };
-        let (response, guard) = self.send(&body).await?;
+        let (response, guard) = self
+            .send(&body, &self.config.retry, self.config.breaker.as_ref())
+            .await?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(read_stream(response, guard, tx));
         Ok(rx)
     }
 
-    /// A one-shot completion whose answer is a JSON object.
+    /// A one-shot completion whose answer is a JSON object, with the classification model,
+    /// retry policy and breaker (`groq_classify`). Dropped unfinished (its caller's budget
+    /// ran out), the attempt counts as a failure on `groq_classify` only: an answer later than
+    /// the budget is as useless as none, and opening that breaker stops sending optional work
+    /// to a vendor that is already too slow for it.
     pub async fn complete_json(
         &self,
         messages: &[Message],
@@ -160,7 +177,13 @@ impl GroqClient {
                 kind: "json_object",
             }),
         };
-        let (response, guard) = self.send(&body).await?;
+        let (response, guard) = self
+            .send(
+                &body,
+                &self.config.classify_retry,
+                self.config.classify_breaker.as_ref(),
+            )
+            .await?;
         let bytes = response.bytes().await;
         let completion = bytes
             .map_err(|e| GroqError::Stream(e.to_string()))
@@ -190,25 +213,26 @@ impl GroqClient {
     async fn send(
         &self,
         body: &ChatRequest<'_>,
+        policy: &RetryPolicy,
+        breaker: Option<&BreakerHandle>,
     ) -> Result<(reqwest::Response, Option<PermitGuard>), GroqError> {
         let url = format!(
             "{}/chat/completions",
             self.config.api_base.trim_end_matches('/')
         );
-        let result = self
-            .config
-            .retry
+        let result = policy
             .run(
                 |_attempt| {
                     let url = url.clone();
                     async move {
-                        let guard = match &self.config.breaker {
+                        let guard = match breaker {
                             Some(b) => match b.acquire_after_wait().await {
                                 Ok(permit) => Some(PermitGuard::new(b.clone(), permit)),
                                 Err(_) => {
-                                    return Attempt::Done(Err(GroqError::Unavailable(
-                                        "the groq circuit breaker is open".into(),
-                                    )))
+                                    return Attempt::Done(Err(GroqError::Unavailable(format!(
+                                        "the {} circuit breaker is open",
+                                        b.vendor()
+                                    ))))
                                 }
                             },
                             None => None,

@@ -326,9 +326,9 @@ async fn login_refresh_rotation_reuse_detection_and_logout() {
     assert!(limited.headers.contains_key("retry-after"));
 }
 
-/// `iace_signin_refused_total{reason}` as the server reports it on `/metrics`.
-async fn signin_refused(base: &str, reason: &str) -> u64 {
-    let text = reqwest::get(format!("{base}/metrics"))
+/// `iace_signin_refused_total{reason}`, read on the server's metrics listener.
+async fn signin_refused(metrics_base: &str, reason: &str) -> u64 {
+    let text = reqwest::get(format!("{metrics_base}/metrics"))
         .await
         .unwrap()
         .text()
@@ -396,8 +396,8 @@ async fn sign_ins_per_client_address_are_budgeted_before_any_password_check() {
         &login_via(base, &email(), "198.51.100.1").await,
         "a forged X-Forwarded-For",
     );
-    assert_eq!(signin_refused(base, "address").await, 3);
-    assert_eq!(signin_refused(base, "global").await, 0);
+    assert_eq!(signin_refused(&srv.metrics_base, "address").await, 3);
+    assert_eq!(signin_refused(&srv.metrics_base, "global").await, 0);
     drop(srv);
 
     // Behind a trusted proxy each forwarded client has a budget of its own.
@@ -464,7 +464,7 @@ async fn the_global_sign_in_budget_refuses_before_any_password_check() {
     }
     assert_rate_limited(&login(base, &email(), PASSWORD).await, "the 5th sign-in");
     assert_rate_limited(&login(base, &user, PASSWORD).await, "a good password");
-    assert_eq!(signin_refused(base, "global").await, 2);
+    assert_eq!(signin_refused(&srv.metrics_base, "global").await, 2);
     // Sessions already open are unaffected: refresh does not count as a sign-in.
     let rotated = refresh(base, &s(&first.body, "refresh_token")).await;
     assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.body);
@@ -519,7 +519,10 @@ async fn a_full_password_pool_refuses_fast_with_retry_after_and_nothing_else_fai
             }
         }
     }
-    assert_eq!(signin_refused(&base, "overloaded").await, overloaded);
+    assert_eq!(
+        signin_refused(&srv.metrics_base, "overloaded").await,
+        overloaded
+    );
     // API requests never wait for the pool.
     let agents = send(&base, Method::GET, "/v1/agents", Some(&key), None).await;
     assert_eq!(agents.status, StatusCode::OK);

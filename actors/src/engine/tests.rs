@@ -105,6 +105,23 @@ impl World {
             .unwrap()
     }
 
+    /// Places a call and waits until its leg is journaled: (call, leg).
+    async fn placed(&self, engine: &Engine) -> (CallId, String) {
+        let id = engine
+            .create_call(self.org, self.new_call(), None)
+            .await
+            .unwrap()
+            .call
+            .spec
+            .id;
+        let leg = self
+            .until(id, "leg known", |c| c.carrier_call_id.is_some())
+            .await
+            .carrier_call_id
+            .unwrap();
+        (id, leg)
+    }
+
     /// A webhook about `leg` of `call`, stamped by the carrier at `occurred_at`.
     async fn leg_event(
         &self,
@@ -958,18 +975,7 @@ async fn a_call_whose_leg_is_journaled_is_never_dialed_again() {
 async fn facts_of_a_second_leg_never_move_the_call_and_the_leg_is_released() {
     let w = World::new(22).await;
     let engine = w.engine().await;
-    let id = engine
-        .create_call(w.org, w.new_call(), None)
-        .await
-        .unwrap()
-        .call
-        .spec
-        .id;
-    let own = w
-        .until(id, "leg known", |c| c.carrier_call_id.is_some())
-        .await
-        .carrier_call_id
-        .unwrap();
+    let (id, own) = w.placed(&engine).await;
     let now = w.ports.clock.now();
     w.leg_event(&engine, id, &own, CarrierEvent::Answered, now)
         .await;
@@ -1027,18 +1033,7 @@ async fn facts_of_a_second_leg_never_move_the_call_and_the_leg_is_released() {
 async fn answer_and_end_times_are_the_carriers_not_the_time_of_applying() {
     let w = World::new(23).await;
     let engine = w.engine().await;
-    let id = engine
-        .create_call(w.org, w.new_call(), None)
-        .await
-        .unwrap()
-        .call
-        .spec
-        .id;
-    let leg = w
-        .until(id, "leg known", |c| c.carrier_call_id.is_some())
-        .await
-        .carrier_call_id
-        .unwrap();
+    let (id, leg) = w.placed(&engine).await;
     let answered = w.ports.clock.now() + chrono::Duration::seconds(2);
     tokio::time::sleep(Duration::from_secs(20)).await;
     // Delivered late (the node was restarting): 18 s after the carrier's answer.
@@ -1075,15 +1070,7 @@ async fn each_call_end_is_counted_once_and_late_facts_do_not_reactivate_it() {
     let engine = w.engine().await;
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let id = engine
-            .create_call(w.org, w.new_call(), None)
-            .await
-            .unwrap()
-            .call
-            .spec
-            .id;
-        w.until(id, "leg known", |c| c.carrier_call_id.is_some())
-            .await;
+        let (id, _) = w.placed(&engine).await;
         w.carrier_event(&engine, id, CarrierEvent::Answered).await;
         w.until(id, "answered", |c| c.status == CallStatus::InProgress)
             .await;

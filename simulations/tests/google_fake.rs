@@ -623,10 +623,13 @@ async fn latency_delays_every_answer() {
     let resp = embed(&fake, &item("x", "RETRIEVAL_QUERY", Some(768))).await;
     assert_eq!(resp.status(), 200);
     assert!(sent.elapsed() >= Duration::from_millis(500));
+    // Cleared after a long one: an answer well before that latency shows it is gone, on a
+    // machine however busy.
+    fake.set_latency(Duration::from_secs(120));
     fake.set_latency(Duration::ZERO);
     let sent = Instant::now();
     embed(&fake, &item("x", "RETRIEVAL_QUERY", Some(768))).await;
-    assert!(sent.elapsed() < Duration::from_millis(500));
+    assert!(sent.elapsed() < Duration::from_secs(60));
     fake.shutdown().await;
 }
 
@@ -680,7 +683,8 @@ async fn a_stalled_request_is_never_answered_and_recorded_as_cancelled() {
     let base = fake.base_url();
     let started = Instant::now();
     fake.shutdown().await;
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // The stall is endless: any bound shows shutdown did not wait for it.
+    assert!(started.elapsed() < Duration::from_secs(30));
     let _ = tokio::time::timeout(Duration::from_secs(3), pending)
         .await
         .expect("the stalled request ends when the fake stops");

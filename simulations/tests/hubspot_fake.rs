@@ -659,10 +659,13 @@ async fn latency_delays_every_answer() {
     let started = Instant::now();
     found(&fake, &json!({})).await;
     assert!(started.elapsed() >= Duration::from_millis(500));
+    // Cleared after a long one: an answer well before that latency shows it is gone, on a
+    // machine however busy.
+    fake.set_latency(Duration::from_secs(120));
     fake.set_latency(Duration::ZERO);
     let started = Instant::now();
     found(&fake, &json!({})).await;
-    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(started.elapsed() < Duration::from_secs(60));
     fake.shutdown().await;
 }
 
@@ -714,6 +717,7 @@ async fn a_stalled_request_is_never_answered_and_recorded_as_cancelled() {
     );
     let started = Instant::now();
     fake.shutdown().await;
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // The stall is endless: any bound shows shutdown did not wait for it.
+    assert!(started.elapsed() < Duration::from_secs(30));
     let _ = pending.await;
 }

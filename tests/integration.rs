@@ -763,3 +763,31 @@ async fn health_ready_and_metrics() {
     let body: Value = on_api.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found", "{body}");
 }
+
+#[tokio::test]
+async fn a_corrupt_row_is_a_500_that_names_nothing_internal() {
+    let server = Server::start(300, 30_000).await;
+    let (_, key) = server.org("Acme");
+    let agent = server.agent(&key).await;
+    let (s, call) = server.post(&key, "/v1/calls", call_body(&agent)).await;
+    assert_eq!(s, StatusCode::CREATED, "{call}");
+    let id = call["id"].as_str().unwrap().to_owned();
+    // A value the server cannot read back (as after a bad manual edit or a bad migration).
+    let pool = sqlx::PgPool::connect(&server.inner.database_url)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE call SET stray_legs = '\"not a list\"' WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (s, v) = server.get(&key, &format!("/v1/calls/{id}")).await;
+    // Not 503 (the database is up; retrying will not help) and no internal text.
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    assert_eq!(v["error"]["code"], "internal", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    for internal in ["stray_legs", "invalid type", "column", "corrupt", "sqlx"] {
+        assert!(!message.contains(internal), "{message}");
+    }
+    assert!(v["error"]["request_id"].is_string());
+}

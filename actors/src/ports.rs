@@ -50,6 +50,10 @@ pub enum StoreError {
     /// The database is unreachable or refused the statement.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A stored row cannot be read back (a value the code does not understand): retrying
+    /// will not help, and it is not the database being down.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
 }
 
 /// `Result` alias for store operations.

@@ -69,15 +69,26 @@ impl From<EngineError> for ApiError {
                 StatusCode::CONFLICT
             }
             EngineError::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
-            EngineError::Unavailable(_) | EngineError::VendorUnavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            EngineError::Unavailable(_)
+            | EngineError::StoreUnavailable(_)
+            | EngineError::VendorUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             EngineError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             EngineError::ConcurrentCallLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
         };
         let message = match &e {
             EngineError::IllegalTransition { status, message } => {
                 format!("illegal transition: the call is {status}; {message}")
+            }
+            // The detail of these names tables, hosts, queries or stored values: it goes to
+            // the log with the request id, the client gets what it can act on.
+            EngineError::StoreUnavailable(detail) => {
+                tracing::warn!(request_id = %current_request_id(), detail = %detail, "store unavailable");
+                "the database is unavailable right now; retry".to_owned()
+            }
+            EngineError::Internal(detail) => {
+                tracing::error!(request_id = %current_request_id(), detail = %detail, "internal error");
+                "an internal error occurred; it was logged with this request id".to_owned()
             }
             other => other.to_string(),
         };
@@ -138,4 +149,31 @@ pub fn rate_limit_headers(
     headers.insert("ratelimit-limit", HeaderValue::from(limit));
     headers.insert("ratelimit-remaining", HeaderValue::from(remaining));
     headers.insert("ratelimit-reset", HeaderValue::from(reset_secs));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_faults_never_show_their_internal_text() {
+        let detail =
+            "error returned from database: relation \"call\" does not exist (10.0.3.7:5432)";
+        let unavailable = ApiError::from(EngineError::StoreUnavailable(detail.into()));
+        assert_eq!(unavailable.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(unavailable.code, "unavailable");
+        let internal = ApiError::from(EngineError::Internal(detail.into()));
+        assert_eq!(internal.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(internal.code, "internal");
+        for e in [unavailable, internal] {
+            for part in ["relation", "10.0.3.7", "database:"] {
+                assert!(!e.message.contains(part), "{}", e.message);
+            }
+        }
+        // Engine-authored reasons still reach the client.
+        let moved = ApiError::from(EngineError::Unavailable(
+            "the call moved to another node".into(),
+        ));
+        assert!(moved.message.contains("moved to another node"));
+    }
 }

@@ -64,7 +64,7 @@ where
 }
 
 fn corrupt(what: &str, value: &str) -> StoreError {
-    StoreError::Unavailable(format!("corrupt row: unexpected {what} `{value}`"))
+    StoreError::Corrupt(format!("corrupt row: unexpected {what} `{value}`"))
 }
 
 fn role(row: &PgRow, col: &str) -> StoreResult<Role> {

@@ -526,6 +526,6 @@ fn inbox_item_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<InboxItem> {
         carrier_leg: row.try_get("carrier_leg").map_err(unavailable)?,
         occurred_at: row.try_get("occurred_at").map_err(unavailable)?,
         event: serde_json::from_value(payload)
-            .map_err(|e| StoreError::Unavailable(format!("corrupt inbox payload: {e}")))?,
+            .map_err(|e| StoreError::Corrupt(format!("corrupt inbox payload: {e}")))?,
     })
 }

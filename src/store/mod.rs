@@ -54,8 +54,16 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 }
 
 /// Maps a driver error to the engine's store error.
+/// A sqlx error in the engine's terms: a value that does not decode is corrupt data (500,
+/// retrying will not help); anything else is the database being unavailable (503).
 fn unavailable(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    match e {
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
 }
 
 /// `true` when `e` is a unique-constraint violation (SQLSTATE 23505).

@@ -23,7 +23,7 @@ pub(super) const CUSTOMER_COLUMNS: &str =
     "id, organization_id, phone, email, name, segment, metadata, created_at, updated_at";
 
 fn corrupt(what: &str, value: &str) -> StoreError {
-    StoreError::Unavailable(format!("corrupt row: unexpected {what} `{value}`"))
+    StoreError::Corrupt(format!("corrupt row: unexpected {what} `{value}`"))
 }
 
 fn get<'r, T>(row: &'r PgRow, col: &str) -> Result<T, StoreError>
@@ -31,7 +31,7 @@ where
     T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
 {
     row.try_get(col)
-        .map_err(|e| StoreError::Unavailable(format!("reading column {col}: {e}")))
+        .map_err(|e| StoreError::Corrupt(format!("reading column {col}: {e}")))
 }
 
 fn phone(row: &PgRow, col: &str) -> Result<PhoneNumber, StoreError> {
@@ -92,7 +92,7 @@ pub(super) fn call_from_row(row: &PgRow) -> Result<Call, StoreError> {
         ended_at: get(row, "ended_at")?,
         release_pending: get(row, "release_pending")?,
         stray_legs: serde_json::from_value(get(row, "stray_legs")?)
-            .map_err(|e| StoreError::Unavailable(format!("corrupt stray_legs of a call: {e}")))?,
+            .map_err(|e| StoreError::Corrupt(format!("corrupt stray_legs of a call: {e}")))?,
     })
 }
 
@@ -100,7 +100,7 @@ pub(super) fn call_from_row(row: &PgRow) -> Result<Call, StoreError> {
 pub(super) fn entry_from_row(row: &PgRow) -> Result<JournalEntry, StoreError> {
     let data: serde_json::Value = get(row, "data")?;
     let event = serde_json::from_value(data)
-        .map_err(|e| StoreError::Unavailable(format!("corrupt journal entry: {e}")))?;
+        .map_err(|e| StoreError::Corrupt(format!("corrupt journal entry: {e}")))?;
     Ok(JournalEntry {
         call_id: get(row, "call_id")?,
         seq: get(row, "seq")?,

@@ -606,8 +606,8 @@ impl CallState {
                     "the call is owned by another node".into(),
                 )));
             }
-            Err(StoreError::Unavailable(m)) => {
-                return Err(format!("persisting `{kind}` for call {}: {m}", self.id).into())
+            Err(e @ (StoreError::Unavailable(_) | StoreError::Corrupt(_))) => {
+                return Err(format!("persisting `{kind}` for call {}: {e}", self.id).into())
             }
         }
         let m = &self.shared.metrics;

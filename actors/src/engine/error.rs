@@ -43,6 +43,14 @@ pub enum EngineError {
         /// When the breaker lets calls through again, when known.
         until: Option<chrono::DateTime<chrono::Utc>>,
     },
+    /// The database could not be reached or refused a statement; safe to retry. The detail is
+    /// for the logs, never for the client (it can name tables, hosts and queries).
+    #[error("the store is unavailable: {0}")]
+    StoreUnavailable(String),
+    /// Something the engine stored cannot be read back, or another fault of ours: retrying
+    /// does not help. The detail is for the logs only.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The engine did not answer in time; the outcome is unknown (retry with the same
     /// `Idempotency-Key`).
     #[error("the engine did not answer within {0} ms")]
@@ -69,7 +77,8 @@ impl EngineError {
             EngineError::IllegalTransition { .. } => "illegal_transition",
             EngineError::IdempotencyMismatch => "idempotency_key_reused",
             EngineError::Conflict(_) => "conflict",
-            EngineError::Unavailable(_) => "unavailable",
+            EngineError::Unavailable(_) | EngineError::StoreUnavailable(_) => "unavailable",
+            EngineError::Internal(_) => "internal",
             EngineError::VendorUnavailable { .. } => "vendor_unavailable",
             EngineError::Timeout(_) => "timeout",
             EngineError::ConcurrentCallLimit { .. } => "concurrent_call_limit",
@@ -93,7 +102,8 @@ impl From<StoreError> for EngineError {
         match e {
             // A stale write surfacing to a client means ownership moved mid-request.
             StoreError::Stale => EngineError::Unavailable("the call moved to another node".into()),
-            StoreError::Unavailable(m) => EngineError::Unavailable(m),
+            StoreError::Unavailable(m) => EngineError::StoreUnavailable(m),
+            StoreError::Corrupt(m) => EngineError::Internal(m),
         }
     }
 }

@@ -403,7 +403,11 @@ impl SimCarrier {
                             self.bind(&leg, id);
                             break;
                         }
-                        Err(e @ (EngineError::Unavailable(_) | EngineError::Timeout(_))) => {
+                        Err(
+                            e @ (EngineError::Unavailable(_)
+                            | EngineError::StoreUnavailable(_)
+                            | EngineError::Timeout(_)),
+                        ) => {
                             self.core.log(format!("offer {leg} failed: {e}"));
                         }
                         Err(e) => {

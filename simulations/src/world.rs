@@ -248,7 +248,11 @@ impl World {
         for _ in 0..10 {
             if let Some(engine) = current(&self.slot) {
                 match f(engine).await {
-                    Err(e @ (EngineError::Unavailable(_) | EngineError::Timeout(_))) => {
+                    Err(
+                        e @ (EngineError::Unavailable(_)
+                        | EngineError::StoreUnavailable(_)
+                        | EngineError::Timeout(_)),
+                    ) => {
                         self.core.log(format!("api call failed: {e}"));
                     }
                     other => return Some(other),

@@ -846,7 +846,7 @@ async fn ingress_answers_unavailable_when_nothing_can_be_stored() {
         ))
         .await
         .unwrap_err();
-    assert!(matches!(err, EngineError::Unavailable(_)), "{err:?}");
+    assert!(matches!(err, EngineError::StoreUnavailable(_)), "{err:?}");
     w.store.set_down(false);
     engine.shutdown().await;
 }

@@ -161,6 +161,8 @@ async fn a_retry_that_waited_out_retry_after_is_not_beaten_by_the_breakers_later
     let b = breakers(&registry).await;
     let h = b.get("telnyx").unwrap().clone();
     let p = h.acquire().unwrap();
+    // Paused time, no sockets: every sleep below moves the virtual clock (the breakers read
+    // it through TokioClock) by exactly that much, whatever the machine's load.
     // The caller starts its wait now; the breaker records the 429 half a second later (a busy
     // actor), so its open wait ends half a second after the caller's.
     tokio::time::sleep(Duration::from_millis(500)).await;

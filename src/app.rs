@@ -21,6 +21,8 @@ use uuid::Uuid;
 
 use crate::auth::jwt::{Key, KeyRing};
 use crate::auth::Security;
+use crate::clients::retry::RetryPolicy;
+use crate::clients::telnyx::{TelnyxClient, TelnyxConfig, TelnyxMetrics, WebhookVerifier};
 use crate::config::{DevArgs, FailModeArg, SecurityArgs, ServeArgs, TelephonyKind, TelnyxArgs};
 use crate::http::webhooks::{TelnyxIngress, WebhookMetrics};
 use crate::http::{AppState, ReadyCheck};
@@ -31,8 +33,6 @@ use crate::media::{
 use crate::ratelimit::{FailMode, RateLimiter};
 use crate::store::PgStore;
 use crate::telephony::simulated::{SimConfig, SimulatedCarrier};
-use crate::vendor::retry::RetryPolicy;
-use crate::vendor::telnyx::{TelnyxClient, TelnyxConfig, TelnyxMetrics, WebhookVerifier};
 use iace_actors::learning::actor::{
     LearningConfig, LearningPorts, LearningSupervisor, LearningSupervisorMsg,
 };
@@ -66,7 +66,7 @@ fn embedder(
     breakers: &iace_actors::breaker::Breakers,
     registry: &prometheus::Registry,
 ) -> anyhow::Result<Arc<dyn Embedder>> {
-    use crate::vendor::google::{GoogleConfig, GoogleEmbedder, GoogleMetrics, VENDOR};
+    use crate::clients::google::{GoogleConfig, GoogleEmbedder, GoogleMetrics, VENDOR};
     match args.google_api_key.as_deref().filter(|k| !k.is_empty()) {
         Some(key) => {
             let mut config = GoogleConfig::new(key);
@@ -448,7 +448,9 @@ fn telnyx_edge(
                 max_retry_after: Duration::from_secs(5),
             },
             stream_tokens: Arc::new(move |call_id| signer.token(call_id)),
-            breaker: breakers.get(crate::vendor::telnyx::client::VENDOR).cloned(),
+            breaker: breakers
+                .get(crate::clients::telnyx::client::VENDOR)
+                .cloned(),
         },
         Some(TelnyxMetrics::new(registry)?),
     )?;
@@ -630,7 +632,7 @@ pub fn security(
     };
     let hubspot_crm = match non_empty(&args.hubspot_access_token) {
         Some(token) => {
-            use crate::vendor::hubspot::crm::{CrmConfig, CrmMetrics, HubSpotCrm, VENDOR};
+            use crate::clients::hubspot::crm::{CrmConfig, CrmMetrics, HubSpotCrm, VENDOR};
             let mut config = CrmConfig::new(token);
             config.api_base.clone_from(&args.hubspot_api_base);
             config.breaker = breakers.get(VENDOR).cloned();

@@ -163,7 +163,7 @@ impl BreakerArgs {
     /// (what "slow" means differs: a Groq completion is slower than a Telnyx command, and a
     /// sentiment classification is useless after its 800 ms budget). `groq_classify` (Groq's
     /// classifications) is a breaker apart from `groq` (its replies): see
-    /// `vendor::groq`.
+    /// `clients::groq`.
     pub fn configs(
         &self,
     ) -> std::collections::BTreeMap<String, iace_actors::breaker::BreakerConfig> {
@@ -210,7 +210,7 @@ pub struct TelnyxArgs {
     #[arg(long, env = "TELNYX_PUBLIC_KEY")]
     pub telnyx_public_key: Option<String>,
     /// Telnyx API base (the fake carrier's URL in tests and dev).
-    #[arg(long, env = "TELNYX_API_BASE", default_value = crate::vendor::telnyx::client::DEFAULT_API_BASE)]
+    #[arg(long, env = "TELNYX_API_BASE", default_value = crate::clients::telnyx::client::DEFAULT_API_BASE)]
     pub telnyx_api_base: String,
     /// Answering-machine detection on outbound dials (`disabled`, `detect`, `detect_beep`,
     /// `detect_words`, `greeting_end`, `premium`).
@@ -623,19 +623,19 @@ pub struct VoiceArgs {
     #[arg(long, env = "DEEPGRAM_API_KEY", hide_env_values = true)]
     pub deepgram_api_key: Option<String>,
     /// Deepgram WebSocket base (the fake's URL in tests and dev).
-    #[arg(long, env = "DEEPGRAM_URL", default_value = crate::vendor::deepgram::DEFAULT_URL)]
+    #[arg(long, env = "DEEPGRAM_URL", default_value = crate::clients::deepgram::DEFAULT_URL)]
     pub deepgram_url: String,
     /// Cartesia API key.
     #[arg(long, env = "CARTESIA_API_KEY", hide_env_values = true)]
     pub cartesia_api_key: Option<String>,
     /// Cartesia WebSocket base (the fake's URL in tests and dev).
-    #[arg(long, env = "CARTESIA_URL", default_value = crate::vendor::cartesia::DEFAULT_URL)]
+    #[arg(long, env = "CARTESIA_URL", default_value = crate::clients::cartesia::DEFAULT_URL)]
     pub cartesia_url: String,
     /// Groq API key.
     #[arg(long, env = "GROQ_API_KEY", hide_env_values = true)]
     pub groq_api_key: Option<String>,
     /// Groq API base (the fake's URL in tests and dev).
-    #[arg(long, env = "GROQ_API_BASE", default_value = crate::vendor::groq::DEFAULT_API_BASE)]
+    #[arg(long, env = "GROQ_API_BASE", default_value = crate::clients::groq::DEFAULT_API_BASE)]
     pub groq_api_base: String,
     /// Conversation model.
     #[arg(long, env = "GROQ_MODEL", default_value = "llama-3.3-70b-versatile")]

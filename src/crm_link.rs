@@ -17,7 +17,7 @@ use iace_actors::engine::Engine;
 use prometheus::{IntCounterVec, Opts, Registry};
 use tokio::sync::Notify;
 
-use crate::vendor::hubspot::crm::{CrmError, HubSpotCrm};
+use crate::clients::hubspot::crm::{CrmError, HubSpotCrm};
 
 /// Timings of the linker.
 #[derive(Debug, Clone)]
@@ -212,7 +212,7 @@ mod tests {
     fn a_claim_outlasts_the_lookups_it_covers() {
         // A batch is looked up concurrently, so the lease must cover one lookup (bounded by
         // the HubSpot client's retry deadline) with room for the database round trips.
-        let lookup = crate::vendor::hubspot::crm::CrmConfig::new("t")
+        let lookup = crate::clients::hubspot::crm::CrmConfig::new("t")
             .retry
             .deadline;
         assert!(LinkerConfig::default().lease >= lookup * 2);

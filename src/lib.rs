@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod clients;
 pub mod config;
 pub mod crm_link;
 pub mod edge;
@@ -17,5 +18,4 @@ pub mod redis;
 pub mod store;
 pub mod telemetry;
 pub mod telephony;
-pub mod vendor;
 pub mod voice;

@@ -11,15 +11,15 @@ use iace_actors::breaker::Breakers;
 use iace_actors::sentiment::DegradingSentiment;
 use iace_actors::voice::VoicePorts;
 
+use crate::clients::cartesia::{CartesiaConfig, CartesiaMetrics, CartesiaTts};
+use crate::clients::deepgram::{DeepgramConfig, DeepgramMetrics, DeepgramStt};
+use crate::clients::groq::{GroqClient, GroqConfig, GroqLlm, GroqSentiment};
+use crate::clients::retry::RetryPolicy;
 use crate::config::VoiceArgs;
 use crate::media::{MediaRegistry, RegistryMediaOut};
-use crate::vendor::cartesia::{CartesiaConfig, CartesiaMetrics, CartesiaTts};
-use crate::vendor::deepgram::{DeepgramConfig, DeepgramMetrics, DeepgramStt};
-use crate::vendor::groq::{GroqClient, GroqConfig, GroqLlm, GroqSentiment};
-use crate::vendor::retry::RetryPolicy;
 
 /// How long a sentiment classification may take before the lexicon answers instead. A miss
-/// counts as a failure on `groq_classify` (only): see `vendor::groq`.
+/// counts as a failure on `groq_classify` (only): see `clients::groq`.
 const SENTIMENT_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// The voice ports of a server whose calls converse.
@@ -38,14 +38,14 @@ pub fn ports(
         args.deepgram_url.clone(),
         need(&args.deepgram_api_key, "DEEPGRAM_API_KEY")?,
     );
-    deepgram.breaker = breakers.get(crate::vendor::deepgram::VENDOR).cloned();
+    deepgram.breaker = breakers.get(crate::clients::deepgram::VENDOR).cloned();
     let stt = DeepgramStt::new(deepgram, Some(DeepgramMetrics::new(registry)?))?;
 
     let mut cartesia = CartesiaConfig::new(
         args.cartesia_url.clone(),
         need(&args.cartesia_api_key, "CARTESIA_API_KEY")?,
     );
-    cartesia.breaker = breakers.get(crate::vendor::cartesia::VENDOR).cloned();
+    cartesia.breaker = breakers.get(crate::clients::cartesia::VENDOR).cloned();
     let tts = CartesiaTts::new(cartesia, Some(CartesiaMetrics::new(registry)?));
 
     let groq = Arc::new(GroqClient::new(GroqConfig {
@@ -62,7 +62,7 @@ pub fn ports(
             deadline: Duration::from_secs(5),
             max_retry_after: Duration::from_secs(1),
         },
-        breaker: breakers.get(crate::vendor::groq::VENDOR).cloned(),
+        breaker: breakers.get(crate::clients::groq::VENDOR).cloned(),
         // A classification is optional and bounded by its budget: one quick retry of a
         // refused connection or 5xx fits in it, nothing more.
         classify_retry: RetryPolicy {
@@ -73,7 +73,9 @@ pub fn ports(
             deadline: SENTIMENT_TIMEOUT,
             max_retry_after: Duration::from_millis(200),
         },
-        classify_breaker: breakers.get(crate::vendor::groq::CLASSIFY_BREAKER).cloned(),
+        classify_breaker: breakers
+            .get(crate::clients::groq::CLASSIFY_BREAKER)
+            .cloned(),
     })?);
     let degraded = prometheus::IntCounter::new(
         "iace_sentiment_degraded_total",

@@ -9,8 +9,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use iace::vendor::cartesia::{CartesiaConfig, CartesiaMetrics, CartesiaTts};
-use iace::vendor::retry::RetryPolicy;
+use iace::clients::cartesia::{CartesiaConfig, CartesiaMetrics, CartesiaTts};
+use iace::clients::retry::RetryPolicy;
 use iace_actors::breaker::{BreakerConfig, BreakerState, Breakers};
 use iace_actors::voice::{TextToSpeech, TtsEvent, TtsInput, TtsOptions, TtsStream, VoiceError};
 use iace_sim::cartesia::{

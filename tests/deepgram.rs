@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::vendor::breakers_for;
 
-use iace::vendor::deepgram::{DeepgramConfig, DeepgramMetrics, DeepgramStt};
-use iace::vendor::retry::RetryPolicy;
+use iace::clients::deepgram::{DeepgramConfig, DeepgramMetrics, DeepgramStt};
+use iace::clients::retry::RetryPolicy;
 use iace_actors::breaker::BreakerConfig;
 use iace_actors::voice::{SpeechToText, SttEvent, SttInput, SttOptions, SttStream, VoiceError};
 use iace_sim::deepgram::{ConnectionEnd, FakeDeepgram, FakeDeepgramConfig};

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use iace::vendor::google::{GoogleConfig, GoogleEmbedder, GoogleMetrics, MAX_BATCH};
-use iace::vendor::retry::RetryPolicy;
+use iace::clients::google::{GoogleConfig, GoogleEmbedder, GoogleMetrics, MAX_BATCH};
+use iace::clients::retry::RetryPolicy;
 use iace_actors::breaker::{BreakerConfig, BreakerState, Breakers};
 use iace_actors::learning::embed::normalize;
 use iace_actors::learning::{EmbedError, EmbedTask, Embedder, EMBEDDING_DIMS};

@@ -8,10 +8,10 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use iace::vendor::groq::{
+use iace::clients::groq::{
     GroqClient, GroqConfig, GroqError, GroqLlm, GroqSentiment, Message, ReplyEvent, ToolSpec,
 };
-use iace::vendor::retry::RetryPolicy;
+use iace::clients::retry::RetryPolicy;
 use iace_actors::breaker::{BreakerConfig, BreakerState, Breakers};
 use iace_actors::sentiment::{DegradingSentiment, SentimentLabel};
 use iace_actors::voice::{self, ChatMessage, ChatRole, Llm, LlmEvent, LlmRequest, VoiceError};

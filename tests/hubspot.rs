@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use iace::vendor::hubspot::crm::{CrmConfig, CrmContact, CrmError, CrmMetrics, HubSpotCrm};
+use iace::clients::hubspot::crm::{CrmConfig, CrmContact, CrmError, CrmMetrics, HubSpotCrm};
 use iace_actors::breaker::{BreakerConfig, BreakerState, Breakers};
 use iace_sim::hubspot::{FakeHubSpot, FakeHubSpotConfig, InjectedFault, RecordedFilter};
 use serde_json::json;

@@ -665,8 +665,8 @@ mod api {
 /// queued call is learned, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_google_outage_opens_the_breaker_and_queued_learning_completes_after_it() {
-    use iace::vendor::google::{GoogleConfig, GoogleEmbedder};
-    use iace::vendor::retry::RetryPolicy;
+    use iace::clients::google::{GoogleConfig, GoogleEmbedder};
+    use iace::clients::retry::RetryPolicy;
     use iace_actors::breaker::{BreakerConfig, BreakerState, Breakers};
     use iace_sim::google::{FakeGoogle, FakeGoogleConfig};
 

@@ -1131,7 +1131,7 @@ async fn every_route_refuses_bad_credentials_other_tenants_and_under_privileged_
 }
 
 fn stripe_header(body: &str, t: i64) -> String {
-    iace::vendor::stripe::signature::sign(STRIPE_SECRET, t, body.as_bytes())
+    iace::clients::stripe::signature::sign(STRIPE_SECRET, t, body.as_bytes())
 }
 
 async fn stripe(base: &str, event: &Value, signature: Option<String>) -> Answer {
@@ -1199,7 +1199,7 @@ async fn stripe_events_set_the_plan_once_each_and_an_unpaid_plan_lapses_after_th
         "pro_monthly",
     );
     let body = created.to_string();
-    let other = iace::vendor::stripe::signature::sign("whsec_other", now, body.as_bytes());
+    let other = iace::clients::stripe::signature::sign("whsec_other", now, body.as_bytes());
     for sig in [
         String::new(),
         other,

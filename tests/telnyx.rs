@@ -508,7 +508,7 @@ async fn a_hangup_that_overtakes_its_answer_still_ends_completed() {
         .find(|c| c.action == "dial")
         .and_then(|c| c.call_control_id)
         .unwrap();
-    let state = iace::vendor::telnyx::client::client_state(id.parse().unwrap());
+    let state = iace::clients::telnyx::client::client_state(id.parse().unwrap());
     let payload =
         json!({"call_control_id": leg, "client_state": state, "hangup_cause": "normal_clearing"});
     let r = env
@@ -653,8 +653,8 @@ async fn api_hangup_releases_the_leg_and_a_repeat_on_the_ended_leg_is_success() 
     );
     // Hanging the ended leg up again (a retry after a lost answer) is success: 422 90018.
     use iace_actors::ports::{LegCommand, Telephony};
-    let client = iace::vendor::telnyx::TelnyxClient::new(
-        iace::vendor::telnyx::TelnyxConfig {
+    let client = iace::clients::telnyx::TelnyxClient::new(
+        iace::clients::telnyx::TelnyxConfig {
             api_base: env.fake.api_base(),
             api_key: "k-test".into(),
             connection_id: "conn-test".into(),
@@ -712,8 +712,8 @@ async fn dtmf_stream_restart_and_transfer_reach_the_journal() {
 
     // Stream stop and start through the client's commands.
     use iace_actors::ports::LegCommand;
-    let client = iace::vendor::telnyx::TelnyxClient::new(
-        iace::vendor::telnyx::TelnyxConfig {
+    let client = iace::clients::telnyx::TelnyxClient::new(
+        iace::clients::telnyx::TelnyxConfig {
             api_base: env.fake.api_base(),
             api_key: "k-test".into(),
             connection_id: "conn-test".into(),

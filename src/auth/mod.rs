@@ -156,7 +156,7 @@ pub struct Security {
     /// request's `Host` (and `X-Forwarded-Proto`, default https).
     pub hubspot_url: Option<String>,
     /// HubSpot CRM v3 (`HUBSPOT_ACCESS_TOKEN`): links contacts no customer is linked to yet.
-    pub hubspot_crm: Option<std::sync::Arc<crate::vendor::hubspot::crm::HubSpotCrm>>,
+    pub hubspot_crm: Option<std::sync::Arc<crate::clients::hubspot::crm::HubSpotCrm>>,
     /// Wakes the CRM linker (see [`crate::crm_link`]) when a webhook queued a contact.
     pub crm_wake: std::sync::Arc<tokio::sync::Notify>,
     /// How long an unpaid plan stays in force.

@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::vendor::hubspot::signature::{self as hubspot_sig, SignatureHeaders};
-use crate::vendor::stripe::signature as stripe_sig;
+use crate::clients::hubspot::signature::{self as hubspot_sig, SignatureHeaders};
+use crate::clients::stripe::signature as stripe_sig;
 
 fn refused(vendor: &str, why: impl std::fmt::Display) -> ApiError {
     tracing::warn!(vendor, reason = %why, "webhook refused: bad signature");
@@ -80,7 +80,7 @@ async fn stripe_delivery(
         state.security.stripe_tolerance_secs,
     )
     .map_err(|e| refused("Stripe", e))?;
-    let event = crate::vendor::stripe::events::parse_event(body)
+    let event = crate::clients::stripe::events::parse_event(body)
         .map_err(|e| ApiError::invalid(format!("not a Stripe event: {e}")))?;
     let (id, kind) = (event.event_id.clone(), event.event_type.clone());
     let new = state.engine.record_billing_event(event).await?;
@@ -141,7 +141,7 @@ async fn hubspot_delivery(
     let url = hubspot_uri(state, headers, uri);
     hubspot_sig::verify(secret, "POST", &url, body, signed, now_ms)
         .map_err(|e| refused("HubSpot", e))?;
-    let events = crate::vendor::hubspot::events::parse_events(body)
+    let events = crate::clients::hubspot::events::parse_events(body)
         .map_err(|e| ApiError::invalid(format!("not HubSpot events: {e}")))?;
     let linking = state.security.hubspot_crm.is_some();
     let stored = state.engine.record_crm_events(events, linking).await?;

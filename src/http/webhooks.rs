@@ -20,8 +20,8 @@ use tracing::{debug, warn};
 
 use super::error::ApiError;
 use super::AppState;
-use crate::vendor::telnyx::webhook::{parse_event, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use crate::vendor::telnyx::WebhookVerifier;
+use crate::clients::telnyx::webhook::{parse_event, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::clients::telnyx::WebhookVerifier;
 
 /// What the Telnyx webhook route needs.
 #[derive(Clone)]
@@ -139,7 +139,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::vendor::telnyx::DEFAULT_TOLERANCE;
+    use crate::clients::telnyx::DEFAULT_TOLERANCE;
 
     struct Wall;
     impl iace_actors::ports::Clock for Wall {

@@ -226,7 +226,7 @@ async fn upgrade_stream(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let header_token = headers
-        .get(crate::vendor::telnyx::media_wire::AUTH_TOKEN_FIELD)
+        .get(crate::clients::telnyx::media_wire::AUTH_TOKEN_FIELD)
         .map(|v| v.to_str().unwrap_or_default())
         .filter(|t| !t.is_empty());
     let header_call = match header_token {

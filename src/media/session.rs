@@ -27,7 +27,7 @@ use super::metrics::{kind, MediaMetrics};
 use super::registry::{MediaHandle, Outbound, Queued, Registration, Shared};
 use super::stats::InboundQuality;
 use super::{MediaSink, MediaState, MediaStats, StreamEnd, StreamInfo, GREETING_END_MARK};
-use crate::vendor::telnyx::media_wire::{self as wire, ErrorBody, Inbound, MediaBody, StartBody};
+use crate::clients::telnyx::media_wire::{self as wire, ErrorBody, Inbound, MediaBody, StartBody};
 
 /// A write that takes longer than this means the peer stopped reading (100 frames of slack at
 /// 20 ms): the stream is dropped rather than left to buffer.

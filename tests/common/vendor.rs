@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use iace::vendor::retry::RetryPolicy;
+use iace::clients::retry::RetryPolicy;
 
 /// The real time, for breakers in tests against live fakes.
 pub struct Wall;

@@ -1,5 +1,5 @@
 //! Gemini embeddings JSON (vendor-protocols.md section 5), camelCase exactly as on the wire.
-//! Answers are parsed leniently; nothing outside `vendor::google` sees these types.
+//! Answers are parsed leniently; nothing outside `clients::google` sees these types.
 
 use std::time::Duration;
 

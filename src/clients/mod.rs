@@ -1,4 +1,4 @@
-//! Vendor adapters: the real clients of external services, behind the engine's ports.
+//! The vendor clients: the real clients of external services, behind the engine's ports.
 //!
 //! Each vendor lives in its own module; its JSON types live only in `<vendor>/wire.rs` and
 //! never leak into the engine, which sees domain types. Every outbound request goes through

@@ -28,7 +28,7 @@ use super::wire::{
     AnswerRequest, CallStatusData, Data, DialData, DialRequest, ErrorBody, HangupRequest,
     RejectRequest, StreamParams, StreamingStartRequest, StreamingStopRequest, TransferRequest,
 };
-use crate::vendor::retry::{self, Attempt, RetryPolicy};
+use crate::clients::retry::{self, Attempt, RetryPolicy};
 
 /// Breaker name of this vendor.
 pub const VENDOR: &str = "telnyx";

@@ -1,5 +1,5 @@
 //! Groq chat-completions JSON (vendor-protocols.md section 4), exactly as on the wire.
-//! Responses are parsed leniently; nothing outside `vendor::groq` sees these types.
+//! Responses are parsed leniently; nothing outside `clients::groq` sees these types.
 
 use serde::{Deserialize, Serialize};
 

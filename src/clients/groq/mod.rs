@@ -26,7 +26,7 @@ pub use llm::GroqLlm;
 use wire::{ChatRequest, Chunk, Completion, ErrorBody, FunctionSpec, ResponseFormat, Tool};
 pub use wire::{FunctionCall, Message, ToolCallOut};
 
-use crate::vendor::retry::{self, Attempt, RetryPolicy};
+use crate::clients::retry::{self, Attempt, RetryPolicy};
 
 /// The real API.
 pub const DEFAULT_API_BASE: &str = "https://api.groq.com/openai/v1";

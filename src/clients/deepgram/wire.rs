@@ -1,7 +1,7 @@
 //! Deepgram live-transcription JSON (vendor-protocols.md sections 2.2 and 2.3), exactly as on
 //! the wire. Server messages are parsed leniently: every field may be missing or `null`, and
 //! message types this client does not know are [`ServerMessage::Other`]. Nothing outside
-//! `vendor::deepgram` sees these types.
+//! `clients::deepgram` sees these types.
 
 use serde::{Deserialize, Serialize};
 

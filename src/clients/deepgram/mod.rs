@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, Instrument as _};
 
-use crate::vendor::retry::{self, Attempt, RetryPolicy};
+use crate::clients::retry::{self, Attempt, RetryPolicy};
 
 /// Breaker name of this vendor.
 pub const VENDOR: &str = "deepgram";

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tracing::debug;
 
-use crate::vendor::retry::{self, Attempt, Exhausted, RetryPolicy};
+use crate::clients::retry::{self, Attempt, Exhausted, RetryPolicy};
 
 /// The real API (section 7.4).
 pub const DEFAULT_API_BASE: &str = "https://api.hubapi.com";

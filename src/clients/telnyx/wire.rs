@@ -1,5 +1,5 @@
 //! Telnyx JSON, exactly as on the wire (vendor-protocols.md section 1). Nothing outside
-//! `vendor::telnyx` sees these types.
+//! `clients::telnyx` sees these types.
 //!
 //! Requests are written with the exact field names; responses and webhooks are parsed
 //! leniently (optional fields may be absent or `null`, unknown fields are ignored).

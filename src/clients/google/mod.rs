@@ -28,7 +28,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Regi
 use tracing::debug;
 
 use self::wire::{BatchEmbedRequest, BatchEmbedResponse, Content, EmbedRequest, ErrorBody, Part};
-use crate::vendor::retry::{self, Attempt, Exhausted, RetryPolicy};
+use crate::clients::retry::{self, Attempt, Exhausted, RetryPolicy};
 
 /// The real API (section 5).
 pub const DEFAULT_API_BASE: &str = "https://generativelanguage.googleapis.com/v1beta";

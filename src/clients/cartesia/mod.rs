@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::debug;
 
-use crate::vendor::retry::{self, Attempt, RetryPolicy};
+use crate::clients::retry::{self, Attempt, RetryPolicy};
 
 /// The real API's WebSocket base (section 3.1).
 pub const DEFAULT_URL: &str = "wss://api.cartesia.ai";

@@ -1,7 +1,7 @@
 //! Cartesia's `/tts/websocket` JSON (vendor-protocols.md sections 3.2 and 3.3), exactly as on
 //! the wire. Requests are built from borrowed parts; responses are parsed leniently (unknown
 //! message types and fields are ignored, optional fields may be missing or `null`). Nothing
-//! outside `vendor::cartesia` sees these types.
+//! outside `clients::cartesia` sees these types.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,5 +1,5 @@
 //! Benchmark: an unauthenticated sign-in flood against one server, and what it costs the
-//! server's memory and everyone else's latency (issue 18).
+//! server's memory and everyone else's latency.
 //!
 //! The server runs as a child process (this example re-run with `--serve`), so its resident
 //! memory is its own: `VmRSS` / `VmHWM` from `/proc/<pid>/status`. `--clients` (1,000)

@@ -1,6 +1,6 @@
 //! Request rate limits shared by every node: a sliding-window log per key in Redis, checked
 //! and recorded by one Lua script (atomic on the server, on the server's clock, so nodes with
-//! skewed clocks still agree). Issue 8 puts it in front of the API per key / user and per
+//! skewed clocks still agree). It stands in front of the API per key / user and per
 //! organization, by plan tier.
 //!
 //! If Redis cannot answer within [`CHECK_TIMEOUT`], the limiter fails open (the request goes through, unchecked) or

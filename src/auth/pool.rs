@@ -5,7 +5,7 @@
 //! argon2id is memory-hard by design: every check needs its full block array. Run on the
 //! runtime's blocking pool (up to 512 threads), a burst of sign-ins allocates that array once
 //! per concurrent check, and glibc keeps the freed memory in per-thread arenas long after the
-//! burst (issue 18: 400 concurrent sign-ins took a server to 14.7 GB). Here the memory is
+//! burst (400 concurrent sign-ins once took a server to 14.7 GB). Here the memory is
 //! `workers x m_cost` at most, held by the same threads for the life of the process, and a
 //! check that cannot start within the queue's bound is refused at once ([`Overloaded`]) rather
 //! than waiting behind the burst.

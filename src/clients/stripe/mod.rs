@@ -1,5 +1,5 @@
-//! Stripe (billing): webhook signatures (vendor-protocols.md section 6). The webhook endpoint
-//! and the plan changes come with issue 8's billing work.
+//! Stripe (billing): webhook signatures (vendor-protocols.md section 6) and the events the
+//! billing webhook (`http::billing`) turns into plan changes.
 
 pub mod events;
 pub mod signature;

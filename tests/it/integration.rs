@@ -2,7 +2,7 @@
 //! with the simulated carrier. Each test gets its own database and Redis key prefix, so they run
 //! in parallel. Requires `DATABASE_URL` and `REDIS_URL` (`eval "$(scripts/services env)"`).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

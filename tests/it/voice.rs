@@ -4,7 +4,7 @@
 //! Deepgram turns each burst of the caller's speech into the next line of its script.
 //! Requires `DATABASE_URL` and `REDIS_URL` (`eval "$(scripts/services env)"`).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

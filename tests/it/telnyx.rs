@@ -3,7 +3,7 @@
 //! Postgres and real Redis. Real sockets and real time (short rings and talks).
 //! Requires `DATABASE_URL` and `REDIS_URL` (`eval "$(scripts/services env)"`).
 
-mod common;
+use crate::common;
 
 use common::api::{free_port, Api};
 

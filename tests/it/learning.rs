@@ -3,7 +3,7 @@
 //! patterns, memories and cache rows are stored once; the stored vectors answer similarity
 //! searches. Requires `DATABASE_URL`.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! disabling ends the user's sessions at once; changing one's password ends the other
 //! sessions. Requires `DATABASE_URL` and `REDIS_URL`.
 
-mod common;
+use crate::common;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};

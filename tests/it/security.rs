@@ -3,7 +3,7 @@
 //! every kind of bad credential, Stripe and HubSpot webhooks, plan limits shared by two server
 //! processes, CORS. Requires `DATABASE_URL` and `REDIS_URL` (`eval "$(scripts/services env)"`).
 
-mod common;
+use crate::common;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;

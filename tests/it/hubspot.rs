@@ -3,7 +3,7 @@
 //! breaker; and against a tiny hand-made server for answers the fake never gives (unreadable
 //! or mismatched ones). Real sockets, real time; no database needed.
 
-mod common;
+use crate::common;
 
 use common::vendor::{breaker_reaches, breakers_for, fast_retry, settle};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-/// One server process on its own database (simulated carrier; plan limits are
-/// tests/security.rs's).
+/// One server process on its own database (simulated carrier; plan limits are tested in
+/// security::limits_across_nodes).
 struct Server {
     inner: common::server::Server,
     base: String,

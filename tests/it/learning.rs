@@ -438,7 +438,7 @@ mod api {
             max_call_secs: 600,
             ..ServeArgs::local(
                 &database_url,
-                &std::env::var("REDIS_URL").expect("REDIS_URL"),
+                &common::db::redis_url(),
                 format!("127.0.0.1:{port}").parse().unwrap(),
             )
         })

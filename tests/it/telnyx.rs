@@ -87,7 +87,7 @@ impl Env {
             },
             ..ServeArgs::local(
                 &database_url,
-                &std::env::var("REDIS_URL").expect("REDIS_URL"),
+                &common::db::redis_url(),
                 format!("127.0.0.1:{port}").parse().unwrap(),
             )
         })

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::server;
 use crate::common;
+use crate::common::metrics::{series, wait_series};
 use crate::common::server::{create_org, Server};
 
 /// How long any socket-level expectation below may take before it counts as not happening.
@@ -16,35 +17,6 @@ const EDGE_BOUND: std::time::Duration = std::time::Duration::from_secs(30);
 /// `host:port` of a base URL.
 fn addr_of(base: &str) -> String {
     base.trim_start_matches("http://").to_owned()
-}
-
-/// The value of one series on the metrics listener (0 when absent).
-async fn series(metrics_base: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{metrics_base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
-/// Polls until `series >= at_least`, or panics after [`EDGE_BOUND`].
-async fn wait_series(metrics_base: &str, name: &str, at_least: f64) {
-    let deadline = std::time::Instant::now() + EDGE_BOUND;
-    loop {
-        let v = series(metrics_base, name).await;
-        if v >= at_least {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{name} stayed at {v}, expected at least {at_least}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }
 
 /// Whether the server closes `tcp` within [`EDGE_BOUND`] (reads and discards what it sends).

@@ -286,12 +286,7 @@ async fn a_contact_hubspot_could_not_look_up_is_linked_once_it_recovers() {
         crm.requests().len() >= 5,
         "four failed attempts, then the lookup that worked"
     );
-    let metrics = reqwest::get(format!("{}/metrics", srv.metrics_base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics::scrape(&srv.metrics_base).await;
     assert!(
         metrics.contains("iace_crm_links_total{outcome=\"linked\"} 1"),
         "{metrics}"

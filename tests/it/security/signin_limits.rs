@@ -7,20 +7,13 @@ use uuid::Uuid;
 
 use super::{answer, email, login, refresh, s, send, server, Answer, PASSWORD};
 use crate::common;
+use crate::common::metrics::series;
 use crate::common::server::{create_org, create_user};
 
 /// `iace_signin_refused_total{reason}`, read on the server's metrics listener.
 async fn signin_refused(metrics_base: &str, reason: &str) -> u64 {
-    let text = reqwest::get(format!("{metrics_base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let series = format!("iace_signin_refused_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .map_or(0, |v| v.trim().parse().unwrap())
+    let name = format!("iace_signin_refused_total{{reason=\"{reason}\"}}");
+    series(metrics_base, &name).await as u64
 }
 
 /// A sign-in sent with `X-Forwarded-For: forwarded`.

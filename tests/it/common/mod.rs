@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: the real binary as a child process (`server`),
 //! a fresh database per test (`db`), an HTTP API client and free ports (`api`), users and
-//! sign-in (`accounts`), a server's metrics (`metrics`), and what the vendor-client tests share
-//! (`vendor`).
+//! sign-in (`accounts`), a server's metrics (`metrics`), what the vendor-client tests share
+//! (`vendor`), and waiting for a condition (`wait`).
 #![allow(dead_code)]
 
 pub mod accounts;
@@ -10,3 +10,4 @@ pub mod db;
 pub mod metrics;
 pub mod server;
 pub mod vendor;
+pub mod wait;

@@ -10,6 +10,7 @@ use super::server;
 use crate::common;
 use crate::common::metrics::{series, wait_series};
 use crate::common::server::{create_org, Server};
+use crate::common::wait::wait_within;
 
 /// How long any socket-level expectation below may take before it counts as not happening.
 const EDGE_BOUND: std::time::Duration = std::time::Duration::from_secs(30);
@@ -152,14 +153,10 @@ async fn slow_headers_slow_bodies_and_idle_connections_are_closed_and_counted() 
     )
     .await;
     // None of them is left open (the metrics listener's own connections are not counted).
-    let deadline = std::time::Instant::now() + EDGE_BOUND;
-    while series(&srv.metrics_base, "iace_http_connections_open").await > 0.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "connections left open"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_within("no connection left open", EDGE_BOUND, async || {
+        series(&srv.metrics_base, "iace_http_connections_open").await <= 0.0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -312,19 +309,15 @@ async fn beyond_the_connection_cap_connections_get_503_and_probes_keep_an_answer
 
     // Slots come back when clients leave.
     drop(held);
-    let deadline = std::time::Instant::now() + EDGE_BOUND;
-    loop {
+    wait_within("a slot back (ready again)", EDGE_BOUND, async || {
         let r = fresh()
             .get(format!("{}/ready", srv.base))
             .send()
             .await
             .unwrap();
-        if r.status() == StatusCode::OK {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "still at the cap");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+        r.status() == StatusCode::OK
+    })
+    .await;
 }
 
 #[tokio::test]

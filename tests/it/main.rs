@@ -1,9 +1,16 @@
-//! The integration tests of the `iace` crate, in one test binary (each binary links the whole
-//! server, so one binary instead of one per file saves link time and disk). Each module holds
-//! the tests of one area; `common` holds the helpers they share. They run against the real
-//! Postgres and Redis named by `DATABASE_URL` and `REDIS_URL` (`scripts/services env`).
+//! The integration tests of the `iace` crate, in one test binary: each test binary links the
+//! whole server, so the areas are modules of this one rather than files of their own under
+//! `tests/` (add new tests to a module here, or a new module; a new file directly under
+//! `tests/` would be another binary). `common` holds the helpers the modules share.
 //!
-//! Run one area with a filter: `cargo test -p iace --test it security::`.
+//! The tests run against the real Postgres and Redis named by `DATABASE_URL` and `REDIS_URL`
+//! (`eval "$(scripts/services env)"`). Under `cargo test` they are threads of one process, so
+//! none of them changes process-wide state: no test sets an environment variable (a server
+//! gets its settings as a child process's environment or as `ServeArgs`), ports come from
+//! `common::api::free_port` or `bind(0)`, every test has a database of its own, and metrics go
+//! to a registry per server or client, never the process's default one.
+//!
+//! One area: `cargo test -p iace --test it security::`; one test: give its full path.
 
 mod common;
 

@@ -7,8 +7,8 @@
 //! (`eval "$(scripts/services env)"`). Under `cargo test` they are threads of one process, so
 //! none of them changes process-wide state: no test sets an environment variable (a server
 //! gets its settings as a child process's environment or as `ServeArgs`), ports come from
-//! `common::api::free_port` or `bind(0)`, every test has a database of its own, and metrics go
-//! to a registry per server or client, never the process's default one.
+//! `common::api::free_port` or `bind(0)`, a test that stores has a database of its own, and
+//! metrics go to a registry per server or client, never the process's default one.
 //!
 //! One area: `cargo test -p iace --test it security::`; one test: give its full path.
 

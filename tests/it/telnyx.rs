@@ -3,7 +3,7 @@
 //! Postgres and real Redis. Real sockets and real time (short rings and talks).
 //! Requires `DATABASE_URL` and `REDIS_URL` (`eval "$(scripts/services env)"`).
 
-mod common;
+use crate::common;
 
 use common::api::{free_port, Api};
 
@@ -87,7 +87,7 @@ impl Env {
             },
             ..ServeArgs::local(
                 &database_url,
-                &std::env::var("REDIS_URL").expect("REDIS_URL"),
+                &common::db::redis_url(),
                 format!("127.0.0.1:{port}").parse().unwrap(),
             )
         })

@@ -11,13 +11,6 @@ use serde_json::Value;
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_iace");
 
-/// `REDIS_URL`, or a panic saying how to set it.
-pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").expect(
-        "REDIS_URL is not set: run `scripts/services up` and `eval \"$(scripts/services env)\"`",
-    )
-}
-
 /// One `iace serve` process.
 pub struct Server {
     child: Option<Child>,
@@ -96,7 +89,7 @@ impl Server {
         let metrics_addr = self.metrics_base.trim_start_matches("http://").to_owned();
         cmd.env("DATABASE_URL", &self.database_url)
             .env("IACE_METRICS_BIND", metrics_addr)
-            .env("REDIS_URL", redis_url())
+            .env("REDIS_URL", super::db::redis_url())
             .env("IACE_BIND", format!("127.0.0.1:{}", self.port))
             .env("IACE_TELEPHONY", "simulated")
             .env("IACE_SIM_KEY_PREFIX", &self.sim_prefix)

@@ -3,11 +3,12 @@
 //! patterns, memories and cache rows are stored once; the stored vectors answer similarity
 //! searches. Requires `DATABASE_URL`.
 
-mod common;
+use crate::common;
+use crate::common::wait::wait_for;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -205,14 +206,6 @@ impl Tenant {
             customer,
             epochs,
         }
-    }
-}
-
-async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -438,7 +431,7 @@ mod api {
             max_call_secs: 600,
             ..ServeArgs::local(
                 &database_url,
-                &std::env::var("REDIS_URL").expect("REDIS_URL"),
+                &common::db::redis_url(),
                 format!("127.0.0.1:{port}").parse().unwrap(),
             )
         })

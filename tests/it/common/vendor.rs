@@ -1,5 +1,5 @@
-//! What the vendor-client tests share: the wall clock breakers run on, and a retry policy fast
-//! enough for tests.
+//! What the vendor-client tests share: the wall clock breakers run on, a retry policy fast
+//! enough for tests, and a server with a fixed answer for checks of what a client makes of it.
 
 use std::time::Duration;
 
@@ -63,4 +63,21 @@ pub async fn breaker_reaches(
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A server that answers every request with `body` (status 200, JSON), counting requests;
+/// returns its `http://127.0.0.1:PORT`.
+pub async fn canned_server(
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> String {
+    let app = axum::Router::new().fallback(move || {
+        let body = body.lock().unwrap().clone();
+        hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move { ([("content-type", "application/json")], body) }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
 }

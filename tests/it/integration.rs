@@ -2,15 +2,15 @@
 //! with the simulated carrier. Each test gets its own database and Redis key prefix, so they run
 //! in parallel. Requires `DATABASE_URL` and `REDIS_URL` (`eval "$(scripts/services env)"`).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-/// One server process on its own database (simulated carrier; plan limits are
-/// tests/security.rs's).
+/// One server process on its own database (simulated carrier; plan limits are tested in
+/// security::limits_across_nodes).
 struct Server {
     inner: common::server::Server,
     base: String,

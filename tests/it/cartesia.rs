@@ -4,7 +4,7 @@
 //! fake paces audio on the wall clock); every test starts its own fake, so they run in
 //! parallel, and each finishes in a few seconds.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

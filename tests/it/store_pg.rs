@@ -1,7 +1,7 @@
 //! The Postgres store against a real server: round trips, compare-and-set, epoch fencing,
 //! idempotency, inbox dedupe, tenant scoping. Requires `DATABASE_URL`.
 
-mod common;
+use crate::common;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use iace::store::PgStore;

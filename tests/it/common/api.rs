@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 /// The API of a running server, as one organization.
@@ -130,22 +131,53 @@ pub fn free_port() -> u16 {
     panic!("no free port in {LOW}..{}", LOW + SPAN);
 }
 
-/// One request as `bearer` (an API key or access token); the status and the JSON body.
-pub async fn request(
+/// What the server answered: status, headers and the JSON body (`Null` when there is none).
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+/// One request as `bearer` (an API key or access token), with a JSON `body`.
+pub async fn send(
     base: &str,
-    method: reqwest::Method,
+    method: Method,
     path: &str,
     bearer: Option<&str>,
     body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = reqwest::Client::new().request(method, format!("{base}{path}"));
+) -> Answer {
+    let http = reqwest::Client::new();
+    let mut req = http.request(method, format!("{base}{path}"));
     if let Some(b) = bearer {
         req = req.bearer_auth(b);
     }
     if let Some(body) = body {
         req = req.json(&body);
     }
+    answer(req).await
+}
+
+/// Sends a request and reads its status, headers and JSON body.
+pub async fn answer(req: reqwest::RequestBuilder) -> Answer {
     let r = req.send().await.unwrap();
     let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
+    let headers = r.headers().clone();
+    let body = r.json().await.unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// [`send`], for callers that only need the status and the JSON body.
+pub async fn request(
+    base: &str,
+    method: Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let a = send(base, method, path, bearer, body).await;
+    (a.status, a.body)
 }

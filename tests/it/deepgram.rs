@@ -7,7 +7,7 @@
 //! audio time, so most tests send audio as fast as the stream takes it; the tests of wall-clock
 //! behaviour (keepalives, drops, stalls) measure elapsed time. Each test starts its own fake.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

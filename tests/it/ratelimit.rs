@@ -9,7 +9,7 @@ use fred::interfaces::ClientLike;
 use iace::ratelimit::{Decision, FailMode, RateLimiter};
 
 async fn limiter(prefix: &str, fail: FailMode) -> RateLimiter {
-    let url = std::env::var("REDIS_URL").expect("REDIS_URL");
+    let url = crate::common::db::redis_url();
     let client = iace::redis::connect(&url).await.unwrap();
     RateLimiter::new(client, prefix, fail, &prometheus::Registry::new()).unwrap()
 }
@@ -73,7 +73,7 @@ async fn without_redis_the_limiter_fails_open_or_closed_as_configured() {
         (FailMode::Open, Decision::Unchecked),
         (FailMode::Closed, Decision::Unavailable),
     ] {
-        let url = std::env::var("REDIS_URL").expect("REDIS_URL");
+        let url = crate::common::db::redis_url();
         let client = iace::redis::connect(&url).await.unwrap();
         let registry = prometheus::Registry::new();
         let l = RateLimiter::new(client.clone(), prefix.as_str(), mode, &registry).unwrap();

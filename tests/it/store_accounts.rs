@@ -2,7 +2,7 @@
 //! revocation, principals, API keys and their use, and the Stripe/HubSpot events (dedupe,
 //! ordering, matching). Requires `DATABASE_URL`.
 
-mod common;
+use crate::common;
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use iace::store::PgStore;

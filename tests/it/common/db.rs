@@ -1,4 +1,5 @@
-//! A fresh, migrated database per test on the server named by `DATABASE_URL`.
+//! The services the tests run on: a fresh, migrated database per test on the server named by
+//! `DATABASE_URL`, and the Redis named by `REDIS_URL`.
 
 /// Creates a uniquely named database (template1 already has the vector extension available)
 /// and returns its URL. Each test gets its own, so tests run in parallel without sharing shard
@@ -28,4 +29,11 @@ pub async fn migrated_pool() -> (String, sqlx::PgPool) {
     let pool = iace::store::connect(&url).await.expect("connect");
     iace::store::migrate(&pool).await.expect("migrate");
     (url, pool)
+}
+
+/// `REDIS_URL`, or a panic saying how to set it.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").expect(
+        "REDIS_URL is not set: run `scripts/services up` and `eval \"$(scripts/services env)\"`",
+    )
 }

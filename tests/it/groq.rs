@@ -3,7 +3,7 @@
 //! chat-model port over it ([`GroqLlm`]) with barge-in cancellation. Real sockets, real time;
 //! no database needed.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

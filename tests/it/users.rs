@@ -4,16 +4,14 @@
 //! disabling ends the user's sessions at once; changing one's password ends the other
 //! sessions. Requires `DATABASE_URL` and `REDIS_URL`.
 
-mod common;
+use crate::common;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use uuid::Uuid;
 
+use common::accounts::{email, s, PASSWORD};
 use common::api::request;
 use common::server::{create_org, create_user, Server};
-
-const PASSWORD: &str = "correct horse battery staple";
 
 async fn server(db: &str) -> Server {
     Server::start(
@@ -26,26 +24,10 @@ async fn server(db: &str) -> Server {
     .await
 }
 
-fn email() -> String {
-    format!("u{}@example.com", Uuid::new_v4().simple())
-}
-
-fn s(v: &Value, k: &str) -> String {
-    v[k].as_str()
-        .unwrap_or_else(|| panic!("no {k} in {v}"))
-        .to_owned()
-}
-
 /// Signs in: (status, body with access_token and refresh_token).
 async fn login(base: &str, email: &str, password: &str) -> (StatusCode, Value) {
-    request(
-        base,
-        Method::POST,
-        "/v1/auth/login",
-        None,
-        Some(json!({"email": email, "password": password})),
-    )
-    .await
+    let a = common::accounts::login(base, email, password).await;
+    (a.status, a.body)
 }
 
 async fn token(base: &str, email: &str) -> String {

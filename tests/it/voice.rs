@@ -4,7 +4,7 @@
 //! Deepgram turns each burst of the caller's speech into the next line of its script.
 //! Requires `DATABASE_URL` and `REDIS_URL` (`eval "$(scripts/services env)"`).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -97,7 +97,7 @@ impl Env {
             max_call_secs: 600,
             ..ServeArgs::local(
                 &database_url,
-                &std::env::var("REDIS_URL").expect("REDIS_URL"),
+                &common::db::redis_url(),
                 format!("127.0.0.1:{port}").parse().unwrap(),
             )
         };

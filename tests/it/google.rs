@@ -3,9 +3,9 @@
 //! the `google` breaker; and against a tiny hand-made server for answers the fake never gives
 //! (wrong counts and sizes). Real sockets, real time; no database needed.
 
-mod common;
+use crate::common;
 
-use common::vendor::{breaker_reaches, breakers_for, fast_retry, settle};
+use common::vendor::{breaker_reaches, breakers_for, canned_server, fast_retry, settle};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -437,24 +437,11 @@ async fn a_stalled_attempt_times_out_and_the_retry_answers() {
     fake.shutdown().await;
 }
 
-/// A server that answers every POST with `body` (status 200), counting requests.
-async fn canned_server(body: Arc<Mutex<String>>, hits: Arc<AtomicUsize>) -> String {
-    let app = axum::Router::new().fallback(move || {
-        let body = body.lock().unwrap().clone();
-        hits.fetch_add(1, Ordering::SeqCst);
-        async move { ([("content-type", "application/json")], body) }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}/v1beta")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_answer_is_unavailable_never_a_silent_mismatch() {
     let body = Arc::new(Mutex::new(String::new()));
     let hits = Arc::new(AtomicUsize::new(0));
-    let base = canned_server(body.clone(), hits.clone()).await;
+    let base = format!("{}/v1beta", canned_server(body.clone(), hits.clone()).await);
     let embedder = GoogleEmbedder::new(
         GoogleConfig {
             api_base: base,

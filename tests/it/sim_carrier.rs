@@ -16,17 +16,10 @@ use iace_actors::ports::{
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use uuid::Uuid;
 
+use crate::common::db::redis_url;
+
 /// How long to wait for an event that must come.
 const EVENT_WAIT: Duration = Duration::from_secs(15);
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| {
-        panic!(
-            "REDIS_URL is not set: start the services and export it with \
-             `eval \"$(scripts/services env)\"` before running these tests"
-        )
-    })
-}
 
 struct Harness {
     redis: Client,

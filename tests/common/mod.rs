@@ -1,7 +1,0 @@
-//! Helpers shared by the integration tests.
-#![allow(dead_code)]
-
-pub mod api;
-pub mod db;
-pub mod server;
-pub mod vendor;

@@ -652,7 +652,7 @@ mod api {
     }
 }
 
-/// Issue 6's degradation for embeddings, through the real Google client and its breaker: the
+/// Degradation for embeddings, through the real Google client and its breaker: the
 /// vendor fails, the breaker opens, learning jobs stay queued (no request reaches the vendor
 /// while it is open), and once the vendor is back the half-open probe succeeds and every
 /// queued call is learned, once.

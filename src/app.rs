@@ -9,11 +9,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use iace_actors::accounts::{AccountStore, Role, User};
+use iace_actors::accounts::{Role, User};
 use iace_actors::breaker::Breakers;
 use iace_actors::catalog::Organization;
 use iace_actors::engine::{Engine, EngineConfig};
 use iace_actors::machine::MediaReport;
+use iace_actors::ports::accounts::{OrganizationStore, UserStore};
 use iace_actors::ports::{Clock, IdGen, InboxItem, Ports, QueryStore, Telephony};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -760,7 +761,7 @@ pub async fn create_user(
         None => (crate::auth::generate_password(), true),
     };
     let store = admin_store(database_url).await?;
-    let found = AccountStore::organization(&store, org)
+    let found = OrganizationStore::organization(&store, org)
         .await
         .map_err(|e| anyhow::anyhow!("reading the organization: {e}"))?;
     anyhow::ensure!(found.is_some(), "--org: no organization {org}");

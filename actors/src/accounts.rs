@@ -1,19 +1,17 @@
 //! Accounts: users and their sessions, roles, API keys, plans, and the billing/CRM facts that
-//! change them. Types and the [`AccountStore`] port; the engine runs every call to it on its
-//! query pool (see `Engine::login_user` and friends).
+//! change them. The domain types only: the store ports that persist them are in
+//! `ports::accounts` (one per table), which import these types, never the reverse.
 //!
 //! Secrets never reach this crate in the clear: passwords arrive as argon2id PHC strings,
 //! refresh tokens and API keys as SHA-256 hex digests.
 
 use std::fmt;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::machine::OrganizationId;
-use crate::ports::{PageRequest, StoreResult};
 
 /// What a principal may do. Ordered: each role can do everything the ones below it can.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -551,150 +549,6 @@ pub enum CrmLink {
     Ambiguous,
     /// No organization is linked to the portal.
     NoOrganization,
-}
-
-/// Accounts persistence. Every organization-scoped method is scoped by its `org` argument.
-#[async_trait]
-pub trait AccountStore: Send + Sync + 'static {
-    /// The organization's account.
-    async fn organization(&self, org: OrganizationId) -> StoreResult<Option<OrgAccount>>;
-    /// Applies `patch`; `Ok(None)` when the organization does not exist. A portal id another
-    /// organization uses is a conflict.
-    async fn update_organization(
-        &self,
-        org: OrganizationId,
-        patch: &OrgPatch,
-    ) -> StoreResult<Result<Option<OrgAccount>, String>>;
-
-    /// Stores a user; `false` when the email is taken.
-    async fn insert_user(&self, user: &User) -> StoreResult<bool>;
-    /// The user with this (lower-case) email.
-    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
-    /// The organization's user with this id.
-    async fn user(&self, org: OrganizationId, id: Uuid) -> StoreResult<Option<User>>;
-    /// One page of the organization's users, oldest first (disabled ones too). Unlike the
-    /// newest-first lists, `page.after` here returns users strictly *newer* than the cursor
-    /// (the next ones in this list's order).
-    async fn list_users(&self, org: OrganizationId, page: &PageRequest) -> StoreResult<Vec<User>>;
-    /// Applies `change` to the organization's user `id` as `actor`, atomically with the rules
-    /// of [`UserUpdate`]; disabling revokes every session of the user in the same transaction.
-    async fn update_user(
-        &self,
-        org: OrganizationId,
-        id: Uuid,
-        change: &UserChange,
-        actor: UserActor,
-        now: DateTime<Utc>,
-    ) -> StoreResult<UserUpdate>;
-    /// Replaces the user's password hash and revokes every session but `keep` (the caller's),
-    /// in one transaction; `false` when the user is gone or disabled.
-    async fn set_password(
-        &self,
-        user: Uuid,
-        password_hash: &str,
-        keep: Uuid,
-        now: DateTime<Utc>,
-    ) -> StoreResult<bool>;
-
-    /// Stores the first refresh token of a login.
-    async fn insert_refresh_token(&self, token: &NewRefreshToken) -> StoreResult<()>;
-    /// Presents the token with hash `presented`: rotates it into `next` (whose `family_id`,
-    /// `user_id` and `organization_id` the store fills from the presented token), or detects
-    /// reuse and revokes the family. Atomic.
-    async fn rotate_refresh_token(
-        &self,
-        presented: &str,
-        next: &NewRefreshToken,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Rotation>;
-    /// Revokes the family of the token with this hash; the user and family when it was live.
-    async fn revoke_refresh_token(
-        &self,
-        token_hash: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Option<(Uuid, Uuid)>>;
-    /// Revokes every session of a user; how many families were live.
-    async fn revoke_user_sessions(&self, user: Uuid, now: DateTime<Utc>) -> StoreResult<u64>;
-    /// The principal of an access token: the user and their session must still be live.
-    async fn user_principal(
-        &self,
-        user: Uuid,
-        session: Uuid,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Option<Principal>>;
-
-    /// The principal of the API key with this hash (not revoked); records the use (at most
-    /// once a minute per key).
-    async fn key_principal(
-        &self,
-        key_hash: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Option<Principal>>;
-    /// Stores a new API key.
-    async fn insert_api_key(&self, key: &NewApiKey) -> StoreResult<()>;
-    /// One page of the organization's API keys, newest first (revoked ones too).
-    async fn list_api_keys(
-        &self,
-        org: OrganizationId,
-        page: &PageRequest,
-    ) -> StoreResult<Vec<ApiKeyInfo>>;
-    /// The organization's API key with this id (revoked or not).
-    async fn api_key(&self, org: OrganizationId, id: Uuid) -> StoreResult<Option<ApiKeyInfo>>;
-    /// Revokes a key; `None` when the organization has no such key.
-    async fn revoke_api_key(
-        &self,
-        org: OrganizationId,
-        id: Uuid,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Option<ApiKeyInfo>>;
-
-    /// Live (pending, ringing, in progress) calls of the organization.
-    async fn live_calls(&self, org: OrganizationId) -> StoreResult<u64>;
-
-    /// Stores a Stripe event (deduplicated by its id) and applies its change, in one
-    /// transaction; `false` when it was stored before.
-    async fn record_billing_event(
-        &self,
-        event: &BillingEvent,
-        now: DateTime<Utc>,
-    ) -> StoreResult<bool>;
-    /// Stores a batch of HubSpot events (each deduplicated by its id) and applies their
-    /// changes, in one transaction. With `queue_links`, each contact of
-    /// [`EventsStored::unlinked`] is queued for a CRM lookup in that transaction too (due at
-    /// once, also when it was already queued).
-    async fn record_crm_events(
-        &self,
-        events: &[CrmEvent],
-        queue_links: bool,
-        now: DateTime<Utc>,
-    ) -> StoreResult<EventsStored>;
-    /// Claims up to `limit` due CRM lookups, oldest due first; a claimed lookup is not due
-    /// again for `lease` (another node skips it meanwhile).
-    async fn claim_crm_links(
-        &self,
-        now: DateTime<Utc>,
-        lease: std::time::Duration,
-        limit: u32,
-    ) -> StoreResult<Vec<CrmLinkJob>>;
-    /// A lookup failed: due again at `at`, one more attempt counted (unless queued again
-    /// since the claim).
-    async fn retry_crm_link(
-        &self,
-        job: &CrmLinkJob,
-        at: DateTime<Utc>,
-        error: &str,
-    ) -> StoreResult<()>;
-    /// A lookup is resolved (linked, or nothing to link): off the queue, unless an event
-    /// queued the contact again since the claim.
-    async fn finish_crm_link(&self, job: &CrmLinkJob) -> StoreResult<()>;
-    /// Links a HubSpot contact to the organization's unlinked customer with its phone (else
-    /// its email), in one transaction (see [`CrmLink`]).
-    async fn link_crm_contact(
-        &self,
-        portal_id: i64,
-        contact: &CrmContactFacts,
-        now: DateTime<Utc>,
-    ) -> StoreResult<CrmLink>;
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 //! (`src/store`, `src/telephony`); in-memory ones in [`crate::memory`] serve unit tests and the
 //! deterministic simulations. Nothing here may depend on a concrete database or network crate.
 
+pub mod accounts;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -494,5 +496,5 @@ pub struct Ports {
     /// Recall over learned patterns and customer memories; `None` when learning is off.
     pub recall: Option<crate::learning::recall::Recall>,
     /// Users, sessions, API keys, plans; `None` where accounts are not kept (simulations).
-    pub accounts: Option<Arc<dyn crate::accounts::AccountStore>>,
+    pub accounts: Option<Arc<dyn accounts::AccountStore>>,
 }

@@ -7,11 +7,14 @@ use crate::common;
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use iace::store::PgStore;
 use iace_actors::accounts::{
-    AccountStore, ApiKeyInfo, BillingAction, BillingChange, BillingEvent, CrmChange,
-    CrmContactFacts, CrmEvent, CrmField, CrmLink, EventsStored, KeyTier, NewApiKey,
-    NewRefreshToken, OrgPatch, Plan, Principal, Role, Rotation, Subject, User,
+    ApiKeyInfo, BillingAction, BillingChange, BillingEvent, CrmChange, CrmContactFacts, CrmEvent,
+    CrmField, CrmLink, EventsStored, KeyTier, NewApiKey, NewRefreshToken, OrgPatch, Plan,
+    Principal, Role, Rotation, Subject, User,
 };
 use iace_actors::catalog::Organization;
+use iace_actors::ports::accounts::{
+    ApiKeyStore, BillingStore, CrmStore, OrganizationStore, SessionStore, UserStore,
+};
 use iace_actors::ports::{PageRequest, QueryStore};
 use serde_json::json;
 use uuid::Uuid;
@@ -808,10 +811,12 @@ async fn live_calls_counts_pending_ringing_and_in_progress_calls_of_the_organiza
         .await
         .unwrap();
     }
-    assert_eq!(AccountStore::live_calls(&s, a).await.unwrap(), 3);
-    assert_eq!(AccountStore::live_calls(&s, b).await.unwrap(), 1);
+    assert_eq!(OrganizationStore::live_calls(&s, a).await.unwrap(), 3);
+    assert_eq!(OrganizationStore::live_calls(&s, b).await.unwrap(), 1);
     assert_eq!(
-        AccountStore::live_calls(&s, Uuid::new_v4()).await.unwrap(),
+        OrganizationStore::live_calls(&s, Uuid::new_v4())
+            .await
+            .unwrap(),
         0
     );
 }

@@ -10,12 +10,13 @@ use uuid::Uuid;
 
 use super::{clamp_limit, Engine, EngineError};
 use crate::accounts::{
-    AccountStore, ApiKeyInfo, BillingEvent, CrmContactFacts, CrmEvent, CrmLink, CrmLinkJob,
-    EventsStored, KeyTier, NewApiKey, NewRefreshToken, OrgAccount, OrgPatch, Principal, Role,
-    Rotation, User, UserActor, UserChange, UserUpdate,
+    ApiKeyInfo, BillingEvent, CrmContactFacts, CrmEvent, CrmLink, CrmLinkJob, EventsStored,
+    KeyTier, NewApiKey, NewRefreshToken, OrgAccount, OrgPatch, Principal, Role, Rotation, User,
+    UserActor, UserChange, UserUpdate,
 };
 use crate::catalog;
 use crate::machine::OrganizationId;
+use crate::ports::accounts::AccountStore;
 use crate::ports::PageRequest;
 
 /// Longest API key name.
@@ -177,7 +178,9 @@ impl Engine {
             .await
     }
 
-    /// Rotates a refresh token (see [`AccountStore::rotate_refresh_token`]).
+    /// Rotates a refresh token (see [`SessionStore::rotate_refresh_token`]).
+    ///
+    /// [`SessionStore::rotate_refresh_token`]: crate::ports::accounts::SessionStore::rotate_refresh_token
     pub async fn rotate_session(
         &self,
         presented_hash: String,
@@ -340,7 +343,9 @@ impl Engine {
         .await
     }
 
-    /// Claims due CRM lookups (see [`AccountStore::claim_crm_links`]).
+    /// Claims due CRM lookups (see [`CrmStore::claim_crm_links`]).
+    ///
+    /// [`CrmStore::claim_crm_links`]: crate::ports::accounts::CrmStore::claim_crm_links
     pub async fn claim_crm_links(
         &self,
         lease: std::time::Duration,

@@ -297,7 +297,7 @@ pub struct Conversation {
     llm_down: Option<LlmDown>,
     /// When the audio forwarded so far should have finished playing.
     playhead: Micros,
-    /// The media stream does not echo marks (one is overdue by [`playout::MARK_WAIT`]).
+    /// The media stream does not echo marks (one is overdue by `playout::MARK_WAIT`).
     marks_missing: bool,
 }
 

@@ -9,9 +9,12 @@
 //! arrived (so mailbox queueing counts as engine time in the latency records) and turn it into
 //! a message. The session never waits on a vendor: stream inputs use `try_send`; model
 //! requests, scoring and tools run in tasks.
+//!
+//! Beside the actor: `router` finds a call's live session for the media endpoint, and
+//! `recall` fetches what earlier calls taught for the conversation's context.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -28,8 +31,13 @@ use super::ports::{
 use super::profile::VoiceProfile;
 use crate::engine::call_actor::{CallMsg, VoiceRequest};
 use crate::engine::Shared;
-use crate::machine::{AmdResult, CallId, CallSpec};
+use crate::machine::{AmdResult, CallSpec};
 use crate::sentiment::{LexiconScorer, Sentiment, SentimentLabel, SentimentScorer};
+
+mod recall;
+mod router;
+
+pub use router::VoiceRouter;
 
 /// What the voice pipeline is built from.
 #[derive(Clone)]
@@ -47,99 +55,6 @@ pub struct VoicePorts {
     /// μ-law 8 kHz audio played when speech synthesis is down (a recorded apology, or a
     /// tone): the caller hears something before the transfer or hangup.
     pub fallback_apology: Arc<Vec<u8>>,
-}
-
-/// Longest the start of a conversation waits for recalled context.
-const RECALL_TIMEOUT: Duration = Duration::from_millis(400);
-/// Customer memories put in the agent's context.
-const RECALL_MEMORIES: u32 = 5;
-/// Learned patterns put in the agent's context.
-const RECALL_PATTERNS: u32 = 3;
-
-/// What recall found for a call.
-#[derive(Default)]
-struct Recalled {
-    asked: bool,
-    memories: Vec<crate::learning::recall::MemoryHit>,
-    patterns: Vec<crate::learning::recall::PatternHit>,
-    prediction: Option<crate::learning::recall::Prediction>,
-    degraded: Vec<String>,
-}
-
-impl Recalled {
-    /// The journal record of what the agent was given (none when learning is off).
-    fn record(&self) -> Option<crate::voice::record::ConversationRecord> {
-        self.asked.then(
-            || crate::voice::record::ConversationRecord::ContextRetrieved {
-                memories: self.memories.iter().map(|m| m.id).collect(),
-                patterns: self.patterns.iter().map(|p| p.id).collect(),
-                escalation_risk: self.prediction.as_ref().map_or(0.0, |p| p.escalation_risk),
-                degraded: (!self.degraded.is_empty()).then(|| self.degraded.join("; ")),
-            },
-        )
-    }
-}
-
-/// Live voice sessions by call, for the media endpoint's per-frame traffic (which must not go
-/// through the supervisor and the call actor); and the calls whose media stream is up, so a
-/// call actor re-activated after a crash converses again (the stream does not start twice).
-#[derive(Clone, Default)]
-pub struct VoiceRouter {
-    sessions: Arc<Mutex<HashMap<CallId, ActorRef<VoiceMsg>>>>,
-    streams: Arc<Mutex<HashSet<CallId>>>,
-}
-
-impl VoiceRouter {
-    pub(crate) fn stream_started(&self, call: CallId) {
-        self.streams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(call);
-    }
-
-    pub(crate) fn has_stream(&self, call: CallId) -> bool {
-        self.streams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(&call)
-    }
-
-    pub(crate) fn forget_stream(&self, call: CallId) {
-        self.streams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&call);
-    }
-
-    pub(crate) fn insert(&self, call: CallId, session: ActorRef<VoiceMsg>) {
-        self.lock().insert(call, session);
-    }
-
-    pub(crate) fn remove(&self, call: CallId, session: &ActorRef<VoiceMsg>) {
-        let mut map = self.lock();
-        if map
-            .get(&call)
-            .is_some_and(|s| s.get_id() == session.get_id())
-        {
-            map.remove(&call);
-        }
-    }
-
-    pub(crate) fn send(&self, call: CallId, msg: VoiceMsg) {
-        let session = self.lock().get(&call).cloned();
-        if let Some(session) = session {
-            let _ = session.send_message(msg);
-        }
-    }
-
-    /// Sessions running.
-    pub fn live(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CallId, ActorRef<VoiceMsg>>> {
-        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 /// Mailbox of a [`VoiceSession`].
@@ -365,72 +280,6 @@ impl VoiceState {
             .num_microseconds()
             .and_then(|us| u64::try_from(us).ok())
             .unwrap_or(0)
-    }
-
-    /// What earlier calls taught, for this call's context: the customer's memories, the
-    /// agent's best patterns, and the escalation prediction. Bounded by [`RECALL_TIMEOUT`]:
-    /// whatever does not come in time is left out (the call never waits on learning).
-    async fn recall(&self) -> Recalled {
-        let Some(recall) = self.shared.ports.recall.clone() else {
-            return Recalled::default();
-        };
-        let spec = &self.spec;
-        let purpose = spec
-            .metadata
-            .get("purpose")
-            .and_then(|p| p.as_str())
-            .map(str::to_owned);
-        let now = self.shared.ports.clock.now();
-        let memories = async {
-            match spec.customer_id {
-                Some(c) => recall
-                    .memories(
-                        spec.organization_id,
-                        c,
-                        purpose.as_deref(),
-                        RECALL_MEMORIES,
-                        now,
-                    )
-                    .await
-                    .map(Some),
-                None => Ok(None),
-            }
-        };
-        let patterns = recall.patterns(
-            spec.organization_id,
-            spec.agent_id,
-            purpose.as_deref(),
-            RECALL_PATTERNS,
-        );
-        let both = async { tokio::join!(memories, patterns) };
-        let mut out = Recalled {
-            asked: true,
-            ..Recalled::default()
-        };
-        match tokio::time::timeout(RECALL_TIMEOUT, both).await {
-            Ok((m, p)) => {
-                match m {
-                    Ok(Some(m)) => {
-                        out.prediction = Some(crate::learning::recall::predict(&m));
-                        out.memories = m;
-                    }
-                    Ok(None) => {}
-                    Err(e) => out.degraded.push(format!("memories: {e}")),
-                }
-                match p {
-                    Ok(p) => out.patterns = p,
-                    Err(e) => out.degraded.push(format!("patterns: {e}")),
-                }
-            }
-            Err(_) => out.degraded.push(format!(
-                "recall took longer than {} ms",
-                RECALL_TIMEOUT.as_millis()
-            )),
-        }
-        if !out.degraded.is_empty() {
-            warn!(call_id = %spec.id, degraded = ?out.degraded, "call context recalled in part");
-        }
-        out
     }
 
     /// Loads the agent and the customer, opens the vendor streams; returns what failed.

@@ -1,0 +1,263 @@
+//! Replies: a request to the chat model for the caller's turn, its text streamed into speech
+//! synthesis a speakable piece at a time, and the reply done (its tool calls run, see
+//! `tools`).
+
+use crate::voice::ports::{ChatMessage, ChatRole, LlmEvent, ToolCall};
+use crate::voice::record::{ConversationRecord, EscalationReason};
+use crate::voice::text;
+
+use super::tools::tool_message;
+use super::{Action, After, Conversation, Kind, Micros, Timing, Utterance, MS};
+
+/// The reply being asked of the model (one request; a tool round is a new one).
+#[derive(Debug)]
+pub(super) struct Reply {
+    pub(super) id: u32,
+    pub(super) turn: u32,
+    pub(super) ctx: Option<String>,
+    pub(super) buffer: String,
+    pub(super) text: String,
+    pub(super) tool_calls: Vec<ToolCall>,
+    pub(super) rounds: u32,
+    pub(super) timing: Timing,
+}
+
+impl Conversation {
+    pub(super) fn request_reply(
+        &mut self,
+        turn: u32,
+        rounds: u32,
+        timing: Timing,
+        out: &mut Vec<Action>,
+    ) {
+        self.next_reply += 1;
+        let id = self.next_reply;
+        self.reply = Some(Reply {
+            id,
+            turn,
+            ctx: None,
+            buffer: String::new(),
+            text: String::new(),
+            tool_calls: Vec::new(),
+            rounds,
+            timing,
+        });
+        out.push(Action::LlmStart {
+            reply: id,
+            messages: self.context_messages(),
+            tools: self.tool_specs(),
+        });
+    }
+
+    pub(super) fn llm(
+        &mut self,
+        now: Micros,
+        id: u32,
+        event: LlmEvent,
+        at: Micros,
+        out: &mut Vec<Action>,
+    ) {
+        if self.reply.as_ref().is_none_or(|r| r.id != id) {
+            return;
+        }
+        if !matches!(event, LlmEvent::Failed { .. }) {
+            self.llm_answering(now, out);
+        }
+        match event {
+            LlmEvent::Text { text } => {
+                let reply = self.reply.as_mut().expect("checked");
+                reply.timing.first_token.get_or_insert(at);
+                reply.buffer.push_str(&text);
+                reply.text.push_str(&text);
+                self.flush_reply(now, at, false, out);
+            }
+            LlmEvent::ToolCall { call } => {
+                let reply = self.reply.as_mut().expect("checked");
+                reply.timing.first_token.get_or_insert(at);
+                reply.tool_calls.push(call);
+            }
+            LlmEvent::Done { .. } => {
+                self.flush_reply(now, at, true, out);
+                self.reply_done(now, out);
+            }
+            LlmEvent::Failed { reason } => {
+                let started = self
+                    .reply
+                    .as_ref()
+                    .is_some_and(|r| r.ctx.is_some() || !r.tool_calls.is_empty());
+                if started {
+                    // Words of it were spoken: they cannot be taken back.
+                    self.vendor_failed(now, "llm", &reason, out);
+                } else {
+                    self.reply_unavailable(now, &reason, out);
+                }
+            }
+        }
+    }
+
+    /// Sends the speakable part of the reply's buffer (all of it when `done`).
+    fn flush_reply(&mut self, now: Micros, at: Micros, done: bool, out: &mut Vec<Action>) {
+        let Some(reply) = self.reply.as_mut() else {
+            return;
+        };
+        loop {
+            let first = reply.ctx.is_none();
+            let cut = if done {
+                (!reply.buffer.trim().is_empty()).then_some(reply.buffer.len())
+            } else {
+                text::speakable_prefix(&reply.buffer, first)
+            };
+            let Some(cut) = cut else { break };
+            let piece: String = reply.buffer.drain(..cut).collect();
+            if piece.trim().is_empty() {
+                continue;
+            }
+            if reply.timing.piece_token.is_none() {
+                reply.timing.piece_token = Some(at);
+                reply.timing.piece_sent = Some(now);
+            }
+            let ctx = match &reply.ctx {
+                Some(ctx) => ctx.clone(),
+                None => {
+                    self.next_ctx += 1;
+                    let ctx = format!("t{}-u{}", reply.turn, self.next_ctx);
+                    reply.ctx = Some(ctx.clone());
+                    self.utterances.push(Utterance {
+                        ctx: ctx.clone(),
+                        kind: Kind::Reply,
+                        turn: reply.turn,
+                        text: String::new(),
+                        input_closed: false,
+                        tts_done: false,
+                        held: Vec::new(),
+                        sent: 0,
+                        played: 0,
+                        estimated: 0,
+                        schedule: Vec::new(),
+                        words: Vec::new(),
+                        started: now,
+                        playout_deadline: None,
+                        first_sent_at: None,
+                        after: After::Listen,
+                        failed_once: false,
+                        historied: false,
+                    });
+                    ctx
+                }
+            };
+            if let Some(u) = self.utterances.iter_mut().find(|u| u.ctx == ctx) {
+                if !u.text.is_empty() {
+                    u.text.push(' ');
+                }
+                u.text.push_str(piece.trim());
+            }
+            out.push(Action::TtsSpeak {
+                context: ctx,
+                text: piece,
+                last: false,
+            });
+            if done {
+                break;
+            }
+        }
+        if done {
+            if let Some(ctx) = reply.ctx.clone() {
+                if let Some(u) = self.utterances.iter_mut().find(|u| u.ctx == ctx) {
+                    if !u.input_closed {
+                        u.input_closed = true;
+                        out.push(Action::TtsSpeak {
+                            context: ctx,
+                            text: String::new(),
+                            last: true,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn reply_done(&mut self, now: Micros, out: &mut Vec<Action>) {
+        let Some(reply) = self.reply.take() else {
+            return;
+        };
+        if let Some(ctx) = &reply.ctx {
+            if !reply.timing.recorded {
+                self.latency_pending = Some((ctx.clone(), reply.turn, reply.timing.clone()));
+            }
+        }
+        let calls = reply.tool_calls.clone();
+        let assistant = ChatMessage {
+            role: ChatRole::Assistant,
+            content: reply.text.trim().to_owned(),
+            tool_calls: calls.clone(),
+            tool_call_id: None,
+        };
+        if calls.is_empty() {
+            // The spoken text joins the context when it has been heard (see `finish_played`).
+            return;
+        }
+        // Tools: the calls and the words said with them go into the context now (tool answers
+        // must follow their call), so the utterance does not add its words again.
+        if let Some(ctx) = &reply.ctx {
+            if let Some(u) = self.utterances.iter_mut().find(|u| &u.ctx == ctx) {
+                u.historied = true;
+            }
+        }
+        self.push_history(assistant);
+        let mut followup = false;
+        for call in calls {
+            let record = |result: &str| {
+                Action::Record(ConversationRecord::ToolCall {
+                    turn: reply.turn,
+                    name: call.name.clone(),
+                    arguments: call.arguments.clone(),
+                    result: result.to_owned(),
+                    duration_ms: 0,
+                })
+            };
+            match call.name.as_str() {
+                "end_call" if self.profile.offers("end_call") => {
+                    out.push(record("ok"));
+                    self.push_history(tool_message(&call.id, "ok"));
+                    self.end_after_speech(now, reply.ctx.as_deref(), out);
+                    return;
+                }
+                "transfer_to_human" if self.profile.offers("transfer_to_human") => {
+                    out.push(record("ok"));
+                    self.push_history(tool_message(&call.id, "ok"));
+                    let detail = call.arguments.clone();
+                    self.escalate(now, EscalationReason::Tool, detail, out);
+                    return;
+                }
+                "lookup_customer" if self.profile.offers("lookup_customer") => {
+                    self.tools_pending.push((
+                        call.id.clone(),
+                        call.name.clone(),
+                        call.arguments.clone(),
+                        now,
+                    ));
+                    out.push(Action::RunTool {
+                        id: call.id,
+                        name: call.name,
+                        arguments: call.arguments,
+                    });
+                    followup = true;
+                }
+                other => {
+                    let error = format!("unknown tool `{other}`");
+                    out.push(record(&error));
+                    self.push_history(tool_message(&call.id, &error));
+                    followup = true;
+                }
+            }
+        }
+        if followup {
+            if self.tools_pending.is_empty() {
+                self.continue_after_tools(now, reply.turn, reply.rounds, out);
+            } else {
+                self.filler_at = Some(now + self.profile.persona.filler_after_ms * MS);
+                self.pending_rounds = Some((reply.turn, reply.rounds));
+            }
+        }
+    }
+}

@@ -46,7 +46,7 @@
 //!   but do not change the audio; continuations use the first request's `output_format`.
 //!
 //! It must not use tokio's paused clock: everything here is wall-clock paced on real sockets,
-//! so it cannot run inside the deterministic simulation of this crate's [`crate::run`]. Request
+//! so it cannot run inside the deterministic simulation of `iace-sim`'s seeded runs. Request
 //! ids are random v4 UUIDs; the audio is deterministic. Every connection, context and request is
 //! kept in memory for inspection, so a long-running `iace dev` session grows without bound (by
 //! design: tests want the full history).

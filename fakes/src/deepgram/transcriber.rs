@@ -489,7 +489,7 @@ mod tests {
         )
     }
 
-    /// The Telnyx fake's caller audio (simulations/src/telnyx/audio.rs), rebuilt here because
+    /// The Telnyx fake's caller audio (fakes/src/telnyx/audio.rs), rebuilt here because
     /// that module is private to the Telnyx fake: 1 s of 140 Hz voiced tone under a
     /// four-syllables-a-second sin^2 envelope, then 0.5 s of low noise, repeated; mu-law.
     fn telnyx_like(cycles: usize) -> Vec<u8> {

@@ -58,7 +58,7 @@
 //!   envelope and are not recorded.
 //!
 //! It must not use tokio's paused clock: latency is wall-clock on real sockets, so it cannot
-//! run inside the deterministic simulation of this crate's [`crate::run`]. Every embedding
+//! run inside the deterministic simulation of `iace-sim`'s seeded runs. Every embedding
 //! request is kept in memory for inspection (without its vectors), so a long-running
 //! `iace dev` session grows without bound (by design: tests want the full history).
 
@@ -331,7 +331,7 @@ pub fn full_embedding(model: &str, text: &str, dims: usize) -> Vec<f32> {
     seed_bytes.extend_from_slice(model.as_bytes());
     seed_bytes.push(0);
     seed_bytes.extend_from_slice(text.as_bytes());
-    let mut rng = crate::rng::Rng::new(fnv1a(&seed_bytes), 0x6001_e5ed);
+    let mut rng = SplitMix64::new(fnv1a(&seed_bytes), 0x6001_e5ed);
     let mut uniform = || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
     let raw: Vec<f64> = (0..dims)
         .map(|_| uniform() + uniform() + uniform() + uniform() - 2.0)
@@ -340,6 +340,26 @@ pub fn full_embedding(model: &str, text: &str, dims: usize) -> Vec<f32> {
     raw.iter()
         .map(|x| if norm > 0.0 { (x / norm) as f32 } else { 0.0 })
         .collect()
+}
+
+/// SplitMix64 seeded as `iace-sim`'s `Rng` is (so the vectors stay what they have been), a copy
+/// of its two functions so that the fakes do not depend on the simulator.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn new(seed: u64, stream: u64) -> Self {
+        let mut r = SplitMix64(seed ^ stream.wrapping_mul(0xD6E8_FEB8_6659_FD93));
+        r.next_u64();
+        r
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
 }
 
 /// 64-bit FNV-1a.

@@ -22,7 +22,7 @@
 //! ([`FakeGroq::stall_next`]). Clients that drop a stream are recorded as `cancelled`.
 //!
 //! It must not use tokio's paused clock: pacing is wall-clock on real sockets, so it cannot run
-//! inside the deterministic simulation of this crate's [`crate::run`]. Nothing in it is seeded;
+//! inside the deterministic simulation of `iace-sim`'s seeded runs. Nothing in it is seeded;
 //! ids are random v4 UUIDs. Every request is kept in memory for inspection, so a long-running
 //! `iace dev` session grows without bound (by design: tests want the full history).
 

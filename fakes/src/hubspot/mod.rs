@@ -70,7 +70,7 @@
 //! * Unknown URLs are 404 `OBJECT_NOT_FOUND` and are not recorded.
 //!
 //! It must not use tokio's paused clock: latency is wall-clock on real sockets, so it cannot
-//! run inside the deterministic simulation of this crate's [`crate::run`]. Every search is
+//! run inside the deterministic simulation of `iace-sim`'s seeded runs. Every search is
 //! kept in memory for inspection, so a long-running `iace dev` session grows without bound
 //! (by design: tests want the full history).
 

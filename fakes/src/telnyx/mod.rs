@@ -17,7 +17,7 @@
 //!   audio, DTMF, hangup) with a [`CallerTimeline`] of what it did and heard (`caller.rs`).
 //!
 //! It must not use tokio's paused clock: everything here is wall-clock paced on real sockets, so
-//! it cannot run inside the deterministic simulation of this crate's [`crate::run`]. Nothing in
+//! it cannot run inside the deterministic simulation of `iace-sim`'s seeded runs. Nothing in
 //! it is seeded; ids are random v4 UUIDs. It keeps every command and delivery attempt in memory
 //! for inspection, so a long-running `iace dev` session grows without bound (by design: tests
 //! want the full history).

@@ -15,12 +15,14 @@ use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use futures::{SinkExt, StreamExt};
-use iace_sim::deepgram::{FakeDeepgram, FakeDeepgramConfig};
-use iace_sim::telnyx::{
+use iace_fakes::deepgram::{FakeDeepgram, FakeDeepgramConfig};
+use iace_fakes::telnyx::{
     g711, CallerScript, CallerStep, CallerTimeline, FakeTelnyx, FakeTelnyxConfig, LegState,
     Scenario, StepOutcome,
 };
 use serde_json::{json, Value};
+
+use crate::eventually;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message as ClientMessage;
@@ -36,19 +38,8 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-async fn eventually(timeout: Duration, f: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(ms(10)).await;
-    }
-    f()
-}
-
 // ---------------------------------------------------------------------------------------------
-// Webhook receiver (signatures are covered by telnyx_fake.rs)
+// Webhook receiver (signatures are covered by telnyx.rs)
 
 /// Every webhook received: event type and payload, in arrival order.
 type Events = Arc<Mutex<Vec<(String, Value)>>>;

@@ -1,4 +1,4 @@
-//! Wire-level tests of the Groq fake (`iace_sim::groq`) on real sockets and real time, with
+//! Wire-level tests of the Groq fake (`iace_fakes::groq`) on real sockets and real time, with
 //! reqwest as the client and a small SSE reader built on `Response::chunk()` (the workspace's
 //! reqwest has no `stream` feature). Each test starts its own fake, so they run in parallel;
 //! timing assertions use generous bounds because the box is small and shared.
@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use iace_sim::groq::{
+use iace_fakes::groq::{
     FakeGroq, FakeGroqConfig, InjectedFault, Reply, ReplySource, ToolCall, ToolCallChunking,
 };
 use serde_json::{json, Value};

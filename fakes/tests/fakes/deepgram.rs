@@ -1,4 +1,4 @@
-//! Wire-level tests of the Deepgram live STT fake (`iace_sim::deepgram`) on real sockets and
+//! Wire-level tests of the Deepgram live STT fake (`iace_fakes::deepgram`) on real sockets and
 //! real time, with tokio-tungstenite as the client. The audio is generated here: mu-law (or
 //! linear16) tone bursts for speech and low alternating noise for silence. The fake works on
 //! audio time, so most tests send audio as fast as the socket takes it; the tests about wall-clock
@@ -8,8 +8,8 @@
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use iace_sim::deepgram::{ConnectionEnd, FakeDeepgram, FakeDeepgramConfig};
-use iace_sim::telnyx::g711;
+use iace_fakes::deepgram::{ConnectionEnd, FakeDeepgram, FakeDeepgramConfig};
+use iace_fakes::telnyx::g711;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -343,7 +343,7 @@ async fn missing_or_invalid_params_are_refused_with_400_naming_them() {
     ))
     .await;
     assert_eq!(status, 400);
-    assert!(dg_error.starts_with(iace_sim::deepgram::UNSUPPORTED_ERROR_PREFIX));
+    assert!(dg_error.starts_with(iace_fakes::deepgram::UNSUPPORTED_ERROR_PREFIX));
 
     // Credentials are checked before parameters.
     let (status, _, _, _) = refused(request(&fake.listen_url("model="), Some("Token nope"))).await;

@@ -1,10 +1,10 @@
-//! Wire-level tests of the HubSpot CRM v3 fake (`iace_sim::hubspot`) on real sockets and real
+//! Wire-level tests of the HubSpot CRM v3 fake (`iace_fakes::hubspot`) on real sockets and real
 //! time, with reqwest as the client. Each test starts its own fake, so they run in parallel;
 //! timing assertions use generous bounds because the box is small and shared.
 
 use std::time::{Duration, Instant};
 
-use iace_sim::hubspot::{
+use iace_fakes::hubspot::{
     FakeHubSpot, FakeHubSpotConfig, InjectedFault, RecordedFilter, BURST_INTERVAL,
 };
 use serde_json::{json, Value};

@@ -1,10 +1,10 @@
-//! Wire-level tests of the Gemini embeddings fake (`iace_sim::google`) on real sockets and real
+//! Wire-level tests of the Gemini embeddings fake (`iace_fakes::google`) on real sockets and real
 //! time, with reqwest as the client. Each test starts its own fake, so they run in parallel;
 //! timing assertions use generous bounds because the box is small and shared.
 
 use std::time::{Duration, Instant};
 
-use iace_sim::google::{
+use iace_fakes::google::{
     full_embedding, EmbedMethod, FakeGoogle, FakeGoogleConfig, FakeModel, InjectedFault, KeySource,
     MissingKey,
 };

@@ -1,4 +1,4 @@
-//! Wire-level tests of the Cartesia fake (`iace_sim::cartesia`) on real sockets and real time:
+//! Wire-level tests of the Cartesia fake (`iace_fakes::cartesia`) on real sockets and real time:
 //! tokio-tungstenite as the WebSocket client and reqwest for `POST /tts/bytes`, asserting on
 //! what crosses the wire (decoded audio, message order, error bodies) and on what the fake
 //! recorded. Each test starts its own fake, so they run in parallel.
@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use futures::{SinkExt, StreamExt};
-use iace_sim::cartesia::{
+use iace_fakes::cartesia::{
     AuthMethod, CloseReason, ContextState, Encoding, FakeCartesia, FakeCartesiaConfig,
     OutputFormat, VersionSource,
 };
-use iace_sim::telnyx::g711;
+use iace_fakes::telnyx::g711;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

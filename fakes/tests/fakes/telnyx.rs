@@ -1,4 +1,4 @@
-//! Wire-level tests of the Telnyx fake (`iace_sim::telnyx`) on real sockets and real time:
+//! Wire-level tests of the Telnyx fake (`iace_fakes::telnyx`) on real sockets and real time:
 //! a small axum webhook receiver that verifies every Ed25519 signature with the fake's public
 //! key, an axum WebSocket server standing in for IACE's media endpoint, and reqwest as the
 //! command client. Each test starts its own fake, so they run in parallel.
@@ -17,10 +17,12 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use ed25519_dalek::{Signature, VerifyingKey};
 use futures::{SinkExt, StreamExt};
-use iace_sim::telnyx::{
+use iace_fakes::telnyx::{
     g711, sign_webhook, DeliveryFaults, Direction, FakeTelnyx, FakeTelnyxConfig, LegState, Scenario,
 };
 use serde_json::{json, Value};
+
+use crate::eventually;
 
 // ---------------------------------------------------------------------------------------------
 // Webhook receiver
@@ -256,17 +258,6 @@ impl Harness {
         self.post(&format!("/calls/{call_control_id}/actions/{action}"), body)
             .await
     }
-}
-
-async fn eventually(timeout: Duration, f: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    f()
 }
 
 fn config(scenario: Scenario) -> FakeTelnyxConfig {

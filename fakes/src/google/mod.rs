@@ -63,6 +63,7 @@
 //! `iace dev` session grows without bound (by design: tests want the full history).
 
 mod api;
+mod error;
 mod state;
 mod validate;
 

@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value};
 
-use super::api::GoogleError;
+use super::error::GoogleError;
 use super::{EmbedMethod, RecordedItem};
 
 /// The documented `taskType` values.

@@ -75,6 +75,7 @@
 //! (by design: tests want the full history).
 
 mod api;
+mod error;
 mod search;
 mod state;
 

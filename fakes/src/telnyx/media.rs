@@ -16,7 +16,6 @@
 //! Only `ws://` works: the crate's tungstenite is built without TLS, so a `wss://` URL ends in
 //! `streaming.failed`. Only PCMU and PCMA at 8 kHz are generated.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use chrono::Utc;
 use futures::{SinkExt, StreamExt};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -34,24 +33,19 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
-use super::api::{self, ApiError};
 use super::audio::{SpeechLike, FRAME_SAMPLES};
-use super::caller::{Act, Edge, Heard, Performer, Timeline};
-use super::g711;
-use super::state::{self, rfc3339, MediaStats, Shared, State};
+use super::caller::{Act, Performer, Timeline};
+use super::playout::Playout;
+use super::state::{rfc3339, MediaStats, Shared, State};
+use super::stream::{StreamCtrl, StreamParams, StreamSlot};
 use super::LegState;
+use super::{actions, far_end};
 
-/// Play-out time of one byte of the app's audio: G.711 at 8 kHz is one byte per sample.
-const PLAYOUT_NANOS_PER_BYTE: u64 = 125_000;
-/// A 20 ms piece of the app's audio is audible at or above this RMS (16-bit scale): -50 dBFS,
-/// above comfort noise (about -63) and below any speech.
-const AUDIBLE_RMS: f64 = 104.0;
-/// Audible pieces of the play-out closer than this form one stretch: the gaps between an
-/// agent's words (the fake Cartesia leaves 60 ms per space) do not end its reply.
-const AUDIBLE_BRIDGE: Duration = Duration::from_millis(100);
 /// Audio per media frame, whatever the pacing.
 const FRAME_MS: u64 = 20;
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long to wait for the app's close reply after our close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -60,6 +54,7 @@ const MALFORMED_FRAME: (u32, &str, &str) = (
     "malformed_frame",
     "Received frame was not formed correctly",
 );
+
 const INVALID_MEDIA: (u32, &str, &str) = (
     100_004,
     "invalid_media",
@@ -67,153 +62,6 @@ const INVALID_MEDIA: (u32, &str, &str) = (
 );
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Audio encodings the fake can stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Encoding {
-    Pcmu,
-    Pcma,
-}
-
-impl Encoding {
-    fn name(self) -> &'static str {
-        match self {
-            Encoding::Pcmu => "PCMU",
-            Encoding::Pcma => "PCMA",
-        }
-    }
-
-    fn encode(self, samples: &[i16]) -> Vec<u8> {
-        match self {
-            Encoding::Pcmu => samples.iter().map(|&s| g711::linear_to_ulaw(s)).collect(),
-            Encoding::Pcma => samples.iter().map(|&s| g711::linear_to_alaw(s)).collect(),
-        }
-    }
-
-    fn decode(self, byte: u8) -> i16 {
-        match self {
-            Encoding::Pcmu => g711::ulaw_to_linear(byte),
-            Encoding::Pcma => g711::alaw_to_linear(byte),
-        }
-    }
-}
-
-/// A stream as requested by dial, answer or `streaming_start`.
-#[derive(Debug, Clone)]
-pub(crate) struct StreamParams {
-    url: String,
-    /// As requested: `inbound_track`, `outbound_track` or `both_tracks`.
-    track: String,
-    encoding: Encoding,
-    /// How to decode the app's audio to tell sound from silence; `None` for an encoding the
-    /// fake cannot decode (MP3 mode, G722, OPUS, ...), whose audio always counts as audible.
-    playback: Option<Encoding>,
-    auth_token: Option<String>,
-    custom_parameters: Map<String, Value>,
-}
-
-/// Parses the `stream_*` fields of a command body; `None` without `stream_url`.
-pub(crate) fn stream_params(body: &Map<String, Value>) -> Result<Option<StreamParams>, ApiError> {
-    let Some(url) = api::opt_str(body, "stream_url")? else {
-        return Ok(None);
-    };
-    if !(url.starts_with("ws://") || url.starts_with("wss://")) {
-        return Err(ApiError::invalid_url("stream_url"));
-    }
-    let track = api::opt_str(body, "stream_track")?.unwrap_or("inbound_track");
-    api::one_of(
-        "stream_track",
-        track,
-        &["inbound_track", "outbound_track", "both_tracks"],
-    )?;
-    let encoding = match api::opt_str(body, "stream_codec")? {
-        None | Some("default") | Some("PCMU") => Encoding::Pcmu,
-        Some("PCMA") => Encoding::Pcma,
-        Some(other) => {
-            return Err(ApiError::invalid(format!(
-                "stream_codec '{other}' is not supported by the fake (PCMU and PCMA are)"
-            )))
-        }
-    };
-    let mode = api::opt_str(body, "stream_bidirectional_mode")?;
-    if let Some(mode) = mode {
-        api::one_of("stream_bidirectional_mode", mode, &["rtp", "mp3"])?;
-    }
-    let codec = api::opt_str(body, "stream_bidirectional_codec")?;
-    if let Some(codec) = codec {
-        api::one_of(
-            "stream_bidirectional_codec",
-            codec,
-            &["PCMU", "PCMA", "G722", "OPUS", "AMR-WB", "L16"],
-        )?;
-    }
-    let playback = match (mode, codec) {
-        (Some("mp3"), _) => None,
-        (_, None | Some("PCMU")) => Some(Encoding::Pcmu),
-        (_, Some("PCMA")) => Some(Encoding::Pcma),
-        _ => None,
-    };
-    if let Some(legs) = api::opt_str(body, "stream_bidirectional_target_legs")? {
-        api::one_of(
-            "stream_bidirectional_target_legs",
-            legs,
-            &["both", "self", "opposite"],
-        )?;
-    }
-    let auth_token = api::opt_str(body, "stream_auth_token")?;
-    if auth_token.is_some_and(|t| t.len() > 4000) {
-        return Err(ApiError::invalid(
-            "stream_auth_token must be at most 4000 characters".to_owned(),
-        ));
-    }
-    let mut custom_parameters = Map::new();
-    match body.get("custom_parameters") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(items)) => {
-            for item in items {
-                let name = item.get("name").and_then(Value::as_str);
-                let value = item.get("value").and_then(Value::as_str);
-                let (Some(name), Some(value)) = (name, value) else {
-                    return Err(ApiError::invalid(
-                        "custom_parameters must be a list of {name, value} strings".to_owned(),
-                    ));
-                };
-                custom_parameters.insert(name.to_owned(), json!(value));
-            }
-        }
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "custom_parameters must be a list of {name, value} strings".to_owned(),
-            ))
-        }
-    }
-    Ok(Some(StreamParams {
-        url: url.to_owned(),
-        track: track.to_owned(),
-        encoding,
-        playback,
-        auth_token: auth_token.map(str::to_owned),
-        custom_parameters,
-    }))
-}
-
-/// The leg's handle on its stream task.
-pub(crate) struct StreamSlot {
-    pub(crate) stream_id: String,
-    url: String,
-    pub(crate) ctrl: mpsc::UnboundedSender<StreamCtrl>,
-    /// The WebSocket is up and `streaming.started` was sent, so stopping owes
-    /// `streaming.stopped`.
-    connected: bool,
-}
-
-/// What the leg tells its stream task.
-pub(crate) enum StreamCtrl {
-    /// Send `stop` and close.
-    Stop,
-    /// Send a `dtmf` frame.
-    Dtmf(char),
-}
 
 /// Opens a stream on the leg: the task connects, then reports `streaming.started` (or
 /// `streaming.failed`). Sending `streaming.started` only once connected, rather than on the
@@ -284,163 +132,6 @@ enum End {
     Stopped,
     /// The socket failed or the app closed it while the call was up.
     Failed(String),
-}
-
-/// The app's audio waiting to "play", the marks behind it, and its audible stretches.
-#[derive(Default)]
-struct Playout {
-    busy_until: Option<Instant>,
-    marks: VecDeque<(Instant, String)>,
-    /// Audible stretches of the queued audio, in play order, not yet reported as ended; the
-    /// front one may be playing. Each is reported started once its start has passed, and ended
-    /// once no later audio can join it any more.
-    loud: VecDeque<Loud>,
-    /// Start of the latest stretch reported started.
-    last_start: Option<Instant>,
-    /// End of the latest stretch reported ended.
-    last_end: Option<Instant>,
-}
-
-/// One audible stretch of the play-out.
-struct Loud {
-    start: Instant,
-    end: Instant,
-    /// Its start has been reported.
-    reported: bool,
-    /// Cut off by a `clear` or the end of the stream: final, nothing joins it.
-    cut: bool,
-}
-
-impl Playout {
-    /// Queues `audio` behind what is queued; `codec` tells its audible pieces from silence.
-    fn queue_audio(&mut self, audio: &[u8], codec: Option<Encoding>, now: Instant) {
-        let mut at = self.busy_until.filter(|t| *t > now).unwrap_or(now);
-        for piece in audio.chunks(FRAME_SAMPLES) {
-            let end = at + Duration::from_nanos(piece.len() as u64 * PLAYOUT_NANOS_PER_BYTE);
-            if audible(piece, codec) {
-                self.add_loud(at, end);
-            }
-            at = end;
-        }
-        self.busy_until = Some(at);
-    }
-
-    fn add_loud(&mut self, start: Instant, end: Instant) {
-        match self.loud.back_mut() {
-            Some(last) if !last.cut && start < last.end + AUDIBLE_BRIDGE => {
-                last.end = last.end.max(end);
-            }
-            _ => self.loud.push_back(Loud {
-                start,
-                end,
-                reported: false,
-                cut: false,
-            }),
-        }
-    }
-
-    /// Queues a mark; returns it if it is due right away. A mark never overtakes an earlier one.
-    fn queue_mark(&mut self, name: String, now: Instant) -> Option<String> {
-        let after_audio = self.busy_until.filter(|t| *t > now);
-        let after_marks = self.marks.back().map(|(due, _)| *due);
-        match after_audio.max(after_marks) {
-            None => Some(name),
-            Some(due) => {
-                self.marks.push_back((due, name));
-                None
-            }
-        }
-    }
-
-    fn due(&mut self, now: Instant) -> Vec<String> {
-        let mut due = Vec::new();
-        while self.marks.front().is_some_and(|(t, _)| *t <= now) {
-            if let Some((_, name)) = self.marks.pop_front() {
-                due.push(name);
-            }
-        }
-        due
-    }
-
-    fn clear(&mut self, now: Instant) -> Vec<String> {
-        self.busy_until = None;
-        self.cut(now);
-        self.marks.drain(..).map(|(_, name)| name).collect()
-    }
-
-    /// Nothing plays after `now`: stretches not begun are dropped, the one playing ends now.
-    fn cut(&mut self, now: Instant) {
-        self.loud.retain(|l| l.start < now);
-        if let Some(last) = self.loud.back_mut() {
-            last.end = last.end.min(now);
-            last.cut = true;
-        }
-    }
-
-    fn next_due(&self) -> Option<Instant> {
-        self.marks.front().map(|(t, _)| *t)
-    }
-
-    /// The starts and ends of audible stretches that have become certain by `now`, in order.
-    fn advance(&mut self, now: Instant) -> Vec<Edge> {
-        let mut edges = Vec::new();
-        while let Some(front) = self.loud.front_mut() {
-            if front.start > now {
-                break;
-            }
-            if !front.reported {
-                front.reported = true;
-                self.last_start = Some(front.start);
-                edges.push(Edge::Started(front.start));
-            }
-            let settled = if front.cut {
-                front.end <= now
-            } else {
-                front.end + AUDIBLE_BRIDGE <= now
-            };
-            if !settled {
-                break;
-            }
-            self.last_end = Some(front.end);
-            edges.push(Edge::Stopped(front.end));
-            self.loud.pop_front();
-        }
-        edges
-    }
-
-    /// What the caller hears at `now`.
-    fn heard(&self, now: Instant) -> Heard {
-        let mut heard = Heard {
-            playing: false,
-            last_start: self.last_start,
-            last_audible: self.last_end,
-        };
-        for loud in self.loud.iter().take_while(|l| l.start <= now) {
-            heard.last_start = Some(loud.start);
-            if now < loud.end {
-                heard.playing = true;
-                heard.last_audible = Some(now);
-            } else {
-                heard.last_audible = Some(loud.end);
-            }
-        }
-        heard
-    }
-}
-
-/// A piece of the app's audio is audible: loud enough, or in a codec the fake cannot decode.
-fn audible(piece: &[u8], codec: Option<Encoding>) -> bool {
-    let Some(codec) = codec else {
-        return !piece.is_empty();
-    };
-    if piece.is_empty() {
-        return false;
-    }
-    let energy: f64 = piece
-        .iter()
-        .map(|&b| f64::from(codec.decode(b)).powi(2))
-        .sum();
-    (energy / piece.len() as f64).sqrt() >= AUDIBLE_RMS
 }
 
 /// Where the far party's audio comes from.
@@ -702,10 +393,10 @@ impl Session {
             }
             match act {
                 Act::Dtmf(digit) => {
-                    state::send_dtmf(&self.shared, &mut st, &self.call_control_id, digit);
+                    actions::send_dtmf(&self.shared, &mut st, &self.call_control_id, digit);
                 }
                 Act::Hangup => {
-                    state::far_end_hangs_up(&self.shared, &mut st, &self.call_control_id)
+                    far_end::far_end_hangs_up(&self.shared, &mut st, &self.call_control_id)
                 }
                 Act::Began { .. } | Act::Ended { .. } => {}
             }

@@ -22,12 +22,17 @@
 //! for inspection, so a long-running `iace dev` session grows without bound (by design: tests
 //! want the full history).
 
+mod actions;
 mod api;
 mod audio;
+mod body;
 mod caller;
+mod far_end;
 pub mod g711;
 mod media;
+mod playout;
 mod state;
+mod stream;
 mod webhooks;
 
 use crate::fake::Served;
@@ -413,14 +418,14 @@ impl FakeTelnyx {
     /// then behaves as `scenario` says (see [`Scenario`]).
     pub async fn place_inbound_call(&self, from: &str, to: &str, scenario: Scenario) -> String {
         let mut st = self.shared.lock();
-        state::place_inbound(&self.shared, &mut st, from, to, scenario)
+        far_end::place_inbound(&self.shared, &mut st, from, to, scenario)
     }
 
     /// The far party presses `digit`: a `dtmf` frame on the leg's media stream (if one is
     /// open) and a `call.dtmf.received` webhook. False if the leg is unknown or not answered.
     pub fn send_dtmf(&self, call_control_id: &str, digit: char) -> bool {
         let mut st = self.shared.lock();
-        state::send_dtmf(&self.shared, &mut st, call_control_id, digit)
+        actions::send_dtmf(&self.shared, &mut st, call_control_id, digit)
     }
 
     /// Every command request received, in arrival order.

@@ -14,22 +14,12 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use super::state::Outgoing;
 use super::state::Shared;
 use super::{sign_with, DeliveryRecord, REORDER_WINDOW};
 
 /// Telnyx re-attempts a webhook at most 5 times (section 1.3).
 const MAX_RETRIES: usize = 5;
-
-/// One event waiting for delivery; the payload is fixed when the event happens.
-pub(crate) struct Outgoing {
-    pub(crate) id: String,
-    pub(crate) event_type: String,
-    pub(crate) call_control_id: String,
-    pub(crate) occurred_at: String,
-    pub(crate) payload: Value,
-    /// The leg's webhook URL when the event happened.
-    pub(crate) url: Option<String>,
-}
 
 #[derive(Serialize)]
 struct Envelope<'a> {

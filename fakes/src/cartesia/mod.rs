@@ -3,7 +3,7 @@
 //!
 //! It exists so that IACE's real TTS client (tungstenite, contexts, continuations, barge-in
 //! cancels, reconnects) can be exercised without Cartesia: in integration tests, under
-//! `iace dev`, and in load tests that measure time-to-first-audio. It speaks the wire exactly —
+//! `iace-dev`, and in load tests that measure time-to-first-audio. It speaks the wire exactly —
 //! credentials and `Cartesia-Version` on the handshake ([`api`]), the request fields, voice
 //! shapes, encodings and sample rates of section 3.2 ([`wire`]), and `chunk` / `timestamps` /
 //! `flush_done` / `done` / `error` messages for many contexts multiplexed on one socket
@@ -48,7 +48,7 @@
 //! It must not use tokio's paused clock: everything here is wall-clock paced on real sockets,
 //! so it cannot run inside the deterministic simulation of `iace-sim`'s seeded runs. Request
 //! ids are random v4 UUIDs; the audio is deterministic. Every connection, context and request is
-//! kept in memory for inspection, so a long-running `iace dev` session grows without bound (by
+//! kept in memory for inspection, so a long-running `iace-dev` session grows without bound (by
 //! design: tests want the full history).
 
 mod api;

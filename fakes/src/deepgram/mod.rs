@@ -2,7 +2,7 @@
 //! (shared/docs/vendor-protocols.md section 2), on real sockets and real time.
 //!
 //! It exists so that IACE's real Deepgram client can be exercised without the vendor: in
-//! integration tests, under `iace dev` and in load tests, typically fed by the caller audio of
+//! integration tests, under `iace-dev` and in load tests, typically fed by the caller audio of
 //! the fake Telnyx ([`crate::telnyx`]). It speaks the protocol as documented: the handshake
 //! checks `Authorization: Token|Bearer <key>` (or the browser form
 //! `Sec-WebSocket-Protocol: token, <key>`) and the query ([`params`]) and refuses with HTTP
@@ -24,7 +24,7 @@
 //!
 //! It must not use tokio's paused clock: idle timeouts, latency and faults run on the wall
 //! clock, so it cannot run inside the deterministic simulation of `iace-sim`'s seeded runs. It keeps every
-//! connection and every message it sent in memory for inspection, so a long `iace dev` session
+//! connection and every message it sent in memory for inspection, so a long `iace-dev` session
 //! grows without bound (by design: tests want the full history).
 
 mod params;

@@ -4,7 +4,7 @@
 //!
 //! It exists so that IACE's real embedding client (reqwest, batching, normalisation, retries,
 //! the `google` breaker) can be exercised without Google: in integration tests, under
-//! `iace dev`, and in the learning pipeline's tests. It speaks the wire exactly — the
+//! `iace-dev`, and in the learning pipeline's tests. It speaks the wire exactly — the
 //! `x-goog-api-key` header (or `?key=`), camelCase request fields, the `{"error":{"code",
 //! "message","status","details"}}` envelope with `google.rpc` detail types — and its vectors
 //! are deterministic ([`full_embedding`]): the same (model, text) always gives the same vector,
@@ -60,7 +60,7 @@
 //! It must not use tokio's paused clock: latency is wall-clock on real sockets, so it cannot
 //! run inside the deterministic simulation of `iace-sim`'s seeded runs. Every embedding
 //! request is kept in memory for inspection (without its vectors), so a long-running
-//! `iace dev` session grows without bound (by design: tests want the full history).
+//! `iace-dev` session grows without bound (by design: tests want the full history).
 
 mod api;
 mod error;

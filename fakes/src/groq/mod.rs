@@ -3,7 +3,7 @@
 //! sockets and real time.
 //!
 //! It exists so that IACE's real LLM client (reqwest, SSE parsing, retries, barge-in
-//! cancellation) can be exercised without Groq: in integration tests, under `iace dev` and in
+//! cancellation) can be exercised without Groq: in integration tests, under `iace-dev` and in
 //! load tests that measure time-to-first-audio. It speaks the wire exactly — Bearer auth, Groq
 //! error bodies, rate-limit headers on every response, `chat.completion.chunk` SSE paced word by
 //! word with a `data: [DONE]` terminator, `chat.completion` bodies, tool calls in deltas — and
@@ -24,7 +24,7 @@
 //! It must not use tokio's paused clock: pacing is wall-clock on real sockets, so it cannot run
 //! inside the deterministic simulation of `iace-sim`'s seeded runs. Nothing in it is seeded;
 //! ids are random v4 UUIDs. Every request is kept in memory for inspection, so a long-running
-//! `iace dev` session grows without bound (by design: tests want the full history).
+//! `iace-dev` session grows without bound (by design: tests want the full history).
 
 mod api;
 mod ratelimit;

@@ -3,7 +3,7 @@
 //!
 //! It exists so that IACE's real CRM client (reqwest, the Bearer token, retries, Retry-After,
 //! the `hubspot` breaker) can be exercised without HubSpot: in integration tests and under
-//! `iace dev`. It speaks the wire as section 7.4 gives it — `Authorization: Bearer <token>`,
+//! `iace-dev`. It speaks the wire as section 7.4 gives it — `Authorization: Bearer <token>`,
 //! camelCase `filterGroups`/`propertyName`, answers `{"total","results":[{"id","properties",
 //! "createdAt","updatedAt","archived"}],"paging"?}` and errors
 //! `{"status":"error","message","correlationId","category"}` — over contacts a test seeds with
@@ -71,7 +71,7 @@
 //!
 //! It must not use tokio's paused clock: latency is wall-clock on real sockets, so it cannot
 //! run inside the deterministic simulation of `iace-sim`'s seeded runs. Every search is
-//! kept in memory for inspection, so a long-running `iace dev` session grows without bound
+//! kept in memory for inspection, so a long-running `iace-dev` session grows without bound
 //! (by design: tests want the full history).
 
 mod api;

@@ -3,7 +3,7 @@
 //!
 //! It exists so that IACE's real Telnyx client (reqwest), its webhook receiver
 //! (`POST /v1/webhooks/telnyx`) and its media WebSocket endpoint (`GET /v1/media/telnyx`) can be
-//! exercised without the real carrier: in integration tests, under `iace dev`, and in load tests
+//! exercised without the real carrier: in integration tests, under `iace-dev`, and in load tests
 //! that measure webhook-to-ack latency. It plays three roles at once:
 //!
 //! * the REST API (`/v2/calls`, `/v2/calls/{id}/actions/*`, `GET /v2/calls/{id}`) with Bearer
@@ -19,7 +19,7 @@
 //! It must not use tokio's paused clock: everything here is wall-clock paced on real sockets, so
 //! it cannot run inside the deterministic simulation of `iace-sim`'s seeded runs. Nothing in
 //! it is seeded; ids are random v4 UUIDs. It keeps every command and delivery attempt in memory
-//! for inspection, so a long-running `iace dev` session grows without bound (by design: tests
+//! for inspection, so a long-running `iace-dev` session grows without bound (by design: tests
 //! want the full history).
 
 mod actions;

@@ -44,7 +44,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(cfg: FakeTelnyxConfig, stop: watch::Receiver<bool>) -> io::Result<Self> {
-        // Webhook receivers are local (tests, `iace dev`); a proxy from the environment would
+        // Webhook receivers are local (tests, `iace-dev`); a proxy from the environment would
         // only get in the way.
         let http = reqwest::Client::builder()
             .no_proxy()

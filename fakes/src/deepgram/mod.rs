@@ -23,9 +23,9 @@
 //! sends.
 //!
 //! It must not use tokio's paused clock: idle timeouts, latency and faults run on the wall
-//! clock, so it cannot run inside the deterministic simulation of `iace-sim`'s seeded runs. It keeps every
-//! connection and every message it sent in memory for inspection, so a long `iace-dev` session
-//! grows without bound (by design: tests want the full history).
+//! clock, so it cannot run inside the deterministic simulation of `iace-sim`'s seeded runs. It
+//! keeps every connection and every message it sent in memory for inspection, so a long
+//! `iace-dev` session grows without bound (by design: tests want the full history).
 
 mod params;
 mod server;

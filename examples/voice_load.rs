@@ -23,8 +23,8 @@
 
 use std::time::{Duration, Instant};
 
-use iace_dev::FakeVoices;
 use iace::config::{ServeArgs, TelephonyKind, TelnyxArgs, VoiceArgs};
+use iace_dev::FakeVoices;
 use iace_fakes::cartesia::FakeCartesiaConfig;
 use iace_fakes::deepgram::FakeDeepgramConfig;
 use iace_fakes::groq::FakeGroqConfig;

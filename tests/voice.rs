@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::api::{free_port, Api};
 use iace::app::Running;
-use iace_dev::FakeVoices;
 use iace::config::{BreakerArgs, ServeArgs, TelephonyKind, TelnyxArgs};
+use iace_dev::FakeVoices;
 use iace_fakes::cartesia::FakeCartesiaConfig;
 use iace_fakes::deepgram::{FakeDeepgram, FakeDeepgramConfig};
 use iace_fakes::groq::{FakeGroq, FakeGroqConfig, Reply};

@@ -53,7 +53,8 @@ pub(crate) async fn dev_user(
                 .await?
                 .context("the dev API key does not authenticate")?
                 .org;
-            let (_, password) = iace::app::create_user(database_url, org, EMAIL, "owner", None).await?;
+            let (_, password) =
+                iace::app::create_user(database_url, org, EMAIL, "owner", None).await?;
             let password = password.context("a generated password")?;
             std::fs::write(
                 path,
@@ -68,4 +69,3 @@ pub(crate) async fn dev_user(
     );
     Ok(())
 }
-

@@ -22,7 +22,6 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-
 /// The store of an administrative command (migrations applied).
 async fn admin_store(database_url: &str) -> anyhow::Result<PgStore> {
     let pool = crate::store::connect(database_url)

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use iace::config::{ServeArgs, TelephonyKind, TelnyxArgs};
-use iace_sim::telnyx::{FakeTelnyx, FakeTelnyxConfig, Scenario};
+use iace_fakes::telnyx::{FakeTelnyx, FakeTelnyxConfig, Scenario};
 
 mod common;
 use common::{arg, percentile};

@@ -23,12 +23,12 @@
 
 use std::time::{Duration, Instant};
 
-use iace::app::FakeVoices;
 use iace::config::{ServeArgs, TelephonyKind, TelnyxArgs, VoiceArgs};
-use iace_sim::cartesia::FakeCartesiaConfig;
-use iace_sim::deepgram::FakeDeepgramConfig;
-use iace_sim::groq::FakeGroqConfig;
-use iace_sim::telnyx::{CallerScript, FakeTelnyx, FakeTelnyxConfig, Scenario};
+use iace_dev::FakeVoices;
+use iace_fakes::cartesia::FakeCartesiaConfig;
+use iace_fakes::deepgram::FakeDeepgramConfig;
+use iace_fakes::groq::FakeGroqConfig;
+use iace_fakes::telnyx::{CallerScript, FakeTelnyx, FakeTelnyxConfig, Scenario};
 
 mod common;
 use common::{arg, percentile};

@@ -45,10 +45,6 @@ pub enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
-    /// Development mode: starts local Postgres and Redis (scripts/services up), migrates,
-    /// runs the server with the real Telnyx client against the built-in fake Telnyx, and
-    /// places a demo outbound call and takes a demo inbound call.
-    Dev(DevArgs),
 }
 
 /// `iace org ...`.
@@ -584,27 +580,6 @@ impl Default for SecurityArgs {
             password_max_wait_ms: 1000,
         }
     }
-}
-
-/// `iace dev`.
-#[derive(Debug, Clone, Args)]
-pub struct DevArgs {
-    /// Listen address.
-    #[arg(long, env = "IACE_BIND", default_value = "127.0.0.1:8080")]
-    pub bind: SocketAddr,
-    /// Simulated ring time (ms).
-    #[arg(long, env = "IACE_SIM_RING_MS", default_value_t = 2000)]
-    pub sim_ring_ms: u64,
-    /// Simulated talk time (ms).
-    #[arg(long, env = "IACE_SIM_TALK_MS", default_value_t = 8000)]
-    pub sim_talk_ms: u64,
-    /// Do not place the demo calls.
-    #[arg(long)]
-    pub no_demo_call: bool,
-    /// Carrier: `telnyx` runs the real Telnyx client against the built-in fake Telnyx (wire
-    /// protocol, signed webhooks, media streams); `simulated` uses the Redis-backed simulator.
-    #[arg(long, env = "IACE_TELEPHONY", value_enum, default_value_t = TelephonyKind::Telnyx)]
-    pub telephony: TelephonyKind,
 }
 
 /// The voice pipeline's vendors (used when `IACE_VOICE=true`; needs `IACE_TELEPHONY=telnyx`,

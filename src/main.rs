@@ -4,7 +4,19 @@ use clap::Parser;
 use iace::config::{Cli, Command, OrgCommand, UserCommand};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            if is_dev_command(&e) {
+                eprintln!(
+                    "error: `iace dev` is now its own binary: run `cargo run -p iace-dev` from the \
+                     repository root (e.g. `cargo run -p iace-dev -- --log-format text`)"
+                );
+                return std::process::ExitCode::from(2);
+            }
+            e.exit()
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -22,6 +34,16 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The dev world left this binary (it runs the wire-level fakes, which the server never
+/// carries); whoever still types `iace dev` is told where it went.
+fn is_dev_command(e: &clap::Error) -> bool {
+    e.kind() == clap::error::ErrorKind::InvalidSubcommand
+        && matches!(
+            e.get(clap::error::ContextKind::InvalidSubcommand),
+            Some(clap::error::ContextValue::String(s)) if s == "dev"
+        )
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -70,6 +92,5 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{out}");
             Ok(())
         }
-        Command::Dev(args) => iace::app::dev(args).await,
     }
 }

@@ -12,28 +12,21 @@
 //!
 //! Invariants are checked at every committed write ([`checks`]) and at the end of the run.
 //!
-//! The crate also holds the wire-level vendor fakes, which run on real sockets and real time
-//! (never inside a seeded run): [`telnyx`] speaks Telnyx Call Control v2, signed webhooks and
-//! media streams, for the integration tests, `iace dev` and the load benchmarks; [`deepgram`]
-//! (live STT over WebSocket, scripted lines driven by audio energy), [`cartesia`] (TTS over
-//! WebSocket and HTTP) and [`groq`] (chat completions with SSE streaming and tool calls) are
-//! the fakes of the voice pipeline's vendors; [`google`] (Gemini embeddings, deterministic
-//! vectors) is the fake of the learning pipeline's; [`hubspot`] (the CRM v3 contacts search
-//! over seeded contacts) is the fake of the CRM sync's.
+//! Modules, in reading order: [`workload`] plans the calls of a seed, [`faults`] decides what
+//! goes wrong ([`rng`] is the only randomness), [`carrier`] models the phone network, `store`
+//! wraps the engine's in-memory store with the fault injector and feeds every committed write
+//! to the invariant [`checks`], `core` holds what the parts of the world share (fault stream,
+//! trace, step counter, first violation), `world` builds the engine over these ports and plays
+//! a run, [`trace`] records and hashes what happened.
+//!
+//! The wire-level vendor fakes (real sockets, real time) live in the `iace-fakes` crate.
 
 pub mod carrier;
-pub mod cartesia;
 pub mod checks;
 mod core;
-pub mod deepgram;
-mod fake;
 pub mod faults;
-pub mod google;
-pub mod groq;
-pub mod hubspot;
 pub mod rng;
 mod store;
-pub mod telnyx;
 pub mod trace;
 pub mod workload;
 mod world;
@@ -41,29 +34,6 @@ mod world;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
-
-/// A fake's server with Nagle's algorithm off (see [`serve`]).
-pub(crate) type NoDelayServe = axum::serve::Serve<
-    axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)>,
-    axum::Router,
-    axum::Router,
->;
-
-/// Serves a fake's router with Nagle's algorithm off on every accepted connection, as real
-/// vendors' edges do: otherwise a streamed response's small writes (an SSE token, an audio
-/// chunk) wait for the client's delayed ACK, 40 ms on Linux, and the benchmarks would be
-/// measuring that.
-pub(crate) fn serve(listener: tokio::net::TcpListener, app: axum::Router) -> NoDelayServe {
-    use axum::serve::ListenerExt;
-    fn no_delay(tcp: &mut tokio::net::TcpStream) {
-        // Best effort: a socket that refuses the option still works, only slower.
-        let _ = tcp.set_nodelay(true);
-    }
-    axum::serve(
-        listener.tap_io(no_delay as fn(&mut tokio::net::TcpStream)),
-        app,
-    )
-}
 
 pub use crate::core::Violation;
 pub use faults::Profile;

@@ -6,6 +6,6 @@
 //!
 //! - [`simulated`]: the built-in dev-mode carrier. Legs live in Redis, events are produced on
 //!   a schedule (ring, answer, hang up), and scheduled events survive a restart of the server.
-//!   Used by `iace dev` and as the default until the Telnyx adapter lands.
+//!   The default of `iace serve`, and what `iace-dev --telephony simulated` runs on.
 
 pub mod simulated;

@@ -1,6 +1,6 @@
 //! The simulated carrier: a [`Telephony`] adapter that needs no carrier account.
 //!
-//! `iace dev` (and `iace serve --telephony simulated`) use it so that calls progress end to end
+//! `iace-dev` (and `iace serve --telephony simulated`) use it so that calls progress end to end
 //! before the real Telnyx adapter is configured. A dialed leg plays a fixed script:
 //!
 //! | time                          | event                                  |

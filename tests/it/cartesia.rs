@@ -1,5 +1,5 @@
 //! The Cartesia text-to-speech client against the wire-level fake Cartesia
-//! (`iace_sim::cartesia`): contexts in pieces, the request fields, barge-in cancels, drops,
+//! (`iace_fakes::cartesia`): contexts in pieces, the request fields, barge-in cancels, drops,
 //! stalls, idle closes, refused handshakes and the breaker. Real sockets and real time (the
 //! fake paces audio on the wall clock); every test starts its own fake, so they run in
 //! parallel, and each finishes in a few seconds.
@@ -13,7 +13,7 @@ use iace::clients::cartesia::{CartesiaConfig, CartesiaMetrics, CartesiaTts};
 use iace::clients::retry::RetryPolicy;
 use iace_actors::breaker::{BreakerConfig, BreakerState, Breakers};
 use iace_actors::voice::{TextToSpeech, TtsEvent, TtsInput, TtsOptions, TtsStream, VoiceError};
-use iace_sim::cartesia::{
+use iace_fakes::cartesia::{
     AuthMethod, CloseReason, ContextState, Encoding, FakeCartesia, FakeCartesiaConfig,
     OutputFormat, VersionSource,
 };

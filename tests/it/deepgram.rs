@@ -1,5 +1,5 @@
 //! The Deepgram live speech-to-text client against the wire-level fake Deepgram
-//! (`iace_sim::deepgram`): scripted lines, the handshake's query and auth, keepalives, drops,
+//! (`iace_fakes::deepgram`): scripted lines, the handshake's query and auth, keepalives, drops,
 //! stalls, refusals, closing and the breaker. Real sockets and real time; no database needed.
 //!
 //! The audio is synthesised here: "speech" is a steady 140 Hz voiced tone with two harmonics
@@ -17,8 +17,8 @@ use iace::clients::deepgram::{DeepgramConfig, DeepgramMetrics, DeepgramStt};
 use iace::clients::retry::RetryPolicy;
 use iace_actors::breaker::BreakerConfig;
 use iace_actors::voice::{SpeechToText, SttEvent, SttInput, SttOptions, SttStream, VoiceError};
-use iace_sim::deepgram::{ConnectionEnd, FakeDeepgram, FakeDeepgramConfig};
-use iace_sim::telnyx::g711;
+use iace_fakes::deepgram::{ConnectionEnd, FakeDeepgram, FakeDeepgramConfig};
+use iace_fakes::telnyx::g711;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;

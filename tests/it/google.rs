@@ -1,5 +1,5 @@
 //! The Gemini embeddings client ([`GoogleEmbedder`]) against the wire-level fake
-//! (`iace_sim::google`): batching, normalisation, task types, refusals, retries, RetryInfo and
+//! (`iace_fakes::google`): batching, normalisation, task types, refusals, retries, RetryInfo and
 //! the `google` breaker; and against a tiny hand-made server for answers the fake never gives
 //! (wrong counts and sizes). Real sockets, real time; no database needed.
 
@@ -15,7 +15,7 @@ use iace::clients::retry::RetryPolicy;
 use iace_actors::breaker::{BreakerConfig, BreakerState, Breakers};
 use iace_actors::learning::embed::normalize;
 use iace_actors::learning::{EmbedError, EmbedTask, Embedder, EMBEDDING_DIMS};
-use iace_sim::google::{EmbedMethod, FakeGoogle, FakeGoogleConfig, InjectedFault, KeySource};
+use iace_fakes::google::{EmbedMethod, FakeGoogle, FakeGoogleConfig, InjectedFault, KeySource};
 
 const MODEL: &str = "gemini-embedding-001";
 

@@ -1,4 +1,4 @@
-//! The Groq client against the wire-level fake Groq (`iace_sim::groq`): streaming replies,
+//! The Groq client against the wire-level fake Groq (`iace_fakes::groq`): streaming replies,
 //! tool calls, retries and the breaker, sentiment with its lexicon fallback, and the engine's
 //! chat-model port over it ([`GroqLlm`]) with barge-in cancellation. Real sockets, real time;
 //! no database needed.
@@ -15,7 +15,7 @@ use iace::clients::retry::RetryPolicy;
 use iace_actors::breaker::{BreakerConfig, BreakerState, Breakers};
 use iace_actors::sentiment::{DegradingSentiment, SentimentLabel};
 use iace_actors::voice::{self, ChatMessage, ChatRole, Llm, LlmEvent, LlmRequest, VoiceError};
-use iace_sim::groq::{FakeGroq, FakeGroqConfig, Reply, ToolCall, ToolCallChunking};
+use iace_fakes::groq::{FakeGroq, FakeGroqConfig, Reply, ToolCall, ToolCallChunking};
 use serde_json::json;
 use uuid::Uuid;
 

@@ -1,5 +1,5 @@
 //! The HubSpot CRM v3 client ([`HubSpotCrm`]) against the wire-level fake
-//! (`iace_sim::hubspot`): contact lookups, refusals, retries, Retry-After and the `hubspot`
+//! (`iace_fakes::hubspot`): contact lookups, refusals, retries, Retry-After and the `hubspot`
 //! breaker; and against a tiny hand-made server for answers the fake never gives (unreadable
 //! or mismatched ones). Real sockets, real time; no database needed.
 
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use iace::clients::hubspot::crm::{CrmConfig, CrmContact, CrmError, CrmMetrics, HubSpotCrm};
 use iace_actors::breaker::{BreakerConfig, BreakerState, Breakers};
-use iace_sim::hubspot::{FakeHubSpot, FakeHubSpotConfig, InjectedFault, RecordedFilter};
+use iace_fakes::hubspot::{FakeHubSpot, FakeHubSpotConfig, InjectedFault, RecordedFilter};
 use serde_json::json;
 
 fn config(fake: &FakeHubSpot, breakers: &Breakers) -> CrmConfig {

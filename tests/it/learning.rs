@@ -661,7 +661,7 @@ async fn a_google_outage_opens_the_breaker_and_queued_learning_completes_after_i
     use iace::clients::google::{GoogleConfig, GoogleEmbedder};
     use iace::clients::retry::RetryPolicy;
     use iace_actors::breaker::{BreakerConfig, BreakerState, Breakers};
-    use iace_sim::google::{FakeGoogle, FakeGoogleConfig};
+    use iace_fakes::google::{FakeGoogle, FakeGoogleConfig};
 
     let Tenant {
         pool,

@@ -1,5 +1,5 @@
 //! Telnyx end to end: the real Telnyx client, webhook receiver and media endpoint of an
-//! in-process server, against the wire-level fake Telnyx (`iace_sim::telnyx`), with real
+//! in-process server, against the wire-level fake Telnyx (`iace_fakes::telnyx`), with real
 //! Postgres and real Redis. Real sockets and real time (short rings and talks).
 //! Requires `DATABASE_URL` and `REDIS_URL` (`eval "$(scripts/services env)"`).
 
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use iace::app::Running;
 use iace::config::{BreakerArgs, ServeArgs, TelephonyKind, TelnyxArgs};
-use iace_sim::telnyx::{
+use iace_fakes::telnyx::{
     sign_webhook, DeliveryFaults, FakeTelnyx, FakeTelnyxConfig, LegState, Scenario,
 };
 use reqwest::StatusCode;

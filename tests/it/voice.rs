@@ -1,5 +1,5 @@
 //! The voice pipeline end to end: an in-process server with the real Telnyx, Deepgram,
-//! Cartesia and Groq clients against their wire-level fakes (`iace_sim`), real Postgres and
+//! Cartesia and Groq clients against their wire-level fakes (`iace_fakes`), real Postgres and
 //! real Redis, real sockets and real time. The fake carrier plays a scripted caller; the fake
 //! Deepgram turns each burst of the caller's speech into the next line of its script.
 //! Requires `DATABASE_URL` and `REDIS_URL` (`eval "$(scripts/services env)"`).
@@ -9,12 +9,13 @@ use crate::common;
 use std::time::Duration;
 
 use common::api::{free_port, Api};
-use iace::app::{FakeVoices, Running};
+use iace::app::Running;
 use iace::config::{BreakerArgs, ServeArgs, TelephonyKind, TelnyxArgs};
-use iace_sim::cartesia::FakeCartesiaConfig;
-use iace_sim::deepgram::{FakeDeepgram, FakeDeepgramConfig};
-use iace_sim::groq::{FakeGroq, FakeGroqConfig, Reply};
-use iace_sim::telnyx::{CallerScript, FakeTelnyx, FakeTelnyxConfig, Scenario};
+use iace_dev::FakeVoices;
+use iace_fakes::cartesia::FakeCartesiaConfig;
+use iace_fakes::deepgram::{FakeDeepgram, FakeDeepgramConfig};
+use iace_fakes::groq::{FakeGroq, FakeGroqConfig, Reply};
+use iace_fakes::telnyx::{CallerScript, FakeTelnyx, FakeTelnyxConfig, Scenario};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

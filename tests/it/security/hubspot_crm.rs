@@ -48,8 +48,8 @@ fn contact_change(event_id: u64, portal: i64, contact: u64, property: &str, valu
 }
 
 /// A server that looks unlinked contacts up in a wire-level fake HubSpot CRM.
-async fn with_crm(db: &str, extra: &[(&str, &str)]) -> (iace_sim::hubspot::FakeHubSpot, Server) {
-    let crm = iace_sim::hubspot::FakeHubSpot::start(Default::default())
+async fn with_crm(db: &str, extra: &[(&str, &str)]) -> (iace_fakes::hubspot::FakeHubSpot, Server) {
+    let crm = iace_fakes::hubspot::FakeHubSpot::start(Default::default())
         .await
         .unwrap();
     let crm_base = crm.base_url();

@@ -37,7 +37,8 @@ use iace_actors::learning::actor::{
     LearningConfig, LearningPorts, LearningSupervisor, LearningSupervisorMsg,
 };
 use iace_actors::learning::recall::Recall;
-use iace_actors::learning::{Embedder, LocalEmbedder};
+use iace_actors::learning::LocalEmbedder;
+use iace_actors::ports::learning::Embedder;
 use iace_sim::telnyx::{FakeTelnyx, FakeTelnyxConfig, Scenario};
 use ractor::ActorRef;
 

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::machine::OrganizationId;
-use crate::ports::{PageRequest, StoreResult};
+use crate::ports::calls::StoreResult;
+use crate::ports::catalog::PageRequest;
 
 /// What a principal may do. Ordered: each role can do everything the ones below it can.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -4,8 +4,8 @@
 //! ever sees well-formed rows. Validation errors carry the field name and a message a client
 //! can act on.
 //!
-//! - [`field`]: [`FieldError`], the validation failure every catalog type shares.
-//! - [`profile`]: [`VoiceProfile`](profile::VoiceProfile), how an agent converses, read and
+//! - [`field`] holds [`FieldError`], the validation failure every catalog type shares.
+//! - [`profile`] holds [`VoiceProfile`], how an agent converses, read and
 //!   checked from its persona and voice configuration.
 
 pub mod field;

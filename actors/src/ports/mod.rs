@@ -7,16 +7,16 @@
 //! deterministic simulations. Nothing here may depend on a concrete database or network crate.
 //!
 //! In reading order:
-//! - [`time`]: [`Clock`] and [`IdGen`].
-//! - [`calls`]: [`CallStore`] (calls, journal, idempotency, inbox) and [`StoreError`], the
+//! - [`time`] holds [`Clock`] and [`IdGen`].
+//! - [`calls`] holds [`CallStore`] (calls, journal, idempotency, inbox) and [`StoreError`], the
 //!   failure every store shares.
-//! - [`catalog`]: [`QueryStore`] (organizations, agents, customers, numbers, call reads).
-//! - [`telephony`]: [`Telephony`], the carrier's commands.
-//! - [`voice`]: speech-to-text, text-to-speech, the chat model, outbound media, and
+//! - [`catalog`] holds [`QueryStore`] (organizations, agents, customers, numbers, call reads).
+//! - [`telephony`] holds [`Telephony`], the carrier's commands.
+//! - [`voice`] holds speech-to-text, text-to-speech, the chat model, outbound media, and
 //!   [`VoicePorts`], the set a call's conversation is built from.
-//! - [`sentiment`]: [`SentimentScorer`].
-//! - [`learning`]: the learning queue and learned rows ([`LearningStore`], [`LearningQueries`])
-//!   and the [`Embedder`].
+//! - [`sentiment`] holds [`SentimentScorer`].
+//! - [`learning`] holds the learning queue and learned rows ([`LearningStore`],
+//!   [`LearningQueries`]) and the [`Embedder`].
 //!
 //! The port files depend only on domain types (`machine`, `catalog`, `accounts`). [`Ports`],
 //! the bundle an engine is built from, also names the two engine services it is handed ready

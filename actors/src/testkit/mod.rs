@@ -2,13 +2,13 @@
 //! crate's tests and with the `testkit` feature, which tests and `iace-sim` enable; the
 //! production build never carries it.
 //!
-//! - [`time`]: [`TokioClock`] (wall time from tokio's clock, so `tokio::time::pause` drives it)
-//!   and [`SeqIds`] (ids from a seed).
-//! - [`store`]: [`MemoryStore`], the call and catalog stores with the Postgres store's
+//! - [`time`] holds [`TokioClock`] (wall time from tokio's clock, so `tokio::time::pause`
+//!   drives it) and [`SeqIds`] (ids from a seed).
+//! - [`store`] holds [`MemoryStore`], the call and catalog stores with the Postgres store's
 //!   semantics.
-//! - [`telephony`]: [`ScriptedTelephony`], a carrier that records commands.
-//! - [`learning`]: [`MemoryLearningStore`], the learning queue and learned rows.
-//! - [`voice`]: scripted speech-to-text, speech synthesis, chat model and media.
+//! - [`telephony`] holds [`ScriptedTelephony`], a carrier that records commands.
+//! - [`learning`] holds [`MemoryLearningStore`], the learning queue and learned rows.
+//! - [`voice`] holds scripted speech-to-text, speech synthesis, chat model and media.
 //!
 //! None of this is for production.
 

@@ -12,8 +12,8 @@
 use std::time::{Duration, Instant};
 
 use iace::store::PgStore;
-use iace_actors::learning::recall::LearningQueries;
 use iace_actors::learning::LocalEmbedder;
+use iace_actors::ports::learning::LearningQueries;
 use pgvector::Vector;
 use uuid::Uuid;
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use iace_actors::breaker::Breakers;
+use iace_actors::ports::voice::VoicePorts;
 use iace_actors::sentiment::DegradingSentiment;
-use iace_actors::voice::VoicePorts;
 
 use crate::clients::cartesia::{CartesiaConfig, CartesiaMetrics, CartesiaTts};
 use crate::clients::deepgram::{DeepgramConfig, DeepgramMetrics, DeepgramStt};

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iace_actors::breaker::{BreakerConfig, Breakers, CallOutcome};
-use iace_actors::memory::TokioClock;
+use iace_actors::testkit::TokioClock;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {

@@ -2,7 +2,8 @@
 //! and the ports through which it reaches the outside world.
 //!
 //! This crate has no database, HTTP or WebSocket dependency: everything external is a port
-//! ([`ports`]). The root crate wires in Postgres, Redis and the carrier adapters.
+//! ([`ports`]). The root crate wires in Postgres, Redis and the carrier adapters; the in-memory
+//! ports for tests and simulations are in `testkit` (feature `testkit`).
 
 pub mod accounts;
 pub mod breaker;
@@ -10,7 +11,12 @@ pub mod catalog;
 pub mod engine;
 pub mod learning;
 pub mod machine;
-pub mod memory;
 pub mod ports;
 pub mod sentiment;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod voice;
+
+/// The former path of [`testkit`], kept so existing imports resolve.
+#[cfg(any(test, feature = "testkit"))]
+pub use testkit as memory;

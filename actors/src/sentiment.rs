@@ -1,4 +1,5 @@
-//! Caller sentiment: the [`SentimentScorer`] port, a local lexicon scorer, and
+//! Caller sentiment scorers (the [`SentimentScorer`] port is in `crate::ports::sentiment`): a
+//! local lexicon scorer, and
 //! [`DegradingSentiment`], which answers with the lexicon (marked `degraded`) whenever the
 //! sentiment vendor cannot (its breaker is open, it fails, it is too slow).
 //!
@@ -14,60 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 
-/// Coarse sentiment of one caller turn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SentimentLabel {
-    /// Pleased, thankful.
-    Positive,
-    /// Neither.
-    Neutral,
-    /// Unhappy, frustrated, angry.
-    Negative,
-}
-
-impl SentimentLabel {
-    /// The label of a score in `[-1, 1]`.
-    pub fn of(score: f64) -> Self {
-        if score >= 0.2 {
-            Self::Positive
-        } else if score <= -0.2 {
-            Self::Negative
-        } else {
-            Self::Neutral
-        }
-    }
-}
-
-/// A scored turn.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Sentiment {
-    /// In `[-1, 1]`.
-    pub score: f64,
-    /// The label.
-    pub label: SentimentLabel,
-    /// Who scored it (`groq`, `lexicon`, ...).
-    pub source: String,
-    /// The vendor could not answer and the local fallback did.
-    pub degraded: bool,
-}
-
-/// Why a scorer could not answer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SentimentError {
-    /// The vendor failed, timed out or its breaker is open.
-    #[error("sentiment vendor unavailable: {0}")]
-    Unavailable(String),
-}
-
-/// Scores one caller turn.
-#[async_trait]
-pub trait SentimentScorer: Send + Sync + 'static {
-    /// The sentiment of `text`.
-    async fn score(&self, text: &str) -> Result<Sentiment, SentimentError>;
-}
+pub use crate::ports::sentiment::{Sentiment, SentimentError, SentimentLabel, SentimentScorer};
 
 /// Word weights in `[-4, 4]` (VADER's scale).
 const LEXICON: &[(&str, f64)] = &[
@@ -247,7 +196,7 @@ impl SentimentScorer for DegradingSentiment {
 mod tests {
     use super::*;
     use crate::breaker::{BreakerConfig, Breakers, CallOutcome};
-    use crate::memory::TokioClock;
+    use crate::testkit::TokioClock;
 
     #[test]
     fn the_lexicon_reads_the_obvious() {

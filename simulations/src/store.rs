@@ -16,11 +16,11 @@ use iace_actors::catalog::{
     Agent, AgentPatch, Customer, CustomerPatch, Organization, PhoneNumberAssignment,
 };
 use iace_actors::machine::{Call, CallId, OrganizationId, PhoneNumber};
-use iace_actors::memory::MemoryStore;
 use iace_actors::ports::{
     CallFilter, CallStore, CatalogWriteError, IdempotencyKey, InboxInsert, InboxItem, InboxRow,
     InsertOutcome, JournalEntry, PageRequest, QueryStore, StoreError, StoreResult,
 };
+use iace_actors::testkit::MemoryStore;
 use uuid::Uuid;
 
 use crate::core::Core;

@@ -11,8 +11,8 @@ use iace_actors::breaker::{BreakerConfig, Breakers, GuardedTelephony};
 use iace_actors::catalog::NewAgent;
 use iace_actors::engine::{Engine, EngineConfig, EngineError, EngineMetrics, NewCall};
 use iace_actors::machine::{replay, CallId};
-use iace_actors::memory::{SeqIds, TokioClock};
 use iace_actors::ports::{CallStore, Clock, Ports, QueryStore, Telephony};
+use iace_actors::testkit::{SeqIds, TokioClock};
 use uuid::Uuid;
 
 use crate::carrier::{current, SimCarrier, Slot};

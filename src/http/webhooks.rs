@@ -134,8 +134,8 @@ mod tests {
     use base64::Engine as _;
     use ed25519_dalek::{Signer, SigningKey};
     use iace_actors::engine::{Engine, EngineConfig};
-    use iace_actors::memory::{MemoryStore, ScriptedTelephony, SeqIds, TokioClock};
     use iace_actors::ports::Ports;
+    use iace_actors::testkit::{MemoryStore, ScriptedTelephony, SeqIds, TokioClock};
     use tower::ServiceExt;
 
     use super::*;

@@ -6,7 +6,7 @@
 //! the new one.
 
 use iace_actors::machine::CallId;
-use iace_actors::voice::{MediaError, MediaOut};
+use iace_actors::ports::voice::{MediaError, MediaOut};
 
 use super::registry::{MediaHandle, MediaRegistry, MediaSendError};
 

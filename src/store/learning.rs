@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use iace_actors::learning::recall::{LearningQueries, MemoryHit, PatternHit};
-use iace_actors::learning::store::{LearnedRows, LearningJob, LearningStore};
 use iace_actors::machine::{CallId, CustomerId, OrganizationId};
+use iace_actors::ports::learning::{
+    LearnedRows, LearningJob, LearningQueries, LearningStore, MemoryHit, PatternHit,
+};
 use iace_actors::ports::StoreResult;
 use pgvector::Vector;
 use sqlx::Row;

@@ -12,7 +12,9 @@ use futures::{SinkExt, StreamExt};
 use iace::clients::cartesia::{CartesiaConfig, CartesiaMetrics, CartesiaTts};
 use iace::clients::retry::RetryPolicy;
 use iace_actors::breaker::{BreakerConfig, BreakerState, Breakers};
-use iace_actors::voice::{TextToSpeech, TtsEvent, TtsInput, TtsOptions, TtsStream, VoiceError};
+use iace_actors::ports::voice::{
+    TextToSpeech, TtsEvent, TtsInput, TtsOptions, TtsStream, VoiceError,
+};
 use iace_fakes::cartesia::{
     AuthMethod, CloseReason, ContextState, Encoding, FakeCartesia, FakeCartesiaConfig,
     OutputFormat, VersionSource,

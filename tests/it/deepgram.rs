@@ -16,7 +16,9 @@ use common::vendor::breakers_for;
 use iace::clients::deepgram::{DeepgramConfig, DeepgramMetrics, DeepgramStt};
 use iace::clients::retry::RetryPolicy;
 use iace_actors::breaker::BreakerConfig;
-use iace_actors::voice::{SpeechToText, SttEvent, SttInput, SttOptions, SttStream, VoiceError};
+use iace_actors::ports::voice::{
+    SpeechToText, SttEvent, SttInput, SttOptions, SttStream, VoiceError,
+};
 use iace_fakes::deepgram::{ConnectionEnd, FakeDeepgram, FakeDeepgramConfig};
 use iace_fakes::telnyx::g711;
 use tokio::sync::mpsc;

@@ -14,7 +14,7 @@ use iace::clients::google::{GoogleConfig, GoogleEmbedder, GoogleMetrics, MAX_BAT
 use iace::clients::retry::RetryPolicy;
 use iace_actors::breaker::{BreakerConfig, BreakerState, Breakers};
 use iace_actors::learning::embed::normalize;
-use iace_actors::learning::{EmbedError, EmbedTask, Embedder, EMBEDDING_DIMS};
+use iace_actors::ports::learning::{EmbedError, EmbedTask, Embedder, EMBEDDING_DIMS};
 use iace_fakes::google::{EmbedMethod, FakeGoogle, FakeGoogleConfig, InjectedFault, KeySource};
 
 const MODEL: &str = "gemini-embedding-001";

@@ -13,8 +13,11 @@ use iace::clients::groq::{
 };
 use iace::clients::retry::RetryPolicy;
 use iace_actors::breaker::{BreakerConfig, BreakerState, Breakers};
-use iace_actors::sentiment::{DegradingSentiment, SentimentLabel};
-use iace_actors::voice::{self, ChatMessage, ChatRole, Llm, LlmEvent, LlmRequest, VoiceError};
+use iace_actors::ports::sentiment::SentimentLabel;
+use iace_actors::ports::voice::{
+    self, ChatMessage, ChatRole, Llm, LlmEvent, LlmRequest, VoiceError,
+};
+use iace_actors::sentiment::DegradingSentiment;
 use iace_fakes::groq::{FakeGroq, FakeGroqConfig, Reply, ToolCall, ToolCallChunking};
 use serde_json::json;
 use uuid::Uuid;

@@ -766,7 +766,7 @@ async fn a_completed_call_is_queued_for_learning_with_its_completion_and_only_on
 
 #[tokio::test]
 async fn the_learning_lease_has_one_holder_until_it_expires() {
-    use iace_actors::learning::store::LearningStore;
+    use iace_actors::ports::learning::LearningStore;
     use std::time::Duration;
     let f = fixture().await;
     let t = now();

@@ -24,7 +24,7 @@ use super::machine::{
     Breaker, BreakerConfig, BreakerSnapshot, BreakerState, CallOutcome, Permit, Rejected,
     Transition, TransitionReason,
 };
-use crate::ports::Clock;
+use crate::ports::time::Clock;
 
 /// How much of its open wait a breaker may have left when a caller that waited out the same
 /// Retry-After asks again (see [`BreakerHandle::acquire_after_wait`]): the time between the

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::DateTime;
 
 use super::*;
-use crate::memory::TokioClock;
+use crate::testkit::TokioClock;
 
 fn config() -> BreakerConfig {
     BreakerConfig {

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::actor::BreakerHandle;
 use super::machine::{CallOutcome, Permit};
 use crate::machine::{CallId, PhoneNumber};
-use crate::ports::{DialCommand, LegCommand, LegStatus, Telephony, TelephonyError};
+use crate::ports::telephony::{DialCommand, LegCommand, LegStatus, Telephony, TelephonyError};
 
 /// One permitted call. Report its outcome with [`PermitGuard::finish`]; dropped unfinished
 /// (the call's future was cancelled by a timeout), it counts as a failure.

@@ -6,7 +6,7 @@
 //! outcomes with a message.
 //!
 //! The state machine ([`machine`]) is pure and takes time as an argument; the actor reads time
-//! only through the engine's [`Clock`](crate::ports::Clock) port.
+//! only through the engine's [`Clock`](crate::ports::time::Clock) port.
 
 mod actor;
 mod guard;

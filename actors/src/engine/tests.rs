@@ -7,8 +7,8 @@ use chrono::DateTime;
 
 use super::*;
 use crate::machine::{CarrierEvent, EndReason, HangupCause};
-use crate::memory::{MemoryStore, ScriptedTelephony, SeqIds, TokioClock};
 use crate::ports::{CallStore, LegStatus};
+use crate::testkit::{MemoryStore, ScriptedTelephony, SeqIds, TokioClock};
 
 struct World {
     store: Arc<MemoryStore>,

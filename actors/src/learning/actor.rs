@@ -18,8 +18,8 @@ use tracing::{debug, info, warn};
 
 use super::embed::{EmbedError, EmbedTask, Embedder};
 use super::extract::extract;
-use super::store::{LearnedRows, LearningJob, LearningStore, NewMemory, NewPattern};
 use crate::machine::CallId;
+use crate::ports::learning::{LearnedRows, LearningJob, LearningStore, NewMemory, NewPattern};
 use crate::ports::{CallStore, Clock, IdGen, QueryStore};
 
 /// What the learning actor needs.

@@ -14,16 +14,17 @@ use uuid::Uuid;
 use super::actor::{LearningConfig, LearningPorts, LearningSupervisor};
 use super::embed::{EmbedError, EmbedTask, Embedder, LocalEmbedder};
 use super::extract::extract;
-use super::store::{LearnedRows, LearningJob, LearningStore, MemoryLearningStore};
 use crate::catalog::{NewAgent, NewCustomer};
 use crate::machine::{
     start, step, CallId, CallSpec, CallStatus, CarrierEvent, Direction, Event, HangupCause,
 };
-use crate::memory::{MemoryStore, SeqIds, TokioClock};
+use crate::ports::learning::{LearnedRows, LearningJob, LearningStore};
 use crate::ports::{
     shard_of, CallStore, Clock, JournalEntry, QueryStore, StoreError, StoreResult, SHARD_COUNT,
 };
 use crate::sentiment::SentimentLabel;
+use crate::testkit::MemoryLearningStore;
+use crate::testkit::{MemoryStore, SeqIds, TokioClock};
 use crate::voice::record::{ConversationRecord, Speaker};
 
 const ORG: Uuid = Uuid::from_u128(0xA);

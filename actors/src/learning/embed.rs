@@ -1,46 +1,9 @@
-//! The embedding port and the local deterministic embedder.
-//!
-//! Every vector is [`EMBEDDING_DIMS`] long and L2-normalised, so cosine similarity is a dot
-//! product. Each vector is stored with the [`Embedder::model`] that made it: vectors of
-//! different models live in different spaces and are never compared.
+//! The local deterministic embedder and the vector helpers. The embedding port
+//! ([`Embedder`]) is in `crate::ports::learning`.
 
 use async_trait::async_trait;
 
-/// Dimensions of every stored embedding (`vector(768)`).
-pub const EMBEDDING_DIMS: usize = 768;
-
-/// What a text is embedded for (vendors tune the vector to the use).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EmbedTask {
-    /// A text that is stored and searched (a pattern's description, a memory).
-    Document,
-    /// A search query.
-    Query,
-}
-
-/// Why texts could not be embedded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EmbedError {
-    /// The vendor refused the request (bad key, bad input): retrying will not help.
-    #[error("embedding refused: {0}")]
-    Rejected(String),
-    /// The vendor failed, timed out, rate-limited us, or its circuit breaker is open: the
-    /// work waits and is retried later.
-    #[error("embedding unavailable: {0}")]
-    Unavailable(String),
-}
-
-/// Turns texts into vectors.
-#[async_trait]
-pub trait Embedder: Send + Sync + 'static {
-    /// The model id recorded with every vector it makes (e.g. `gemini-embedding-001@768`,
-    /// `local-ngram-v1`).
-    fn model(&self) -> &str;
-
-    /// Embeds `texts`, in order: one L2-normalised vector of [`EMBEDDING_DIMS`] values per
-    /// text. An empty input gives an empty output without asking anyone.
-    async fn embed(&self, texts: &[String], task: EmbedTask) -> Result<Vec<Vec<f32>>, EmbedError>;
-}
+pub use crate::ports::learning::{EmbedError, EmbedTask, Embedder, EMBEDDING_DIMS};
 
 /// A deterministic embedder that needs no vendor: hashed word unigrams and bigrams plus
 /// character trigrams, signed feature hashing into [`EMBEDDING_DIMS`] buckets, L2-normalised.

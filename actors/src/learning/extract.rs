@@ -7,69 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::machine::{Call, CallStatus, EndReason, Event};
-use crate::ports::JournalEntry;
+use crate::ports::calls::JournalEntry;
+pub use crate::ports::learning::{MemoryDraft, MemoryKind, PatternDraft, PatternType};
 use crate::voice::record::{ConversationRecord, Speaker, Tone};
-
-/// Kinds of learned pattern (the `pattern_type` column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PatternType {
-    /// How the persona was used: tone changes and where they led.
-    PersonaUsage,
-    /// The opening exchanges of the conversation.
-    TurnSequence,
-    /// The tools the agent called, in order.
-    ToolSequence,
-    /// What made the call go to a person.
-    EscalationTrigger,
-    /// A negative caller turn and the reply after which the caller's mood improved.
-    ObjectionHandling,
-    /// How a resolved call ended.
-    Resolution,
-}
-
-impl PatternType {
-    /// The column's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::PersonaUsage => "persona_usage",
-            Self::TurnSequence => "turn_sequence",
-            Self::ToolSequence => "tool_sequence",
-            Self::EscalationTrigger => "escalation_trigger",
-            Self::ObjectionHandling => "objection_handling",
-            Self::Resolution => "resolution",
-        }
-    }
-}
-
-/// Kinds of customer memory (the `kind` column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MemoryKind {
-    /// A problem the customer raised.
-    Issue,
-    /// How the customer wants to be dealt with.
-    Preference,
-    /// Something the agent promised.
-    Commitment,
-    /// How the customer felt over the call.
-    SentimentSummary,
-    /// One line about the whole call.
-    CallSummary,
-}
-
-impl MemoryKind {
-    /// The column's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Issue => "issue",
-            Self::Preference => "preference",
-            Self::Commitment => "commitment",
-            Self::SentimentSummary => "sentiment_summary",
-            Self::CallSummary => "call_summary",
-        }
-    }
-}
 
 /// How the call went.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,28 +24,6 @@ pub struct Outcome {
     pub sentiment_end: Option<f64>,
     /// Resolved, and the caller did not end up worse than they started (or ended positive).
     pub success: bool,
-}
-
-/// A pattern to embed and store.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PatternDraft {
-    /// Kind.
-    pub pattern_type: PatternType,
-    /// Structured detail (`pattern_data`).
-    pub data: serde_json::Value,
-    /// The text that is embedded and searched.
-    pub description: String,
-}
-
-/// A customer memory to embed and store.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MemoryDraft {
-    /// Kind.
-    pub kind: MemoryKind,
-    /// The text that is embedded, searched and shown to the agent.
-    pub content: String,
-    /// In `[0, 1]`.
-    pub importance: f32,
 }
 
 /// Everything learned from one call.

@@ -8,90 +8,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
 use super::embed::{EmbedError, EmbedTask, Embedder};
 use crate::machine::{CustomerId, OrganizationId};
-use crate::ports::{StoreError, StoreResult};
-
-/// One stored customer memory, as found.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MemoryHit {
-    /// Id.
-    pub id: Uuid,
-    /// `issue`, `preference`, `commitment`, `sentiment_summary`, `call_summary`.
-    pub kind: String,
-    /// The memory.
-    pub content: String,
-    /// In `[0, 1]`.
-    pub importance: f32,
-    /// Cosine similarity to the query (0 without a query).
-    pub similarity: f32,
-    /// The ranking score (see the module doc).
-    pub relevance: f32,
-    /// The call it came from.
-    pub source_call_id: Option<Uuid>,
-    /// When it was learned.
-    pub created_at: DateTime<Utc>,
-}
-
-/// One learned pattern, as found.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PatternHit {
-    /// Id.
-    pub id: Uuid,
-    /// The agent.
-    pub agent_id: Uuid,
-    /// `turn_sequence`, `tool_sequence`, ...
-    pub pattern_type: String,
-    /// The searchable text.
-    pub description: String,
-    /// Structured detail.
-    pub pattern_data: serde_json::Value,
-    /// Calls that used it.
-    pub usage_count: i32,
-    /// Of those, the successful ones / usage.
-    pub success_rate: f64,
-    /// Cosine similarity to the query (0 without a query).
-    pub similarity: f32,
-    /// The call it came from.
-    pub source_call_id: Option<Uuid>,
-    /// When it was learned.
-    pub created_at: DateTime<Utc>,
-}
-
-/// The learned rows, read.
-#[async_trait]
-pub trait LearningQueries: Send + Sync + 'static {
-    /// Up to `limit` memories of the customer made by `model`: the nearest to `query` when
-    /// given (similarity filled), else the most important and recent.
-    async fn memory_candidates(
-        &self,
-        org: OrganizationId,
-        customer: CustomerId,
-        model: &str,
-        query: Option<&[f32]>,
-        limit: u32,
-    ) -> StoreResult<Vec<MemoryHit>>;
-
-    /// Up to `limit` patterns of the agent made by `model`: the nearest to `query` when
-    /// given, else the best success rates (then the most used).
-    async fn pattern_candidates(
-        &self,
-        org: OrganizationId,
-        agent: Uuid,
-        model: &str,
-        query: Option<&[f32]>,
-        limit: u32,
-    ) -> StoreResult<Vec<PatternHit>>;
-
-    /// Deletes every memory of the customer and the cached vectors of their texts; returns
-    /// how many memories there were.
-    async fn forget_customer(&self, org: OrganizationId, customer: CustomerId) -> StoreResult<u64>;
-}
+use crate::ports::calls::StoreError;
+pub use crate::ports::learning::{LearningQueries, MemoryHit, PatternHit};
 
 /// Why recall failed.
 #[derive(Debug, Clone, thiserror::Error)]

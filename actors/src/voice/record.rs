@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::sentiment::SentimentLabel;
+use crate::ports::sentiment::SentimentLabel;
 
 /// Who spoke a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,5 +1,5 @@
 //! The voice session inside the real engine (supervisor, CallActor, VoiceSession, the pure
-//! conversation core) over the in-memory ports of [`super::memory`] and paused tokio time:
+//! conversation core) over the in-memory ports of [`crate::testkit`] and paused tokio time:
 //! no sockets, and every time below is exact.
 //!
 //! The world starts at `t0` (tokio's paused clock, and the wall clock `EPOCH`). The call is set
@@ -21,7 +21,6 @@ use serde_json::json;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::memory::{LlmReply, MemoryMedia, ScriptedLlm, ScriptedStt, ScriptedTts, SttLog};
 use super::ports::{ChatMessage, ChatRole, SttEvent, TtsInput};
 use super::record::{ConversationRecord, EscalationReason, Speaker, Tone};
 use super::session::VoicePorts;
@@ -30,9 +29,10 @@ use crate::engine::{Engine, EngineConfig, NewCall};
 use crate::machine::{
     AmdResult, Call, CallId, CallStatus, CarrierEvent, EndReason, Event, HangupCause,
 };
-use crate::memory::{Command, MemoryStore, ScriptedTelephony, SeqIds, TokioClock};
 use crate::ports::{InboxItem, Ports, QueryStore};
 use crate::sentiment::{LexiconScorer, SentimentLabel};
+use crate::testkit::voice::{LlmReply, MemoryMedia, ScriptedLlm, ScriptedStt, ScriptedTts, SttLog};
+use crate::testkit::{Command, MemoryStore, ScriptedTelephony, SeqIds, TokioClock};
 
 fn epoch() -> DateTime<Utc> {
     DateTime::from_timestamp(1_800_000_000, 0).unwrap()
@@ -1523,8 +1523,9 @@ async fn a_call_actor_crash_restarts_the_conversation_with_the_call() {
 async fn recalled_patterns_are_in_the_context_and_journaled() {
     use crate::learning::extract::{PatternDraft, PatternType};
     use crate::learning::recall::Recall;
-    use crate::learning::store::{LearnedRows, LearningStore, MemoryLearningStore, NewPattern};
     use crate::learning::LocalEmbedder;
+    use crate::ports::learning::{LearnedRows, LearningStore, NewPattern};
+    use crate::testkit::MemoryLearningStore;
     let learning = Arc::new(MemoryLearningStore::new());
     let source = Uuid::from_u128(0x5);
     learning.enqueue(source, Uuid::from_u128(0xA), epoch());

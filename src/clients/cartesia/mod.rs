@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use iace_actors::breaker::{BreakerHandle, CallOutcome, PermitGuard};
-use iace_actors::voice::{TextToSpeech, TtsOptions, TtsStream, VoiceError};
+use iace_actors::ports::voice::{TextToSpeech, TtsOptions, TtsStream, VoiceError};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;

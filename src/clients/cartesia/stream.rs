@@ -38,7 +38,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use futures::{SinkExt, StreamExt};
 use iace_actors::breaker::{CallOutcome, PermitGuard};
-use iace_actors::voice::{TtsEvent, TtsInput, TtsOptions};
+use iace_actors::ports::voice::{TtsEvent, TtsInput, TtsOptions};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use iace_actors::breaker::{BreakerHandle, CallOutcome, PermitGuard};
-use iace_actors::voice::{SpeechToText, SttEvent, SttOptions, SttStream, VoiceError};
+use iace_actors::ports::voice::{SpeechToText, SttEvent, SttOptions, SttStream, VoiceError};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use reqwest::Url;
 use tokio::net::TcpStream;

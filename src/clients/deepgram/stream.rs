@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt as _, StreamExt as _};
-use iace_actors::voice::{SttEvent, SttInput};
+use iace_actors::ports::voice::{SttEvent, SttInput};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::{sleep_until, timeout, Instant};

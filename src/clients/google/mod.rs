@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use iace_actors::breaker::{BreakerHandle, CallOutcome, PermitGuard};
 use iace_actors::learning::embed::normalize;
-use iace_actors::learning::{EmbedError, EmbedTask, Embedder, EMBEDDING_DIMS};
+use iace_actors::ports::learning::{EmbedError, EmbedTask, Embedder, EMBEDDING_DIMS};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 use tracing::debug;
 

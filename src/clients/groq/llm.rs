@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use iace_actors::voice::{
+use iace_actors::ports::voice::{
     ChatMessage, ChatRole, Llm, LlmEvent, LlmRequest, ToolCall, ToolSpec as PortToolSpec,
     VoiceError,
 };

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use iace_actors::breaker::{BreakerHandle, CallOutcome, PermitGuard};
-use iace_actors::sentiment::{Sentiment, SentimentError, SentimentLabel, SentimentScorer};
+use iace_actors::ports::sentiment::{Sentiment, SentimentError, SentimentLabel, SentimentScorer};
 use reqwest::StatusCode;
 use tokio::sync::mpsc;
 

@@ -7,7 +7,8 @@ use uuid::Uuid;
 
 use crate::accounts::{ApiKeyInfo, NewApiKey, Principal};
 use crate::machine::OrganizationId;
-use crate::ports::{PageRequest, StoreResult};
+use crate::ports::calls::StoreResult;
+use crate::ports::catalog::PageRequest;
 
 /// API keys. Every organization-scoped method is scoped by its `org` argument.
 #[async_trait]

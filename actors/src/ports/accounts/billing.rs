@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::accounts::BillingEvent;
-use crate::ports::StoreResult;
+use crate::ports::calls::StoreResult;
 
 /// Billing events from Stripe.
 #[async_trait]

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::accounts::{CrmContactFacts, CrmEvent, CrmLink, CrmLinkJob, EventsStored};
-use crate::ports::StoreResult;
+use crate::ports::calls::StoreResult;
 
 /// CRM events from HubSpot and the contact-linking queue.
 #[async_trait]

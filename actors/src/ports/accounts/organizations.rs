@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use crate::accounts::{OrgAccount, OrgPatch};
 use crate::machine::OrganizationId;
-use crate::ports::StoreResult;
+use crate::ports::calls::StoreResult;
 
 /// Organization accounts and their plan limits. Scoped by the `org` argument.
 #[async_trait]

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::accounts::{NewRefreshToken, Principal, Rotation};
-use crate::ports::StoreResult;
+use crate::ports::calls::StoreResult;
 
 /// Login sessions (refresh tokens, stored as hashes only).
 #[async_trait]

@@ -24,38 +24,20 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::conversation::{Action, CallerContext, Conversation, Input, Micros};
-use super::ports::{
-    Llm, LlmEvent, LlmRequest, MediaOut, SpeechToText, SttEvent, SttInput, SttOptions,
-    TextToSpeech, TtsEvent, TtsInput, TtsOptions,
-};
-use super::profile::VoiceProfile;
+use crate::catalog::profile::VoiceProfile;
 use crate::engine::call_actor::{CallMsg, VoiceRequest};
 use crate::engine::Shared;
 use crate::machine::{AmdResult, CallSpec};
-use crate::sentiment::{LexiconScorer, Sentiment, SentimentLabel, SentimentScorer};
+pub use crate::ports::voice::VoicePorts;
+use crate::ports::voice::{
+    LlmEvent, LlmRequest, SttEvent, SttInput, SttOptions, TtsEvent, TtsInput, TtsOptions,
+};
+use crate::sentiment::{LexiconScorer, Sentiment, SentimentLabel};
 
 mod recall;
 mod router;
 
 pub use router::VoiceRouter;
-
-/// What the voice pipeline is built from.
-#[derive(Clone)]
-pub struct VoicePorts {
-    /// Streaming speech-to-text.
-    pub stt: Arc<dyn SpeechToText>,
-    /// Streaming speech synthesis.
-    pub tts: Arc<dyn TextToSpeech>,
-    /// The chat model.
-    pub llm: Arc<dyn Llm>,
-    /// Caller sentiment (a vendor behind `DegradingSentiment` in production).
-    pub sentiment: Arc<dyn SentimentScorer>,
-    /// The calls' outbound media.
-    pub media: Arc<dyn MediaOut>,
-    /// μ-law 8 kHz audio played when speech synthesis is down (a recorded apology, or a
-    /// tone): the caller hears something before the transfer or hangup.
-    pub fallback_apology: Arc<Vec<u8>>,
-}
 
 /// Mailbox of a [`VoiceSession`].
 #[derive(Debug)]

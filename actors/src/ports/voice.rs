@@ -1,5 +1,6 @@
 //! Ports of the voice pipeline: streaming speech-to-text, streaming text-to-speech, a streamed
-//! chat model, and the call's outbound media.
+//! chat model, the call's outbound media, and [`VoicePorts`], the set a call's conversation is
+//! built from.
 //!
 //! Streams are channel pairs: the session writes into a bounded `mpsc::Sender` with
 //! `try_send` (it never waits on a vendor) and reads events from an `mpsc::Receiver` that a
@@ -11,10 +12,13 @@
 //! Times in events are milliseconds of *stream audio* (what the adapter has sent to the
 //! vendor since `open`, across reconnects), not wall time.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::sentiment::SentimentScorer;
 use crate::machine::CallId;
 
 /// Why a voice vendor could not serve.
@@ -373,4 +377,22 @@ pub trait MediaOut: Send + Sync + 'static {
     fn mark(&self, call_id: CallId, name: String) -> Result<(), MediaError>;
     /// Drops the audio not played yet (barge-in).
     fn clear(&self, call_id: CallId) -> Result<(), MediaError>;
+}
+
+/// What the voice pipeline is built from.
+#[derive(Clone)]
+pub struct VoicePorts {
+    /// Streaming speech-to-text.
+    pub stt: Arc<dyn SpeechToText>,
+    /// Streaming speech synthesis.
+    pub tts: Arc<dyn TextToSpeech>,
+    /// The chat model.
+    pub llm: Arc<dyn Llm>,
+    /// Caller sentiment (a vendor behind `DegradingSentiment` in production).
+    pub sentiment: Arc<dyn SentimentScorer>,
+    /// The calls' outbound media.
+    pub media: Arc<dyn MediaOut>,
+    /// μ-law 8 kHz audio played when speech synthesis is down (a recorded apology, or a
+    /// tone): the caller hears something before the transfer or hangup.
+    pub fallback_apology: Arc<Vec<u8>>,
 }

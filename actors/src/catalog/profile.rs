@@ -22,7 +22,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::FieldError;
+use super::field::FieldError;
 use crate::machine::PhoneNumber;
 
 /// Tools an agent may offer the model.

@@ -1,5 +1,5 @@
-//! The learning queue and the learned rows: the port and its in-memory implementation (for the
-//! deterministic tests and simulations; Postgres is `iace::store`).
+//! In-memory [`LearningStore`] and [`LearningQueries`] (the learning queue and the learned
+//! rows) for the deterministic tests and simulations; Postgres is `iace::store`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, PoisonError};
@@ -9,124 +9,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::extract::{MemoryDraft, PatternDraft};
+use crate::learning::embed::cosine;
 use crate::machine::{CallId, CustomerId, OrganizationId};
-use crate::ports::StoreResult;
-
-/// A completed call waiting to be learned from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LearningJob {
-    /// The call.
-    pub call_id: CallId,
-    /// Its organization.
-    pub organization_id: OrganizationId,
-    /// Earlier attempts that did not finish.
-    pub attempts: u32,
-}
-
-/// A pattern ready to store.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewPattern {
-    /// Id.
-    pub id: Uuid,
-    /// Owner.
-    pub organization_id: OrganizationId,
-    /// The agent it was learned for.
-    pub agent_id: Uuid,
-    /// The call it came from.
-    pub source_call_id: CallId,
-    /// What it is.
-    pub draft: PatternDraft,
-    /// The description's vector.
-    pub embedding: Vec<f32>,
-    /// The model that made the vector.
-    pub model: String,
-    /// When.
-    pub created_at: DateTime<Utc>,
-}
-
-/// A customer memory ready to store.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewMemory {
-    /// Id.
-    pub id: Uuid,
-    /// Owner.
-    pub organization_id: OrganizationId,
-    /// The customer.
-    pub customer_id: CustomerId,
-    /// The call it came from.
-    pub source_call_id: CallId,
-    /// What it is.
-    pub draft: MemoryDraft,
-    /// The content's vector.
-    pub embedding: Vec<f32>,
-    /// The model that made the vector.
-    pub model: String,
-    /// When.
-    pub created_at: DateTime<Utc>,
-}
-
-/// Everything one call taught, stored at once.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct LearnedRows {
-    /// Patterns.
-    pub patterns: Vec<NewPattern>,
-    /// Memories.
-    pub memories: Vec<NewMemory>,
-    /// Fresh vectors for the embedding cache: (model, text, vector).
-    pub cache: Vec<(String, String, Vec<f32>)>,
-    /// Patterns this call used: one more use each, and one more success when `success`.
-    pub used_patterns: Vec<Uuid>,
-    /// The call succeeded.
-    pub success: bool,
-}
-
-/// The learning queue, the embedding cache and the learned rows.
-#[async_trait]
-pub trait LearningStore: Send + Sync + 'static {
-    /// Claims up to `limit` jobs due at `now`. A claimed job is not due again before
-    /// `now + lease`: a worker that dies mid-job leaves it to be claimed again then.
-    async fn claim_learning(
-        &self,
-        now: DateTime<Utc>,
-        lease: Duration,
-        limit: u32,
-    ) -> StoreResult<Vec<LearningJob>>;
-
-    /// Cached vectors of `texts` for `model`, in order (`None`: not cached).
-    async fn cached_embeddings(
-        &self,
-        model: &str,
-        texts: &[String],
-    ) -> StoreResult<Vec<Option<Vec<f32>>>>;
-
-    /// Stores what the call taught, fills the cache and marks the job done, in one
-    /// transaction. Storing twice for the same call stores nothing the second time.
-    async fn finish_learning(
-        &self,
-        call_id: CallId,
-        rows: &LearnedRows,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()>;
-
-    /// Takes or renews the deployment-wide lease `name` for `holder` until `now + ttl`;
-    /// `false` while someone else holds an unexpired one.
-    async fn try_lead(
-        &self,
-        name: &str,
-        holder: &str,
-        now: DateTime<Utc>,
-        ttl: Duration,
-    ) -> StoreResult<bool>;
-
-    /// The job could not finish: count the attempt and try again at `at`.
-    async fn retry_learning(
-        &self,
-        call_id: CallId,
-        at: DateTime<Utc>,
-        error: &str,
-    ) -> StoreResult<()>;
-}
+use crate::ports::calls::StoreResult;
+use crate::ports::learning::{
+    LearnedRows, LearningJob, LearningQueries, LearningStore, MemoryHit, NewMemory, NewPattern,
+    PatternHit,
+};
 
 /// One queue row of [`MemoryLearningStore`].
 #[derive(Debug, Clone, PartialEq)]
@@ -318,7 +207,7 @@ impl LearningStore for MemoryLearningStore {
 }
 
 #[async_trait]
-impl super::recall::LearningQueries for MemoryLearningStore {
+impl LearningQueries for MemoryLearningStore {
     async fn memory_candidates(
         &self,
         org: OrganizationId,
@@ -326,18 +215,18 @@ impl super::recall::LearningQueries for MemoryLearningStore {
         model: &str,
         query: Option<&[f32]>,
         limit: u32,
-    ) -> StoreResult<Vec<super::recall::MemoryHit>> {
+    ) -> StoreResult<Vec<MemoryHit>> {
         let inner = self.lock();
-        let mut hits: Vec<super::recall::MemoryHit> = inner
+        let mut hits: Vec<MemoryHit> = inner
             .memories
             .iter()
             .filter(|m| m.organization_id == org && m.customer_id == customer && m.model == model)
-            .map(|m| super::recall::MemoryHit {
+            .map(|m| MemoryHit {
                 id: m.id,
                 kind: m.draft.kind.as_str().into(),
                 content: m.draft.content.clone(),
                 importance: m.draft.importance,
-                similarity: query.map_or(0.0, |q| super::embed::cosine(q, &m.embedding)),
+                similarity: query.map_or(0.0, |q| cosine(q, &m.embedding)),
                 relevance: 0.0,
                 source_call_id: Some(m.source_call_id),
                 created_at: m.created_at,
@@ -364,15 +253,15 @@ impl super::recall::LearningQueries for MemoryLearningStore {
         model: &str,
         query: Option<&[f32]>,
         limit: u32,
-    ) -> StoreResult<Vec<super::recall::PatternHit>> {
+    ) -> StoreResult<Vec<PatternHit>> {
         let inner = self.lock();
-        let mut hits: Vec<super::recall::PatternHit> = inner
+        let mut hits: Vec<PatternHit> = inner
             .patterns
             .iter()
             .filter(|p| p.organization_id == org && p.agent_id == agent && p.model == model)
             .map(|p| {
                 let (used, won) = inner.usage.get(&p.id).copied().unwrap_or_default();
-                super::recall::PatternHit {
+                PatternHit {
                     id: p.id,
                     agent_id: p.agent_id,
                     pattern_type: p.draft.pattern_type.as_str().into(),
@@ -384,7 +273,7 @@ impl super::recall::LearningQueries for MemoryLearningStore {
                     } else {
                         f64::from(won) / f64::from(used)
                     },
-                    similarity: query.map_or(0.0, |q| super::embed::cosine(q, &p.embedding)),
+                    similarity: query.map_or(0.0, |q| cosine(q, &p.embedding)),
                     source_call_id: Some(p.source_call_id),
                     created_at: p.created_at,
                 }

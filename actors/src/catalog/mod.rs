@@ -3,38 +3,26 @@
 //! The types here are validated on construction ([`NewAgent::validate`], ...), so a store only
 //! ever sees well-formed rows. Validation errors carry the field name and a message a client
 //! can act on.
+//!
+//! - [`field`] holds [`FieldError`], the validation failure every catalog type shares.
+//! - [`profile`] holds [`VoiceProfile`], how an agent converses, read and
+//!   checked from its persona and voice configuration.
+
+pub mod field;
+pub mod profile;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::machine::{OrganizationId, PhoneNumber};
-use crate::voice::profile::VoiceProfile;
+pub use field::FieldError;
+use profile::VoiceProfile;
 
 /// Longest accepted agent or organization name, in characters.
 pub const MAX_NAME_CHARS: usize = 200;
 /// Largest accepted JSON document (persona, voice, metadata), serialized, in bytes.
 pub const MAX_JSON_BYTES: usize = 64 * 1024;
-
-/// A field that failed validation.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct FieldError {
-    /// The field, as the client named it.
-    pub field: &'static str,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl FieldError {
-    /// A new error.
-    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        FieldError {
-            field,
-            message: message.into(),
-        }
-    }
-}
 
 /// A tenant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,72 @@
+//! Ports: the traits the engine needs from the outside world, one file per concern.
+//!
+//! The engine reaches the database, the carrier, the voice and embedding vendors, the clock and
+//! the id source only through these traits, held as `Arc<dyn Trait>`. Production
+//! implementations live in the root crate (`src/store`, `src/telephony`, `src/clients`);
+//! in-memory ones in `crate::testkit` (feature `testkit`) serve unit tests and the
+//! deterministic simulations. Nothing here may depend on a concrete database or network crate.
+//!
+//! In reading order:
+//! - [`time`] holds [`Clock`] and [`IdGen`].
+//! - [`calls`] holds [`CallStore`] (calls, journal, idempotency, inbox) and [`StoreError`], the
+//!   failure every store shares.
+//! - [`catalog`] holds [`QueryStore`] (organizations, agents, customers, numbers, call reads).
+//! - [`telephony`] holds [`Telephony`], the carrier's commands.
+//! - [`voice`] holds speech-to-text, text-to-speech, the chat model, outbound media, and
+//!   [`VoicePorts`], the set a call's conversation is built from.
+//! - [`sentiment`] holds [`SentimentScorer`].
+//! - [`accounts`] holds the account store, one trait per table (organizations, users,
+//!   sessions, API keys, billing and CRM events) under the umbrella [`AccountStore`](accounts::AccountStore).
+//! - [`learning`] holds the learning queue and learned rows ([`LearningStore`],
+//!   [`LearningQueries`]) and the [`Embedder`].
+//!
+//! The port files depend only on domain types (`machine`, `catalog`, `accounts`). [`Ports`],
+//! the bundle an engine is built from, also names the two engine services it is handed ready
+//! made (the breaker registry and recall); those import the port files, never this module, so
+//! no import circle runs through here.
+
+use std::sync::Arc;
+
+pub mod accounts;
+pub mod calls;
+pub mod catalog;
+pub mod learning;
+pub mod sentiment;
+pub mod telephony;
+pub mod time;
+pub mod voice;
+
+pub use calls::{
+    shard_of, CallStore, IdempotencyKey, InboxInsert, InboxItem, InboxRow, InsertOutcome,
+    JournalEntry, StoreError, StoreResult, SHARD_COUNT,
+};
+pub use catalog::{CallFilter, CatalogWriteError, PageRequest, QueryStore};
+pub use learning::{Embedder, LearningQueries, LearningStore};
+pub use sentiment::SentimentScorer;
+pub use telephony::{DialCommand, LegCommand, LegStatus, Telephony, TelephonyError};
+pub use time::{Clock, IdGen};
+pub use voice::VoicePorts;
+
+/// The ports an engine is built from.
+#[derive(Clone)]
+pub struct Ports {
+    /// Call writes.
+    pub calls: Arc<dyn CallStore>,
+    /// Catalog and reads.
+    pub queries: Arc<dyn QueryStore>,
+    /// The carrier.
+    pub telephony: Arc<dyn Telephony>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Ids.
+    pub ids: Arc<dyn IdGen>,
+    /// Vendor circuit breakers (empty when the adapters are not real vendors).
+    pub breakers: crate::breaker::Breakers,
+    /// The voice pipeline's vendors; `None` runs calls without a conversation (the media
+    /// stream is only measured).
+    pub voice: Option<VoicePorts>,
+    /// Recall over learned patterns and customer memories; `None` when learning is off.
+    pub recall: Option<crate::learning::recall::Recall>,
+    /// Users, sessions, API keys, plans; `None` where accounts are not kept (simulations).
+    pub accounts: Option<Arc<dyn accounts::AccountStore>>,
+}

@@ -5,10 +5,18 @@ use std::time::Duration;
 
 use chrono::DateTime;
 
+use uuid::Uuid;
+
 use super::*;
-use crate::machine::{CarrierEvent, EndReason, HangupCause};
+use crate::catalog::NewAgent;
+use crate::machine::{
+    start, Call, CallId, CallSpec, CallStatus, CarrierEvent, Direction, EndReason, Event,
+    HangupCause, OrganizationId,
+};
 use crate::memory::{MemoryStore, ScriptedTelephony, SeqIds, TokioClock};
-use crate::ports::{CallStore, LegStatus};
+use crate::ports::{
+    CallFilter, CallStore, InboxItem, InsertOutcome, JournalEntry, LegStatus, QueryStore,
+};
 
 struct World {
     store: Arc<MemoryStore>,

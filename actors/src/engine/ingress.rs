@@ -308,6 +308,8 @@ impl Engine {
         });
     }
 
+    /// Stores a carrier event in the inbox (deduplicated on its vendor event id) and routes it
+    /// to the call. Once this returns `Ok`, the event is durable and will be applied even if
     /// the process dies right after: acknowledge the vendor only then.
     pub async fn ingest_carrier_event(
         &self,

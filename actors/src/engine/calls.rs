@@ -351,8 +351,6 @@ impl Engine {
             .ok_or(EngineError::NotFound { what: "call" })
     }
 
-    /// Stores a carrier event in the inbox (deduplicated on its vendor event id) and routes it
-
     /// Transfers an answered call to a person at `to`.
     pub async fn transfer(
         &self,

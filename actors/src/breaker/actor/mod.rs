@@ -727,5 +727,4 @@ impl Actor for Placeholder {
 }
 
 #[cfg(test)]
-#[path = "actor_tests.rs"]
 mod tests;

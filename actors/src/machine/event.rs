@@ -123,7 +123,7 @@ pub struct MediaReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    /// The call was created (first journal entry; see [`start`]).
+    /// The call was created (first journal entry; see [`start`](super::start)).
     Created {
         /// The validated spec.
         spec: CallSpec,

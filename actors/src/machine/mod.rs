@@ -12,19 +12,19 @@
 //! are refused with a [`TransitionError`].
 //!
 //! Reading order: `types` (ids and value types), `call` (the snapshot), `event` (what the
-//! journal records), `step` (the transition rules and the effects they produce); `phone` holds
-//! the E.164 number type.
+//! journal records), `transition` (the transition rules and the effects they produce);
+//! `phone` holds the E.164 number type.
 
 mod call;
 mod event;
 mod phone;
-mod step;
+mod transition;
 mod types;
 
 pub use call::{Call, CallSpec, StrayLeg};
 pub use event::{AmdResult, CarrierEvent, Event, MediaReport};
 pub use phone::{InvalidPhoneNumber, PhoneNumber};
-pub use step::{classify, replay, start, step, Effect, TransitionError};
+pub use transition::{classify, replay, start, step, Effect, TransitionError};
 pub use types::{
     AgentId, CallId, CallStatus, CustomerId, Deadline, Direction, EndReason, HangupCause,
     OrganizationId, TimerKind,

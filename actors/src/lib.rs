@@ -16,7 +16,3 @@ pub mod sentiment;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod voice;
-
-/// The former path of [`testkit`], kept so existing imports resolve.
-#[cfg(any(test, feature = "testkit"))]
-pub use testkit as memory;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use crate::ports::sentiment::{Sentiment, SentimentError, SentimentLabel, SentimentScorer};
+use crate::ports::sentiment::{Sentiment, SentimentError, SentimentLabel, SentimentScorer};
 
 /// Word weights in `[-4, 4]` (VADER's scale).
 const LEXICON: &[(&str, f64)] = &[

@@ -15,7 +15,8 @@ use iace_actors::learning::actor::{
     LearningConfig, LearningPorts, LearningSupervisor, LearningSupervisorMsg,
 };
 use iace_actors::learning::recall::Recall;
-use iace_actors::learning::{Embedder, LocalEmbedder};
+use iace_actors::learning::LocalEmbedder;
+use iace_actors::ports::learning::Embedder;
 use iace_actors::ports::{Clock, IdGen, InboxItem, Ports, Telephony};
 use ractor::ActorRef;
 use tokio::sync::mpsc;

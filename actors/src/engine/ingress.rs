@@ -1,4 +1,4 @@
-//! Ingress: vendor events into the engine, and the catalog of inbound numbers.
+//! Ingress: vendor and carrier events into the engine.
 //!
 //! A webhook handler verifies the vendor's signature, maps the JSON to a [`VendorEvent`] and
 //! calls [`Engine::ingest_vendor_event`]; it never touches the store. Here the event is stored
@@ -15,13 +15,11 @@
 
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
-use uuid::Uuid;
 
 use super::supervisor::SupervisorMsg;
-use super::{clamp_limit, Engine, EngineError, InboundCall, IngestOutcome};
-use crate::catalog::{AgentType, NewPhoneNumber, PhoneNumberAssignment};
-use crate::machine::{Call, CallId, CarrierEvent, Event, MediaReport, OrganizationId, PhoneNumber};
-use crate::ports::{InboxInsert, InboxItem, InboxRow, PageRequest};
+use super::{Engine, EngineError, InboundCall};
+use crate::machine::{CallId, CarrierEvent, PhoneNumber};
+use crate::ports::{InboxInsert, InboxItem, InboxRow};
 
 /// A vendor event as a webhook handler understood it: authentic, parsed, in domain terms.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +63,22 @@ pub enum EventRoute {
     },
     /// Nothing to route by (stored for the record).
     Nowhere,
+}
+
+/// Result of [`Engine::ingest_carrier_event`] and [`Engine::ingest_vendor_event`]. Every
+/// variant means the event is durable (or was already): acknowledge the vendor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// Stored in the inbox and routed to the call.
+    Accepted,
+    /// Seen before (or, from the simulated carrier, about an unknown call): nothing to do.
+    Duplicate,
+    /// Stored for the record; the engine does not act on this event type.
+    Stored,
+    /// A fact whose call does not exist yet: stored, applied when the call appears.
+    Parked,
+    /// An offered inbound call nobody answers: stored, and the leg is being rejected.
+    Rejected,
 }
 
 /// How many times a reject of an unknown number's leg is attempted.
@@ -294,144 +308,28 @@ impl Engine {
         });
     }
 
-    // ---------------------------------------------------------------- call commands
-
-    /// Transfers an answered call to a person at `to`.
-    pub async fn transfer(
+    /// Stores a carrier event in the inbox (deduplicated on its vendor event id) and routes it
+    /// to the call. Once this returns `Ok`, the event is durable and will be applied even if
+    /// the process dies right after: acknowledge the vendor only then.
+    pub async fn ingest_carrier_event(
         &self,
-        org: OrganizationId,
-        id: CallId,
-        to: PhoneNumber,
-    ) -> Result<Call, EngineError> {
-        let call = self.get_call(org, id).await?;
-        if call.status.is_terminal() {
-            return Err(EngineError::IllegalTransition {
-                status: call.status,
-                message: format!(
-                    "the call already ended ({}); it cannot be transferred",
-                    call.status
-                ),
-            });
-        }
-        self.rpc_supervisor(|reply| SupervisorMsg::Deliver {
-            call_id: id,
-            event: Event::TransferRequested { to },
-            inbox: None,
-            reply: Some(reply),
-        })
-        .await?
-    }
-
-    /// Journals what the media endpoint measured on a call's stream. Best effort: the figures
-    /// are telemetry, not facts the call's outcome depends on.
-    pub fn report_media(&self, call_id: CallId, report: MediaReport) {
-        let _ = self.inner.supervisor.send_message(SupervisorMsg::Deliver {
-            call_id,
-            event: Event::MediaReported { report },
-            inbox: None,
-            reply: None,
-        });
-    }
-
-    /// Our media endpoint has an authenticated stream for the call: its conversation starts
-    /// (when the engine has voice ports and the call is answered).
-    pub fn media_started(&self, call_id: CallId) {
-        let _ = self
-            .inner
-            .supervisor
-            .send_message(SupervisorMsg::MediaStarted { call_id });
-    }
-
-    /// Caller audio (μ-law 8 kHz) of one media frame, straight to the call's voice session.
-    /// Returns at once; audio for a call without a session is dropped.
-    pub fn media_audio(&self, call_id: CallId, mulaw: Vec<u8>) {
-        self.inner
-            .shared
-            .voice
-            .send(call_id, crate::voice::session::VoiceMsg::Audio(mulaw));
-    }
-
-    /// The carrier echoed a mark on the call's media stream.
-    pub fn media_mark(&self, call_id: CallId, name: String) {
-        self.inner
-            .shared
-            .voice
-            .send(call_id, crate::voice::session::VoiceMsg::Mark(name));
-    }
-
-    /// Voice sessions running on this node.
-    pub fn voice_sessions(&self) -> usize {
-        self.inner.shared.voice.live()
-    }
-
-    // ---------------------------------------------------------------- phone numbers
-
-    /// Assigns one of the organization's numbers to an agent that answers inbound calls.
-    pub async fn create_phone_number(
-        &self,
-        org: OrganizationId,
-        new: NewPhoneNumber,
-    ) -> Result<PhoneNumberAssignment, EngineError> {
-        let agent = self
-            .get_agent(org, new.agent_id)
-            .await
-            .map_err(|e| match e {
-                EngineError::NotFound { .. } => {
-                    EngineError::invalid("agent_id", "no agent with this id in your organization")
-                }
-                other => other,
-            })?;
-        if agent.agent_type == AgentType::Outbound {
-            return Err(EngineError::invalid(
-                "agent_id",
-                "the agent only places outbound calls; give it agent_type inbound or both",
-            ));
-        }
-        let assignment = PhoneNumberAssignment {
-            id: self.inner.shared.ports.ids.next_id(),
-            organization_id: org,
-            agent_id: agent.id,
-            number: new.number,
-            created_at: self.now(),
-        };
-        let stored = assignment.clone();
-        let inserted = self
-            .query(move |q| async move { Ok(q.insert_phone_number(&stored).await?) })
+        item: InboxItem,
+    ) -> Result<IngestOutcome, EngineError> {
+        let shared = &self.inner.shared;
+        let new = shared
+            .with_timeout(shared.ports.calls.inbox_insert(&item))
             .await?;
-        if inserted {
-            Ok(assignment)
-        } else {
-            Err(EngineError::Conflict(format!(
-                "the number {} is already assigned",
-                assignment.number
-            )))
+        let result = if new { "new" } else { "duplicate" };
+        shared
+            .metrics
+            .inbox_events
+            .with_label_values(&[result])
+            .inc();
+        if !new {
+            return Ok(IngestOutcome::Duplicate);
         }
-    }
-
-    /// The organization's numbers, newest first.
-    pub async fn list_phone_numbers(
-        &self,
-        org: OrganizationId,
-        agent: Option<Uuid>,
-        mut page: PageRequest,
-    ) -> Result<Vec<PhoneNumberAssignment>, EngineError> {
-        page.limit = clamp_limit(page.limit);
-        self.query(move |q| async move { Ok(q.list_phone_numbers(org, agent, &page).await?) })
-            .await
-    }
-
-    /// Releases a number (calls to it are rejected from then on).
-    pub async fn delete_phone_number(
-        &self,
-        org: OrganizationId,
-        id: Uuid,
-    ) -> Result<(), EngineError> {
-        let found = self
-            .query(move |q| async move { Ok(q.delete_phone_number(org, id).await?) })
-            .await?;
-        found.then_some(()).ok_or(EngineError::NotFound {
-            what: "phone number",
-        })
+        self.deliver_item(item);
+        Ok(IngestOutcome::Accepted)
     }
 }
 

@@ -4,8 +4,9 @@
 //! ractor never restarts anything by itself, so this supervisor overrides it:
 //! - a child that stopped normally (its call ended, or it lost ownership) is forgotten;
 //! - a child that failed (store error, panic) is re-activated from the persisted snapshot after
-//!   an exponential backoff; after [`EngineConfig::max_restarts`] failures within
-//!   [`EngineConfig::restart_window`] the call is ended as `engine_fault` instead.
+//!   an exponential backoff; after [`EngineConfig::max_restarts`](super::EngineConfig) failures
+//!   within [`EngineConfig::restart_window`](super::EngineConfig) the call is ended as
+//!   `engine_fault` instead.
 //!
 //! It also routes events to call actors (activating a call on demand) and periodically
 //! re-delivers unprocessed inbox rows, which covers events whose delivery was lost to a crash.

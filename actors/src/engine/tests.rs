@@ -5,9 +5,17 @@ use std::time::Duration;
 
 use chrono::DateTime;
 
+use uuid::Uuid;
+
 use super::*;
-use crate::machine::{CarrierEvent, EndReason, HangupCause};
-use crate::ports::{CallStore, LegStatus};
+use crate::catalog::NewAgent;
+use crate::machine::{
+    start, Call, CallId, CallSpec, CallStatus, CarrierEvent, Direction, EndReason, Event,
+    HangupCause, OrganizationId,
+};
+use crate::ports::{
+    CallFilter, CallStore, InboxItem, InsertOutcome, JournalEntry, LegStatus, QueryStore,
+};
 use crate::testkit::{MemoryStore, ScriptedTelephony, SeqIds, TokioClock};
 
 struct World {
@@ -738,7 +746,7 @@ async fn an_offer_to_an_assigned_number_creates_an_answered_inbound_call_once() 
         .carrier
         .commands()
         .into_iter()
-        .filter(|c| matches!(c, crate::memory::Command::Answer(_)))
+        .filter(|c| matches!(c, crate::testkit::Command::Answer(_)))
         .collect();
     assert_eq!(answers.len(), 1);
     // Events of the leg find their call by client state or by leg.
@@ -809,11 +817,11 @@ async fn an_offer_nobody_answers_is_stored_and_rejected() {
         .carrier
         .commands()
         .into_iter()
-        .filter(|c| matches!(c, crate::memory::Command::Reject { .. }))
+        .filter(|c| matches!(c, crate::testkit::Command::Reject { .. }))
         .collect();
     assert_eq!(
         rejects,
-        [crate::memory::Command::Reject {
+        [crate::testkit::Command::Reject {
             carrier_call_id: "leg-x".into(),
             command_id: "reject:leg-x".into()
         }]
@@ -883,7 +891,7 @@ async fn transfer_needs_an_answered_call() {
         .carrier
         .commands()
         .iter()
-        .any(|c| matches!(c, crate::memory::Command::Transfer(_, t) if *t == to)));
+        .any(|c| matches!(c, crate::testkit::Command::Transfer(_, t) if *t == to)));
     assert_eq!(
         w.assert_contiguous(id),
         ["created", "initiated", "answered", "transfer_requested"]

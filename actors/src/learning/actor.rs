@@ -16,9 +16,9 @@ use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tracing::{debug, info, warn};
 
-use super::embed::{EmbedError, EmbedTask, Embedder};
 use super::extract::extract;
 use crate::machine::CallId;
+use crate::ports::learning::{EmbedError, EmbedTask, Embedder};
 use crate::ports::learning::{LearnedRows, LearningJob, LearningStore, NewMemory, NewPattern};
 use crate::ports::{CallStore, Clock, IdGen, QueryStore};
 

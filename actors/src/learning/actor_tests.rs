@@ -12,17 +12,18 @@ use ractor::Actor;
 use uuid::Uuid;
 
 use super::actor::{LearningConfig, LearningPorts, LearningSupervisor};
-use super::embed::{EmbedError, EmbedTask, Embedder, LocalEmbedder};
+use super::embed::LocalEmbedder;
 use super::extract::extract;
 use crate::catalog::{NewAgent, NewCustomer};
 use crate::machine::{
     start, step, CallId, CallSpec, CallStatus, CarrierEvent, Direction, Event, HangupCause,
 };
+use crate::ports::learning::{EmbedError, EmbedTask, Embedder};
 use crate::ports::learning::{LearnedRows, LearningJob, LearningStore};
+use crate::ports::sentiment::SentimentLabel;
 use crate::ports::{
     shard_of, CallStore, Clock, JournalEntry, QueryStore, StoreError, StoreResult, SHARD_COUNT,
 };
-use crate::sentiment::SentimentLabel;
 use crate::testkit::MemoryLearningStore;
 use crate::testkit::{MemoryStore, SeqIds, TokioClock};
 use crate::voice::record::{ConversationRecord, Speaker};

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-pub use crate::ports::learning::{EmbedError, EmbedTask, Embedder, EMBEDDING_DIMS};
+use crate::ports::learning::{EmbedError, EmbedTask, Embedder, EMBEDDING_DIMS};
 
 /// A deterministic embedder that needs no vendor: hashed word unigrams and bigrams plus
 /// character trigrams, signed feature hashing into [`EMBEDDING_DIMS`] buckets, L2-normalised.

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::machine::{Call, CallStatus, EndReason, Event};
 use crate::ports::calls::JournalEntry;
-pub use crate::ports::learning::{MemoryDraft, MemoryKind, PatternDraft, PatternType};
+use crate::ports::learning::{MemoryDraft, MemoryKind, PatternDraft, PatternType};
 use crate::voice::record::{ConversationRecord, Speaker, Tone};
 
 /// How the call went.

@@ -12,10 +12,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::embed::{EmbedError, EmbedTask, Embedder};
 use crate::machine::{CustomerId, OrganizationId};
 use crate::ports::calls::StoreError;
-pub use crate::ports::learning::{LearningQueries, MemoryHit, PatternHit};
+use crate::ports::learning::{EmbedError, EmbedTask, Embedder};
+use crate::ports::learning::{LearningQueries, MemoryHit, PatternHit};
 
 /// Why recall failed.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -1,6 +1,7 @@
 use super::*;
-use chrono::TimeZone;
+use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
+use uuid::Uuid;
 
 fn t(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()

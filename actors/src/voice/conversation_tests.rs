@@ -4,11 +4,11 @@
 use serde_json::json;
 
 use super::conversation::{Action, CallerContext, Conversation, Input, Micros};
-use super::ports::{ChatRole, LlmEvent, SttEvent, ToolCall, TtsEvent};
-use super::profile::VoiceProfile;
 use super::record::{ConversationRecord, EscalationReason, Speaker, Tone};
+use crate::catalog::profile::VoiceProfile;
 use crate::machine::{AmdResult, EndReason};
-use crate::sentiment::{Sentiment, SentimentLabel};
+use crate::ports::sentiment::{Sentiment, SentimentLabel};
+use crate::ports::voice::{ChatRole, LlmEvent, SttEvent, ToolCall, TtsEvent};
 
 const MS: Micros = 1000;
 

@@ -4,8 +4,7 @@
 //!
 //! The vendor ports it runs on are in [`crate::ports::voice`]; the agent's voice profile is a
 //! catalog type ([`crate::catalog::profile`]); the scripted vendors for tests are in
-//! `crate::testkit::voice`. The old paths below (`voice::ports`, `voice::profile`,
-//! `voice::memory`) re-export them.
+//! `crate::testkit::voice`.
 
 pub mod conversation;
 pub mod record;
@@ -13,17 +12,7 @@ pub mod session;
 pub mod text;
 pub mod transcript;
 
-pub use crate::catalog::profile;
-pub use crate::ports::voice as ports;
-#[cfg(any(test, feature = "testkit"))]
-pub use crate::testkit::voice as memory;
 pub use session::VoiceRouter;
-
-pub use crate::ports::voice::{
-    ChatMessage, ChatRole, Llm, LlmEvent, LlmRequest, MediaError, MediaOut, SpeechToText, SttEvent,
-    SttInput, SttOptions, SttStream, TextToSpeech, ToolCall, ToolSpec, TtsEvent, TtsInput,
-    TtsOptions, TtsStream, VoiceError, VoicePorts,
-};
 
 #[cfg(test)]
 mod conversation_tests;

@@ -21,16 +21,17 @@ use serde_json::json;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::ports::{ChatMessage, ChatRole, SttEvent, TtsInput};
 use super::record::{ConversationRecord, EscalationReason, Speaker, Tone};
-use super::session::VoicePorts;
 use crate::catalog::NewAgent;
 use crate::engine::{Engine, EngineConfig, NewCall};
 use crate::machine::{
     AmdResult, Call, CallId, CallStatus, CarrierEvent, EndReason, Event, HangupCause,
 };
+use crate::ports::sentiment::SentimentLabel;
+use crate::ports::voice::VoicePorts;
+use crate::ports::voice::{ChatMessage, ChatRole, SttEvent, TtsInput};
 use crate::ports::{InboxItem, Ports, QueryStore};
-use crate::sentiment::{LexiconScorer, SentimentLabel};
+use crate::sentiment::LexiconScorer;
 use crate::testkit::voice::{LlmReply, MemoryMedia, ScriptedLlm, ScriptedStt, ScriptedTts, SttLog};
 use crate::testkit::{Command, MemoryStore, ScriptedTelephony, SeqIds, TokioClock};
 
@@ -1521,10 +1522,10 @@ async fn a_call_actor_crash_restarts_the_conversation_with_the_call() {
 /// best patterns are in the model's instructions and the journal says which were used.
 #[tokio::test(start_paused = true)]
 async fn recalled_patterns_are_in_the_context_and_journaled() {
-    use crate::learning::extract::{PatternDraft, PatternType};
     use crate::learning::recall::Recall;
     use crate::learning::LocalEmbedder;
     use crate::ports::learning::{LearnedRows, LearningStore, NewPattern};
+    use crate::ports::learning::{PatternDraft, PatternType};
     use crate::testkit::MemoryLearningStore;
     let learning = Arc::new(MemoryLearningStore::new());
     let source = Uuid::from_u128(0x5);

@@ -2,7 +2,7 @@
 //! heard stays in the context, cut off), and when the interruption turns out to be nothing to
 //! answer, the agent resumes with what was left unsaid.
 
-use crate::voice::ports::{ChatMessage, ChatRole};
+use crate::ports::voice::{ChatMessage, ChatRole};
 use crate::voice::record::ConversationRecord;
 use crate::voice::text;
 

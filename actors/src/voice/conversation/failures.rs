@@ -2,8 +2,8 @@
 //! the profile's `on_vendor_failure` says (the apology, then a transfer or a hangup); when
 //! speech synthesis dies while ending, what was to follow the speech happens now.
 
+use crate::catalog::profile::VendorFailureAction;
 use crate::machine::EndReason;
-use crate::voice::profile::VendorFailureAction;
 use crate::voice::record::{ConversationRecord, EscalationReason};
 
 use super::{Action, After, Conversation, Kind, Micros, Phase, MS};

@@ -39,12 +39,12 @@
 use std::collections::VecDeque;
 
 use crate::machine::{AmdResult, EndReason, PhoneNumber};
-use crate::sentiment::Sentiment;
+use crate::ports::sentiment::Sentiment;
 
-use super::ports::{ChatMessage, LlmEvent, SttEvent, ToolSpec, TtsEvent};
-use super::profile::VoiceProfile;
 use super::record::{ConversationRecord, Tone};
 use super::text;
+use crate::catalog::profile::VoiceProfile;
+use crate::ports::voice::{ChatMessage, LlmEvent, SttEvent, ToolSpec, TtsEvent};
 
 mod barge_in;
 mod context;

@@ -1,8 +1,8 @@
 //! The call's opening: the greeting, the wait for the answering-machine verdict (and taking
 //! the call for a person when none comes), and the message left on a voicemail.
 
+use crate::catalog::profile::VoicemailAction;
 use crate::machine::{AmdResult, EndReason};
-use crate::voice::profile::VoicemailAction;
 use crate::voice::record::ConversationRecord;
 
 use super::{Action, After, Conversation, Kind, Micros, Phase, MS};

@@ -2,7 +2,7 @@
 //! echoes (or, when the media stream does not echo them, from the audio's own duration), and
 //! the utterances fully heard retired in order.
 
-use crate::voice::ports::{ChatMessage, ChatRole};
+use crate::ports::voice::{ChatMessage, ChatRole};
 
 use super::{Action, Conversation, Micros, Utterance, MS};
 

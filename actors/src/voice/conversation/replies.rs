@@ -2,7 +2,7 @@
 //! synthesis a speakable piece at a time, and the reply done (its tool calls run, see
 //! `tools`).
 
-use crate::voice::ports::{ChatMessage, ChatRole, LlmEvent, ToolCall};
+use crate::ports::voice::{ChatMessage, ChatRole, LlmEvent, ToolCall};
 use crate::voice::record::{ConversationRecord, EscalationReason};
 use crate::voice::text;
 

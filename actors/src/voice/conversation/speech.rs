@@ -3,7 +3,7 @@
 //! with a mark after every chunk (what the marks report is `playout`'s concern).
 
 use crate::machine::{EndReason, PhoneNumber};
-use crate::voice::ports::TtsEvent;
+use crate::ports::voice::TtsEvent;
 use crate::voice::record::ConversationRecord;
 
 use super::{Action, Conversation, Micros, MS};

@@ -2,7 +2,7 @@
 //! comes), the agent's tone decided from the scores, and the escalation when sentiment stays
 //! below the persona's floor.
 
-use crate::sentiment::{Sentiment, SentimentLabel};
+use crate::ports::sentiment::{Sentiment, SentimentLabel};
 use crate::voice::record::{ConversationRecord, EscalationReason, Tone};
 
 use super::{Action, Conversation, Micros, Phase};

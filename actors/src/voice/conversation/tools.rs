@@ -2,7 +2,7 @@
 //! outside the core (`lookup_customer`), and the model asked again with them. The model's
 //! tool calls are dispatched when its reply is done (`replies`).
 
-use crate::voice::ports::{ChatMessage, ChatRole, ToolSpec};
+use crate::ports::voice::{ChatMessage, ChatRole, ToolSpec};
 use crate::voice::record::ConversationRecord;
 
 use super::{Action, Conversation, Micros, Phase, Timing, MS};

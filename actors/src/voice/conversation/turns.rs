@@ -3,8 +3,8 @@
 //! that (the unspoken answer withdrawn), and the end of a turn (escalation by words, or a
 //! reply requested).
 
+use crate::ports::voice::{ChatMessage, ChatRole, SttEvent};
 use crate::sentiment::LexiconScorer;
-use crate::voice::ports::{ChatMessage, ChatRole, SttEvent};
 use crate::voice::record::{ConversationRecord, EscalationReason};
 use crate::voice::text;
 

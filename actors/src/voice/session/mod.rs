@@ -28,11 +28,12 @@ use crate::catalog::profile::VoiceProfile;
 use crate::engine::call_actor::{CallMsg, VoiceRequest};
 use crate::engine::Shared;
 use crate::machine::{AmdResult, CallSpec};
-pub use crate::ports::voice::VoicePorts;
+use crate::ports::sentiment::{Sentiment, SentimentLabel};
+use crate::ports::voice::VoicePorts;
 use crate::ports::voice::{
     LlmEvent, LlmRequest, SttEvent, SttInput, SttOptions, TtsEvent, TtsInput, TtsOptions,
 };
-use crate::sentiment::{LexiconScorer, Sentiment, SentimentLabel};
+use crate::sentiment::LexiconScorer;
 
 mod recall;
 mod router;

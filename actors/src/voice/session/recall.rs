@@ -19,8 +19,8 @@ const RECALL_PATTERNS: u32 = 3;
 #[derive(Default)]
 pub(super) struct Recalled {
     asked: bool,
-    pub(super) memories: Vec<crate::learning::recall::MemoryHit>,
-    pub(super) patterns: Vec<crate::learning::recall::PatternHit>,
+    pub(super) memories: Vec<crate::ports::learning::MemoryHit>,
+    pub(super) patterns: Vec<crate::ports::learning::PatternHit>,
     pub(super) prediction: Option<crate::learning::recall::Prediction>,
     degraded: Vec<String>,
 }

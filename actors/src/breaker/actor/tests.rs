@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::DateTime;
+use prometheus::Registry;
 
 use super::*;
 use crate::testkit::TokioClock;

@@ -1,0 +1,74 @@
+//! The call's conversation: starting and stopping its voice session, and telling it what it
+//! needs to know of the facts the call applies.
+
+use ractor::{Actor, ActorRef};
+use tracing::warn;
+
+use super::{CallMsg, CallState};
+use crate::machine::{Call, CallStatus, CarrierEvent, Direction, Event};
+use crate::voice::session::{VoiceArgs, VoiceMsg, VoiceSession};
+
+impl CallState {
+    /// Passes what the conversation needs to know of an applied event to it.
+    pub(super) fn tell_voice(&mut self, event: &Event, call: &Call) {
+        if let Event::Carrier {
+            event: CarrierEvent::MachineDetection { result },
+            ..
+        } = event
+        {
+            self.amd = Some(*result);
+        }
+        let Some(voice) = &self.voice else { return };
+        let msg = match event {
+            _ if call.status.is_terminal() => VoiceMsg::CallEnded,
+            Event::Carrier {
+                event: CarrierEvent::MachineDetection { result },
+                ..
+            } => VoiceMsg::Amd(*result),
+            Event::Carrier {
+                event: CarrierEvent::Dtmf { digit },
+                ..
+            } => VoiceMsg::Dtmf(digit.clone()),
+            Event::Carrier {
+                event: CarrierEvent::Bridged { .. },
+                ..
+            } => VoiceMsg::CallEnded,
+            _ => return,
+        };
+        let _ = voice.send_message(msg);
+    }
+
+    /// Starts the call's conversation: needs voice ports, an answered call, and none running.
+    pub(super) async fn start_voice(&mut self, myself: &ActorRef<CallMsg>) {
+        let Some(call) = self.call.as_ref() else {
+            return;
+        };
+        if self.shared.ports.voice.is_none()
+            || self.voice.is_some()
+            || call.status != CallStatus::InProgress
+        {
+            return;
+        }
+        let args = VoiceArgs {
+            spec: call.spec.clone(),
+            shared: self.shared.clone(),
+            parent: myself.clone(),
+            await_amd: self.shared.config.await_amd && call.spec.direction == Direction::Outbound,
+            amd: self.amd,
+        };
+        match Actor::spawn_linked(None, VoiceSession, args, myself.get_cell()).await {
+            Ok((voice, _)) => {
+                self.shared.voice.insert(self.id, voice.clone());
+                self.voice = Some(voice);
+            }
+            Err(e) => warn!(call_id = %self.id, error = %e, "voice session did not start"),
+        }
+    }
+
+    pub(super) fn stop_voice(&mut self) {
+        if let Some(voice) = self.voice.take() {
+            self.shared.voice.remove(self.id, &voice);
+            voice.stop(Some("call actor stopped".into()));
+        }
+    }
+}

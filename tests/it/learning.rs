@@ -18,13 +18,13 @@ use iace_actors::catalog::{NewAgent, NewCustomer, Organization};
 use iace_actors::learning::actor::{LearningConfig, LearningPorts, LearningSupervisor};
 use iace_actors::learning::extract::extract;
 use iace_actors::learning::LocalEmbedder;
+use iace_actors::machine::record::{ConversationRecord, Speaker};
 use iace_actors::machine::{
     start, step, Call, CallSpec, CarrierEvent, Direction, Event, HangupCause,
 };
 use iace_actors::ports::learning::{EmbedError, EmbedTask, Embedder};
 use iace_actors::ports::sentiment::SentimentLabel;
 use iace_actors::ports::{shard_of, CallStore, Clock, JournalEntry, QueryStore, SHARD_COUNT};
-use iace_actors::voice::record::{ConversationRecord, Speaker};
 use pgvector::Vector;
 use uuid::Uuid;
 

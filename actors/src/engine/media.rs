@@ -29,10 +29,10 @@ impl Engine {
     /// Caller audio (μ-law 8 kHz) of one media frame, straight to the call's voice session.
     /// Returns at once; audio for a call without a session is dropped.
     pub fn media_audio(&self, call_id: CallId, mulaw: Vec<u8>) {
-        self.inner
-            .shared
-            .voice
-            .send(call_id, crate::voice::session::VoiceMsg::Audio(mulaw));
+        self.inner.shared.voice.send(
+            call_id,
+            crate::engine::voice_session::VoiceMsg::Audio(mulaw),
+        );
     }
 
     /// The carrier echoed a mark on the call's media stream.
@@ -40,6 +40,6 @@ impl Engine {
         self.inner
             .shared
             .voice
-            .send(call_id, crate::voice::session::VoiceMsg::Mark(name));
+            .send(call_id, crate::engine::voice_session::VoiceMsg::Mark(name));
     }
 }

@@ -15,6 +15,7 @@ use super::actor::{LearningConfig, LearningPorts, LearningSupervisor};
 use super::embed::LocalEmbedder;
 use super::extract::extract;
 use crate::catalog::{NewAgent, NewCustomer};
+use crate::machine::record::{ConversationRecord, Speaker};
 use crate::machine::{
     start, step, CallId, CallSpec, CallStatus, CarrierEvent, Direction, Event, HangupCause,
 };
@@ -26,7 +27,6 @@ use crate::ports::{
 };
 use crate::testkit::MemoryLearningStore;
 use crate::testkit::{MemoryStore, SeqIds, TokioClock};
-use crate::voice::record::{ConversationRecord, Speaker};
 
 const ORG: Uuid = Uuid::from_u128(0xA);
 const AGENT: Uuid = Uuid::from_u128(0xA6E);

@@ -6,10 +6,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::machine::record::{ConversationRecord, Speaker, Tone};
 use crate::machine::{Call, CallStatus, EndReason, Event};
 use crate::ports::calls::JournalEntry;
 use crate::ports::learning::{MemoryDraft, MemoryKind, PatternDraft, PatternType};
-use crate::voice::record::{ConversationRecord, Speaker, Tone};
 
 /// How the call went.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,11 +4,11 @@ use chrono::DateTime;
 use uuid::Uuid;
 
 use super::extract::extract;
+use crate::machine::record::{ConversationRecord, EscalationReason, Speaker, Tone};
 use crate::machine::{start, Call, CallSpec, CallStatus, Direction, EndReason, Event};
 use crate::ports::learning::{MemoryKind, PatternType};
 use crate::ports::sentiment::SentimentLabel;
 use crate::ports::JournalEntry;
-use crate::voice::record::{ConversationRecord, EscalationReason, Speaker, Tone};
 
 fn call(customer: bool, status: CallStatus, end: EndReason) -> Call {
     let spec = CallSpec {

@@ -191,7 +191,7 @@ pub enum Event {
     /// status (a final transcript may arrive after the hangup); never moves the call.
     Conversation {
         /// The fact.
-        record: crate::voice::record::ConversationRecord,
+        record: crate::machine::record::ConversationRecord,
     },
     /// The AI agent ends the answered call (`agent_ended`, `voicemail`, `silence`,
     /// `voice_failure`).

@@ -18,6 +18,7 @@
 mod call;
 mod event;
 mod phone;
+pub mod record;
 mod transition;
 mod types;
 

@@ -4,8 +4,8 @@
 use serde_json::json;
 
 use super::conversation::{Action, CallerContext, Conversation, Input, Micros};
-use super::record::{ConversationRecord, EscalationReason, Speaker, Tone};
 use crate::catalog::profile::VoiceProfile;
+use crate::machine::record::{ConversationRecord, EscalationReason, Speaker, Tone};
 use crate::machine::{AmdResult, EndReason};
 use crate::ports::sentiment::{Sentiment, SentimentLabel};
 use crate::ports::voice::{ChatRole, LlmEvent, SttEvent, ToolCall, TtsEvent};

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::record::ConversationRecord;
+use crate::machine::record::ConversationRecord;
 use crate::ports::JournalEntry;
 
 /// A call's conversation.

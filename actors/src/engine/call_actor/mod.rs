@@ -27,12 +27,10 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::{EngineError, Shared};
-use crate::machine::{
-    AmdResult, Call, CallId, CallStatus, Effect, EndReason, Event, PhoneNumber, TimerKind,
-};
+use crate::engine::voice_session::VoiceMsg;
+use crate::engine::voice_session::VoiceRequest;
+use crate::machine::{AmdResult, Call, CallId, CallStatus, Effect, EndReason, Event, TimerKind};
 use crate::ports::{LegStatus, TelephonyError};
-use crate::voice::record::ConversationRecord;
-use crate::voice::session::VoiceMsg;
 use chrono::{DateTime, Utc};
 use dial::DialGuard;
 
@@ -102,15 +100,22 @@ pub(crate) enum CallMsg {
     Voice(VoiceRequest),
 }
 
-/// What a voice session asks of its call (the call actor is the call's only writer).
-#[derive(Debug)]
-pub(crate) enum VoiceRequest {
-    /// Journal a conversation fact.
-    Record(ConversationRecord),
-    /// Hand the call to a person.
-    Transfer(PhoneNumber),
-    /// End the call.
-    Hangup(EndReason),
+impl From<VoiceRequest> for CallMsg {
+    fn from(request: VoiceRequest) -> CallMsg {
+        CallMsg::Voice(request)
+    }
+}
+
+/// The way back, for a send that failed: ractor hands the message back in the error.
+impl TryFrom<CallMsg> for VoiceRequest {
+    type Error = CallMsg;
+
+    fn try_from(msg: CallMsg) -> Result<VoiceRequest, CallMsg> {
+        match msg {
+            CallMsg::Voice(request) => Ok(request),
+            other => Err(other),
+        }
+    }
 }
 
 /// Voice session crashes a call survives (each restart greets anew); after that the call is

@@ -5,8 +5,8 @@ use ractor::{Actor, ActorRef};
 use tracing::warn;
 
 use super::{CallMsg, CallState};
+use crate::engine::voice_session::{VoiceArgs, VoiceMsg, VoiceSession};
 use crate::machine::{Call, CallStatus, CarrierEvent, Direction, Event};
-use crate::voice::session::{VoiceArgs, VoiceMsg, VoiceSession};
 
 impl CallState {
     /// Passes what the conversation needs to know of an applied event to it.
@@ -52,7 +52,7 @@ impl CallState {
         let args = VoiceArgs {
             spec: call.spec.clone(),
             shared: self.shared.clone(),
-            parent: myself.clone(),
+            parent: myself.get_derived(),
             await_amd: self.shared.config.await_amd && call.spec.direction == Direction::Outbound,
             amd: self.amd,
         };

@@ -18,64 +18,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::conversation::{Action, CallerContext, Conversation, Input, Micros};
 use crate::catalog::profile::VoiceProfile;
-use crate::engine::call_actor::{CallMsg, VoiceRequest};
 use crate::engine::Shared;
 use crate::machine::{AmdResult, CallSpec};
 use crate::ports::sentiment::{Sentiment, SentimentLabel};
 use crate::ports::voice::VoicePorts;
-use crate::ports::voice::{
-    LlmEvent, LlmRequest, SttEvent, SttInput, SttOptions, TtsEvent, TtsInput, TtsOptions,
-};
+use crate::ports::voice::{LlmEvent, LlmRequest, SttInput, SttOptions, TtsInput, TtsOptions};
 use crate::sentiment::LexiconScorer;
+use crate::voice::conversation::{Action, CallerContext, Conversation, Input, Micros};
 
+mod msg;
 mod recall;
 mod router;
 
+pub use msg::{VoiceMsg, VoiceRequest};
 pub use router::VoiceRouter;
-
-/// Mailbox of a [`VoiceSession`].
-#[derive(Debug)]
-pub enum VoiceMsg {
-    /// First message: load the agent, open the streams, greet.
-    Init,
-    /// Caller audio (μ-law 8 kHz).
-    Audio(Vec<u8>),
-    /// The carrier echoed a mark.
-    Mark(String),
-    /// Answering-machine verdict.
-    Amd(AmdResult),
-    /// The caller pressed a key.
-    Dtmf(String),
-    /// From speech-to-text, stamped on arrival.
-    Stt(SttEvent, DateTime<Utc>),
-    /// From speech synthesis, stamped on arrival.
-    Tts(TtsEvent, DateTime<Utc>),
-    /// From the model, stamped on arrival.
-    Llm(u32, LlmEvent, DateTime<Utc>),
-    /// The model request could not start.
-    LlmUnavailable(u32, String),
-    /// A scored turn.
-    Sentiment(u32, Sentiment),
-    /// A tool's result.
-    ToolResult(String, Result<serde_json::Value, String>),
-    /// A deadline of the conversation.
-    Timer(u64),
-    /// The call ended.
-    CallEnded,
-}
 
 /// Start-up arguments.
 pub(crate) struct VoiceArgs {
     pub spec: CallSpec,
     pub shared: Arc<Shared>,
-    pub parent: ActorRef<CallMsg>,
+    pub parent: DerivedActorRef<VoiceRequest>,
     pub await_amd: bool,
     pub amd: Option<AmdResult>,
 }
@@ -91,7 +59,7 @@ pub(crate) struct VoiceState {
     spec: CallSpec,
     shared: Arc<Shared>,
     ports: VoicePorts,
-    parent: ActorRef<CallMsg>,
+    parent: DerivedActorRef<VoiceRequest>,
     conv: Conversation,
     origin: DateTime<Utc>,
     stt: Option<mpsc::Sender<SttInput>>,
@@ -334,9 +302,7 @@ impl VoiceState {
             },
         );
         if let Some(record) = recalled.record() {
-            let _ = self
-                .parent
-                .send_message(CallMsg::Voice(VoiceRequest::Record(record)));
+            let _ = self.parent.send_message(VoiceRequest::Record(record));
         }
         let (stt, tts) = tokio::join!(
             self.ports.stt.open(stt_options),
@@ -472,21 +438,15 @@ impl VoiceState {
                     });
                 }
                 Action::Record(record) => {
-                    let _ = self
-                        .parent
-                        .send_message(CallMsg::Voice(VoiceRequest::Record(record)));
+                    let _ = self.parent.send_message(VoiceRequest::Record(record));
                 }
                 Action::Transfer { to } => {
                     info!(call_id = %call, to = %to, "conversation hands the call to a person");
-                    let _ = self
-                        .parent
-                        .send_message(CallMsg::Voice(VoiceRequest::Transfer(to)));
+                    let _ = self.parent.send_message(VoiceRequest::Transfer(to));
                 }
                 Action::Hangup { reason } => {
                     info!(call_id = %call, reason = reason.as_str(), "conversation ends the call");
-                    let _ = self
-                        .parent
-                        .send_message(CallMsg::Voice(VoiceRequest::Hangup(reason)));
+                    let _ = self.parent.send_message(VoiceRequest::Hangup(reason));
                 }
                 Action::PlayFallbackApology { mark } => {
                     let _ = self
@@ -598,3 +558,6 @@ async fn run_tool(
         other => Err(format!("unknown tool `{other}`")),
     }
 }
+
+#[cfg(test)]
+mod tests;

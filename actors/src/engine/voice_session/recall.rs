@@ -27,9 +27,9 @@ pub(super) struct Recalled {
 
 impl Recalled {
     /// The journal record of what the agent was given (none when learning is off).
-    pub(super) fn record(&self) -> Option<crate::voice::record::ConversationRecord> {
+    pub(super) fn record(&self) -> Option<crate::machine::record::ConversationRecord> {
         self.asked.then(
-            || crate::voice::record::ConversationRecord::ContextRetrieved {
+            || crate::machine::record::ConversationRecord::ContextRetrieved {
                 memories: self.memories.iter().map(|m| m.id).collect(),
                 patterns: self.patterns.iter().map(|p| p.id).collect(),
                 escalation_risk: self.prediction.as_ref().map_or(0.0, |p| p.escalation_risk),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use ractor::ActorRef;
 
-use super::VoiceMsg;
+use super::msg::VoiceMsg;
 use crate::machine::CallId;
 
 /// Live voice sessions by call, for the media endpoint's per-frame traffic (which must not go

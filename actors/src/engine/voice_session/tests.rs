@@ -21,9 +21,9 @@ use serde_json::json;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::record::{ConversationRecord, EscalationReason, Speaker, Tone};
 use crate::catalog::NewAgent;
 use crate::engine::{Engine, EngineConfig, NewCall};
+use crate::machine::record::{ConversationRecord, EscalationReason, Speaker, Tone};
 use crate::machine::{
     AmdResult, Call, CallId, CallStatus, CarrierEvent, EndReason, Event, HangupCause,
 };

@@ -2,8 +2,8 @@
 //! heard stays in the context, cut off), and when the interruption turns out to be nothing to
 //! answer, the agent resumes with what was left unsaid.
 
+use crate::machine::record::ConversationRecord;
 use crate::ports::voice::{ChatMessage, ChatRole};
-use crate::voice::record::ConversationRecord;
 use crate::voice::text;
 
 use super::{Action, After, Conversation, Kind, Micros, MS};

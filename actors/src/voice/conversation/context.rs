@@ -1,8 +1,8 @@
 //! What the model sees: who the caller is, the system prompt built from the persona, what is
 //! known about the caller and the agent's tone, and the chat history (bounded).
 
+use crate::machine::record::Tone;
 use crate::ports::voice::{ChatMessage, ChatRole};
-use crate::voice::record::Tone;
 
 use super::Conversation;
 

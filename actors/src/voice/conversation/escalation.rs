@@ -2,7 +2,7 @@
 //! failure), once per call: the current reply is closed, the hand-over line said, and the
 //! call transferred once it is heard.
 
-use crate::voice::record::{ConversationRecord, EscalationReason};
+use crate::machine::record::{ConversationRecord, EscalationReason};
 
 use super::{Action, After, Conversation, Kind, Micros, Phase};
 

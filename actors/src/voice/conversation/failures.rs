@@ -3,8 +3,8 @@
 //! speech synthesis dies while ending, what was to follow the speech happens now.
 
 use crate::catalog::profile::VendorFailureAction;
+use crate::machine::record::{ConversationRecord, EscalationReason};
 use crate::machine::EndReason;
-use crate::voice::record::{ConversationRecord, EscalationReason};
 
 use super::{Action, After, Conversation, Kind, Micros, Phase, MS};
 

@@ -1,7 +1,7 @@
 //! Keys the caller presses (DTMF): they interrupt the agent, and keys pressed close together
 //! are one input, taken as a caller turn.
 
-use crate::voice::record::ConversationRecord;
+use crate::machine::record::ConversationRecord;
 
 use super::{Action, Conversation, Micros, Phase, MS};
 

@@ -41,9 +41,9 @@ use std::collections::VecDeque;
 use crate::machine::{AmdResult, EndReason, PhoneNumber};
 use crate::ports::sentiment::Sentiment;
 
-use super::record::{ConversationRecord, Tone};
 use super::text;
 use crate::catalog::profile::VoiceProfile;
+use crate::machine::record::{ConversationRecord, Tone};
 use crate::ports::voice::{ChatMessage, LlmEvent, SttEvent, ToolSpec, TtsEvent};
 
 mod barge_in;

@@ -2,8 +2,8 @@
 //! the call for a person when none comes), and the message left on a voicemail.
 
 use crate::catalog::profile::VoicemailAction;
+use crate::machine::record::ConversationRecord;
 use crate::machine::{AmdResult, EndReason};
-use crate::voice::record::ConversationRecord;
 
 use super::{Action, After, Conversation, Kind, Micros, Phase, MS};
 

@@ -1,7 +1,7 @@
 //! Records: the transcript segments journalled for the caller and the agent, and each reply's
 //! latency record (speech-to-text, hold-off, model, synthesis, engine).
 
-use crate::voice::record::{ConversationRecord, Speaker};
+use crate::machine::record::{ConversationRecord, Speaker};
 
 use super::{Action, CallerTurn, Conversation, Micros, Utterance, MS};
 

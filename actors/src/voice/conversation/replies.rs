@@ -2,8 +2,8 @@
 //! synthesis a speakable piece at a time, and the reply done (its tool calls run, see
 //! `tools`).
 
+use crate::machine::record::{ConversationRecord, EscalationReason};
 use crate::ports::voice::{ChatMessage, ChatRole, LlmEvent, ToolCall};
-use crate::voice::record::{ConversationRecord, EscalationReason};
 use crate::voice::text;
 
 use super::tools::tool_message;

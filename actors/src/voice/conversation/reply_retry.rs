@@ -2,7 +2,7 @@
 //! hold line once per turn, the request asked again with backoff, and `on_vendor_failure`
 //! once the model has not answered for the persona's `reply_wait_ms`.
 
-use crate::voice::record::ConversationRecord;
+use crate::machine::record::ConversationRecord;
 
 use super::{Action, After, Conversation, Kind, Micros, Phase, Timing, MS};
 

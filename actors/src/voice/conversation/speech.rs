@@ -2,9 +2,9 @@
 //! is heard), the synthesizer's events, and the audio forwarded to the call in utterance order
 //! with a mark after every chunk (what the marks report is `playout`'s concern).
 
+use crate::machine::record::ConversationRecord;
 use crate::machine::{EndReason, PhoneNumber};
 use crate::ports::voice::TtsEvent;
-use crate::voice::record::ConversationRecord;
 
 use super::{Action, Conversation, Micros, MS};
 

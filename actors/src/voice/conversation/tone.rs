@@ -2,8 +2,8 @@
 //! comes), the agent's tone decided from the scores, and the escalation when sentiment stays
 //! below the persona's floor.
 
+use crate::machine::record::{ConversationRecord, EscalationReason, Tone};
 use crate::ports::sentiment::{Sentiment, SentimentLabel};
-use crate::voice::record::{ConversationRecord, EscalationReason, Tone};
 
 use super::{Action, Conversation, Micros, Phase};
 

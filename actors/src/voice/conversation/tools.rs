@@ -2,8 +2,8 @@
 //! outside the core (`lookup_customer`), and the model asked again with them. The model's
 //! tool calls are dispatched when its reply is done (`replies`).
 
+use crate::machine::record::ConversationRecord;
 use crate::ports::voice::{ChatMessage, ChatRole, ToolSpec};
-use crate::voice::record::ConversationRecord;
 
 use super::{Action, Conversation, Micros, Phase, Timing, MS};
 

@@ -3,9 +3,9 @@
 //! that (the unspoken answer withdrawn), and the end of a turn (escalation by words, or a
 //! reply requested).
 
+use crate::machine::record::{ConversationRecord, EscalationReason};
 use crate::ports::voice::{ChatMessage, ChatRole, SttEvent};
 use crate::sentiment::LexiconScorer;
-use crate::voice::record::{ConversationRecord, EscalationReason};
 use crate::voice::text;
 
 use super::{Action, Conversation, Kind, Micros, Phase, Timing, MS};

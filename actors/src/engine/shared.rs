@@ -1,0 +1,120 @@
+//! What every actor of the engine shares: the ports, the engine's tuning ([`EngineConfig`]),
+//! its metrics, the epochs of the shard leases this node holds, and the router of live voice
+//! sessions. The engine handle builds one [`Shared`]; call actors, voice sessions and the
+//! supervisor hold it behind an `Arc`.
+
+use std::future::Future;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+
+use super::metrics::EngineMetrics;
+use super::voice_session::VoiceRouter;
+use crate::machine::CallId;
+use crate::ports::{shard_of, Ports, StoreError, SHARD_COUNT};
+
+/// Engine tuning. [`Default`] is what production uses.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Name of this node in shard leases.
+    pub node_id: String,
+    /// Upper bound on every engine call (actor round trip or store statement).
+    pub call_timeout: Duration,
+    /// Concurrent statements of the query pool.
+    pub max_query_concurrency: usize,
+    /// How long an outbound call may ring.
+    pub ring_timeout_secs: u32,
+    /// How long an answered call may last.
+    pub max_duration_secs: u32,
+    /// Crash-restart budget: at most this many restarts of one call within `restart_window`.
+    pub max_restarts: u32,
+    /// See `max_restarts`.
+    pub restart_window: Duration,
+    /// First restart delay; doubles per failure, capped at 30 s.
+    pub restart_backoff: Duration,
+    /// How often unprocessed inbox rows are re-delivered.
+    pub inbox_sweep_every: Duration,
+    /// How often the store is scanned for live calls that have no actor (a create whose
+    /// activation was lost, a call whose restart budget ran out while the store was down).
+    pub orphan_sweep_every: Duration,
+    /// Upper bound on one attempt of a carrier command.
+    pub command_timeout: Duration,
+    /// Outbound calls run answering-machine detection at the carrier: the greeting waits for
+    /// its verdict (bounded by the agent's `amd_wait_ms`).
+    pub await_amd: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            node_id: "iace-node".into(),
+            call_timeout: Duration::from_secs(5),
+            max_query_concurrency: 32,
+            ring_timeout_secs: 30,
+            max_duration_secs: 3600,
+            max_restarts: 5,
+            restart_window: Duration::from_secs(60),
+            restart_backoff: Duration::from_millis(200),
+            inbox_sweep_every: Duration::from_secs(5),
+            orphan_sweep_every: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(10),
+            await_amd: false,
+        }
+    }
+}
+
+/// Epochs of the shard leases this node holds.
+pub(crate) struct ShardTable {
+    pub(super) epochs: RwLock<Vec<i64>>,
+}
+
+impl ShardTable {
+    /// Every shard this node holds.
+    pub(crate) fn owned(&self) -> Vec<u16> {
+        let epochs = self.epochs.read().unwrap_or_else(|p| p.into_inner());
+        (0..SHARD_COUNT)
+            .filter(|s| epochs.get(usize::from(*s)).is_some_and(|e| *e > 0))
+            .collect()
+    }
+
+    /// The epoch to fence writes of `call` with.
+    pub(crate) fn epoch_of(&self, call: CallId) -> i64 {
+        let epochs = self.epochs.read().unwrap_or_else(|p| p.into_inner());
+        epochs
+            .get(usize::from(shard_of(call)))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// What every actor of the engine shares.
+pub(crate) struct Shared {
+    pub ports: Ports,
+    pub config: EngineConfig,
+    pub metrics: EngineMetrics,
+    pub shards: ShardTable,
+    /// Live voice sessions, for the media endpoint's per-frame traffic.
+    pub voice: VoiceRouter,
+}
+
+impl Shared {
+    /// The current time, at the store's precision (microseconds) so snapshots round-trip.
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        self.ports.clock.now().trunc_subsecs(6)
+    }
+
+    /// Bounds a store future by the engine timeout.
+    pub(crate) async fn with_timeout<T>(
+        &self,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.config.call_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "the database did not answer within {} ms",
+                self.config.call_timeout.as_millis()
+            ))),
+        }
+    }
+}

@@ -7,7 +7,6 @@ use anyhow::{bail, Context};
 use iace_fakes::telnyx::{FakeTelnyx, Scenario};
 
 use crate::voices::FakeVoices;
-use crate::world::DEV_ADMIN_TOKEN;
 
 /// The fake voice vendors of the dev world, the demo caller's lines scripted.
 pub(crate) async fn dev_voices() -> anyhow::Result<FakeVoices> {
@@ -168,3 +167,6 @@ pub(crate) async fn demo(
     );
     Ok(())
 }
+
+/// The operator token of the dev world (`/v1/admin/*`).
+pub(crate) const DEV_ADMIN_TOKEN: &str = "dev-admin-token";

@@ -12,7 +12,7 @@ use iace_fakes::telnyx::{FakeTelnyx, FakeTelnyxConfig, Scenario};
 use tracing::error;
 
 use crate::accounts::{dev_api_key, dev_user};
-use crate::demo::{demo, dev_voices};
+use crate::demo::{demo, dev_voices, DEV_ADMIN_TOKEN};
 use crate::voices::FakeVoices;
 
 /// The dev world's settings (`iace-dev --help`).
@@ -35,9 +35,6 @@ pub struct DevArgs {
     #[arg(long, env = "IACE_TELEPHONY", value_enum, default_value_t = TelephonyKind::Telnyx)]
     pub telephony: TelephonyKind,
 }
-
-/// The operator token of the dev world (`/v1/admin/*`).
-pub(crate) const DEV_ADMIN_TOKEN: &str = "dev-admin-token";
 
 /// Starts the dev world and serves until SIGINT/SIGTERM.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {

@@ -681,8 +681,3 @@ impl Telephony for SimCarrier {
         Ok(status)
     }
 }
-
-/// Parses a number the workload built (always valid E.164).
-pub(crate) fn number(s: &str) -> PhoneNumber {
-    PhoneNumber::parse(s).unwrap_or_else(|e| panic!("workload built an invalid number {s}: {e}"))
-}

@@ -3,7 +3,6 @@
 
 use iace_actors::machine::PhoneNumber;
 
-use crate::carrier::number;
 use crate::rng::Rng;
 
 /// What happens on one call.
@@ -165,4 +164,9 @@ mod tests {
         assert_eq!(format!("{a:?}"), format!("{b:?}"));
         assert!(a.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
     }
+}
+
+/// Parses a number the workload built (always valid E.164).
+pub(crate) fn number(s: &str) -> PhoneNumber {
+    PhoneNumber::parse(s).unwrap_or_else(|e| panic!("workload built an invalid number {s}: {e}"))
 }

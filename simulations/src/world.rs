@@ -576,13 +576,13 @@ async fn recovery(world: &Arc<World>, planned: usize) {
     tokio::time::sleep(carrier_breaker().open_wait_cap + Duration::from_secs(1)).await;
     for k in 0..3 {
         let n = planned + k;
-        let agent = crate::carrier::number(crate::workload::AGENT_NUMBER);
+        let agent = crate::workload::number(crate::workload::AGENT_NUMBER);
         let p = CallPlan {
             n,
             at_ms: core.now_ms(),
             scenario: crate::workload::Scenario::Answered,
             from: agent,
-            to: crate::carrier::number(&format!("+1425{:07}", n % 10_000_000)),
+            to: crate::workload::number(&format!("+1425{:07}", n % 10_000_000)),
             ring_ms: 2_000,
             talk_ms: Some(5_000),
             client_hangup_ms: None,

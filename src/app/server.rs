@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use iace_actors::breaker::Breakers;
 use iace_actors::engine::{Engine, EngineConfig};
 use iace_actors::learning::actor::{
@@ -17,12 +16,12 @@ use iace_actors::learning::actor::{
 use iace_actors::learning::recall::Recall;
 use iace_actors::learning::LocalEmbedder;
 use iace_actors::ports::learning::Embedder;
-use iace_actors::ports::{Clock, IdGen, InboxItem, Ports, Telephony};
+use iace_actors::ports::{InboxItem, Ports, Telephony};
 use ractor::ActorRef;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
-use uuid::Uuid;
 
+use super::clock::{RandomIds, SystemClock};
 use super::security::{cors_origins, security};
 use super::telnyx::{telnyx_edge, EngineMedia};
 use crate::config::{ServeArgs, TelephonyKind};
@@ -31,24 +30,6 @@ use crate::http::{AppState, ReadyCheck};
 use crate::media::{MediaMetrics, MediaRegistry, MediaState};
 use crate::store::PgStore;
 use crate::telephony::simulated::{SimConfig, SimulatedCarrier};
-
-/// Wall clock of production.
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
-
-/// Random (v4) ids.
-pub struct RandomIds;
-
-impl IdGen for RandomIds {
-    fn next_id(&self) -> Uuid {
-        Uuid::new_v4()
-    }
-}
 
 /// The embedder of learning and recall: Google (through the `google` breaker) when a key is
 /// configured, else the local deterministic one.

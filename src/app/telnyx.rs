@@ -12,7 +12,7 @@ use iace_actors::machine::MediaReport;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::server::SystemClock;
+use super::clock::SystemClock;
 use crate::clients::retry::RetryPolicy;
 use crate::clients::telnyx::{TelnyxClient, TelnyxConfig, TelnyxMetrics, WebhookVerifier};
 use crate::config::TelnyxArgs;

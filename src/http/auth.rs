@@ -18,6 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use iace_actors::accounts::{NewRefreshToken, Principal, Role, Rotation, Subject, User};
+use iace_actors::machine::OrganizationId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -153,6 +154,22 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
                     "route has no authenticated caller (missing from the access policy)",
                 )
             })
+    }
+}
+
+/// The caller's organization (the [`authorize`] middleware
+/// authenticated the request and checked the route's role before the handler runs).
+pub struct Org(pub OrganizationId);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Org {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        let Caller(p) = Caller::from_request_parts(parts, state).await?;
+        Ok(Org(p.org))
     }
 }
 

@@ -12,8 +12,9 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::auth::Caller;
+use super::auth::Org;
 use super::error::ApiError;
-use super::extract::{AppJson, AppPath, AppQuery, Org};
+use super::extract::{AppJson, AppPath, AppQuery};
 use super::{cursor_of, page_limit, parse_cursor, AppState};
 
 /// The call resource.

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::auth::Org;
 use super::error::ApiError;
-use super::extract::{AppJson, AppPath, AppQuery, Org};
+use super::extract::{AppJson, AppPath, AppQuery};
 use super::{cursor_of, page_limit, parse_cursor, AppState};
 
 /// `?limit=&cursor=` of the lists other than calls (catalog, users, API keys).

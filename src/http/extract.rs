@@ -5,7 +5,6 @@ use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, Que
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use iace_actors::machine::OrganizationId;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -114,17 +113,4 @@ where
 
 fn query_rejection(r: QueryRejection) -> ApiError {
     ApiError::invalid(r.body_text())
-}
-
-/// The caller's organization (the [`authorize`](super::auth::authorize) middleware
-/// authenticated the request and checked the route's role before the handler runs).
-pub struct Org(pub OrganizationId);
-
-impl<S: Send + Sync> FromRequestParts<S> for Org {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let super::auth::Caller(p) = super::auth::Caller::from_request_parts(parts, state).await?;
-        Ok(Org(p.org))
-    }
 }

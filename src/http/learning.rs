@@ -6,8 +6,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::auth::Org;
 use super::error::ApiError;
-use super::extract::{AppPath, AppQuery, Org};
+use super::extract::{AppPath, AppQuery};
 use super::AppState;
 use iace_actors::learning::recall::MAX_K;
 

@@ -2,6 +2,11 @@
 //! Ed25519 (`EdDSA`, a key file; other services can verify with the public keys published at
 //! `/.well-known/jwks.json`).
 //!
+//! Encoding, decoding and the issuer/audience checks are the `jsonwebtoken` crate's; the
+//! signatures are computed by the [`CryptoProvider`] below on our `hmac` and `ed25519-dalek`
+//! (Ed25519 verified strictly), which knows HS256 and EdDSA only, so RSA and ECDSA code is not
+//! even built.
+//!
 //! The algorithm is fixed server-side, per key: a token whose header names anything but
 //! `HS256` or `EdDSA` (`none`, `RS256`, ...) is refused before any signature work, and the
 //! algorithm must be the one of the key its `kid` names, so no algorithm confusion is possible
@@ -14,14 +19,16 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey};
-use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use hmac::{Hmac, Mac};
+use jsonwebtoken::crypto::{CryptoProvider, JwkUtils, JwtSigner, JwtVerifier};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::signature::{Signer, Verifier};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
-
-use crate::auth::constant_time_eq;
 
 /// Clock skew allowed on `exp` and `nbf`, seconds.
 pub const LEEWAY_SECS: i64 = 30;
@@ -52,15 +59,6 @@ pub struct Claims {
     pub jti: Uuid,
     /// Always `access`.
     pub typ: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Header {
-    alg: String,
-    #[serde(default)]
-    typ: Option<String>,
-    #[serde(default)]
-    kid: Option<String>,
 }
 
 /// Why a token is refused (all 401 for the client).
@@ -97,16 +95,12 @@ pub enum TokenError {
 #[derive(Clone)]
 pub struct Key {
     kid: String,
-    material: Material,
-}
-
-#[derive(Clone)]
-enum Material {
-    Hmac(Vec<u8>),
-    Ed25519 {
-        verifying: VerifyingKey,
-        signing: Option<Box<SigningKey>>,
-    },
+    alg: Algorithm,
+    /// `None`: an Ed25519 public key, which only verifies.
+    signing: Option<EncodingKey>,
+    verifying: DecodingKey,
+    /// The Ed25519 public key (published in the JWK Set); `None` for an HMAC secret.
+    public: Option<[u8; 32]>,
 }
 
 impl Key {
@@ -118,9 +112,13 @@ impl Key {
             secret.len() >= 32,
             "signing key {kid} is shorter than 32 bytes"
         );
+        install_provider();
         Ok(Key {
             kid,
-            material: Material::Hmac(secret),
+            alg: Algorithm::HS256,
+            signing: Some(EncodingKey::from_secret(&secret)),
+            verifying: DecodingKey::from_secret(&secret),
+            public: None,
         })
     }
 
@@ -140,7 +138,13 @@ impl Key {
         let (verifying, signing) = if pem.starts_with("-----BEGIN PRIVATE KEY-----") {
             let signing = SigningKey::from_pkcs8_pem(pem)
                 .map_err(|e| anyhow::anyhow!("not an Ed25519 PKCS#8 private key ({e})"))?;
-            (signing.verifying_key(), Some(Box::new(signing)))
+            let der = signing
+                .to_pkcs8_der()
+                .map_err(|e| anyhow::anyhow!("re-encoding the Ed25519 key ({e})"))?;
+            (
+                signing.verifying_key(),
+                Some(EncodingKey::from_ed_der(der.as_bytes())),
+            )
         } else if pem.starts_with("-----BEGIN PUBLIC KEY-----") {
             let verifying = VerifyingKey::from_public_key_pem(pem)
                 .map_err(|e| anyhow::anyhow!("not an Ed25519 public key ({e})"))?;
@@ -151,9 +155,14 @@ impl Key {
             );
         };
         anyhow::ensure!(!verifying.is_weak(), "the Ed25519 public key is weak");
+        install_provider();
         Ok(Key {
             kid: hex::encode(&Sha256::digest(verifying.as_bytes())[..6]),
-            material: Material::Ed25519 { verifying, signing },
+            alg: Algorithm::EdDSA,
+            signing,
+            // The raw public key, as a JWK's `x` gives it (what the verifier below reads).
+            verifying: DecodingKey::from_ed_der(verifying.as_bytes()),
+            public: Some(verifying.to_bytes()),
         })
     }
 
@@ -164,46 +173,34 @@ impl Key {
 
     /// The JWS algorithm of this key: `HS256` or `EdDSA`.
     pub fn alg(&self) -> &'static str {
-        match self.material {
-            Material::Hmac(_) => "HS256",
-            Material::Ed25519 { .. } => "EdDSA",
+        match self.alg {
+            Algorithm::EdDSA => "EdDSA",
+            _ => "HS256",
         }
     }
 
     /// Whether this key can sign (an HMAC secret or an Ed25519 private key).
     pub fn can_sign(&self) -> bool {
-        match &self.material {
-            Material::Hmac(_) => true,
-            Material::Ed25519 { signing, .. } => signing.is_some(),
-        }
+        self.signing.is_some()
     }
 
     #[cfg(test)]
     fn verifying_bytes(&self) -> &[u8] {
-        match &self.material {
-            Material::Ed25519 { verifying, .. } => verifying.as_bytes(),
-            Material::Hmac(_) => panic!("not an Ed25519 key"),
-        }
+        self.public.as_ref().expect("an Ed25519 key")
     }
 
+    /// The raw signature of `input`, as the token's third part holds it (base64url-decoded).
+    #[cfg(test)]
     fn signature(&self, input: &[u8]) -> Vec<u8> {
-        match &self.material {
-            Material::Hmac(secret) => mac(secret, input),
-            Material::Ed25519 { signing, .. } => signing
-                .as_ref()
-                .expect("the ring's first key can sign (checked in KeyRing::new)")
-                .sign(input)
-                .to_bytes()
-                .to_vec(),
-        }
+        let key = self.signing.as_ref().expect("a key that can sign");
+        let sig = jsonwebtoken::crypto::sign(input, key, self.alg).expect("our keys sign");
+        URL_SAFE_NO_PAD.decode(sig).expect("base64url")
     }
 
+    #[cfg(test)]
     fn check(&self, input: &[u8], given: &[u8]) -> bool {
-        match &self.material {
-            Material::Hmac(secret) => constant_time_eq(&mac(secret, input), given),
-            Material::Ed25519 { verifying, .. } => ed25519_dalek::Signature::from_slice(given)
-                .is_ok_and(|sig| verifying.verify_strict(input, &sig).is_ok()),
-        }
+        let given = URL_SAFE_NO_PAD.encode(given);
+        jsonwebtoken::crypto::verify(&given, input, &self.verifying, self.alg).unwrap_or(false)
     }
 }
 
@@ -213,6 +210,9 @@ pub struct KeyRing {
     keys: Vec<Key>,
     issuer: String,
     audience: String,
+    /// What `jsonwebtoken` checks besides the signature, per algorithm: issuer and audience.
+    hs256: Validation,
+    eddsa: Validation,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -255,10 +255,24 @@ impl KeyRing {
                 k.kid
             );
         }
+        let (issuer, audience) = (issuer.into(), audience.into());
+        let validation = |alg| {
+            let mut v = Validation::new(alg);
+            // Expiry and not-before are checked in `verify`, against the caller's clock (the
+            // engine's, which simulations control), not the system clock the crate reads.
+            v.validate_exp = false;
+            v.validate_nbf = false;
+            v.required_spec_claims.clear();
+            v.set_issuer(&[&issuer]);
+            v.set_audience(&[&audience]);
+            v
+        };
         Ok(KeyRing {
+            hs256: validation(Algorithm::HS256),
+            eddsa: validation(Algorithm::EdDSA),
             keys,
-            issuer: issuer.into(),
-            audience: audience.into(),
+            issuer,
+            audience,
         })
     }
 
@@ -273,60 +287,37 @@ impl KeyRing {
         claims.aud.clone_from(&self.audience);
         claims.typ = "access".into();
         let key = &self.keys[0];
-        let header = Header {
-            alg: key.alg().into(),
-            typ: Some("JWT".into()),
-            kid: Some(key.kid.clone()),
-        };
-        let head = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).expect("serialisable"));
-        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("serialisable"));
-        let input = format!("{head}.{body}");
-        let sig = URL_SAFE_NO_PAD.encode(key.signature(input.as_bytes()));
-        format!("{input}.{sig}")
+        let mut header = Header::new(key.alg);
+        header.kid = Some(key.kid.clone());
+        let signing = key
+            .signing
+            .as_ref()
+            .expect("the ring's first key can sign (checked in KeyRing::new)");
+        jsonwebtoken::encode(&header, &claims, signing).expect("our own keys and claims encode")
     }
 
     /// Verifies a token at `now` (Unix seconds) and returns its claims.
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
-        let mut parts = token.split('.');
-        let (Some(head), Some(body), Some(sig), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(TokenError::Malformed);
-        };
-        let header: Header = URL_SAFE_NO_PAD
-            .decode(head)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(TokenError::Malformed)?;
-        if header.alg != "HS256" && header.alg != "EdDSA" {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| unreadable_header(token))?;
+        if header.alg != Algorithm::HS256 && header.alg != Algorithm::EdDSA {
             return Err(TokenError::Algorithm);
         }
-        let key = match &header.kid {
-            Some(kid) => self
-                .keys
-                .iter()
-                .find(|k| &k.kid == kid)
-                .ok_or(TokenError::UnknownKey)?,
-            None => return Err(TokenError::UnknownKey),
-        };
-        if header.alg != key.alg() {
+        let key = header
+            .kid
+            .as_deref()
+            .and_then(|kid| self.keys.iter().find(|k| k.kid == kid))
+            .ok_or(TokenError::UnknownKey)?;
+        // The key decides the algorithm, never the header.
+        if header.alg != key.alg {
             return Err(TokenError::Algorithm);
         }
-        let given = URL_SAFE_NO_PAD
-            .decode(sig)
-            .map_err(|_| TokenError::Malformed)?;
-        let input_len = head.len() + 1 + body.len();
-        if !key.check(&token.as_bytes()[..input_len], &given) {
-            return Err(TokenError::Signature);
-        }
-        let claims: Claims = URL_SAFE_NO_PAD
-            .decode(body)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(TokenError::Malformed)?;
-        if claims.iss != self.issuer || claims.aud != self.audience {
-            return Err(TokenError::WrongParty);
-        }
+        let validation = match key.alg {
+            Algorithm::EdDSA => &self.eddsa,
+            _ => &self.hs256,
+        };
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.verifying, validation)
+            .map_err(|e| refusal(e.kind()))?
+            .claims;
         if claims.typ != "access" {
             return Err(TokenError::WrongType);
         }
@@ -346,26 +337,183 @@ impl KeyRing {
         let keys: Vec<serde_json::Value> = self
             .keys
             .iter()
-            .filter_map(|k| match &k.material {
-                Material::Ed25519 { verifying, .. } => Some(serde_json::json!({
-                    "kty": "OKP",
-                    "crv": "Ed25519",
-                    "x": URL_SAFE_NO_PAD.encode(verifying.as_bytes()),
-                    "kid": k.kid,
-                    "alg": "EdDSA",
-                    "use": "sig",
-                })),
-                Material::Hmac(_) => None,
+            .filter_map(|k| {
+                k.public.map(|x| {
+                    serde_json::json!({
+                        "kty": "OKP",
+                        "crv": "Ed25519",
+                        "x": URL_SAFE_NO_PAD.encode(x),
+                        "kid": k.kid,
+                        "alg": "EdDSA",
+                        "use": "sig",
+                    })
+                })
             })
             .collect();
         serde_json::json!({ "keys": keys })
     }
 }
 
-fn mac(secret: &[u8], input: &[u8]) -> Vec<u8> {
-    let mut m = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts keys of any length");
-    m.update(input);
-    m.finalize().into_bytes().to_vec()
+/// Why a token whose header `jsonwebtoken` cannot read is refused: the crate reads an
+/// algorithm it does not know (`none`) as a malformed header, but for the client that is an
+/// algorithm refusal like `RS256`.
+fn unreadable_header(token: &str) -> TokenError {
+    let mut parts = token.split('.');
+    let (Some(head), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return TokenError::Malformed;
+    };
+    let names_another_alg = URL_SAFE_NO_PAD
+        .decode(head)
+        .ok()
+        .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
+        .is_some_and(|h| {
+            h["alg"]
+                .as_str()
+                .is_some_and(|alg| alg != "HS256" && alg != "EdDSA")
+        });
+    if names_another_alg {
+        TokenError::Algorithm
+    } else {
+        TokenError::Malformed
+    }
+}
+
+/// Our refusal for what `jsonwebtoken` found once the key is chosen.
+fn refusal(kind: &ErrorKind) -> TokenError {
+    match kind {
+        ErrorKind::InvalidSignature => TokenError::Signature,
+        ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => TokenError::WrongParty,
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => TokenError::Algorithm,
+        // Bad base64 or JSON in the claims or signature, claims of another shape.
+        _ => TokenError::Malformed,
+    }
+}
+
+/// The signatures `jsonwebtoken` computes and checks, on our own crypto crates: HS256 and
+/// EdDSA only (anything else is refused as an invalid algorithm), Ed25519 checked with
+/// `verify_strict` (no small-order or non-canonical points).
+static PROVIDER: CryptoProvider = CryptoProvider {
+    signer_factory: signer,
+    verifier_factory: verifier,
+    // JWK thumbprints and RSA/EC key extraction are never used.
+    jwk_utils: JwkUtils::new_unimplemented(),
+};
+
+/// Makes [`PROVIDER`] the process's `jsonwebtoken` provider; called before any key exists,
+/// so before any token is signed or checked. This module is the crate's only user of
+/// `jsonwebtoken`, so nothing else installs one first.
+fn install_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if PROVIDER.install_default().is_err() {
+            tracing::warn!("another jsonwebtoken crypto provider was installed first");
+        }
+    });
+}
+
+fn signer(alg: &Algorithm, key: &EncodingKey) -> jsonwebtoken::errors::Result<Box<dyn JwtSigner>> {
+    match (alg, key.family()) {
+        (Algorithm::HS256, AlgorithmFamily::Hmac) => Ok(Box::new(Hs256::new(key.inner())?)),
+        (Algorithm::EdDSA, AlgorithmFamily::Ed) => Ok(Box::new(EdDsaSigner(
+            SigningKey::from_pkcs8_der(key.inner()).map_err(|_| ErrorKind::InvalidEddsaKey)?,
+        ))),
+        _ => Err(ErrorKind::InvalidAlgorithm.into()),
+    }
+}
+
+fn verifier(
+    alg: &Algorithm,
+    key: &DecodingKey,
+) -> jsonwebtoken::errors::Result<Box<dyn JwtVerifier>> {
+    match (alg, key.family()) {
+        (Algorithm::HS256, AlgorithmFamily::Hmac) => Ok(Box::new(Hs256::new(key.as_bytes())?)),
+        (Algorithm::EdDSA, AlgorithmFamily::Ed) => {
+            let raw: &[u8; 32] = key
+                .as_bytes()
+                .try_into()
+                .map_err(|_| ErrorKind::InvalidEddsaKey)?;
+            Ok(Box::new(EdDsaVerifier(
+                VerifyingKey::from_bytes(raw).map_err(|_| ErrorKind::InvalidEddsaKey)?,
+            )))
+        }
+        _ => Err(ErrorKind::InvalidAlgorithm.into()),
+    }
+}
+
+/// HMAC-SHA256 keyed with a secret: signs, and verifies in constant time.
+struct Hs256(Hmac<Sha256>);
+
+impl Hs256 {
+    fn new(secret: &[u8]) -> jsonwebtoken::errors::Result<Hs256> {
+        Ok(Hs256(
+            Hmac::new_from_slice(secret).map_err(|_| ErrorKind::InvalidKeyFormat)?,
+        ))
+    }
+}
+
+impl Signer<Vec<u8>> for Hs256 {
+    fn try_sign(&self, msg: &[u8]) -> Result<Vec<u8>, jsonwebtoken::signature::Error> {
+        Ok(self
+            .0
+            .clone()
+            .chain_update(msg)
+            .finalize()
+            .into_bytes()
+            .to_vec())
+    }
+}
+
+impl Verifier<Vec<u8>> for Hs256 {
+    fn verify(&self, msg: &[u8], sig: &Vec<u8>) -> Result<(), jsonwebtoken::signature::Error> {
+        self.0
+            .clone()
+            .chain_update(msg)
+            .verify_slice(sig)
+            .map_err(|_| jsonwebtoken::signature::Error::new())
+    }
+}
+
+impl JwtSigner for Hs256 {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::HS256
+    }
+}
+
+impl JwtVerifier for Hs256 {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::HS256
+    }
+}
+
+struct EdDsaSigner(SigningKey);
+
+impl Signer<Vec<u8>> for EdDsaSigner {
+    fn try_sign(&self, msg: &[u8]) -> Result<Vec<u8>, jsonwebtoken::signature::Error> {
+        Ok(self.0.sign(msg).to_bytes().to_vec())
+    }
+}
+
+impl JwtSigner for EdDsaSigner {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::EdDSA
+    }
+}
+
+struct EdDsaVerifier(VerifyingKey);
+
+impl Verifier<Vec<u8>> for EdDsaVerifier {
+    fn verify(&self, msg: &[u8], sig: &Vec<u8>) -> Result<(), jsonwebtoken::signature::Error> {
+        let sig = ed25519_dalek::Signature::from_slice(sig)?;
+        self.0.verify_strict(msg, &sig)
+    }
+}
+
+impl JwtVerifier for EdDsaVerifier {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::EdDSA
+    }
 }
 
 #[cfg(test)]
@@ -400,6 +548,13 @@ mod tests {
             jti: Uuid::from_u128(3),
             typ: String::new(),
         }
+    }
+
+    /// HMAC-SHA256 of `input` keyed with `secret` (at least 32 bytes).
+    fn mac(secret: &[u8], input: &[u8]) -> Vec<u8> {
+        Key::hmac("forger", secret.to_vec())
+            .unwrap()
+            .signature(input)
     }
 
     /// A token with an arbitrary header and claims, signed (or not) as given.

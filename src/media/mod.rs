@@ -18,6 +18,7 @@ mod out;
 mod registry;
 mod session;
 mod stats;
+mod stream;
 mod token;
 
 #[cfg(test)]

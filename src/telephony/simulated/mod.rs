@@ -54,13 +54,17 @@ use chrono::{DateTime, Duration, Utc};
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, SetsInterface};
 use fred::types::{ClusterHash, CustomCommand, Value};
-use iace_actors::machine::{CallId, CarrierEvent, HangupCause, PhoneNumber};
+use iace_actors::machine::{CallId, HangupCause, PhoneNumber};
 use iace_actors::ports::{
     DialCommand, InboxItem, LegCommand, LegStatus, Telephony, TelephonyError,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 use uuid::Uuid;
+
+mod leg;
+
+use leg::{cause_str, Leg, Step};
 
 /// Vendor name of the events this carrier produces (`InboxItem::vendor`).
 pub const VENDOR: &str = "simulated";
@@ -123,147 +127,6 @@ struct Shared {
     /// Serialises "re-read the leg, then emit" against "end the leg, then emit the hangup", so
     /// that nothing is emitted after a hangup command's `HungUp` within this process.
     locks: Vec<tokio::sync::Mutex<()>>,
-}
-
-/// One step of a leg's script.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
-    Initiated,
-    Ringing,
-    Answered,
-    HangUp(HangupCause),
-}
-
-impl Step {
-    fn kind(self) -> &'static str {
-        match self {
-            Step::Initiated => "initiated",
-            Step::Ringing => "ringing",
-            Step::Answered => "answered",
-            Step::HangUp(_) => "hangup",
-        }
-    }
-}
-
-/// A leg as stored in Redis.
-#[derive(Debug, Clone)]
-struct Leg {
-    id: String,
-    call_id: CallId,
-    initiated_at: Option<DateTime<Utc>>,
-    ringing_at: Option<DateTime<Utc>>,
-    answered_at: Option<DateTime<Utc>>,
-    /// Scheduled end (the far end hangs up, or the busy signal).
-    hangup_at: Option<DateTime<Utc>>,
-    /// Cause of the scheduled end.
-    hangup_cause: HangupCause,
-    /// Set once the leg is over (scheduled end reached, or a hangup command).
-    ended: Option<(DateTime<Utc>, HangupCause)>,
-}
-
-impl Leg {
-    fn parse(id: &str, h: &HashMap<String, String>) -> Option<Leg> {
-        let time = |field: &str| {
-            h.get(field)
-                .and_then(|v| v.parse::<i64>().ok())
-                .and_then(DateTime::from_timestamp_millis)
-        };
-        let call_id = Uuid::parse_str(h.get("call_id")?).ok()?;
-        let ended = match (time("ended_at"), h.get("ended_cause")) {
-            (Some(at), Some(cause)) => Some((at, parse_cause(cause))),
-            _ => None,
-        };
-        Some(Leg {
-            id: id.to_owned(),
-            call_id,
-            initiated_at: time("initiated_at"),
-            ringing_at: time("ringing_at"),
-            answered_at: time("answered_at"),
-            hangup_at: time("hangup_at"),
-            hangup_cause: h
-                .get("hangup_cause")
-                .map(|c| parse_cause(c))
-                .unwrap_or(HangupCause::NormalClearing),
-            ended,
-        })
-    }
-
-    /// The leg's script, in time order.
-    fn plan(&self) -> Vec<(DateTime<Utc>, Step)> {
-        let mut steps: Vec<(DateTime<Utc>, Step)> = [
-            (self.initiated_at, Step::Initiated),
-            (self.ringing_at, Step::Ringing),
-            (self.answered_at, Step::Answered),
-            (self.hangup_at, Step::HangUp(self.hangup_cause)),
-        ]
-        .into_iter()
-        .filter_map(|(at, step)| at.map(|at| (at, step)))
-        .collect();
-        // Stable: equal times keep the script order.
-        steps.sort_by_key(|(at, _)| *at);
-        steps
-    }
-
-    /// The status at `now`, from the stored times.
-    fn status_at(&self, now: DateTime<Utc>) -> LegStatus {
-        if let Some((_, cause)) = self.ended {
-            return LegStatus::Ended(cause);
-        }
-        if let Some(end) = self.hangup_at {
-            if now >= end {
-                return LegStatus::Ended(self.hangup_cause);
-            }
-        }
-        match self.answered_at {
-            Some(answered) if now >= answered => LegStatus::Answered,
-            _ => LegStatus::Ringing,
-        }
-    }
-
-    fn item(&self, at: DateTime<Utc>, step: Step) -> InboxItem {
-        let event = match step {
-            Step::Initiated => CarrierEvent::Initiated {
-                carrier_call_id: self.id.clone(),
-            },
-            Step::Ringing => CarrierEvent::Ringing,
-            Step::Answered => CarrierEvent::Answered,
-            Step::HangUp(cause) => CarrierEvent::HungUp { cause },
-        };
-        InboxItem {
-            carrier_leg: Some(self.id.clone()),
-            vendor: VENDOR.to_owned(),
-            event_id: format!("{}:{}", self.id, step.kind()),
-            call_id: self.call_id,
-            occurred_at: at,
-            event,
-        }
-    }
-}
-
-fn cause_str(cause: HangupCause) -> &'static str {
-    match cause {
-        HangupCause::NormalClearing => "normal_clearing",
-        HangupCause::Busy => "busy",
-        HangupCause::NoAnswer => "no_answer",
-        HangupCause::Rejected => "rejected",
-        HangupCause::OriginatorCancel => "originator_cancel",
-        HangupCause::NotFound => "not_found",
-        HangupCause::TimeLimit => "time_limit",
-        HangupCause::Unspecified => "unspecified",
-    }
-}
-
-fn parse_cause(s: &str) -> HangupCause {
-    match s {
-        "normal_clearing" => HangupCause::NormalClearing,
-        "busy" => HangupCause::Busy,
-        "no_answer" => HangupCause::NoAnswer,
-        "rejected" => HangupCause::Rejected,
-        "originator_cancel" => HangupCause::OriginatorCancel,
-        "not_found" => HangupCause::NotFound,
-        "time_limit" => HangupCause::TimeLimit,
-        _ => HangupCause::Unspecified,
-    }
 }
 
 /// A configured ring/talk time, capped at [`MAX_PHASE_MS`].

@@ -155,6 +155,11 @@ pub fn plan(seed: u64, calls: usize, mean_gap_ms: u64) -> Vec<CallPlan> {
         .collect()
 }
 
+/// Parses a number the workload built (always valid E.164).
+pub(crate) fn number(s: &str) -> PhoneNumber {
+    PhoneNumber::parse(s).unwrap_or_else(|e| panic!("workload built an invalid number {s}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -164,9 +169,4 @@ mod tests {
         assert_eq!(format!("{a:?}"), format!("{b:?}"));
         assert!(a.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
     }
-}
-
-/// Parses a number the workload built (always valid E.164).
-pub(crate) fn number(s: &str) -> PhoneNumber {
-    PhoneNumber::parse(s).unwrap_or_else(|e| panic!("workload built an invalid number {s}: {e}"))
 }

@@ -11,6 +11,7 @@ mod catalog;
 pub mod error;
 mod extract;
 mod learning;
+mod sessions;
 mod users;
 pub mod webhooks;
 
@@ -113,11 +114,11 @@ pub fn router(state: AppState) -> Result<Router, prometheus::Error> {
         .route("/webhooks/telnyx", post(webhooks::telnyx))
         .route("/webhooks/stripe", post(billing::stripe))
         .route("/webhooks/hubspot", post(billing::hubspot))
-        .route("/auth/login", post(auth::login))
-        .route("/auth/refresh", post(auth::refresh))
-        .route("/auth/revoke", post(auth::revoke))
-        .route("/auth/revoke-all", post(auth::revoke_all))
-        .route("/me", get(auth::me))
+        .route("/auth/login", post(sessions::login))
+        .route("/auth/refresh", post(sessions::refresh))
+        .route("/auth/revoke", post(sessions::revoke))
+        .route("/auth/revoke-all", post(sessions::revoke_all))
+        .route("/me", get(sessions::me))
         .route("/me/password", post(users::change_password))
         .route("/users", post(users::create).get(users::list))
         .route("/users/{id}", axum::routing::patch(users::update))
@@ -169,7 +170,7 @@ pub fn router(state: AppState) -> Result<Router, prometheus::Error> {
         .nest("/v1", v1)
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/.well-known/jwks.json", get(auth::jwks))
+        .route("/.well-known/jwks.json", get(sessions::jwks))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

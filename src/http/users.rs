@@ -14,10 +14,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::auth::{overloaded, password_attempt, Caller};
+use super::auth::Caller;
 use super::catalog::{next_cursor, PageQuery};
 use super::error::ApiError;
 use super::extract::{AppJson, AppPath, AppQuery};
+use super::sessions::{overloaded, password_attempt};
 use super::AppState;
 use crate::auth;
 

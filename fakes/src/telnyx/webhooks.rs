@@ -70,7 +70,8 @@ async fn deliver(shared: &Shared, event: &Outgoing) {
         let mut st = shared.lock();
         st.webhooks_started += 1;
         let n = st.webhooks_started;
-        let nth = |every: Option<u32>| every.is_some_and(|k| k > 0 && n % u64::from(k) == 0);
+        let nth =
+            |every: Option<u32>| every.is_some_and(|k| k > 0 && n.is_multiple_of(u64::from(k)));
         (
             nth(st.faults.duplicate_every),
             nth(st.faults.drop_first_attempt_every),

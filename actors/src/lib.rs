@@ -14,7 +14,7 @@
 //!   profile, customers; users, roles, plans, API keys);
 //! - [`ports`]: the traits the engine needs from the outside world, one file per concern
 //!   (clock and ids, calls, catalog, accounts by table, telephony, voice vendors, sentiment,
-//!   learning), and the [`ports::Ports`] bundle an engine is built from;
+//!   learning); the bundle an engine is built from is [`engine::Ports`];
 //! - [`voice`]: the pure conversation core (turn-taking, barge-in, replies, tools,
 //!   escalation) that a voice session runs; [`sentiment`]: the local scorer and the degrading
 //!   wrapper around a vendor's;

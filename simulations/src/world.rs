@@ -9,9 +9,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use iace_actors::breaker::{BreakerConfig, Breakers, GuardedTelephony};
 use iace_actors::catalog::NewAgent;
+use iace_actors::engine::Ports;
 use iace_actors::engine::{Engine, EngineConfig, EngineError, EngineMetrics, NewCall};
 use iace_actors::machine::{replay, CallId};
-use iace_actors::ports::{CallStore, Clock, Ports, QueryStore, Telephony};
+use iace_actors::ports::{CallStore, Clock, QueryStore, Telephony};
 use iace_actors::testkit::{SeqIds, TokioClock};
 use uuid::Uuid;
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use async_trait::async_trait;
 use iace_actors::breaker::Breakers;
+use iace_actors::engine::Ports;
 use iace_actors::engine::{Engine, EngineConfig};
 use iace_actors::learning::actor::{
     LearningConfig, LearningPorts, LearningSupervisor, LearningSupervisorMsg,
@@ -16,7 +17,7 @@ use iace_actors::learning::actor::{
 use iace_actors::learning::recall::Recall;
 use iace_actors::learning::LocalEmbedder;
 use iace_actors::ports::learning::Embedder;
-use iace_actors::ports::{InboxItem, Ports, Telephony};
+use iace_actors::ports::{InboxItem, Telephony};
 use ractor::ActorRef;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};

@@ -133,8 +133,8 @@ mod tests {
     use axum::http::Request;
     use base64::Engine as _;
     use ed25519_dalek::{Signer, SigningKey};
+    use iace_actors::engine::Ports;
     use iace_actors::engine::{Engine, EngineConfig};
-    use iace_actors::ports::Ports;
     use iace_actors::testkit::{MemoryStore, ScriptedTelephony, SeqIds, TokioClock};
     use tower::ServiceExt;
 

@@ -53,11 +53,11 @@ pub use dispatch::{DEFAULT_PAGE, MAX_PAGE};
 pub use error::EngineError;
 pub use ingress::{EventRoute, IngestOutcome, VendorEvent};
 pub use metrics::EngineMetrics;
-pub use shared::EngineConfig;
+pub use shared::{EngineConfig, Ports};
 pub(crate) use shared::{ShardTable, Shared};
 pub use voice_session::VoiceRouter;
 
-use crate::ports::{Ports, SHARD_COUNT};
+use crate::ports::SHARD_COUNT;
 use dispatch::clamp_limit;
 use query::{QueryMsg, QueryPool};
 use supervisor::{CallSupervisor, SupervisorArgs, SupervisorMsg};

@@ -1,18 +1,47 @@
-//! What every actor of the engine shares: the ports, the engine's tuning ([`EngineConfig`]),
+//! What an engine is built from ([`Ports`]) and what every actor of the engine shares: the ports, the engine's tuning ([`EngineConfig`]),
 //! its metrics, the epochs of the shard leases this node holds, and the router of live voice
 //! sessions. The engine handle builds one [`Shared`]; call actors, voice sessions and the
 //! supervisor hold it behind an `Arc`.
 
 use std::future::Future;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 
 use super::metrics::EngineMetrics;
 use super::voice_session::VoiceRouter;
+use crate::breaker::Breakers;
+use crate::learning::recall::Recall;
 use crate::machine::CallId;
-use crate::ports::{shard_of, Ports, StoreError, SHARD_COUNT};
+use crate::ports::accounts::AccountStore;
+use crate::ports::{
+    shard_of, CallStore, Clock, IdGen, QueryStore, StoreError, Telephony, VoicePorts, SHARD_COUNT,
+};
+
+/// The ports an engine is built from.
+#[derive(Clone)]
+pub struct Ports {
+    /// Call writes.
+    pub calls: Arc<dyn CallStore>,
+    /// Catalog and reads.
+    pub queries: Arc<dyn QueryStore>,
+    /// The carrier.
+    pub telephony: Arc<dyn Telephony>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Ids.
+    pub ids: Arc<dyn IdGen>,
+    /// Vendor circuit breakers (empty when the adapters are not real vendors).
+    pub breakers: Breakers,
+    /// The voice pipeline's vendors; `None` runs calls without a conversation (the media
+    /// stream is only measured).
+    pub voice: Option<VoicePorts>,
+    /// Recall over learned patterns and customer memories; `None` when learning is off.
+    pub recall: Option<Recall>,
+    /// Users, sessions, API keys, plans; `None` where accounts are not kept (simulations).
+    pub accounts: Option<Arc<dyn AccountStore>>,
+}
 
 /// Engine tuning. [`Default`] is what production uses.
 #[derive(Debug, Clone)]

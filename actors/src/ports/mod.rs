@@ -20,12 +20,9 @@
 //! - [`learning`] holds the learning queue and learned rows ([`LearningStore`],
 //!   [`LearningQueries`]) and the [`Embedder`].
 //!
-//! The port files depend only on domain types (`machine`, `catalog`, `accounts`). [`Ports`],
-//! the bundle an engine is built from, also names the two engine services it is handed ready
-//! made (the breaker registry and recall); those import the port files, never this module, so
-//! no import circle runs through here.
-
-use std::sync::Arc;
+//! The port files depend only on domain types (`machine`, `catalog`, `accounts`). The bundle
+//! an engine is built from, `engine::Ports`, lives with the engine: it also holds two engine
+//! services handed to it ready made (the breaker registry and recall).
 
 pub mod accounts;
 pub mod calls;
@@ -46,27 +43,3 @@ pub use sentiment::SentimentScorer;
 pub use telephony::{DialCommand, LegCommand, LegStatus, Telephony, TelephonyError};
 pub use time::{Clock, IdGen};
 pub use voice::VoicePorts;
-
-/// The ports an engine is built from.
-#[derive(Clone)]
-pub struct Ports {
-    /// Call writes.
-    pub calls: Arc<dyn CallStore>,
-    /// Catalog and reads.
-    pub queries: Arc<dyn QueryStore>,
-    /// The carrier.
-    pub telephony: Arc<dyn Telephony>,
-    /// Time.
-    pub clock: Arc<dyn Clock>,
-    /// Ids.
-    pub ids: Arc<dyn IdGen>,
-    /// Vendor circuit breakers (empty when the adapters are not real vendors).
-    pub breakers: crate::breaker::Breakers,
-    /// The voice pipeline's vendors; `None` runs calls without a conversation (the media
-    /// stream is only measured).
-    pub voice: Option<VoicePorts>,
-    /// Recall over learned patterns and customer memories; `None` when learning is off.
-    pub recall: Option<crate::learning::recall::Recall>,
-    /// Users, sessions, API keys, plans; `None` where accounts are not kept (simulations).
-    pub accounts: Option<Arc<dyn accounts::AccountStore>>,
-}

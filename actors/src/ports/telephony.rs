@@ -69,7 +69,7 @@ pub enum LegStatus {
 #[async_trait]
 pub trait Telephony: Send + Sync + 'static {
     /// The vendor behind the adapter: the name of its circuit breaker in
-    /// [`Ports::breakers`](crate::ports::Ports::breakers).
+    /// [`Ports::breakers`](crate::engine::Ports::breakers).
     fn vendor(&self) -> &'static str {
         "telephony"
     }

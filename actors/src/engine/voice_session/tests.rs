@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::catalog::NewAgent;
+use crate::engine::Ports;
 use crate::engine::{Engine, EngineConfig, NewCall};
 use crate::machine::record::{ConversationRecord, EscalationReason, Speaker, Tone};
 use crate::machine::{
@@ -30,7 +31,7 @@ use crate::machine::{
 use crate::ports::sentiment::SentimentLabel;
 use crate::ports::voice::VoicePorts;
 use crate::ports::voice::{ChatMessage, ChatRole, SttEvent, TtsInput};
-use crate::ports::{InboxItem, Ports, QueryStore};
+use crate::ports::{InboxItem, QueryStore};
 use crate::sentiment::LexiconScorer;
 use crate::testkit::voice::{LlmReply, MemoryMedia, ScriptedLlm, ScriptedStt, ScriptedTts, SttLog};
 use crate::testkit::{Command, MemoryStore, ScriptedTelephony, SeqIds, TokioClock};

@@ -1,7 +1,7 @@
 //! Accounts persistence, one port per table: organizations and their plan limits, users, login
 //! sessions (refresh tokens), API keys, Stripe billing events, HubSpot CRM events and contact
 //! links. [`AccountStore`] is all of them at once, the one store the engine holds
-//! ([`Ports::accounts`](crate::ports::Ports::accounts)); code that needs one table takes its
+//! ([`Ports::accounts`](crate::engine::Ports::accounts)); code that needs one table takes its
 //! narrower trait.
 //!
 //! The domain types these traits speak of live in [`crate::accounts`]; nothing here depends

@@ -523,7 +523,10 @@ async fn a_hangup_that_overtakes_its_answer_still_ends_completed() {
         .wait_status(&id, "completed", Duration::from_secs(10))
         .await;
     assert_eq!(call["end_reason"], "normal_clearing");
-    // The late answer changes nothing.
+    // The late answer changes nothing. The fake answers commands late from here on, so the
+    // `call.hangup` it sends for our release overtakes its answer to the hangup command, as
+    // it can on a busy machine (or a slow network): either one confirms that the leg is gone.
+    env.fake.set_command_latency(Duration::from_millis(1500));
     let payload = json!({"call_control_id": leg, "client_state": state});
     let r = env
         .webhook(
@@ -534,15 +537,27 @@ async fn a_hangup_that_overtakes_its_answer_still_ends_completed() {
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     // The late answer made the engine ask the carrier: this leg is really still up at the
-    // fake (the test forged the hangup), so the engine releases it.
+    // fake (the test forged the hangup), so the engine releases it. The release is confirmed
+    // by the command's answer (`leg_released`) or by the carrier's `call.hangup` of the leg,
+    // whichever comes first; the other one then changes nothing.
+    let released = |kinds: &[String]| {
+        kinds
+            .iter()
+            .position(|k| k == "release_leg")
+            .is_some_and(|r| {
+                kinds[r + 1..]
+                    .iter()
+                    .any(|k| k == "leg_released" || k == "hangup")
+            })
+    };
     let waited = Instant::now();
     let kinds = loop {
         let kinds = env.kinds(&id).await;
-        if kinds.iter().any(|k| k == "leg_released") {
+        if released(&kinds) {
             break kinds;
         }
         assert!(
-            waited.elapsed() < Duration::from_secs(10),
+            waited.elapsed() < Duration::from_secs(60),
             "the leg was never released: {kinds:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -554,16 +569,19 @@ async fn a_hangup_that_overtakes_its_answer_still_ends_completed() {
         1,
         "{kinds:?}"
     );
-    assert_eq!(
-        kinds.iter().filter(|k| *k == "hangup").count(),
-        1,
-        "{kinds:?}"
-    );
     let hangup = kinds.iter().position(|k| k == "hangup").unwrap();
     assert_eq!(kinds[hangup - 1], "answered", "{kinds:?}");
-    assert_eq!(
-        &kinds[hangup + 1..],
-        ["release_leg", "leg_released"],
+    assert_eq!(kinds[hangup + 1], "release_leg", "{kinds:?}");
+    assert!(
+        matches!(kinds[hangup + 2].as_str(), "leg_released" | "hangup"),
+        "{kinds:?}"
+    );
+    // Nothing else: the forged hangup ended the call once, the release ran once.
+    assert!(
+        kinds[hangup + 3..]
+            .iter()
+            .all(|k| k == "leg_released" || k == "hangup")
+            && kinds.len() <= hangup + 4,
         "{kinds:?}"
     );
     env.stop().await;

@@ -11,6 +11,7 @@
 //! - [`calls`] holds [`CallStore`] (calls, journal, idempotency, inbox) and [`StoreError`], the
 //!   failure every store shares.
 //! - [`catalog`] holds [`QueryStore`] (organizations, agents, customers, numbers, call reads).
+//! - [`cluster`] holds [`ClusterStore`]: membership heartbeats and the shard leases.
 //! - [`telephony`] holds [`Telephony`], the carrier's commands.
 //! - [`voice`] holds speech-to-text, text-to-speech, the chat model, outbound media, and
 //!   [`VoicePorts`], the set a call's conversation is built from.
@@ -27,6 +28,7 @@
 pub mod accounts;
 pub mod calls;
 pub mod catalog;
+pub mod cluster;
 pub mod learning;
 pub mod sentiment;
 pub mod telephony;
@@ -38,6 +40,7 @@ pub use calls::{
     JournalEntry, StoreError, StoreResult, SHARD_COUNT,
 };
 pub use catalog::{CallFilter, CatalogWriteError, PageRequest, QueryStore};
+pub use cluster::{ClaimKind, Claimed, ClusterStore, Lease, Member, NodeInfo};
 pub use learning::{Embedder, LearningQueries, LearningStore};
 pub use sentiment::SentimentScorer;
 pub use telephony::{DialCommand, LegCommand, LegStatus, Telephony, TelephonyError};

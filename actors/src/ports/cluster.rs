@@ -1,0 +1,137 @@
+//! The cluster store: membership (every node's heartbeat) and the shard leases that decide
+//! which node runs which calls.
+//!
+//! The store is the only clock leases are judged by: a heartbeat's age and a lease's expiry
+//! are computed by the store from its own time, never from a node's wall clock, so nodes with
+//! skewed clocks agree on who is alive. A node judges its own leases by its monotonic clock
+//! instead: it counts a lease from the instant *before* the request that set it, so it
+//! always believes its lease ends earlier than the store does.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::calls::StoreResult;
+
+/// What a node says of itself in each heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Unique name of the node in the cluster (`IACE_NODE_ID`).
+    pub node_id: String,
+    /// Base URL other nodes and the carrier reach this node at (`IACE_NODE_URL`): internal
+    /// forwarding and media streams go there.
+    pub url: String,
+    /// When this process started (a restart under the same id shows as a new `started_at`).
+    pub started_at: DateTime<Utc>,
+    /// The node is draining: it takes no new work and no shard is assigned to it.
+    pub draining: bool,
+}
+
+/// A registered node as the store sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Member {
+    /// Node id.
+    pub node_id: String,
+    /// Its base URL.
+    pub url: String,
+    /// When its process started.
+    pub started_at: DateTime<Utc>,
+    /// When the store last heard from it (store time).
+    pub heartbeat_at: DateTime<Utc>,
+    /// Age of that heartbeat by the store's clock, in milliseconds.
+    pub heartbeat_age_ms: i64,
+    /// Draining: no shard is assigned to it.
+    pub draining: bool,
+    /// Heard from within the liveness window and not left.
+    pub alive: bool,
+}
+
+/// One shard lease as the store sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    /// The shard.
+    pub shard: u16,
+    /// The node holding it; `None` when released or never taken.
+    pub owner: Option<String>,
+    /// The fencing token: bumped on every acquisition.
+    pub epoch: i64,
+    /// Milliseconds until the lease lapses by the store's clock (negative: lapsed).
+    pub expires_in_ms: i64,
+}
+
+impl Lease {
+    /// Held by a node and not lapsed.
+    pub fn is_held(&self) -> bool {
+        self.owner.is_some() && self.expires_in_ms > 0
+    }
+}
+
+/// How a shard came to a node in [`ClusterStore::claim_shards`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimKind {
+    /// Never leased, or released by its previous owner (a handoff).
+    Free,
+    /// The previous owner's lease lapsed without a release (it died or was cut off).
+    Lapsed,
+    /// This node held it before under the same id (a restart).
+    Own,
+}
+
+/// A shard taken by [`ClusterStore::claim_shards`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// The shard.
+    pub shard: u16,
+    /// Its new epoch (the fencing token of every write for its calls).
+    pub epoch: i64,
+    /// Who had it before.
+    pub previous_owner: Option<String>,
+    /// How it came free.
+    pub kind: ClaimKind,
+}
+
+/// Membership and shard leases, kept in the system of record.
+#[async_trait]
+pub trait ClusterStore: Send + Sync + 'static {
+    /// Registers `node` or refreshes its heartbeat (at the store's time, clearing a `left`
+    /// mark), and returns every member heard from within `alive_within` that has not left,
+    /// this node included, ordered by node id.
+    async fn heartbeat(&self, node: &NodeInfo, alive_within: Duration) -> StoreResult<Vec<Member>>;
+
+    /// Every registered node, dead or alive, for the operator view.
+    async fn members(&self, alive_within: Duration) -> StoreResult<Vec<Member>>;
+
+    /// Every shard lease, ordered by shard.
+    async fn leases(&self) -> StoreResult<Vec<Lease>>;
+
+    /// Takes those of `shards` that are free for `node`: never leased, released, lapsed, or
+    /// held by `node` itself (a restart under the same id). Each taken shard's epoch is bumped
+    /// and its lease runs `ttl` from the store's now. Shards another node holds are left alone.
+    /// Returns what was taken, in shard order.
+    async fn claim_shards(
+        &self,
+        node: &str,
+        shards: &[u16],
+        ttl: Duration,
+    ) -> StoreResult<Vec<Claimed>>;
+
+    /// Extends the leases `node` holds at the given epochs to `ttl` from the store's now.
+    /// Returns the shards renewed; a shard missing from the answer is no longer this node's
+    /// (taken by another node after a lapse). A lapsed lease nobody took is renewed.
+    async fn renew_shards(
+        &self,
+        node: &str,
+        held: &[(u16, i64)],
+        ttl: Duration,
+    ) -> StoreResult<Vec<u16>>;
+
+    /// Gives up leases `node` holds at the given epochs (owner cleared, lapsed now), so that
+    /// another node can claim them at once. The epoch is kept: the next claim bumps it.
+    async fn release_shards(&self, node: &str, held: &[(u16, i64)]) -> StoreResult<()>;
+
+    /// Marks `node` as gone (a graceful exit): it is no longer a member, at once.
+    async fn leave(&self, node: &str) -> StoreResult<()>;
+}

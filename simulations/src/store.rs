@@ -17,8 +17,9 @@ use iace_actors::catalog::{
 };
 use iace_actors::machine::{Call, CallId, OrganizationId, PhoneNumber};
 use iace_actors::ports::{
-    CallFilter, CallStore, CatalogWriteError, IdempotencyKey, InboxInsert, InboxItem, InboxRow,
-    InsertOutcome, JournalEntry, PageRequest, QueryStore, StoreError, StoreResult,
+    CallFilter, CallStore, CatalogWriteError, ClaimKind, Claimed, ClusterStore, IdempotencyKey,
+    InboxInsert, InboxItem, InboxRow, InsertOutcome, JournalEntry, Lease, Member, NodeInfo,
+    PageRequest, QueryStore, StoreError, StoreResult,
 };
 use iace_actors::testkit::MemoryStore;
 use uuid::Uuid;
@@ -227,6 +228,84 @@ impl CallStore for SimStore {
 
     async fn ping(&self) -> StoreResult<()> {
         self.before("ping").await
+    }
+}
+
+/// Membership and leases: the memory store's, judged by its clock (tokio's, paused in the
+/// simulation), behind the same latency and failure faults as the call path, so that a node
+/// may miss heartbeats and renewals and its leases lapse.
+#[async_trait]
+impl ClusterStore for SimStore {
+    async fn heartbeat(&self, node: &NodeInfo, alive_within: Duration) -> StoreResult<Vec<Member>> {
+        self.before("heartbeat").await?;
+        self.inner.heartbeat(node, alive_within).await
+    }
+
+    async fn members(&self, alive_within: Duration) -> StoreResult<Vec<Member>> {
+        self.before("members").await?;
+        self.inner.members(alive_within).await
+    }
+
+    async fn leases(&self) -> StoreResult<Vec<Lease>> {
+        self.before("leases").await?;
+        self.inner.leases().await
+    }
+
+    async fn claim_shards(
+        &self,
+        node: &str,
+        shards: &[u16],
+        ttl: Duration,
+    ) -> StoreResult<Vec<Claimed>> {
+        self.before("claim_shards").await?;
+        let claimed = self.inner.claim_shards(node, shards, ttl).await?;
+        if !claimed.is_empty() {
+            let count = |kind| claimed.iter().filter(|c| c.kind == kind).count();
+            self.core.log(format!(
+                "claims {node}: {} shards ({} free, {} lapsed, {} own)",
+                claimed.len(),
+                count(ClaimKind::Free),
+                count(ClaimKind::Lapsed),
+                count(ClaimKind::Own)
+            ));
+        }
+        Ok(claimed)
+    }
+
+    async fn renew_shards(
+        &self,
+        node: &str,
+        held: &[(u16, i64)],
+        ttl: Duration,
+    ) -> StoreResult<Vec<u16>> {
+        self.before("renew_shards").await?;
+        let renewed = self.inner.renew_shards(node, held, ttl).await?;
+        let mut asked: Vec<u16> = held.iter().map(|(shard, _)| *shard).collect();
+        asked.sort_unstable();
+        asked.dedup();
+        if renewed.len() < asked.len() {
+            self.core.log(format!(
+                "renew {node}: {} of {} shards lost",
+                asked.len() - renewed.len(),
+                asked.len()
+            ));
+        }
+        Ok(renewed)
+    }
+
+    async fn release_shards(&self, node: &str, held: &[(u16, i64)]) -> StoreResult<()> {
+        self.before("release_shards").await?;
+        self.inner.release_shards(node, held).await?;
+        self.core
+            .log(format!("release {node}: {} shards", held.len()));
+        Ok(())
+    }
+
+    async fn leave(&self, node: &str) -> StoreResult<()> {
+        self.before("leave").await?;
+        self.inner.leave(node).await?;
+        self.core.log(format!("leave {node}"));
+        Ok(())
     }
 }
 

@@ -107,11 +107,16 @@ impl CallStore for PgStore {
             .iter()
             .map(|s| i16::try_from(*s).unwrap_or(i16::MAX))
             .collect();
+        // A forced take, for tools and tests: whoever holds the shards, they are this node's
+        // for an hour (the TTL of a forced take; the engine claims with `ClusterStore`).
+        // Rows are taken in shard order, the order every lease statement locks them in.
         let rows: Vec<(i16, i64)> = sqlx::query_as(
-            "INSERT INTO shard_lease (shard, owner, epoch) \
-             SELECT s, $1, 1 FROM unnest($2::smallint[]) AS s \
+            "INSERT INTO shard_lease (shard, owner, epoch, expires_at) \
+             SELECT s, $1, 1, clock_timestamp() + interval '1 hour' \
+             FROM unnest($2::smallint[]) AS s ORDER BY s \
              ON CONFLICT (shard) DO UPDATE SET epoch = shard_lease.epoch + 1, \
-               owner = EXCLUDED.owner, acquired_at = now(), renewed_at = now() \
+               owner = EXCLUDED.owner, acquired_at = clock_timestamp(), \
+               renewed_at = clock_timestamp(), expires_at = EXCLUDED.expires_at \
              RETURNING shard, epoch",
         )
         .bind(node)

@@ -1,17 +1,20 @@
-//! Postgres persistence: the production implementation of the engine's [`CallStore`] and
-//! [`QueryStore`] ports (sqlx, runtime-checked queries; migrations in `migrations/`).
+//! Postgres persistence: the production store ports ([`CallStore`], [`QueryStore`],
+//! [`ClusterStore`]), with sqlx runtime-checked queries and the migrations in `migrations/`.
 //!
 //! Call writes are fenced twice: compare-and-set on the snapshot's `version`, and the shard
 //! lease row read `FOR SHARE` in the same transaction must still carry the writer's epoch. A
 //! lease acquisition (`UPDATE ... epoch + 1`) therefore waits for in-flight writes of the old
-//! owner and every later write of that owner fails with [`StoreError::Stale`].
+//! owner and every later write of that owner fails with [`StoreError::Stale`]. Leases carry a
+//! TTL judged by the database's clock (`cluster`).
 //!
+//! [`ClusterStore`]: iace_actors::ports::ClusterStore
 //! [`CallStore`]: iace_actors::ports::CallStore
 //! [`QueryStore`]: iace_actors::ports::QueryStore
 
 mod accounts;
 mod calls;
 mod catalog;
+mod cluster;
 mod learning;
 mod rows;
 

@@ -161,6 +161,11 @@ pub enum InboxInsert {
 pub trait CallStore: Send + Sync + 'static {
     /// Takes ownership of `shards` for `node`, bumping each shard's epoch. Returns the new epoch
     /// of every shard, in the order given. Writes fenced with an older epoch fail from then on.
+    ///
+    /// A forced take, for tools and tests (simulating another owner): it ignores whoever holds
+    /// the shards and leases them for an hour by the store's clock. Nodes claim shards with
+    /// [`ClusterStore::claim_shards`](super::ClusterStore::claim_shards), which respects
+    /// other nodes' leases; both share the epochs.
     async fn acquire_shards(&self, node: &str, shards: &[u16]) -> StoreResult<Vec<i64>>;
 
     /// Whether `epoch` is still the current epoch of `shard`: asked before a command that

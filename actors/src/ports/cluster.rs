@@ -6,6 +6,17 @@
 //! skewed clocks agree on who is alive. A node judges its own leases by its monotonic clock
 //! instead: it counts a lease from the instant *before* the request that set it, so it
 //! always believes its lease ends earlier than the store does.
+//!
+//! Leases share their epochs with [`CallStore`](super::CallStore): a claim bumps the epoch
+//! every call write of the shard is fenced by, so the previous owner's writes fail as
+//! [`StoreError::Stale`] from then on. `CallStore::acquire_shards` stays as a forced take for
+//! tools and tests (it ignores whoever holds the shard).
+//!
+//! Arguments no caller should ever send (a shard not below [`SHARD_COUNT`], a TTL of zero or
+//! longer than [`MAX_LEASE_TTL`], an empty node id or URL) are refused with
+//! [`StoreError::Corrupt`] before anything is read or stored: they are bugs of the caller and
+//! retrying will not help. Every implementation checks them with the same functions
+//! ([`check_shards`], [`check_ttl`], [`check_node`]).
 
 use std::time::Duration;
 
@@ -13,7 +24,42 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::calls::StoreResult;
+use super::calls::{StoreError, StoreResult, SHARD_COUNT};
+
+/// The longest lease a claim or renewal may ask for. Leases are meant to be renewed every few
+/// seconds; a lease of a day would leave a dead node's calls without an owner for that long.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Refuses a shard not below [`SHARD_COUNT`].
+pub fn check_shards(shards: impl IntoIterator<Item = u16>) -> StoreResult<()> {
+    match shards.into_iter().find(|s| *s >= SHARD_COUNT) {
+        Some(s) => Err(StoreError::Corrupt(format!(
+            "shard {s} is out of range (0..{SHARD_COUNT})"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a lease TTL under a millisecond (the resolution leases are reported in) or over
+/// [`MAX_LEASE_TTL`].
+pub fn check_ttl(ttl: Duration) -> StoreResult<()> {
+    if ttl < Duration::from_millis(1) || ttl > MAX_LEASE_TTL {
+        Err(StoreError::Corrupt(format!(
+            "lease TTL {ttl:?} is out of range (1 ms to {MAX_LEASE_TTL:?})"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// Refuses an empty node id.
+pub fn check_node(node: &str) -> StoreResult<()> {
+    if node.trim().is_empty() {
+        Err(StoreError::Corrupt("empty node id".into()))
+    } else {
+        Ok(())
+    }
+}
 
 /// What a node says of itself in each heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +73,20 @@ pub struct NodeInfo {
     pub started_at: DateTime<Utc>,
     /// The node is draining: it takes no new work and no shard is assigned to it.
     pub draining: bool,
+}
+
+impl NodeInfo {
+    /// Refuses an empty node id or URL.
+    pub fn check(&self) -> StoreResult<()> {
+        check_node(&self.node_id)?;
+        if self.url.trim().is_empty() {
+            return Err(StoreError::Corrupt(format!(
+                "node {} has an empty URL",
+                self.node_id
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A registered node as the store sees it.
@@ -94,23 +154,29 @@ pub struct Claimed {
 }
 
 /// Membership and shard leases, kept in the system of record.
+///
+/// A member is alive when the store heard its heartbeat no longer than `alive_within` ago (by
+/// the store's clock) and it has not left. A lease is lapsed when its expiry, set by the
+/// store's clock, is not after the store's now.
 #[async_trait]
 pub trait ClusterStore: Send + Sync + 'static {
     /// Registers `node` or refreshes its heartbeat (at the store's time, clearing a `left`
-    /// mark), and returns every member heard from within `alive_within` that has not left,
-    /// this node included, ordered by node id.
+    /// mark, updating its URL, start time and draining flag), and returns every member heard
+    /// from within `alive_within` that has not left, this node included, ordered by node id.
     async fn heartbeat(&self, node: &NodeInfo, alive_within: Duration) -> StoreResult<Vec<Member>>;
 
-    /// Every registered node, dead or alive, for the operator view.
+    /// Every registered node, dead or alive (see [`Member::alive`]), ordered by node id, for
+    /// the operator view.
     async fn members(&self, alive_within: Duration) -> StoreResult<Vec<Member>>;
 
-    /// Every shard lease, ordered by shard.
+    /// Every shard lease, ordered by shard. A shard never leased has none.
     async fn leases(&self) -> StoreResult<Vec<Lease>>;
 
     /// Takes those of `shards` that are free for `node`: never leased, released, lapsed, or
-    /// held by `node` itself (a restart under the same id). Each taken shard's epoch is bumped
-    /// and its lease runs `ttl` from the store's now. Shards another node holds are left alone.
-    /// Returns what was taken, in shard order.
+    /// held by `node` itself (a restart under the same id, lapsed or not). Each taken shard's
+    /// epoch is bumped and its lease runs `ttl` from the store's now. Shards another node holds
+    /// are left alone. When several nodes claim the same shard at once, exactly one takes it.
+    /// Returns what was taken, in shard order, once per shard however often it was named.
     async fn claim_shards(
         &self,
         node: &str,
@@ -119,8 +185,9 @@ pub trait ClusterStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<Claimed>>;
 
     /// Extends the leases `node` holds at the given epochs to `ttl` from the store's now.
-    /// Returns the shards renewed; a shard missing from the answer is no longer this node's
-    /// (taken by another node after a lapse). A lapsed lease nobody took is renewed.
+    /// Returns the shards renewed, in shard order; a shard missing from the answer is no
+    /// longer this node's (taken by another node after a lapse, or released). A lapsed lease
+    /// nobody took is renewed.
     async fn renew_shards(
         &self,
         node: &str,
@@ -129,9 +196,12 @@ pub trait ClusterStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<u16>>;
 
     /// Gives up leases `node` holds at the given epochs (owner cleared, lapsed now), so that
-    /// another node can claim them at once. The epoch is kept: the next claim bumps it.
+    /// another node can claim them at once. The epoch is kept: the next claim bumps it. A
+    /// shard no longer held at that epoch is left alone.
     async fn release_shards(&self, node: &str, held: &[(u16, i64)]) -> StoreResult<()>;
 
-    /// Marks `node` as gone (a graceful exit): it is no longer a member, at once.
+    /// Marks `node` as gone (a graceful exit): it is no longer a member, at once, until its
+    /// next heartbeat. Its leases are untouched (release them first). Unknown nodes are
+    /// ignored.
     async fn leave(&self, node: &str) -> StoreResult<()>;
 }

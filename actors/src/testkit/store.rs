@@ -1,13 +1,20 @@
-//! [`MemoryStore`]: the in-memory database. It implements both store traits with the same
-//! semantics as the Postgres store (compare-and-set on version and shard epoch, idempotency
-//! keys, inbox dedupe, tenant scoping).
+//! [`MemoryStore`]: the in-memory database. It implements the call, catalog and cluster store
+//! traits with the same semantics as the Postgres store (compare-and-set on version and shard
+//! epoch, idempotency keys, inbox dedupe, tenant scoping, leases with a TTL; the cluster side
+//! is in `testkit::cluster`).
+//!
+//! The store has a clock of its own, tokio's (so `tokio::time::pause` drives it in the
+//! simulations), never a node's [`Clock`](crate::ports::Clock): lease expiries and heartbeat
+//! ages are judged by it, as Postgres judges them by its own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::catalog::{
@@ -20,9 +27,39 @@ use crate::ports::calls::{
 };
 use crate::ports::catalog::{CallFilter, CatalogWriteError, PageRequest, QueryStore};
 
+/// The lease of a forced take ([`CallStore::acquire_shards`]), as in Postgres.
+const FORCED_LEASE: Duration = Duration::from_secs(60 * 60);
+
+/// What the store's clock reads as wall time when it is first read (the wall time of the
+/// store's clock only shows in `Member::heartbeat_at`; it is fixed so that runs repeat).
+const STORE_EPOCH_SECS: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
+
+/// A shard lease: the row of `shard_lease`.
+pub(super) struct LeaseRow {
+    /// `None` once released (or never taken); the epoch stays.
+    pub(super) owner: Option<String>,
+    /// The fencing token every call write of the shard is checked against.
+    pub(super) epoch: i64,
+    /// When the lease lapses, by the store's clock.
+    pub(super) expires_at: Instant,
+}
+
+/// A member: the row of `cluster_node`.
+pub(super) struct NodeRow {
+    pub(super) url: String,
+    pub(super) started_at: DateTime<Utc>,
+    /// By the store's clock.
+    pub(super) heartbeat_at: Instant,
+    pub(super) draining: bool,
+    /// Left gracefully since its last heartbeat.
+    pub(super) left: bool,
+}
+
 #[derive(Default)]
-struct State {
-    leases: HashMap<u16, (String, i64)>,
+pub(super) struct State {
+    pub(super) leases: HashMap<u16, LeaseRow>,
+    /// Members by node id (ordered as the store answers them).
+    pub(super) nodes: BTreeMap<String, NodeRow>,
     orgs: HashMap<Uuid, Organization>,
     keys: HashMap<String, OrganizationId>,
     agents: HashMap<Uuid, Agent>,
@@ -43,6 +80,9 @@ pub struct MemoryStore {
     state: Mutex<State>,
     down: AtomicBool,
     appends: AtomicU64,
+    /// The instant of the store's clock that reads as the store's epoch: set on the first
+    /// read, so that every instant the store keeps is at or after it.
+    origin: OnceLock<Instant>,
 }
 
 impl MemoryStore {
@@ -71,11 +111,25 @@ impl MemoryStore {
         self.lock().calls.get(&id).cloned()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn check(&self) -> StoreResult<()> {
+    /// The store's clock.
+    pub(super) fn now(&self) -> Instant {
+        let now = Instant::now();
+        self.origin.get_or_init(|| now);
+        now
+    }
+
+    /// An instant of the store's clock as wall time.
+    pub(super) fn wall(&self, at: Instant) -> DateTime<Utc> {
+        let origin = *self.origin.get_or_init(|| at);
+        let epoch = DateTime::from_timestamp(STORE_EPOCH_SECS, 0).unwrap_or_default();
+        epoch + chrono::Duration::from_std(at.saturating_duration_since(origin)).unwrap_or_default()
+    }
+
+    pub(super) fn check(&self) -> StoreResult<()> {
         if self.down.load(Ordering::SeqCst) {
             Err(StoreError::Unavailable("memory store is down".into()))
         } else {
@@ -85,7 +139,7 @@ impl MemoryStore {
 }
 
 fn lease_epoch(s: &State, call: &Call) -> i64 {
-    s.leases.get(&shard_of(call.spec.id)).map_or(0, |l| l.1)
+    s.leases.get(&shard_of(call.spec.id)).map_or(0, |l| l.epoch)
 }
 
 fn page<T: Clone>(
@@ -104,21 +158,31 @@ fn page<T: Clone>(
 impl CallStore for MemoryStore {
     async fn acquire_shards(&self, node: &str, shards: &[u16]) -> StoreResult<Vec<i64>> {
         self.check()?;
+        let expires_at = self.now() + FORCED_LEASE;
         let mut s = self.lock();
         Ok(shards
             .iter()
             .map(|shard| {
-                let lease = s.leases.entry(*shard).or_insert((String::new(), 0));
-                lease.0 = node.to_owned();
-                lease.1 += 1;
-                lease.1
+                let lease = s.leases.entry(*shard).or_insert(LeaseRow {
+                    owner: None,
+                    epoch: 0,
+                    expires_at,
+                });
+                lease.owner = Some(node.to_owned());
+                lease.epoch += 1;
+                lease.expires_at = expires_at;
+                lease.epoch
             })
             .collect())
     }
 
     async fn owns_shard(&self, shard: u16, epoch: i64) -> StoreResult<bool> {
         self.check()?;
-        Ok(self.lock().leases.get(&shard).is_some_and(|l| l.1 == epoch))
+        Ok(self
+            .lock()
+            .leases
+            .get(&shard)
+            .is_some_and(|l| l.epoch == epoch))
     }
 
     async fn insert_call(

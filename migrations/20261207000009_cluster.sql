@@ -5,6 +5,9 @@ CREATE TABLE cluster_node (
     node_id       text PRIMARY KEY CHECK (node_id <> ''),
     -- The base URL other nodes forward to and the carrier streams media to.
     url           text NOT NULL CHECK (url <> ''),
+    -- The process registered under this id: a process that registers later supersedes it
+    -- (its heartbeats are refused from then on).
+    incarnation   uuid NOT NULL,
     -- When the node's process started: a restart under the same id shows as a new value.
     started_at    timestamptz NOT NULL,
     heartbeat_at  timestamptz NOT NULL,

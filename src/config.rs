@@ -231,6 +231,69 @@ pub struct TelnyxArgs {
     pub media_echo: bool,
 }
 
+/// The cluster: every node of a deployment runs `iace serve` on the same database with its own
+/// `IACE_NODE_ID` and `IACE_NODE_URL`; the nodes share the calls through shard leases.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// This node's own base URL, reachable by the other nodes (forwarded commands) and by the
+    /// carrier (media streams), e.g. `http://10.0.0.5:8080` (default: `http://` + the listen
+    /// address, with the host name for an unspecified address).
+    #[arg(long, env = "IACE_NODE_URL")]
+    pub node_url: Option<String>,
+    /// How long a shard lease lasts without renewal (s): a dead node's calls are taken over
+    /// within about this long.
+    #[arg(long, env = "IACE_LEASE_TTL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=600))]
+    pub lease_ttl_secs: u64,
+    /// How often shard leases are renewed and the shard plan re-checked (ms); at most a third
+    /// of the lease TTL.
+    #[arg(long, env = "IACE_LEASE_RENEW_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(50..=200_000))]
+    pub lease_renew_ms: u64,
+}
+
+impl Default for ClusterArgs {
+    fn default() -> Self {
+        ClusterArgs {
+            node_url: None,
+            lease_ttl_secs: 10,
+            lease_renew_ms: 2000,
+        }
+    }
+}
+
+impl ClusterArgs {
+    /// The lease TTL and renewal period, checked against each other.
+    pub fn lease_timing(&self) -> Result<(std::time::Duration, std::time::Duration), String> {
+        let ttl = std::time::Duration::from_secs(self.lease_ttl_secs);
+        let every = std::time::Duration::from_millis(self.lease_renew_ms);
+        if every * 3 > ttl {
+            return Err(format!(
+                "IACE_LEASE_RENEW_MS ({} ms) must be at most a third of IACE_LEASE_TTL_SECS ({} s), so that a lease survives two missed renewals",
+                self.lease_renew_ms, self.lease_ttl_secs
+            ));
+        }
+        Ok((ttl, every))
+    }
+
+    /// `IACE_NODE_URL`, or the default derived from the listen address.
+    pub fn node_url(&self, bind: SocketAddr, host: &str) -> Result<String, String> {
+        match &self.node_url {
+            Some(url) => {
+                let url = url.trim().trim_end_matches('/');
+                let parsed = reqwest::Url::parse(url)
+                    .map_err(|e| format!("IACE_NODE_URL {url:?} is not a URL: {e}"))?;
+                if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                    return Err(format!(
+                        "IACE_NODE_URL {url:?} must be an http(s) URL with a host"
+                    ));
+                }
+                Ok(url.to_owned())
+            }
+            None if bind.ip().is_unspecified() => Ok(format!("http://{host}:{}", bind.port())),
+            None => Ok(format!("http://{bind}")),
+        }
+    }
+}
+
 /// `iace serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -264,6 +327,9 @@ pub struct ServeArgs {
     /// The HTTP edge: timeouts, connection cap, metrics listener, draining.
     #[command(flatten)]
     pub edge: EdgeArgs,
+    /// The cluster: this node's address and its shard leases.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Operator token for `/v1/admin/*` (breakers); the operator API is off when unset.
     #[arg(long, env = "IACE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -347,6 +413,7 @@ impl ServeArgs {
             learning: LearningArgs::default(),
             security: SecurityArgs::default(),
             edge: EdgeArgs::default(),
+            cluster: ClusterArgs::default(),
             admin_token: None,
             sim_ring_ms: 2000,
             sim_talk_ms: 8000,

@@ -23,11 +23,13 @@
 //! - [`clients`]: the real clients of every vendor (Telnyx, Deepgram, Cartesia, Groq, Google,
 //!   Stripe, HubSpot) and the one retry policy they share; [`crm_link`]: the CRM linker's
 //!   queue worker;
+//! - [`cluster`]: requests between the nodes of a cluster (signed forwarding and pokes);
 //! - [`pii`]: personal data out of logs; [`telemetry`]: logs and traces.
 
 pub mod app;
 pub mod auth;
 pub mod clients;
+pub mod cluster;
 pub mod config;
 pub mod crm_link;
 pub mod edge;

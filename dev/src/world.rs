@@ -140,6 +140,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         edge: Default::default(),
+        cluster: Default::default(),
         admin_token: Some(DEV_ADMIN_TOKEN.into()),
         sim_ring_ms: args.sim_ring_ms,
         sim_talk_ms: args.sim_talk_ms,

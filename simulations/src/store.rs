@@ -236,6 +236,16 @@ impl CallStore for SimStore {
 /// may miss heartbeats and renewals and its leases lapse.
 #[async_trait]
 impl ClusterStore for SimStore {
+    async fn register(&self, node: &NodeInfo) -> StoreResult<()> {
+        self.before("register").await?;
+        self.inner.register(node).await
+    }
+
+    async fn live_call_counts(&self) -> StoreResult<Vec<(u16, i64)>> {
+        self.before("live_call_counts").await?;
+        self.inner.live_call_counts().await
+    }
+
     async fn heartbeat(&self, node: &NodeInfo, alive_within: Duration) -> StoreResult<Vec<Member>> {
         self.before("heartbeat").await?;
         self.inner.heartbeat(node, alive_within).await

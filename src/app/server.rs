@@ -25,6 +25,7 @@ use tracing::{error, info, warn};
 use super::clock::{RandomIds, SystemClock};
 use super::security::{cors_origins, security};
 use super::telnyx::{telnyx_edge, EngineMedia};
+use crate::cluster::{HttpPeers, InternalKey, NodeClient};
 use crate::config::{ServeArgs, TelephonyKind};
 use crate::http::webhooks::{TelnyxIngress, WebhookMetrics};
 use crate::http::{AppState, ReadyCheck};
@@ -206,6 +207,10 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
 
     let (events_tx, events_rx) = mpsc::unbounded_channel::<InboxItem>();
     let mut simulated = None;
+    let node_url = args
+        .cluster
+        .node_url(args.bind, &host_name())
+        .map_err(anyhow::Error::msg)?;
     let mut telnyx = None;
     let telephony: Arc<dyn Telephony> = match args.telephony {
         TelephonyKind::Simulated => {
@@ -227,7 +232,10 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             let token_ttl = Duration::from_secs(
                 u64::from(args.ring_timeout_secs) + u64::from(args.max_call_secs) + 300,
             );
-            let edge = telnyx_edge(&args.telnyx, token_ttl, &registry, &breakers)?;
+            // Media streams connect to this node itself only when it was given its own
+            // address; otherwise to the public URL, as for a single node.
+            let media_url = args.cluster.node_url.as_ref().map(|_| node_url.clone());
+            let edge = telnyx_edge(&args.telnyx, token_ttl, media_url, &registry, &breakers)?;
             let client = edge.client.clone();
             telnyx = Some(edge);
             client
@@ -255,8 +263,12 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         embedder,
         half_life: Duration::from_secs(u64::from(args.learning.memory_half_life_days) * 86_400),
     });
+    let node_id = args.node_id.clone().unwrap_or_else(default_node_id);
+    let nodes = NodeClient::new(internal_key(&args.telnyx, &node_id), &registry)?;
     let ports = Ports {
         calls: store.clone(),
+        cluster: store.clone(),
+        peers: Some(Arc::new(HttpPeers::new(nodes.clone()))),
         queries: store.clone(),
         telephony,
         clock: Arc::new(SystemClock),
@@ -266,9 +278,12 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         recall,
         accounts: Some(store),
     };
-    let node_id = args.node_id.clone().unwrap_or_else(default_node_id);
+    let (lease_ttl, lease_renew_every) = args.cluster.lease_timing().map_err(anyhow::Error::msg)?;
     let config = EngineConfig {
         node_id: node_id.clone(),
+        node_url,
+        lease_ttl,
+        lease_renew_every,
         ring_timeout_secs: args.ring_timeout_secs,
         max_duration_secs: args.max_call_secs,
         await_amd: telnyx.is_some() && args.telnyx.telnyx_amd != "disabled",
@@ -323,6 +338,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         registry: registry.clone(),
         security,
         cors_origins,
+        nodes: Some(nodes),
         ready_checks: vec![
             Arc::new(RedisReady(redis)),
             Arc::new(crate::edge::EdgeReady(edge.clone())),
@@ -386,11 +402,31 @@ async fn forward_carrier_events(engine: Engine, mut rx: mpsc::UnboundedReceiver<
     }
 }
 
+/// The key nodes sign their requests to each other with, from `IACE_MEDIA_SECRET` (the one
+/// secret every node of a cluster shares).
+fn internal_key(telnyx: &crate::config::TelnyxArgs, node_id: &str) -> InternalKey {
+    match telnyx.media_secret.as_deref().filter(|s| !s.is_empty()) {
+        Some(secret) => InternalKey::from_secret(secret.as_bytes(), node_id),
+        None => {
+            warn!("IACE_MEDIA_SECRET is not set: requests from other nodes (pokes, forwarded commands) cannot be authenticated; set the same secret on every node of a cluster");
+            InternalKey::random(node_id)
+        }
+    }
+}
+
+/// The host name: stable across restarts, so a lone node restarted after a crash takes its
+/// own shard leases back at once instead of waiting for them to lapse.
 fn default_node_id() -> String {
+    host_name()
+}
+
+fn host_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| format!("iace-{}", std::process::id()))
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// Serves the operations router (`/metrics`, detailed `/ready`) on its own listener until

@@ -29,6 +29,7 @@ pub(super) struct TelnyxEdge {
 pub(super) fn telnyx_edge(
     args: &TelnyxArgs,
     token_ttl: Duration,
+    media_url: Option<String>,
     registry: &prometheus::Registry,
     breakers: &Breakers,
 ) -> anyhow::Result<TelnyxEdge> {
@@ -58,6 +59,7 @@ pub(super) fn telnyx_edge(
             api_key,
             connection_id,
             public_url,
+            media_url,
             answering_machine_detection: args.telnyx_amd.clone(),
             transfer_timeout_secs: 30,
             retry: RetryPolicy {

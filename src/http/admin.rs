@@ -1,6 +1,7 @@
 //! `/v1/admin/*`: the platform operator's API (not tenants'). Every route needs
 //! `Authorization: Bearer <IACE_ADMIN_TOKEN>`; without a configured token the API is off.
 //!
+//! `GET /v1/admin/cluster` shows the nodes of the cluster and their shards.
 //! `GET /v1/admin/breakers` lists every vendor breaker; `POST
 //! /v1/admin/breakers/{vendor}/{force-open|disable|reset}` acts on one.
 
@@ -38,6 +39,17 @@ fn operator(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     } else {
         Err(ApiError::unauthorized("invalid operator token"))
     }
+}
+
+/// `GET /v1/admin/cluster`: nodes (heartbeat age, shards, live calls), unowned shards, and
+/// every lease with its epoch, as the store sees them now.
+pub async fn cluster(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    operator(&state, &headers)?;
+    let status = state.engine.cluster_status().await?;
+    Ok(Json(json!(status)))
 }
 
 /// `GET /v1/admin/breakers`.

@@ -39,6 +39,8 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("GET", "/health", Access::Public),
     ("GET", "/ready", Access::Public),
     ("GET", "/.well-known/jwks.json", Access::Public),
+    // Signed by another node (checked by the handler).
+    ("POST", "/internal/v1/poke", Access::Public),
     ("POST", "/v1/auth/login", Access::Public),
     ("POST", "/v1/auth/refresh", Access::Public),
     ("POST", "/v1/auth/revoke", Access::Public),
@@ -52,6 +54,7 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("POST", "/v1/webhooks/stripe", Access::Public),
     ("POST", "/v1/webhooks/hubspot", Access::Public),
     ("GET", "/v1/admin/breakers", Access::Operator),
+    ("GET", "/v1/admin/cluster", Access::Operator),
     (
         "POST",
         "/v1/admin/breakers/{vendor}/{action}",
@@ -211,9 +214,18 @@ pub async fn authorize(State(state): State<AppState>, mut req: Request, next: Ne
         )
         .into_response();
     }
-    let headers = match limit(&state, &principal).await {
-        Ok(h) => h,
-        Err(e) => return e.into_response(),
+    // A request another node forwarded here was counted where the client sent it.
+    let forwarded = req
+        .extensions()
+        .get::<super::forward::ForwardedBy>()
+        .is_some();
+    let headers = if forwarded {
+        HeaderMap::new()
+    } else {
+        match limit(&state, &principal).await {
+            Ok(h) => h,
+            Err(e) => return e.into_response(),
+        }
     };
     tracing::Span::current().record("organization_id", tracing::field::display(principal.org));
     req.extensions_mut().insert(principal);

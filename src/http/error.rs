@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use iace_actors::engine::EngineError;
+use iace_actors::engine::{EngineError, Peer};
 use serde_json::json;
 
 tokio::task_local! {
@@ -30,7 +30,14 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// `(limit, remaining, reset seconds)` for the `RateLimit-*` headers of a 429.
     pub rate_limit: Option<(u32, u32, u64)>,
+    /// Another node runs what the request is about: the forwarding middleware sends the
+    /// request there (see `http::forward`).
+    pub forward: Option<Peer>,
 }
+
+/// A response extension: forward the request to this node.
+#[derive(Debug, Clone)]
+pub struct ForwardTo(pub Peer);
 
 impl ApiError {
     /// A new error.
@@ -41,6 +48,7 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             rate_limit: None,
+            forward: None,
         }
     }
 
@@ -71,7 +79,8 @@ impl From<EngineError> for ApiError {
             EngineError::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             EngineError::Unavailable(_)
             | EngineError::StoreUnavailable(_)
-            | EngineError::VendorUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | EngineError::VendorUnavailable { .. }
+            | EngineError::Elsewhere { .. } => StatusCode::SERVICE_UNAVAILABLE,
             EngineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             EngineError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             EngineError::ConcurrentCallLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -98,6 +107,14 @@ impl From<EngineError> for ApiError {
                 .map(|u| (u - chrono::Utc::now()).num_seconds().max(1))
                 .unwrap_or(30);
             error.retry_after = u64::try_from(secs).ok();
+        }
+        if let EngineError::Elsewhere { peer } = &e {
+            // Answered as is only when it cannot be forwarded (a forwarded request that
+            // reached a node that no longer runs the call): the call is moving.
+            error.message = "the call is changing nodes; retry in a moment".to_owned();
+            error.code = "unavailable";
+            error.retry_after = Some(1);
+            error.forward = Some(peer.clone());
         }
         if let EngineError::ConcurrentCallLimit { .. } = &e {
             // Calls last minutes; a few seconds is a polite first retry.
@@ -127,6 +144,9 @@ impl IntoResponse for ApiError {
         }
         if let Some((limit, remaining, reset)) = self.rate_limit {
             rate_limit_headers(resp.headers_mut(), limit, remaining, reset);
+        }
+        if let Some(peer) = self.forward {
+            resp.extensions_mut().insert(ForwardTo(peer));
         }
         if let Some(secs) = self.retry_after {
             if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {

@@ -10,6 +10,7 @@ mod calls;
 mod catalog;
 pub mod error;
 mod extract;
+pub mod forward;
 mod learning;
 mod sessions;
 mod users;
@@ -65,6 +66,9 @@ pub struct AppState {
     pub security: Arc<crate::auth::Security>,
     /// Browser origins allowed to call the API (`IACE_CORS_ORIGINS`); empty: none.
     pub cors_origins: Vec<HeaderValue>,
+    /// Requests to the other nodes of the cluster (forwarding, pokes); `None`: this node
+    /// forwards nothing and takes no pokes.
+    pub nodes: Option<crate::cluster::NodeClient>,
 }
 
 #[derive(Clone)]
@@ -135,6 +139,7 @@ pub fn router(state: AppState) -> Result<Router, prometheus::Error> {
             axum::routing::delete(accounts::revoke_key),
         )
         .route("/admin/breakers", get(admin::list_breakers))
+        .route("/admin/cluster", get(admin::cluster))
         .route(
             "/admin/breakers/{vendor}/{action}",
             post(admin::command_breaker),
@@ -171,11 +176,16 @@ pub fn router(state: AppState) -> Result<Router, prometheus::Error> {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/.well-known/jwks.json", get(sessions::jwks))
+        .route(crate::cluster::POKE_PATH, post(forward::poke))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            forward::forward,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(body_limit))

@@ -152,6 +152,8 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         let ports = Ports {
             calls: store.clone(),
+            cluster: store.clone(),
+            peers: None,
             queries: store.clone(),
             telephony: Arc::new(ScriptedTelephony::new()),
             clock: Arc::new(TokioClock::new(chrono::Utc::now())),
@@ -179,6 +181,7 @@ mod tests {
             admin_token: None,
             security: Arc::new(crate::auth::Security::minimal()),
             cors_origins: Vec::new(),
+            nodes: None,
         };
         (crate::http::router(state).unwrap(), store, key, engine)
     }

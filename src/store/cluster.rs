@@ -130,26 +130,70 @@ async fn lock_held(
 
 #[async_trait]
 impl ClusterStore for PgStore {
-    async fn heartbeat(&self, node: &NodeInfo, alive_within: Duration) -> StoreResult<Vec<Member>> {
+    async fn register(&self, node: &NodeInfo) -> StoreResult<()> {
         node.check()?;
-        let window = interval(alive_within.min(WIDEST_WINDOW))?;
         sqlx::query(
             "INSERT INTO cluster_node \
-               (node_id, url, started_at, heartbeat_at, draining, left_at) \
-             VALUES ($1, $2, $3, clock_timestamp(), $4, NULL) \
+               (node_id, url, incarnation, started_at, heartbeat_at, draining, left_at) \
+             VALUES ($1, $2, $3, $4, clock_timestamp(), $5, NULL) \
              ON CONFLICT (node_id) DO UPDATE SET url = EXCLUDED.url, \
-               started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at, \
-               draining = EXCLUDED.draining, left_at = NULL",
+               incarnation = EXCLUDED.incarnation, started_at = EXCLUDED.started_at, \
+               heartbeat_at = EXCLUDED.heartbeat_at, draining = EXCLUDED.draining, \
+               left_at = NULL",
         )
         .bind(&node.node_id)
         .bind(&node.url)
+        .bind(node.incarnation)
         .bind(node.started_at)
         .bind(node.draining)
         .execute(&self.pool)
         .await
         .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn heartbeat(&self, node: &NodeInfo, alive_within: Duration) -> StoreResult<Vec<Member>> {
+        node.check()?;
+        let window = interval(alive_within.min(WIDEST_WINDOW))?;
+        // One statement: refresh this process's row, or insert it when the row is gone; a
+        // row of another incarnation is left alone and reported.
+        let incarnation: Option<uuid::Uuid> = sqlx::query_scalar(
+            "INSERT INTO cluster_node \
+               (node_id, url, incarnation, started_at, heartbeat_at, draining, left_at) \
+             VALUES ($1, $2, $3, $4, clock_timestamp(), $5, NULL) \
+             ON CONFLICT (node_id) DO UPDATE SET url = EXCLUDED.url, \
+               heartbeat_at = EXCLUDED.heartbeat_at, draining = EXCLUDED.draining, \
+               left_at = NULL \
+             WHERE cluster_node.incarnation = EXCLUDED.incarnation \
+             RETURNING incarnation",
+        )
+        .bind(&node.node_id)
+        .bind(&node.url)
+        .bind(node.incarnation)
+        .bind(node.started_at)
+        .bind(node.draining)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        if incarnation.is_none() {
+            return Err(StoreError::Stale);
+        }
         let members = members_query(self, window, Some(&node.node_id)).await?;
         Ok(members.into_iter().filter(|m| m.alive).collect())
+    }
+
+    async fn live_call_counts(&self) -> StoreResult<Vec<(u16, i64)>> {
+        let rows: Vec<(i16, i64)> = sqlx::query_as(
+            "SELECT shard, count(*) FROM call \
+             WHERE status IN ('pending', 'ringing', 'in_progress') \
+             GROUP BY shard ORDER BY shard",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.into_iter()
+            .map(|(shard, n)| Ok((shard_from(shard)?, n)))
+            .collect()
     }
 
     async fn members(&self, alive_within: Duration) -> StoreResult<Vec<Member>> {

@@ -109,6 +109,7 @@ async fn heartbeat_times_are_the_database_clock() {
     let node = NodeInfo {
         node_id: "node-a".into(),
         url: "http://node-a.cluster.test:8080".into(),
+        incarnation: uuid::Uuid::from_u128(7),
         started_at: chrono::DateTime::from_timestamp(0, 0).unwrap(),
         draining: false,
     };

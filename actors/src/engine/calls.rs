@@ -61,6 +61,10 @@ pub struct CreatedCall {
     pub replayed: bool,
 }
 
+/// Draws of [`Engine::new_call_id`] before it gives up: with one shard of 256 held, the
+/// chance of missing it is (255/256)^4096 < 1e-6.
+const MAX_ID_DRAWS: usize = 4096;
+
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
@@ -105,7 +109,7 @@ impl Engine {
         let agent_id = req.agent_id;
         self.check_agent(org, agent_id, Direction::Outbound).await?;
         let spec = CallSpec {
-            id: self.inner.shared.ports.ids.next_id(),
+            id: self.new_call_id()?,
             organization_id: org,
             direction: Direction::Outbound,
             from: req.from,
@@ -152,7 +156,7 @@ impl Engine {
         };
         let shared = &self.inner.shared;
         let spec = CallSpec {
-            id: shared.ports.ids.next_id(),
+            id: self.new_call_id()?,
             organization_id: org,
             direction: Direction::Inbound,
             from: inbound.from,
@@ -166,6 +170,25 @@ impl Engine {
         };
         self.insert_and_activate(spec, Some(idempotency), None)
             .await
+    }
+
+    /// A fresh call id in a shard this node runs, so that the new call's actor starts here
+    /// (the store fences the insert with this node's epoch of the shard). Ids are drawn until
+    /// one falls in a shard this node runs: with N nodes, N draws on average.
+    fn new_call_id(&self) -> Result<CallId, EngineError> {
+        let shared = &self.inner.shared;
+        for _ in 0..MAX_ID_DRAWS {
+            let id = shared.ports.ids.next_id();
+            if shared.shards.may_run(id) {
+                return Ok(id);
+            }
+        }
+        match self.another_runner() {
+            Some(peer) => Err(EngineError::Elsewhere { peer }),
+            None => Err(EngineError::Unavailable(
+                "this node runs no calls at the moment (joining, draining or cut off from the database); retry".into(),
+            )),
+        }
     }
 
     /// Refuses new work at once while `vendor`'s breaker is open (no breaker: allowed).
@@ -266,9 +289,9 @@ impl Engine {
             }
             InsertOutcome::Existing(call) => {
                 if !call.status.is_terminal() {
-                    let _ = self.inner.supervisor.send_message(SupervisorMsg::Ensure {
-                        call_id: call.spec.id,
-                    });
+                    // The first request may have been cut off before the activation, on
+                    // this node or on the one that runs the call.
+                    self.nudge(call.spec.id);
                 }
                 Ok(CreatedCall {
                     call: *call,
@@ -303,6 +326,7 @@ impl Engine {
                 ),
             });
         }
+        self.route(id)?;
         self.rpc_supervisor(|reply| SupervisorMsg::Deliver {
             call_id: id,
             event: Event::HangupRequested,
@@ -368,6 +392,7 @@ impl Engine {
                 ),
             });
         }
+        self.route(id)?;
         self.rpc_supervisor(|reply| SupervisorMsg::Deliver {
             call_id: id,
             event: Event::TransferRequested { to },

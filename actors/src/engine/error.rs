@@ -51,6 +51,13 @@ pub enum EngineError {
     /// does not help. The detail is for the logs only.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The call is run by another node of the cluster: the HTTP layer forwards the request
+    /// there (once). Nothing was done here.
+    #[error("the call is run by node {}", peer.node_id)]
+    Elsewhere {
+        /// The node that runs it.
+        peer: super::Peer,
+    },
     /// The engine did not answer in time; the outcome is unknown (retry with the same
     /// `Idempotency-Key`).
     #[error("the engine did not answer within {0} ms")]
@@ -81,6 +88,7 @@ impl EngineError {
             EngineError::Internal(_) => "internal",
             EngineError::VendorUnavailable { .. } => "vendor_unavailable",
             EngineError::Timeout(_) => "timeout",
+            EngineError::Elsewhere { .. } => "elsewhere",
             EngineError::ConcurrentCallLimit { .. } => "concurrent_call_limit",
         }
     }

@@ -18,6 +18,11 @@ impl Engine {
     /// `/ready`: the store answers.
     pub async fn ready(&self) -> Result<(), EngineError> {
         let shared = &self.inner.shared;
+        if shared.superseded.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(EngineError::Unavailable(
+                "another process registered under this node id; this one runs no calls".into(),
+            ));
+        }
         shared.with_timeout(shared.ports.calls.ping()).await?;
         Ok(())
     }

@@ -298,8 +298,14 @@ impl Engine {
             .await?)
     }
 
-    /// Routes a stored inbox item to its call. A lost send is covered by the inbox sweep.
+    /// Routes a stored inbox item to its call, here or (by a poke) on the node that runs it. A
+    /// lost send is covered by the inbox sweep of the call's node.
     pub(crate) fn deliver_item(&self, item: InboxItem) {
+        if !self.inner.shared.shards.may_run(item.call_id) {
+            // Stored; the node that runs the call applies it.
+            self.nudge(item.call_id);
+            return;
+        }
         let _ = self.inner.supervisor.send_message(SupervisorMsg::Deliver {
             call_id: item.call_id,
             event: item.to_event(),

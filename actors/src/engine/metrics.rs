@@ -32,6 +32,22 @@ pub struct EngineMetrics {
     /// Deadline timers that fired, by outcome (`delivered`, `superseded`, `after_end`).
     /// `after_end` must stay zero.
     pub timer_fires: IntCounterVec,
+    /// Live members of the cluster as this node last saw them (itself included).
+    pub cluster_nodes: IntGauge,
+    /// Shards this node holds a valid lease on.
+    pub shards_owned: IntGauge,
+    /// Shards that came to or left this node, by reason. Coming: `restart` (held before
+    /// under this node's id), `free` (never leased, or released by another node), `takeover`
+    /// (another node's lease lapsed). Leaving: `rebalance` and `drain` (handed to another
+    /// node), `shutdown` (released on a clean stop), `lapsed` (this node could not renew in
+    /// time), `lost` (taken by another node after a lapse), `superseded` (another process
+    /// registered under this node's id).
+    pub shard_handoffs: IntCounterVec,
+    /// Carrier commands not sent because this node's lease on the call's shard could have
+    /// lapsed (or the shard is being handed over); the shard's next owner reconciles.
+    pub effects_withheld: IntCounter,
+    /// Pokes sent to the node that runs a call (work stored here for a call run there).
+    pub pokes_sent: IntCounter,
 }
 
 impl EngineMetrics {
@@ -91,7 +107,35 @@ impl EngineMetrics {
                 ),
                 &["outcome"],
             )?,
+            cluster_nodes: IntGauge::new(
+                "iace_cluster_nodes",
+                "Live cluster members seen by this node",
+            )?,
+            shards_owned: IntGauge::new(
+                "iace_shards_owned",
+                "Shards this node holds a valid lease on",
+            )?,
+            shard_handoffs: IntCounterVec::new(
+                Opts::new(
+                    "iace_shard_handoffs_total",
+                    "Shards that came to or left this node, by reason",
+                ),
+                &["reason"],
+            )?,
+            effects_withheld: IntCounter::new(
+                "iace_effects_withheld_total",
+                "Carrier commands withheld because the shard lease could have lapsed",
+            )?,
+            pokes_sent: IntCounter::new(
+                "iace_pokes_sent_total",
+                "Pokes sent to the node that runs a call",
+            )?,
         };
+        registry.register(Box::new(m.pokes_sent.clone()))?;
+        registry.register(Box::new(m.cluster_nodes.clone()))?;
+        registry.register(Box::new(m.shards_owned.clone()))?;
+        registry.register(Box::new(m.shard_handoffs.clone()))?;
+        registry.register(Box::new(m.effects_withheld.clone()))?;
         registry.register(Box::new(m.timer_fires.clone()))?;
         registry.register(Box::new(m.calls_created.clone()))?;
         registry.register(Box::new(m.events_applied.clone()))?;

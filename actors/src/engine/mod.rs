@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! Engine (handle, Clone)
-//!  ├── CallSupervisor ── CallActor per live call (one snapshot owner each)
+//!  ├── ShardManager (membership, shard leases, handovers: `cluster`)
+//!  ├── CallSupervisor ── CallActor per live call of the shards this node runs
 //!  └── QueryPool (bounded reads and catalog writes)
 //! ```
 //!
@@ -19,9 +20,11 @@
 //! * `accounts`: users, sessions, API keys, plans, billing and CRM events;
 //! * `learning`: memories and patterns;
 //! * `health`: metrics, breakers, readiness;
-//! * `dispatch`: how the handle reaches the query pool and the supervisor.
+//! * `dispatch`: how the handle reaches the query pool and the supervisor;
+//! * `routing`: calls run by other nodes (forwarding, pokes) and the cluster's status.
 //!
-//! Behind the handle: `shared` (what every actor shares: ports, tuning, shard epochs),
+//! Behind the handle: `cluster` (the shard manager, the shard table every carrier command
+//! asks first, the shard plan), `shared` (what every actor shares: ports, tuning, shards),
 //! `supervisor` (the call supervisor), `call_actor` (one actor per call), `voice_session` (the
 //! conversation of an answered call, a child of its call actor), `query` (the query pool),
 //! `metrics` and `error`.
@@ -30,6 +33,7 @@ mod accounts;
 pub(crate) mod call_actor;
 mod calls;
 mod catalog;
+mod cluster;
 mod dispatch;
 mod error;
 mod health;
@@ -38,26 +42,30 @@ mod learning;
 mod media;
 mod metrics;
 mod query;
+mod routing;
 mod shared;
 mod supervisor;
 pub(crate) mod voice_session;
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorRef};
 use tracing::info;
 
 pub use calls::{parse_status, CreatedCall, InboundCall, NewCall, MAX_IDEMPOTENCY_KEY_LEN};
+pub use cluster::{ClusterView, Peer};
 pub use dispatch::{DEFAULT_PAGE, MAX_PAGE};
 pub use error::EngineError;
 pub use ingress::{EventRoute, IngestOutcome, VendorEvent};
 pub use metrics::EngineMetrics;
+pub use routing::{ClusterStatus, NodeStatus};
+pub(crate) use shared::Shared;
 pub use shared::{EngineConfig, Ports};
-pub(crate) use shared::{ShardTable, Shared};
 pub use voice_session::VoiceRouter;
 
-use crate::ports::SHARD_COUNT;
+use crate::ports::NodeInfo;
+use cluster::{ManagerArgs, ManagerMsg, ShardManager, ShardTable};
 use dispatch::clamp_limit;
 use query::{QueryMsg, QueryPool};
 use supervisor::{CallSupervisor, SupervisorArgs, SupervisorMsg};
@@ -72,12 +80,15 @@ struct Inner {
     shared: Arc<Shared>,
     supervisor: ActorRef<SupervisorMsg>,
     queries: ActorRef<QueryMsg>,
+    manager: ActorRef<ManagerMsg>,
     handles: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Engine {
-    /// Takes the shard leases, starts the actor tree and re-activates every non-terminal call
-    /// of the owned shards (crash recovery). Engine metrics are registered in `registry`.
+    /// Joins the cluster, starts the actor tree and claims this node's share of the shards
+    /// (all of them when it is alone), re-activating every live call of the claimed shards
+    /// (crash recovery). Fails when the store cannot be reached. Engine metrics are
+    /// registered in `registry`.
     pub async fn start(
         ports: Ports,
         config: EngineConfig,
@@ -85,17 +96,30 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let metrics = EngineMetrics::register(registry)
             .map_err(|e| EngineError::Unavailable(format!("registering metrics: {e}")))?;
-        let shards: Vec<u16> = (0..SHARD_COUNT).collect();
-        let epochs = ports.calls.acquire_shards(&config.node_id, &shards).await?;
-        let recover = ports.calls.live_calls(&shards).await?;
-        info!(node = %config.node_id, shards = shards.len(), live_calls = recover.len(), "engine starting");
+        info!(node = %config.node_id, url = %config.node_url, "engine starting");
+        let node = NodeInfo {
+            node_id: config.node_id.clone(),
+            url: config.node_url.clone(),
+            incarnation: ports.ids.next_id(),
+            started_at: ports.clock.now(),
+            draining: false,
+        };
+        let shards = Arc::new(ShardTable::default());
+        let mut ports = ports;
+        if let Some(voice) = ports.voice.as_mut() {
+            // No audio goes out for a call whose shard lease could have lapsed.
+            voice.media = Arc::new(cluster::FencedMedia {
+                inner: voice.media.clone(),
+                shards: shards.clone(),
+            });
+        }
         let shared = Arc::new(Shared {
             ports: ports.clone(),
             config: config.clone(),
             metrics,
-            shards: ShardTable {
-                epochs: RwLock::new(epochs),
-            },
+            shards,
+            routes: Default::default(),
+            superseded: Default::default(),
             voice: crate::engine::voice_session::VoiceRouter::default(),
         });
         let spawn_err = |e: ractor::SpawnErr| EngineError::Unavailable(format!("spawn: {e}"));
@@ -111,32 +135,77 @@ impl Engine {
             CallSupervisor,
             SupervisorArgs {
                 shared: shared.clone(),
-                recover,
             },
         )
         .await
         .map_err(spawn_err)?;
-        Ok(Engine {
+        let (manager, mh) = Actor::spawn(
+            None,
+            ShardManager,
+            ManagerArgs {
+                shared: shared.clone(),
+                supervisor: supervisor.clone(),
+                node,
+            },
+        )
+        .await
+        .map_err(spawn_err)?;
+        let engine = Engine {
             inner: Arc::new(Inner {
                 shared,
                 supervisor,
                 queries,
-                handles: std::sync::Mutex::new(vec![qh, sh]),
+                manager,
+                handles: std::sync::Mutex::new(vec![qh, sh, mh]),
             }),
-        })
+        };
+        // The first round, before the handle is given out: a lone node holds every shard
+        // when `start` returns.
+        let first = engine
+            .inner
+            .manager
+            .call(
+                |reply| ManagerMsg::Round(Some(reply)),
+                Some(config.call_timeout * 4),
+            )
+            .await;
+        let first = match first {
+            Ok(ractor::rpc::CallResult::Success(r)) => r.map_err(EngineError::from),
+            Ok(_) => Err(EngineError::Unavailable(
+                "joining the cluster: no answer in time".into(),
+            )),
+            Err(e) => Err(EngineError::Unavailable(format!(
+                "joining the cluster: {e}"
+            ))),
+        };
+        if let Err(e) = first {
+            engine.kill().await;
+            return Err(e);
+        }
+        Ok(engine)
     }
 
     /// Crash: kills every actor at once, with no clean-up (as `kill -9` would). Used by the
     /// simulations to test recovery; live calls are picked up by the next start.
     pub async fn kill(&self) {
+        self.inner.manager.kill();
         let _ = self.inner.supervisor.send_message(SupervisorMsg::Kill);
         self.inner.queries.kill();
         self.join_actors().await;
     }
 
-    /// Stops the actor tree. Live calls stay live in the store and are re-activated by the
-    /// next start (on this or another node).
+    /// Stops the actor tree: the calls' actors stop, every shard lease is released and the
+    /// node leaves the cluster, so that the other nodes take its calls over at their next
+    /// round. Live calls stay live in the store and are re-activated by their next owner
+    /// (this node again after a restart, when it is alone).
     pub async fn shutdown(&self) {
+        let timeout = self.inner.shared.config.call_timeout * 4;
+        let _ = ractor::call_t!(
+            self.inner.manager,
+            ManagerMsg::Leave,
+            u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)
+        );
+        self.inner.manager.stop(Some("shutdown".into()));
         self.inner.supervisor.stop(Some("shutdown".into()));
         self.inner.queries.stop(Some("shutdown".into()));
         self.join_actors().await;

@@ -1,22 +1,22 @@
 //! What an engine is built from ([`Ports`]) and what every actor of the engine shares: the ports, the engine's tuning ([`EngineConfig`]),
-//! its metrics, the epochs of the shard leases this node holds, and the router of live voice
+//! its metrics, the shard leases this node holds ([`ShardTable`]), and the router of live voice
 //! sessions. The engine handle builds one [`Shared`]; call actors, voice sessions and the
 //! supervisor hold it behind an `Arc`.
 
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 
+use super::cluster::{Routes, ShardTable};
 use super::metrics::EngineMetrics;
 use super::voice_session::VoiceRouter;
 use crate::breaker::Breakers;
 use crate::learning::recall::Recall;
-use crate::machine::CallId;
 use crate::ports::accounts::AccountStore;
 use crate::ports::{
-    shard_of, CallStore, Clock, IdGen, QueryStore, StoreError, Telephony, VoicePorts, SHARD_COUNT,
+    CallStore, Clock, ClusterStore, IdGen, Peers, QueryStore, StoreError, Telephony, VoicePorts,
 };
 
 /// The ports an engine is built from.
@@ -24,6 +24,10 @@ use crate::ports::{
 pub struct Ports {
     /// Call writes.
     pub calls: Arc<dyn CallStore>,
+    /// Membership and shard leases.
+    pub cluster: Arc<dyn ClusterStore>,
+    /// The other nodes (pokes); `None` for a single node.
+    pub peers: Option<Arc<dyn Peers>>,
     /// Catalog and reads.
     pub queries: Arc<dyn QueryStore>,
     /// The carrier.
@@ -46,8 +50,15 @@ pub struct Ports {
 /// Engine tuning. [`Default`] is what production uses.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Name of this node in shard leases.
+    /// Name of this node in the cluster and in shard leases; unique per node.
     pub node_id: String,
+    /// Base URL other nodes and the carrier reach this node at.
+    pub node_url: String,
+    /// How long a shard lease lasts without renewal (and how old a heartbeat may be before
+    /// its node counts as dead): the bound on takeover after a node dies.
+    pub lease_ttl: Duration,
+    /// How often leases are renewed and the shard plan re-checked.
+    pub lease_renew_every: Duration,
     /// Upper bound on every engine call (actor round trip or store statement).
     pub call_timeout: Duration,
     /// Concurrent statements of the query pool.
@@ -78,6 +89,9 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             node_id: "iace-node".into(),
+            node_url: "http://127.0.0.1:8080".into(),
+            lease_ttl: Duration::from_secs(10),
+            lease_renew_every: Duration::from_secs(2),
             call_timeout: Duration::from_secs(5),
             max_query_concurrency: 32,
             ring_timeout_secs: 30,
@@ -93,36 +107,16 @@ impl Default for EngineConfig {
     }
 }
 
-/// Epochs of the shard leases this node holds.
-pub(crate) struct ShardTable {
-    pub(super) epochs: RwLock<Vec<i64>>,
-}
-
-impl ShardTable {
-    /// Every shard this node holds.
-    pub(crate) fn owned(&self) -> Vec<u16> {
-        let epochs = self.epochs.read().unwrap_or_else(|p| p.into_inner());
-        (0..SHARD_COUNT)
-            .filter(|s| epochs.get(usize::from(*s)).is_some_and(|e| *e > 0))
-            .collect()
-    }
-
-    /// The epoch to fence writes of `call` with.
-    pub(crate) fn epoch_of(&self, call: CallId) -> i64 {
-        let epochs = self.epochs.read().unwrap_or_else(|p| p.into_inner());
-        epochs
-            .get(usize::from(shard_of(call)))
-            .copied()
-            .unwrap_or(0)
-    }
-}
-
 /// What every actor of the engine shares.
 pub(crate) struct Shared {
     pub ports: Ports,
     pub config: EngineConfig,
     pub metrics: EngineMetrics,
-    pub shards: ShardTable,
+    pub shards: Arc<ShardTable>,
+    /// Who runs which shard, as the shard manager last saw it.
+    pub routes: Routes,
+    /// Another process registered under this node's id: this one runs nothing any more.
+    pub superseded: std::sync::atomic::AtomicBool,
     /// Live voice sessions, for the media endpoint's per-frame traffic.
     pub voice: VoiceRouter,
 }

@@ -60,12 +60,19 @@ pub(crate) enum SupervisorMsg {
     SweepOrphansDone,
     /// Number of running call actors.
     LiveCount(ractor::RpcReplyPort<usize>),
+    /// Work waits in the store for these calls (a poke from another node, or from this one):
+    /// make sure each live one has an actor and deliver the waiting inbox rows now.
+    Poked { calls: Vec<CallId> },
+    /// The shard manager claimed shards: re-activate their live calls.
+    Recover { ids: Vec<CallId> },
+    /// The shard manager hands these shards over (or lost them): stop their calls' actors,
+    /// and answer once they have stopped.
+    StopShards(Vec<u16>, ractor::RpcReplyPort<()>),
 }
 
-/// Start-up arguments: the non-terminal calls to recover.
+/// Start-up arguments.
 pub(crate) struct SupervisorArgs {
     pub shared: Arc<Shared>,
-    pub recover: Vec<CallId>,
 }
 
 /// The supervisor actor.
@@ -74,7 +81,6 @@ pub(crate) struct CallSupervisor;
 /// Its state.
 pub(crate) struct SupervisorState {
     shared: Arc<Shared>,
-    recover: Vec<CallId>,
     // Ordered so that stopping or killing every call happens in the same order on every run.
     calls: BTreeMap<CallId, ActorRef<CallMsg>>,
     by_actor: HashMap<ActorId, CallId>,
@@ -82,6 +88,8 @@ pub(crate) struct SupervisorState {
     /// Crashed calls waiting for their backoff before re-activation.
     backing_off: HashMap<CallId, u32>,
     sweeping: bool,
+    /// A poke came during a sweep: sweep once more when it ends.
+    sweep_again: bool,
     sweeping_orphans: bool,
 }
 
@@ -97,12 +105,12 @@ impl Actor for CallSupervisor {
     ) -> Result<SupervisorState, ActorProcessingErr> {
         Ok(SupervisorState {
             shared: args.shared,
-            recover: args.recover,
             calls: BTreeMap::new(),
             by_actor: HashMap::new(),
             failures: HashMap::new(),
             backing_off: HashMap::new(),
             sweeping: false,
+            sweep_again: false,
             sweeping_orphans: false,
         })
     }
@@ -112,13 +120,6 @@ impl Actor for CallSupervisor {
         myself: ActorRef<SupervisorMsg>,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let recover = std::mem::take(&mut state.recover);
-        if !recover.is_empty() {
-            info!(calls = recover.len(), "re-activating live calls");
-        }
-        for id in recover {
-            state.spawn(&myself, id, Activation::Resume).await;
-        }
         let every = state.shared.config.inbox_sweep_every;
         myself.send_interval(every, || SupervisorMsg::SweepInbox);
         let every = state.shared.config.orphan_sweep_every;
@@ -209,9 +210,40 @@ impl Actor for CallSupervisor {
                     state.sweep(&myself);
                 }
             }
-            SupervisorMsg::SweepDone => state.sweeping = false,
+            SupervisorMsg::SweepDone => {
+                if std::mem::take(&mut state.sweep_again) {
+                    state.sweep(&myself);
+                } else {
+                    state.sweeping = false;
+                }
+            }
             SupervisorMsg::LiveCount(reply) => {
                 let _ = reply.send(state.calls.len());
+            }
+            SupervisorMsg::Poked { calls } => {
+                for call_id in calls {
+                    if !state.calls.contains_key(&call_id) && !state.restarting(call_id) {
+                        state.spawn(&myself, call_id, Activation::Resume).await;
+                    }
+                }
+                if state.sweeping {
+                    state.sweep_again = true;
+                } else {
+                    state.sweeping = true;
+                    state.sweep(&myself);
+                }
+            }
+            SupervisorMsg::Recover { ids } => {
+                info!(calls = ids.len(), "re-activating live calls");
+                for id in ids {
+                    if !state.calls.contains_key(&id) && !state.restarting(id) {
+                        state.spawn(&myself, id, Activation::Resume).await;
+                    }
+                }
+            }
+            SupervisorMsg::StopShards(shards, reply) => {
+                state.stop_shards(&shards).await;
+                let _ = reply.send(());
             }
         }
         Ok(())
@@ -249,6 +281,14 @@ impl SupervisorState {
         id: CallId,
         activation: Activation,
     ) -> Option<ActorRef<CallMsg>> {
+        if !self.shared.shards.may_run(id) {
+            // Another node owns the call (or this node is handing its shard over): its
+            // owner runs it. Inbox rows stay unprocessed for the owner.
+            tracing::debug!(call_id = %id, "not activating a call of a shard this node does not run");
+            self.backing_off.remove(&id);
+            self.failures.remove(&id);
+            return None;
+        }
         let args = CallArgs {
             id,
             activation,
@@ -299,10 +339,44 @@ impl SupervisorState {
             reply: Some(reply), ..
         } = msg
         {
-            let _ = reply.send(Err(EngineError::Unavailable(
-                "could not start the call's actor".into(),
-            )));
+            let detail = if self.shared.shards.may_run(call_id) {
+                "could not start the call's actor"
+            } else {
+                "the call is run by another node"
+            };
+            let _ = reply.send(Err(EngineError::Unavailable(detail.into())));
         }
+    }
+
+    /// Stops the actors of every call of `shards` and waits for them to stop; calls backing
+    /// off before a restart are forgotten (their next owner activates them).
+    async fn stop_shards(&mut self, shards: &[u16]) {
+        let in_shards = |id: &CallId| shards.contains(&crate::ports::shard_of(*id));
+        let stopping: Vec<(CallId, ActorRef<CallMsg>)> = self
+            .calls
+            .iter()
+            .filter(|(id, _)| in_shards(id))
+            .map(|(id, a)| (*id, a.clone()))
+            .collect();
+        for (id, actor) in &stopping {
+            self.by_actor.remove(&actor.get_id());
+            self.calls.remove(id);
+            self.failures.remove(id);
+        }
+        self.backing_off.retain(|id, _| !in_shards(id));
+        self.failures.retain(|id, _| !in_shards(id));
+        let timeout = self.shared.config.call_timeout;
+        for (id, actor) in stopping {
+            if actor
+                .stop_and_wait(Some("shard handed over".into()), Some(timeout))
+                .await
+                .is_err()
+            {
+                warn!(call_id = %id, "call actor did not stop in time at a handover; killing it");
+                actor.kill();
+            }
+        }
+        self.update_gauge();
     }
 
     fn forget(&mut self, actor: ActorId) -> Option<CallId> {
@@ -399,6 +473,9 @@ impl SupervisorState {
             {
                 Ok(items) => {
                     for item in items {
+                        if !shared.shards.may_run(item.call_id) {
+                            continue;
+                        }
                         let _ = me.send_message(SupervisorMsg::Deliver {
                             call_id: item.call_id,
                             event: item.to_event(),

@@ -69,6 +69,9 @@ pub struct NodeInfo {
     /// Base URL other nodes and the carrier reach this node at (`IACE_NODE_URL`): internal
     /// forwarding and media streams go there.
     pub url: String,
+    /// This process's registration under the node id: a fresh id per start. A later process
+    /// registering under the same node id supersedes this one.
+    pub incarnation: uuid::Uuid,
     /// When this process started (a restart under the same id shows as a new `started_at`).
     pub started_at: DateTime<Utc>,
     /// The node is draining: it takes no new work and no shard is assigned to it.
@@ -160,9 +163,18 @@ pub struct Claimed {
 /// store's clock, is not after the store's now.
 #[async_trait]
 pub trait ClusterStore: Send + Sync + 'static {
-    /// Registers `node` or refreshes its heartbeat (at the store's time, clearing a `left`
-    /// mark, updating its URL, start time and draining flag), and returns every member heard
-    /// from within `alive_within` that has not left, this node included, ordered by node id.
+    /// Registers `node` as the process running under its node id from now on: its row is
+    /// written whole (URL, incarnation, start, draining; heartbeat now; a `left` mark
+    /// cleared). A process registered earlier under the same id is superseded: its heartbeats
+    /// are refused from then on.
+    async fn register(&self, node: &NodeInfo) -> StoreResult<()>;
+
+    /// Refreshes `node`'s heartbeat (at the store's time, with its URL and draining flag,
+    /// clearing a `left` mark), and returns every member heard from within `alive_within`
+    /// that has not left, this node included, ordered by node id. Refused with
+    /// [`StoreError::Stale`] when another process registered under the node id since this one
+    /// did (this process is superseded and must stop acting); a node whose row is gone is
+    /// registered again.
     async fn heartbeat(&self, node: &NodeInfo, alive_within: Duration) -> StoreResult<Vec<Member>>;
 
     /// Every registered node, dead or alive (see [`Member::alive`]), ordered by node id, for
@@ -199,6 +211,10 @@ pub trait ClusterStore: Send + Sync + 'static {
     /// another node can claim them at once. The epoch is kept: the next claim bumps it. A
     /// shard no longer held at that epoch is left alone.
     async fn release_shards(&self, node: &str, held: &[(u16, i64)]) -> StoreResult<()>;
+
+    /// Live calls (pending, ringing, in progress) per shard, shards without live calls left
+    /// out: for the operator's view.
+    async fn live_call_counts(&self) -> StoreResult<Vec<(u16, i64)>>;
 
     /// Marks `node` as gone (a graceful exit): it is no longer a member, at once, until its
     /// next heartbeat. Its leases are untouched (release them first). Unknown nodes are

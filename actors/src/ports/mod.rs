@@ -12,6 +12,7 @@
 //!   failure every store shares.
 //! - [`catalog`] holds [`QueryStore`] (organizations, agents, customers, numbers, call reads).
 //! - [`cluster`] holds [`ClusterStore`]: membership heartbeats and the shard leases.
+//! - [`peers`] holds [`Peers`]: pokes to the node that runs a call.
 //! - [`telephony`] holds [`Telephony`], the carrier's commands.
 //! - [`voice`] holds speech-to-text, text-to-speech, the chat model, outbound media, and
 //!   [`VoicePorts`], the set a call's conversation is built from.
@@ -30,6 +31,7 @@ pub mod calls;
 pub mod catalog;
 pub mod cluster;
 pub mod learning;
+pub mod peers;
 pub mod sentiment;
 pub mod telephony;
 pub mod time;
@@ -42,6 +44,7 @@ pub use calls::{
 pub use catalog::{CallFilter, CatalogWriteError, PageRequest, QueryStore};
 pub use cluster::{ClaimKind, Claimed, ClusterStore, Lease, Member, NodeInfo};
 pub use learning::{Embedder, LearningQueries, LearningStore};
+pub use peers::Peers;
 pub use sentiment::SentimentScorer;
 pub use telephony::{DialCommand, LegCommand, LegStatus, Telephony, TelephonyError};
 pub use time::{Clock, IdGen};

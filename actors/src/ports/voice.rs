@@ -365,6 +365,10 @@ pub enum MediaError {
     /// The stream's outbound queue is full (the item was dropped).
     #[error("the media stream's outbound queue is full")]
     Full,
+    /// This node may not act for the call now (its lease on the call's shard could have
+    /// lapsed, or the shard is being handed over).
+    #[error("this node does not run the call now")]
+    NotOwner,
 }
 
 /// The call's outbound media (the Telnyx media stream in production). Every method returns at

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::store::{LeaseRow, MemoryStore, NodeRow, State};
-use crate::ports::calls::StoreResult;
+use crate::ports::calls::{StoreError, StoreResult};
 use crate::ports::cluster::{
     check_node, check_shards, check_ttl, ClaimKind, Claimed, ClusterStore, Lease, Member, NodeInfo,
 };
@@ -40,6 +40,17 @@ impl MemoryStore {
     }
 }
 
+fn node_row(node: &NodeInfo, now: Instant) -> NodeRow {
+    NodeRow {
+        url: node.url.clone(),
+        incarnation: node.incarnation,
+        started_at: node.started_at,
+        heartbeat_at: now,
+        draining: node.draining,
+        left: false,
+    }
+}
+
 /// The distinct shards of `held` that `node` still holds at the given epoch, in order.
 fn held_by(s: &State, node: &str, held: &[(u16, i64)]) -> Vec<u16> {
     let mut mine: Vec<u16> = held
@@ -58,21 +69,33 @@ fn held_by(s: &State, node: &str, held: &[(u16, i64)]) -> Vec<u16> {
 
 #[async_trait]
 impl ClusterStore for MemoryStore {
+    async fn register(&self, node: &NodeInfo) -> StoreResult<()> {
+        self.check()?;
+        node.check()?;
+        let now = self.now();
+        self.lock()
+            .nodes
+            .insert(node.node_id.clone(), node_row(node, now));
+        Ok(())
+    }
+
     async fn heartbeat(&self, node: &NodeInfo, alive_within: Duration) -> StoreResult<Vec<Member>> {
         self.check()?;
         node.check()?;
         let now = self.now();
         let mut s = self.lock();
-        s.nodes.insert(
-            node.node_id.clone(),
-            NodeRow {
-                url: node.url.clone(),
-                started_at: node.started_at,
-                heartbeat_at: now,
-                draining: node.draining,
-                left: false,
-            },
-        );
+        match s.nodes.get_mut(&node.node_id) {
+            Some(row) if row.incarnation != node.incarnation => return Err(StoreError::Stale),
+            Some(row) => {
+                row.url = node.url.clone();
+                row.heartbeat_at = now;
+                row.draining = node.draining;
+                row.left = false;
+            }
+            None => {
+                s.nodes.insert(node.node_id.clone(), node_row(node, now));
+            }
+        }
         Ok(s.nodes
             .iter()
             .map(|(id, row)| self.member(id, row, now, alive_within))
@@ -187,6 +210,18 @@ impl ClusterStore for MemoryStore {
         Ok(())
     }
 
+    async fn live_call_counts(&self) -> StoreResult<Vec<(u16, i64)>> {
+        self.check()?;
+        let s = self.lock();
+        let mut counts = std::collections::BTreeMap::<u16, i64>::new();
+        for call in s.calls.values().filter(|c| !c.status.is_terminal()) {
+            *counts
+                .entry(crate::ports::shard_of(call.spec.id))
+                .or_default() += 1;
+        }
+        Ok(counts.into_iter().collect())
+    }
+
     async fn leave(&self, node: &str) -> StoreResult<()> {
         self.check()?;
         check_node(node)?;
@@ -299,6 +334,7 @@ mod tests {
         let node = NodeInfo {
             node_id: "node-a".into(),
             url: "http://node-a.test".into(),
+            incarnation: uuid::Uuid::from_u128(7),
             started_at: chrono::DateTime::from_timestamp(0, 0).unwrap(),
             draining: false,
         };

@@ -48,9 +48,18 @@ fn node(id: &str) -> NodeInfo {
     NodeInfo {
         node_id: id.to_owned(),
         url: format!("http://{id}.cluster.test:8080"),
+        incarnation: incarnation(id, 1),
         started_at: at(981_173_106),
         draining: false,
     }
+}
+
+/// A fixed incarnation per node id and start.
+fn incarnation(id: &str, start: u8) -> Uuid {
+    let n = id.bytes().fold(u128::from(start), |acc, b| {
+        acc.wrapping_mul(131).wrapping_add(u128::from(b))
+    });
+    Uuid::from_u128(n)
 }
 
 /// Polls `done` until it holds; panics naming `what` after [`BOUND`] of the store's time.
@@ -595,12 +604,19 @@ pub async fn heartbeats_decide_membership(store: &(impl ClusterStore + ?Sized)) 
         ["node-a"]
     );
 
+    // node-b comes back as a new process: it registers, and the old process is superseded.
     let back = NodeInfo {
         url: "http://node-b.cluster.test:9090".into(),
+        incarnation: incarnation("node-b", 2),
         started_at: at(1_796_000_000),
         draining: true,
         ..b.clone()
     };
+    store.register(&back).await.expect("register");
+    assert!(
+        matches!(store.heartbeat(&b, LONG).await, Err(StoreError::Stale)),
+        "the old process of node-b is superseded"
+    );
     let seen = store.heartbeat(&back, LONG).await.expect("heartbeat");
     assert_eq!(ids(&seen), ["node-a", "node-b"]);
     let rejoined = &seen[1];

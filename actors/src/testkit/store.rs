@@ -47,6 +47,7 @@ pub(super) struct LeaseRow {
 /// A member: the row of `cluster_node`.
 pub(super) struct NodeRow {
     pub(super) url: String,
+    pub(super) incarnation: uuid::Uuid,
     pub(super) started_at: DateTime<Utc>,
     /// By the store's clock.
     pub(super) heartbeat_at: Instant,
@@ -65,7 +66,7 @@ pub(super) struct State {
     agents: HashMap<Uuid, Agent>,
     customers: HashMap<Uuid, Customer>,
     numbers: HashMap<Uuid, PhoneNumberAssignment>,
-    calls: HashMap<CallId, Call>,
+    pub(super) calls: HashMap<CallId, Call>,
     idempotency: HashMap<(OrganizationId, String), (CallId, String)>,
     journal: HashMap<CallId, Vec<JournalEntry>>,
     inbox: BTreeMap<(String, String), (u64, InboxItem, bool)>,

@@ -96,6 +96,8 @@ impl World {
         };
         Ports {
             calls: self.store.clone(),
+            cluster: self.store.clone(),
+            peers: None,
             queries: self.store.clone(),
             telephony,
             clock: self.clock.clone(),

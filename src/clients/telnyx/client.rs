@@ -54,6 +54,10 @@ pub struct TelnyxConfig {
     /// Where Telnyx reaches us: webhooks at `{public_url}/v1/webhooks/telnyx`, media at
     /// `{ws(s) public_url}/v1/media/telnyx`.
     pub public_url: String,
+    /// Where Telnyx opens this node's media streams, when not at `public_url`: in a cluster,
+    /// the node's own URL (`IACE_NODE_URL`), so that a call's audio reaches the node that
+    /// runs the call rather than the load balancer.
+    pub media_url: Option<String>,
     /// `answering_machine_detection` of outbound dials (`disabled`, `detect`, ...).
     pub answering_machine_detection: String,
     /// How long a transfer rings the person before giving up.
@@ -189,12 +193,21 @@ impl TelnyxClient {
     /// A client. `metrics` is optional so tests can build many clients.
     pub fn new(config: TelnyxConfig, metrics: Option<TelnyxMetrics>) -> anyhow::Result<Self> {
         let public = config.public_url.trim_end_matches('/').to_owned();
-        let ws = if let Some(rest) = public.strip_prefix("https://") {
-            format!("wss://{rest}")
-        } else if let Some(rest) = public.strip_prefix("http://") {
-            format!("ws://{rest}")
-        } else {
-            anyhow::bail!("IACE_PUBLIC_URL must start with http:// or https:// (got {public})");
+        let ws_of = |url: &str, name: &str| {
+            if let Some(rest) = url.strip_prefix("https://") {
+                Ok(format!("wss://{rest}"))
+            } else if let Some(rest) = url.strip_prefix("http://") {
+                Ok(format!("ws://{rest}"))
+            } else {
+                Err(anyhow::anyhow!(
+                    "{name} must start with http:// or https:// (got {url})"
+                ))
+            }
+        };
+        ws_of(&public, "IACE_PUBLIC_URL")?;
+        let ws = match &config.media_url {
+            Some(media) => ws_of(media.trim_end_matches('/'), "IACE_NODE_URL")?,
+            None => ws_of(&public, "IACE_PUBLIC_URL")?,
         };
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))

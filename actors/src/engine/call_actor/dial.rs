@@ -43,6 +43,10 @@ impl CallState {
                 if stopped.load(std::sync::atomic::Ordering::SeqCst) {
                     return Ok(Err("the call's actor no longer wants it"));
                 }
+                let Some(_permit) = shared.shards.begin_effect(cmd.call_id) else {
+                    shared.metrics.effects_withheld.inc();
+                    return Ok(Err("this node may not act for the call now"));
+                };
                 shared.ports.telephony.dial(cmd.clone()).await.map(Ok)
             };
             let event = match retry_command(shared.config.command_timeout, attempt).await {

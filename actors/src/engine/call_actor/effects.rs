@@ -2,12 +2,13 @@
 //! release a stray leg) in spawned tasks whose outcome comes back as an event; each command
 //! retried on `Unavailable` under its idempotency key.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ractor::ActorRef;
 use tracing::{debug, warn};
 
-use super::{CallMsg, CallState};
+use super::{CallMsg, CallState, Shared};
 use crate::machine::{CallId, Effect, Event};
 use crate::ports::{DialCommand, LegCommand, TelephonyError};
 
@@ -55,11 +56,11 @@ impl CallState {
                     let shared = self.shared.clone();
                     let me = myself.clone();
                     tokio::spawn(async move {
-                        let result = retry_command(shared.config.command_timeout, || {
+                        let result = retry_owned(&shared, cmd.call_id, || {
                             shared.ports.telephony.answer(cmd.clone())
                         })
                         .await;
-                        if let Err(e) = result {
+                        if let Some(Err(e)) = result {
                             shared
                                 .metrics
                                 .effect_failures
@@ -86,11 +87,11 @@ impl CallState {
                     };
                     let shared = self.shared.clone();
                     tokio::spawn(async move {
-                        let result = retry_command(shared.config.command_timeout, || {
+                        let result = retry_owned(&shared, cmd.call_id, || {
                             shared.ports.telephony.hangup(cmd.clone())
                         })
                         .await;
-                        if let Err(e) = result {
+                        if let Some(Err(e)) = result {
                             shared
                                 .metrics
                                 .effect_failures
@@ -107,11 +108,11 @@ impl CallState {
                     let cmd = self.leg_command(seq);
                     let shared = self.shared.clone();
                     tokio::spawn(async move {
-                        let result = retry_command(shared.config.command_timeout, || {
+                        let result = retry_owned(&shared, cmd.call_id, || {
                             shared.ports.telephony.transfer(cmd.clone(), to.clone())
                         })
                         .await;
-                        if let Err(e) = result {
+                        if let Some(Err(e)) = result {
                             shared
                                 .metrics
                                 .effect_failures
@@ -129,19 +130,22 @@ impl CallState {
                     let me = myself.clone();
                     let attempt = self.release_attempts;
                     tokio::spawn(async move {
-                        let result = retry_command(shared.config.command_timeout, || {
+                        let result = retry_owned(&shared, cmd.call_id, || {
                             shared.ports.telephony.hangup(cmd.clone())
                         })
                         .await;
                         match result {
-                            Ok(()) => {
+                            // Not this node's to release any more: the next owner of the
+                            // call's shard finds it `release_pending` and releases it.
+                            None => {}
+                            Some(Ok(())) => {
                                 let _ = me.send_message(CallMsg::Apply {
                                     event: Event::LegReleased,
                                     inbox: None,
                                     reply: None,
                                 });
                             }
-                            Err(e) => {
+                            Some(Err(e)) => {
                                 shared
                                     .metrics
                                     .effect_failures
@@ -171,6 +175,45 @@ impl CallState {
 /// The idempotency key of the carrier command produced at version `seq` of a call.
 pub(crate) fn command_id(call_id: CallId, seq: i64) -> String {
     format!("{call_id}:{seq}")
+}
+
+/// [`retry_command`] for a command about `call`: every attempt first takes an effect permit
+/// from the shard table. `None` when an attempt was withheld because this node may not act
+/// for the call now (its lease could have lapsed, or the shard is being handed over): nothing
+/// about the call may be concluded from that, the shard's next owner reconciles.
+pub(super) async fn retry_owned<T, F, Fut>(
+    shared: &Shared,
+    call: CallId,
+    mut f: F,
+) -> Option<Result<T, TelephonyError>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, TelephonyError>>,
+{
+    let withheld = AtomicBool::new(false);
+    let result = retry_command(shared.config.command_timeout, || {
+        let permit = shared.shards.begin_effect(call);
+        let attempt = permit.as_ref().map(|_| f());
+        if attempt.is_none() {
+            withheld.store(true, Ordering::SeqCst);
+        }
+        async move {
+            let _permit = permit;
+            match attempt {
+                Some(attempt) => attempt.await,
+                // Not retried by `retry_command`.
+                None => Err(TelephonyError::Rejected("withheld".into())),
+            }
+        }
+    })
+    .await;
+    if withheld.load(Ordering::SeqCst) {
+        shared.metrics.effects_withheld.inc();
+        debug!(call_id = %call, "carrier command withheld: this node may not act for the call now");
+        None
+    } else {
+        Some(result)
+    }
 }
 
 /// Runs a carrier command, retrying `Unavailable` with exponential backoff (0.25 s, 0.5 s, 1 s).

@@ -81,6 +81,8 @@ impl World {
         let media = Arc::new(MemoryMedia::new());
         let ports = Ports {
             calls: store.clone(),
+            cluster: store.clone(),
+            peers: None,
             queries: store.clone(),
             telephony: carrier.clone(),
             clock: Arc::new(TokioClock::new(epoch())),

@@ -34,6 +34,8 @@ impl World {
         let epoch = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let ports = Ports {
             calls: store.clone(),
+            cluster: store.clone(),
+            peers: None,
             queries: store.clone(),
             telephony: carrier.clone(),
             clock: Arc::new(TokioClock::new(epoch)),
@@ -1162,3 +1164,5 @@ async fn each_call_end_is_counted_once_and_late_facts_do_not_reactivate_it() {
             >= 1
     );
 }
+
+mod cluster;

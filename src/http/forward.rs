@@ -1,0 +1,126 @@
+//! Any node answers any request: a command about a call another node runs is sent on to that
+//! node and its answer relayed (one hop: a request that was already forwarded is answered
+//! where it lands, "retry" if the call moved again meanwhile). And the endpoint other nodes
+//! poke this one at.
+//!
+//! The forwarded request keeps the client's own credentials, which the receiving node checks
+//! as usual; the hop is signed (`crate::cluster`), and a request with a valid signature from
+//! another node is not counted against the caller's rate limits a second time.
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use iace_actors::machine::CallId;
+use serde::Deserialize;
+
+use super::error::{ApiError, ForwardTo};
+use super::{AppState, MAX_BODY_BYTES};
+use crate::cluster::NODE_HEADER;
+
+/// Marks a request forwarded by another node of the cluster, signature checked.
+#[derive(Debug, Clone)]
+pub struct ForwardedBy(pub String);
+
+/// The forwarding middleware (see the module docs).
+pub async fn forward(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        // Reads answer the same from every node (the store is shared).
+        return next.run(req).await;
+    }
+    let Some(nodes) = state.nodes.clone() else {
+        return next.run(req).await;
+    };
+    let (mut parts, body) = req.into_parts();
+    let body = match to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+            )
+            .into_response()
+        }
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| parts.uri.path().to_owned());
+    let hop = parts.headers.contains_key(NODE_HEADER);
+    if hop {
+        let now = chrono::Utc::now().timestamp();
+        match nodes
+            .key()
+            .verify(&parts.headers, now, &parts.method, &path, &body)
+        {
+            Ok(node) => {
+                parts.extensions.insert(ForwardedBy(node));
+            }
+            Err(why) => tracing::warn!(reason = why, "a request claims to come from another node; its signature is refused, it is treated as a client's"),
+        }
+    }
+    let (method, headers) = (parts.method.clone(), parts.headers.clone());
+    let resp = next
+        .run(Request::from_parts(parts, Body::from(body.clone())))
+        .await;
+    let Some(ForwardTo(peer)) = resp.extensions().get::<ForwardTo>().cloned() else {
+        return resp;
+    };
+    if hop {
+        // One hop only: the call moved again; the client retries (Retry-After is set).
+        return resp;
+    }
+    match nodes.forward(&peer, method, &path, &headers, body).await {
+        Ok((status, headers, body)) => {
+            let mut out = Response::new(Body::from(body));
+            *out.status_mut() = status;
+            *out.headers_mut() = headers;
+            out
+        }
+        Err(e) => {
+            tracing::warn!(node = %peer.node_id, error = %e, "forwarding failed");
+            let mut error = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the node that runs the call did not answer; retry in a moment",
+            );
+            error.retry_after = Some(1);
+            error.into_response()
+        }
+    }
+}
+
+/// `POST /internal/v1/poke` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Poke {
+    calls: Vec<CallId>,
+}
+
+/// Most calls one poke may name.
+const MAX_POKED: usize = 1000;
+
+/// `POST /internal/v1/poke`: another node stored work for calls this node runs. Only signed
+/// requests from another node of the cluster are taken.
+pub async fn poke(
+    State(state): State<AppState>,
+    forwarded: Option<axum::Extension<ForwardedBy>>,
+    Json(poke): Json<Poke>,
+) -> Result<StatusCode, ApiError> {
+    if forwarded.is_none() {
+        return Err(ApiError::unauthorized(
+            "pokes are only taken from nodes of the cluster (signed requests)",
+        ));
+    }
+    if poke.calls.len() > MAX_POKED {
+        return Err(ApiError::invalid(format!(
+            "at most {MAX_POKED} calls per poke"
+        )));
+    }
+    state.engine.poked(poke.calls);
+    Ok(StatusCode::ACCEPTED)
+}

@@ -216,18 +216,20 @@ impl Shared {
         true
     }
 
-    /// The next backend in round-robin order that is up and not in `tried`.
+    /// The next backend in round-robin order among those that are up and not in `tried`:
+    /// the rotation runs over the up ones only, so a down backend's share is spread evenly
+    /// (as haproxy's `roundrobin` does), not handed to its successor.
     fn pick(&self, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
         let list = self.read();
-        let n = list.len();
-        if n == 0 {
+        let candidates: Vec<&Arc<Backend>> = list
+            .iter()
+            .filter(|b| b.is_up() && !tried.iter().any(|t| Arc::ptr_eq(t, b)))
+            .collect();
+        if candidates.is_empty() {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        (0..n)
-            .map(|k| &list[(start + k) % n])
-            .find(|b| b.is_up() && !tried.iter().any(|t| Arc::ptr_eq(t, b)))
-            .cloned()
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        Some(candidates[turn % candidates.len()].clone())
     }
 }
 

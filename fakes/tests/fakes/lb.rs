@@ -311,6 +311,10 @@ async fn round_robin_spreads_requests_evenly() {
         vec![10, 10, 10]
     );
     assert!(stats.backends.iter().all(|b| b.up));
+    assert!(
+        stats.backends.iter().all(|b| b.open_connections >= 1),
+        "connections to the backends are kept alive for reuse: {stats:?}"
+    );
     assert_eq!(stats.retries, 0);
     assert_eq!(stats.server_errors, 0);
     lb.shutdown().await;

@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# IACE container image. Used by the `iace` service in docker-compose.yml
-# (profile `app`): docker compose --profile app up --build
+# IACE container image. Used by the cluster's nodes iace-1, iace-2 and iace-3 in
+# docker-compose.yml (profile `app`): docker compose --profile app up --build
 
 FROM rust:1-bookworm AS builder
 WORKDIR /src

@@ -13,7 +13,10 @@
 //! - [`cartesia`]: speech synthesis over WebSocket and HTTP;
 //! - [`groq`]: chat completions with SSE streaming and tool calls;
 //! - [`google`]: Gemini embeddings (deterministic vectors), the learning pipeline's vendor;
-//! - [`hubspot`]: the CRM v3 contacts search over seeded contacts, the CRM sync's vendor.
+//! - [`hubspot`]: the CRM v3 contacts search over seeded contacts, the CRM sync's vendor;
+//! - [`lb`]: not a vendor but the cluster's front door, an HTTP load balancer modelled on
+//!   haproxy (round robin, health checks of `/ready`, redispatch, WebSocket tunnels) for
+//!   loopback tests and benchmarks of several nodes, also run as the `iace-lb` binary.
 
 pub mod cartesia;
 pub mod deepgram;
@@ -21,6 +24,7 @@ mod fake;
 pub mod google;
 pub mod groq;
 pub mod hubspot;
+pub mod lb;
 pub mod telnyx;
 
 /// A fake's server with Nagle's algorithm off (see [`serve`]).

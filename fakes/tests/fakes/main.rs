@@ -7,6 +7,7 @@ mod deepgram;
 mod google;
 mod groq;
 mod hubspot;
+mod lb;
 mod telnyx;
 mod telnyx_caller;
 

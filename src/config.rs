@@ -248,6 +248,10 @@ pub struct ClusterArgs {
     /// of the lease TTL.
     #[arg(long, env = "IACE_LEASE_RENEW_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(50..=200_000))]
     pub lease_renew_ms: u64,
+    /// On SIGTERM, how long live conversations of this node may go on before their calls move
+    /// to another node anyway (s); every other call moves at once.
+    #[arg(long, env = "IACE_DRAIN_DEADLINE_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub drain_deadline_secs: u64,
 }
 
 impl Default for ClusterArgs {
@@ -256,6 +260,7 @@ impl Default for ClusterArgs {
             node_url: None,
             lease_ttl_secs: 10,
             lease_renew_ms: 2000,
+            drain_deadline_secs: 300,
         }
     }
 }

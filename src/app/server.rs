@@ -126,13 +126,13 @@ impl Running {
         tokio::select! {
             _ = shutdown_signal() => {
                 edge.start_draining();
-                if !drain.is_zero() {
-                    // Still serving, not ready: load balancers take the node out first.
-                    info!(drain_secs = drain.as_secs(), "draining before shutdown");
-                    tokio::select! {
-                        _ = tokio::time::sleep(drain) => {}
-                        _ = shutdown_signal() => {}
-                    }
+                // Still serving, not ready: load balancers take the node out, while the
+                // engine hands its calls over to the other nodes (requests about them are
+                // forwarded there from now on). A second signal cuts the drain short.
+                info!(drain_secs = drain.as_secs(), "draining before shutdown");
+                tokio::select! {
+                    _ = async { tokio::join!(tokio::time::sleep(drain), engine.drain()) } => {}
+                    _ = shutdown_signal() => {}
                 }
                 info!("shutting down");
                 let _ = stop.send(true);
@@ -284,6 +284,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         node_url,
         lease_ttl,
         lease_renew_every,
+        drain_deadline: Duration::from_secs(args.cluster.drain_deadline_secs),
         ring_timeout_secs: args.ring_timeout_secs,
         max_duration_secs: args.max_call_secs,
         await_amd: telnyx.is_some() && args.telnyx.telnyx_amd != "disabled",

@@ -177,7 +177,8 @@ impl Engine {
     /// one falls in a shard this node runs: with N nodes, N draws on average.
     fn new_call_id(&self) -> Result<CallId, EngineError> {
         let shared = &self.inner.shared;
-        for _ in 0..MAX_ID_DRAWS {
+        let draining = shared.draining.load(std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..if draining { 0 } else { MAX_ID_DRAWS } {
             let id = shared.ports.ids.next_id();
             if shared.shards.may_run(id) {
                 return Ok(id);

@@ -120,6 +120,7 @@ impl Engine {
             shards,
             routes: Default::default(),
             superseded: Default::default(),
+            draining: Default::default(),
             voice: crate::engine::voice_session::VoiceRouter::default(),
         });
         let spawn_err = |e: ractor::SpawnErr| EngineError::Unavailable(format!("spawn: {e}"));
@@ -183,6 +184,26 @@ impl Engine {
             return Err(e);
         }
         Ok(engine)
+    }
+
+    /// Drains the node: it takes no new calls (creates are sent to another node), announces
+    /// the drain so that no shard is planned for it, and hands its shards over; calls with a
+    /// live conversation here stay until they end or `EngineConfig::drain_deadline` passes.
+    /// Returns once no shard is held (or, with no other node to take them, at the deadline).
+    pub async fn drain(&self) {
+        let shared = &self.inner.shared;
+        let deadline = tokio::time::Instant::now() + shared.config.drain_deadline;
+        let bound = shared.config.drain_deadline + shared.config.lease_ttl * 2;
+        let answered = self
+            .inner
+            .manager
+            .call(|reply| ManagerMsg::Drain(deadline, reply), Some(bound))
+            .await;
+        if !matches!(answered, Ok(ractor::rpc::CallResult::Success(()))) {
+            tracing::warn!(
+                "the drain did not hand every shard over in time; the rest is released at shutdown"
+            );
+        }
     }
 
     /// Crash: kills every actor at once, with no clean-up (as `kill -9` would). Used by the

@@ -59,6 +59,9 @@ pub struct EngineConfig {
     pub lease_ttl: Duration,
     /// How often leases are renewed and the shard plan re-checked.
     pub lease_renew_every: Duration,
+    /// How long a drain waits for the live conversations of this node to end before their
+    /// calls move to other nodes anyway.
+    pub drain_deadline: Duration,
     /// Upper bound on every engine call (actor round trip or store statement).
     pub call_timeout: Duration,
     /// Concurrent statements of the query pool.
@@ -92,6 +95,7 @@ impl Default for EngineConfig {
             node_url: "http://127.0.0.1:8080".into(),
             lease_ttl: Duration::from_secs(10),
             lease_renew_every: Duration::from_secs(2),
+            drain_deadline: Duration::from_secs(300),
             call_timeout: Duration::from_secs(5),
             max_query_concurrency: 32,
             ring_timeout_secs: 30,
@@ -115,6 +119,8 @@ pub(crate) struct Shared {
     pub shards: Arc<ShardTable>,
     /// Who runs which shard, as the shard manager last saw it.
     pub routes: Routes,
+    /// The node is draining: it takes no new calls (creates go to another node).
+    pub draining: std::sync::atomic::AtomicBool,
     /// Another process registered under this node's id: this one runs nothing any more.
     pub superseded: std::sync::atomic::AtomicBool,
     /// Live voice sessions, for the media endpoint's per-frame traffic.

@@ -46,13 +46,19 @@ use crate::ports::{ClaimKind, Member, NodeInfo, StoreError};
 
 /// Mailbox of the shard manager.
 pub(crate) enum ManagerMsg {
-    /// One round (see the module docs). The start-up round answers whether it reached the
-    /// store.
+    /// One round (see the module docs), then the next one `lease_renew_every` later. The
+    /// start-up round answers whether it reached the store.
     Round(Option<RpcReplyPort<Result<(), StoreError>>>),
+    /// One round now, between the periodic ones.
+    RoundNow,
     /// The first held lease may have ended by this node's clock.
     CheckLapse,
     /// A clean stop: hand every held shard over, then leave the cluster.
     Leave(RpcReplyPort<()>),
+    /// Drain: take no new shard and hand every held one over; a shard with a live
+    /// conversation is kept until its conversations end or the deadline passes. Answers once
+    /// no shard is held.
+    Drain(Instant, RpcReplyPort<()>),
 }
 
 /// Start-up arguments.
@@ -74,6 +80,8 @@ pub(crate) struct ManagerState {
     /// The node's row was written by this process (at its first round).
     registered: bool,
     left: bool,
+    /// Draining until then; answered when the last shard is handed over.
+    drain: Option<(Instant, Vec<RpcReplyPort<()>>)>,
     lapse_timer:
         Option<ractor::concurrency::JoinHandle<Result<(), ractor::MessagingErr<ManagerMsg>>>>,
 }
@@ -95,6 +103,7 @@ impl Actor for ShardManager {
             members: Vec::new(),
             registered: false,
             left: false,
+            drain: None,
             lapse_timer: None,
         })
     }
@@ -115,18 +124,42 @@ impl Actor for ShardManager {
                     warn!(node = %state.node.node_id, error = %e, "cluster round failed");
                 }
                 state.schedule_lapse_check(&myself);
-                match reply {
-                    Some(reply) => {
-                        let _ = reply.send(result);
-                    }
-                    None => {}
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
                 }
                 let every = state.shared.config.lease_renew_every;
                 myself.send_after(every, || ManagerMsg::Round(None));
             }
+            ManagerMsg::RoundNow => {
+                if !state.left {
+                    if let Err(e) = state.round().await {
+                        warn!(node = %state.node.node_id, error = %e, "cluster round failed");
+                    }
+                    state.schedule_lapse_check(&myself);
+                }
+            }
             ManagerMsg::CheckLapse => {
                 state.check_lapse().await;
                 state.schedule_lapse_check(&myself);
+            }
+            ManagerMsg::Drain(deadline, reply) => {
+                if state.left {
+                    let _ = reply.send(());
+                    return Ok(());
+                }
+                if !state.node.draining {
+                    info!(node = %state.node.node_id, "draining: handing every shard over");
+                }
+                state.node.draining = true;
+                state
+                    .shared
+                    .draining
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                let (until, waiting) = state.drain.get_or_insert((deadline, Vec::new()));
+                *until = (*until).min(deadline);
+                waiting.push(reply);
+                // A round now (announcing the drain) rather than at the next tick.
+                myself.send_message(ManagerMsg::RoundNow)?;
             }
             ManagerMsg::Leave(reply) => {
                 if !state.left {
@@ -217,12 +250,18 @@ impl ManagerState {
         let plan = assign(&eligible);
         // With nobody to hand shards to (every member draining), what is held is kept.
         let me = eligible.iter().position(|n| *n == self.node.node_id);
+        // Shards planned elsewhere go; with nobody to plan for (every member draining), a
+        // draining node lets go all the same (its calls wait for the next node to start).
         let give: Vec<u16> = self
             .table()
             .owned()
             .into_iter()
-            .filter(|s| !plan.is_empty() && Some(plan[usize::from(*s)]) != me)
+            .filter(|s| match plan.get(usize::from(*s)) {
+                Some(owner) => Some(*owner) != me,
+                None => self.node.draining,
+            })
             .collect();
+        let give = self.keep_conversations(give);
         if !give.is_empty() {
             let reason = if self.node.draining {
                 "drain"
@@ -231,6 +270,7 @@ impl ManagerState {
             };
             self.hand_over(give, reason).await;
         }
+        self.drain_progress();
         if let Some(me) = me {
             let want: Vec<u16> = (0..crate::ports::SHARD_COUNT)
                 .filter(|s| plan[usize::from(*s)] == me && !self.table().holds(*s))
@@ -247,6 +287,36 @@ impl ManagerState {
             }
         }
         Ok(())
+    }
+
+    /// While draining before the deadline, shards with a live conversation here stay (their
+    /// media streams are attached to this node); everything else goes.
+    fn keep_conversations(&self, give: Vec<u16>) -> Vec<u16> {
+        let Some((deadline, _)) = &self.drain else {
+            return give;
+        };
+        if Instant::now() >= *deadline {
+            return give;
+        }
+        let busy: Vec<u16> = self
+            .shared
+            .voice
+            .conversing()
+            .into_iter()
+            .map(crate::ports::shard_of)
+            .collect();
+        give.into_iter().filter(|s| !busy.contains(s)).collect()
+    }
+
+    /// Answers the drain's waiters once no shard is held.
+    fn drain_progress(&mut self) {
+        if self.table().owned().is_empty() {
+            if let Some((_, waiting)) = self.drain.as_mut() {
+                for reply in waiting.drain(..) {
+                    let _ = reply.send(());
+                }
+            }
+        }
     }
 
     fn report(&self) {

@@ -63,6 +63,11 @@ impl VoiceRouter {
     }
 
     /// Sessions running.
+    /// The calls with a live conversation on this node.
+    pub(crate) fn conversing(&self) -> Vec<CallId> {
+        self.lock().keys().copied().collect()
+    }
+
     pub fn live(&self) -> usize {
         self.lock().len()
     }

@@ -102,12 +102,20 @@ pub(super) fn telnyx_edge(
 pub(super) struct EngineMedia(pub(super) Engine);
 
 impl MediaSink for EngineMedia {
-    /// Asks the engine for the call's status. When the engine cannot answer (the database
+    /// Refuses a stream for a call this node does not run. Otherwise asks the engine for the
+    /// call's status. When the engine cannot answer (the database
     /// is unreachable), the stream is admitted: its token is authentic and expires, and
     /// refusing would cut a live call's audio for a blip.
     fn admits(&self, call_id: Uuid) -> crate::media::Admission {
         let engine = self.0.clone();
         Box::pin(async move {
+            if !engine.runs_call(call_id) {
+                // The call is run by another node (it moved while the carrier connected
+                // here): that node is told to point the stream at itself.
+                warn!(call_id = %call_id, "media stream for a call another node runs; refused, and its node asked to restart the stream");
+                engine.media_misrouted(call_id);
+                return false;
+            }
             match engine.call_status(call_id).await {
                 Ok(Some(status)) => !status.is_terminal(),
                 Ok(None) => false,

@@ -32,7 +32,7 @@ pub struct ApiError {
     pub rate_limit: Option<(u32, u32, u64)>,
     /// Another node runs what the request is about: the forwarding middleware sends the
     /// request there (see `http::forward`).
-    pub forward: Option<Peer>,
+    pub forward: Option<Box<Peer>>,
 }
 
 /// A response extension: forward the request to this node.
@@ -114,7 +114,7 @@ impl From<EngineError> for ApiError {
             error.message = "the call is changing nodes; retry in a moment".to_owned();
             error.code = "unavailable";
             error.retry_after = Some(1);
-            error.forward = Some(peer.clone());
+            error.forward = Some(Box::new(peer.clone()));
         }
         if let EngineError::ConcurrentCallLimit { .. } = &e {
             // Calls last minutes; a few seconds is a polite first retry.
@@ -146,7 +146,7 @@ impl IntoResponse for ApiError {
             rate_limit_headers(resp.headers_mut(), limit, remaining, reset);
         }
         if let Some(peer) = self.forward {
-            resp.extensions_mut().insert(ForwardTo(peer));
+            resp.extensions_mut().insert(ForwardTo(*peer));
         }
         if let Some(secs) = self.retry_after {
             if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {

@@ -127,6 +127,9 @@ pub enum StreamEnd {
     IdleTimeout,
     /// A write did not complete in time (dead or stalled peer); we dropped the socket.
     WriteFailed,
+    /// This node no longer runs the call (it moved to another node of the cluster, which
+    /// starts a stream of its own); we closed the socket.
+    Released,
 }
 
 /// Figures for one finished stream, handed to [`MediaSink::stopped`].

@@ -43,6 +43,12 @@ impl MediaOut for RegistryMediaOut {
     fn clear(&self, call_id: CallId) -> Result<(), MediaError> {
         self.handle(call_id)?.clear().map_err(media_error)
     }
+
+    fn release(&self, call_id: CallId) {
+        if let Some(handle) = self.0.handle(call_id) {
+            handle.release();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     pub epoch: AtomicU64,
     /// Wakes the session for a clear; a stored permit means a clear is never lost.
     pub clear: Notify,
+    /// Ends the stream: this node no longer runs the call.
+    pub release: Notify,
     /// Audio items refused because the queue was full, reported in the stream's stats.
     pub dropped: AtomicU64,
     pub dropped_metric: IntCounter,
@@ -76,6 +78,7 @@ impl MediaHandle {
             stream_id,
             epoch: AtomicU64::new(0),
             clear: Notify::new(),
+            release: Notify::new(),
             dropped: AtomicU64::new(0),
             dropped_metric,
         });
@@ -114,6 +117,11 @@ impl MediaHandle {
     /// straight away instead, and Telnyx returns it at once.
     pub fn mark(&self, name: impl Into<String>) -> Result<(), MediaSendError> {
         self.push(Outbound::Mark(name.into()))
+    }
+
+    /// Ends the stream (its session closes the socket): this node no longer runs the call.
+    pub fn release(&self) {
+        self.shared.release.notify_one();
     }
 
     /// Stops playback: sends `clear` to Telnyx and drops the audio queued before this call.

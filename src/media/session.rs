@@ -127,6 +127,7 @@ async fn serve(mut socket: WebSocket, state: MediaState, header_call: Option<Uui
             let _ = timeout(CLOSE_GRACE, SinkExt::close(&mut socket)).await;
         }
         StreamEnd::WriteFailed => {}
+        StreamEnd::Released => close(&mut socket, CLOSE_NORMAL, "call moved to another node").await,
     }
 }
 

@@ -193,6 +193,7 @@ impl Stream {
             // Biased: a clear must overtake the frame that is about to be paced out.
             let step = tokio::select! {
                 biased;
+                () = self.shared.release.notified() => Err(StreamEnd::Released),
                 () = self.shared.clear.notified() => self.clear(socket).await,
                 message = socket.next() => {
                     idle.as_mut().reset(Instant::now() + self.idle_timeout);

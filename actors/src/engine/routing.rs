@@ -78,6 +78,17 @@ impl Engine {
         self.inner.shared.routes.view()
     }
 
+    /// Whether this node runs `call` now: its media stream belongs here.
+    pub fn runs_call(&self, call: CallId) -> bool {
+        self.inner.shared.shards.may_run(call)
+    }
+
+    /// A media stream for `call` reached this node, which does not run it (it was refused):
+    /// the node that runs the call is poked, and points the stream at itself.
+    pub fn media_misrouted(&self, call: CallId) {
+        self.nudge(call);
+    }
+
     /// This node's id in the cluster.
     pub fn node_id(&self) -> &str {
         &self.inner.shared.config.node_id

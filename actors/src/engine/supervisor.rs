@@ -222,8 +222,14 @@ impl Actor for CallSupervisor {
             }
             SupervisorMsg::Poked { calls } => {
                 for call_id in calls {
-                    if !state.calls.contains_key(&call_id) && !state.restarting(call_id) {
-                        state.spawn(&myself, call_id, Activation::Resume).await;
+                    match state.calls.get(&call_id) {
+                        Some(actor) => {
+                            let _ = actor.send_message(CallMsg::EnsureMedia);
+                        }
+                        None if !state.restarting(call_id) => {
+                            state.spawn(&myself, call_id, Activation::Resume).await;
+                        }
+                        None => {}
                     }
                 }
                 if state.sweeping {
@@ -365,6 +371,15 @@ impl SupervisorState {
         }
         self.backing_off.retain(|id, _| !in_shards(id));
         self.failures.retain(|id, _| !in_shards(id));
+        // Their media streams end here: the calls' next node starts its own.
+        for (id, _) in &stopping {
+            if self.shared.voice.has_stream(*id) {
+                self.shared.voice.forget_stream(*id);
+                if let Some(voice) = &self.shared.ports.voice {
+                    voice.media.release(*id);
+                }
+            }
+        }
         let timeout = self.shared.config.call_timeout;
         for (id, actor) in stopping {
             if actor

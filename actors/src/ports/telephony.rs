@@ -84,6 +84,14 @@ pub trait Telephony: Send + Sync + 'static {
     /// Declines an inbound leg that has no call (an unknown number). Declining a leg that
     /// already ended is success.
     async fn reject(&self, carrier_call_id: &str, command_id: &str) -> Result<(), TelephonyError>;
+    /// Points the call's media stream at this node: stops a stream the leg may still have
+    /// towards another node, then starts one towards this node's media endpoint. Issued by
+    /// the node that took an answered call over (from a node that died, drained or restarted).
+    /// Adapters without media streams have nothing to do.
+    async fn restart_media(&self, cmd: LegCommand) -> Result<(), TelephonyError> {
+        let _ = cmd;
+        Ok(())
+    }
     /// The live status of a leg.
     async fn status(
         &self,

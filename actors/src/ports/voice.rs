@@ -381,6 +381,11 @@ pub trait MediaOut: Send + Sync + 'static {
     fn mark(&self, call_id: CallId, name: String) -> Result<(), MediaError>;
     /// Drops the audio not played yet (barge-in).
     fn clear(&self, call_id: CallId) -> Result<(), MediaError>;
+    /// Ends the call's media stream here: this node no longer runs the call (its next node
+    /// starts a stream of its own). No stream: nothing to do.
+    fn release(&self, call_id: CallId) {
+        let _ = call_id;
+    }
 }
 
 /// What the voice pipeline is built from.

@@ -453,6 +453,20 @@ impl Telephony for TelnyxClient {
         Ok(data.data.call_control_id)
     }
 
+    async fn restart_media(&self, cmd: LegCommand) -> Result<(), TelephonyError> {
+        // A stream still running towards the previous node goes first (Telnyx runs one
+        // stream per leg); a refusal here means there is none.
+        let stop = LegCommand {
+            command_id: format!("{}:stop", cmd.command_id),
+            ..cmd.clone()
+        };
+        match self.streaming_stop(stop).await {
+            Ok(()) | Err(TelephonyError::Rejected(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.streaming_start(cmd).await
+    }
+
     async fn answer(&self, cmd: LegCommand) -> Result<(), TelephonyError> {
         let leg = known_leg(&cmd)?;
         let token = (self.config.stream_tokens)(cmd.call_id);

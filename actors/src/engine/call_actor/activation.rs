@@ -73,8 +73,13 @@ impl CallState {
                 }
                 self.reconcile(myself);
                 // A crash stopped the conversation, not the call's media stream: converse again.
+                // A call taken over from another node (or from this node's previous process)
+                // has its stream there, or none: point it here, and the conversation starts
+                // again when it attaches.
                 if self.shared.voice.has_stream(self.id) {
                     self.start_voice(myself).await;
+                } else {
+                    self.ensure_media();
                 }
                 Ok(())
             }

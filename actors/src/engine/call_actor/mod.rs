@@ -96,6 +96,9 @@ pub(crate) enum CallMsg {
     StopIfDone,
     /// Our media endpoint has a stream for the call: start the conversation.
     MediaStarted,
+    /// The call's media stream may be attached to another node (a stream reached a node
+    /// that does not run the call): point it here if this node has none for the call.
+    EnsureMedia,
     /// From the call's voice session.
     Voice(VoiceRequest),
 }
@@ -345,6 +348,10 @@ impl Actor for CallActor {
             CallMsg::MediaStarted => {
                 state.shared.voice.stream_started(state.id);
                 state.start_voice(&myself).await;
+                Ok(())
+            }
+            CallMsg::EnsureMedia => {
+                state.ensure_media();
                 Ok(())
             }
             CallMsg::Voice(request) => {

@@ -522,6 +522,10 @@ impl MediaOut for FencedMedia {
         self.check(call_id)?;
         self.inner.clear(call_id)
     }
+
+    fn release(&self, call_id: CallId) {
+        self.inner.release(call_id);
+    }
 }
 
 fn millis(d: Duration) -> u64 {

@@ -1164,3 +1164,48 @@ fn without_a_verdict_the_callers_first_sentence_is_greeted_and_answered() {
         Action::Record(ConversationRecord::AmdAssumedHuman { reason, waited_ms: 2000 })
             if reason == "no verdict within amd_wait_ms")));
 }
+
+/// A call that moved to another node (or whose node restarted) resumes its conversation:
+/// no second greeting, the model sees what was said, and turns go on numbering.
+#[test]
+fn a_resumed_conversation_listens_and_the_model_sees_what_was_said() {
+    let mut line = Line::new(json!({"greeting": "Hi, this is Ava."}));
+    let out = line.send(Input::Resume {
+        said: vec![
+            (Speaker::Agent, "Hi, this is Ava.".into()),
+            (Speaker::Caller, "I was charged twice.".into()),
+            (Speaker::Agent, "Let me look at that.".into()),
+        ],
+        turn: 1,
+    });
+    assert_eq!(spoken(&out), "", "no greeting on a resumed conversation: {out:?}");
+    line.to(1000);
+    line.caller_says("It was on the third.");
+    let out = line.to(1260);
+    let Some(Action::LlmStart { messages, .. }) =
+        out.iter().find(|a| matches!(a, Action::LlmStart { .. }))
+    else {
+        panic!("no request: {out:?}")
+    };
+    let contents: Vec<(&ChatRole, &str)> = messages[1..]
+        .iter()
+        .map(|m| (&m.role, m.content.as_str()))
+        .collect();
+    assert_eq!(
+        contents,
+        [
+            (&ChatRole::Assistant, "Hi, this is Ava."),
+            (&ChatRole::User, "I was charged twice."),
+            (&ChatRole::Assistant, "Let me look at that."),
+            (&ChatRole::User, "It was on the third."),
+        ]
+    );
+    assert!(has(&out, |a| matches!(
+        a,
+        Action::Record(ConversationRecord::Segment {
+            speaker: Speaker::Caller,
+            turn: 2,
+            ..
+        })
+    )));
+}

@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::catalog::profile::VoiceProfile;
 use crate::engine::Shared;
+use crate::machine::record::{ConversationRecord, Speaker};
 use crate::machine::{AmdResult, CallSpec};
 use crate::ports::sentiment::{Sentiment, SentimentLabel};
 use crate::ports::voice::VoicePorts;
@@ -70,6 +71,8 @@ pub(crate) struct VoiceState {
     await_amd: bool,
     amd: Option<AmdResult>,
     audio_started: bool,
+    /// What was said before this session (read at init): the conversation resumes.
+    said: Option<(Vec<(Speaker, String)>, u32)>,
     audio_dropped: u64,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -107,6 +110,7 @@ impl Actor for VoiceSession {
             await_amd: args.await_amd,
             amd: args.amd,
             audio_started: false,
+            said: None,
             audio_dropped: 0,
             tasks: Vec::new(),
         })
@@ -136,12 +140,16 @@ impl Actor for VoiceSession {
                 // already known (it came before the media stream): the conversation core
                 // acts on a verdict only while it waits for one, so a machine that answered
                 // first would otherwise be greeted.
-                let mut actions = state.conv.handle(
-                    now,
-                    Input::Start {
+                let start = match state.said.take() {
+                    Some((said, turn)) => {
+                        info!(call_id = %state.spec.id, segments = said.len(), "conversation resumed");
+                        Input::Resume { said, turn }
+                    }
+                    None => Input::Start {
                         await_amd: state.await_amd,
                     },
-                );
+                };
+                let mut actions = state.conv.handle(now, start);
                 // Start first, then the failures: the failure path needs a live conversation.
                 for input in failures {
                     actions.extend(state.conv.handle(now, input));
@@ -233,6 +241,45 @@ impl VoiceState {
             .unwrap_or(0)
     }
 
+    /// What was said on the call so far, from its journal (speaker, text), and the last turn:
+    /// a conversation that took place before (on another node, or before a restart) is
+    /// resumed rather than started again. Nothing when the journal cannot be read.
+    async fn said_so_far(&self) -> Option<(Vec<(Speaker, String)>, u32)> {
+        let spec = &self.spec;
+        let events = self
+            .shared
+            .with_timeout(
+                self.shared
+                    .ports
+                    .queries
+                    .call_events(spec.organization_id, spec.id),
+            )
+            .await;
+        let events = match events {
+            Ok(Some(events)) => events,
+            Ok(None) => return None,
+            Err(e) => {
+                warn!(call_id = %spec.id, error = %e, "reading the call's journal failed; the conversation starts afresh");
+                return None;
+            }
+        };
+        let mut said = Vec::new();
+        let mut last_turn = 0;
+        for entry in events {
+            if let crate::machine::Event::Conversation {
+                record:
+                    ConversationRecord::Segment {
+                        speaker, text, turn, ..
+                    },
+            } = entry.event
+            {
+                last_turn = last_turn.max(turn);
+                said.push((speaker, text));
+            }
+        }
+        (!said.is_empty()).then_some((said, last_turn))
+    }
+
     /// Loads the agent and the customer, opens the vendor streams; returns what failed.
     async fn init(&mut self, myself: &ActorRef<VoiceMsg>) -> Vec<Input> {
         let spec = &self.spec;
@@ -256,6 +303,7 @@ impl VoiceState {
             }
         };
         let recalled = self.recall().await;
+        self.said = self.said_so_far().await;
         let customer = match spec.customer_id {
             Some(id) => self
                 .shared

@@ -43,8 +43,8 @@ use crate::ports::sentiment::Sentiment;
 
 use super::text;
 use crate::catalog::profile::VoiceProfile;
-use crate::machine::record::{ConversationRecord, Tone};
-use crate::ports::voice::{ChatMessage, LlmEvent, SttEvent, ToolSpec, TtsEvent};
+use crate::machine::record::{ConversationRecord, Speaker, Tone};
+use crate::ports::voice::{ChatMessage, ChatRole, LlmEvent, SttEvent, ToolSpec, TtsEvent};
 
 mod barge_in;
 mod context;
@@ -84,6 +84,15 @@ pub enum Input {
     Start {
         /// Outbound call with answering-machine detection running.
         await_amd: bool,
+    },
+    /// The media stream is up again for a conversation that already took place elsewhere
+    /// (the call moved from another node, or its node restarted): no greeting; the model
+    /// gets what was said so far, and the agent listens.
+    Resume {
+        /// What was said, in order: (speaker, text).
+        said: Vec<(Speaker, String)>,
+        /// The last turn number journaled.
+        turn: u32,
     },
     /// The first caller audio reached speech-to-text (anchors stream audio time).
     AudioStarted,
@@ -411,6 +420,19 @@ impl Conversation {
                         self.amd_since = Some(now);
                     } else {
                         self.greet(now, &mut out);
+                    }
+                }
+            }
+            Input::Resume { said, turn } => {
+                if self.phase == Phase::Idle {
+                    self.phase = Phase::Active;
+                    self.turn = turn;
+                    for (speaker, text) in said {
+                        let role = match speaker {
+                            Speaker::Caller => ChatRole::User,
+                            Speaker::Agent => ChatRole::Assistant,
+                        };
+                        self.push_history(ChatMessage::text(role, text));
                     }
                 }
             }

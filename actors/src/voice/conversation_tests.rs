@@ -1178,7 +1178,11 @@ fn a_resumed_conversation_listens_and_the_model_sees_what_was_said() {
         ],
         turn: 1,
     });
-    assert_eq!(spoken(&out), "", "no greeting on a resumed conversation: {out:?}");
+    assert_eq!(
+        spoken(&out),
+        "",
+        "no greeting on a resumed conversation: {out:?}"
+    );
     line.to(1000);
     line.caller_says("It was on the third.");
     let out = line.to(1260);

@@ -269,7 +269,10 @@ impl VoiceState {
             if let crate::machine::Event::Conversation {
                 record:
                     ConversationRecord::Segment {
-                        speaker, text, turn, ..
+                        speaker,
+                        text,
+                        turn,
+                        ..
                     },
             } = entry.event
             {

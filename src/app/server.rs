@@ -264,7 +264,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         half_life: Duration::from_secs(u64::from(args.learning.memory_half_life_days) * 86_400),
     });
     let node_id = args.node_id.clone().unwrap_or_else(default_node_id);
-    let nodes = NodeClient::new(internal_key(&args.telnyx, &node_id), &registry)?;
+    let nodes = NodeClient::new(internal_key(&args, &node_id), &registry)?;
     let ports = Ports {
         calls: store.clone(),
         cluster: store.clone(),
@@ -405,9 +405,10 @@ async fn forward_carrier_events(engine: Engine, mut rx: mpsc::UnboundedReceiver<
 
 /// The key nodes sign their requests to each other with, from `IACE_MEDIA_SECRET` (the one
 /// secret every node of a cluster shares).
-fn internal_key(telnyx: &crate::config::TelnyxArgs, node_id: &str) -> InternalKey {
-    match telnyx.media_secret.as_deref().filter(|s| !s.is_empty()) {
+fn internal_key(args: &ServeArgs, node_id: &str) -> InternalKey {
+    match args.telnyx.media_secret.as_deref().filter(|s| !s.is_empty()) {
         Some(secret) => InternalKey::from_secret(secret.as_bytes(), node_id),
+        None if args.cluster.node_url.is_none() => InternalKey::random(node_id),
         None => {
             warn!("IACE_MEDIA_SECRET is not set: requests from other nodes (pokes, forwarded commands) cannot be authenticated; set the same secret on every node of a cluster");
             InternalKey::random(node_id)

@@ -406,7 +406,12 @@ async fn forward_carrier_events(engine: Engine, mut rx: mpsc::UnboundedReceiver<
 /// The key nodes sign their requests to each other with, from `IACE_MEDIA_SECRET` (the one
 /// secret every node of a cluster shares).
 fn internal_key(args: &ServeArgs, node_id: &str) -> InternalKey {
-    match args.telnyx.media_secret.as_deref().filter(|s| !s.is_empty()) {
+    match args
+        .telnyx
+        .media_secret
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    {
         Some(secret) => InternalKey::from_secret(secret.as_bytes(), node_id),
         None if args.cluster.node_url.is_none() => InternalKey::random(node_id),
         None => {

@@ -27,14 +27,14 @@ use crate::eventually;
 // ---------------------------------------------------------------------------------------------
 // Webhook receiver
 
-/// One webhook request as the receiver saw it.
-#[derive(Debug, Clone)]
 /// When the fake says the event happened (`data.occurred_at`).
 fn occurred_at(hook: &Hook) -> chrono::DateTime<chrono::FixedOffset> {
     chrono::DateTime::parse_from_rfc3339(hook.envelope["data"]["occurred_at"].as_str().unwrap())
         .unwrap()
 }
 
+/// One webhook request as the receiver saw it.
+#[derive(Debug, Clone)]
 struct Hook {
     id: String,
     event_type: String,

@@ -267,10 +267,13 @@ async fn a_live_conversation_moves_with_its_call_when_its_node_drains() {
         .await;
     voices
         .deepgram
-        .set_script(["I was charged twice this month."]);
+        .set_script(["I was charged twice this month.", "It was on the third."]);
     voices
         .groq
         .push_reply(Reply::text("I'm sorry about that. Let me check your bill."));
+    voices
+        .groq
+        .push_reply(Reply::text("Thanks, I see the second charge on the third."));
     let wait = Duration::from_secs(20);
     telnyx.set_caller_script(
         CALLEE,
@@ -279,7 +282,14 @@ async fn a_live_conversation_moves_with_its_call_when_its_node_drains() {
             .wait_for_agent_silence(Duration::from_millis(500), wait)
             .say(Duration::from_millis(1200))
             .wait_for_agent_audio(wait)
-            .wait_for_agent_silence(Duration::from_millis(500), wait),
+            .wait_for_agent_silence(Duration::from_millis(500), wait)
+            // The caller waits for the agent; the move cuts this step off, and the caller
+            // goes on from the next one on the stream to the new node.
+            .wait_for_agent_audio(Duration::from_secs(60))
+            .say(Duration::from_millis(1200))
+            .wait_for_agent_audio(wait)
+            .wait_for_agent_silence(Duration::from_millis(500), wait)
+            .hangup(),
     );
     // The call starts on a, alone in the cluster: its conversation and media are a's.
     let call = api_a
@@ -309,6 +319,8 @@ async fn a_live_conversation_moves_with_its_call_when_its_node_drains() {
     };
     assert_eq!(a.engine.voice_sessions(), 1);
 
+    // The speech-to-text connection b opens hears what the caller says next.
+    voices.deepgram.set_script(["It was on the third."]);
     // b joins; a drains (its deadline for live conversations is 0 s): the call moves to b.
     let b = start(pb, "voice-b").await.expect("node b");
     let base_b = format!("http://127.0.0.1:{pb}");
@@ -351,22 +363,50 @@ async fn a_live_conversation_moves_with_its_call_when_its_node_drains() {
         })
         .count();
     assert_eq!(greetings, 1, "{t:#}");
-    // The call is b's now. The caller stays silent, so b's agent prompts them and then ends
-    // the call: it speaks on b, through the stream b started.
+    // The call is b's now: the caller speaks, b's agent answers with what was said before
+    // in mind, and the caller hangs up.
     lb.remove_backend(&base_a);
     a.shutdown().await;
     let ended = lb_api.wait_ended(&id, Duration::from_secs(90)).await;
     assert_eq!(ended["status"], "completed", "{ended}");
     let t = lb_api.get(&format!("/v1/calls/{id}/transcript")).await;
-    let agent_lines_after = t["segments"]
+    let said: Vec<(String, String)> = t["segments"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|s| s["speaker"] == "agent")
-        .count();
+        .map(|s| {
+            (
+                s["speaker"].as_str().unwrap().to_owned(),
+                s["text"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let after: Vec<&(String, String)> = said.iter().skip(agent_lines_before + 1).collect();
     assert!(
-        agent_lines_after > agent_lines_before,
-        "the agent spoke on b: {t:#}"
+        after
+            .iter()
+            .any(|(who, text)| who == "caller" && text == "It was on the third."),
+        "the caller was heard on b: {t:#}"
+    );
+    assert!(
+        after
+            .iter()
+            .any(|(who, text)| who == "agent"
+                && text == "Thanks, I see the second charge on the third."),
+        "b's agent answered: {t:#}"
+    );
+    // The model on b saw the conversation held on a.
+    let bodies: Vec<String> = voices
+        .groq
+        .requests()
+        .iter()
+        .map(|r| r.body.to_string())
+        .collect();
+    assert!(
+        bodies.iter().any(|b| b.contains("It was on the third.")
+            && b.contains("I was charged twice this month.")
+            && b.contains("Let me check your bill.")),
+        "no request on b carried the conversation held on a: {bodies:#?}"
     );
     let events = lb_api.events(&id).await;
     let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();

@@ -463,6 +463,25 @@ impl Performer {
         }
     }
 
+    /// Begins at step `index` (a later stream of the leg carrying on).
+    pub(crate) fn starting_at(mut self, index: usize) -> Self {
+        self.index = index.min(self.steps.len());
+        self
+    }
+
+    /// The script and the step a next stream carries on from, unless the script is over or
+    /// the caller hung up.
+    pub(crate) fn rest(&self) -> Option<(CallerScript, usize)> {
+        (!self.hung_up && self.index < self.steps.len()).then(|| {
+            (
+                CallerScript {
+                    steps: self.steps.clone(),
+                },
+                self.index,
+            )
+        })
+    }
+
     fn finish(&mut self, outcome: StepOutcome, acts: &mut Vec<Act>) {
         acts.push(Act::Ended {
             index: self.index,

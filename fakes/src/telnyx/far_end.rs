@@ -84,6 +84,8 @@ fn create_leg(shared: &Arc<Shared>, st: &mut State, new: NewLeg) -> String {
         stream: None,
         media: MediaStats::default(),
         script: new.script,
+        script_next: 0,
+        script_holder: None,
         timeline: None,
         events: Some(events),
     };

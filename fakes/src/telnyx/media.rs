@@ -330,13 +330,22 @@ impl Session {
             match st.legs.get_mut(&self.call_control_id) {
                 Some(leg) => {
                     leg.timeline.get_or_insert_with(|| Timeline::new(now));
-                    leg.script.as_mut().map(std::mem::take)
+                    let taken = leg
+                        .script
+                        .as_mut()
+                        .map(|s| (std::mem::take(s), leg.script_next));
+                    if taken.is_some() {
+                        leg.script_holder = Some(self.stream_id.clone());
+                    }
+                    taken
                 }
                 None => None,
             }
         };
         match script {
-            Some(script) => Source::Scripted(Performer::new(script, seed)),
+            Some((script, next)) => {
+                Source::Scripted(Performer::new(script, seed).starting_at(next))
+            }
             None => Source::Endless(SpeechLike::new(seed)),
         }
     }
@@ -349,6 +358,17 @@ impl Session {
         let mut acts = Vec::new();
         if let Source::Scripted(performer) = source {
             performer.interrupt(&mut acts);
+            // What the script has not done yet waits for the leg's next stream.
+            let mut st = self.shared.lock();
+            if let Some(leg) = st.legs.get_mut(&self.call_control_id) {
+                if leg.script_holder.as_deref() == Some(self.stream_id.as_str()) {
+                    leg.script_holder = None;
+                    if let Some((rest, next)) = performer.rest() {
+                        leg.script = Some(rest);
+                        leg.script_next = next;
+                    }
+                }
+            }
         }
         self.with_timeline(|t| {
             for edge in edges {

@@ -193,9 +193,16 @@ pub(crate) struct Leg {
     pub(crate) stream: Option<StreamSlot>,
     pub(crate) media: MediaStats,
     /// What the far party does once the media stream runs; `None`: the endless talk/pause
-    /// cycle. The first stream takes it and leaves an empty script, so a later stream of the
-    /// same leg does not replay it.
+    /// cycle. A stream takes it while it runs; when the stream ends before the script does
+    /// (the stream is stopped and started again, as when a call moves to another server), the
+    /// rest goes back here and the next stream carries on from `script_next` (the step the
+    /// stream cut off is not replayed). A finished script leaves an empty one.
     pub(crate) script: Option<CallerScript>,
+    /// The step of `script` the next stream begins with.
+    pub(crate) script_next: usize,
+    /// The stream performing the script now: only it hands the rest back (a stream that
+    /// starts while an older one still winds down gets an empty script).
+    pub(crate) script_holder: Option<String>,
     /// The media timeline, from the first stream's start on.
     pub(crate) timeline: Option<Timeline>,
     /// The leg's webhook queue; dropped after `call.hangup` so the worker ends once drained.

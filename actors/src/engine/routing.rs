@@ -65,8 +65,17 @@ impl Engine {
     }
 
     /// Another node stored work for `calls`, which this node runs: activate them if needed
-    /// and deliver their waiting vendor events now (rather than at the next sweep).
+    /// and deliver their waiting vendor events now (rather than at the next sweep). A poke
+    /// that names no call means another node just released shards planned for this one:
+    /// claim them now rather than at the next round.
     pub fn poked(&self, calls: Vec<CallId>) {
+        if calls.is_empty() {
+            let _ = self
+                .inner
+                .manager
+                .send_message(super::cluster::ManagerMsg::RoundNow);
+            return;
+        }
         let _ = self
             .inner
             .supervisor

@@ -11,6 +11,7 @@ use crate::machine::CallId;
 #[async_trait]
 pub trait Peers: Send + Sync + 'static {
     /// Tells the node at `url` (its `IACE_NODE_URL`) that `calls`, which it runs, have work
-    /// waiting in the store. Returns once the node acknowledged the poke.
+    /// waiting in the store; with no calls, that shards planned for it were just released
+    /// (it claims them at once). Returns once the node acknowledged the poke.
     async fn poke(&self, url: &str, calls: &[CallId]) -> Result<(), String>;
 }

@@ -268,7 +268,18 @@ impl ManagerState {
             } else {
                 "rebalance"
             };
+            // The nodes planned to take them are told at once, so that they claim now rather
+            // than at their next round: a command for those calls finds no owner only for
+            // that long.
+            let mut takers: Vec<String> = give
+                .iter()
+                .filter_map(|s| plan.get(usize::from(*s)))
+                .map(|i| eligible[*i].clone())
+                .collect();
+            takers.sort();
+            takers.dedup();
             self.hand_over(give, reason).await;
+            self.wake(&takers);
         }
         self.drain_progress();
         if let Some(me) = me {
@@ -287,6 +298,27 @@ impl ManagerState {
             }
         }
         Ok(())
+    }
+
+    /// Pokes `nodes` (ids) to run a round now. Best effort: their next round comes anyway.
+    fn wake(&self, nodes: &[String]) {
+        let Some(peers) = self.shared.ports.peers.clone() else {
+            return;
+        };
+        for node in nodes {
+            let Some(member) = self.members.iter().find(|m| &m.node_id == node) else {
+                continue;
+            };
+            if member.node_id == self.node.node_id {
+                continue;
+            }
+            let (peers, url, node) = (peers.clone(), member.url.clone(), node.clone());
+            tokio::spawn(async move {
+                if let Err(e) = peers.poke(&url, &[]).await {
+                    tracing::debug!(node = %node, error = %e, "waking a node for a handover failed; its next round claims the shards");
+                }
+            });
+        }
     }
 
     /// While draining before the deadline, shards with a live conversation here stay (their

@@ -4,6 +4,7 @@
 //! cargo run -p iace-sim --release -- --seed 42 --calls 2000 --faults chaos
 //! cargo run -p iace-sim --release -- --sweep 1..200 --calls 300 --faults chaos
 //! cargo run -p iace-sim --release -- --seed 42 --calls 50 --trace     # print every step
+//! cargo run -p iace-sim --release -- --sweep 1..1001 --calls 100 --faults partition  # a cluster
 //! ```
 //! Exit code: 0 all invariants held, 1 a violation (with the command that replays it), 2 bad
 //! arguments.
@@ -13,7 +14,7 @@ use std::time::Instant;
 
 use iace_sim::{run, Profile, SimConfig};
 
-const USAGE: &str = "usage: iace-sim [--seed N | --sweep FROM..TO] [--calls N] [--faults none|network|store|crash|chaos] [--gap-ms N] [--trace]";
+const USAGE: &str = "usage: iace-sim [--seed N | --sweep FROM..TO] [--calls N] [--faults none|network|store|crash|chaos|outage|membership|partition|skew|cluster] [--gap-ms N] [--trace]";
 
 struct Args {
     seeds: std::ops::Range<u64>,
@@ -67,7 +68,7 @@ fn parse() -> Result<Args, String> {
             }
             "--faults" => {
                 a.faults = Profile::parse(&value).ok_or(format!(
-                    "--faults {value}: unknown profile (none, network, store, crash, chaos)"
+                    "--faults {value}: unknown profile (none, network, store, crash, chaos, outage, membership, partition, skew, cluster)"
                 ))?
             }
             "--gap-ms" => a.gap_ms = num(&value)?,

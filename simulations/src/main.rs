@@ -92,6 +92,8 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (mut passed, mut failed) = (0u64, Vec::new());
     let (mut calls, mut sim_ms) = (0usize, 0u64);
+    // Faults injected and what the nodes did, summed over the sweep.
+    let mut totals = std::collections::BTreeMap::<String, u64>::new();
     for seed in args.seeds.clone() {
         let cfg = SimConfig {
             mean_gap_ms: args.gap_ms,
@@ -103,6 +105,14 @@ fn main() -> ExitCode {
                 passed += 1;
                 calls += report.calls_planned;
                 sim_ms += report.simulated_ms;
+                for (k, v) in report.faults.iter().chain(report.cluster.iter()) {
+                    let key = if k.starts_with("commands by ") {
+                        "carrier commands checked against the leases".to_owned()
+                    } else {
+                        k.clone()
+                    };
+                    *totals.entry(key).or_default() += v;
+                }
                 if args.trace {
                     for line in &report.trace {
                         println!("{line}");
@@ -143,6 +153,12 @@ fn main() -> ExitCode {
             calls as f64 / wall,
             sim_ms as f64 / 3.6e6 / wall
         );
+        if !totals.is_empty() {
+            println!("  over the seeds that passed:");
+            for (k, v) in &totals {
+                println!("    {v:>9}  {k}");
+            }
+        }
     }
     if failed.is_empty() {
         ExitCode::SUCCESS

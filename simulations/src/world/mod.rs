@@ -13,7 +13,7 @@ use iace_actors::catalog::NewAgent;
 use iace_actors::engine::Ports;
 use iace_actors::engine::{Engine, EngineConfig, EngineError, EngineMetrics, NewCall};
 use iace_actors::machine::CallId;
-use iace_actors::ports::{Peers, QueryStore, Telephony};
+use iace_actors::ports::{CallStore, Peers, QueryStore, Telephony};
 use iace_actors::testkit::SeqIds;
 use uuid::Uuid;
 
@@ -577,7 +577,20 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
         }
         let live = core.checker().live();
         let legs = carrier.unreleased();
-        if owners_seen && live.is_empty() && legs.is_empty() && core.pending_deliveries() == 0 {
+        // An accepted event whose call ended meanwhile (by reconciliation with the carrier)
+        // is marked processed by the next inbox sweep of the call's node: wait for it too.
+        let unprocessed = match store.inner.inbox_pending(1).await {
+            Ok(rows) => rows
+                .first()
+                .map(|r| format!("{}/{} for {}", r.vendor, r.event_id, r.call_id)),
+            Err(e) => Some(format!("inbox unreadable: {e}")),
+        };
+        if owners_seen
+            && live.is_empty()
+            && legs.is_empty()
+            && core.pending_deliveries() == 0
+            && unprocessed.is_none()
+        {
             break;
         }
         if healed.elapsed() > Duration::from_millis(SETTLE_BOUND_MS) {
@@ -599,6 +612,14 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
                     format!(
                         "{} legs still up after faults stopped; first {leg} of call {call:?} is {state:?}",
                         legs.len()
+                    ),
+                );
+            } else if let Some(row) = unprocessed {
+                core.violate(
+                    "no lost event",
+                    format!(
+                        "accepted carrier event {row} still unprocessed {} s after faults stopped",
+                        SETTLE_BOUND_MS / 1000
                     ),
                 );
             } else {

@@ -123,3 +123,15 @@ fn a_cluster_run_is_deterministic() {
     let other = run(&SimConfig::new(8, 80, Profile::Cluster)).unwrap_or_else(|f| panic!("{f}"));
     assert_ne!(a.trace_hash, other.trace_hash, "the seed drives the run");
 }
+
+// ---- regressions: seeds that found bugs, pinned.
+
+/// A hangup webhook was accepted while its call's actor, on a node that had just taken the
+/// shard over, panicked; the re-activation asked the carrier and ended the call itself. The
+/// inbox row is marked by the next inbox sweep of the call's node, but the shard had moved
+/// again as faults stopped and the run ended before that node's first sweep: settling now
+/// waits for every accepted event to be processed.
+#[test]
+fn regression_cluster_seed_1055_event_of_an_ended_call_processed_by_the_next_owner() {
+    run(&SimConfig::new(1055, 100, Profile::Cluster)).unwrap_or_else(|f| panic!("{f}"));
+}

@@ -10,7 +10,11 @@
 //! It also checks what only the carrier can see: a call is dialed with one command id only,
 //! and never again once the engine has journaled its leg; an inbound leg maps to one call;
 //! at the end every leg has been released. It tells the checker which legs it answered, so a
-//! call can be `in_progress` only if its own leg was answered.
+//! call can be `in_progress` only if its own leg was answered. Every command arrives tagged
+//! with the node that sent it, and that node must hold the call's shard at that instant by the
+//! store's clock ([`SimCarrier::sent_by`]): at most one node acts for a call at any instant.
+//!
+//! Webhooks and offers go to any running node (as through a load balancer).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -18,22 +22,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use iace_actors::breaker::{BreakerHandle, BreakerState};
-use iace_actors::engine::{Engine, EngineError, InboundCall, IngestOutcome};
+use iace_actors::engine::{EngineError, InboundCall, IngestOutcome};
 use iace_actors::machine::{CallId, CarrierEvent, HangupCause, PhoneNumber};
 use iace_actors::ports::{
-    DialCommand, InboxItem, LegCommand, LegStatus, Telephony, TelephonyError,
+    shard_of, ClusterStore, DialCommand, InboxItem, LegCommand, LegStatus, Telephony,
+    TelephonyError,
 };
+use iace_actors::testkit::MemoryStore;
 use uuid::Uuid;
 
+use crate::cluster::Nodes;
 use crate::core::Core;
 use crate::workload::{CallPlan, Scenario};
-
-/// The engine currently running (none while it is down after a crash).
-pub(crate) type Slot = Arc<Mutex<Option<Engine>>>;
-
-pub(crate) fn current(slot: &Slot) -> Option<Engine> {
-    slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LegState {
@@ -66,7 +66,10 @@ pub(crate) struct SimCarrier {
     core: Arc<Core>,
     /// The carrier's clock at simulated time zero (its events carry its own time).
     epoch: chrono::DateTime<chrono::Utc>,
-    slot: Slot,
+    /// The nodes webhooks and offers go to (any running one, as through a load balancer).
+    nodes: Arc<Nodes>,
+    /// The store whose leases say which node may send commands for which call.
+    leases: Arc<MemoryStore>,
     me: Weak<SimCarrier>,
     org: Uuid,
     agent: Uuid,
@@ -79,14 +82,16 @@ impl SimCarrier {
     pub fn new(
         core: Arc<Core>,
         epoch: chrono::DateTime<chrono::Utc>,
-        slot: Slot,
+        nodes: Arc<Nodes>,
+        leases: Arc<MemoryStore>,
         org: Uuid,
         agent: Uuid,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| SimCarrier {
             core,
             epoch,
-            slot,
+            nodes,
+            leases,
             me: me.clone(),
             org,
             agent,
@@ -140,6 +145,35 @@ impl SimCarrier {
     /// Number of legs ever created.
     pub fn legs(&self) -> usize {
         self.state().legs.len()
+    }
+
+    /// A command for `call` left `node`: the node must hold the call's shard at this instant by
+    /// the store's clock (the store's lease is the node's and has not expired). Otherwise two
+    /// nodes could be acting for the call at once (or one that may already have been replaced).
+    pub async fn sent_by(&self, node: &str, call: CallId, command: &str) {
+        let shard = shard_of(call);
+        let lease = match self.leases.leases().await {
+            Ok(leases) => leases.into_iter().find(|l| l.shard == shard),
+            Err(e) => {
+                self.core
+                    .violate("the simulated store answers", format!("leases: {e}"));
+                return;
+            }
+        };
+        self.core
+            .log(format!("{command} {call} sent by {node} (shard {shard})"));
+        self.core.tally(format!("commands by {node}"));
+        let held = lease
+            .as_ref()
+            .is_some_and(|l| l.owner.as_deref() == Some(node) && l.expires_in_ms > 0);
+        if !held {
+            self.core.violate(
+                "at most one node acts for a call at any instant",
+                format!(
+                    "{command} for call {call} (shard {shard}) sent by {node} while the store's lease of the shard was {lease:?}"
+                ),
+            );
+        }
     }
 
     /// Fault gate in front of every command: outage, plain failure, hang.
@@ -251,7 +285,7 @@ impl SimCarrier {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
             let mut backoff = 500;
             loop {
-                if let Some(engine) = current(&self.slot) {
+                if let Some(engine) = self.nodes.pick() {
                     match engine.ingest_carrier_event(item.clone()).await {
                         Ok(IngestOutcome::Accepted) => {
                             self.core
@@ -392,8 +426,19 @@ impl SimCarrier {
             };
             let mut backoff = 500;
             loop {
-                if let Some(engine) = current(&self.slot) {
-                    match engine.create_inbound_call(offer.clone()).await {
+                if let Some(mut engine) = self.nodes.pick() {
+                    let mut created = engine.create_inbound_call(offer.clone()).await;
+                    // A node that runs no shard (joining, draining, cut off) names one that
+                    // does: the request is forwarded there once, as the HTTP layer does.
+                    if let Err(EngineError::Elsewhere { peer }) = &created {
+                        self.core
+                            .log(format!("offer {leg} forwarded to {}", peer.node_id));
+                        if let Some(there) = self.nodes.by_url(&peer.url) {
+                            engine = there;
+                            created = engine.create_inbound_call(offer.clone()).await;
+                        }
+                    }
+                    match created {
                         Ok(created) => {
                             let id = created.call.spec.id;
                             self.core.log(format!(
@@ -406,7 +451,8 @@ impl SimCarrier {
                         Err(
                             e @ (EngineError::Unavailable(_)
                             | EngineError::StoreUnavailable(_)
-                            | EngineError::Timeout(_)),
+                            | EngineError::Timeout(_)
+                            | EngineError::Elsewhere { .. }),
                         ) => {
                             self.core.log(format!("offer {leg} failed: {e}"));
                         }

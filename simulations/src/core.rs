@@ -28,6 +28,7 @@ pub(crate) struct Core {
     pub rates: Rates,
     faults_on: AtomicBool,
     injected: Mutex<BTreeMap<&'static str, u64>>,
+    tallies: Mutex<BTreeMap<String, u64>>,
     trace: Mutex<Trace>,
     pub checker: Mutex<Checker>,
     origin: tokio::time::Instant,
@@ -46,6 +47,7 @@ impl Core {
             rates,
             faults_on: AtomicBool::new(true),
             injected: Mutex::new(BTreeMap::new()),
+            tallies: Mutex::new(BTreeMap::new()),
             trace: Mutex::new(Trace::new(keep_trace)),
             checker: Mutex::new(Checker::default()),
             origin: tokio::time::Instant::now(),
@@ -111,6 +113,15 @@ impl Core {
     /// A draw from the fault stream, uniform in `lo..hi`.
     pub fn draw(&self, lo: u64, hi: u64) -> u64 {
         lock(&self.rng).range(lo, hi)
+    }
+
+    /// Counts something the world saw happen (not a fault): a takeover, a command by a node.
+    pub fn tally(&self, what: impl Into<String>) {
+        *lock(&self.tallies).entry(what.into()).or_default() += 1;
+    }
+
+    pub fn tallies(&self) -> BTreeMap<String, u64> {
+        lock(&self.tallies).clone()
     }
 
     pub fn injected(&self) -> BTreeMap<&'static str, u64> {

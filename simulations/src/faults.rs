@@ -19,17 +19,41 @@ pub enum Profile {
     /// Long carrier outages with the carrier behind its circuit breaker: new calls must fail
     /// fast while it is open, and everything must recover when the carrier comes back.
     Outage,
+    /// A cluster of 2-5 nodes sharing the shards, whose membership changes: nodes join, leave
+    /// (shutdown or drain), are killed (`kill -9`) and restarted under the same id; pokes
+    /// between nodes are lost now and then.
+    Membership,
+    /// A cluster whose nodes are cut off from the store (they keep running, the carrier still
+    /// reaches them) and healed, or whose membership and lease calls are slow.
+    Partition,
+    /// A cluster whose nodes' wall clocks disagree by up to two minutes and jump, under
+    /// membership changes: leases are judged by the store's clock and must not care.
+    Skew,
+    /// Every cluster fault at once, with the carrier's and the store's faults.
+    Cluster,
 }
 
 impl Profile {
     /// Every profile, for help texts.
-    pub const ALL: [Profile; 6] = [
+    pub const ALL: [Profile; 10] = [
         Profile::None,
         Profile::Network,
         Profile::Store,
         Profile::Crash,
         Profile::Chaos,
         Profile::Outage,
+        Profile::Membership,
+        Profile::Partition,
+        Profile::Skew,
+        Profile::Cluster,
+    ];
+
+    /// The cluster profiles (several nodes).
+    pub const CLUSTER: [Profile; 4] = [
+        Profile::Membership,
+        Profile::Partition,
+        Profile::Skew,
+        Profile::Cluster,
     ];
 
     /// Parses a profile name.
@@ -46,6 +70,10 @@ impl Profile {
             Profile::Crash => "crash",
             Profile::Chaos => "chaos",
             Profile::Outage => "outage",
+            Profile::Membership => "membership",
+            Profile::Partition => "partition",
+            Profile::Skew => "skew",
+            Profile::Cluster => "cluster",
         }
     }
 
@@ -88,8 +116,50 @@ impl Profile {
             breakers: true,
             ..none
         };
+        let membership = Rates {
+            cluster_nodes: Some((2, 3)),
+            membership_every_s: Some((10, 60)),
+            poke_lost: 50,
+            ..none
+        };
+        let partition = Rates {
+            cluster_nodes: Some((2, 4)),
+            partition_every_s: Some((10, 90)),
+            partition_ms: (2_000, 40_000),
+            slow_link_every_s: Some((10, 90)),
+            slow_link_ms: (500, 12_000),
+            poke_lost: 50,
+            ..none
+        };
+        let skew = Rates {
+            cluster_nodes: Some((2, 4)),
+            clock_skew_ms: 120_000,
+            clock_jump_every_s: Some((10, 60)),
+            membership_every_s: Some((20, 120)),
+            ..none
+        };
         match self {
             Profile::None => none,
+            Profile::Membership => membership,
+            Profile::Partition => partition,
+            Profile::Skew => skew,
+            Profile::Cluster => Rates {
+                cluster_nodes: Some((2, 4)),
+                membership_every_s: Some((15, 90)),
+                partition_every_s: partition.partition_every_s,
+                partition_ms: partition.partition_ms,
+                slow_link_every_s: partition.slow_link_every_s,
+                slow_link_ms: partition.slow_link_ms,
+                clock_skew_ms: 30_000,
+                clock_jump_every_s: crash.clock_jump_every_s,
+                poke_lost: 50,
+                store_fail: store.store_fail,
+                store_slow: store.store_slow,
+                store_ambiguous: store.store_ambiguous,
+                store_jitter_ms: store.store_jitter_ms,
+                panic_in_transition: store.panic_in_transition,
+                ..network
+            },
             Profile::Outage => outage,
             Profile::Network => network,
             Profile::Store => store,
@@ -158,4 +228,22 @@ pub struct Rates {
     /// The wall clock jumps (forward up to 20 s: timers fire late; back up to 3 s: timers fire
     /// early) every (min, max) seconds.
     pub clock_jump_every_s: Option<(u64, u64)>,
+    /// A cluster: how many nodes run at the start, (min, max); `None`: one node.
+    pub cluster_nodes: Option<(u64, u64)>,
+    /// A membership change every (min, max) seconds: a node joins, leaves (shutdown or
+    /// drain), or is killed and maybe restarted.
+    pub membership_every_s: Option<(u64, u64)>,
+    /// A node is cut off from the store every (min, max) seconds...
+    pub partition_every_s: Option<(u64, u64)>,
+    /// ... for (min, max) ms.
+    pub partition_ms: (u64, u64),
+    /// A node's membership and lease calls become slow every (min, max) seconds (for as long
+    /// as a partition lasts)...
+    pub slow_link_every_s: Option<(u64, u64)>,
+    /// ... by (min, max) ms, split at random between the request and its answer.
+    pub slow_link_ms: (u64, u64),
+    /// Each node's wall clock starts skewed by up to this much, either way.
+    pub clock_skew_ms: u64,
+    /// A poke between nodes is lost, per mille.
+    pub poke_lost: u32,
 }

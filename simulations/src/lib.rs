@@ -17,12 +17,15 @@
 //! wraps the engine's in-memory store with the fault injector and feeds every committed write
 //! to the invariant [`checks`], `core` holds what the parts of the world share (fault stream,
 //! trace, step counter, first violation), `world` builds the engine over these ports and plays
-//! a run, [`trace`] records and hashes what happened.
+//! a run (one node, or in the cluster profiles several nodes sharing the shards, each with its
+//! own clock, store link and tagged carrier client: `cluster`), [`trace`] records and hashes
+//! what happened.
 //!
 //! The wire-level vendor fakes (real sockets, real time) live in the `iace-fakes` crate.
 
 pub mod carrier;
 pub mod checks;
+mod cluster;
 mod core;
 pub mod faults;
 pub mod rng;
@@ -91,6 +94,10 @@ pub struct Report {
     pub scenarios: BTreeMap<String, usize>,
     /// Faults injected, by kind.
     pub faults: BTreeMap<String, u64>,
+    /// What the nodes did: shard claims by kind (`claims free`; `claims lapsed`, the
+    /// takeovers; `claims own`, the same node id again after a restart or a lapse nobody
+    /// took), carrier commands by sending node (`commands by node-2`), pokes delivered.
+    pub cluster: BTreeMap<String, u64>,
     /// Engines started (1 + restarts after crashes).
     pub engine_starts: u64,
     /// Simulated time covered.
@@ -138,6 +145,12 @@ impl fmt::Display for Report {
         writeln!(f, "  outcomes:")?;
         for (k, v) in &self.outcomes {
             writeln!(f, "    {v:>6}  {k}")?;
+        }
+        if !self.cluster.is_empty() {
+            writeln!(f, "  cluster:")?;
+            for (k, v) in &self.cluster {
+                writeln!(f, "    {v:>6}  {k}")?;
+            }
         }
         if self.faults.is_empty() {
             writeln!(f, "  faults: none")?;

@@ -4,6 +4,7 @@
 //! cargo run -p iace-sim --release -- --seed 42 --calls 2000 --faults chaos
 //! cargo run -p iace-sim --release -- --sweep 1..200 --calls 300 --faults chaos
 //! cargo run -p iace-sim --release -- --seed 42 --calls 50 --trace     # print every step
+//! cargo run -p iace-sim --release -- --sweep 1..1001 --calls 100 --faults partition  # a cluster
 //! ```
 //! Exit code: 0 all invariants held, 1 a violation (with the command that replays it), 2 bad
 //! arguments.
@@ -13,7 +14,7 @@ use std::time::Instant;
 
 use iace_sim::{run, Profile, SimConfig};
 
-const USAGE: &str = "usage: iace-sim [--seed N | --sweep FROM..TO] [--calls N] [--faults none|network|store|crash|chaos] [--gap-ms N] [--trace]";
+const USAGE: &str = "usage: iace-sim [--seed N | --sweep FROM..TO] [--calls N] [--faults none|network|store|crash|chaos|outage|membership|partition|skew|cluster] [--gap-ms N] [--trace]";
 
 struct Args {
     seeds: std::ops::Range<u64>,
@@ -67,7 +68,7 @@ fn parse() -> Result<Args, String> {
             }
             "--faults" => {
                 a.faults = Profile::parse(&value).ok_or(format!(
-                    "--faults {value}: unknown profile (none, network, store, crash, chaos)"
+                    "--faults {value}: unknown profile (none, network, store, crash, chaos, outage, membership, partition, skew, cluster)"
                 ))?
             }
             "--gap-ms" => a.gap_ms = num(&value)?,
@@ -91,6 +92,8 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (mut passed, mut failed) = (0u64, Vec::new());
     let (mut calls, mut sim_ms) = (0usize, 0u64);
+    // Faults injected and what the nodes did, summed over the sweep.
+    let mut totals = std::collections::BTreeMap::<String, u64>::new();
     for seed in args.seeds.clone() {
         let cfg = SimConfig {
             mean_gap_ms: args.gap_ms,
@@ -102,6 +105,14 @@ fn main() -> ExitCode {
                 passed += 1;
                 calls += report.calls_planned;
                 sim_ms += report.simulated_ms;
+                for (k, v) in report.faults.iter().chain(report.cluster.iter()) {
+                    let key = if k.starts_with("commands by ") {
+                        "carrier commands checked against the leases".to_owned()
+                    } else {
+                        k.clone()
+                    };
+                    *totals.entry(key).or_default() += v;
+                }
                 if args.trace {
                     for line in &report.trace {
                         println!("{line}");
@@ -142,6 +153,12 @@ fn main() -> ExitCode {
             calls as f64 / wall,
             sim_ms as f64 / 3.6e6 / wall
         );
+        if !totals.is_empty() {
+            println!("  over the seeds that passed:");
+            for (k, v) in &totals {
+                println!("    {v:>9}  {k}");
+            }
+        }
     }
     if failed.is_empty() {
         ExitCode::SUCCESS

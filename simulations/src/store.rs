@@ -6,6 +6,11 @@
 //! timeout), ambiguous commits (written, but the caller sees an error, as when the connection
 //! drops after COMMIT), and panics of the call actor in the middle of a transition (before or
 //! after its write commits).
+//!
+//! Each node of a cluster reaches the one store through its own view ([`SimStore::view`]) and
+//! [`Link`]: a partition cuts the link (the node's every operation fails, at once or after
+//! hanging, while the store and the other nodes carry on), a slow link delays the node's
+//! membership and lease calls both ways.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,20 +35,109 @@ use crate::core::Core;
 pub const INJECTED_PANIC: &str = "sim: injected panic";
 
 pub(crate) struct SimStore {
-    pub inner: MemoryStore,
+    pub inner: Arc<MemoryStore>,
     core: Arc<Core>,
+    /// The network between one node and the store (`None`: the world's own view, never cut).
+    link: Option<Arc<Link>>,
+}
+
+/// The network between one node and the store: a partition cuts it (every operation of the
+/// node fails, the store is untouched), a slow link delays the node's membership and lease
+/// calls (its heartbeats and renewals arrive late, or after the engine's timeout).
+#[derive(Debug, Default)]
+pub(crate) struct Link {
+    cut: std::sync::atomic::AtomicBool,
+    /// While cut: requests hang until the caller gives up (packets dropped) rather than
+    /// failing at once (connection refused).
+    blackhole: std::sync::atomic::AtomicBool,
+    slow_ms: std::sync::atomic::AtomicU64,
+}
+
+/// How long a request into a black hole hangs before its connection reports the failure
+/// (longer than the engine's timeout, which gives up first).
+const BLACKHOLE_MS: u64 = 30_000;
+
+impl Link {
+    /// Cuts (or heals) the link; `blackhole`: requests hang instead of failing at once.
+    pub fn set_cut(&self, cut: bool, blackhole: bool) {
+        self.blackhole
+            .store(blackhole, std::sync::atomic::Ordering::SeqCst);
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn set_slow_ms(&self, ms: u64) {
+        self.slow_ms.store(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn slow_ms(&self) -> u64 {
+        self.slow_ms.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl SimStore {
     pub fn new(core: Arc<Core>) -> Self {
         SimStore {
-            inner: MemoryStore::new(),
+            inner: Arc::new(MemoryStore::new()),
             core,
+            link: None,
         }
+    }
+
+    /// One node's view of the same store, through `link`.
+    pub fn view(&self, link: Arc<Link>) -> SimStore {
+        SimStore {
+            inner: self.inner.clone(),
+            core: self.core.clone(),
+            link: Some(link),
+        }
+    }
+
+    /// Fails while the node is cut off from the store: at once, or after hanging (a black
+    /// hole).
+    async fn reach(&self, op: &'static str) -> StoreResult<()> {
+        let Some(link) = self.link.as_ref().filter(|l| l.is_cut()) else {
+            return Ok(());
+        };
+        if link.blackhole.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(BLACKHOLE_MS)).await;
+        }
+        Err(StoreError::Unavailable(format!(
+            "{op}: no route to the database (partition)"
+        )))
+    }
+
+    /// A membership or lease call: the link's latency on the way there, then the usual faults.
+    /// A slow link's delay is split at random between the request and its answer, so that a
+    /// request may reach the store late, or reach it in time and its answer come back after
+    /// the engine gave up (a claim or renewal the node does not know it made).
+    async fn before_cluster(&self, op: &'static str) -> StoreResult<Duration> {
+        let slow = self.link.as_ref().map_or(0, |l| l.slow_ms());
+        let mut back = 0;
+        if slow > 0 {
+            let there = self.core.draw(0, slow + 1);
+            back = slow - there;
+            tokio::time::sleep(Duration::from_millis(there)).await;
+        }
+        self.before(op).await?;
+        Ok(Duration::from_millis(back))
+    }
+
+    /// The rest of the link's latency, on the way back (the answer of a membership or lease
+    /// call); a cut link loses the answer.
+    async fn after_cluster(&self, op: &'static str, back: Duration) -> StoreResult<()> {
+        if !back.is_zero() {
+            tokio::time::sleep(back).await;
+        }
+        self.reach(op).await
     }
 
     /// Latency and plain failures, decided before the operation runs.
     async fn before(&self, op: &'static str) -> StoreResult<()> {
+        self.reach(op).await?;
         let r = self.core.rates;
         if self.core.fault("store_slow", r.store_slow) {
             let ms = self.core.draw(1_000, 8_000);
@@ -55,7 +149,7 @@ impl SimStore {
         if self.core.fault("store_fail", r.store_fail) {
             return Err(StoreError::Unavailable(format!("{op}: injected failure")));
         }
-        Ok(())
+        self.reach(op).await
     }
 
     /// After a commit: maybe lose the answer.
@@ -237,28 +331,32 @@ impl CallStore for SimStore {
 #[async_trait]
 impl ClusterStore for SimStore {
     async fn register(&self, node: &NodeInfo) -> StoreResult<()> {
-        self.before("register").await?;
+        self.before_cluster("register").await?;
         self.inner.register(node).await
     }
 
     async fn live_call_counts(&self) -> StoreResult<Vec<(u16, i64)>> {
-        self.before("live_call_counts").await?;
+        self.before_cluster("live_call_counts").await?;
         self.inner.live_call_counts().await
     }
 
     async fn heartbeat(&self, node: &NodeInfo, alive_within: Duration) -> StoreResult<Vec<Member>> {
-        self.before("heartbeat").await?;
-        self.inner.heartbeat(node, alive_within).await
+        let back = self.before_cluster("heartbeat").await?;
+        let members = self.inner.heartbeat(node, alive_within).await?;
+        self.after_cluster("heartbeat", back).await?;
+        Ok(members)
     }
 
     async fn members(&self, alive_within: Duration) -> StoreResult<Vec<Member>> {
-        self.before("members").await?;
+        self.before_cluster("members").await?;
         self.inner.members(alive_within).await
     }
 
     async fn leases(&self) -> StoreResult<Vec<Lease>> {
-        self.before("leases").await?;
-        self.inner.leases().await
+        let back = self.before_cluster("leases").await?;
+        let leases = self.inner.leases().await?;
+        self.after_cluster("leases", back).await?;
+        Ok(leases)
     }
 
     async fn claim_shards(
@@ -267,8 +365,15 @@ impl ClusterStore for SimStore {
         shards: &[u16],
         ttl: Duration,
     ) -> StoreResult<Vec<Claimed>> {
-        self.before("claim_shards").await?;
+        let back = self.before_cluster("claim_shards").await?;
         let claimed = self.inner.claim_shards(node, shards, ttl).await?;
+        for c in &claimed {
+            self.core.tally(match c.kind {
+                ClaimKind::Free => "claims free",
+                ClaimKind::Lapsed => "claims lapsed (takeovers)",
+                ClaimKind::Own => "claims own (the same node id again)",
+            });
+        }
         if !claimed.is_empty() {
             let count = |kind| claimed.iter().filter(|c| c.kind == kind).count();
             self.core.log(format!(
@@ -279,6 +384,7 @@ impl ClusterStore for SimStore {
                 count(ClaimKind::Own)
             ));
         }
+        self.after_cluster("claim_shards", back).await?;
         Ok(claimed)
     }
 
@@ -288,7 +394,7 @@ impl ClusterStore for SimStore {
         held: &[(u16, i64)],
         ttl: Duration,
     ) -> StoreResult<Vec<u16>> {
-        self.before("renew_shards").await?;
+        let back = self.before_cluster("renew_shards").await?;
         let renewed = self.inner.renew_shards(node, held, ttl).await?;
         let mut asked: Vec<u16> = held.iter().map(|(shard, _)| *shard).collect();
         asked.sort_unstable();
@@ -300,19 +406,20 @@ impl ClusterStore for SimStore {
                 asked.len()
             ));
         }
+        self.after_cluster("renew_shards", back).await?;
         Ok(renewed)
     }
 
     async fn release_shards(&self, node: &str, held: &[(u16, i64)]) -> StoreResult<()> {
-        self.before("release_shards").await?;
+        let back = self.before_cluster("release_shards").await?;
         self.inner.release_shards(node, held).await?;
         self.core
             .log(format!("release {node}: {} shards", held.len()));
-        Ok(())
+        self.after_cluster("release_shards", back).await
     }
 
     async fn leave(&self, node: &str) -> StoreResult<()> {
-        self.before("leave").await?;
+        self.before_cluster("leave").await?;
         self.inner.leave(node).await?;
         self.core.log(format!("leave {node}"));
         Ok(())
@@ -335,9 +442,11 @@ impl QueryStore for SimStore {
             .await
     }
     async fn get_call(&self, org: OrganizationId, id: CallId) -> StoreResult<Option<Call>> {
+        self.reach("get_call").await?;
         self.inner.get_call(org, id).await
     }
     async fn list_calls(&self, org: OrganizationId, f: &CallFilter) -> StoreResult<Vec<Call>> {
+        self.reach("list_calls").await?;
         self.inner.list_calls(org, f).await
     }
     async fn call_events(
@@ -345,15 +454,19 @@ impl QueryStore for SimStore {
         org: OrganizationId,
         id: CallId,
     ) -> StoreResult<Option<Vec<JournalEntry>>> {
+        self.reach("call_events").await?;
         self.inner.call_events(org, id).await
     }
     async fn insert_agent(&self, agent: &Agent) -> StoreResult<()> {
+        self.reach("insert_agent").await?;
         self.inner.insert_agent(agent).await
     }
     async fn get_agent(&self, org: OrganizationId, id: Uuid) -> StoreResult<Option<Agent>> {
+        self.reach("get_agent").await?;
         self.inner.get_agent(org, id).await
     }
     async fn list_agents(&self, org: OrganizationId, p: &PageRequest) -> StoreResult<Vec<Agent>> {
+        self.reach("list_agents").await?;
         self.inner.list_agents(org, p).await
     }
     async fn update_agent(
@@ -363,6 +476,7 @@ impl QueryStore for SimStore {
         patch: &AgentPatch,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<Agent>> {
+        self.reach("update_agent").await?;
         self.inner.update_agent(org, id, patch, now).await
     }
     async fn delete_agent(
@@ -371,12 +485,15 @@ impl QueryStore for SimStore {
         id: Uuid,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
+        self.reach("delete_agent").await?;
         self.inner.delete_agent(org, id, now).await
     }
     async fn insert_customer(&self, customer: &Customer) -> StoreResult<bool> {
+        self.reach("insert_customer").await?;
         self.inner.insert_customer(customer).await
     }
     async fn get_customer(&self, org: OrganizationId, id: Uuid) -> StoreResult<Option<Customer>> {
+        self.reach("get_customer").await?;
         self.inner.get_customer(org, id).await
     }
     async fn list_customers(
@@ -384,6 +501,7 @@ impl QueryStore for SimStore {
         org: OrganizationId,
         p: &PageRequest,
     ) -> StoreResult<Vec<Customer>> {
+        self.reach("list_customers").await?;
         self.inner.list_customers(org, p).await
     }
     async fn update_customer(
@@ -396,6 +514,7 @@ impl QueryStore for SimStore {
         self.inner.update_customer(org, id, patch, now).await
     }
     async fn delete_customer(&self, org: OrganizationId, id: Uuid) -> StoreResult<bool> {
+        self.reach("delete_customer").await?;
         self.inner.delete_customer(org, id).await
     }
 
@@ -404,10 +523,12 @@ impl QueryStore for SimStore {
         org: OrganizationId,
         phone: &PhoneNumber,
     ) -> StoreResult<Option<Uuid>> {
+        self.reach("customer_by_phone").await?;
         self.inner.customer_by_phone(org, phone).await
     }
 
     async fn insert_phone_number(&self, number: &PhoneNumberAssignment) -> StoreResult<bool> {
+        self.reach("insert_phone_number").await?;
         self.inner.insert_phone_number(number).await
     }
 
@@ -417,10 +538,12 @@ impl QueryStore for SimStore {
         agent: Option<Uuid>,
         page: &PageRequest,
     ) -> StoreResult<Vec<PhoneNumberAssignment>> {
+        self.reach("list_phone_numbers").await?;
         self.inner.list_phone_numbers(org, agent, page).await
     }
 
     async fn delete_phone_number(&self, org: OrganizationId, id: Uuid) -> StoreResult<bool> {
+        self.reach("delete_phone_number").await?;
         self.inner.delete_phone_number(org, id).await
     }
 
@@ -428,6 +551,7 @@ impl QueryStore for SimStore {
         &self,
         number: &PhoneNumber,
     ) -> StoreResult<Option<PhoneNumberAssignment>> {
+        self.reach("route_number").await?;
         self.inner.route_number(number).await
     }
 }

@@ -1,28 +1,31 @@
-//! The world: builds the engine over the simulated ports, plays the workload and the fault
-//! schedule, then lets everything settle and runs the end-of-run checks (`settle`).
+//! The world: builds the engines (one node, or a cluster of them) over the simulated ports,
+//! plays the workload and the fault schedule (`churn` for the cluster's), then lets everything
+//! settle and runs the end-of-run checks (`settle`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use iace_actors::breaker::{BreakerConfig, Breakers, GuardedTelephony};
 use iace_actors::catalog::NewAgent;
 use iace_actors::engine::Ports;
 use iace_actors::engine::{Engine, EngineConfig, EngineError, EngineMetrics, NewCall};
 use iace_actors::machine::CallId;
-use iace_actors::ports::{Clock, QueryStore, Telephony};
-use iace_actors::testkit::{SeqIds, TokioClock};
+use iace_actors::ports::{CallStore, Peers, QueryStore, Telephony};
+use iace_actors::testkit::SeqIds;
 use uuid::Uuid;
 
-use crate::carrier::{current, SimCarrier, Slot};
+use crate::carrier::SimCarrier;
+use crate::cluster::{Node, NodeTelephony, Nodes, SimPeers, MAX_NODES};
 use crate::core::{Core, Violation};
 use crate::store::SimStore;
 use crate::workload::{plan, CallPlan};
 use crate::{Report, SimConfig};
-use settle::{final_checks, recovery};
+use settle::{final_checks, recovery, shards_owned};
 
+mod churn;
 mod settle;
 
 /// Vendor name of the simulated carrier (its breaker's name).
@@ -35,25 +38,26 @@ pub const MAX_DURATION_SECS: u32 = 300;
 /// Once faults stop, every call must be terminal within this long.
 pub const SETTLE_BOUND_MS: u64 = (RING_TIMEOUT_SECS as u64 + MAX_DURATION_SECS as u64 + 180) * 1000;
 
-/// Wall clock of the world: tokio's paused clock plus a skew the faults can jump.
-struct SimClock {
-    base: TokioClock,
-    skew_ms: AtomicI64,
-}
-
-impl Clock for SimClock {
-    fn now(&self) -> DateTime<Utc> {
-        self.base.now() + chrono::Duration::milliseconds(self.skew_ms.load(Ordering::SeqCst))
-    }
-}
+/// Lease TTL of the simulated nodes.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// How often the simulated nodes renew their leases.
+pub const LEASE_RENEW: Duration = Duration::from_secs(2);
+/// Once faults stop, every shard must have a live owner within this long: a dead node's
+/// lease lapses within a TTL, a node cut off until then needs another to rejoin, and the
+/// next rounds claim what is free.
+pub const OWNER_BOUND: Duration =
+    Duration::from_secs(2 * LEASE_TTL.as_secs() + 3 * LEASE_RENEW.as_secs());
 
 struct World {
     core: Arc<Core>,
+    /// The store as the world itself sees it (never cut off).
     store: Arc<SimStore>,
     carrier: Arc<SimCarrier>,
-    clock: Arc<SimClock>,
+    /// Every node, up or down (one in single-node runs).
+    nodes: Arc<Nodes>,
+    /// Pokes between nodes (cluster runs).
+    peers: Option<Arc<dyn Peers>>,
     ids: Arc<SeqIds>,
-    slot: Slot,
     org: Uuid,
     agent: Uuid,
     metrics: Mutex<Vec<EngineMetrics>>,
@@ -77,9 +81,13 @@ fn carrier_breaker() -> BreakerConfig {
     }
 }
 
-fn engine_config() -> EngineConfig {
+fn engine_config(node: &Node) -> EngineConfig {
     EngineConfig {
-        node_id: "sim-node".into(),
+        node_id: node.id.clone(),
+        node_url: node.url.clone(),
+        lease_ttl: LEASE_TTL,
+        lease_renew_every: LEASE_RENEW,
+        drain_deadline: Duration::from_secs(60),
         ring_timeout_secs: RING_TIMEOUT_SECS,
         max_duration_secs: MAX_DURATION_SECS,
         inbox_sweep_every: Duration::from_secs(2),
@@ -89,18 +97,22 @@ fn engine_config() -> EngineConfig {
 }
 
 impl World {
-    fn ports(&self) -> Ports {
+    fn ports(&self, node: &Node) -> Ports {
+        let tagged: Arc<dyn Telephony> = Arc::new(NodeTelephony {
+            node: node.id.clone(),
+            carrier: self.carrier.clone(),
+        });
         let telephony: Arc<dyn Telephony> = match self.breakers.get(CARRIER) {
-            Some(breaker) => Arc::new(GuardedTelephony::new(self.carrier.clone(), breaker.clone())),
-            None => self.carrier.clone(),
+            Some(breaker) => Arc::new(GuardedTelephony::new(tagged, breaker.clone())),
+            None => tagged,
         };
         Ports {
-            calls: self.store.clone(),
-            cluster: self.store.clone(),
-            peers: None,
-            queries: self.store.clone(),
+            calls: node.store.clone(),
+            cluster: node.store.clone(),
+            peers: self.peers.clone(),
+            queries: node.store.clone(),
             telephony,
-            clock: self.clock.clone(),
+            clock: node.clock.clone(),
             ids: self.ids.clone(),
             breakers: self.breakers.clone(),
             voice: None,
@@ -109,33 +121,44 @@ impl World {
         }
     }
 
-    /// Starts an engine (retrying while the store refuses) and publishes it.
-    async fn start_engine(&self) {
+    /// Starts an engine for `node` (retrying while the store refuses, at most `tries` times
+    /// when given) and publishes it. Whether it started.
+    async fn start_engine(&self, node: &Node, tries: Option<u32>) -> bool {
+        let mut tried = 0;
         loop {
             let registry = prometheus::Registry::new();
-            match Engine::start(self.ports(), engine_config(), &registry).await {
+            match Engine::start(self.ports(node), engine_config(node), &registry).await {
                 Ok(engine) => {
                     let n = self.engines_started.fetch_add(1, Ordering::SeqCst) + 1;
-                    self.core.log(format!("engine #{n} started"));
+                    node.starts.fetch_add(1, Ordering::SeqCst);
+                    if self.nodes.list.len() == 1 {
+                        self.core.log(format!("engine #{n} started"));
+                    } else {
+                        self.core.log(format!("engine #{n} started as {}", node.id));
+                    }
                     self.metrics
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push(engine.metrics().clone());
-                    *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(engine);
-                    return;
+                    node.set(engine);
+                    return true;
                 }
                 Err(e) => {
-                    self.core.log(format!("engine start failed: {e}"));
+                    self.core
+                        .log(format!("engine start failed on {}: {e}", node.id));
+                    tried += 1;
+                    if tries.is_some_and(|t| tried >= t) {
+                        return false;
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }
     }
 
-    /// Kills the running engine (no clean-up, like `kill -9`).
-    async fn crash(&self) {
-        let engine = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(engine) = engine {
+    /// Kills `node`'s running engine (no clean-up, like `kill -9`).
+    async fn crash(&self, node: &Node) {
+        if let Some(engine) = node.take() {
             self.core.count("engine_crash");
             engine.kill().await;
         }
@@ -243,8 +266,10 @@ impl World {
         }
     }
 
-    /// Runs an API call against the current engine, retrying what a client retries (503,
-    /// 504, engine down) a few times with backoff. `None` when it kept failing.
+    /// Runs an API call against a running engine (any one, as through a load balancer),
+    /// forwarding it once to the node that runs the call when told so, and retrying what a
+    /// client retries (503, 504, engine down) a few times with backoff. `None` when it kept
+    /// failing.
     async fn engine_call<T, F, Fut>(&self, f: F) -> Option<Result<T, EngineError>>
     where
         F: Fn(Engine) -> Fut,
@@ -252,12 +277,21 @@ impl World {
     {
         let mut backoff = 500;
         for _ in 0..10 {
-            if let Some(engine) = current(&self.slot) {
-                match f(engine).await {
+            if let Some(engine) = self.nodes.pick() {
+                let mut answer = f(engine).await;
+                if let Err(EngineError::Elsewhere { peer }) = &answer {
+                    self.core
+                        .log(format!("api call forwarded to {}", peer.node_id));
+                    if let Some(there) = self.nodes.by_url(&peer.url) {
+                        answer = f(there).await;
+                    }
+                }
+                match answer {
                     Err(
                         e @ (EngineError::Unavailable(_)
                         | EngineError::StoreUnavailable(_)
-                        | EngineError::Timeout(_)),
+                        | EngineError::Timeout(_)
+                        | EngineError::Elsewhere { .. }),
                     ) => {
                         self.core.log(format!("api call failed: {e}"));
                     }
@@ -290,19 +324,36 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
     let rates = cfg.faults.rates();
     let core = Arc::new(Core::new(cfg.seed, rates, cfg.keep_trace));
     let epoch = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or(DateTime::UNIX_EPOCH);
-    let slot: Slot = Arc::new(Mutex::new(None));
     let ids = Arc::new(SeqIds::new(cfg.seed));
     let org = iace_actors::ports::IdGen::next_id(&*ids);
     let agent = iace_actors::ports::IdGen::next_id(&*ids);
     let store = Arc::new(SimStore::new(core.clone()));
-    let carrier = SimCarrier::new(core.clone(), epoch, slot.clone(), org, agent);
-    let clock = Arc::new(SimClock {
-        base: TokioClock::new(epoch),
-        skew_ms: AtomicI64::new(0),
+    let (node_count, first_nodes) = match rates.cluster_nodes {
+        Some((lo, hi)) => (
+            MAX_NODES,
+            usize::try_from(core.draw(lo, hi + 1)).unwrap_or(2),
+        ),
+        None => (1, 1),
+    };
+    let nodes = Nodes::new(core.clone(), &store, epoch, node_count, rates.clock_skew_ms);
+    let carrier = SimCarrier::new(
+        core.clone(),
+        epoch,
+        nodes.clone(),
+        store.inner.clone(),
+        org,
+        agent,
+    );
+    let peers: Option<Arc<dyn Peers>> = (node_count > 1).then(|| {
+        Arc::new(SimPeers {
+            nodes: Arc::downgrade(&nodes),
+            core: core.clone(),
+        }) as Arc<dyn Peers>
     });
     let breakers = if rates.breakers {
         let configs = [(CARRIER.to_owned(), carrier_breaker())].into();
-        let breakers = Breakers::start(configs, clock.clone(), &prometheus::Registry::new())
+        let clock = nodes.first().clock.clone();
+        let breakers = Breakers::start(configs, clock, &prometheus::Registry::new())
             .await
             .unwrap_or_else(|e| panic!("starting the breakers: {e}"));
         if let Some(b) = breakers.get(CARRIER) {
@@ -316,9 +367,9 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
         core: core.clone(),
         store: store.clone(),
         carrier: carrier.clone(),
-        clock,
+        nodes: nodes.clone(),
+        peers,
         ids,
-        slot,
         org,
         agent,
         metrics: Mutex::new(Vec::new()),
@@ -341,7 +392,9 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
         "seed {} calls {} faults {}",
         cfg.seed, cfg.calls, cfg.faults
     ));
-    world.start_engine().await;
+    for node in &nodes.list[..first_nodes] {
+        world.start_engine(node, None).await;
+    }
 
     // The fault schedule: crashes, clock jumps, carrier outages, while faults are on.
     let mut chaos = Vec::new();
@@ -353,19 +406,20 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
                 if !w.core.faults_on() {
                     break;
                 }
+                let node = w.nodes.first().clone();
                 if w.core.draw(0, 2) == 0 {
-                    w.crash().await;
+                    w.crash(&node).await;
                     tokio::time::sleep(Duration::from_millis(w.core.draw(0, 5_000))).await;
-                    if current(&w.slot).is_none() {
-                        w.start_engine().await;
+                    if !node.is_up() {
+                        w.start_engine(&node, None).await;
                     }
                 } else {
                     // Takeover: a new node takes the shards while the old one still runs (a
                     // paused VM, a partition); the old one's writes must be fenced. It dies
                     // a little later.
-                    let old = w.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let old = node.take();
                     w.core.count("takeover");
-                    w.start_engine().await;
+                    w.start_engine(&node, None).await;
                     tokio::time::sleep(Duration::from_millis(w.core.draw(0, 10_000))).await;
                     if let Some(old) = old {
                         old.kill().await;
@@ -381,16 +435,17 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
         let w = world.clone();
         chaos.push(tokio::spawn(async move {
             while rx.recv().await.is_some() {
-                if !w.core.faults_on() || current(&w.slot).is_none() {
+                let node = w.nodes.first().clone();
+                if !w.core.faults_on() || !node.is_up() {
                     continue;
                 }
                 w.core.log("engine killed mid-dial");
                 w.core.count("crash_mid_dial");
-                w.crash().await;
+                w.crash(&node).await;
                 tokio::time::sleep(Duration::from_millis(w.core.draw(0, 8_000))).await;
                 // The periodic crashes may have restarted it meanwhile.
-                if current(&w.slot).is_none() {
-                    w.start_engine().await;
+                if !node.is_up() {
+                    w.start_engine(&node, None).await;
                 }
             }
         }));
@@ -410,9 +465,23 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
                 } else {
                     i64::try_from(w.core.draw(1_000, 20_000)).unwrap_or(0)
                 };
-                w.clock.skew_ms.fetch_add(jump, Ordering::SeqCst);
+                let node = match w.nodes.list.len() {
+                    1 => w.nodes.first().clone(),
+                    n => {
+                        w.nodes.list[usize::try_from(w.core.draw(0, n as u64)).unwrap_or(0)].clone()
+                    }
+                };
+                node.clock.jump(jump);
                 w.core.count("clock_jump");
-                w.core.log(format!("clock jumps {jump} ms"));
+                if w.nodes.list.len() == 1 {
+                    w.core.log(format!("clock jumps {jump} ms"));
+                } else {
+                    w.core.log(format!(
+                        "{} clock jumps {jump} ms (skew now {} ms)",
+                        node.id,
+                        node.clock.skew_ms()
+                    ));
+                }
             }
         }));
     }
@@ -430,6 +499,8 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
             }
         }));
     }
+
+    let churn = churn::start(&world);
 
     // The workload.
     let plans = plan(cfg.seed, cfg.calls, cfg.mean_gap_ms);
@@ -452,20 +523,50 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
         let _ = c.await;
     }
     core.heal();
+    // The cluster's fault tasks stop at their next step (each finishes the membership change
+    // it is in, so no node is left half stopped).
+    for c in churn {
+        let _ = c.await;
+    }
     for c in chaos {
         // A crash task may be between kill and restart; the engine is restarted below.
         c.abort();
         let _ = c.await;
     }
-    if current(&world.slot).is_none() {
-        world.start_engine().await;
+    for node in &world.nodes.list {
+        node.link.set_cut(false, false);
+        node.link.set_slow_ms(0);
+    }
+    if world.nodes.up().is_empty() {
+        let first = world.nodes.first().clone();
+        world.start_engine(&first, None).await;
     }
 
     // Settle: once faults stop, everything must end within the bound.
     let healed = tokio::time::Instant::now();
+    let mut owners_seen = false;
     loop {
         if core.violation().is_some() {
             break;
+        }
+        if !owners_seen {
+            match shards_owned(&world).await {
+                Ok(()) => {
+                    owners_seen = true;
+                    core.log(format!(
+                        "every shard owned {} ms after faults stopped",
+                        healed.elapsed().as_millis()
+                    ));
+                }
+                Err(why) if healed.elapsed() > OWNER_BOUND => {
+                    core.violate(
+                        "every shard has a live owner within 2 TTL + 3 rounds once faults stop",
+                        format!("{} s after faults stopped: {why}", OWNER_BOUND.as_secs()),
+                    );
+                    break;
+                }
+                Err(_) => {}
+            }
         }
         if world.timers_after_end() > 0 {
             core.violate(
@@ -476,7 +577,20 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
         }
         let live = core.checker().live();
         let legs = carrier.unreleased();
-        if live.is_empty() && legs.is_empty() && core.pending_deliveries() == 0 {
+        // An accepted event whose call ended meanwhile (by reconciliation with the carrier)
+        // is marked processed by the next inbox sweep of the call's node: wait for it too.
+        let unprocessed = match store.inner.inbox_pending(1).await {
+            Ok(rows) => rows
+                .first()
+                .map(|r| format!("{}/{} for {}", r.vendor, r.event_id, r.call_id)),
+            Err(e) => Some(format!("inbox unreadable: {e}")),
+        };
+        if owners_seen
+            && live.is_empty()
+            && legs.is_empty()
+            && core.pending_deliveries() == 0
+            && unprocessed.is_none()
+        {
             break;
         }
         if healed.elapsed() > Duration::from_millis(SETTLE_BOUND_MS) {
@@ -500,6 +614,14 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
                         legs.len()
                     ),
                 );
+            } else if let Some(row) = unprocessed {
+                core.violate(
+                    "no lost event",
+                    format!(
+                        "accepted carrier event {row} still unprocessed {} s after faults stopped",
+                        SETTLE_BOUND_MS / 1000
+                    ),
+                );
             } else {
                 core.violate(
                     "every accepted event is delivered",
@@ -517,11 +639,22 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
     if rates.breakers && core.violation().is_none() {
         recovery(&world, cfg.calls).await;
     }
-    // Taking the engine out of the slot also breaks the carrier -> slot -> engine -> ports ->
-    // carrier cycle, so a sweep does not keep every finished world alive.
-    let engine = world.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(engine) = engine {
+    if core.violation().is_none() {
+        // Still owned at the end (nothing handed back and forth without end).
+        if let Err(why) = shards_owned(&world).await {
+            core.violate(
+                "every shard has a live owner within 2 TTL + 3 rounds once faults stop",
+                format!("at the end of the run: {why}"),
+            );
+        }
+    }
+    // Taking the engines out of their nodes also breaks the carrier -> nodes -> engine ->
+    // ports -> carrier cycle, so a sweep does not keep every finished world alive.
+    for (id, engine) in world.nodes.take_all() {
         engine.shutdown().await;
+        if world.nodes.list.len() > 1 {
+            core.log(format!("{id} shut down"));
+        }
     }
     world.breakers.stop();
     if core.violation().is_none() {
@@ -561,6 +694,7 @@ pub(crate) async fn simulate(cfg: &SimConfig) -> Result<Report, (Violation, Repo
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
+        cluster: core.tallies(),
         engine_starts: u64::try_from(world.engines_started.load(Ordering::SeqCst)).unwrap_or(0),
         simulated_ms: core.now_ms(),
         settle_ms,

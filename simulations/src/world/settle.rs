@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use iace_actors::engine::NewCall;
 use iace_actors::machine::{replay, CallId};
-use iace_actors::ports::CallStore;
+use iace_actors::ports::{CallStore, ClusterStore, SHARD_COUNT};
 
 use super::{carrier_breaker, World, CARRIER};
-use crate::carrier::current;
 use crate::workload::CallPlan;
 
 /// After the outages: the carrier is healthy, so once the breaker's longest wait has passed new
@@ -47,7 +46,7 @@ pub(super) async fn recovery(world: &Arc<World>, planned: usize) {
         let mut created = None;
         let tries = carrier_breaker().open_wait_cap.as_secs() + 5;
         for _ in 0..tries {
-            let Some(engine) = current(&world.slot) else {
+            let Some(engine) = world.nodes.pick() else {
                 break;
             };
             match engine.create_call(world.org, req.clone(), None).await {
@@ -103,6 +102,46 @@ pub(super) async fn recovery(world: &Arc<World>, planned: usize) {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+}
+
+/// Whether every shard is held, by the store's clock, by a node whose process runs:
+/// `Err` says which are not.
+pub(super) async fn shards_owned(world: &World) -> Result<(), String> {
+    let leases = world
+        .store
+        .inner
+        .leases()
+        .await
+        .map_err(|e| format!("leases unreadable: {e}"))?;
+    let up: Vec<String> = world.nodes.up().iter().map(|n| n.id.clone()).collect();
+    let unowned: Vec<String> = (0..SHARD_COUNT)
+        .filter_map(|shard| {
+            let lease = leases.iter().find(|l| l.shard == shard);
+            let ok = lease
+                .is_some_and(|l| l.is_held() && l.owner.as_ref().is_some_and(|o| up.contains(o)));
+            (!ok).then(|| match lease {
+                None => format!("{shard}: never leased"),
+                Some(l) => format!(
+                    "{shard}: owner {:?} epoch {} expires in {} ms",
+                    l.owner, l.epoch, l.expires_in_ms
+                ),
+            })
+        })
+        .collect();
+    if unowned.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} of {SHARD_COUNT} shards have no live owner (nodes up: {up:?}); first: {}",
+            unowned.len(),
+            unowned
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
     }
 }
 

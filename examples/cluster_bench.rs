@@ -128,10 +128,10 @@ async fn bench() -> anyhow::Result<()> {
         pokes(&knobs).await?;
     }
     if run("kills") {
-        failed |= kills(&knobs).await?;
+        failed |= !kills(&knobs).await?;
     }
     if run("rolling") {
-        failed |= rolling(&knobs).await?;
+        failed |= !rolling(&knobs).await?;
     }
     if failed {
         bail!("some checks failed (see above)");

@@ -11,6 +11,7 @@ const MEMBERS: [&str; 3] = ["node-1", "node-2", "node-3"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_sigterm_restart_of_every_node_fails_no_request() {
+    let _one = super::one_at_a_time().await;
     let mut cluster = Cluster::start(3, &[]).await;
     cluster.wait_settled(&MEMBERS).await;
 

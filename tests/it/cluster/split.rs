@@ -15,6 +15,7 @@ const FORWARDED_OK: &str = "iace_forwarded_requests_total{outcome=\"ok\"}";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_split_the_shards_and_every_call_ends_with_a_gap_free_journal() {
+    let _one = super::one_at_a_time().await;
     let cluster = Cluster::start(3, &[]).await;
     let view = cluster.wait_settled(&MEMBERS).await;
     let counts = shard_counts(&view);

@@ -127,7 +127,9 @@ impl From<EngineError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let request_id = current_request_id();
-        if self.status.is_server_error() {
+        // A command for a call another node runs is forwarded there by `http::forward`,
+        // which logs it if that fails: it is not a failure of this request.
+        if self.status.is_server_error() && self.forward.is_none() {
             tracing::warn!(code = self.code, message = %self.message, "request failed");
         }
         let body = json!({"error": {

@@ -72,6 +72,7 @@ pub async fn forward(State(state): State<AppState>, req: Request, next: Next) ->
     };
     if hop {
         // One hop only: the call moved again; the client retries (Retry-After is set).
+        tracing::warn!(node = %peer.node_id, "a forwarded request reached a node that no longer runs its call; answered 503");
         return resp;
     }
     match nodes.forward(&peer, method, &path, &headers, body).await {

@@ -15,6 +15,7 @@
 mod common;
 
 mod cartesia;
+mod cluster;
 mod cluster_handover;
 mod cluster_store;
 mod deepgram;

@@ -138,6 +138,25 @@ impl Server {
         }
     }
 
+    /// Waits for the process to exit by itself (after [`Server::sigterm`]) and reaps it;
+    /// panics if it still runs after `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for iace") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "iace (pid {}) did not exit within {within:?}",
+                child.id()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILL: no graceful shutdown.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -133,13 +133,16 @@ impl ShardTable {
     }
 
     /// Extends the validity of held shards (after a renewal sent at `valid_until - ttl`).
+    /// A shard whose validity already ended stays lapsed although the store renewed it:
+    /// commands for its calls were refused meanwhile, and only a fresh start of those calls
+    /// (the shard dropped and claimed again) makes sure nothing refused is forgotten.
     pub(crate) fn extend(&self, shards: &[u16], valid_until: Instant) {
+        let now = Instant::now();
         let mut slots = self.write();
         for shard in shards {
             let slot = &mut slots[usize::from(*shard)];
-            if slot.epoch > 0 {
-                slot.valid_until =
-                    Some(slot.valid_until.map_or(valid_until, |v| v.max(valid_until)));
+            if slot.epoch > 0 && slot.valid_until.is_some_and(|v| now < v) {
+                slot.valid_until = Some(valid_until.max(slot.valid_until.unwrap_or(valid_until)));
             }
         }
     }
@@ -226,8 +229,17 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         assert!(t.begin_effect(call).is_none(), "validity ended");
         assert_eq!(t.lapsed(Instant::now()), vec![3]);
+        // A renewal that comes after the validity ended does not revive it: the shard is
+        // dropped and claimed again, so that its calls start afresh.
         t.extend(&[3], Instant::now() + Duration::from_secs(5));
-        assert!(t.begin_effect(call).is_some(), "renewed");
+        assert!(
+            t.begin_effect(call).is_none(),
+            "a lapsed shard stays lapsed"
+        );
+        t.drop_shards(&[3]);
+        t.take(&[(3, 8)], Instant::now() + Duration::from_secs(5));
+        t.extend(&[3], Instant::now() + Duration::from_secs(9));
+        assert!(t.begin_effect(call).is_some(), "claimed again and renewed");
         t.mark_releasing(&[3]);
         assert!(t.begin_effect(call).is_none(), "handing over");
         assert!(!t.may_run(call));

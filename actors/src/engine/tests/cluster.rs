@@ -325,3 +325,113 @@ async fn a_second_process_under_the_same_node_id_supersedes_the_first_for_good()
     w.until(id, "ended", |c| c.status.is_terminal()).await;
     w.assert_contiguous(id);
 }
+
+/// A cluster port whose next heartbeat can be made slow (a database under load).
+struct Slow {
+    inner: Arc<MemoryStore>,
+    /// Milliseconds the next heartbeat takes (0: none).
+    heartbeat_ms: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait]
+impl ClusterStore for Slow {
+    async fn register(&self, node: &NodeInfo) -> StoreResult<()> {
+        self.inner.register(node).await
+    }
+    async fn live_call_counts(&self) -> StoreResult<Vec<(u16, i64)>> {
+        self.inner.live_call_counts().await
+    }
+    async fn heartbeat(&self, node: &NodeInfo, alive_within: Duration) -> StoreResult<Vec<Member>> {
+        let slow = self.heartbeat_ms.swap(0, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(slow)).await;
+        self.inner.heartbeat(node, alive_within).await
+    }
+    async fn members(&self, alive_within: Duration) -> StoreResult<Vec<Member>> {
+        self.inner.members(alive_within).await
+    }
+    async fn leases(&self) -> StoreResult<Vec<Lease>> {
+        self.inner.leases().await
+    }
+    async fn claim_shards(
+        &self,
+        node: &str,
+        shards: &[u16],
+        ttl: Duration,
+    ) -> StoreResult<Vec<Claimed>> {
+        self.inner.claim_shards(node, shards, ttl).await
+    }
+    async fn renew_shards(
+        &self,
+        node: &str,
+        held: &[(u16, i64)],
+        ttl: Duration,
+    ) -> StoreResult<Vec<u16>> {
+        self.inner.renew_shards(node, held, ttl).await
+    }
+    async fn release_shards(&self, node: &str, held: &[(u16, i64)]) -> StoreResult<()> {
+        self.inner.release_shards(node, held).await
+    }
+    async fn leave(&self, node: &str) -> StoreResult<()> {
+        self.inner.leave(node).await
+    }
+}
+
+/// A renewal sent only after the node's own validity ended (its round was held up) must not
+/// revive the shard: a carrier command refused meanwhile would be forgotten (a dial never placed, a leg
+/// never released). The shard is dropped and claimed again, and its calls start afresh.
+#[tokio::test(start_paused = true)]
+async fn a_command_refused_while_a_round_was_late_is_carried_out_after_all() {
+    let w = World::new(25).await;
+    let port = Arc::new(Slow {
+        inner: w.store.clone(),
+        heartbeat_ms: Default::default(),
+    });
+    let config = EngineConfig {
+        node_id: "node-a".into(),
+        node_url: "http://node-a.test".into(),
+        lease_ttl: TTL,
+        lease_renew_every: Duration::from_secs(2),
+        // The slow renewal answers (late) rather than timing out.
+        call_timeout: Duration::from_secs(30),
+        ..EngineConfig::default()
+    };
+    let ports = Ports {
+        cluster: port.clone(),
+        ..w.ports.clone()
+    };
+    // Under paused time the rounds run at exactly 0, 2, 4, ... s after the start.
+    let started = tokio::time::Instant::now();
+    let a = Engine::start(ports, config, &prometheus::Registry::new())
+        .await
+        .unwrap();
+    let (id, _leg) = w.placed(&a).await;
+    // The heartbeat of the 22 s round takes 8.5 s: the node's validity (from the 20 s round's
+    // renewal) ends at 29 s, and the renewal that follows the heartbeat, at 30.5 s, answers at
+    // once and would make it valid until 39.5 s. The call's ring timeout (30 s) falls in the
+    // gap: it is journaled (the epoch stands) but the release of its leg is refused.
+    tokio::time::sleep_until(started + Duration::from_secs(21)).await;
+    port.heartbeat_ms.store(8_500, Ordering::SeqCst);
+    w.wait("leg released", || {
+        w.store
+            .snapshot(id)
+            .is_some_and(|c| c.status.is_terminal() && !c.release_pending)
+    })
+    .await;
+    let call = w.store.snapshot(id).unwrap();
+    eprintln!(
+        "DEBUG at={:?} withheld={} lapsed={} restart={} {:?}",
+        started.elapsed(),
+        a.metrics().effects_withheld.get(),
+        handoffs(&a, "lapsed"),
+        handoffs(&a, "restart"),
+        call.ended_at
+    );
+    assert_eq!(call.end_reason, Some(EndReason::RingTimeout));
+    assert!(
+        a.metrics().effects_withheld.get() > 0,
+        "the release was refused once"
+    );
+    assert_eq!(w.carrier.hangups(id).len(), 1, "the leg released once");
+    assert!(handoffs(&a, "lapsed") > 0 && handoffs(&a, "restart") > 0);
+    w.assert_contiguous(id);
+}

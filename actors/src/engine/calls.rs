@@ -327,7 +327,7 @@ impl Engine {
                 ),
             });
         }
-        self.route(id)?;
+        self.route_waiting(id).await?;
         self.rpc_supervisor(|reply| SupervisorMsg::Deliver {
             call_id: id,
             event: Event::HangupRequested,
@@ -393,7 +393,7 @@ impl Engine {
                 ),
             });
         }
-        self.route(id)?;
+        self.route_waiting(id).await?;
         self.rpc_supervisor(|reply| SupervisorMsg::Deliver {
             call_id: id,
             event: Event::TransferRequested { to },

@@ -27,6 +27,27 @@ impl Engine {
         }
     }
 
+    /// [`Engine::route`], waiting (bounded by two lease rounds) while the call's shard is
+    /// between owners: a handover takes a moment (the old owner releases, the new one is woken
+    /// and claims), and a command that comes in between is carried out rather than refused.
+    /// The store's leases are read afresh while waiting. A shard whose owner died stays
+    /// without one until its lease lapses: that answers "retry".
+    pub(super) async fn route_waiting(&self, call: CallId) -> Result<(), EngineError> {
+        let shared = &self.inner.shared;
+        let deadline = tokio::time::Instant::now() + shared.config.lease_renew_every * 2;
+        loop {
+            match self.route(call) {
+                Err(EngineError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
+                    if let Ok(leases) = shared.with_timeout(shared.ports.cluster.leases()).await {
+                        shared.routes.set_leases(leases);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// A node that runs calls, for new work this node cannot take (it runs no shard: it is
     /// joining, draining or cut off from the database).
     pub(super) fn another_runner(&self) -> Option<Peer> {

@@ -42,6 +42,10 @@ impl Routes {
         self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    pub(crate) fn set_leases(&self, leases: Vec<Lease>) {
+        self.view.write().unwrap_or_else(|p| p.into_inner()).leases = leases;
+    }
+
     pub(crate) fn set_members(&self, members: Vec<Member>) {
         self.view.write().unwrap_or_else(|p| p.into_inner()).members = members;
     }

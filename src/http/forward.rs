@@ -9,10 +9,11 @@
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use iace_actors::engine::Peer;
 use iace_actors::machine::CallId;
 use serde::Deserialize;
 
@@ -71,12 +72,34 @@ pub async fn forward(State(state): State<AppState>, req: Request, next: Next) ->
         return resp;
     };
     if hop {
-        // One hop only: the call moved again; the client retries (Retry-After is set).
-        tracing::warn!(node = %peer.node_id, "a forwarded request reached a node that no longer runs its call; answered 503");
+        // One hop only: the call moved on (its shard was handed over meanwhile). The answer
+        // names the node that runs it now, for the node that forwarded the request.
+        let mut resp = resp;
+        if let Ok(v) = HeaderValue::from_str(&format!("{} {}", peer.node_id, peer.url)) {
+            resp.headers_mut().insert(OWNER_HEADER, v);
+        }
         return resp;
     }
-    match nodes.forward(&peer, method, &path, &headers, body).await {
-        Ok((status, headers, body)) => {
+    let mut peer = peer;
+    let mut tries = 0;
+    let answer = loop {
+        tries += 1;
+        let answer = nodes
+            .forward(&peer, method.clone(), &path, &headers, body.clone())
+            .await;
+        // The node had just handed the call over: send it on to the node it names, once.
+        let moved = match &answer {
+            Ok((StatusCode::SERVICE_UNAVAILABLE, h, _)) if tries == 1 => owner_of(h),
+            _ => None,
+        };
+        match moved {
+            Some(next) if next.node_id != peer.node_id => peer = next,
+            _ => break answer,
+        }
+    };
+    match answer {
+        Ok((status, mut headers, body)) => {
+            headers.remove(OWNER_HEADER);
             let mut out = Response::new(Body::from(body));
             *out.status_mut() = status;
             *out.headers_mut() = headers;
@@ -93,6 +116,17 @@ pub async fn forward(State(state): State<AppState>, req: Request, next: Next) ->
             error.into_response()
         }
     }
+}
+
+/// On a forwarded request's 503: the node that runs the call now (`node_id url`).
+const OWNER_HEADER: &str = "x-iace-owner";
+
+fn owner_of(headers: &axum::http::HeaderMap) -> Option<Peer> {
+    let (node_id, url) = headers.get(OWNER_HEADER)?.to_str().ok()?.split_once(' ')?;
+    Some(Peer {
+        node_id: node_id.to_owned(),
+        url: url.to_owned(),
+    })
 }
 
 /// `POST /internal/v1/poke` body.

@@ -12,12 +12,12 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use iace_actors::engine::Peer;
 use iace_actors::machine::CallId;
 use serde::Deserialize;
 
 use super::error::{ApiError, ForwardTo};
+use super::extract::AppJson;
 use super::{AppState, MAX_BODY_BYTES};
 use crate::cluster::NODE_HEADER;
 
@@ -144,7 +144,7 @@ const MAX_POKED: usize = 1000;
 pub async fn poke(
     State(state): State<AppState>,
     forwarded: Option<axum::Extension<ForwardedBy>>,
-    Json(poke): Json<Poke>,
+    AppJson(poke): AppJson<Poke>,
 ) -> Result<StatusCode, ApiError> {
     if forwarded.is_none() {
         return Err(ApiError::unauthorized(

@@ -191,6 +191,24 @@ async fn a_command_for_a_call_another_node_runs_is_forwarded_and_unsigned_pokes_
         req = req.header(k, v);
     }
     assert_eq!(req.send().await.unwrap().status(), StatusCode::ACCEPTED);
+    // A signed poke with a malformed body is refused with the error envelope.
+    let bad = br#"{"calls": "not a list"}"#.to_vec();
+    let mut req = http
+        .post(format!("{base_a}/internal/v1/poke"))
+        .header("content-type", "application/json")
+        .body(bad.clone());
+    for (k, v) in signer.sign(
+        chrono::Utc::now().timestamp(),
+        &reqwest::Method::POST,
+        "/internal/v1/poke",
+        &bad,
+    ) {
+        req = req.header(k, v);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_request", "{body}");
 
     b.shutdown().await;
     a.shutdown().await;

@@ -13,12 +13,14 @@
 //!  "keywords": ["cancel my account"], "on_request": true},
 //!  "frustration": {"threshold": -0.3, "trend_drop": 0.5, "window": 3},
 //!  "turn_taking": {"holdoff_ms": 250, "long_holdoff_ms": 1200, "min_barge_in_words": 2,
-//!  "min_barge_in_ms": 500, "false_interruption_ms": 1500},
+//!  "min_barge_in_ms": 500, "false_interruption_ms": 1500, "speculate": true,
+//!  "max_speculations": 2},
 //!  "silence": {"reprompt_after_ms": 7000, "hangup_after_ms": 20000}, "filler_after_ms": 800,
 //!  "hold": "Sorry, one moment please.", "reply_wait_ms": 35000, "amd_wait_ms": 3500,
 //!  "tools": ["end_call", "transfer_to_human", "lookup_customer"]}
 //! ```
-//! `voice_config`: `{"voice_id": "...", "model_id": "sonic-3", "language": "en", "speed": 1.0}`.
+//! `voice_config`: `{"voice_id": "...", "model_id": "sonic-3", "language": "en", "speed": 1.0,
+//! "text_chunking": "clause"}`.
 
 use serde::{Deserialize, Serialize};
 
@@ -121,6 +123,13 @@ pub struct TurnTaking {
     /// After stopping for the caller, if nothing but noise or a backchannel comes within this
     /// long, the agent resumes what it was saying.
     pub false_interruption_ms: u64,
+    /// Start the reply when the recogniser reports the end of an utterance, during the
+    /// hold-off: the model and the synthesiser work while the agent waits, the audio is held
+    /// until the hold-off passes, and it is thrown away if the caller goes on.
+    pub speculate: bool,
+    /// Speculative replies started per caller turn at most (a caller who pauses and goes on
+    /// several times costs at most this many discarded requests).
+    pub max_speculations: u32,
 }
 
 impl Default for TurnTaking {
@@ -131,6 +140,8 @@ impl Default for TurnTaking {
             min_barge_in_words: 2,
             min_barge_in_ms: 500,
             false_interruption_ms: 1500,
+            speculate: true,
+            max_speculations: 2,
         }
     }
 }
@@ -242,6 +253,23 @@ pub struct Voice {
     pub language: String,
     /// Speaking rate (0.6..=1.5).
     pub speed: Option<f32>,
+    /// How the model's text goes to speech synthesis.
+    pub text_chunking: TextChunking,
+}
+
+/// How a reply's text, streamed by the model, is cut into the pieces sent to speech synthesis
+/// (all of a reply's pieces go to one synthesis context, whose continuations keep the prosody
+/// across them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextChunking {
+    /// The first piece ends at the first clause or sentence boundary, the next ones at
+    /// sentence ends: every piece is a phrase the synthesiser can intone as a whole.
+    #[default]
+    Clause,
+    /// Whole words as they arrive: speech starts after the first word, at some cost in
+    /// prosody where the synthesiser has to speak a phrase before it has seen its end.
+    Stream,
 }
 
 impl Default for Voice {
@@ -251,6 +279,7 @@ impl Default for Voice {
             model_id: "sonic-3".into(),
             language: "en".into(),
             speed: None,
+            text_chunking: TextChunking::default(),
         }
     }
 }
@@ -307,6 +336,9 @@ impl VoiceProfile {
         }
         if t.min_barge_in_words == 0 || t.min_barge_in_words > 20 {
             return Err(bad("turn_taking.min_barge_in_words must be 1..=20".into()));
+        }
+        if t.max_speculations > 5 {
+            return Err(bad("turn_taking.max_speculations must be 0..=5".into()));
         }
         let s = &persona.silence;
         if s.reprompt_after_ms < 1000 || s.hangup_after_ms <= s.reprompt_after_ms {
@@ -380,7 +412,10 @@ mod tests {
     fn defaults_from_empty_objects() {
         let p = VoiceProfile::from_configs(&json!({}), &json!({})).unwrap();
         assert_eq!(p.persona.turn_taking.holdoff_ms, 250);
+        assert!(p.persona.turn_taking.speculate);
+        assert_eq!(p.persona.turn_taking.max_speculations, 2);
         assert_eq!(p.voice.model_id, "sonic-3");
+        assert_eq!(p.voice.text_chunking, TextChunking::Clause);
         assert_eq!(p.vendor_failure_action(), VendorFailureAction::End);
         assert!(p.offers("lookup_customer"));
     }
@@ -418,8 +453,23 @@ mod tests {
                 json!({}),
                 "persona_config",
             ),
+            (
+                json!({"turn_taking": {"max_speculations": 6}}),
+                json!({}),
+                "persona_config",
+            ),
+            (
+                json!({"turn_taking": {"speculate": "yes"}}),
+                json!({}),
+                "persona_config",
+            ),
             (json!({}), json!({"speed": 3.0}), "voice_config"),
             (json!({}), json!({"voice_id": ""}), "voice_config"),
+            (
+                json!({}),
+                json!({"text_chunking": "tokens"}),
+                "voice_config",
+            ),
         ] {
             let err = VoiceProfile::from_configs(&persona, &voice).unwrap_err();
             assert_eq!(err.field, field, "{persona} {voice}: {err}");

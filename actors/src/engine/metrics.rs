@@ -48,6 +48,12 @@ pub struct EngineMetrics {
     pub effects_withheld: IntCounter,
     /// Pokes sent to the node that runs a call (work stored here for a call run there).
     pub pokes_sent: IntCounter,
+    /// Speculative replies (asked for during the turn-taking hold-off), by outcome:
+    /// `started`, `used` (they answered the committed turn), `discarded`.
+    pub speculative_replies: IntCounterVec,
+    /// Model text deltas (about one token each) received for speculative replies that were
+    /// discarded: the model output paid for and never spoken.
+    pub speculative_tokens_discarded: IntCounter,
 }
 
 impl EngineMetrics {
@@ -130,7 +136,20 @@ impl EngineMetrics {
                 "iace_pokes_sent_total",
                 "Pokes sent to the node that runs a call",
             )?,
+            speculative_replies: IntCounterVec::new(
+                Opts::new(
+                    "iace_speculative_replies_total",
+                    "Replies asked for during the turn-taking hold-off, by outcome",
+                ),
+                &["outcome"],
+            )?,
+            speculative_tokens_discarded: IntCounter::new(
+                "iace_speculative_tokens_discarded_total",
+                "Model tokens received for speculative replies that were discarded",
+            )?,
         };
+        registry.register(Box::new(m.speculative_replies.clone()))?;
+        registry.register(Box::new(m.speculative_tokens_discarded.clone()))?;
         registry.register(Box::new(m.pokes_sent.clone()))?;
         registry.register(Box::new(m.cluster_nodes.clone()))?;
         registry.register(Box::new(m.shards_owned.clone()))?;

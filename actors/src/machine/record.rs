@@ -147,8 +147,14 @@ pub enum ConversationRecord {
         /// Final transcript to the first audio frame handed to the call's media stream.
         total_us: u64,
         /// The engine's own share: `total` minus hold-off, model wait, token streaming up
-        /// to the first speakable piece, and synthesis wait.
+        /// to the first speakable piece, and synthesis wait, plus `saved` (the waits that
+        /// overlapped the hold-off are not on the reply's path).
         engine_us: u64,
+        /// What a speculative reply saved: it was asked for during the hold-off, so its
+        /// model and synthesis waits ran while the agent held back; this much of them was
+        /// off the reply's path (0 when the reply was asked for at the end of the turn).
+        #[serde(default)]
+        saved_us: u64,
     },
     /// A vendor stream dropped or stalled and was reopened.
     VendorGap {

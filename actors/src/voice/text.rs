@@ -105,9 +105,10 @@ pub fn keyword_in<'a>(text: &str, keywords: &'a [String]) -> Option<&'a str> {
 }
 
 /// Longest piece of `buffer` worth sending to speech synthesis now, as a byte length: up to
-/// the last sentence end followed by a space; for the first piece of an utterance also a
-/// clause end (`,` `;` `:`) after at least three words, so speech starts sooner; a very long
-/// run without punctuation is cut at its last space. `None` while nothing is speakable yet.
+/// the last sentence end followed by a space; for the first piece of an utterance the first
+/// clause end (`,` `;` `:`) or sentence end, so speech starts as soon as there is a phrase
+/// to say ("Sure, " is one); a very long run without punctuation is cut at its last space.
+/// `None` while nothing is speakable yet.
 pub fn speakable_prefix(buffer: &str, first: bool) -> Option<usize> {
     let bytes = buffer.as_bytes();
     let mut cut = None;
@@ -115,7 +116,7 @@ pub fn speakable_prefix(buffer: &str, first: bool) -> Option<usize> {
         let boundary = matches!(b, b'.' | b'!' | b'?')
             || (first
                 && matches!(b, b',' | b';' | b':')
-                && buffer[..i].split_whitespace().count() >= 3);
+                && buffer[..i].split_whitespace().next().is_some());
         if boundary && bytes.get(i + 1).is_some_and(|n| n.is_ascii_whitespace()) {
             cut = Some(i + 2);
             if first {
@@ -127,6 +128,14 @@ pub fn speakable_prefix(buffer: &str, first: bool) -> Option<usize> {
         cut = buffer.rfind(' ').map(|i| i + 1).filter(|&i| i > 0);
     }
     cut
+}
+
+/// The whole words of `buffer` so far, as a byte length: up to its last whitespace after a
+/// word (the word being streamed may not be complete yet). `None` while there is none.
+pub fn words_prefix(buffer: &str) -> Option<usize> {
+    let end = buffer.rfind(|c: char| c.is_whitespace())?;
+    let cut = end + buffer[end..].chars().next().map_or(1, char::len_utf8);
+    buffer[..cut].split_whitespace().next().map(|_| cut)
 }
 
 #[cfg(test)]
@@ -170,7 +179,9 @@ mod tests {
     fn speakable_pieces() {
         assert_eq!(speakable_prefix("Hello there", true), None);
         assert_eq!(speakable_prefix("Hello there. How", false), Some(13));
-        assert_eq!(speakable_prefix("Sure, I can", true), None);
+        assert_eq!(speakable_prefix("Sure, I can", true), Some(6));
+        assert_eq!(speakable_prefix("Sure, I can", false), None);
+        assert_eq!(speakable_prefix(", I can", true), None);
         assert_eq!(
             speakable_prefix("Sure thing my friend, I can", true),
             Some(22)
@@ -180,5 +191,14 @@ mod tests {
         assert_eq!(speakable_prefix("3.5 dollars", false), None);
         let long = "word ".repeat(40);
         assert!(speakable_prefix(&long, false).is_some());
+    }
+
+    #[test]
+    fn whole_words() {
+        assert_eq!(words_prefix("Sure"), None);
+        assert_eq!(words_prefix(" "), None);
+        assert_eq!(words_prefix("Sure "), Some(5));
+        assert_eq!(words_prefix("Sure, I ca"), Some(8));
+        assert_eq!(words_prefix("Café au"), Some(6));
     }
 }

@@ -31,7 +31,9 @@ use crate::ports::sentiment::{Sentiment, SentimentLabel};
 use crate::ports::voice::VoicePorts;
 use crate::ports::voice::{LlmEvent, LlmRequest, SttInput, SttOptions, TtsInput, TtsOptions};
 use crate::sentiment::LexiconScorer;
-use crate::voice::conversation::{Action, CallerContext, Conversation, Input, Micros};
+use crate::voice::conversation::{
+    Action, CallerContext, Conversation, Input, Micros, SpeculationOutcome,
+};
 
 mod msg;
 mod recall;
@@ -507,6 +509,18 @@ impl VoiceState {
                     let _ = self.ports.media.mark(call, mark);
                 }
                 Action::Close => self.close_streams(),
+                Action::Speculation(outcome) => {
+                    let m = &self.shared.metrics;
+                    let label = match outcome {
+                        SpeculationOutcome::Started => "started",
+                        SpeculationOutcome::Used => "used",
+                        SpeculationOutcome::Discarded { tokens } => {
+                            m.speculative_tokens_discarded.inc_by(u64::from(tokens));
+                            "discarded"
+                        }
+                    };
+                    m.speculative_replies.with_label_values(&[label]).inc();
+                }
             }
         }
     }

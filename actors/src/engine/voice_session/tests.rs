@@ -7,6 +7,10 @@
 //! milliseconds in its records equal the milliseconds since `t0`. The test acts at exact
 //! instants with [`World::at`], which first lets everything due at that instant run.
 //!
+//! Most timelines below are those of a reply asked for when the turn is committed (the agent's
+//! `turn_taking.speculate: false`); the section "speculative replies" has the same flows with
+//! the reply asked for during the hold-off.
+//!
 //! Synthesis ([`TtsScript::default`]): audio 100 ms after the text, 50 ms per character, in
 //! 200 ms chunks (one mark each). The model ([`LlmReply`]): first event 200 ms after the
 //! request, then one every 20 ms. The media stream plays audio in real time and echoes each
@@ -311,7 +315,9 @@ fn without_system(messages: &[ChatMessage]) -> Vec<(ChatRole, String)> {
 
 #[tokio::test(start_paused = true)]
 async fn greets_on_answer_then_answers_a_caller_turn() {
-    let w = World::new(json!({"greeting": "Hi, this is Ava."})).await;
+    let w =
+        World::new(json!({"greeting": "Hi, this is Ava.", "turn_taking": {"speculate": false}}))
+            .await;
     let id = w.conversing_call().await;
     let stt_options = w.stt.options(id);
     assert_eq!(stt_options.len(), 1);
@@ -405,6 +411,7 @@ async fn greets_on_answer_then_answers_a_caller_turn() {
                     tts_first_audio_us: 100_000,
                     total_us: 610_000,
                     engine_us: 0,
+                    saved_us: 0,
                 }
             ),
             (3760, agent("We open at nine. See you soon.", 2310, 3760, 1)),
@@ -514,7 +521,7 @@ async fn an_answer_that_beats_the_media_stream_converses_once_it_starts() {
 
 #[tokio::test(start_paused = true)]
 async fn caller_speech_over_the_agent_cancels_synthesis_and_clears_the_stream() {
-    let w = World::new(json!({"greeting": "Hi."})).await;
+    let w = World::new(json!({"greeting": "Hi.", "turn_taking": {"speculate": false}})).await;
     let id = w.conversing_call().await;
     // A slow reply: one sentence per second.
     w.llm.reply(
@@ -689,7 +696,7 @@ async fn without_mark_echoes_replies_count_as_heard_by_their_duration() {
 /// that.
 #[tokio::test(start_paused = true)]
 async fn without_mark_echoes_a_barge_in_cuts_the_reply_at_its_played_duration() {
-    let w = World::new(json!({"greeting": "Hi."})).await;
+    let w = World::new(json!({"greeting": "Hi.", "turn_taking": {"speculate": false}})).await;
     w.media.stop_echo();
     w.llm.reply(
         LlmReply::deltas(&[
@@ -773,7 +780,10 @@ async fn without_mark_echoes_a_barge_in_cuts_the_reply_at_its_played_duration() 
 
 #[tokio::test(start_paused = true)]
 async fn the_model_hands_the_call_to_a_person_with_a_tool_call() {
-    let w = World::new(json!({"greeting": "Hi.", "human_number": HUMAN})).await;
+    let w = World::new(
+        json!({"greeting": "Hi.", "human_number": HUMAN, "turn_taking": {"speculate": false}}),
+    )
+    .await;
     let arguments = r#"{"reason":"billing dispute"}"#;
     w.llm.reply(LlmReply::tool_call(
         "call_1",
@@ -868,7 +878,10 @@ async fn the_model_hands_the_call_to_a_person_with_a_tool_call() {
 
 #[tokio::test(start_paused = true)]
 async fn a_recogniser_gap_is_journaled_and_its_failure_hands_the_call_to_a_person() {
-    let w = World::new(json!({"greeting": "Hi.", "human_number": HUMAN})).await;
+    let w = World::new(
+        json!({"greeting": "Hi.", "human_number": HUMAN, "turn_taking": {"speculate": false}}),
+    )
+    .await;
     let id = w.conversing_call().await;
     w.at(1000).await;
     assert!(w.stt.push(
@@ -909,6 +922,7 @@ async fn a_recogniser_gap_is_journaled_and_its_failure_hands_the_call_to_a_perso
                     tts_first_audio_us: 100_000,
                     total_us: 630_000,
                     engine_us: 0,
+                    saved_us: 0,
                 }
             ),
             (2930, agent("We open at nine.", 2130, 2930, 1)),
@@ -1048,7 +1062,10 @@ async fn a_recogniser_that_cannot_open_cuts_the_greeting_short_with_the_apology(
 #[tokio::test(start_paused = true)]
 async fn a_model_that_cannot_answer_apologises_and_ends_the_call() {
     // No holding for the model (`reply_wait_ms: 0`): the policy applies at once.
-    let w = World::new(json!({"greeting": "Hi.", "reply_wait_ms": 0})).await;
+    let w = World::new(
+        json!({"greeting": "Hi.", "reply_wait_ms": 0, "turn_taking": {"speculate": false}}),
+    )
+    .await;
     w.llm.reply(LlmReply::unavailable("breaker open"));
     let id = w.conversing_call().await;
     w.at(1000).await;
@@ -1081,7 +1098,10 @@ async fn a_model_that_cannot_answer_apologises_and_ends_the_call() {
 /// as a failure, and the call is not ended.
 #[tokio::test(start_paused = true)]
 async fn a_model_that_cannot_answer_for_a_moment_holds_the_caller_and_goes_on() {
-    let w = World::new(json!({"greeting": "Hi.", "hold": "One moment."})).await;
+    let w = World::new(
+        json!({"greeting": "Hi.", "hold": "One moment.", "turn_taking": {"speculate": false}}),
+    )
+    .await;
     w.llm
         .reply(LlmReply::unavailable("the groq circuit breaker is open"));
     w.llm
@@ -1126,7 +1146,7 @@ async fn a_model_that_cannot_answer_for_a_moment_holds_the_caller_and_goes_on() 
 
 #[tokio::test(start_paused = true)]
 async fn a_model_stream_that_breaks_mid_reply_apologises_and_ends_the_call() {
-    let w = World::new(json!({"greeting": "Hi."})).await;
+    let w = World::new(json!({"greeting": "Hi.", "turn_taking": {"speculate": false}})).await;
     // One word every 200 ms from 1450: "nine. " (2050) completes a sentence, spoken from 2150;
     // the stream breaks at 2650, when the carrier has confirmed 400 ms of it ("We open") and
     // 300 ms are still queued.
@@ -1165,6 +1185,7 @@ async fn a_model_stream_that_breaks_mid_reply_apologises_and_ends_the_call() {
                     tts_first_audio_us: 100_000,
                     total_us: 1_150_000,
                     engine_us: 0,
+                    saved_us: 0,
                 }
             ),
             (
@@ -1263,6 +1284,7 @@ async fn keypad_digits_reach_the_conversation_as_one_turn() {
                 tts_first_audio_us: 100_000,
                 total_us: 320_000,
                 engine_us: 0,
+                saved_us: 0,
             }
         ))
     );

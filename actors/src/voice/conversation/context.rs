@@ -1,8 +1,11 @@
 //! What the model sees: who the caller is, the system prompt built from the persona, what is
 //! known about the caller and the agent's tone, and the chat history (bounded).
 
+use std::collections::VecDeque;
+
 use crate::machine::record::Tone;
 use crate::ports::voice::{ChatMessage, ChatRole};
+use crate::sentiment::LexiconScorer;
 
 use super::Conversation;
 
@@ -26,6 +29,23 @@ pub struct CallerContext {
 
 impl Conversation {
     pub(super) fn context_messages(&self) -> Vec<ChatMessage> {
+        self.context_with(self.tone, &self.history)
+    }
+
+    /// The context the model would be asked with if `said` were the caller's turn now: the
+    /// history with it added, in the tone its lexicon estimate leads to (the request a
+    /// committed turn makes, see `turns`).
+    pub(super) fn prospective_context(&self, said: &str) -> Vec<ChatMessage> {
+        let estimate = LexiconScorer.score_text(said);
+        let tone = self
+            .tone_change(Some(estimate), "")
+            .map_or(self.tone, |(tone, _)| tone);
+        let mut history = self.history.clone();
+        push_bounded(&mut history, ChatMessage::text(ChatRole::User, said));
+        self.context_with(tone, &history)
+    }
+
+    fn context_with(&self, tone: Tone, history: &VecDeque<ChatMessage>) -> Vec<ChatMessage> {
         let p = &self.profile.persona;
         let mut system = p.system_prompt.clone();
         system.push_str(
@@ -55,7 +75,7 @@ impl Conversation {
                 ));
             }
         }
-        if self.tone == Tone::Empathetic {
+        if tone == Tone::Empathetic {
             system.push_str(
                 "\nThe caller sounds frustrated. Acknowledge it briefly and sincerely, apologise \
                  where it fits, stay calm, use short sentences, and focus on solving their \
@@ -63,22 +83,23 @@ impl Conversation {
             );
         }
         let mut messages = vec![ChatMessage::text(ChatRole::System, system)];
-        messages.extend(self.history.iter().cloned());
+        messages.extend(history.iter().cloned());
         messages
     }
 
     pub(super) fn push_history(&mut self, message: ChatMessage) {
-        self.history.push_back(message);
-        while self.history.len() > MAX_HISTORY {
-            self.history.pop_front();
-            // Never start the context with a tool answer whose call was cut off.
-            while self
-                .history
-                .front()
-                .is_some_and(|m| m.role == ChatRole::Tool)
-            {
-                self.history.pop_front();
-            }
+        push_bounded(&mut self.history, message);
+    }
+}
+
+/// Adds `message` to `history`, dropping the oldest messages beyond [`MAX_HISTORY`].
+fn push_bounded(history: &mut VecDeque<ChatMessage>, message: ChatMessage) {
+    history.push_back(message);
+    while history.len() > MAX_HISTORY {
+        history.pop_front();
+        // Never start the context with a tool answer whose call was cut off.
+        while history.front().is_some_and(|m| m.role == ChatRole::Tool) {
+            history.pop_front();
         }
     }
 }

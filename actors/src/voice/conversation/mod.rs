@@ -19,6 +19,8 @@
 //!   deadline;
 //! - `opening`: the greeting, the answering-machine verdict and the voicemail message;
 //! - `turns`: turn-taking: speech-to-text events, end of utterance, hold-off, end of turn;
+//! - `speculation`: the reply asked for during the hold-off, its audio held, then used for
+//!   the committed turn or discarded;
 //! - `barge_in`: the caller talking over the agent, and resuming after a false interruption;
 //! - `keypad`: keys pressed, taken as a caller turn;
 //! - `silence`: a quiet line: when to reprompt and when to hang up;
@@ -58,17 +60,20 @@ mod records;
 mod replies;
 mod reply_retry;
 mod silence;
+mod speculation;
 mod speech;
 mod tone;
 mod tools;
 mod turns;
 
 pub use context::CallerContext;
+pub use speculation::SpeculationOutcome;
 
 use barge_in::Interrupted;
 use records::Timing;
 use replies::Reply;
 use reply_retry::{LlmDown, ReplyRetry};
+use speculation::Speculation;
 use speech::{After, Kind, Utterance};
 use turns::CallerTurn;
 
@@ -240,6 +245,8 @@ pub enum Action {
     },
     /// Close the vendor streams: the conversation is over.
     Close,
+    /// A speculative reply started, was used or was discarded (for the metrics).
+    Speculation(SpeculationOutcome),
 }
 
 /// Where the conversation stands.
@@ -275,6 +282,8 @@ pub struct Conversation {
     utterances: Vec<Utterance>,
     next_ctx: u32,
     reply: Option<Reply>,
+    /// The reply asked for during the hold-off, before the turn is committed.
+    speculation: Option<Speculation>,
     next_reply: u32,
     barge_at: Option<Micros>,
     interrupted: Option<Interrupted>,
@@ -327,6 +336,7 @@ impl Conversation {
             utterances: Vec::new(),
             next_ctx: 0,
             reply: None,
+            speculation: None,
             next_reply: 0,
             barge_at: None,
             interrupted: None,
@@ -443,7 +453,10 @@ impl Conversation {
             Input::Stt { event, at } => self.stt(now, event, at, &mut out),
             Input::Llm { reply, event, at } => self.llm(now, reply, event, at, &mut out),
             Input::LlmUnavailable { reply, reason } => {
-                if self.reply.as_ref().is_some_and(|r| r.id == reply) {
+                if self.is_speculative(reply) {
+                    tracing::debug!(%reason, "no model for a speculative reply");
+                    self.discard_speculation("the model is unavailable", &mut out);
+                } else if self.reply.as_ref().is_some_and(|r| r.id == reply) {
                     self.reply_unavailable(now, &reason, &mut out);
                 }
             }
@@ -460,6 +473,7 @@ impl Conversation {
             Input::Timer => self.timers(now, &mut out),
             Input::CallEnded => self.call_ended(now, &mut out),
         }
+        self.check_speculation(&mut out);
         self.settle(now);
         out
     }

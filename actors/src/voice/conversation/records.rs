@@ -70,6 +70,12 @@ impl Conversation {
         let llm = first_token.saturating_sub(t.llm_request);
         let streaming = piece_token.saturating_sub(first_token);
         let tts = first_audio.saturating_sub(piece_sent);
+        // A reply asked for before the end of the turn (speculatively) had its waits run
+        // during the hold-off: up to the end of the turn, or all of them if its first audio
+        // came before.
+        let saved = first_audio
+            .saturating_sub(t.llm_request)
+            .min(t.turn_end.saturating_sub(t.llm_request));
         out.push(Action::Record(ConversationRecord::TurnLatency {
             turn,
             stt_us: t.eos.map_or(0, |e| start.saturating_sub(e)),
@@ -78,7 +84,8 @@ impl Conversation {
             llm_stream_us: streaming,
             tts_first_audio_us: tts,
             total_us: total,
-            engine_us: total.saturating_sub(holdoff + llm + streaming + tts),
+            engine_us: (total + saved).saturating_sub(holdoff + llm + streaming + tts),
+            saved_us: saved,
         }));
     }
 

@@ -2,12 +2,13 @@
 //! synthesis a speakable piece at a time, and the reply done (its tool calls run, see
 //! `tools`).
 
+use crate::catalog::profile::TextChunking;
 use crate::machine::record::{ConversationRecord, EscalationReason};
 use crate::ports::voice::{ChatMessage, ChatRole, LlmEvent, ToolCall};
 use crate::voice::text;
 
 use super::tools::tool_message;
-use super::{Action, After, Conversation, Kind, Micros, Timing, Utterance, MS};
+use super::{Action, Conversation, Kind, Micros, Timing, Utterance, MS};
 
 /// The reply being asked of the model (one request; a tool round is a new one).
 #[derive(Debug)]
@@ -57,6 +58,10 @@ impl Conversation {
         at: Micros,
         out: &mut Vec<Action>,
     ) {
+        if self.is_speculative(id) {
+            self.speculative_llm(now, event, at, out);
+            return;
+        }
         if self.reply.as_ref().is_none_or(|r| r.id != id) {
             return;
         }
@@ -100,83 +105,19 @@ impl Conversation {
         let Some(reply) = self.reply.as_mut() else {
             return;
         };
-        loop {
-            let first = reply.ctx.is_none();
-            let cut = if done {
-                (!reply.buffer.trim().is_empty()).then_some(reply.buffer.len())
-            } else {
-                text::speakable_prefix(&reply.buffer, first)
-            };
-            let Some(cut) = cut else { break };
-            let piece: String = reply.buffer.drain(..cut).collect();
-            if piece.trim().is_empty() {
-                continue;
-            }
-            if reply.timing.piece_token.is_none() {
-                reply.timing.piece_token = Some(at);
-                reply.timing.piece_sent = Some(now);
-            }
-            let ctx = match &reply.ctx {
-                Some(ctx) => ctx.clone(),
-                None => {
-                    self.next_ctx += 1;
-                    let ctx = format!("t{}-u{}", reply.turn, self.next_ctx);
-                    reply.ctx = Some(ctx.clone());
-                    self.utterances.push(Utterance {
-                        ctx: ctx.clone(),
-                        kind: Kind::Reply,
-                        turn: reply.turn,
-                        text: String::new(),
-                        input_closed: false,
-                        tts_done: false,
-                        held: Vec::new(),
-                        sent: 0,
-                        played: 0,
-                        estimated: 0,
-                        schedule: Vec::new(),
-                        words: Vec::new(),
-                        started: now,
-                        playout_deadline: None,
-                        first_sent_at: None,
-                        after: After::Listen,
-                        failed_once: false,
-                        historied: false,
-                    });
-                    ctx
-                }
-            };
-            if let Some(u) = self.utterances.iter_mut().find(|u| u.ctx == ctx) {
-                if !u.text.is_empty() {
-                    u.text.push(' ');
-                }
-                u.text.push_str(piece.trim());
-            }
-            out.push(Action::TtsSpeak {
-                context: ctx,
-                text: piece,
-                last: false,
-            });
-            if done {
-                break;
-            }
-        }
-        if done {
-            if let Some(ctx) = reply.ctx.clone() {
-                if let Some(u) = self.utterances.iter_mut().find(|u| u.ctx == ctx) {
-                    if !u.input_closed {
-                        u.input_closed = true;
-                        out.push(Action::TtsSpeak {
-                            context: ctx,
-                            text: String::new(),
-                            last: true,
-                        });
-                    }
-                }
-            }
-        }
+        let chunking = self.profile.voice.text_chunking;
+        flush(
+            reply,
+            &mut self.utterances,
+            &mut self.next_ctx,
+            chunking,
+            (now, at),
+            done,
+            out,
+        );
     }
 
-    fn reply_done(&mut self, now: Micros, out: &mut Vec<Action>) {
+    pub(super) fn reply_done(&mut self, now: Micros, out: &mut Vec<Action>) {
         let Some(reply) = self.reply.take() else {
             return;
         };
@@ -257,6 +198,77 @@ impl Conversation {
             } else {
                 self.filler_at = Some(now + self.profile.persona.filler_after_ms * MS);
                 self.pending_rounds = Some((reply.turn, reply.rounds));
+            }
+        }
+    }
+}
+
+/// Sends the speakable part of `reply`'s buffer (all of it when `done`) to its utterance in
+/// `utterances` (opened with the first piece), cut as `chunking` says; closes the utterance's
+/// input when `done`. `now` is when, `at` when the text arrived.
+pub(super) fn flush(
+    reply: &mut Reply,
+    utterances: &mut Vec<Utterance>,
+    next_ctx: &mut u32,
+    chunking: TextChunking,
+    (now, at): (Micros, Micros),
+    done: bool,
+    out: &mut Vec<Action>,
+) {
+    loop {
+        let cut = if done {
+            (!reply.buffer.trim().is_empty()).then_some(reply.buffer.len())
+        } else {
+            match chunking {
+                TextChunking::Clause => text::speakable_prefix(&reply.buffer, reply.ctx.is_none()),
+                TextChunking::Stream => text::words_prefix(&reply.buffer),
+            }
+        };
+        let Some(cut) = cut else { break };
+        let piece: String = reply.buffer.drain(..cut).collect();
+        if piece.trim().is_empty() {
+            continue;
+        }
+        if reply.timing.piece_token.is_none() {
+            reply.timing.piece_token = Some(at);
+            reply.timing.piece_sent = Some(now);
+        }
+        let ctx = match &reply.ctx {
+            Some(ctx) => ctx.clone(),
+            None => {
+                let u = Utterance::new(next_ctx, Kind::Reply, reply.turn, now);
+                let ctx = u.ctx.clone();
+                reply.ctx = Some(ctx.clone());
+                utterances.push(u);
+                ctx
+            }
+        };
+        if let Some(u) = utterances.iter_mut().find(|u| u.ctx == ctx) {
+            if !u.text.is_empty() {
+                u.text.push(' ');
+            }
+            u.text.push_str(piece.trim());
+        }
+        out.push(Action::TtsSpeak {
+            context: ctx,
+            text: piece,
+            last: false,
+        });
+        if done {
+            break;
+        }
+    }
+    if done {
+        if let Some(ctx) = reply.ctx.clone() {
+            if let Some(u) = utterances.iter_mut().find(|u| u.ctx == ctx) {
+                if !u.input_closed {
+                    u.input_closed = true;
+                    out.push(Action::TtsSpeak {
+                        context: ctx,
+                        text: String::new(),
+                        last: true,
+                    });
+                }
             }
         }
     }

@@ -82,6 +82,32 @@ pub(super) struct Utterance {
 }
 
 impl Utterance {
+    /// A new utterance of `turn` in a fresh synthesis context, nothing sent to it yet;
+    /// followed by listening.
+    pub(super) fn new(next_ctx: &mut u32, kind: Kind, turn: u32, now: Micros) -> Utterance {
+        *next_ctx += 1;
+        Utterance {
+            ctx: format!("t{turn}-u{next_ctx}"),
+            kind,
+            turn,
+            text: String::new(),
+            input_closed: false,
+            tts_done: false,
+            held: Vec::new(),
+            sent: 0,
+            played: 0,
+            estimated: 0,
+            schedule: Vec::new(),
+            words: Vec::new(),
+            started: now,
+            playout_deadline: None,
+            first_sent_at: None,
+            after: After::Listen,
+            failed_once: false,
+            historied: kind == Kind::Filler,
+        }
+    }
+
     pub(super) fn finished(&self) -> bool {
         self.tts_done && self.held.is_empty() && self.heard_bytes() >= self.sent
     }
@@ -168,28 +194,12 @@ impl Conversation {
             self.fallback_mark = Some((mark, after, now + 6000 * MS));
             return;
         }
-        self.next_ctx += 1;
-        let ctx = format!("t{}-u{}", self.turn, self.next_ctx);
-        self.utterances.push(Utterance {
-            ctx: ctx.clone(),
-            kind,
-            turn: self.turn,
-            text: text.trim().to_owned(),
-            input_closed: true,
-            tts_done: false,
-            held: Vec::new(),
-            sent: 0,
-            played: 0,
-            estimated: 0,
-            schedule: Vec::new(),
-            words: Vec::new(),
-            started: now,
-            playout_deadline: None,
-            first_sent_at: None,
-            after,
-            failed_once: false,
-            historied: kind == Kind::Filler,
-        });
+        let mut u = Utterance::new(&mut self.next_ctx, kind, self.turn, now);
+        u.text = text.trim().to_owned();
+        u.input_closed = true;
+        u.after = after;
+        let ctx = u.ctx.clone();
+        self.utterances.push(u);
         out.push(Action::TtsSpeak {
             context: ctx,
             text: text.trim().to_owned(),
@@ -198,6 +208,9 @@ impl Conversation {
     }
 
     pub(super) fn tts(&mut self, now: Micros, event: TtsEvent, at: Micros, out: &mut Vec<Action>) {
+        let Some(event) = self.speculative_tts(event, at, out) else {
+            return;
+        };
         match event {
             TtsEvent::Audio { context, mulaw } => {
                 let Some(i) = self.utterances.iter().position(|u| u.ctx == context) else {
@@ -272,7 +285,7 @@ impl Conversation {
     }
 
     /// Forwards audio held behind utterances that have now finished synthesizing.
-    fn release_held(&mut self, now: Micros, out: &mut Vec<Action>) {
+    pub(super) fn release_held(&mut self, now: Micros, out: &mut Vec<Action>) {
         for u in self.utterances.iter_mut() {
             for chunk in std::mem::take(&mut u.held) {
                 forward(u, chunk, now, &mut self.playhead, out);

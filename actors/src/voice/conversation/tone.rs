@@ -56,10 +56,28 @@ impl Conversation {
         source: &str,
         out: &mut Vec<Action>,
     ) {
+        if let Some((to, reason)) = self.tone_change(estimate, source) {
+            out.push(Action::Record(ConversationRecord::ToneChanged {
+                turn,
+                from: self.tone,
+                to,
+                reason,
+            }));
+            self.tone = to;
+        }
+    }
+
+    /// The tone the scores so far (plus `estimate`) call for, with why, when it is not the
+    /// current one.
+    pub(super) fn tone_change(
+        &self,
+        estimate: Option<f64>,
+        source: &str,
+    ) -> Option<(Tone, String)> {
         let f = &self.profile.persona.frustration;
         let mut scores = self.scores.clone();
         scores.extend(estimate);
-        let Some(&last) = scores.last() else { return };
+        let &last = scores.last()?;
         let window = &scores[scores.len().saturating_sub(f.window)..];
         let drop = window.first().map_or(0.0, |first| first - last);
         let frustrated = last <= f.threshold || (window.len() >= 2 && drop >= f.trend_drop);
@@ -70,22 +88,17 @@ impl Conversation {
         } else {
             self.tone
         };
-        if to != self.tone {
-            let reason = if last <= f.threshold {
-                format!("{source}: score {last:.2} <= {}", f.threshold)
-            } else if frustrated {
-                format!("{source}: fell {drop:.2} over {} turns", window.len())
-            } else {
-                format!("{source}: score {last:.2} recovered")
-            };
-            out.push(Action::Record(ConversationRecord::ToneChanged {
-                turn,
-                from: self.tone,
-                to,
-                reason,
-            }));
-            self.tone = to;
+        if to == self.tone {
+            return None;
         }
+        let reason = if last <= f.threshold {
+            format!("{source}: score {last:.2} <= {}", f.threshold)
+        } else if frustrated {
+            format!("{source}: fell {drop:.2} over {} turns", window.len())
+        } else {
+            format!("{source}: score {last:.2} recovered")
+        };
+        Some((to, reason))
     }
 }
 

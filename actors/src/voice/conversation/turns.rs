@@ -24,6 +24,8 @@ pub(super) struct CallerTurn {
     /// Latest interim words.
     pub(super) interim: String,
     pub(super) last_final_at: Option<Micros>,
+    /// Speculative replies started for these words.
+    pub(super) speculations: u32,
 }
 
 impl CallerTurn {
@@ -39,11 +41,11 @@ impl Conversation {
                 self.caller.speaking = true;
                 self.caller_active();
                 self.holdoff_at = None;
+                self.merge_if_unspoken(out);
                 if self.interruptible_playing() && self.barge_at.is_none() {
                     self.barge_at =
                         Some(now + self.profile.persona.turn_taking.min_barge_in_ms * MS);
                 }
-                self.merge_if_unspoken(out);
             }
             SttEvent::Transcript {
                 text,
@@ -62,6 +64,9 @@ impl Conversation {
                     if has_words {
                         self.caller.speaking = true;
                         self.caller.interim = text;
+                        // An answer not heard yet is withdrawn first: going on talking over
+                        // it is not talking over the agent.
+                        self.merge_if_unspoken(out);
                         if self.interruptible_playing() {
                             self.barge_at.get_or_insert(
                                 now + self.profile.persona.turn_taking.min_barge_in_ms * MS,
@@ -74,7 +79,6 @@ impl Conversation {
                                 self.barge_in(now, out);
                             }
                         }
-                        self.merge_if_unspoken(out);
                     }
                     return;
                 }
@@ -89,13 +93,13 @@ impl Conversation {
                     self.caller.confidence_sum += confidence;
                     self.caller.confidence_n += 1;
                     self.caller.last_final_at = Some(at);
+                    self.merge_if_unspoken(out);
                     if self.interruptible_playing() {
                         let words = text::meaningful_words(&self.caller.finals);
                         if words >= self.profile.persona.turn_taking.min_barge_in_words {
                             self.barge_in(now, out);
                         }
                     }
-                    self.merge_if_unspoken(out);
                 }
                 if speech_final {
                     self.caller.speaking = false;
@@ -150,6 +154,8 @@ impl Conversation {
         if wait == 0 {
             self.holdoff_at = None;
             self.end_of_turn(now, out);
+        } else {
+            self.speculate(now, out);
         }
     }
 
@@ -239,6 +245,8 @@ impl Conversation {
             llm_request: now,
             ..Timing::default()
         };
-        self.request_reply(turn, 0, timing, out);
+        if !self.use_speculation(now, turn, &timing, out) {
+            self.request_reply(turn, 0, timing, out);
+        }
     }
 }

@@ -1303,3 +1303,176 @@ fn a_resumed_conversation_listens_and_the_model_sees_what_was_said() {
         )));
     });
 }
+
+// ------------------------------------------------------------------ speculative replies
+
+fn llm_starts(out: &[Action]) -> Vec<u32> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::LlmStart { reply, .. } => Some(*reply),
+            _ => None,
+        })
+        .collect()
+}
+
+fn discarded(out: &[Action]) -> usize {
+    out.iter()
+        .filter(|a| matches!(a, Action::Speculation(SpeculationOutcome::Discarded { .. })))
+        .count()
+}
+
+/// The caller's final words at audio `start..end` ms, endpointed.
+fn final_words(line: &mut Line, text: &str, start_ms: u64, end_ms: u64) -> Vec<Action> {
+    let mut out = line.stt(SttEvent::SpeechStarted { at_ms: start_ms });
+    out.extend(line.stt(SttEvent::Transcript {
+        text: text.into(),
+        is_final: true,
+        speech_final: true,
+        confidence: 0.9,
+        start_ms,
+        end_ms,
+    }));
+    out
+}
+
+#[test]
+fn speculative_replies_per_turn_are_capped() {
+    SPECULATE.with(|s| s.set(true));
+    let mut line = Line::greeted(json!({"turn_taking": {"max_speculations": 2}}));
+    // Three pauses inside the hold-off: two speculations, the third part waits for the turn.
+    let mut asked = Vec::new();
+    for (i, part) in ["I want", "to change", "my plan."].into_iter().enumerate() {
+        let out = final_words(&mut line, part, i as u64 * 1000, i as u64 * 1000 + 500);
+        asked.extend(llm_starts(&out));
+        line.now += 100 * MS;
+    }
+    assert_eq!(
+        asked,
+        [1, 2],
+        "two speculations, the second discarding the first"
+    );
+    let out = line.to(line.now / MS + 1300);
+    let Some(Action::LlmStart {
+        reply, messages, ..
+    }) = first_request(&out)
+    else {
+        panic!("the committed turn asks: {out:?}")
+    };
+    assert_eq!(reply, 3);
+    assert_eq!(
+        messages.last().unwrap().content,
+        "I want to change my plan."
+    );
+    assert_eq!(discarded(&line.log), 2);
+
+    // None at all with the switch off.
+    SPECULATE.with(|s| s.set(false));
+    let mut line = Line::greeted(json!({}));
+    let out = line.caller_says("What are your hours?");
+    assert!(llm_starts(&out).is_empty());
+}
+
+fn first_request(out: &[Action]) -> Option<Action> {
+    out.iter()
+        .find(|a| matches!(a, Action::LlmStart { .. }))
+        .cloned()
+}
+
+#[test]
+fn a_speculation_asked_in_another_tone_is_asked_again_at_the_commit() {
+    SPECULATE.with(|s| s.set(true));
+    let mut line = Line::greeted(json!({}));
+    let r = line.turn("Where is my refund?");
+    line.answer(r, "Let me look into that. ");
+    line.play_all();
+    let said = line.caller_says("Okay, and when will it arrive?");
+    let asked = llm_starts(&said);
+    assert_eq!(asked.len(), 1);
+    // The vendor's score of the previous turn arrives during the hold-off and makes the
+    // agent empathetic: the speculative request has the wrong system prompt.
+    line.send(Input::Sentiment {
+        turn: 1,
+        sentiment: sentiment(-0.8),
+    });
+    assert_eq!(line.conv.tone(), Tone::Empathetic);
+    let out = line.to(line.now / MS + 300);
+    assert!(has(
+        &out,
+        |a| matches!(a, Action::LlmCancel { reply } if *reply == asked[0])
+    ));
+    let Some(Action::LlmStart {
+        reply, messages, ..
+    }) = first_request(&out)
+    else {
+        panic!("asked again: {out:?}")
+    };
+    assert_ne!(reply, asked[0]);
+    assert!(messages[0].content.contains("frustrated"));
+    assert_eq!(discarded(&out), 1);
+}
+
+#[test]
+fn words_that_hand_the_call_over_are_not_answered_speculatively() {
+    SPECULATE.with(|s| s.set(true));
+    let mut line = Line::greeted(json!({"human_number": "+14155550100"}));
+    let out = line.caller_says("Let me talk to a real person.");
+    assert!(llm_starts(&out).is_empty());
+    let out = line.to(line.now / MS + 300);
+    assert!(llm_starts(&out).is_empty());
+    assert!(has(&out, |a| matches!(
+        a,
+        Action::Record(ConversationRecord::Escalation { .. })
+    )));
+}
+
+#[test]
+fn text_chunking_streams_words_or_cuts_at_the_first_clause() {
+    SPECULATE.with(|s| s.set(false));
+    for (chunking, expected) in [
+        ("clause", vec!["Sure, ", "I can help with that. ", "Bye."]),
+        (
+            "stream",
+            vec!["Sure, ", "I ", "can ", "help ", "with ", "that. ", "Bye."],
+        ),
+    ] {
+        let profile = VoiceProfile::from_configs(
+            &json!({"turn_taking": {"speculate": false}}),
+            &json!({"text_chunking": chunking}),
+        )
+        .unwrap();
+        let mut line = Line {
+            conv: Conversation::new(profile, CallerContext::default()),
+            now: 0,
+            log: Vec::new(),
+            marks: Vec::new(),
+        };
+        let out = line.send(Input::Start { await_amd: false });
+        line.synth(&speak_ctx(&out).expect("greeting"), 800);
+        line.play_all();
+        let reply = line.turn("Can you help?");
+        let mut pieces = Vec::new();
+        for token in ["Sure", ", I", " can", " help", " with", " that.", " Bye."] {
+            let out = line.llm(reply, LlmEvent::Text { text: token.into() });
+            pieces.extend(out.into_iter().filter_map(|a| match a {
+                Action::TtsSpeak {
+                    text, last: false, ..
+                } => Some(text),
+                _ => None,
+            }));
+        }
+        let out = line.llm(
+            reply,
+            LlmEvent::Done {
+                finish_reason: "stop".into(),
+            },
+        );
+        pieces.extend(out.into_iter().filter_map(|a| match a {
+            Action::TtsSpeak {
+                text, last: false, ..
+            } => Some(text),
+            _ => None,
+        }));
+        assert_eq!(pieces, expected, "{chunking}");
+        assert_eq!(pieces.concat(), "Sure, I can help with that. Bye.");
+    }
+}

@@ -59,6 +59,7 @@ struct World {
     agent: Uuid,
     t0: Instant,
     events: AtomicU64,
+    registry: prometheus::Registry,
 }
 
 impl World {
@@ -112,9 +113,8 @@ impl World {
             .insert_agent(&new.validate(agent, org, epoch()).expect("valid agent"))
             .await
             .unwrap();
-        let engine = Engine::start(ports, config, &prometheus::Registry::new())
-            .await
-            .unwrap();
+        let registry = prometheus::Registry::new();
+        let engine = Engine::start(ports, config, &registry).await.unwrap();
         let echo = engine.clone();
         media.echo_marks(move |call, name| echo.media_mark(call, name));
         World {
@@ -129,7 +129,37 @@ impl World {
             agent,
             t0,
             events: AtomicU64::new(0),
+            registry,
         }
+    }
+
+    /// The value of counter `name` (with `label` = `value`, when given), 0 when absent.
+    fn counter(&self, name: &str, label: Option<(&str, &str)>) -> u64 {
+        self.registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric())
+            .filter(|m| {
+                label.is_none_or(|(k, v)| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == k && l.value() == v)
+                })
+            })
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    /// Speculative replies by outcome, and the tokens of discarded ones.
+    fn speculations(&self) -> (u64, u64, u64, u64) {
+        let outcome = |o| self.counter("iace_speculative_replies_total", Some(("outcome", o)));
+        (
+            outcome("started"),
+            outcome("used"),
+            outcome("discarded"),
+            self.counter("iace_speculative_tokens_discarded_total", None),
+        )
     }
 
     /// Lets every actor and task run until nothing is ready, without moving the clock.
@@ -1628,4 +1658,422 @@ async fn recalled_patterns_are_in_the_context_and_journaled() {
         "{}",
         requests[0].messages[0].content
     );
+}
+
+// ------------------------------------------------------------------ speculative replies
+
+/// The caller's `Transcript` event (final and endpointed, or interim).
+fn heard(text: &str, start_ms: u64, end_ms: u64, is_final: bool) -> SttEvent {
+    SttEvent::Transcript {
+        text: text.into(),
+        is_final,
+        speech_final: is_final,
+        confidence: 0.9,
+        start_ms,
+        end_ms,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_speculative_reply_is_asked_for_at_the_end_of_the_utterance_and_plays_after_the_holdoff()
+{
+    let w = World::new(json!({"greeting": "Hi, this is Ava."})).await;
+    let id = w.conversing_call().await;
+    w.llm
+        .reply(LlmReply::text("We open at nine. See you soon."));
+    // The same turn as `greets_on_answer_then_answers_a_caller_turn`: the final at 1700.
+    w.at(1700).await;
+    assert!(w.stt.say(id, "What are your opening hours?", 1000, 1500));
+    w.settle().await;
+    // The model is asked at once, with the context the committed turn will have.
+    let requests = w.llm.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        without_system(&requests[0].messages),
+        [
+            (ChatRole::Assistant, "Hi, this is Ava.".to_owned()),
+            (ChatRole::User, "What are your opening hours?".to_owned()),
+        ]
+    );
+    assert_eq!(w.speculations(), (1, 0, 0, 0));
+    // Nothing is journaled before the hold-off passes.
+    w.at(1949).await;
+    assert_eq!(w.records(id).len(), 1, "only the greeting");
+
+    // Tokens from 1900: "nine. " (1960) is spoken from 2060, 250 ms sooner than when the
+    // model is asked at the end of the hold-off (2310 there).
+    w.at(5000).await;
+    let said = "What are your opening hours?";
+    assert_eq!(
+        w.records(id),
+        [
+            (900, agent("Hi, this is Ava.", 100, 900, 0)),
+            (1950, caller(said, 1000, 1500, 1)),
+            (1950, lexicon(1, said)),
+            (
+                2060,
+                Reply {
+                    turn: 1,
+                    stt: 200,
+                    final_at: 1700,
+                    requested: 1700,
+                    stream: 60,
+                    committed: 1950,
+                    played: 2060
+                }
+                .latency()
+            ),
+            (3510, agent("We open at nine. See you soon.", 2060, 3510, 1)),
+        ]
+    );
+    assert_eq!(w.llm.completed(), [0]);
+    assert_eq!(w.speculations(), (1, 1, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_who_goes_on_during_the_holdoff_never_hears_the_speculative_reply() {
+    let w = World::new(json!({"greeting": "Hi."})).await;
+    let id = w.conversing_call().await;
+    // The first reply streams slowly: a word every 100 ms from 1900.
+    w.llm.reply(
+        LlmReply::text("Sure, for how many people and at what time?")
+            .paced(Duration::from_millis(200), Duration::from_millis(100)),
+    );
+    w.llm
+        .reply(LlmReply::text("A table for four tonight, done."));
+    w.at(1700).await;
+    assert!(w.stt.say(id, "I'd like to book a table.", 1000, 1500));
+    // The caller goes on at 1800, inside the hold-off; "Sure, " (1900) is synthesized and its
+    // audio (2000) held, not played.
+    w.at(1800).await;
+    assert!(w.stt.push(id, SttEvent::SpeechStarted { at_ms: 1800 }));
+    w.at(2050).await;
+    assert!(
+        w.tts
+            .texts(id)
+            .iter()
+            .any(|(ctx, text)| ctx == "t1-u2" && text == "Sure,"),
+        "{:?}",
+        w.tts.texts(id)
+    );
+    assert!(w.media.marks(id).iter().all(|m| !m.starts_with("t1-u2")));
+    assert_eq!(w.records(id).len(), 1, "only the greeting");
+    // Their words end at 2100; the final (2350) makes one turn of both parts, answered by a
+    // new request; the first is cancelled with its synthesis, after five tokens.
+    w.at(2350).await;
+    assert!(w
+        .stt
+        .push(id, heard("For four people tonight.", 1800, 2100, true)));
+    w.settle().await;
+    assert_eq!(w.llm.cancelled(), [0]);
+    assert_eq!(w.tts.cancelled(id), ["t1-u2"]);
+    let requests = w.llm.requests();
+    assert_eq!(requests.len(), 2);
+    let said = "I'd like to book a table. For four people tonight.";
+    assert_eq!(
+        without_system(&requests[1].messages),
+        [
+            (ChatRole::Assistant, "Hi.".to_owned()),
+            (ChatRole::User, said.to_owned()),
+        ]
+    );
+    assert_eq!(w.speculations(), (2, 0, 1, 5));
+
+    // The turn is committed at 2600 with the second reply; "tonight, " (2630) plays from 2730.
+    w.at(6000).await;
+    assert!(w.media.marks(id).iter().all(|m| !m.starts_with("t1-u2")));
+    let records = w.records(id);
+    assert_eq!(records[1], (2600, caller(said, 1000, 2100, 1)));
+    let reply = Reply {
+        turn: 1,
+        stt: 250,
+        final_at: 2350,
+        requested: 2350,
+        stream: 80,
+        committed: 2600,
+        played: 2730,
+    };
+    assert!(records.contains(&(2730, reply.latency())), "{records:?}");
+    let agent_said: Vec<&str> = records
+        .iter()
+        .filter_map(|(_, r)| match r {
+            ConversationRecord::Segment {
+                speaker: Speaker::Agent,
+                text,
+                ..
+            } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(agent_said, ["Hi.", "A table for four tonight, done."]);
+    assert_eq!(w.speculations(), (2, 1, 1, 5));
+}
+
+/// The latency record of a reply asked for at `requested` (ms since `t0`), with the model's
+/// first token 200 ms later and its first speakable piece `stream` ms after that, synthesis
+/// 100 ms: the caller's speech ended `stt` ms before its final at `final_at`, the turn was
+/// committed at `committed`, and the first audio handed to the call at `played`.
+#[derive(Clone, Copy)]
+struct Reply {
+    turn: u32,
+    stt: u64,
+    final_at: u64,
+    requested: u64,
+    stream: u64,
+    committed: u64,
+    played: u64,
+}
+
+impl Reply {
+    fn latency(self) -> ConversationRecord {
+        let first_audio = self.requested + 200 + self.stream + 100;
+        let saved =
+            (first_audio - self.requested).min(self.committed.saturating_sub(self.requested));
+        let total = self.played - self.final_at;
+        let holdoff = self.committed - self.final_at;
+        ConversationRecord::TurnLatency {
+            turn: self.turn,
+            stt_us: self.stt * 1000,
+            holdoff_us: holdoff * 1000,
+            llm_first_token_us: 200_000,
+            llm_stream_us: self.stream * 1000,
+            tts_first_audio_us: 100_000,
+            total_us: total * 1000,
+            engine_us: (total + saved - holdoff - 200 - self.stream - 100) * 1000,
+            saved_us: saved * 1000,
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn interim_words_in_the_holdoff_discard_the_speculation_and_the_final_words_are_answered() {
+    let w = World::new(json!({"greeting": "Hi."})).await;
+    let id = w.conversing_call().await;
+    w.llm.reply(LlmReply::text("Okay."));
+    w.llm.reply(LlmReply::text("Four people, noted."));
+    w.at(1700).await;
+    assert!(w.stt.say(id, "Book a table.", 1000, 1500));
+    // An interim result at 1800: the caller goes on. The speculation is cancelled before
+    // its first token.
+    w.at(1800).await;
+    assert!(w.stt.push(id, heard("for four", 1800, 1900, false)));
+    w.settle().await;
+    assert_eq!(w.llm.cancelled(), [0]);
+    assert_eq!(w.speculations(), (1, 0, 1, 0));
+    // The final differs from the interim: it is what the reply answers.
+    w.at(2300).await;
+    assert!(w.stt.push(id, heard("for four people", 1800, 2100, true)));
+    w.at(4000).await;
+    let requests = w.llm.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[1].messages.last().map(|m| m.content.as_str()),
+        Some("Book a table. for four people")
+    );
+    assert!(
+        w.tts.texts(id).iter().all(|(_, text)| text != "Okay."),
+        "the discarded reply never reached synthesis"
+    );
+    let said = "Book a table. for four people";
+    let records = w.records(id);
+    assert_eq!(records[1], (2550, caller(said, 1000, 2100, 1)));
+    // "people, " (2520) is the first piece: spoken from 2620.
+    assert!(
+        records.contains(&(
+            2620,
+            Reply {
+                turn: 1,
+                stt: 200,
+                final_at: 2300,
+                requested: 2300,
+                stream: 20,
+                committed: 2550,
+                played: 2620
+            }
+            .latency()
+        )),
+        "{records:?}"
+    );
+    assert_eq!(w.speculations(), (2, 1, 1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_barge_in_on_speculative_audio_not_yet_heard_leaves_nothing_of_the_reply() {
+    let w = World::new(json!({"greeting": "Hi."})).await;
+    let id = w.conversing_call().await;
+    // A fast model: its sentence complete at 1820 (a word every 10 ms from 1750), its audio
+    // at 1920, held until the hold-off passes at 1950 and handed to the call then.
+    w.llm.reply(
+        LlmReply::text("Our plans start at ten dollars a month. ")
+            .paced(Duration::from_millis(50), Duration::from_millis(10)),
+    );
+    w.llm.reply(LlmReply::text("Yes, per person."));
+    w.at(1700).await;
+    assert!(w.stt.say(id, "What plans do you have?", 1000, 1500));
+    w.at(1940).await;
+    assert!(w.media.marks(id).iter().all(|m| !m.starts_with("t1-u2")));
+    w.at(1950).await;
+    assert!(
+        w.media.marks(id).iter().any(|m| m.starts_with("t1-u2")),
+        "the held audio goes to the call at the end of the hold-off"
+    );
+    let records = w.records(id);
+    assert_eq!(
+        records.iter().find(|(_, r)| r.kind() == "turn_latency"),
+        Some(&(
+            1950,
+            ConversationRecord::TurnLatency {
+                turn: 1,
+                stt_us: 200_000,
+                holdoff_us: 250_000,
+                llm_first_token_us: 50_000,
+                llm_stream_us: 70_000,
+                tts_first_audio_us: 100_000,
+                total_us: 250_000,
+                engine_us: 0,
+                saved_us: 220_000,
+            }
+        ))
+    );
+    // The caller talks over it at 2000, before the carrier has played its first chunk.
+    w.at(2000).await;
+    assert!(w.stt.push(id, SttEvent::SpeechStarted { at_ms: 2000 }));
+    assert!(w
+        .stt
+        .push(id, heard("wait, is that per person", 2000, 2100, false)));
+    w.settle().await;
+    assert_eq!(w.media.clears(id).len(), 1);
+    let records = w.records(id);
+    assert_eq!(
+        records[records.len() - 2..],
+        [
+            (
+                2000,
+                ConversationRecord::Segment {
+                    speaker: Speaker::Agent,
+                    text: String::new(),
+                    start_ms: 1950,
+                    end_ms: 2000,
+                    confidence: 1.0,
+                    interrupted: true,
+                    turn: 1,
+                }
+            ),
+            (
+                2000,
+                ConversationRecord::BargeIn {
+                    turn: 1,
+                    at_ms: 2000,
+                    heard_ms: 0,
+                }
+            ),
+        ]
+    );
+    // Nothing of it is in the model's context for the next turn.
+    w.at(2400).await;
+    assert!(w
+        .stt
+        .push(id, heard("wait, is that per person?", 2000, 2200, true)));
+    w.at(3000).await;
+    let requests = w.llm.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        without_system(&requests[1].messages),
+        [
+            (ChatRole::Assistant, "Hi.".to_owned()),
+            (ChatRole::User, "What plans do you have?".to_owned()),
+            (ChatRole::User, "wait, is that per person?".to_owned()),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_speculative_reply_runs_its_tools_only_once_the_turn_is_committed() {
+    let w = World::new(json!({"greeting": "Hi.", "human_number": HUMAN})).await;
+    let id = w.conversing_call().await;
+    let fast = |r: LlmReply| r.paced(Duration::from_millis(50), Duration::from_millis(10));
+    // A tool call in a reply that is discarded never runs.
+    w.llm
+        .reply(fast(LlmReply::tool_call("call-1", "lookup_customer", "{}")));
+    w.llm.reply(LlmReply::text("We open at nine."));
+    w.at(1700).await;
+    assert!(w.stt.say(id, "Can you look me up?", 1000, 1500));
+    w.at(1800).await;
+    assert!(w.stt.push(id, SttEvent::SpeechStarted { at_ms: 1800 }));
+    w.at(2300).await;
+    assert!(w.stt.push(
+        id,
+        heard("Actually, what are your hours?", 1800, 2100, true)
+    ));
+    w.at(4500).await;
+    assert!(!w.kinds(id).contains(&"tool_call"), "{:?}", w.kinds(id));
+    assert_eq!(w.speculations(), (2, 1, 1, 0));
+
+    // The model's call arrives at 5050, during the hold-off; the transfer waits for the turn
+    // to be committed at 5250.
+    let arguments = r#"{"reason":"billing dispute"}"#;
+    w.llm.reply(fast(LlmReply::tool_call(
+        "call-2",
+        "transfer_to_human",
+        arguments,
+    )));
+    w.at(5000).await;
+    assert!(w.stt.say(id, "I dispute this bill.", 4500, 4800));
+    w.at(5249).await;
+    assert!(!w.kinds(id).contains(&"escalation"));
+    assert!(!w.kinds(id).contains(&"tool_call"));
+    w.at(5250).await;
+    assert_eq!(w.journaled_at(id, "tool_call"), Some(5250));
+    assert_eq!(w.journaled_at(id, "escalation"), Some(5250));
+    w.at(9000).await;
+    assert!(w
+        .commands(id)
+        .iter()
+        .any(|c| matches!(c, Command::Transfer(..))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_model_failing_under_a_speculative_reply_is_not_heard_and_the_turn_is_asked_again() {
+    let w = World::new(json!({"greeting": "Hi.", "hold": "One moment."})).await;
+    let id = w.conversing_call().await;
+    let fast = |r: LlmReply| r.paced(Duration::from_millis(50), Duration::from_millis(10));
+    // The stream breaks after two words (1770): the speculation is dropped without a word
+    // spoken; the committed turn (1950) asks again, and that answer is spoken.
+    w.llm
+        .reply(fast(LlmReply::failing("Let me ", "connection reset")));
+    w.llm.reply(LlmReply::text("We open at nine."));
+    w.at(1700).await;
+    assert!(w.stt.say(id, "What are your hours?", 1000, 1500));
+    w.at(1949).await;
+    assert_eq!(w.llm.requests().len(), 1);
+    assert_eq!(w.speculations(), (1, 0, 1, 2));
+    w.at(1950).await;
+    let requests = w.llm.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].messages, requests[1].messages);
+    // The model cannot be reached for the next turn's speculation (its breaker is open): no
+    // hold line, the committed turn asks again.
+    w.llm
+        .reply(LlmReply::unavailable("the groq circuit breaker is open"));
+    w.llm.reply(LlmReply::text("Yes."));
+    w.at(5000).await;
+    assert!(w.stt.say(id, "Are you open on Sunday?", 4500, 4800));
+    w.at(6000).await;
+    assert_eq!(w.llm.requests().len(), 4);
+    let kinds = w.kinds(id);
+    assert!(!kinds.contains(&"vendor_failure"), "{kinds:?}");
+    let agent_said: Vec<String> = w
+        .records(id)
+        .into_iter()
+        .filter_map(|(_, r)| match r {
+            ConversationRecord::Segment {
+                speaker: Speaker::Agent,
+                text,
+                ..
+            } => Some(text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(agent_said, ["Hi.", "We open at nine.", "Yes."]);
+    assert_eq!(w.speculations(), (2, 0, 2, 2));
 }

@@ -1,4 +1,4 @@
-//! What the benchmark examples share: their command-line numbers and percentiles.
+//! What the benchmark examples share: their command-line numbers and words, and percentiles.
 #![allow(dead_code)]
 
 /// The number after `name` on the command line, or `default`.
@@ -17,4 +17,13 @@ pub fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The word after `name` on the command line, or `default`.
+pub fn arg_str(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map_or_else(|| default.to_owned(), Clone::clone)
 }

@@ -608,10 +608,11 @@ async fn measure(
             m.total_us.push(field("total_us"));
             journaled.total_us.push(field("total_us"));
             journaled.saved_us.push(field("saved_us"));
-            // The formula: the whole turn minus what the fakes were configured to
-            // take (time to first token, the token intervals up to the first speakable
-            // piece, time to first audio) and the configured hold-off. What is left is the
-            // engine plus both real clients and the sockets.
+            // The whole turn minus what the fakes were configured to take (time to first
+            // token, the token intervals up to the first speakable piece, time to first
+            // audio) and the hold-off, plus what of those waits ran inside the hold-off
+            // (a speculative reply's `saved_us`). What is left is the engine plus both real
+            // clients and the sockets.
             let token_us = k.llm_token_ms * 1000;
             let intervals = (field("llm_stream_us") + token_us / 2)
                 .checked_div(token_us)
@@ -621,7 +622,7 @@ async fn measure(
                 + intervals * token_us
                 + k.tts_first_ms * 1000;
             m.formula_us
-                .push(field("total_us").saturating_sub(configured));
+                .push((field("total_us") + field("saved_us")).saturating_sub(configured));
         }
     }
     m.engine_us.sort_unstable();

@@ -4,6 +4,7 @@
 
 use crate::machine::record::{ConversationRecord, EscalationReason};
 
+use super::replies::close_input;
 use super::{Action, After, Conversation, Kind, Micros, Phase};
 
 impl Conversation {
@@ -41,16 +42,7 @@ impl Conversation {
         if let Some(reply) = self.reply.take() {
             out.push(Action::LlmCancel { reply: reply.id });
             if let Some(ctx) = reply.ctx {
-                if let Some(u) = self.utterances.iter_mut().find(|u| u.ctx == ctx) {
-                    if !u.input_closed {
-                        u.input_closed = true;
-                        out.push(Action::TtsSpeak {
-                            context: ctx,
-                            text: String::new(),
-                            last: true,
-                        });
-                    }
-                }
+                close_input(&mut self.utterances, &ctx, out);
             }
         }
         self.tools_pending.clear();

@@ -259,17 +259,22 @@ pub(super) fn flush(
         }
     }
     if done {
-        if let Some(ctx) = reply.ctx.clone() {
-            if let Some(u) = utterances.iter_mut().find(|u| u.ctx == ctx) {
-                if !u.input_closed {
-                    u.input_closed = true;
-                    out.push(Action::TtsSpeak {
-                        context: ctx,
-                        text: String::new(),
-                        last: true,
-                    });
-                }
-            }
+        if let Some(ctx) = &reply.ctx {
+            close_input(utterances, ctx, out);
+        }
+    }
+}
+
+/// No more text for the utterance of `ctx`: closes its synthesis input, once.
+pub(super) fn close_input(utterances: &mut [Utterance], ctx: &str, out: &mut Vec<Action>) {
+    if let Some(u) = utterances.iter_mut().find(|u| u.ctx == ctx) {
+        if !u.input_closed {
+            u.input_closed = true;
+            out.push(Action::TtsSpeak {
+                context: ctx.to_owned(),
+                text: String::new(),
+                last: true,
+            });
         }
     }
 }

@@ -356,6 +356,11 @@ pub struct ServeArgs {
     /// How long an answered call may last before it is ended with `max_duration` (s).
     #[arg(long, env = "IACE_MAX_CALL_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u32).range(10..=86400))]
     pub max_call_secs: u32,
+    /// Journal writes batched into shared transactions by this many writers (group commit:
+    /// the appends that wait while the writers are busy go in the next batch, so a batch
+    /// costs one flush to disk). 0 writes every append in its own transaction.
+    #[arg(long, env = "IACE_JOURNAL_WRITERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub journal_writers: u16,
 }
 
 /// Learning from completed calls: patterns and customer memories, embedded for similarity
@@ -426,6 +431,7 @@ impl ServeArgs {
             node_id: None,
             ring_timeout_secs: 30,
             max_call_secs: 3600,
+            journal_writers: 4,
         }
     }
 }

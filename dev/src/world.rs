@@ -148,6 +148,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         node_id: Some("iace-dev".into()),
         ring_timeout_secs: 30,
         max_call_secs: 3600,
+        journal_writers: 4,
     })
     .await?;
     let base = format!("http://{}", running.addr);

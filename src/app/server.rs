@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use async_trait::async_trait;
 use iace_actors::breaker::Breakers;
 use iace_actors::engine::Ports;
-use iace_actors::engine::{Engine, EngineConfig};
+use iace_actors::engine::{Engine, EngineConfig, GroupCommit, GroupCommitConfig};
 use iace_actors::learning::actor::{
     LearningConfig, LearningPorts, LearningSupervisor, LearningSupervisorMsg,
 };
@@ -265,8 +265,20 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     });
     let node_id = args.node_id.clone().unwrap_or_else(default_node_id);
     let nodes = NodeClient::new(internal_key(&args, &node_id), &registry)?;
+    let calls: Arc<dyn iace_actors::ports::CallStore> = match args.journal_writers {
+        0 => store.clone(),
+        writers => GroupCommit::start(
+            store.clone(),
+            GroupCommitConfig {
+                writers: usize::from(writers),
+                ..GroupCommitConfig::default()
+            },
+            Some(&registry),
+        )
+        .context("starting the journal writer")?,
+    };
     let ports = Ports {
-        calls: store.clone(),
+        calls,
         cluster: store.clone(),
         peers: Some(Arc::new(HttpPeers::new(nodes.clone()))),
         queries: store.clone(),

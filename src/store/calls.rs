@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use iace_actors::learning::LEARNING_SETTLE;
 use iace_actors::machine::{Call, CallId, CallStatus};
 use iace_actors::ports::{
-    shard_of, CallStore, IdempotencyKey, InboxInsert, InboxItem, InboxRow, InsertOutcome,
+    shard_of, Append, CallStore, IdempotencyKey, InboxInsert, InboxItem, InboxRow, InsertOutcome,
     JournalEntry, StoreError, StoreResult,
 };
 use sqlx::{Postgres, Row, Transaction};
@@ -342,6 +342,10 @@ impl CallStore for PgStore {
             .map_err(unavailable)?;
         }
         tx.commit().await.map_err(unavailable)
+    }
+
+    async fn append_batch(&self, batch: &[Append]) -> Vec<StoreResult<()>> {
+        self.write_batch(batch).await
     }
 
     async fn load_call(&self, id: CallId) -> StoreResult<Option<Call>> {

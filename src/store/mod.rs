@@ -12,6 +12,7 @@
 //! [`QueryStore`]: iace_actors::ports::QueryStore
 
 mod accounts;
+mod batch;
 mod calls;
 mod catalog;
 mod cluster;

@@ -53,6 +53,11 @@ async fn a_claim_fences_the_previous_owner() {
 }
 
 #[tokio::test]
+async fn a_batch_of_appends_fails_only_its_stale_ones() {
+    suite::a_batch_of_appends_fails_only_its_stale_ones(&store().await).await;
+}
+
+#[tokio::test]
 async fn heartbeats_decide_membership() {
     suite::heartbeats_decide_membership(&store().await).await;
 }

@@ -36,6 +36,7 @@ mod catalog;
 mod cluster;
 mod dispatch;
 mod error;
+mod group_commit;
 mod health;
 mod ingress;
 mod learning;
@@ -57,6 +58,7 @@ pub use calls::{parse_status, CreatedCall, InboundCall, NewCall, MAX_IDEMPOTENCY
 pub use cluster::{ClusterView, Peer};
 pub use dispatch::{DEFAULT_PAGE, MAX_PAGE};
 pub use error::EngineError;
+pub use group_commit::{GroupCommit, GroupCommitConfig};
 pub use ingress::{EventRoute, IngestOutcome, VendorEvent};
 pub use metrics::EngineMetrics;
 pub use routing::{ClusterStatus, NodeStatus};

@@ -48,6 +48,27 @@ pub struct JournalEntry {
     pub event: Event,
 }
 
+/// One call's append in a batch ([`CallStore::append_batch`]): what
+/// [`CallStore::append`] takes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Append {
+    /// The call's new snapshot (its version is `entry.seq`).
+    pub call: Call,
+    /// The version the snapshot replaces (compare-and-set).
+    pub expected_version: i64,
+    /// The journal entry.
+    pub entry: JournalEntry,
+    /// The inbox row `(vendor, event_id)` the entry consumes, marked processed with it.
+    pub inbox: Option<(String, String)>,
+}
+
+impl Append {
+    /// The inbox row as [`CallStore::append`] takes it.
+    pub fn inbox_ref(&self) -> Option<(&str, &str)> {
+        self.inbox.as_ref().map(|(v, e)| (v.as_str(), e.as_str()))
+    }
+}
+
 /// An `Idempotency-Key` with the fingerprint of the request it came with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey {
@@ -198,6 +219,21 @@ pub trait CallStore: Send + Sync + 'static {
         entry: &JournalEntry,
         inbox: Option<(&str, &str)>,
     ) -> StoreResult<()>;
+
+    /// The appends of many calls, at most one per call, each answered as [`CallStore::append`]
+    /// would answer it alone: a stale version or epoch fails only that call's append. A store
+    /// that can commits them together (group commit: one transaction, one flush to disk, for
+    /// the whole batch); this default writes them one by one.
+    async fn append_batch(&self, batch: &[Append]) -> Vec<StoreResult<()>> {
+        let mut results = Vec::with_capacity(batch.len());
+        for a in batch {
+            results.push(
+                self.append(&a.call, a.expected_version, &a.entry, a.inbox_ref())
+                    .await,
+            );
+        }
+        results
+    }
 
     /// The snapshot of a call, any organization.
     async fn load_call(&self, id: CallId) -> StoreResult<Option<Call>>;

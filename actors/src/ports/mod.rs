@@ -38,7 +38,7 @@ pub mod time;
 pub mod voice;
 
 pub use calls::{
-    shard_of, CallStore, IdempotencyKey, InboxInsert, InboxItem, InboxRow, InsertOutcome,
+    shard_of, Append, CallStore, IdempotencyKey, InboxInsert, InboxItem, InboxRow, InsertOutcome,
     JournalEntry, StoreError, StoreResult, SHARD_COUNT,
 };
 pub use catalog::{CallFilter, CatalogWriteError, PageRequest, QueryStore};

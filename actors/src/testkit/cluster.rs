@@ -279,6 +279,11 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_batch_of_appends_fails_only_its_stale_ones() {
+        suite::a_batch_of_appends_fails_only_its_stale_ones(&MemoryStore::new()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn heartbeats_decide_membership() {
         suite::heartbeats_decide_membership(&MemoryStore::new()).await;
     }

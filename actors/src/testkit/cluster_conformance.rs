@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::catalog::{NewAgent, Organization};
 use crate::machine::{start, step, Call, CallSpec, CarrierEvent, Direction, Event};
 use crate::ports::calls::{
-    shard_of, CallStore, InsertOutcome, JournalEntry, StoreError, SHARD_COUNT,
+    shard_of, Append, CallStore, InboxItem, InsertOutcome, JournalEntry, StoreError, SHARD_COUNT,
 };
 use crate::ports::catalog::QueryStore;
 use crate::ports::cluster::{ClaimKind, Claimed, ClusterStore, Lease, NodeInfo, MAX_LEASE_TTL};
@@ -527,6 +527,130 @@ where
         .await
         .expect("claim")
         .is_empty());
+}
+
+/// A batch of appends (group commit) answers each as it would be answered alone: appends
+/// under a superseded epoch, on a version that moved, or whose entry does not match its
+/// snapshot fail as stale and store nothing; the others commit, with the inbox rows they
+/// consume marked processed.
+pub async fn a_batch_of_appends_fails_only_its_stale_ones<S>(store: &S)
+where
+    S: ClusterStore + CallStore + QueryStore + ?Sized,
+{
+    let org = Organization {
+        id: Uuid::from_u128(0x0ba7_0001),
+        name: "Batched".into(),
+        created_at: at(1_795_000_000),
+    };
+    store
+        .create_organization(&org, Uuid::from_u128(0x0ba7_0002), "hash-batch", "iace_bat")
+        .await
+        .expect("organization");
+    let agent: NewAgent = serde_json::from_str(r#"{"name":"Bo"}"#).expect("agent json");
+    let agent = agent
+        .validate(Uuid::from_u128(0x0ba7_0003), org.id, at(1_795_000_000))
+        .expect("agent");
+    store.insert_agent(&agent).await.expect("agent");
+
+    let (kept, moved) = (60, 61);
+    let epochs = store
+        .claim_shards("node-a", &[kept, moved], LONG)
+        .await
+        .expect("claim");
+    let (e_kept, e_moved) = (epochs[0].epoch, epochs[1].epoch);
+    let mut calls = Vec::new();
+    for (n, shard, epoch) in [
+        (1, kept, e_kept),
+        (2, kept, e_kept),
+        (3, moved, e_moved),
+        (4, kept, e_kept),
+        (5, kept, e_kept),
+    ] {
+        let (call, created) = new_call(org.id, agent.id, call_id(shard, n), epoch);
+        store
+            .insert_call(&call, &created, None, None)
+            .await
+            .expect("insert");
+        calls.push(call);
+    }
+    // Shard `moved` goes to another node: its epoch moves on.
+    store
+        .release_shards("node-a", &[(moved, e_moved)])
+        .await
+        .expect("release");
+    store
+        .claim_shards("node-b", &[moved], LONG)
+        .await
+        .expect("claim");
+    let inbox = InboxItem {
+        vendor: "test".into(),
+        event_id: "batch-ev-1".into(),
+        call_id: calls[0].spec.id,
+        carrier_leg: None,
+        occurred_at: at(1_796_000_005),
+        event: CarrierEvent::Answered,
+    };
+    assert!(store.inbox_insert(&inbox).await.expect("inbox"));
+
+    let append = |call: &Call, epoch: i64| {
+        let (next, entry) = answered(call, epoch);
+        Append {
+            call: next,
+            expected_version: call.version,
+            entry,
+            inbox: None,
+        }
+    };
+    let mut first = append(&calls[0], e_kept);
+    first.inbox = Some(("test".into(), "batch-ev-1".into()));
+    let mut wrong_version = append(&calls[3], e_kept);
+    wrong_version.expected_version += 1;
+    let mut mismatched = append(&calls[4], e_kept);
+    mismatched.entry.seq += 1;
+    let batch = [
+        first,
+        append(&calls[1], e_kept),
+        append(&calls[2], e_moved),
+        wrong_version,
+        mismatched,
+    ];
+    let results = store.append_batch(&batch).await;
+    let outcome: Vec<&str> = results
+        .iter()
+        .map(|r| match r {
+            Ok(()) => "ok",
+            Err(StoreError::Stale) => "stale",
+            Err(_) => "error",
+        })
+        .collect();
+    assert_eq!(outcome, ["ok", "ok", "stale", "stale", "stale"]);
+    for (call, version) in calls.iter().zip([2, 2, 1, 1, 1]) {
+        assert_eq!(
+            store
+                .load_call(call.spec.id)
+                .await
+                .expect("load")
+                .map(|c| c.version),
+            Some(version),
+            "call {}",
+            call.spec.id
+        );
+    }
+    let pending = store.inbox_pending(100).await.expect("pending");
+    assert!(
+        pending.iter().all(|i| i.event_id != "batch-ev-1"),
+        "the consumed inbox row is processed"
+    );
+    // The batch's writes are the calls' next versions: the stale ones can still be written
+    // by their owner, the written ones not again.
+    let (again, entry) = answered(&calls[0], e_kept);
+    let err = store.append(&again, calls[0].version, &entry, None).await;
+    assert!(matches!(err, Err(StoreError::Stale)), "{err:?}");
+    let (owner, entry) = answered(&calls[3], e_kept);
+    store
+        .append(&owner, calls[3].version, &entry, None)
+        .await
+        .expect("the owner writes the call the batch refused");
 }
 
 /// A heartbeat registers or refreshes a node and answers the live members in node id order;

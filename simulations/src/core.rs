@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use iace_actors::machine::CallId;
+
 use crate::checks::Checker;
 use crate::faults::Rates;
 use crate::rng::Rng;
@@ -34,6 +36,8 @@ pub(crate) struct Core {
     origin: tokio::time::Instant,
     violation: Mutex<Option<Violation>>,
     pending_deliveries: AtomicU64,
+    /// Every append the store answered as written: (call, seq, kind).
+    answered: Mutex<Vec<(CallId, i64, &'static str)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -53,7 +57,18 @@ impl Core {
             origin: tokio::time::Instant::now(),
             violation: Mutex::new(None),
             pending_deliveries: AtomicU64::new(0),
+            answered: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The store answered an append as written.
+    pub fn answered(&self, call: CallId, seq: i64, kind: &'static str) {
+        lock(&self.answered).push((call, seq, kind));
+    }
+
+    /// Every append answered as written so far.
+    pub fn answered_writes(&self) -> Vec<(CallId, i64, &'static str)> {
+        lock(&self.answered).clone()
     }
 
     /// Simulated milliseconds since the start.

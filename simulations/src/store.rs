@@ -20,11 +20,12 @@ use chrono::{DateTime, Utc};
 use iace_actors::catalog::{
     Agent, AgentPatch, Customer, CustomerPatch, Organization, PhoneNumberAssignment,
 };
+use iace_actors::engine::{GroupCommit, GroupCommitConfig};
 use iace_actors::machine::{Call, CallId, OrganizationId, PhoneNumber};
 use iace_actors::ports::{
-    CallFilter, CallStore, CatalogWriteError, ClaimKind, Claimed, ClusterStore, IdempotencyKey,
-    InboxInsert, InboxItem, InboxRow, InsertOutcome, JournalEntry, Lease, Member, NodeInfo,
-    PageRequest, QueryStore, StoreError, StoreResult,
+    Append, CallFilter, CallStore, CatalogWriteError, ClaimKind, Claimed, ClusterStore,
+    IdempotencyKey, InboxInsert, InboxItem, InboxRow, InsertOutcome, JournalEntry, Lease, Member,
+    NodeInfo, PageRequest, QueryStore, StoreError, StoreResult,
 };
 use iace_actors::testkit::MemoryStore;
 use uuid::Uuid;
@@ -39,6 +40,9 @@ pub(crate) struct SimStore {
     core: Arc<Core>,
     /// The network between one node and the store (`None`: the world's own view, never cut).
     link: Option<Arc<Link>>,
+    /// The engine's journal writer (group commit) its appends go through, when it has one:
+    /// they reach this store's [`CallStore::append_batch`] in batches.
+    journal: Option<Arc<GroupCommit>>,
 }
 
 /// The network between one node and the store: a partition cuts it (every operation of the
@@ -84,6 +88,7 @@ impl SimStore {
             inner: Arc::new(MemoryStore::new()),
             core,
             link: None,
+            journal: None,
         }
     }
 
@@ -93,7 +98,63 @@ impl SimStore {
             inner: self.inner.clone(),
             core: self.core.clone(),
             link: Some(link),
+            journal: None,
         }
+    }
+
+    /// This view with a journal writer of its own in front of its appends (group commit, as
+    /// the server runs it): the engine of one start of the node writes through it. One writer
+    /// (the server runs four): a slow batch holds every other append back, so batches grow
+    /// large and the faults meet them.
+    pub fn with_group_commit(self: &Arc<Self>) -> SimStore {
+        let config = GroupCommitConfig {
+            writers: 1,
+            ..GroupCommitConfig::default()
+        };
+        let journal = GroupCommit::start(self.clone(), config, None)
+            .expect("a journal writer without metrics");
+        SimStore {
+            inner: self.inner.clone(),
+            core: self.core.clone(),
+            link: self.link.clone(),
+            journal: Some(journal),
+        }
+    }
+
+    /// Writes one append as the store commits it: the checker sees every committed write.
+    async fn commit_append(
+        &self,
+        call: &Call,
+        expected_version: i64,
+        entry: &JournalEntry,
+        inbox: Option<(&str, &str)>,
+    ) -> StoreResult<()> {
+        let id = call.spec.id;
+        if let Err(e) = self
+            .inner
+            .append(call, expected_version, entry, inbox)
+            .await
+        {
+            self.core.log(format!(
+                "append {id} seq={} `{}` refused: {e}",
+                entry.seq,
+                entry.event.kind()
+            ));
+            return Err(e);
+        }
+        self.core.log(format!(
+            "append {id} seq={} `{}` -> {} epoch={}{}",
+            entry.seq,
+            entry.event.kind(),
+            call.status,
+            call.owner_epoch,
+            inbox.map_or(String::new(), |(v, e)| format!(" inbox={v}/{e}"))
+        ));
+        let checked = self.core.checker().on_append(call, entry, inbox);
+        if let Err((invariant, detail)) = checked {
+            self.core.violate(invariant, detail);
+        }
+        Ok(())
     }
 
     /// Fails while the node is cut off from the store: at once, or after hanging (a black
@@ -233,38 +294,59 @@ impl CallStore for SimStore {
         entry: &JournalEntry,
         inbox: Option<(&str, &str)>,
     ) -> StoreResult<()> {
+        if let Some(journal) = &self.journal {
+            // Through the engine's journal writer: the batch it lands in meets the faults.
+            self.maybe_panic("before its write");
+            journal.append(call, expected_version, entry, inbox).await?;
+            self.core
+                .answered(call.spec.id, entry.seq, entry.event.kind());
+            self.maybe_panic("after its write committed");
+            return Ok(());
+        }
         self.before("append").await?;
         self.maybe_panic("before its write");
-        let id = call.spec.id;
-        match self
-            .inner
-            .append(call, expected_version, entry, inbox)
-            .await
-        {
-            Ok(()) => {}
-            Err(e) => {
-                self.core.log(format!(
-                    "append {id} seq={} `{}` refused: {e}",
-                    entry.seq,
-                    entry.event.kind()
-                ));
-                return Err(e);
-            }
-        }
-        self.core.log(format!(
-            "append {id} seq={} `{}` -> {} epoch={}{}",
-            entry.seq,
-            entry.event.kind(),
-            call.status,
-            call.owner_epoch,
-            inbox.map_or(String::new(), |(v, e)| format!(" inbox={v}/{e}"))
-        ));
-        let checked = self.core.checker().on_append(call, entry, inbox);
-        if let Err((invariant, detail)) = checked {
-            self.core.violate(invariant, detail);
-        }
+        self.commit_append(call, expected_version, entry, inbox)
+            .await?;
         self.maybe_panic("after its write committed");
-        self.ambiguous("append")
+        self.ambiguous("append")?;
+        self.core
+            .answered(call.spec.id, entry.seq, entry.event.kind());
+        Ok(())
+    }
+
+    /// A batch of the journal writer meets the faults as one transaction: it fails or is slow
+    /// as a whole, one of its appends may be refused alone (the others commit), and the
+    /// answer of the whole batch may be lost after it committed.
+    async fn append_batch(&self, batch: &[Append]) -> Vec<StoreResult<()>> {
+        if let Err(e) = self.before("append_batch").await {
+            return batch.iter().map(|_| Err(e.clone())).collect();
+        }
+        let refused = (batch.len() > 1
+            && self
+                .core
+                .fault("store_fail_entry", self.core.rates.store_fail))
+        .then(|| self.core.draw(0, batch.len() as u64) as usize);
+        let mut results = Vec::with_capacity(batch.len());
+        for (i, a) in batch.iter().enumerate() {
+            if refused == Some(i) {
+                self.core.log(format!(
+                    "append {} seq={} refused alone in its batch (injected)",
+                    a.call.spec.id, a.entry.seq
+                ));
+                results.push(Err(StoreError::Unavailable(
+                    "append_batch: injected failure of one entry".into(),
+                )));
+                continue;
+            }
+            results.push(
+                self.commit_append(&a.call, a.expected_version, &a.entry, a.inbox_ref())
+                    .await,
+            );
+        }
+        if let Err(e) = self.ambiguous("append_batch") {
+            return batch.iter().map(|_| Err(e.clone())).collect();
+        }
+        results
     }
 
     async fn load_call(&self, id: CallId) -> StoreResult<Option<Call>> {

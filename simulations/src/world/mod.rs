@@ -107,7 +107,7 @@ impl World {
             None => tagged,
         };
         Ports {
-            calls: node.store.clone(),
+            calls: Arc::new(node.store.with_group_commit()),
             cluster: node.store.clone(),
             peers: self.peers.clone(),
             queries: node.store.clone(),

@@ -191,6 +191,23 @@ pub(super) async fn final_checks(world: &World) {
             }
         }
     }
+    // Every append answered as written is in the journal, as answered (a batch is durable
+    // before any of its callers hears so); an append answered with an error may or may not
+    // be, but never twice (no gap above means one entry per version).
+    for (id, seq, kind) in core.answered_writes() {
+        let journal = world.store.inner.journal(id);
+        let stored = usize::try_from(seq - 1)
+            .ok()
+            .and_then(|i| journal.get(i))
+            .map(|e| e.event.kind());
+        if stored != Some(kind) {
+            core.violate(
+                "every answered write is durable",
+                format!("call {id} seq {seq} `{kind}` answered as written, journal has {stored:?}"),
+            );
+            return;
+        }
+    }
     match world.store.inner.inbox_pending(10).await {
         Ok(rows) if rows.is_empty() => {}
         Ok(rows) => core.violate(

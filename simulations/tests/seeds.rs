@@ -112,6 +112,18 @@ fn regression_chaos_seeds_189_and_250_release_after_failed_reconciliation() {
     check(250, 400, Profile::Chaos);
 }
 
+/// A slow journal batch made a call actor time out; the restarted actor dialled again and the
+/// carrier had a second leg, whose hangup then failed under the network faults. The stray
+/// leg's release was best effort: nothing retried it once the call had ended, and the leg
+/// stayed up. Fixed by owing it like the call's own release (`stray_released`, the actor kept
+/// and recovered until it is journaled). The fix changes this seed's run; the engine test
+/// `a_stray_leg_whose_hangup_failed_is_released_after_the_call_ended_and_after_a_restart`
+/// is the one that fails without it.
+#[test]
+fn regression_chaos_seed_143_stray_leg_released_after_failed_hangup() {
+    check(143, 200, Profile::Chaos);
+}
+
 #[test]
 fn carrier_outages_fail_fast_behind_the_breaker_and_recover() {
     let mut refused = 0;

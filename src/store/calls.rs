@@ -363,7 +363,9 @@ impl CallStore for PgStore {
             .map(|s| i16::try_from(*s).unwrap_or(i16::MAX))
             .collect();
         sqlx::query_scalar(&format!(
-            "SELECT id FROM call WHERE shard = ANY($1) AND (status IN {LIVE} OR release_pending) \
+            "SELECT id FROM call WHERE shard = ANY($1) \
+               AND (status IN {LIVE} OR release_pending \
+                    OR stray_legs @> '[{{\"ended\": false}}]'::jsonb) \
              ORDER BY created_at"
         ))
         .bind(&ids)

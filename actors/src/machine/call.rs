@@ -77,6 +77,14 @@ pub struct Call {
     pub stray_legs: Vec<StrayLeg>,
 }
 
+impl Call {
+    /// A stray leg of the call may still be up: its hangup is owed until the carrier accepts
+    /// it or reports the leg's end.
+    pub fn strays_up(&self) -> bool {
+        self.stray_legs.iter().any(|s| !s.ended)
+    }
+}
+
 /// A leg of a call that is not its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StrayLeg {

@@ -172,6 +172,12 @@ pub enum Event {
     ReleaseLeg,
     /// The carrier confirmed our hangup (or reports the leg gone).
     LegReleased,
+    /// The carrier accepted our hangup of a stray leg (a second leg of the call's dial): it
+    /// is over, whether or not its end is ever reported.
+    StrayReleased {
+        /// The other leg.
+        leg: String,
+    },
     /// The engine gave up on the call's actor after repeated crashes.
     EngineFault {
         /// What the supervisor saw.
@@ -234,6 +240,7 @@ impl Event {
             Event::CarrierLost => "carrier_lost",
             Event::ReleaseLeg => "release_leg",
             Event::LegReleased => "leg_released",
+            Event::StrayReleased { .. } => "stray_released",
             Event::EngineFault { .. } => "engine_fault",
             Event::TransferRequested { .. } => "transfer_requested",
             Event::MediaReported { .. } => "media_reported",

@@ -365,6 +365,16 @@ pub fn step(
                 touch(call, now);
             }
         }
+        Event::StrayReleased { leg } => {
+            if let Some(known) = call
+                .stray_legs
+                .iter_mut()
+                .find(|s| s.leg == leg && !s.ended)
+            {
+                known.ended = true;
+                touch(call, now);
+            }
+        }
         Event::CarrierLost => {
             if !status.is_terminal() {
                 // An answered call that is lost still was a conversation: it completes.

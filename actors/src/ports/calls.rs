@@ -239,7 +239,8 @@ pub trait CallStore: Send + Sync + 'static {
     async fn load_call(&self, id: CallId) -> StoreResult<Option<Call>>;
 
     /// Ids of every call in `shards` that still needs an actor (crash recovery): non-terminal
-    /// calls, and ended calls whose leg release is not confirmed yet.
+    /// calls, and ended calls whose leg release is not confirmed yet or with a stray leg
+    /// still up.
     async fn live_calls(&self, shards: &[u16]) -> StoreResult<Vec<CallId>>;
 
     /// Stores a vendor event unless its `(vendor, event_id)` was seen before. `true` = new.

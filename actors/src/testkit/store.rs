@@ -285,7 +285,7 @@ impl CallStore for MemoryStore {
             .calls
             .values()
             .filter(|c| {
-                (!c.status.is_terminal() || c.release_pending)
+                (!c.status.is_terminal() || c.release_pending || c.strays_up())
                     && shards.contains(&shard_of(c.spec.id))
             })
             .map(|c| c.spec.id)

@@ -38,6 +38,19 @@ impl CallState {
                     myself.stop(Some("no such call".into()));
                     return Ok(());
                 };
+                if call.status.is_terminal() && !call.release_pending && call.strays_up() {
+                    // Ended and released, but a stray leg's hangup is still owed (it failed,
+                    // or this node took the call over): owe it no longer.
+                    self.shared
+                        .metrics
+                        .activations
+                        .with_label_values(&["ended"])
+                        .inc();
+                    info!(call_id = %self.id, "ended call re-activated to release a stray leg");
+                    self.call = Some(call);
+                    myself.send_message(CallMsg::RetryRelease)?;
+                    return Ok(());
+                }
                 if call.status.is_terminal() && !call.release_pending {
                     // Woken by a late fact (a media report, a webhook after the end): journal
                     // it and stop. Nothing to reconcile, no timer, no conversation; a sign of

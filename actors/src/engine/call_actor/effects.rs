@@ -77,27 +77,46 @@ impl CallState {
                     });
                 }
                 Effect::HangupStray { carrier_call_id } => {
-                    // Best effort with the engine's retries: the stray leg is not the call's,
-                    // nothing about the call waits for it.
+                    // The call's actor stays until every stray leg is released (the carrier
+                    // accepted the hangup, journaled `stray_released`, or reported the leg's
+                    // end); failures are retried with backoff, like the call's own release.
                     warn!(call_id = %self.id, stray = %carrier_call_id, "carrier reports a second leg for the call; hanging it up");
+                    let leg = carrier_call_id.clone();
                     let cmd = LegCommand {
                         call_id: self.id,
                         command_id: format!("{}:stray:{carrier_call_id}", self.id),
                         carrier_call_id: Some(carrier_call_id),
                     };
                     let shared = self.shared.clone();
+                    let me = myself.clone();
+                    let attempt = self.release_attempts;
                     tokio::spawn(async move {
                         let result = retry_owned(&shared, cmd.call_id, || {
                             shared.ports.telephony.hangup(cmd.clone())
                         })
                         .await;
-                        if let Some(Err(e)) = result {
-                            shared
-                                .metrics
-                                .effect_failures
-                                .with_label_values(&["hangup_stray"])
-                                .inc();
-                            warn!(call_id = %cmd.call_id, error = %e, "hanging up a stray leg failed");
+                        match result {
+                            // Not this node's any more: the shard's next owner finds the
+                            // stray leg up and releases it.
+                            None => {}
+                            Some(Ok(())) => {
+                                let _ = me.send_message(CallMsg::Apply {
+                                    event: Event::StrayReleased { leg },
+                                    inbox: None,
+                                    reply: None,
+                                });
+                            }
+                            Some(Err(e)) => {
+                                shared
+                                    .metrics
+                                    .effect_failures
+                                    .with_label_values(&["hangup_stray"])
+                                    .inc();
+                                let delay = Duration::from_secs(2u64 << attempt.min(5));
+                                warn!(call_id = %cmd.call_id, error = %e, ?delay, "hanging up a stray leg failed; retrying");
+                                tokio::time::sleep(delay).await;
+                                let _ = me.send_message(CallMsg::RetryRelease);
+                            }
                         }
                     });
                 }

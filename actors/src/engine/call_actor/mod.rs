@@ -326,10 +326,14 @@ impl Actor for CallActor {
             }
             CallMsg::RetryRelease => {
                 state.release_attempts += 1;
-                if let Some(call) = state.call.as_ref().filter(|c| c.release_pending) {
-                    let reason = call.end_reason.unwrap_or(EndReason::NormalClearing);
+                if let Some(call) = state.call.as_ref() {
                     let seq = call.version;
-                    state.run_effects(&myself, vec![Effect::Hangup { reason }], seq);
+                    let mut effects = stray_hangups(call);
+                    if call.release_pending {
+                        let reason = call.end_reason.unwrap_or(EndReason::NormalClearing);
+                        effects.push(Effect::Hangup { reason });
+                    }
+                    state.run_effects(&myself, effects, seq);
                 }
                 Ok(())
             }
@@ -337,7 +341,7 @@ impl Actor for CallActor {
                 let done = state
                     .call
                     .as_ref()
-                    .is_none_or(|c| c.status.is_terminal() && !c.release_pending);
+                    .is_none_or(|c| c.status.is_terminal() && !c.release_pending && !c.strays_up());
                 // A running conversation still journals its last words; it stops on its own
                 // after `CallEnded` and its exit brings us back here.
                 if done && !state.reconciling && state.voice.is_none() {
@@ -391,4 +395,15 @@ impl CallState {
         self.cancel_timer();
         self.stop_voice();
     }
+}
+
+/// The hangups still owed to the call's stray legs.
+fn stray_hangups(call: &Call) -> Vec<Effect> {
+    call.stray_legs
+        .iter()
+        .filter(|s| !s.ended)
+        .map(|s| Effect::HangupStray {
+            carrier_call_id: s.leg.clone(),
+        })
+        .collect()
 }

@@ -935,6 +935,75 @@ async fn a_stray_second_leg_is_hung_up_and_the_call_keeps_its_own() {
     engine.shutdown().await;
 }
 
+/// A stray leg whose hangup the carrier refused is not forgotten: the call's actor keeps
+/// trying after the call itself has ended, and a node that restarts (or takes the shard over)
+/// finds the leg still owed and releases it.
+#[tokio::test(start_paused = true)]
+async fn a_stray_leg_whose_hangup_failed_is_released_after_the_call_ended_and_after_a_restart() {
+    let w = World::new(23).await;
+    let old = w.engine().await;
+    let (id, own) = w.placed(&old).await;
+    let now = w.ports.clock.now();
+    w.leg_event(&old, id, &own, CarrierEvent::Answered, now)
+        .await;
+    w.until(id, "answered", |c| c.status == CallStatus::InProgress)
+        .await;
+    // The carrier is unreachable while a second leg answers: its hangup fails. The call's
+    // own leg then ends.
+    w.carrier.set_down(true);
+    w.leg_event(&old, id, "leg-second", CarrierEvent::Answered, now)
+        .await;
+    w.leg_event(
+        &old,
+        id,
+        &own,
+        CarrierEvent::HungUp {
+            cause: HangupCause::NormalClearing,
+        },
+        now,
+    )
+    .await;
+    let call = w
+        .until(id, "completed", |c| c.status == CallStatus::Completed)
+        .await;
+    assert!(call.strays_up());
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(
+        w.carrier.hangups(id).is_empty(),
+        "the carrier refused them all"
+    );
+    assert!(w.store.snapshot(id).unwrap().strays_up());
+    // The node dies with the leg owed; the next one releases it once the carrier is back.
+    old.kill().await;
+    w.carrier.set_down(false);
+    let new = w.engine().await;
+    let call = w.until(id, "stray released", |c| !c.strays_up()).await;
+    assert_eq!(call.status, CallStatus::Completed);
+    let released: Vec<_> = w
+        .carrier
+        .hangups(id)
+        .into_iter()
+        .filter_map(|h| h.carrier_call_id)
+        .collect();
+    assert_eq!(released, ["leg-second".to_owned()]);
+    assert_eq!(
+        w.assert_contiguous(id)[3..],
+        ["stray_leg", "hangup", "stray_released"]
+    );
+    for _ in 0..100 {
+        if new.live_call_actors().await.unwrap() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        new.live_call_actors().await.unwrap(),
+        0,
+        "nothing more owed"
+    );
+    new.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_call_whose_leg_is_journaled_is_never_dialed_again() {
     let w = World::new(21).await;

@@ -1,4 +1,4 @@
-//! Group commit of the journal: the appends of many calls in one transaction
+//! Group commit: the journal appends of many calls in one transaction
 //! ([`CallStore::append_batch`]), with a handful of set-based statements whatever the batch's
 //! size, so a batch costs one flush to disk and a few round trips instead of one of each per
 //! append.
@@ -15,7 +15,9 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use iace_actors::learning::LEARNING_SETTLE;
 use iace_actors::machine::{CallId, CallStatus};
-use iace_actors::ports::{shard_of, Append, CallStore, StoreError, StoreResult};
+use iace_actors::ports::{
+    shard_of, Append, CallStore, InboxInsert, InboxRow, StoreError, StoreResult,
+};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::{unavailable, PgStore};
@@ -301,4 +303,130 @@ async fn queue_learning(tx: &mut Transaction<'_, Postgres>, batch: &[&Append]) -
     .await
     .map_err(unavailable)?;
     Ok(())
+}
+
+impl PgStore {
+    /// Stores many vendor events in one transaction (see [`CallStore::inbox_record_batch`]):
+    /// one insert for the rows that name a call (stored only if the call exists), one for
+    /// those that do not yet, then one look-up telling the duplicates from the unknown calls.
+    pub(super) async fn record_batch(&self, rows: &[InboxRow]) -> Vec<StoreResult<InboxInsert>> {
+        if rows.len() == 1 {
+            return vec![self.inbox_record(&rows[0]).await];
+        }
+        let keys: HashSet<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.vendor.as_str(), r.event_id.as_str()))
+            .collect();
+        if keys.len() != rows.len() {
+            let mut results = Vec::with_capacity(rows.len());
+            for row in rows {
+                results.push(self.inbox_record(row).await);
+            }
+            return results;
+        }
+        match self.record_rows(rows).await {
+            Ok(results) => results.into_iter().map(Ok).collect(),
+            Err(e) => rows.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+
+    async fn record_rows(&self, rows: &[InboxRow]) -> StoreResult<Vec<InboxInsert>> {
+        let mut vendor = Vec::with_capacity(rows.len());
+        let mut event_id = Vec::with_capacity(rows.len());
+        let mut call: Vec<Option<CallId>> = Vec::with_capacity(rows.len());
+        let mut occurred = Vec::with_capacity(rows.len());
+        let mut payload: Vec<Option<serde_json::Value>> = Vec::with_capacity(rows.len());
+        let mut event_type = Vec::with_capacity(rows.len());
+        let mut leg: Vec<Option<&str>> = Vec::with_capacity(rows.len());
+        let mut raw: Vec<Option<&serde_json::Value>> = Vec::with_capacity(rows.len());
+        for r in rows {
+            vendor.push(r.vendor.as_str());
+            event_id.push(r.event_id.as_str());
+            call.push(r.call_id);
+            occurred.push(r.occurred_at);
+            payload.push(
+                r.event
+                    .as_ref()
+                    .map(serde_json::to_value)
+                    .transpose()
+                    .map_err(|e| StoreError::Unavailable(format!("encoding inbox payload: {e}")))?,
+            );
+            event_type.push(r.event_type.as_str());
+            leg.push(r.carrier_leg.as_deref());
+            raw.push(r.raw.as_ref());
+        }
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // A row without a fact is stored processed: nothing will ever act on it. A row that
+        // names a call is stored only when the call exists.
+        let stored = sqlx::query(
+            "WITH v AS (SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], \
+                          $4::timestamptz[], $5::jsonb[], $6::text[], $7::text[], $8::jsonb[]) \
+                        AS v(vendor, event_id, call_id, occurred_at, payload, event_type, \
+                             carrier_leg, raw)) \
+             INSERT INTO inbox (vendor, event_id, organization_id, call_id, occurred_at, \
+                payload, event_type, carrier_leg, raw, processed_at) \
+             SELECT v.vendor, v.event_id, c.organization_id, v.call_id, v.occurred_at, \
+                v.payload, v.event_type, v.carrier_leg, v.raw, \
+                CASE WHEN v.payload IS NULL THEN clock_timestamp() END \
+             FROM v LEFT JOIN call c ON c.id = v.call_id \
+             WHERE v.call_id IS NULL OR c.id IS NOT NULL \
+             ON CONFLICT (vendor, event_id) DO NOTHING \
+             RETURNING vendor, event_id",
+        )
+        .bind(&vendor)
+        .bind(&event_id)
+        .bind(&call)
+        .bind(&occurred)
+        .bind(&payload)
+        .bind(&event_type)
+        .bind(&leg)
+        .bind(&raw)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let mut new = HashSet::with_capacity(stored.len());
+        for r in &stored {
+            new.insert((
+                r.try_get::<String, _>("vendor").map_err(unavailable)?,
+                r.try_get::<String, _>("event_id").map_err(unavailable)?,
+            ));
+        }
+        let missing: Vec<usize> = (0..rows.len())
+            .filter(|&i| !new.contains(&(vendor[i].to_owned(), event_id[i].to_owned())))
+            .collect();
+        let mut seen = HashSet::new();
+        if !missing.is_empty() {
+            let mv: Vec<&str> = missing.iter().map(|&i| vendor[i]).collect();
+            let me: Vec<&str> = missing.iter().map(|&i| event_id[i]).collect();
+            let found = sqlx::query(
+                "SELECT i.vendor, i.event_id FROM inbox i \
+                 JOIN unnest($1::text[], $2::text[]) AS v(vendor, event_id) \
+                   ON i.vendor = v.vendor AND i.event_id = v.event_id",
+            )
+            .bind(&mv)
+            .bind(&me)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            for r in &found {
+                seen.insert((
+                    r.try_get::<String, _>("vendor").map_err(unavailable)?,
+                    r.try_get::<String, _>("event_id").map_err(unavailable)?,
+                ));
+            }
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok((0..rows.len())
+            .map(|i| {
+                let key = (vendor[i].to_owned(), event_id[i].to_owned());
+                if new.contains(&key) {
+                    InboxInsert::New
+                } else if seen.contains(&key) {
+                    InboxInsert::Duplicate
+                } else {
+                    InboxInsert::UnknownCall
+                }
+            })
+            .collect())
+    }
 }

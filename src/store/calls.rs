@@ -348,6 +348,10 @@ impl CallStore for PgStore {
         self.write_batch(batch).await
     }
 
+    async fn inbox_record_batch(&self, rows: &[InboxRow]) -> Vec<StoreResult<InboxInsert>> {
+        self.record_batch(rows).await
+    }
+
     async fn load_call(&self, id: CallId) -> StoreResult<Option<Call>> {
         let row = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM call WHERE id = $1"))
             .bind(id)

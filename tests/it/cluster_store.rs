@@ -58,6 +58,11 @@ async fn a_batch_of_appends_fails_only_its_stale_ones() {
 }
 
 #[tokio::test]
+async fn a_batch_of_vendor_events_answers_each_as_alone() {
+    suite::a_batch_of_vendor_events_answers_each_as_alone(&store().await).await;
+}
+
+#[tokio::test]
 async fn heartbeats_decide_membership() {
     suite::heartbeats_decide_membership(&store().await).await;
 }

@@ -1,6 +1,7 @@
 //! Group commit: a [`CallStore`] in front of another that gathers the journal appends of many
 //! calls and writes them with [`CallStore::append_batch`], one transaction (one flush to
-//! disk) per batch. Everything else goes straight through.
+//! disk) per batch; vendor events stored before their webhook is acknowledged are batched
+//! the same way ([`CallStore::inbox_record_batch`]). Everything else goes straight through.
 //!
 //! Batches adapt to the load without a timer: up to `writers` batches are in flight at once;
 //! when a writer is free it takes every append waiting (up to `max_batch`) and goes. A lone
@@ -42,54 +43,118 @@ impl Default for GroupCommitConfig {
     }
 }
 
-/// One append waiting for its batch.
-struct Pending {
-    append: Append,
-    answer: oneshot::Sender<StoreResult<()>>,
+/// What the writer batches: journal appends (one per call in a batch) and vendor events
+/// (one per `(vendor, event_id)`).
+#[async_trait]
+trait Batched: Send + Sync + Sized + 'static {
+    type Out: Send + 'static;
+    type Key: std::hash::Hash + Eq + Send;
+    fn key(&self) -> Self::Key;
+    async fn write(store: &dyn CallStore, batch: &[Self]) -> Vec<StoreResult<Self::Out>>;
 }
 
-/// The store with group commit in front of `inner`'s appends (see the module docs).
+#[async_trait]
+impl Batched for Append {
+    type Out = ();
+    type Key = CallId;
+    fn key(&self) -> CallId {
+        self.call.spec.id
+    }
+    async fn write(store: &dyn CallStore, batch: &[Append]) -> Vec<StoreResult<()>> {
+        store.append_batch(batch).await
+    }
+}
+
+#[async_trait]
+impl Batched for InboxRow {
+    type Out = InboxInsert;
+    type Key = (String, String);
+    fn key(&self) -> (String, String) {
+        (self.vendor.clone(), self.event_id.clone())
+    }
+    async fn write(store: &dyn CallStore, batch: &[InboxRow]) -> Vec<StoreResult<InboxInsert>> {
+        store.inbox_record_batch(batch).await
+    }
+}
+
+/// One item waiting for its batch, and who waits for its answer.
+struct Pending<T: Batched> {
+    item: T,
+    answer: oneshot::Sender<StoreResult<T::Out>>,
+}
+
+/// The store with group commit in front of `inner`'s appends and inbox rows (see the module
+/// docs).
 pub struct GroupCommit {
     inner: Arc<dyn CallStore>,
-    queue: mpsc::UnboundedSender<Pending>,
+    appends: mpsc::UnboundedSender<Pending<Append>>,
+    inbox: mpsc::UnboundedSender<Pending<InboxRow>>,
 }
 
 impl GroupCommit {
-    /// Starts the writer (on the current tokio runtime). Batch sizes are observed in
-    /// `iace_journal_batch_size` when a registry is given.
+    /// Starts the writers (on the current tokio runtime), `config.writers` for the journal
+    /// and as many for the inbox. Batch sizes are observed in `iace_journal_batch_size` and
+    /// `iace_inbox_batch_size` when a registry is given.
     pub fn start(
         inner: Arc<dyn CallStore>,
         config: GroupCommitConfig,
         registry: Option<&Registry>,
     ) -> prometheus::Result<Arc<GroupCommit>> {
-        let sizes = Histogram::with_opts(
-            HistogramOpts::new(
-                "iace_journal_batch_size",
-                "Journal appends written per transaction (group commit)",
-            )
-            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        let histogram = |name: &str, help: &str| -> prometheus::Result<Histogram> {
+            let h = Histogram::with_opts(
+                HistogramOpts::new(name, help)
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            )?;
+            if let Some(registry) = registry {
+                registry.register(Box::new(h.clone()))?;
+            }
+            Ok(h)
+        };
+        let journal = histogram(
+            "iace_journal_batch_size",
+            "Journal appends written per transaction (group commit)",
         )?;
-        if let Some(registry) = registry {
-            registry.register(Box::new(sizes.clone()))?;
-        }
-        let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write(inner.clone(), rx, config, sizes));
-        Ok(Arc::new(GroupCommit { inner, queue }))
+        let inbox = histogram(
+            "iace_inbox_batch_size",
+            "Vendor events stored per transaction (group commit)",
+        )?;
+        let (appends, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write(inner.clone(), rx, config, journal));
+        let (inbox_tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write(inner.clone(), rx, config, inbox));
+        Ok(Arc::new(GroupCommit {
+            inner,
+            appends,
+            inbox: inbox_tx,
+        }))
+    }
+
+    async fn submit<T: Batched>(
+        queue: &mpsc::UnboundedSender<Pending<T>>,
+        item: T,
+    ) -> StoreResult<T::Out> {
+        let (answer, answered) = oneshot::channel();
+        queue
+            .send(Pending { item, answer })
+            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
+        answered.await.map_err(|_| {
+            StoreError::Unavailable("the store's writer dropped the write unanswered".into())
+        })?
     }
 }
 
-/// The writer: takes what waits when a writer is free, never two appends of one call in a
-/// batch. Ends when the store is dropped and everything queued is written.
-async fn write(
+/// A writer: takes what waits when a writer is free, never two items of one key in a batch.
+/// Ends when the store is dropped and everything queued is written.
+async fn write<T: Batched>(
     inner: Arc<dyn CallStore>,
-    mut rx: mpsc::UnboundedReceiver<Pending>,
+    mut rx: mpsc::UnboundedReceiver<Pending<T>>,
     config: GroupCommitConfig,
     sizes: Histogram,
 ) {
     let writers = Arc::new(Semaphore::new(config.writers.max(1)));
     let max_batch = config.max_batch.max(1);
-    // Appends put off because their call already had one in the batch being built.
-    let mut later: VecDeque<Pending> = VecDeque::new();
+    // Items put off because their key already had one in the batch being built.
+    let mut later: VecDeque<Pending<T>> = VecDeque::new();
     let mut open = true;
     loop {
         let Ok(writer) = writers.clone().acquire_owned().await else {
@@ -107,11 +172,11 @@ async fn write(
                 }
             }
         }
-        let mut batch: Vec<Pending> = Vec::new();
-        let mut calls: HashSet<CallId> = HashSet::new();
+        let mut batch: Vec<Pending<T>> = Vec::new();
+        let mut keys: HashSet<T::Key> = HashSet::new();
         let mut again = VecDeque::new();
-        let mut take = |p: Pending, batch: &mut Vec<Pending>, again: &mut VecDeque<Pending>| {
-            if calls.insert(p.append.call.spec.id) {
+        let mut take = |p: Pending<T>, batch: &mut Vec<Pending<T>>, again: &mut VecDeque<_>| {
+            if keys.insert(p.item.key()) {
                 batch.push(p);
             } else {
                 again.push_back(p);
@@ -133,14 +198,13 @@ async fn write(
         sizes.observe(batch.len() as f64);
         let inner = inner.clone();
         tokio::spawn(async move {
-            let (appends, answers): (Vec<Append>, Vec<_>) =
-                batch.into_iter().map(|p| (p.append, p.answer)).unzip();
-            let results = inner.append_batch(&appends).await;
-            let mut results = results.into_iter();
+            let (items, answers): (Vec<T>, Vec<_>) =
+                batch.into_iter().map(|p| (p.item, p.answer)).unzip();
+            let mut results = T::write(inner.as_ref(), &items).await.into_iter();
             for answer in answers {
                 let result = results.next().unwrap_or_else(|| {
                     Err(StoreError::Unavailable(
-                        "the store answered fewer appends than the batch held".into(),
+                        "the store answered fewer writes than the batch held".into(),
                     ))
                 });
                 // A caller that gave up waiting (its timeout) is gone; the write stands.
@@ -180,22 +244,13 @@ impl CallStore for GroupCommit {
         entry: &JournalEntry,
         inbox: Option<(&str, &str)>,
     ) -> StoreResult<()> {
-        let (answer, answered) = oneshot::channel();
-        let pending = Pending {
-            append: Append {
-                call: call.clone(),
-                expected_version,
-                entry: entry.clone(),
-                inbox: inbox.map(|(v, e)| (v.to_owned(), e.to_owned())),
-            },
-            answer,
+        let append = Append {
+            call: call.clone(),
+            expected_version,
+            entry: entry.clone(),
+            inbox: inbox.map(|(v, e)| (v.to_owned(), e.to_owned())),
         };
-        self.queue
-            .send(pending)
-            .map_err(|_| StoreError::Unavailable("the journal writer has stopped".into()))?;
-        answered.await.map_err(|_| {
-            StoreError::Unavailable("the journal writer dropped the append unanswered".into())
-        })?
+        GroupCommit::submit(&self.appends, append).await
     }
 
     async fn append_batch(&self, batch: &[Append]) -> Vec<StoreResult<()>> {
@@ -215,7 +270,11 @@ impl CallStore for GroupCommit {
     }
 
     async fn inbox_record(&self, row: &InboxRow) -> StoreResult<InboxInsert> {
-        self.inner.inbox_record(row).await
+        GroupCommit::submit(&self.inbox, row.clone()).await
+    }
+
+    async fn inbox_record_batch(&self, rows: &[InboxRow]) -> Vec<StoreResult<InboxInsert>> {
+        self.inner.inbox_record_batch(rows).await
     }
 
     async fn inbox_adopt(

@@ -252,6 +252,18 @@ pub trait CallStore: Send + Sync + 'static {
     /// without a fact is stored as processed.
     async fn inbox_record(&self, row: &InboxRow) -> StoreResult<InboxInsert>;
 
+    /// Stores many vendor events as [`CallStore::inbox_record`] would store each, at most one
+    /// per `(vendor, event_id)`, each answered on its own. A store that can writes them in one
+    /// transaction (one flush to disk for a burst of webhooks); this default writes them one
+    /// by one.
+    async fn inbox_record_batch(&self, rows: &[InboxRow]) -> Vec<StoreResult<InboxInsert>> {
+        let mut results = Vec::with_capacity(rows.len());
+        for row in rows {
+            results.push(self.inbox_record(row).await);
+        }
+        results
+    }
+
     /// Attaches the facts waiting under `carrier_leg` (no call yet) to `call_id` and returns
     /// them, oldest first, for delivery.
     async fn inbox_adopt(

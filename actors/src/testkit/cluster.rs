@@ -284,6 +284,11 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_batch_of_vendor_events_answers_each_as_alone() {
+        suite::a_batch_of_vendor_events_answers_each_as_alone(&MemoryStore::new()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn heartbeats_decide_membership() {
         suite::heartbeats_decide_membership(&MemoryStore::new()).await;
     }

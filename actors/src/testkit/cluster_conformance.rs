@@ -20,7 +20,8 @@ use uuid::Uuid;
 use crate::catalog::{NewAgent, Organization};
 use crate::machine::{start, step, Call, CallSpec, CarrierEvent, Direction, Event};
 use crate::ports::calls::{
-    shard_of, Append, CallStore, InboxItem, InsertOutcome, JournalEntry, StoreError, SHARD_COUNT,
+    shard_of, Append, CallStore, InboxInsert, InboxItem, InboxRow, InsertOutcome, JournalEntry,
+    StoreError, SHARD_COUNT,
 };
 use crate::ports::catalog::QueryStore;
 use crate::ports::cluster::{ClaimKind, Claimed, ClusterStore, Lease, NodeInfo, MAX_LEASE_TTL};
@@ -651,6 +652,103 @@ where
         .append(&owner, calls[3].version, &entry, None)
         .await
         .expect("the owner writes the call the batch refused");
+}
+
+/// A batch of vendor events (group commit of webhooks) answers each as storing it alone
+/// would: new, a duplicate of an event stored before, or about a call that does not exist
+/// (nothing stored); an event naming only a leg waits for adoption, one without a fact is
+/// stored processed.
+pub async fn a_batch_of_vendor_events_answers_each_as_alone<S>(store: &S)
+where
+    S: ClusterStore + CallStore + QueryStore + ?Sized,
+{
+    let org = Organization {
+        id: Uuid::from_u128(0x0ba7_1001),
+        name: "Webhooks".into(),
+        created_at: at(1_795_000_000),
+    };
+    store
+        .create_organization(&org, Uuid::from_u128(0x0ba7_1002), "hash-hooks", "iace_hok")
+        .await
+        .expect("organization");
+    let agent: NewAgent = serde_json::from_str(r#"{"name":"Hu"}"#).expect("agent json");
+    let agent = agent
+        .validate(Uuid::from_u128(0x0ba7_1003), org.id, at(1_795_000_000))
+        .expect("agent");
+    store.insert_agent(&agent).await.expect("agent");
+    let shard = 70;
+    let epoch = store
+        .claim_shards("node-a", &[shard], LONG)
+        .await
+        .expect("claim")[0]
+        .epoch;
+    let (call, created) = new_call(org.id, agent.id, call_id(shard, 1), epoch);
+    store
+        .insert_call(&call, &created, None, None)
+        .await
+        .expect("insert");
+    let row = |event_id: &str, call_id: Option<Uuid>, leg: Option<&str>, fact: bool| InboxRow {
+        vendor: "telnyx".into(),
+        event_id: event_id.into(),
+        event_type: "call.answered".into(),
+        call_id,
+        carrier_leg: leg.map(str::to_owned),
+        occurred_at: at(1_796_000_001),
+        event: fact.then_some(CarrierEvent::Answered),
+        raw: Some(serde_json::json!({"data": {"id": event_id}})),
+    };
+    let before = row("hook-seen", Some(call.spec.id), None, true);
+    assert_eq!(
+        store.inbox_record(&before).await.expect("record"),
+        InboxInsert::New
+    );
+    let batch = [
+        row("hook-new", Some(call.spec.id), None, true),
+        before.clone(),
+        row(
+            "hook-unknown",
+            Some(Uuid::from_u128(0x0ba7_dead)),
+            None,
+            true,
+        ),
+        row("hook-parked", None, Some("leg-later"), true),
+        row("hook-no-fact", Some(call.spec.id), None, false),
+    ];
+    let results: Vec<InboxInsert> = store
+        .inbox_record_batch(&batch)
+        .await
+        .into_iter()
+        .map(|r| r.expect("stored"))
+        .collect();
+    assert_eq!(
+        results,
+        [
+            InboxInsert::New,
+            InboxInsert::Duplicate,
+            InboxInsert::UnknownCall,
+            InboxInsert::New,
+            InboxInsert::New
+        ]
+    );
+    let pending: Vec<String> = store
+        .inbox_pending(100)
+        .await
+        .expect("pending")
+        .into_iter()
+        .filter(|i| i.call_id == call.spec.id)
+        .map(|i| i.event_id)
+        .collect();
+    assert_eq!(
+        pending,
+        ["hook-seen", "hook-new"],
+        "the no-fact row is processed"
+    );
+    let adopted = store
+        .inbox_adopt("telnyx", "leg-later", call.spec.id)
+        .await
+        .expect("adopt");
+    assert_eq!(adopted.len(), 1);
+    assert_eq!(adopted[0].event_id, "hook-parked");
 }
 
 /// A heartbeat registers or refreshes a node and answers the live members in node id order;

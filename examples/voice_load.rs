@@ -105,6 +105,10 @@ struct FakesReport {
     pauses_split: usize,
     /// The fake model's own lateness per streamed reply, µs, sorted.
     model_late_us: Vec<u64>,
+    /// Webhook deliveries the server acknowledged: send to response head, µs, sorted.
+    webhook_ack_us: Vec<u64>,
+    /// Webhook delivery attempts that failed.
+    webhook_failed: usize,
 }
 
 /// The benchmark's knobs, shared by both processes.
@@ -118,6 +122,8 @@ struct Knobs {
     llm_token_ms: u64,
     tts_first_ms: u64,
     port: u16,
+    /// The server's `IACE_JOURNAL_WRITERS` (0: one transaction per write).
+    journal_writers: u16,
 }
 
 impl Knobs {
@@ -132,6 +138,7 @@ impl Knobs {
             llm_token_ms: arg("--llm-token-ms", 10) as u64,
             tts_first_ms: arg("--tts-first-ms", 100) as u64,
             port: u16::try_from(arg("--port", 0)).expect("a port"),
+            journal_writers: u16::try_from(arg("--journal-writers", 4)).expect("a count"),
         })
     }
 
@@ -151,6 +158,7 @@ impl Knobs {
             ("--llm-token-ms", self.llm_token_ms.to_string()),
             ("--tts-first-ms", self.tts_first_ms.to_string()),
             ("--port", self.port.to_string()),
+            ("--journal-writers", self.journal_writers.to_string()),
         ]
         .into_iter()
         .flat_map(|(k, v)| [k.to_owned(), v])
@@ -282,6 +290,21 @@ async fn run_fakes(k: Knobs) -> anyhow::Result<()> {
         calls_without_media: k.calls.saturating_sub(with_media),
         pauses_split,
         model_late_us,
+        webhook_ack_us: {
+            let mut acked: Vec<u64> = telnyx
+                .deliveries()
+                .iter()
+                .filter(|d| d.succeeded())
+                .map(|d| d.latency.as_micros() as u64)
+                .collect();
+            acked.sort_unstable();
+            acked
+        },
+        webhook_failed: telnyx
+            .deliveries()
+            .iter()
+            .filter(|d| !d.succeeded())
+            .count(),
     };
     println!("{}", serde_json::to_string(&report)?);
     telnyx.shutdown().await;
@@ -458,6 +481,7 @@ async fn main() -> anyhow::Result<()> {
         sim_talk_ms: 0,
         sim_key_prefix: "unused:".into(),
         node_id: Some("bench".into()),
+        journal_writers: k.journal_writers,
         ..ServeArgs::local(
             &database_url,
             &redis_url,
@@ -493,6 +517,8 @@ struct Measured {
     formula_us: Vec<u64>,
     total_us: Vec<u64>,
     journaled: Vec<Journaled>,
+    /// `POST /v1/calls` round trips, µs, sorted.
+    create_us: Vec<u64>,
 }
 
 /// Creates the variants' agents, places the calls, samples CPU and memory while they
@@ -529,7 +555,9 @@ async fn measure(
     let cpu_start = cpu_ticks("self");
     let fakes_cpu_start = cpu_ticks(child_pid);
     let mut ids = Vec::new();
+    let mut create_us = Vec::with_capacity(k.calls);
     for n in 0..k.calls {
+        let asked = Instant::now();
         let call: serde_json::Value = http
             .post(format!("{public}/v1/calls"))
             .bearer_auth(&key)
@@ -543,6 +571,7 @@ async fn measure(
             .error_for_status()?
             .json()
             .await?;
+        create_us.push(asked.elapsed().as_micros() as u64);
         ids.push(call["id"].as_str().unwrap_or_default().to_owned());
         // Spread the arrivals over a second or two, as a dialer would.
         tokio::time::sleep(Duration::from_millis(8)).await;
@@ -589,6 +618,10 @@ async fn measure(
         journaled: (0..k.variants.len())
             .map(|_| Journaled::default())
             .collect(),
+        create_us: {
+            create_us.sort_unstable();
+            create_us
+        },
     };
     for (n, id) in ids.iter().enumerate() {
         let t: serde_json::Value = http
@@ -686,6 +719,22 @@ fn print_report(k: &Knobs, m: &Measured, fakes: &FakesReport, metrics: &str) {
         counter("iace_speculative_replies_total", Some("used")),
         counter("iace_speculative_replies_total", Some("discarded")),
         counter("iace_speculative_tokens_discarded_total", None)
+    );
+    let mean = |name: &str| {
+        let count = voice::metric(metrics, &format!("{name}_count"), None);
+        voice::metric(metrics, &format!("{name}_sum"), None) / count.max(1.0)
+    };
+    println!(
+        "database writes (journal writers {}): call create p50 {:.2} ms, p99 {:.2} ms; webhook ack p50 {:.2} ms, p99 {:.2} ms ({} acknowledged, {} failed); mean batch: journal {:.1}, inbox {:.1}",
+        k.journal_writers,
+        ms(&m.create_us, 50.0),
+        ms(&m.create_us, 99.0),
+        ms(&fakes.webhook_ack_us, 50.0),
+        ms(&fakes.webhook_ack_us, 99.0),
+        fakes.webhook_ack_us.len(),
+        fakes.webhook_failed,
+        mean("iace_journal_batch_size"),
+        mean("iace_inbox_batch_size"),
     );
     println!(
         "turns measured {}: engine-added p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",

@@ -211,12 +211,27 @@ impl Engine {
         agent_id: Uuid,
         direction: Direction,
     ) -> Result<(), EngineError> {
-        let agent = self
-            .query(move |q| async move { Ok(q.get_agent(org, agent_id).await?) })
-            .await?
-            .ok_or_else(|| {
-                EngineError::invalid("agent_id", "no agent with this id in your organization")
-            })?;
+        let agent = match self.inner.shared.lookups.agent(org, agent_id) {
+            Some(agent) => {
+                let m = &self.inner.shared.metrics;
+                m.lookups.with_label_values(&["agent", "hit"]).inc();
+                Some(agent)
+            }
+            None => {
+                let m = &self.inner.shared.metrics;
+                m.lookups.with_label_values(&["agent", "miss"]).inc();
+                let found = self
+                    .query(move |q| async move { Ok(q.get_agent(org, agent_id).await?) })
+                    .await?;
+                if let Some(agent) = &found {
+                    self.inner.shared.lookups.keep_agent(agent);
+                }
+                found
+            }
+        }
+        .ok_or_else(|| {
+            EngineError::invalid("agent_id", "no agent with this id in your organization")
+        })?;
         if agent.status != AgentStatus::Active {
             return Err(EngineError::invalid(
                 "agent_id",

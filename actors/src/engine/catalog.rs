@@ -82,9 +82,13 @@ impl Engine {
     ) -> Result<Agent, EngineError> {
         let patch = patch.validate()?;
         let now = self.now();
-        self.query(move |q| async move { Ok(q.update_agent(org, id, &patch, now).await?) })
-            .await?
-            .ok_or(EngineError::NotFound { what: "agent" })
+        self.inner.shared.lookups.forget_agent(org, id);
+        let updated = self
+            .query(move |q| async move { Ok(q.update_agent(org, id, &patch, now).await?) })
+            .await;
+        // Read again from the store from now on, whatever came of it.
+        self.inner.shared.lookups.forget_agent(org, id);
+        updated?.ok_or(EngineError::NotFound { what: "agent" })
     }
 
     /// Deletes an agent (archives it when it has calls).
@@ -92,7 +96,9 @@ impl Engine {
         let now = self.now();
         let found = self
             .query(move |q| async move { Ok(q.delete_agent(org, id, now).await?) })
-            .await?;
+            .await;
+        self.inner.shared.lookups.forget_agent(org, id);
+        let found = found?;
         found
             .then_some(())
             .ok_or(EngineError::NotFound { what: "agent" })
@@ -152,16 +158,21 @@ impl Engine {
     ) -> Result<Customer, EngineError> {
         let patch = patch.validate()?;
         let now = self.now();
-        self.query(move |q| async move { Ok(q.update_customer(org, id, &patch, now).await?) })
-            .await?
-            .ok_or(EngineError::NotFound { what: "customer" })
+        self.inner.shared.lookups.forget_customer(org, id);
+        let updated = self
+            .query(move |q| async move { Ok(q.update_customer(org, id, &patch, now).await?) })
+            .await;
+        self.inner.shared.lookups.forget_customer(org, id);
+        updated?.ok_or(EngineError::NotFound { what: "customer" })
     }
 
     /// Deletes a customer (their calls keep their history).
     pub async fn delete_customer(&self, org: OrganizationId, id: Uuid) -> Result<(), EngineError> {
         let found = self
             .query(move |q| async move { Ok(q.delete_customer(org, id).await?) })
-            .await?;
+            .await;
+        self.inner.shared.lookups.forget_customer(org, id);
+        let found = found?;
         found
             .then_some(())
             .ok_or(EngineError::NotFound { what: "customer" })

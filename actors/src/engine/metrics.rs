@@ -54,6 +54,9 @@ pub struct EngineMetrics {
     /// Model text deltas (about one token each) received for speculative replies that were
     /// discarded: the model output paid for and never spoken.
     pub speculative_tokens_discarded: IntCounter,
+    /// Agents and customers read for call starts, by kind and result (`hit`: reused from the
+    /// engine's short-lived lookups, `miss`: read from the store).
+    pub lookups: IntCounterVec,
 }
 
 impl EngineMetrics {
@@ -143,11 +146,19 @@ impl EngineMetrics {
                 ),
                 &["outcome"],
             )?,
+            lookups: IntCounterVec::new(
+                Opts::new(
+                    "iace_lookups_total",
+                    "Agents and customers read for call starts, by kind and result",
+                ),
+                &["kind", "result"],
+            )?,
             speculative_tokens_discarded: IntCounter::new(
                 "iace_speculative_tokens_discarded_total",
                 "Model tokens received for speculative replies that were discarded",
             )?,
         };
+        registry.register(Box::new(m.lookups.clone()))?;
         registry.register(Box::new(m.speculative_replies.clone()))?;
         registry.register(Box::new(m.speculative_tokens_discarded.clone()))?;
         registry.register(Box::new(m.pokes_sent.clone()))?;

@@ -40,6 +40,7 @@ mod group_commit;
 mod health;
 mod ingress;
 mod learning;
+mod lookups;
 mod media;
 mod metrics;
 mod query;
@@ -124,6 +125,7 @@ impl Engine {
             superseded: Default::default(),
             draining: Default::default(),
             voice: crate::engine::voice_session::VoiceRouter::default(),
+            lookups: lookups::Lookups::new(config.lookup_ttl),
         });
         let spawn_err = |e: ractor::SpawnErr| EngineError::Unavailable(format!("spawn: {e}"));
         let (queries, qh) = Actor::spawn(

@@ -10,14 +10,18 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound, Utc};
 
 use super::cluster::{Routes, ShardTable};
+use super::lookups::Lookups;
 use super::metrics::EngineMetrics;
 use super::voice_session::VoiceRouter;
 use crate::breaker::Breakers;
+use crate::catalog::{Agent, Customer};
 use crate::learning::recall::Recall;
+use crate::machine::OrganizationId;
 use crate::ports::accounts::AccountStore;
 use crate::ports::{
     CallStore, Clock, ClusterStore, IdGen, Peers, QueryStore, StoreError, Telephony, VoicePorts,
 };
+use uuid::Uuid;
 
 /// The ports an engine is built from.
 #[derive(Clone)]
@@ -86,6 +90,9 @@ pub struct EngineConfig {
     /// Outbound calls run answering-machine detection at the carrier: the greeting waits for
     /// its verdict (bounded by the agent's `amd_wait_ms`).
     pub await_amd: bool,
+    /// How long an agent or customer read for a call start is reused (see [`Lookups`]); zero
+    /// reads every time.
+    pub lookup_ttl: Duration,
 }
 
 impl Default for EngineConfig {
@@ -107,6 +114,7 @@ impl Default for EngineConfig {
             orphan_sweep_every: Duration::from_secs(30),
             command_timeout: Duration::from_secs(10),
             await_amd: false,
+            lookup_ttl: Duration::from_secs(5),
         }
     }
 }
@@ -125,9 +133,64 @@ pub(crate) struct Shared {
     pub superseded: std::sync::atomic::AtomicBool,
     /// Live voice sessions, for the media endpoint's per-frame traffic.
     pub voice: VoiceRouter,
+    /// Agents and customers read recently (call starts read the same ones over and over).
+    pub lookups: Lookups,
 }
 
 impl Shared {
+    /// The agent, from [`Lookups`] when it was read within `lookup_ttl`, else from the store.
+    pub(crate) async fn agent(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+    ) -> Result<Option<Agent>, StoreError> {
+        if let Some(agent) = self.lookups.agent(org, id) {
+            self.metrics
+                .lookups
+                .with_label_values(&["agent", "hit"])
+                .inc();
+            return Ok(Some(agent));
+        }
+        self.metrics
+            .lookups
+            .with_label_values(&["agent", "miss"])
+            .inc();
+        let found = self
+            .with_timeout(self.ports.queries.get_agent(org, id))
+            .await?;
+        if let Some(agent) = &found {
+            self.lookups.keep_agent(agent);
+        }
+        Ok(found)
+    }
+
+    /// The customer, from [`Lookups`] when it was read within `lookup_ttl`, else from the
+    /// store.
+    pub(crate) async fn customer(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+    ) -> Result<Option<Customer>, StoreError> {
+        if let Some(customer) = self.lookups.customer(org, id) {
+            self.metrics
+                .lookups
+                .with_label_values(&["customer", "hit"])
+                .inc();
+            return Ok(Some(customer));
+        }
+        self.metrics
+            .lookups
+            .with_label_values(&["customer", "miss"])
+            .inc();
+        let found = self
+            .with_timeout(self.ports.queries.get_customer(org, id))
+            .await?;
+        if let Some(customer) = &found {
+            self.lookups.keep_customer(customer);
+        }
+        Ok(found)
+    }
+
     /// The current time, at the store's precision (microseconds) so snapshots round-trip.
     pub(crate) fn now(&self) -> DateTime<Utc> {
         self.ports.clock.now().trunc_subsecs(6)

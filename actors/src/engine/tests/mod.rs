@@ -1004,6 +1004,40 @@ async fn a_stray_leg_whose_hangup_failed_is_released_after_the_call_ended_and_af
     new.shutdown().await;
 }
 
+/// Call starts reuse the agent they read (counted hits), and an update through the engine is
+/// seen by the very next call: a deactivated agent takes no more calls at once.
+#[tokio::test(start_paused = true)]
+async fn call_starts_reuse_the_agent_read_and_see_an_update_at_once() {
+    let w = World::new(24).await;
+    let engine = w.engine().await;
+    let lookups = |result: &str| {
+        engine
+            .metrics()
+            .lookups
+            .with_label_values(&["agent", result])
+            .get()
+    };
+    for _ in 0..3 {
+        engine.create_call(w.org, w.new_call(), None).await.unwrap();
+    }
+    assert_eq!((lookups("miss"), lookups("hit")), (1, 2));
+    engine
+        .update_agent(
+            w.org,
+            w.agent,
+            serde_json::from_str(r#"{"status":"inactive"}"#).unwrap(),
+        )
+        .await
+        .unwrap();
+    let refused = engine.create_call(w.org, w.new_call(), None).await;
+    assert!(
+        matches!(&refused, Err(EngineError::Invalid(e)) if e.field == "agent_id"),
+        "{refused:?}"
+    );
+    assert_eq!(lookups("miss"), 2, "read again after the update");
+    engine.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_call_whose_leg_is_journaled_is_never_dialed_again() {
     let w = World::new(21).await;

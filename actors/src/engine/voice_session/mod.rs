@@ -288,11 +288,7 @@ impl VoiceState {
     /// Loads the agent and the customer, opens the vendor streams; returns what failed.
     async fn init(&mut self, myself: &ActorRef<VoiceMsg>) -> Vec<Input> {
         let spec = &self.spec;
-        let queries = &self.shared.ports.queries;
-        let agent = self
-            .shared
-            .with_timeout(queries.get_agent(spec.organization_id, spec.agent_id))
-            .await;
+        let agent = self.shared.agent(spec.organization_id, spec.agent_id).await;
         let profile = match agent {
             Ok(Some(agent)) => {
                 VoiceProfile::from_configs(&agent.persona_config, &agent.voice_config)
@@ -312,7 +308,7 @@ impl VoiceState {
         let customer = match spec.customer_id {
             Some(id) => self
                 .shared
-                .with_timeout(queries.get_customer(spec.organization_id, id))
+                .customer(spec.organization_id, id)
                 .await
                 .ok()
                 .flatten()

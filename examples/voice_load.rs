@@ -736,6 +736,20 @@ fn print_report(k: &Knobs, m: &Measured, fakes: &FakesReport, metrics: &str) {
         mean("iace_journal_batch_size"),
         mean("iace_inbox_batch_size"),
     );
+    let looked = |kind: &str, result: &str| {
+        let text = metrics;
+        text.lines()
+            .filter(|l| l.starts_with("iace_lookups_total{"))
+            .filter(|l| l.contains(&format!("kind=\"{kind}\"")))
+            .filter(|l| l.contains(&format!("result=\"{result}\"")))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    println!(
+        "agent lookups at call starts: {} reused, {} read from the store",
+        looked("agent", "hit"),
+        looked("agent", "miss")
+    );
     println!(
         "turns measured {}: engine-added p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         m.engine_us.len(),

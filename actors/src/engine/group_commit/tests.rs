@@ -244,7 +244,9 @@ async fn appends_that_wait_for_a_writer_go_in_one_batch_each_with_its_answer() {
             async move { advance(store.as_ref(), &call).await },
         ));
     }
-    // None is answered before its batch commits.
+    // None is answered before its batch commits. (Paused time on the current-thread runtime:
+    // the clock moves only once every task is idle, so after this sleep every append has
+    // run as far as it can; the gate, not the machine's speed, keeps them unanswered.)
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!first.is_finished() && rest.iter().all(|t| !t.is_finished()));
     gated.open();
@@ -296,6 +298,8 @@ async fn a_call_never_has_two_appends_in_a_batch_and_a_stale_one_fails_alone() {
         let (store, call) = (store.clone(), c.clone());
         async move { advance(store.as_ref(), &call).await }
     });
+    // Paused time: the clock moves only once every task is idle, so after this sleep all
+    // three appends are queued behind the held batch, whatever the machine's load.
     tokio::time::sleep(Duration::from_millis(50)).await;
     gated.open();
     let results = [b1.await.unwrap(), b2.await.unwrap(), c1.await.unwrap()];

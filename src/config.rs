@@ -361,6 +361,17 @@ pub struct ServeArgs {
     /// costs one flush to disk). 0 writes every append in its own transaction.
     #[arg(long, env = "IACE_JOURNAL_WRITERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(0..=64))]
     pub journal_writers: u16,
+    /// Most calls this node runs at once. Past it, new outbound calls are refused with 503
+    /// and `Retry-After` and inbound calls are rejected at the carrier, before anything is
+    /// stored, so the live calls keep their latency. The default is what a 2-core node was
+    /// measured to carry (docs/benchmarks.md); 0 is no limit.
+    #[arg(long, env = "IACE_MAX_LIVE_CALLS", default_value_t = iace_actors::engine::DEFAULT_MAX_LIVE_CALLS)]
+    pub max_live_calls: usize,
+    /// Report the node unready on `/ready` while it runs `IACE_MAX_LIVE_CALLS` calls, so that
+    /// a load balancer in front of several nodes sends new work to the others. Leave it off
+    /// with a single node: its webhooks for the calls it runs come through the same balancer.
+    #[arg(long, env = "IACE_UNREADY_AT_CAPACITY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub unready_at_capacity: bool,
 }
 
 /// Learning from completed calls: patterns and customer memories, embedded for similarity
@@ -432,6 +443,8 @@ impl ServeArgs {
             ring_timeout_secs: 30,
             max_call_secs: 3600,
             journal_writers: 4,
+            max_live_calls: iace_actors::engine::DEFAULT_MAX_LIVE_CALLS,
+            unready_at_capacity: false,
         }
     }
 }

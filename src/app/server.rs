@@ -300,6 +300,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         ring_timeout_secs: args.ring_timeout_secs,
         max_duration_secs: args.max_call_secs,
         await_amd: telnyx.is_some() && args.telnyx.telnyx_amd != "disabled",
+        max_live_calls: args.max_live_calls,
         ..EngineConfig::default()
     };
     let engine = Engine::start(ports, config, &registry)
@@ -352,10 +353,16 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         security,
         cors_origins,
         nodes: Some(nodes),
-        ready_checks: vec![
-            Arc::new(RedisReady(redis)),
-            Arc::new(crate::edge::EdgeReady(edge.clone())),
-        ],
+        ready_checks: {
+            let mut checks: Vec<Arc<dyn crate::http::ReadyCheck>> = vec![
+                Arc::new(RedisReady(redis)),
+                Arc::new(crate::edge::EdgeReady(edge.clone())),
+            ];
+            if args.unready_at_capacity {
+                checks.push(Arc::new(crate::http::CapacityReady(engine.clone())));
+            }
+            checks
+        },
         telnyx: telnyx_ingress,
         webhooks: WebhookMetrics::new(&registry)?,
         admin_token: args

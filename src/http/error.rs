@@ -80,7 +80,8 @@ impl From<EngineError> for ApiError {
             EngineError::Unavailable(_)
             | EngineError::StoreUnavailable(_)
             | EngineError::VendorUnavailable { .. }
-            | EngineError::Elsewhere { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | EngineError::Elsewhere { .. }
+            | EngineError::AtCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
             EngineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             EngineError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             EngineError::ConcurrentCallLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -115,6 +116,9 @@ impl From<EngineError> for ApiError {
             error.code = "unavailable";
             error.retry_after = Some(1);
             error.forward = Some(Box::new(peer.clone()));
+        }
+        if let EngineError::AtCapacity { .. } = &e {
+            error.retry_after = Some(iace_actors::engine::AT_CAPACITY_RETRY_AFTER_SECS);
         }
         if let EngineError::ConcurrentCallLimit { .. } = &e {
             // Calls last minutes; a few seconds is a polite first retry.

@@ -47,6 +47,29 @@ pub trait ReadyCheck: Send + Sync {
     async fn check(&self) -> Result<(), String>;
 }
 
+/// Unready while the node runs as many calls as it may (`IACE_UNREADY_AT_CAPACITY`): a load
+/// balancer then sends new work to the other nodes.
+pub struct CapacityReady(pub Engine);
+
+#[async_trait]
+impl ReadyCheck for CapacityReady {
+    fn name(&self) -> &'static str {
+        "calls"
+    }
+    async fn check(&self) -> Result<(), String> {
+        let load = self.0.load();
+        if load.full() {
+            Err(format!(
+                "at capacity: {} calls of {}",
+                load.running + load.admitting,
+                load.max
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// What handlers share.
 #[derive(Clone)]
 pub struct AppState {
@@ -380,6 +403,11 @@ async fn readiness(state: &AppState) -> (StatusCode, serde_json::Value) {
             }
         }
     }
+    let load = state.engine.load();
+    checks.insert(
+        "capacity".into(),
+        json!({"running": load.running, "admitting": load.admitting, "max": load.max}),
+    );
     // Breakers are reported, not judged: an open vendor breaker must not take every node
     // out of the load balancer (calls in progress keep running; new work fails fast).
     let breakers: serde_json::Map<String, serde_json::Value> = state

@@ -765,6 +765,88 @@ async fn health_ready_and_metrics() {
 }
 
 #[tokio::test]
+async fn a_node_at_capacity_answers_503_with_retry_after_and_reports_unready() {
+    let server = Server::start_with(
+        300,
+        60_000,
+        &[
+            ("IACE_MAX_LIVE_CALLS", "1"),
+            ("IACE_UNREADY_AT_CAPACITY", "true"),
+        ],
+    )
+    .await;
+    let (_, key) = server.org("Acme");
+    let agent = server.agent(&key).await;
+    let ready = |base: String| {
+        let http = server.http.clone();
+        async move { http.get(format!("{base}/ready")).send().await.unwrap() }
+    };
+    assert_eq!(ready(server.base.clone()).await.status(), StatusCode::OK);
+    let (s, first) = server.post(&key, "/v1/calls", call_body(&agent)).await;
+    assert_eq!(s, StatusCode::CREATED, "{first}");
+    let (s, refused, headers) = server
+        .send(
+            reqwest::Method::POST,
+            &key,
+            "/v1/calls",
+            Some(call_body(&agent).to_string()),
+            &[("idempotency-key", "second")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{refused}");
+    assert_eq!(refused["error"]["code"], "at_capacity", "{refused}");
+    assert_eq!(headers["retry-after"], "5");
+    let (_, listed) = server.get(&key, "/v1/calls").await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+    // The load balancer is told: unready while full, with the count on the operations port.
+    assert_eq!(
+        ready(server.base.clone()).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let detail: Value = ready(server.inner.metrics_base.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        detail["checks"]["capacity"],
+        json!({"running": 1, "admitting": 0, "max": 1}),
+        "{detail}"
+    );
+    assert_eq!(
+        detail["checks"]["calls"], "at capacity: 1 calls of 1",
+        "{detail}"
+    );
+    // The call ends: the node takes calls again, and the refused key was never stored.
+    let id = first["id"].as_str().unwrap();
+    let (s, v) = server
+        .post(&key, &format!("/v1/calls/{id}/hangup"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ready(server.base.clone()).await.status() != StatusCode::OK {
+        assert!(Instant::now() < deadline, "the node never took calls again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, second, _) = server
+        .send(
+            reqwest::Method::POST,
+            &key,
+            "/v1/calls",
+            Some(call_body(&agent).to_string()),
+            &[("idempotency-key", "second")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{second}");
+    let metrics = common::metrics::scrape(&server.inner.metrics_base).await;
+    assert!(
+        metrics.contains("iace_calls_refused_total{direction=\"outbound\",reason=\"capacity\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("iace_call_capacity 1"), "{metrics}");
+}
+
+#[tokio::test]
 async fn a_corrupt_row_is_a_500_that_names_nothing_internal() {
     let server = Server::start(300, 30_000).await;
     let (_, key) = server.org("Acme");

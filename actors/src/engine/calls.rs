@@ -106,6 +106,7 @@ impl Engine {
                 key: validate_idempotency_key(&key)?,
             }),
         };
+        let admission = self.admit(Direction::Outbound)?;
         let agent_id = req.agent_id;
         self.check_agent(org, agent_id, Direction::Outbound).await?;
         let spec = CallSpec {
@@ -121,7 +122,8 @@ impl Engine {
             max_duration_secs: self.inner.shared.config.max_duration_secs,
             inbound_leg_id: None,
         };
-        self.insert_and_activate(spec, idempotency, max_live).await
+        self.insert_and_activate(spec, idempotency, max_live, admission)
+            .await
     }
 
     /// Takes an inbound call the carrier offers (the telephony adapter has already resolved
@@ -141,6 +143,7 @@ impl Engine {
         }
         let org = inbound.organization_id;
         let agent_id = inbound.agent_id;
+        let admission = self.admit(Direction::Inbound)?;
         self.check_agent(org, agent_id, Direction::Inbound).await?;
         let canonical = serde_json::json!({
             "direction": "inbound",
@@ -168,8 +171,33 @@ impl Engine {
             max_duration_secs: shared.config.max_duration_secs,
             inbound_leg_id: Some(leg.to_owned()),
         };
-        self.insert_and_activate(spec, Some(idempotency), None)
+        self.insert_and_activate(spec, Some(idempotency), None, admission)
             .await
+    }
+
+    /// A capacity slot for a new call, or [`EngineError::AtCapacity`] (counted) when the node
+    /// runs as many calls as it may.
+    pub(super) fn admit(
+        &self,
+        direction: Direction,
+    ) -> Result<super::capacity::Admission, EngineError> {
+        let shared = &self.inner.shared;
+        shared.capacity.admit().map_err(|load| {
+            shared
+                .metrics
+                .calls_refused
+                .with_label_values(&[direction.as_str(), "capacity"])
+                .inc();
+            EngineError::AtCapacity {
+                running: load.running + load.admitting,
+                max: load.max,
+            }
+        })
+    }
+
+    /// What the node carries against its capacity.
+    pub fn load(&self) -> super::Load {
+        self.inner.shared.capacity.load()
     }
 
     /// A fresh call id in a shard this node runs, so that the new call's actor starts here
@@ -262,10 +290,12 @@ impl Engine {
         spec: CallSpec,
         idempotency: Option<IdempotencyKey>,
         max_live: Option<u32>,
+        admission: super::capacity::Admission,
     ) -> Result<CreatedCall, EngineError> {
         let shared = &self.inner.shared;
         let now = self.now();
         let org = spec.organization_id;
+        let spec_direction = spec.direction;
         let (mut call, effects) = start(spec.clone(), now);
         call.owner_epoch = shared.shards.epoch_of(call.spec.id);
         let created = JournalEntry {
@@ -296,6 +326,7 @@ impl Engine {
                     .send_message(SupervisorMsg::Activate {
                         call: Box::new(call.clone()),
                         effects,
+                        admission: Some(admission),
                     })
                     .map_err(|_| EngineError::Unavailable("the engine is stopping".into()))?;
                 Ok(CreatedCall {
@@ -323,10 +354,17 @@ impl Engine {
                 "customer_id",
                 "no customer with this id in your organization",
             )),
-            InsertOutcome::LiveLimit { live } => Err(EngineError::ConcurrentCallLimit {
-                allowed: max_live.unwrap_or(0),
-                live,
-            }),
+            InsertOutcome::LiveLimit { live } => {
+                shared
+                    .metrics
+                    .calls_refused
+                    .with_label_values(&[spec_direction.as_str(), "plan_limit"])
+                    .inc();
+                Err(EngineError::ConcurrentCallLimit {
+                    allowed: max_live.unwrap_or(0),
+                    live,
+                })
+            }
         }
     }
 

@@ -73,6 +73,17 @@ pub enum EngineError {
         /// Live calls counted when the create was refused.
         live: u64,
     },
+    /// This node runs as many calls as it may (`max_live_calls`): a new call is refused before
+    /// anything is read or stored, so the live ones keep their latency. Nothing was stored.
+    #[error(
+        "this node runs {running} calls, its capacity; nothing was stored, retry in a few seconds"
+    )]
+    AtCapacity {
+        /// Calls running or being started on the node.
+        running: usize,
+        /// The node's capacity.
+        max: usize,
+    },
 }
 
 impl EngineError {
@@ -90,6 +101,7 @@ impl EngineError {
             EngineError::Timeout(_) => "timeout",
             EngineError::Elsewhere { .. } => "elsewhere",
             EngineError::ConcurrentCallLimit { .. } => "concurrent_call_limit",
+            EngineError::AtCapacity { .. } => "at_capacity",
         }
     }
 

@@ -173,6 +173,11 @@ impl Engine {
         from: PhoneNumber,
         to: PhoneNumber,
     ) -> Result<IngestOutcome, EngineError> {
+        // A full node turns the caller away before reading anything (the create below
+        // checks again, exactly).
+        if let Err(full) = self.admit(crate::machine::Direction::Inbound) {
+            return self.refuse(event, leg, full.to_string()).await;
+        }
         let number = to.clone();
         let owner = self
             .query(move |q| async move { Ok(q.route_number(&number).await?) })
@@ -201,6 +206,10 @@ impl Engine {
             Ok(created) => created.call,
             Err(EngineError::Invalid(e)) => {
                 // The number's agent cannot take calls (inactive, outbound only).
+                return self.refuse(event, leg, e.to_string()).await;
+            }
+            Err(e @ EngineError::AtCapacity { .. }) => {
+                // The caller is turned away rather than every live call slowed down.
                 return self.refuse(event, leg, e.to_string()).await;
             }
             Err(e) => return Err(e),

@@ -57,6 +57,11 @@ pub struct EngineMetrics {
     /// Agents and customers read for call starts, by kind and result (`hit`: reused from the
     /// engine's short-lived lookups, `miss`: read from the store).
     pub lookups: IntCounterVec,
+    /// New calls refused before anything was stored, by direction and reason (`capacity`:
+    /// the node runs `max_live_calls`; `plan_limit`: the organization's concurrent calls).
+    pub calls_refused: IntCounterVec,
+    /// The node's capacity (`max_live_calls`; 0 is no limit), beside `iace_call_actors`.
+    pub capacity: IntGauge,
 }
 
 impl EngineMetrics {
@@ -153,12 +158,25 @@ impl EngineMetrics {
                 ),
                 &["kind", "result"],
             )?,
+            calls_refused: IntCounterVec::new(
+                Opts::new(
+                    "iace_calls_refused_total",
+                    "New calls refused before anything was stored, by direction and reason",
+                ),
+                &["direction", "reason"],
+            )?,
+            capacity: IntGauge::new(
+                "iace_call_capacity",
+                "Most calls this node runs at once (0: no limit)",
+            )?,
             speculative_tokens_discarded: IntCounter::new(
                 "iace_speculative_tokens_discarded_total",
                 "Model tokens received for speculative replies that were discarded",
             )?,
         };
         registry.register(Box::new(m.lookups.clone()))?;
+        registry.register(Box::new(m.calls_refused.clone()))?;
+        registry.register(Box::new(m.capacity.clone()))?;
         registry.register(Box::new(m.speculative_replies.clone()))?;
         registry.register(Box::new(m.speculative_tokens_discarded.clone()))?;
         registry.register(Box::new(m.pokes_sent.clone()))?;

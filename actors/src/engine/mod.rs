@@ -32,6 +32,7 @@
 mod accounts;
 pub(crate) mod call_actor;
 mod calls;
+mod capacity;
 mod catalog;
 mod cluster;
 mod dispatch;
@@ -56,6 +57,7 @@ use ractor::{Actor, ActorRef};
 use tracing::info;
 
 pub use calls::{parse_status, CreatedCall, InboundCall, NewCall, MAX_IDEMPOTENCY_KEY_LEN};
+pub use capacity::{Load, AT_CAPACITY_RETRY_AFTER_SECS, DEFAULT_MAX_LIVE_CALLS};
 pub use cluster::{ClusterView, Peer};
 pub use dispatch::{DEFAULT_PAGE, MAX_PAGE};
 pub use error::EngineError;
@@ -107,6 +109,9 @@ impl Engine {
             started_at: ports.clock.now(),
             draining: false,
         };
+        metrics
+            .capacity
+            .set(i64::try_from(config.max_live_calls).unwrap_or(i64::MAX));
         let shards = Arc::new(ShardTable::default());
         let mut ports = ports;
         if let Some(voice) = ports.voice.as_mut() {
@@ -126,6 +131,7 @@ impl Engine {
             draining: Default::default(),
             voice: crate::engine::voice_session::VoiceRouter::default(),
             lookups: lookups::Lookups::new(config.lookup_ttl),
+            capacity: capacity::Capacity::new(config.max_live_calls),
         });
         let spawn_err = |e: ractor::SpawnErr| EngineError::Unavailable(format!("spawn: {e}"));
         let (queries, qh) = Actor::spawn(

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 
+use super::capacity::DEFAULT_MAX_LIVE_CALLS;
 use super::cluster::{Routes, ShardTable};
 use super::lookups::Lookups;
 use super::metrics::EngineMetrics;
@@ -93,6 +94,11 @@ pub struct EngineConfig {
     /// How long an agent or customer read for a call start is reused (see [`Lookups`]); zero
     /// reads every time.
     pub lookup_ttl: Duration,
+    /// Most calls this node runs at once; new ones past it are refused (see [`Capacity`]).
+    /// 0 is no limit.
+    ///
+    /// [`Capacity`]: super::capacity
+    pub max_live_calls: usize,
 }
 
 impl Default for EngineConfig {
@@ -115,6 +121,7 @@ impl Default for EngineConfig {
             command_timeout: Duration::from_secs(10),
             await_amd: false,
             lookup_ttl: Duration::from_secs(5),
+            max_live_calls: DEFAULT_MAX_LIVE_CALLS,
         }
     }
 }
@@ -135,6 +142,8 @@ pub(crate) struct Shared {
     pub voice: VoiceRouter,
     /// Agents and customers read recently (call starts read the same ones over and over).
     pub lookups: Lookups,
+    /// Calls running and being admitted, against `max_live_calls`.
+    pub capacity: Arc<super::capacity::Capacity>,
 }
 
 impl Shared {

@@ -31,6 +31,8 @@ pub(crate) enum SupervisorMsg {
     Activate {
         call: Box<Call>,
         effects: Vec<Effect>,
+        /// The create's capacity slot: released once the actor runs (and counts as running).
+        admission: Option<super::capacity::Admission>,
     },
     /// Route an event to the call's actor, activating it from the store when needed.
     Deliver {
@@ -146,16 +148,21 @@ impl Actor for CallSupervisor {
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SupervisorMsg::Activate { call, effects } => {
+            SupervisorMsg::Activate {
+                call,
+                effects,
+                admission,
+            } => {
                 let id = call.spec.id;
-                if state.calls.contains_key(&id) {
-                    // Already resumed from the store (orphan sweep or a delivery got here
-                    // first); that actor reconciles and re-issues what is missing.
-                    return Ok(());
+                if !state.calls.contains_key(&id) {
+                    state
+                        .spawn(&myself, id, Activation::New { call, effects })
+                        .await;
                 }
-                state
-                    .spawn(&myself, id, Activation::New { call, effects })
-                    .await;
+                // Else already resumed from the store (orphan sweep or a delivery got here
+                // first); that actor reconciles and re-issues what is missing. Either way the
+                // call now counts as running.
+                drop(admission);
             }
             SupervisorMsg::Ensure { call_id } => {
                 if !state.calls.contains_key(&call_id) && !state.restarting(call_id) {
@@ -404,6 +411,7 @@ impl SupervisorState {
     }
 
     fn update_gauge(&self) {
+        self.shared.capacity.set_running(self.calls.len());
         self.shared
             .metrics
             .live_actors

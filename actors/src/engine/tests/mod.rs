@@ -367,6 +367,91 @@ async fn the_concurrent_call_limit_refuses_new_calls_until_one_ends() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_node_at_capacity_refuses_new_calls_before_storing_anything() {
+    let w = World::new(43).await;
+    let config = EngineConfig {
+        max_live_calls: 2,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(w.ports.clone(), config, &prometheus::Registry::new())
+        .await
+        .unwrap();
+    w.assign(&engine, "+14155550123").await;
+    // A create that fails gives its slot back.
+    let unknown = NewCall {
+        agent_id: Uuid::from_u128(0xBAD),
+        ..w.new_call()
+    };
+    let err = engine.create_call(w.org, unknown, None).await.unwrap_err();
+    assert_eq!(err.code(), "invalid_request");
+    let (first, _) = w.placed(&engine).await;
+    let (_second, _) = w.placed(&engine).await;
+    assert_eq!(
+        engine.load(),
+        Load {
+            running: 2,
+            admitting: 0,
+            max: 2
+        }
+    );
+
+    let err = engine
+        .create_call(w.org, w.new_call(), Some("k".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(err, EngineError::AtCapacity { running: 2, max: 2 });
+    assert_eq!(err.code(), "at_capacity");
+    let listed = engine
+        .list_calls(w.org, CallFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2, "the refused create stored nothing");
+
+    // An inbound caller is turned away at the carrier; no call is created for the leg.
+    let out = engine
+        .ingest_vendor_event(vendor_event(
+            "ev-offer",
+            offer("leg-full", "+14155550123"),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out, IngestOutcome::Rejected);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(w
+        .carrier
+        .commands()
+        .contains(&crate::testkit::Command::Reject {
+            carrier_call_id: "leg-full".into(),
+            command_id: "reject:leg-full".into()
+        }));
+    let refused = |direction: &str| {
+        engine
+            .metrics()
+            .calls_refused
+            .with_label_values(&[direction, "capacity"])
+            .get()
+    };
+    assert_eq!((refused("outbound"), refused("inbound")), (1, 1));
+
+    // A live call ends: its actor stops and the slot comes back.
+    engine.hangup(w.org, first).await.unwrap();
+    w.until(first, "ended", |c| c.status.is_terminal()).await;
+    for _ in 0..500 {
+        if engine.load().running < 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let next = engine
+        .create_call(w.org, w.new_call(), Some("k".into()))
+        .await
+        .expect("a slot freed by the ended call");
+    assert!(!next.replayed, "the refused key stored nothing");
+    engine.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn hangup_cancels_then_refuses_with_current_status() {
     let w = World::new(5).await;
     let engine = w.engine().await;

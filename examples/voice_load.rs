@@ -736,6 +736,20 @@ fn print_report(k: &Knobs, m: &Measured, fakes: &FakesReport, metrics: &str) {
         mean("iace_journal_batch_size"),
         mean("iace_inbox_batch_size"),
     );
+    let waited = |kind: &str, q: f64| {
+        voice::histogram_quantile(metrics, "iace_db_acquire_seconds", ("kind", kind), q) * 1000.0
+    };
+    println!(
+        "pool wait (bucket upper bounds; pool of {} connections): transactions mean {:.2} ms, p50 <= {} ms, p99 <= {} ms; probe once a second p99 <= {} ms",
+        voice::metric(metrics, "iace_db_pool_max_connections", None),
+        voice::metric(metrics, "iace_db_acquire_seconds_sum", Some(("kind", "transaction")))
+            / voice::metric(metrics, "iace_db_acquire_seconds_count", Some(("kind", "transaction")))
+                .max(1.0)
+            * 1000.0,
+        waited("transaction", 0.5),
+        waited("transaction", 0.99),
+        waited("probe", 0.99),
+    );
     let looked = |kind: &str, result: &str| {
         let text = metrics;
         text.lines()

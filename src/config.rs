@@ -91,6 +91,33 @@ pub struct DbArgs {
     /// Postgres URL (needs the pgvector extension available).
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
+    /// Most connections this node opens to Postgres (journal writers, queries, webhooks,
+    /// workers share them; `iace_db_acquire_seconds` shows the waits).
+    #[arg(long, env = "IACE_DB_MAX_CONNECTIONS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub db_max_connections: u32,
+    /// Prepared statements kept per connection.
+    #[arg(long, env = "IACE_DB_STATEMENT_CACHE", default_value_t = 256, value_parser = clap::value_parser!(u64).range(0..=10000))]
+    pub db_statement_cache: u64,
+}
+
+impl DbArgs {
+    /// Local defaults on `database_url`.
+    pub fn new(database_url: &str) -> DbArgs {
+        DbArgs {
+            database_url: database_url.to_owned(),
+            db_max_connections: crate::store::PoolSizing::default().max_connections,
+            db_statement_cache: 256,
+        }
+    }
+
+    /// The pool's size and statement cache.
+    pub fn sizing(&self) -> crate::store::PoolSizing {
+        crate::store::PoolSizing {
+            max_connections: self.db_max_connections,
+            statement_cache: usize::try_from(self.db_statement_cache).unwrap_or(256),
+            ..crate::store::PoolSizing::default()
+        }
+    }
 }
 
 /// Which carrier adapter places calls.
@@ -422,9 +449,7 @@ impl ServeArgs {
     /// default (off): the base that tests, examples and benchmarks adjust.
     pub fn local(database_url: &str, redis_url: &str, bind: SocketAddr) -> ServeArgs {
         ServeArgs {
-            db: DbArgs {
-                database_url: database_url.to_owned(),
-            },
+            db: DbArgs::new(database_url),
             redis_url: redis_url.to_owned(),
             bind,
             telephony: TelephonyKind::Simulated,

@@ -116,9 +116,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let voice = voices.as_ref().map(FakeVoices::args).unwrap_or_default();
     let running = iace::app::start(ServeArgs {
-        db: iace::config::DbArgs {
-            database_url: database_url.clone(),
-        },
+        db: iace::config::DbArgs::new(&database_url),
         redis_url,
         bind: args.bind,
         telephony: args.telephony,

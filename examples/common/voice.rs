@@ -272,6 +272,43 @@ pub fn metric(text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
         .fold(0.0, |total, v| total + v)
 }
 
+/// The `q` quantile (0..1) of a Prometheus histogram with label `label`, as the upper bound
+/// of the bucket it falls in (seconds); 0 when the histogram is empty.
+pub fn histogram_quantile(text: &str, name: &str, label: (&str, &str), q: f64) -> f64 {
+    let bucket = format!("{name}_bucket");
+    let wanted = format!("{}=\"{}\"", label.0, label.1);
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let (series, value) = l.trim().rsplit_once(' ')?;
+            let (metric, labels) = series.split_once('{')?;
+            let labels = labels.strip_suffix('}')?;
+            if metric != bucket || !labels.split(',').any(|p| p == wanted) {
+                return None;
+            }
+            let le = labels
+                .split(',')
+                .find_map(|p| p.strip_prefix("le=\""))?
+                .trim_end_matches('"');
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, value.parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    if total == 0.0 {
+        return 0.0;
+    }
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= q * total)
+        .map_or(0.0, |(le, _)| *le)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

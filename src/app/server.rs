@@ -190,7 +190,7 @@ async fn shutdown_signal() {
 pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let nofile = crate::edge::raise_nofile_limit();
     let metrics_bind = args.edge.metrics_addr().map_err(|e| anyhow::anyhow!(e))?;
-    let pool = crate::store::connect(&args.db.database_url)
+    let pool = crate::store::connect_sized(&args.db.database_url, args.db.sizing())
         .await
         .context("connecting to Postgres (DATABASE_URL)")?;
     crate::store::migrate(&pool)
@@ -201,6 +201,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         .context("connecting to Redis (REDIS_URL)")?;
     let store = Arc::new(PgStore::new(pool));
     let registry = prometheus::Registry::new();
+    store.register_metrics(&registry)?;
     let breakers = Breakers::start(args.breakers.configs(), Arc::new(SystemClock), &registry)
         .await
         .map_err(|e| anyhow::anyhow!("starting the circuit breakers: {e}"))?;

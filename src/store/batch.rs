@@ -77,7 +77,7 @@ impl PgStore {
     }
 
     async fn transact(&self, batch: &[&Append]) -> StoreResult<Outcome> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.begin().await.map_err(unavailable)?;
         let fenced = current_epochs(&mut tx, batch).await?;
         let live: Vec<&Append> = batch
             .iter()
@@ -355,7 +355,7 @@ impl PgStore {
             leg.push(r.carrier_leg.as_deref());
             raw.push(r.raw.as_ref());
         }
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.begin().await.map_err(unavailable)?;
         // A row without a fact is stored processed: nothing will ever act on it. A row that
         // names a call is stored only when the call exists.
         let stored = sqlx::query(

@@ -143,7 +143,12 @@ impl CallStore for PgStore {
         max_live: Option<u32>,
     ) -> StoreResult<InsertOutcome> {
         let org = call.spec.organization_id;
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // Limited creates of one organization wait for their turn without a connection.
+        let _turn = match max_live {
+            Some(_) => Some(self.turns.turn(org).await),
+            None => None,
+        };
+        let mut tx = self.begin().await.map_err(unavailable)?;
         if max_live.is_some() {
             // Limited inserts of one organization take turns (held to commit), so the count
             // below and the insert are one step on every node. Taken before anything else.
@@ -274,7 +279,7 @@ impl CallStore for PgStore {
         if entry.seq != call.version || entry.call_id != call.spec.id {
             return Err(StoreError::Stale);
         }
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.begin().await.map_err(unavailable)?;
         check_epoch(&mut tx, shard(call), call.owner_epoch).await?;
         let (deadline_at, deadline_kind) = deadline_parts(call);
         let updated = sqlx::query(

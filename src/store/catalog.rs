@@ -57,7 +57,7 @@ impl QueryStore for PgStore {
         key_hash: &str,
         key_prefix: &str,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.begin().await.map_err(unavailable)?;
         sqlx::query("INSERT INTO organization (id, name, created_at) VALUES ($1, $2, $3)")
             .bind(org.id)
             .bind(&org.name)
@@ -187,7 +187,7 @@ impl QueryStore for PgStore {
         patch: &AgentPatch,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<Agent>> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.begin().await.map_err(unavailable)?;
         let row = sqlx::query(&format!(
             "SELECT {AGENT_COLUMNS} FROM agent WHERE id = $1 AND organization_id = $2 FOR UPDATE"
         ))
@@ -223,7 +223,7 @@ impl QueryStore for PgStore {
         id: Uuid,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.begin().await.map_err(unavailable)?;
         let found: Option<Uuid> = sqlx::query_scalar(
             "SELECT id FROM agent WHERE id = $1 AND organization_id = $2 FOR UPDATE",
         )
@@ -311,7 +311,7 @@ impl QueryStore for PgStore {
         patch: &CustomerPatch,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<Customer>, CatalogWriteError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.begin().await.map_err(unavailable)?;
         let row = sqlx::query(&format!(
             "SELECT {CUSTOMER_COLUMNS} FROM customer \
              WHERE id = $1 AND organization_id = $2 FOR UPDATE"

@@ -233,7 +233,7 @@ impl ClusterStore for PgStore {
         check_ttl(ttl)?;
         let ttl = interval(ttl)?;
         let ids = shard_ids(shards.iter().copied());
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.begin().await.map_err(unavailable)?;
         // The rows this node may take, locked: a row another claimer is taking right now is
         // judged again on its new owner and lease once that claimer commits.
         let free: Vec<(i16, Option<String>)> = sqlx::query_as(
@@ -321,7 +321,7 @@ impl ClusterStore for PgStore {
         check_shards(held.iter().map(|(s, _)| *s))?;
         check_ttl(ttl)?;
         let ttl = interval(ttl)?;
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.begin().await.map_err(unavailable)?;
         let mine = lock_held(&mut tx, node, held).await?;
         let renewed: Vec<i16> = sqlx::query_scalar(
             "UPDATE shard_lease SET expires_at = clock_timestamp() + $2, \
@@ -347,7 +347,7 @@ impl ClusterStore for PgStore {
     async fn release_shards(&self, node: &str, held: &[(u16, i64)]) -> StoreResult<()> {
         check_node(node)?;
         check_shards(held.iter().map(|(s, _)| *s))?;
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.begin().await.map_err(unavailable)?;
         let mine = lock_held(&mut tx, node, held).await?;
         sqlx::query(
             "UPDATE shard_lease SET owner = NULL, expires_at = clock_timestamp() \

@@ -93,7 +93,7 @@ impl LearningStore for PgStore {
         rows: &LearnedRows,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.begin().await.map_err(unavailable)?;
         // The job row is the guard: whoever marks it done stores the rows; a second finisher
         // (a worker whose lease ran out) finds it done and stores nothing.
         let claimed = sqlx::query(
@@ -306,7 +306,7 @@ impl LearningQueries for PgStore {
                                usage_count, success_rate, source_call_id, created_at";
         let rows = match query {
             Some(q) => {
-                let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                let mut tx = self.begin().await.map_err(unavailable)?;
                 sqlx::query("SET LOCAL hnsw.iterative_scan = strict_order")
                     .execute(&mut *tx)
                     .await
@@ -355,7 +355,7 @@ impl LearningQueries for PgStore {
     }
 
     async fn forget_customer(&self, org: OrganizationId, customer: CustomerId) -> StoreResult<u64> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.begin().await.map_err(unavailable)?;
         // The cached vectors of their texts go too (a text shared with someone else's memory
         // is only embedded again).
         sqlx::query(

@@ -17,23 +17,55 @@ mod calls;
 mod catalog;
 mod cluster;
 mod learning;
+mod pool;
 mod rows;
-
-use std::time::Duration;
+mod turns;
 
 use iace_actors::ports::StoreError;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
+
+pub use pool::{connect_sized, PoolSizing};
 
 /// Postgres-backed store.
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Limited creates of one organization take turns here before taking a connection.
+    turns: std::sync::Arc<turns::OrgTurns>,
+    metrics: pool::PoolMetrics,
 }
 
 impl PgStore {
     /// Wraps a pool (migrations already applied).
     pub fn new(pool: PgPool) -> Self {
-        PgStore { pool }
+        PgStore {
+            pool,
+            turns: Default::default(),
+            metrics: pool::PoolMetrics::new(),
+        }
+    }
+
+    /// Registers the pool's metrics (`iace_db_*`) and samples the pool once a second.
+    pub fn register_metrics(
+        &self,
+        registry: &prometheus::Registry,
+    ) -> prometheus::Result<tokio::task::JoinHandle<()>> {
+        self.metrics.register(registry)?;
+        Ok(self.metrics.watch(self.pool.clone()))
+    }
+
+    /// A transaction, its wait for a connection recorded.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        let since = std::time::Instant::now();
+        let tx = self.pool.begin().await;
+        self.metrics.waited(since);
+        tx
+    }
+
+    /// Creates under a plan limit waiting for their organization's turn, without a
+    /// connection (see `turns`).
+    pub fn creates_waiting_their_turn(&self) -> usize {
+        self.turns.waiting()
     }
 
     /// The pool (for administrative commands and tests).
@@ -42,14 +74,10 @@ impl PgStore {
     }
 }
 
-/// Opens a pool. Fails within a few seconds when the server is unreachable.
+/// Opens a pool of the default size ([`PoolSizing`]). Fails within a few seconds when the
+/// server is unreachable.
 pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
-    PgPoolOptions::new()
-        .max_connections(20)
-        .min_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
+    connect_sized(url, PoolSizing::default()).await
 }
 
 /// Applies the migrations in `migrations/` (idempotent).

@@ -374,6 +374,99 @@ async fn racing_limited_inserts_never_pass_the_live_call_limit() {
     );
 }
 
+/// Sessions of this database waiting on an advisory lock.
+async fn advisory_lock_waiters(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' \
+           AND datname = current_database()",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn limited_creates_of_one_organization_wait_their_turn_without_a_connection() {
+    const POOL: u32 = 3;
+    const CREATES: usize = 6;
+    let (url, _) = common::db::migrated_pool().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(POOL)
+        .acquire_timeout(std::time::Duration::from_secs(60))
+        .connect(&url)
+        .await
+        .unwrap();
+    let f = {
+        let store = PgStore::new(pool);
+        let org = org(&store, "Acme").await;
+        let agent = agent(&store, org).await;
+        let shards: Vec<u16> = (0..SHARD_COUNT).collect();
+        let epochs = store.acquire_shards("test-node", &shards).await.unwrap();
+        Fixture {
+            store,
+            org,
+            agent,
+            epochs,
+        }
+    };
+    // Another node's create holds the organization's turn in the database.
+    use sqlx::Connection;
+    let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended('iace:live:' || $1::text, 0))")
+        .bind(f.org)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..CREATES)
+        .map(|_| {
+            let store = f.store.clone();
+            let (call, entry) = f.new_call("+14155550100");
+            tokio::spawn(async move {
+                store
+                    .insert_call(&call, &entry, None, Some(2))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut monitor = sqlx::PgConnection::connect(&url).await.unwrap();
+    // Every create is waiting somewhere: for its turn here, or on the lock in the database
+    // (without turns, as many as the pool has connections).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let in_db = loop {
+        let in_db = advisory_lock_waiters(&mut monitor).await;
+        let here = f.store.creates_waiting_their_turn();
+        if here + usize::try_from(in_db).unwrap() >= CREATES || in_db >= i64::from(POOL) {
+            break in_db;
+        }
+        assert!(std::time::Instant::now() < deadline, "creates never queued");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(in_db, 1, "one connection waits on the organization's lock");
+    assert_eq!(f.store.creates_waiting_their_turn(), CREATES - 1);
+    // The rest of the pool serves everything else meanwhile.
+    let listed = f
+        .store
+        .list_calls(f.org, &CallFilter::default())
+        .await
+        .unwrap();
+    assert!(listed.is_empty());
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let mut created = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            InsertOutcome::Created => created += 1,
+            InsertOutcome::LiveLimit { live: 2 } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(created, 2, "the limit holds with turns taken in memory");
+}
+
 #[tokio::test]
 async fn unknown_or_foreign_agents_and_customers_are_refused() {
     let f = fixture().await;

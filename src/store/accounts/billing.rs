@@ -119,7 +119,7 @@ impl BillingStore for PgStore {
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
         const VENDOR: &str = "stripe";
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.begin().await.map_err(unavailable)?;
         if !insert_event(
             &mut tx,
             VENDOR,

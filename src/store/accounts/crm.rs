@@ -195,7 +195,7 @@ impl CrmStore for PgStore {
         if events.is_empty() {
             return Ok(stored);
         }
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.begin().await.map_err(unavailable)?;
         for event in events {
             if !insert_event(
                 &mut tx,
@@ -323,7 +323,7 @@ impl CrmStore for PgStore {
         contact: &CrmContactFacts,
         now: DateTime<Utc>,
     ) -> StoreResult<CrmLink> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.begin().await.map_err(unavailable)?;
         let org: Option<OrganizationId> =
             sqlx::query_scalar("SELECT id FROM organization WHERE hubspot_portal_id = $1")
                 .bind(portal_id)

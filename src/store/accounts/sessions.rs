@@ -70,7 +70,7 @@ impl SessionStore for PgStore {
         next: &NewRefreshToken,
         now: DateTime<Utc>,
     ) -> StoreResult<Rotation> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.begin().await.map_err(unavailable)?;
         let Some(owner) = token_owner(&mut tx, presented).await? else {
             return Ok(Rotation::Invalid);
         };
@@ -140,7 +140,7 @@ impl SessionStore for PgStore {
         token_hash: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<(Uuid, Uuid)>> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.begin().await.map_err(unavailable)?;
         let Some(owner) = token_owner(&mut tx, token_hash).await? else {
             return Ok(None);
         };
@@ -166,7 +166,7 @@ impl SessionStore for PgStore {
     }
 
     async fn revoke_user_sessions(&self, user: Uuid, now: DateTime<Utc>) -> StoreResult<u64> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.begin().await.map_err(unavailable)?;
         lock_user(&mut tx, user).await?;
         let live: i64 = sqlx::query_scalar(
             "WITH r AS ( \

@@ -98,7 +98,7 @@ impl UserStore for PgStore {
         actor: UserActor,
         now: DateTime<Utc>,
     ) -> StoreResult<UserUpdate> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.begin().await.map_err(unavailable)?;
         // The organization's enabled owners first, in id order (every owner-affecting change
         // takes them the same way, so the last-owner rule holds under concurrency), then the
         // user (row locks in the same order as sign-in and refresh: user, then tokens).
@@ -195,7 +195,7 @@ impl UserStore for PgStore {
         keep: Uuid,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.begin().await.map_err(unavailable)?;
         match lock_user(&mut tx, user).await? {
             Some(u) if u.disabled_at.is_none() => {}
             _ => return Ok(false),

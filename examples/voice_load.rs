@@ -124,6 +124,10 @@ struct Knobs {
     port: u16,
     /// The server's `IACE_JOURNAL_WRITERS` (0: one transaction per write).
     journal_writers: u16,
+    /// The server's `IACE_DB_MAX_CONNECTIONS`.
+    db_connections: u32,
+    /// The server's `IACE_MAX_LIVE_CALLS` (0: no limit).
+    max_live_calls: usize,
 }
 
 impl Knobs {
@@ -139,6 +143,8 @@ impl Knobs {
             tts_first_ms: arg("--tts-first-ms", 100) as u64,
             port: u16::try_from(arg("--port", 0)).expect("a port"),
             journal_writers: u16::try_from(arg("--journal-writers", 4)).expect("a count"),
+            db_connections: u32::try_from(arg("--db-connections", 20)).expect("a count"),
+            max_live_calls: arg("--max-live-calls", 0),
         })
     }
 
@@ -159,6 +165,8 @@ impl Knobs {
             ("--tts-first-ms", self.tts_first_ms.to_string()),
             ("--port", self.port.to_string()),
             ("--journal-writers", self.journal_writers.to_string()),
+            ("--db-connections", self.db_connections.to_string()),
+            ("--max-live-calls", self.max_live_calls.to_string()),
         ]
         .into_iter()
         .flat_map(|(k, v)| [k.to_owned(), v])
@@ -462,7 +470,7 @@ async fn main() -> anyhow::Result<()> {
     let public = format!("http://127.0.0.1:{port}");
     let (mut child, mut child_lines, fakes) = spawn_fakes(&k).await?;
     let child_pid = child.id().map(|p| p.to_string()).unwrap_or_default();
-    let running = iace::app::start(ServeArgs {
+    let mut args = ServeArgs {
         telephony: TelephonyKind::Telnyx,
         telnyx: TelnyxArgs {
             telnyx_api_key: Some("bench-key".into()),
@@ -482,13 +490,15 @@ async fn main() -> anyhow::Result<()> {
         sim_key_prefix: "unused:".into(),
         node_id: Some("bench".into()),
         journal_writers: k.journal_writers,
+        max_live_calls: Some(k.max_live_calls),
         ..ServeArgs::local(
             &database_url,
             &redis_url,
             format!("127.0.0.1:{port}").parse()?,
         )
-    })
-    .await?;
+    };
+    args.db.db_max_connections = k.db_connections;
+    let running = iace::app::start(args).await?;
     let measured = measure(&k, &running, &child_pid, &database_url).await;
     let metrics = fetch_metrics(running.metrics_addr).await;
     let report = fakes_report(&mut child, &mut child_lines).await;

@@ -390,10 +390,10 @@ pub struct ServeArgs {
     pub journal_writers: u16,
     /// Most calls this node runs at once. Past it, new outbound calls are refused with 503
     /// and `Retry-After` and inbound calls are rejected at the carrier, before anything is
-    /// stored, so the live calls keep their latency. The default is what a 2-core node was
-    /// measured to carry (docs/benchmarks.md); 0 is no limit.
-    #[arg(long, env = "IACE_MAX_LIVE_CALLS", default_value_t = iace_actors::engine::DEFAULT_MAX_LIVE_CALLS)]
-    pub max_live_calls: usize,
+    /// stored, so the live calls keep their latency. Unset: 400 per core this process may use
+    /// (measured, docs/benchmarks.md); 0 is no limit.
+    #[arg(long, env = "IACE_MAX_LIVE_CALLS")]
+    pub max_live_calls: Option<usize>,
     /// Report the node unready on `/ready` while it runs `IACE_MAX_LIVE_CALLS` calls, so that
     /// a load balancer in front of several nodes sends new work to the others. Leave it off
     /// with a single node: its webhooks for the calls it runs come through the same balancer.
@@ -468,7 +468,7 @@ impl ServeArgs {
             ring_timeout_secs: 30,
             max_call_secs: 3600,
             journal_writers: 4,
-            max_live_calls: iace_actors::engine::DEFAULT_MAX_LIVE_CALLS,
+            max_live_calls: None,
             unready_at_capacity: false,
         }
     }

@@ -147,7 +147,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         ring_timeout_secs: 30,
         max_call_secs: 3600,
         journal_writers: 4,
-        max_live_calls: iace_actors::engine::DEFAULT_MAX_LIVE_CALLS,
+        max_live_calls: None,
         unready_at_capacity: false,
     })
     .await?;

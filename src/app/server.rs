@@ -301,7 +301,9 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         ring_timeout_secs: args.ring_timeout_secs,
         max_duration_secs: args.max_call_secs,
         await_amd: telnyx.is_some() && args.telnyx.telnyx_amd != "disabled",
-        max_live_calls: args.max_live_calls,
+        max_live_calls: args
+            .max_live_calls
+            .unwrap_or_else(iace_actors::engine::default_max_live_calls),
         ..EngineConfig::default()
     };
     let engine = Engine::start(ports, config, &registry)

@@ -255,6 +255,9 @@ async fn upgrade_stream(
     match ws {
         Ok(ws) => ws
             .max_message_size(MAX_MESSAGE_BYTES)
+            // The carrier's frames are a few hundred bytes; tungstenite zero-fills the whole
+            // read buffer on every read (see `crate::clients::ws_config`).
+            .read_buffer_size(crate::clients::WS_READ_BUFFER_BYTES)
             .on_upgrade(move |socket| session::run(socket, state, header_call)),
         Err(rejection) => {
             ApiError::new(rejection.status(), "invalid_request", rejection.body_text())

@@ -6,7 +6,8 @@
 //! queue the work inside Postgres instead of here. How long work waits for a connection is
 //! reported, so an undersized pool shows before it hurts:
 //! - `iace_db_acquire_seconds{kind="transaction"}`: every transaction's wait for its
-//!   connection (journal batches, inbox batches, call inserts, lease renewals...);
+//!   connection and its `BEGIN` (journal batches, inbox batches, call inserts, lease
+//!   renewals...);
 //! - `iace_db_acquire_seconds{kind="probe"}`: once a second, how long any statement would
 //!   wait right now (the reads that take no transaction wait the same);
 //! - `iace_db_pool_connections{state="in_use|idle"}` and `iace_db_pool_max_connections`.
@@ -69,7 +70,7 @@ impl PoolMetrics {
             acquire: HistogramVec::new(
                 HistogramOpts::new(
                     "iace_db_acquire_seconds",
-                    "Waits for a database connection: every transaction's, and a probe's once a second",
+                    "Waits for a database connection: every transaction's (with its BEGIN), and a probe's once a second",
                 )
                 .buckets(buckets),
                 &["kind"],

@@ -18,9 +18,19 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// The default of `max_live_calls`: what a 2-core node carries with every reply's engine share
-/// in bounds (docs/benchmarks.md, "Capacity").
-pub const DEFAULT_MAX_LIVE_CALLS: usize = 1000;
+/// Conversing calls per core of the default capacity. Measured (docs/benchmarks.md,
+/// "Capacity"): a conversing call costs the engine 0.16-0.18% of a core at 500 and 1,000
+/// calls, so a core carries ~550 at full load; 400 keeps the engine near three quarters of
+/// its cores, leaving room for bursts (every caller's turn ending within the same second)
+/// without the replies of all calls queueing.
+pub const MAX_LIVE_CALLS_PER_CORE: usize = 400;
+
+/// The default of `max_live_calls`: [`MAX_LIVE_CALLS_PER_CORE`] times the cores this process
+/// may use.
+pub fn default_max_live_calls() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    MAX_LIVE_CALLS_PER_CORE * cores
+}
 
 /// `Retry-After` of a create refused at capacity: calls last minutes, and a few seconds lets
 /// a load balancer's retry land on another node first.

@@ -57,7 +57,9 @@ use ractor::{Actor, ActorRef};
 use tracing::info;
 
 pub use calls::{parse_status, CreatedCall, InboundCall, NewCall, MAX_IDEMPOTENCY_KEY_LEN};
-pub use capacity::{Load, AT_CAPACITY_RETRY_AFTER_SECS, DEFAULT_MAX_LIVE_CALLS};
+pub use capacity::{
+    default_max_live_calls, Load, AT_CAPACITY_RETRY_AFTER_SECS, MAX_LIVE_CALLS_PER_CORE,
+};
 pub use cluster::{ClusterView, Peer};
 pub use dispatch::{DEFAULT_PAGE, MAX_PAGE};
 pub use error::EngineError;
@@ -101,7 +103,7 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let metrics = EngineMetrics::register(registry)
             .map_err(|e| EngineError::Unavailable(format!("registering metrics: {e}")))?;
-        info!(node = %config.node_id, url = %config.node_url, "engine starting");
+        info!(node = %config.node_id, url = %config.node_url, max_live_calls = config.max_live_calls, "engine starting");
         let node = NodeInfo {
             node_id: config.node_id.clone(),
             url: config.node_url.clone(),

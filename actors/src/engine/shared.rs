@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 
-use super::capacity::DEFAULT_MAX_LIVE_CALLS;
 use super::cluster::{Routes, ShardTable};
 use super::lookups::Lookups;
 use super::metrics::EngineMetrics;
@@ -121,7 +120,7 @@ impl Default for EngineConfig {
             command_timeout: Duration::from_secs(10),
             await_amd: false,
             lookup_ttl: Duration::from_secs(5),
-            max_live_calls: DEFAULT_MAX_LIVE_CALLS,
+            max_live_calls: super::capacity::default_max_live_calls(),
         }
     }
 }

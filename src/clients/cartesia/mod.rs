@@ -334,7 +334,11 @@ async fn handshake(config: &CartesiaConfig, request: Request<()>) -> Handshake {
     let connected = tokio::time::timeout(
         config.connect_timeout,
         // Nagle off: a continue of a few words must not wait for a delayed ACK.
-        tokio_tungstenite::connect_async_with_config(request, None, true),
+        tokio_tungstenite::connect_async_with_config(
+            request,
+            Some(crate::clients::ws_config()),
+            true,
+        ),
     )
     .await;
     let error = match connected {

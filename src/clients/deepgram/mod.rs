@@ -288,7 +288,11 @@ impl Shared {
             HeaderValue::from_static(concat!("iace/", env!("CARGO_PKG_VERSION"))),
         );
         // Audio frames are small and latency-bound: no Nagle.
-        let handshake = tokio_tungstenite::connect_async_with_config(request, None, true);
+        let handshake = tokio_tungstenite::connect_async_with_config(
+            request,
+            Some(crate::clients::ws_config()),
+            true,
+        );
         let result = match tokio::time::timeout(self.config.connect_timeout, handshake).await {
             Ok(r) => r,
             Err(_) => {

@@ -784,15 +784,16 @@ async fn a_node_at_capacity_answers_503_with_retry_after_and_reports_unready() {
     assert_eq!(ready(server.base.clone()).await.status(), StatusCode::OK);
     let (s, first) = server.post(&key, "/v1/calls", call_body(&agent)).await;
     assert_eq!(s, StatusCode::CREATED, "{first}");
-    let (s, refused, headers) = server
-        .send(
+    let create_second = || {
+        server.send(
             reqwest::Method::POST,
             &key,
             "/v1/calls",
             Some(call_body(&agent).to_string()),
             &[("idempotency-key", "second")],
         )
-        .await;
+    };
+    let (s, refused, headers) = create_second().await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{refused}");
     assert_eq!(refused["error"]["code"], "at_capacity", "{refused}");
     assert_eq!(headers["retry-after"], "5");
@@ -828,15 +829,7 @@ async fn a_node_at_capacity_answers_503_with_retry_after_and_reports_unready() {
         assert!(Instant::now() < deadline, "the node never took calls again");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (s, second, _) = server
-        .send(
-            reqwest::Method::POST,
-            &key,
-            "/v1/calls",
-            Some(call_body(&agent).to_string()),
-            &[("idempotency-key", "second")],
-        )
-        .await;
+    let (s, second, _) = create_second().await;
     assert_eq!(s, StatusCode::CREATED, "{second}");
     let metrics = common::metrics::scrape(&server.inner.metrics_base).await;
     assert!(

@@ -28,6 +28,11 @@ struct Fixture {
 
 async fn fixture() -> Fixture {
     let (_, pool) = common::db::migrated_pool().await;
+    fixture_on(pool).await
+}
+
+/// The fixture on a pool of the test's own (migrations applied).
+async fn fixture_on(pool: sqlx::PgPool) -> Fixture {
     let store = PgStore::new(pool);
     let org = org(&store, "Acme").await;
     let agent = agent(&store, org).await;
@@ -397,19 +402,7 @@ async fn limited_creates_of_one_organization_wait_their_turn_without_a_connectio
         .connect(&url)
         .await
         .unwrap();
-    let f = {
-        let store = PgStore::new(pool);
-        let org = org(&store, "Acme").await;
-        let agent = agent(&store, org).await;
-        let shards: Vec<u16> = (0..SHARD_COUNT).collect();
-        let epochs = store.acquire_shards("test-node", &shards).await.unwrap();
-        Fixture {
-            store,
-            org,
-            agent,
-            epochs,
-        }
-    };
+    let f = fixture_on(pool).await;
     // Another node's create holds the organization's turn in the database.
     use sqlx::Connection;
     let mut other = sqlx::PgConnection::connect(&url).await.unwrap();

@@ -205,6 +205,8 @@ async fn open_websocket(
     };
     let failed = shared.clone();
     upgrade
+        // tungstenite zero-fills its whole read buffer (128 KiB by default) on every read.
+        .read_buffer_size(8 * 1024)
         .on_failed_upgrade(move |_| {
             session::mark_closed(&failed, index, super::CloseReason::UpgradeFailed)
         })

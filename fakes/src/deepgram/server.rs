@@ -160,7 +160,11 @@ async fn listen(
         upgrade
     };
     let shared2 = shared.clone();
-    let mut response = upgrade.on_upgrade(move |ws| run(shared2, id, ws, transcriber, faults));
+    // tungstenite zero-fills its whole read buffer (128 KiB by default) on every read: on a
+    // benchmark box shared with the engine, that memset was most of the fakes' CPU.
+    let mut response = upgrade
+        .read_buffer_size(8 * 1024)
+        .on_upgrade(move |ws| run(shared2, id, ws, transcriber, faults));
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(DG_REQUEST_ID, v);
     }

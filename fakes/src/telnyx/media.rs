@@ -200,7 +200,15 @@ impl Session {
         }
         match tokio::time::timeout(
             CONNECT_TIMEOUT,
-            tokio_tungstenite::connect_async_with_config(request, None, true),
+            // tungstenite zero-fills its whole read buffer (128 KiB by default) on every read.
+            tokio_tungstenite::connect_async_with_config(
+                request,
+                Some(
+                    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                        .read_buffer_size(8 * 1024),
+                ),
+                true,
+            ),
         )
         .await
         {

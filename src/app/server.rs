@@ -354,8 +354,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         engine: engine.clone(),
         registry: registry.clone(),
         security,
-        cors_origins,
-        nodes: Some(nodes),
+        cors_origins: cors_origins.into(),
+        nodes: Some(Arc::new(nodes)),
         ready_checks: {
             let mut checks: Vec<Arc<dyn crate::http::ReadyCheck>> = vec![
                 Arc::new(RedisReady(redis)),
@@ -364,7 +364,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             if args.unready_at_capacity {
                 checks.push(Arc::new(crate::http::CapacityReady(engine.clone())));
             }
-            checks
+            checks.into()
         },
         telnyx: telnyx_ingress,
         webhooks: WebhookMetrics::new(&registry)?,

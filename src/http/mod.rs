@@ -70,7 +70,8 @@ impl ReadyCheck for CapacityReady {
     }
 }
 
-/// What handlers share.
+/// What handlers share. Cloned for every request (by each middleware and extractor that takes
+/// it): its fields are handles, none of which allocates when cloned.
 #[derive(Clone)]
 pub struct AppState {
     /// The engine: the only way to state.
@@ -78,7 +79,7 @@ pub struct AppState {
     /// Metrics registry served on `/metrics`.
     pub registry: Registry,
     /// Extra readiness checks (Redis, ...).
-    pub ready_checks: Vec<Arc<dyn ReadyCheck>>,
+    pub ready_checks: Arc<[Arc<dyn ReadyCheck>]>,
     /// Telnyx webhook verification, when Telnyx is the carrier.
     pub telnyx: Option<webhooks::TelnyxIngress>,
     /// Outcomes and answer times of every vendor's webhooks.
@@ -88,10 +89,10 @@ pub struct AppState {
     /// Sign-in keys, rate limits, billing/CRM webhook secrets.
     pub security: Arc<crate::auth::Security>,
     /// Browser origins allowed to call the API (`IACE_CORS_ORIGINS`); empty: none.
-    pub cors_origins: Vec<HeaderValue>,
+    pub cors_origins: Arc<[HeaderValue]>,
     /// Requests to the other nodes of the cluster (forwarding, pokes); `None`: this node
     /// forwards nothing and takes no pokes.
-    pub nodes: Option<crate::cluster::NodeClient>,
+    pub nodes: Option<Arc<crate::cluster::NodeClient>>,
 }
 
 #[derive(Clone)]
@@ -392,7 +393,7 @@ async fn readiness(state: &AppState) -> (StatusCode, serde_json::Value) {
             checks.insert("database".into(), json!(e.to_string()));
         }
     }
-    for check in &state.ready_checks {
+    for check in state.ready_checks.iter() {
         match check.check().await {
             Ok(()) => {
                 checks.insert(check.name().into(), json!("ok"));

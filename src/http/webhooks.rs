@@ -173,14 +173,14 @@ mod tests {
         let state = AppState {
             engine: engine.clone(),
             registry: registry.clone(),
-            ready_checks: vec![],
+            ready_checks: Arc::new([]),
             telnyx: Some(TelnyxIngress {
                 verifier: Arc::new(verifier),
             }),
             webhooks: WebhookMetrics::new(&registry).unwrap(),
             admin_token: None,
             security: Arc::new(crate::auth::Security::minimal()),
-            cors_origins: Vec::new(),
+            cors_origins: Arc::new([]),
             nodes: None,
         };
         (crate::http::router(state).unwrap(), store, key, engine)

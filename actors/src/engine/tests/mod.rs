@@ -417,14 +417,18 @@ async fn a_node_at_capacity_refuses_new_calls_before_storing_anything() {
         .await
         .unwrap();
     assert_eq!(out, IngestOutcome::Rejected);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(w
-        .carrier
-        .commands()
-        .contains(&crate::testkit::Command::Reject {
-            carrier_call_id: "leg-full".into(),
-            command_id: "reject:leg-full".into()
-        }));
+    let reject = crate::testkit::Command::Reject {
+        carrier_call_id: "leg-full".into(),
+        command_id: "reject:leg-full".into(),
+    };
+    // The reject is sent in the background: wait for it (paused time, bounded).
+    for _ in 0..500 {
+        if w.carrier.commands().contains(&reject) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(w.carrier.commands().contains(&reject));
     let refused = |direction: &str| {
         engine
             .metrics()

@@ -35,6 +35,7 @@ pub mod crm_link;
 pub mod edge;
 pub mod http;
 pub mod media;
+pub mod outbound;
 pub mod pii;
 pub mod ratelimit;
 pub mod redis;

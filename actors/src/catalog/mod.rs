@@ -7,9 +7,11 @@
 //! - [`field`] holds [`FieldError`], the validation failure every catalog type shares.
 //! - [`profile`] holds [`VoiceProfile`], how an agent converses, read and
 //!   checked from its persona and voice configuration.
+//! - [`webhooks`] holds the webhook endpoints an organization registers for its calls' events.
 
 pub mod field;
 pub mod profile;
+pub mod webhooks;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -399,6 +399,11 @@ pub struct ServeArgs {
     /// with a single node: its webhooks for the calls it runs come through the same balancer.
     #[arg(long, env = "IACE_UNREADY_AT_CAPACITY", default_value_t = false, action = clap::ArgAction::Set)]
     pub unready_at_capacity: bool,
+    /// Let customers' URLs (webhook endpoints, tools) point at loopback, private, link-local
+    /// and other non-public addresses. Off in production: such a URL would reach into the
+    /// server's own network. The dev world and the tests turn it on.
+    #[arg(long, env = "IACE_ALLOW_PRIVATE_URLS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_private_urls: bool,
 }
 
 /// Learning from completed calls: patterns and customer memories, embedded for similarity
@@ -470,6 +475,7 @@ impl ServeArgs {
             journal_writers: 4,
             max_live_calls: None,
             unready_at_capacity: false,
+            allow_private_urls: false,
         }
     }
 }

@@ -149,6 +149,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         journal_writers: 4,
         max_live_calls: None,
         unready_at_capacity: false,
+        // The dev world's receivers run on this machine.
+        allow_private_urls: true,
     })
     .await?;
     let base = format!("http://{}", running.addr);

@@ -12,6 +12,7 @@
 //! hanging, while the store and the other nodes carry on), a slow link delays the node's
 //! membership and lease calls both ways.
 
+use iace_actors::catalog::webhooks::WebhookEndpoint;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -627,6 +628,33 @@ impl QueryStore for SimStore {
     async fn delete_phone_number(&self, org: OrganizationId, id: Uuid) -> StoreResult<bool> {
         self.reach("delete_phone_number").await?;
         self.inner.delete_phone_number(org, id).await
+    }
+    async fn insert_webhook_endpoint(&self, e: &WebhookEndpoint) -> StoreResult<()> {
+        self.inner.insert_webhook_endpoint(e).await
+    }
+    async fn get_webhook_endpoint(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+    ) -> StoreResult<Option<WebhookEndpoint>> {
+        self.inner.get_webhook_endpoint(org, id).await
+    }
+    async fn list_webhook_endpoints(
+        &self,
+        org: OrganizationId,
+        p: &PageRequest,
+    ) -> StoreResult<Vec<WebhookEndpoint>> {
+        self.inner.list_webhook_endpoints(org, p).await
+    }
+    async fn update_webhook_endpoint(
+        &self,
+        e: &WebhookEndpoint,
+        read_at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.inner.update_webhook_endpoint(e, read_at).await
+    }
+    async fn delete_webhook_endpoint(&self, org: OrganizationId, id: Uuid) -> StoreResult<bool> {
+        self.inner.delete_webhook_endpoint(org, id).await
     }
 
     async fn route_number(

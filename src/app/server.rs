@@ -356,6 +356,9 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         security,
         cors_origins: cors_origins.into(),
         nodes: Some(Arc::new(nodes)),
+        outbound: crate::outbound::guard::Guard {
+            allow_private: args.allow_private_urls,
+        },
         ready_checks: {
             let mut checks: Vec<Arc<dyn crate::http::ReadyCheck>> = vec![
                 Arc::new(RedisReady(redis)),

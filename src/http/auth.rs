@@ -113,6 +113,28 @@ pub const POLICY: &[(&str, &str, Access)] = &[
         Access::Role(Role::ReadOnly),
     ),
     ("GET", "/v1/patterns/top", Access::Role(Role::ReadOnly)),
+    ("POST", "/v1/webhook-endpoints", Access::Role(Role::Admin)),
+    ("GET", "/v1/webhook-endpoints", Access::Role(Role::Admin)),
+    (
+        "GET",
+        "/v1/webhook-endpoints/{id}",
+        Access::Role(Role::Admin),
+    ),
+    (
+        "PATCH",
+        "/v1/webhook-endpoints/{id}",
+        Access::Role(Role::Admin),
+    ),
+    (
+        "DELETE",
+        "/v1/webhook-endpoints/{id}",
+        Access::Role(Role::Admin),
+    ),
+    (
+        "POST",
+        "/v1/webhook-endpoints/{id}/rotate-secret",
+        Access::Role(Role::Admin),
+    ),
 ];
 
 /// The access a matched route needs (`HEAD` is served by `GET`).

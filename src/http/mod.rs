@@ -14,6 +14,7 @@ pub mod forward;
 mod learning;
 mod sessions;
 mod users;
+pub mod webhook_endpoints;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -93,6 +94,8 @@ pub struct AppState {
     /// Requests to the other nodes of the cluster (forwarding, pokes); `None`: this node
     /// forwards nothing and takes no pokes.
     pub nodes: Option<Arc<crate::cluster::NodeClient>>,
+    /// Which URLs customers may have the server call (`IACE_ALLOW_PRIVATE_URLS`).
+    pub outbound: crate::outbound::guard::Guard,
 }
 
 #[derive(Clone)]
@@ -193,7 +196,21 @@ pub fn router(state: AppState) -> Result<Router, prometheus::Error> {
             get(learning::customer_memories).delete(learning::forget_customer),
         )
         .route("/agents/{id}/patterns", get(learning::agent_patterns))
-        .route("/patterns/top", get(learning::top_patterns));
+        .route("/patterns/top", get(learning::top_patterns))
+        .route(
+            "/webhook-endpoints",
+            post(webhook_endpoints::create).get(webhook_endpoints::list),
+        )
+        .route(
+            "/webhook-endpoints/{id}",
+            get(webhook_endpoints::get)
+                .patch(webhook_endpoints::update)
+                .delete(webhook_endpoints::delete),
+        )
+        .route(
+            "/webhook-endpoints/{id}/rotate-secret",
+            post(webhook_endpoints::rotate),
+        );
     let cors = cors(&state.cors_origins);
     Ok(Router::new()
         .nest("/v1", v1)

@@ -182,6 +182,9 @@ mod tests {
             security: Arc::new(crate::auth::Security::minimal()),
             cors_origins: Arc::new([]),
             nodes: None,
+            outbound: crate::outbound::guard::Guard {
+                allow_private: false,
+            },
         };
         (crate::http::router(state).unwrap(), store, key, engine)
     }

@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use iace_actors::catalog::webhooks::WebhookEndpoint;
 use iace_actors::catalog::{
     Agent, AgentPatch, AgentStatus, Customer, CustomerPatch, Organization, PhoneNumberAssignment,
 };
@@ -14,7 +15,8 @@ use uuid::Uuid;
 
 use super::rows::{
     agent_from_row, call_from_row, customer_from_row, entry_from_row, phone_number_from_row,
-    AGENT_COLUMNS, CALL_COLUMNS, CUSTOMER_COLUMNS, PHONE_NUMBER_COLUMNS,
+    webhook_endpoint_from_row, AGENT_COLUMNS, CALL_COLUMNS, CUSTOMER_COLUMNS, PHONE_NUMBER_COLUMNS,
+    WEBHOOK_ENDPOINT_COLUMNS,
 };
 use super::{is_unique_violation, unavailable, PgStore};
 
@@ -412,6 +414,99 @@ impl QueryStore for PgStore {
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_webhook_endpoint(&self, e: &WebhookEndpoint) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO webhook_endpoint (id, organization_id, url, description, event_types, \
+               enabled, disabled_reason, secret, previous_secret, previous_secret_until, \
+               created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(e.id)
+        .bind(e.organization_id)
+        .bind(&e.url)
+        .bind(&e.description)
+        .bind(&e.event_types)
+        .bind(e.enabled)
+        .bind(&e.disabled_reason)
+        .bind(&e.secret)
+        .bind(&e.previous_secret)
+        .bind(e.previous_secret_until)
+        .bind(e.created_at)
+        .bind(e.updated_at)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get_webhook_endpoint(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+    ) -> StoreResult<Option<WebhookEndpoint>> {
+        let row = sqlx::query(&format!(
+            "SELECT {WEBHOOK_ENDPOINT_COLUMNS} FROM webhook_endpoint \
+             WHERE id = $1 AND organization_id = $2"
+        ))
+        .bind(id)
+        .bind(org)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        row.as_ref().map(webhook_endpoint_from_row).transpose()
+    }
+
+    async fn list_webhook_endpoints(
+        &self,
+        org: OrganizationId,
+        p: &PageRequest,
+    ) -> StoreResult<Vec<WebhookEndpoint>> {
+        let mut q = page_query(WEBHOOK_ENDPOINT_COLUMNS, "webhook_endpoint", org, p.after);
+        finish_page(&mut q, p.limit);
+        let rows = q.build().fetch_all(&self.pool).await.map_err(unavailable)?;
+        rows.iter().map(webhook_endpoint_from_row).collect()
+    }
+
+    async fn update_webhook_endpoint(
+        &self,
+        e: &WebhookEndpoint,
+        read_at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE webhook_endpoint SET url = $3, description = $4, event_types = $5, \
+               enabled = $6, disabled_reason = $7, secret = $8, previous_secret = $9, \
+               previous_secret_until = $10, updated_at = $11 \
+             WHERE id = $1 AND organization_id = $2 AND updated_at = $12",
+        )
+        .bind(e.id)
+        .bind(e.organization_id)
+        .bind(&e.url)
+        .bind(&e.description)
+        .bind(&e.event_types)
+        .bind(e.enabled)
+        .bind(&e.disabled_reason)
+        .bind(&e.secret)
+        .bind(&e.previous_secret)
+        .bind(e.previous_secret_until)
+        .bind(e.updated_at)
+        .bind(read_at)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_webhook_endpoint(&self, org: OrganizationId, id: Uuid) -> StoreResult<bool> {
+        let done =
+            sqlx::query("DELETE FROM webhook_endpoint WHERE id = $1 AND organization_id = $2")
+                .bind(id)
+                .bind(org)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
         Ok(done.rows_affected() == 1)
     }
 

@@ -155,3 +155,28 @@ pub(super) fn phone_number_from_row(row: &PgRow) -> Result<PhoneNumberAssignment
         created_at: get(row, "created_at")?,
     })
 }
+
+/// Columns of a `webhook_endpoint` row.
+pub(super) const WEBHOOK_ENDPOINT_COLUMNS: &str = "id, organization_id, url, description, \
+     event_types, enabled, disabled_reason, secret, previous_secret, previous_secret_until, \
+     created_at, updated_at";
+
+/// A `webhook_endpoint` row.
+pub(super) fn webhook_endpoint_from_row(
+    row: &PgRow,
+) -> Result<iace_actors::catalog::webhooks::WebhookEndpoint, StoreError> {
+    Ok(iace_actors::catalog::webhooks::WebhookEndpoint {
+        id: get(row, "id")?,
+        organization_id: get(row, "organization_id")?,
+        url: get(row, "url")?,
+        description: get(row, "description")?,
+        event_types: get(row, "event_types")?,
+        enabled: get(row, "enabled")?,
+        disabled_reason: get(row, "disabled_reason")?,
+        secret: get(row, "secret")?,
+        previous_secret: get(row, "previous_secret")?,
+        previous_secret_until: get(row, "previous_secret_until")?,
+        created_at: get(row, "created_at")?,
+        updated_at: get(row, "updated_at")?,
+    })
+}

@@ -32,3 +32,4 @@ mod store_pg;
 mod telnyx;
 mod users;
 mod voice;
+mod webhook_endpoints;

@@ -49,6 +49,7 @@ mod routing;
 mod shared;
 mod supervisor;
 pub(crate) mod voice_session;
+mod webhook_endpoints;
 
 use std::sync::Arc;
 
@@ -70,6 +71,7 @@ pub use routing::{ClusterStatus, NodeStatus};
 pub(crate) use shared::Shared;
 pub use shared::{EngineConfig, Ports};
 pub use voice_session::VoiceRouter;
+pub use webhook_endpoints::MAX_ROTATION_WINDOW;
 
 use crate::ports::NodeInfo;
 use cluster::{ManagerArgs, ManagerMsg, ShardManager, ShardTable};

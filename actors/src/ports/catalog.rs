@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::calls::{JournalEntry, StoreError, StoreResult};
+use crate::catalog::webhooks::WebhookEndpoint;
 use crate::catalog::{
     Agent, AgentPatch, Customer, CustomerPatch, Organization, PhoneNumberAssignment,
 };
@@ -125,6 +126,31 @@ pub trait QueryStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<PhoneNumberAssignment>>;
     /// Releases a number; `Ok(false)` when not found.
     async fn delete_phone_number(&self, org: OrganizationId, id: Uuid) -> StoreResult<bool>;
+    /// Stores a new webhook endpoint.
+    async fn insert_webhook_endpoint(&self, endpoint: &WebhookEndpoint) -> StoreResult<()>;
+    /// One of the organization's webhook endpoints.
+    async fn get_webhook_endpoint(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+    ) -> StoreResult<Option<WebhookEndpoint>>;
+    /// The organization's webhook endpoints, newest first.
+    async fn list_webhook_endpoints(
+        &self,
+        org: OrganizationId,
+        page: &PageRequest,
+    ) -> StoreResult<Vec<WebhookEndpoint>>;
+    /// Writes back an endpoint read with [`QueryStore::get_webhook_endpoint`] and changed,
+    /// if nobody changed it since (its `updated_at` is still `read_at`): `Ok(false)` when it
+    /// is gone or was changed meanwhile.
+    async fn update_webhook_endpoint(
+        &self,
+        endpoint: &WebhookEndpoint,
+        read_at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    /// Deletes an endpoint; `Ok(false)` when not found.
+    async fn delete_webhook_endpoint(&self, org: OrganizationId, id: Uuid) -> StoreResult<bool>;
+
     /// Who answers calls to `number` (any organization: the carrier tells us only the number).
     async fn route_number(
         &self,

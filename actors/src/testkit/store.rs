@@ -66,6 +66,7 @@ pub(super) struct State {
     agents: HashMap<Uuid, Agent>,
     customers: HashMap<Uuid, Customer>,
     numbers: HashMap<Uuid, PhoneNumberAssignment>,
+    webhook_endpoints: HashMap<Uuid, crate::catalog::webhooks::WebhookEndpoint>,
     pub(super) calls: HashMap<CallId, Call>,
     idempotency: HashMap<(OrganizationId, String), (CallId, String)>,
     journal: HashMap<CallId, Vec<JournalEntry>>,
@@ -668,6 +669,78 @@ impl QueryStore for MemoryStore {
             return Ok(false);
         }
         s.numbers.remove(&id);
+        Ok(true)
+    }
+
+    async fn insert_webhook_endpoint(
+        &self,
+        endpoint: &crate::catalog::webhooks::WebhookEndpoint,
+    ) -> StoreResult<()> {
+        self.check()?;
+        self.lock()
+            .webhook_endpoints
+            .insert(endpoint.id, endpoint.clone());
+        Ok(())
+    }
+
+    async fn get_webhook_endpoint(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+    ) -> StoreResult<Option<crate::catalog::webhooks::WebhookEndpoint>> {
+        self.check()?;
+        Ok(self
+            .lock()
+            .webhook_endpoints
+            .get(&id)
+            .filter(|e| e.organization_id == org)
+            .cloned())
+    }
+
+    async fn list_webhook_endpoints(
+        &self,
+        org: OrganizationId,
+        p: &PageRequest,
+    ) -> StoreResult<Vec<crate::catalog::webhooks::WebhookEndpoint>> {
+        self.check()?;
+        let s = self.lock();
+        let rows = s
+            .webhook_endpoints
+            .values()
+            .filter(|e| e.organization_id == org)
+            .cloned();
+        Ok(page(rows, |e| (e.created_at, e.id), p.limit, p.after))
+    }
+
+    async fn update_webhook_endpoint(
+        &self,
+        endpoint: &crate::catalog::webhooks::WebhookEndpoint,
+        read_at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.check()?;
+        let mut s = self.lock();
+        match s.webhook_endpoints.get_mut(&endpoint.id) {
+            Some(stored)
+                if stored.organization_id == endpoint.organization_id
+                    && stored.updated_at == read_at =>
+            {
+                *stored = endpoint.clone();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn delete_webhook_endpoint(&self, org: OrganizationId, id: Uuid) -> StoreResult<bool> {
+        self.check()?;
+        let mut s = self.lock();
+        if s.webhook_endpoints
+            .get(&id)
+            .is_none_or(|e| e.organization_id != org)
+        {
+            return Ok(false);
+        }
+        s.webhook_endpoints.remove(&id);
         Ok(true)
     }
 

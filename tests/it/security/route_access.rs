@@ -41,7 +41,13 @@ fn alg_none(real: &str) -> String {
 }
 
 /// What only admins and owners may do (stated here, independently of the policy table).
-const ADMIN_ONLY: [(&str, &str); 13] = [
+const ADMIN_ONLY: [(&str, &str); 19] = [
+    ("POST", "/v1/webhook-endpoints"),
+    ("GET", "/v1/webhook-endpoints"),
+    ("GET", "/v1/webhook-endpoints/{id}"),
+    ("PATCH", "/v1/webhook-endpoints/{id}"),
+    ("DELETE", "/v1/webhook-endpoints/{id}"),
+    ("POST", "/v1/webhook-endpoints/{id}/rotate-secret"),
     ("GET", "/v1/users"),
     ("POST", "/v1/users"),
     ("PATCH", "/v1/users/{id}"),
@@ -72,6 +78,10 @@ fn body_for(method: &str, path: &str) -> Option<Value> {
         (_, "/v1/calls/{id}/transfer") => Some(json!({"to": "+14155550111"})),
         ("PATCH", "/v1/users/{id}") => Some(json!({"role": "read_only"})),
         ("PATCH", "/v1/organization") => Some(json!({"name": "Renamed"})),
+        ("POST", "/v1/webhook-endpoints") => {
+            Some(json!({"url": "https://hooks.example.com/iace", "event_types": ["call.ended"]}))
+        }
+        ("PATCH", "/v1/webhook-endpoints/{id}") => Some(json!({"description": "Renamed"})),
         ("PATCH", _) => Some(json!({"name": "Renamed"})),
         _ => Some(json!({})),
     }
@@ -141,6 +151,16 @@ async fn every_route_refuses_bad_credentials_other_tenants_and_under_privileged_
     )
     .await;
     let number_id = number.body["id"].as_str().map(str::to_owned);
+    let endpoint = send(
+        base,
+        Method::POST,
+        "/v1/webhook-endpoints",
+        Some(&key_a),
+        Some(json!({"url": "https://hooks.example.com/a", "event_types": ["call.ended"]})),
+    )
+    .await;
+    assert_eq!(endpoint.status, StatusCode::CREATED, "{}", endpoint.body);
+    let endpoint_id = s(&endpoint.body, "id");
 
     let id_for = |path: &str| -> String {
         if path.starts_with("/v1/calls/") {
@@ -153,6 +173,8 @@ async fn every_route_refuses_bad_credentials_other_tenants_and_under_privileged_
             api_key_id.clone()
         } else if path.starts_with("/v1/users/") {
             reader_id.clone()
+        } else if path.starts_with("/v1/webhook-endpoints/") {
+            endpoint_id.clone()
         } else if path.starts_with("/v1/phone-numbers/") {
             number_id
                 .clone()

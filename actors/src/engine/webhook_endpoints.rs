@@ -1,0 +1,156 @@
+//! Webhook endpoints through the engine: registered, read, changed, rotated and deleted on the
+//! query pool. The server checks the URL (SSRF guard) and makes the secrets; the engine stores
+//! them.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::{clamp_limit, Engine, EngineError};
+use crate::catalog::webhooks::{NewWebhookEndpoint, WebhookEndpoint, WebhookEndpointPatch};
+use crate::machine::OrganizationId;
+use crate::ports::PageRequest;
+
+/// Attempts of a change that raced with another change of the same endpoint.
+const CHANGE_ATTEMPTS: usize = 5;
+
+/// Longest rotation window: both secrets sign for at most this long.
+pub const MAX_ROTATION_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl Engine {
+    /// Registers an endpoint signed with `secret` (`whsec_...`, made by the caller).
+    pub async fn create_webhook_endpoint(
+        &self,
+        org: OrganizationId,
+        new: NewWebhookEndpoint,
+        secret: String,
+    ) -> Result<WebhookEndpoint, EngineError> {
+        let endpoint = new.validate(
+            self.inner.shared.ports.ids.next_id(),
+            org,
+            secret,
+            self.now(),
+        )?;
+        let stored = endpoint.clone();
+        self.query(move |q| async move { Ok(q.insert_webhook_endpoint(&stored).await?) })
+            .await?;
+        Ok(endpoint)
+    }
+
+    /// One endpoint.
+    pub async fn get_webhook_endpoint(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+    ) -> Result<WebhookEndpoint, EngineError> {
+        self.query(move |q| async move { Ok(q.get_webhook_endpoint(org, id).await?) })
+            .await?
+            .ok_or(EngineError::NotFound {
+                what: "webhook endpoint",
+            })
+    }
+
+    /// The organization's endpoints, newest first.
+    pub async fn list_webhook_endpoints(
+        &self,
+        org: OrganizationId,
+        mut page: PageRequest,
+    ) -> Result<Vec<WebhookEndpoint>, EngineError> {
+        page.limit = clamp_limit(page.limit);
+        self.query(move |q| async move { Ok(q.list_webhook_endpoints(org, &page).await?) })
+            .await
+    }
+
+    /// Applies a patch (`url` already checked by the caller).
+    pub async fn update_webhook_endpoint(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+        patch: WebhookEndpointPatch,
+    ) -> Result<WebhookEndpoint, EngineError> {
+        let patch = patch.validate()?;
+        self.change_webhook_endpoint(org, id, move |e, now| patch.apply(e, now))
+            .await
+    }
+
+    /// Rotates the signing secret: `secret` signs from now on, and the current one goes on
+    /// signing beside it for `window` (at most [`MAX_ROTATION_WINDOW`]; zero ends it at once).
+    pub async fn rotate_webhook_endpoint_secret(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+        secret: String,
+        window: Duration,
+    ) -> Result<WebhookEndpoint, EngineError> {
+        if window > MAX_ROTATION_WINDOW {
+            return Err(EngineError::invalid(
+                "window_secs",
+                format!("must be at most {} (7 days)", MAX_ROTATION_WINDOW.as_secs()),
+            ));
+        }
+        let window = chrono::Duration::from_std(window)
+            .map_err(|_| EngineError::invalid("window_secs", "too long"))?;
+        self.change_webhook_endpoint(org, id, move |e, now| {
+            let old = std::mem::replace(&mut e.secret, secret.clone());
+            if window.is_zero() {
+                e.previous_secret = None;
+                e.previous_secret_until = None;
+            } else {
+                e.previous_secret = Some(old);
+                e.previous_secret_until = Some(now + window);
+            }
+            e.updated_at = now;
+        })
+        .await
+    }
+
+    /// Deletes an endpoint.
+    pub async fn delete_webhook_endpoint(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+    ) -> Result<(), EngineError> {
+        let found = self
+            .query(move |q| async move { Ok(q.delete_webhook_endpoint(org, id).await?) })
+            .await?;
+        if found {
+            Ok(())
+        } else {
+            Err(EngineError::NotFound {
+                what: "webhook endpoint",
+            })
+        }
+    }
+
+    /// Reads, changes and writes back an endpoint, again if another change came between.
+    async fn change_webhook_endpoint(
+        &self,
+        org: OrganizationId,
+        id: Uuid,
+        change: impl Fn(&mut WebhookEndpoint, chrono::DateTime<chrono::Utc>) + Send + Sync,
+    ) -> Result<WebhookEndpoint, EngineError> {
+        for _ in 0..CHANGE_ATTEMPTS {
+            let mut endpoint = self.get_webhook_endpoint(org, id).await?;
+            let read_at = endpoint.updated_at;
+            let mut now = self.now();
+            if now <= read_at {
+                // The version is the time: a change must move it forward.
+                now = read_at + chrono::Duration::microseconds(1);
+            }
+            change(&mut endpoint, now);
+            endpoint.updated_at = now;
+            let stored = endpoint.clone();
+            let written = self
+                .query(
+                    move |q| async move { Ok(q.update_webhook_endpoint(&stored, read_at).await?) },
+                )
+                .await?;
+            if written {
+                return Ok(endpoint);
+            }
+        }
+        Err(EngineError::Conflict(
+            "the webhook endpoint was changed by other requests meanwhile; retry".into(),
+        ))
+    }
+}

@@ -12,11 +12,10 @@
 
 use std::time::{Duration, Instant};
 
-use iace::config::{ServeArgs, TelephonyKind, TelnyxArgs};
-use iace_fakes::telnyx::{FakeTelnyx, FakeTelnyxConfig, Scenario};
-
 mod common;
 use common::{arg, percentile};
+#[path = "common/telnyx.rs"]
+mod telnyx;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -37,59 +36,27 @@ async fn main() -> anyhow::Result<()> {
     admin.close().await;
     let database_url = format!("{}/{name}", &base_url[..base_url.rfind('/').unwrap()]);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let public = format!("http://127.0.0.1:{port}");
-    let fake = FakeTelnyx::start(FakeTelnyxConfig {
-        api_key: "bench-key".into(),
-        connection_id: "bench-connection".into(),
-        signing_seed: [3u8; 32],
-        inbound_webhook_url: Some(format!("{public}/v1/webhooks/telnyx")),
-        default_scenario: Scenario::Answer {
+    let telnyx::Bench {
+        fake,
+        running,
+        public,
+        key,
+        agent_id,
+        http,
+    } = telnyx::start(
+        &database_url,
+        &redis_url,
+        telnyx::Setup {
+            signing_seed: [3u8; 32],
             ring: Duration::from_millis(100),
-            talk: Some(Duration::from_millis(500)),
-        },
-        ..FakeTelnyxConfig::default()
-    })
-    .await?;
-    let running = iace::app::start(ServeArgs {
-        telephony: TelephonyKind::Telnyx,
-        telnyx: TelnyxArgs {
-            telnyx_api_key: Some("bench-key".into()),
-            telnyx_connection_id: Some("bench-connection".into()),
-            telnyx_public_key: Some(fake.public_key_base64()),
-            telnyx_api_base: fake.api_base(),
-            telnyx_amd: "detect".into(),
-            telnyx_webhook_tolerance_secs: 300,
-            public_url: Some(public.clone()),
-            media_secret: Some("bench".into()),
-            media_greeting: false,
+            talk: Duration::from_millis(500),
+            amd: "detect",
             media_echo: true,
+            node_id: "bench".into(),
+            journal_writers: 4,
         },
-        sim_ring_ms: 0,
-        sim_talk_ms: 0,
-        sim_key_prefix: "unused:".into(),
-        node_id: Some("bench".into()),
-        ..ServeArgs::local(
-            &database_url,
-            &redis_url,
-            format!("127.0.0.1:{port}").parse()?,
-        )
-    })
+    )
     .await?;
-    let (_, key) = iace::app::create_org(&database_url, "Bench").await?;
-    let http = reqwest::Client::new();
-    let agent: serde_json::Value = http
-        .post(format!("{public}/v1/agents"))
-        .bearer_auth(&key)
-        .json(&serde_json::json!({"name": "Bench agent"}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let agent_id = agent["id"].as_str().unwrap_or_default().to_owned();
 
     let started = Instant::now();
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency));

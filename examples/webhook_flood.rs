@@ -22,12 +22,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use iace::config::{ServeArgs, TelephonyKind, TelnyxArgs};
-use iace_fakes::telnyx::{sign_webhook, FakeTelnyx, FakeTelnyxConfig, Scenario};
+use iace_fakes::telnyx::sign_webhook;
 use serde_json::json;
 
 mod common;
 use common::{arg, percentile};
+#[path = "common/telnyx.rs"]
+mod telnyx;
 
 const SEED: [u8; 32] = [4u8; 32];
 
@@ -41,60 +42,27 @@ async fn phase(
     concurrency: usize,
     presign: bool,
 ) -> anyhow::Result<(f64, Vec<Duration>, usize)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let public = format!("http://127.0.0.1:{port}");
-    let fake = FakeTelnyx::start(FakeTelnyxConfig {
-        api_key: "bench-key".into(),
-        connection_id: "bench-connection".into(),
-        signing_seed: SEED,
-        inbound_webhook_url: Some(format!("{public}/v1/webhooks/telnyx")),
-        default_scenario: Scenario::Answer {
+    let telnyx::Bench {
+        fake,
+        running,
+        public,
+        key,
+        agent_id,
+        http,
+    } = telnyx::start(
+        database_url,
+        redis_url,
+        telnyx::Setup {
+            signing_seed: SEED,
             ring: Duration::from_millis(50),
-            talk: Some(Duration::from_millis(200)),
-        },
-        ..FakeTelnyxConfig::default()
-    })
-    .await?;
-    let running = iace::app::start(ServeArgs {
-        telephony: TelephonyKind::Telnyx,
-        telnyx: TelnyxArgs {
-            telnyx_api_key: Some("bench-key".into()),
-            telnyx_connection_id: Some("bench-connection".into()),
-            telnyx_public_key: Some(fake.public_key_base64()),
-            telnyx_api_base: fake.api_base(),
-            telnyx_amd: "disabled".into(),
-            telnyx_webhook_tolerance_secs: 300,
-            public_url: Some(public.clone()),
-            media_secret: Some("bench".into()),
-            media_greeting: false,
+            talk: Duration::from_millis(200),
+            amd: "disabled",
             media_echo: false,
+            node_id: format!("flood-{journal_writers}"),
+            journal_writers,
         },
-        sim_ring_ms: 0,
-        sim_talk_ms: 0,
-        sim_key_prefix: "unused:".into(),
-        node_id: Some(format!("flood-{journal_writers}")),
-        journal_writers,
-        ..ServeArgs::local(
-            database_url,
-            redis_url,
-            format!("127.0.0.1:{port}").parse()?,
-        )
-    })
+    )
     .await?;
-    let (_, key) = iace::app::create_org(database_url, "Flood").await?;
-    let http = reqwest::Client::new();
-    let agent: serde_json::Value = http
-        .post(format!("{public}/v1/agents"))
-        .bearer_auth(&key)
-        .json(&json!({"name": "Flood agent"}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let agent_id = agent["id"].as_str().unwrap_or_default().to_owned();
     for n in 0..calls {
         http.post(format!("{public}/v1/calls"))
             .bearer_auth(&key)

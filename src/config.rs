@@ -404,6 +404,14 @@ pub struct ServeArgs {
     /// server's own network. The dev world and the tests turn it on.
     #[arg(long, env = "IACE_ALLOW_PRIVATE_URLS", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_private_urls: bool,
+    /// Seconds before the 2nd, 3rd, ... attempt of a failed webhook delivery, comma-separated;
+    /// after the last, the delivery is given up. Unset: 5 s, 5 min, 30 min, 2 h, 5 h, then
+    /// 10 h six times (about three days).
+    #[arg(long, env = "IACE_WEBHOOK_RETRY_SCHEDULE", value_delimiter = ',')]
+    pub webhook_retry_schedule: Vec<u64>,
+    /// Longest a webhook delivery may take, answer included (its connection: at most 5 s).
+    #[arg(long, env = "IACE_WEBHOOK_TIMEOUT_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub webhook_timeout_secs: u64,
 }
 
 /// Learning from completed calls: patterns and customer memories, embedded for similarity
@@ -476,6 +484,8 @@ impl ServeArgs {
             max_live_calls: None,
             unready_at_capacity: false,
             allow_private_urls: false,
+            webhook_retry_schedule: Vec::new(),
+            webhook_timeout_secs: 15,
         }
     }
 }

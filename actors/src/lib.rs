@@ -29,8 +29,10 @@ pub mod accounts;
 pub mod breaker;
 pub mod catalog;
 pub mod engine;
+pub mod keepalive;
 pub mod learning;
 pub mod machine;
+pub mod outbox;
 pub mod ports;
 pub mod sentiment;
 #[cfg(any(test, feature = "testkit"))]

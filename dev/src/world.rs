@@ -151,6 +151,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         unready_at_capacity: false,
         // The dev world's receivers run on this machine.
         allow_private_urls: true,
+        webhook_retry_schedule: Vec::new(),
+        webhook_timeout_secs: 15,
     })
     .await?;
     let base = format!("http://{}", running.addr);

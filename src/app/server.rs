@@ -11,11 +11,15 @@ use async_trait::async_trait;
 use iace_actors::breaker::Breakers;
 use iace_actors::engine::Ports;
 use iace_actors::engine::{Engine, EngineConfig, GroupCommit, GroupCommitConfig};
+use iace_actors::keepalive::{KeepAlive, KeepAliveMsg};
 use iace_actors::learning::actor::{
     LearningConfig, LearningPorts, LearningSupervisor, LearningSupervisorMsg,
 };
 use iace_actors::learning::recall::Recall;
 use iace_actors::learning::LocalEmbedder;
+use iace_actors::outbox::actor::{
+    DeliveryConfig, DeliveryMetrics, DeliveryMsg, DeliveryPorts, DeliveryWorker,
+};
 use iace_actors::ports::learning::Embedder;
 use iace_actors::ports::{InboxItem, Telephony};
 use ractor::ActorRef;
@@ -75,10 +79,85 @@ async fn start_learning(
         node_id: node_id.to_owned(),
         ..LearningConfig::default()
     };
-    let (sup, _) = ractor::Actor::spawn(None, LearningSupervisor, (ports, config))
-        .await
-        .context("starting the learning worker")?;
+    let (sup, _) = ractor::Actor::spawn(
+        None,
+        LearningSupervisor::default(),
+        ("learning", (ports, config)),
+    )
+    .await
+    .context("starting the learning worker")?;
     Ok(sup)
+}
+
+/// Starts this node's webhook delivery worker, and wakes it whenever any node commits
+/// deliveries (Postgres `LISTEN webhook_delivery`).
+async fn start_deliveries(
+    store: Arc<PgStore>,
+    args: &ServeArgs,
+    node_id: &str,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<ActorRef<KeepAliveMsg<DeliveryMsg>>> {
+    let guard = crate::outbound::guard::Guard {
+        allow_private: args.allow_private_urls,
+    };
+    let timeouts = crate::outbound::sender::Timeouts {
+        total: Duration::from_secs(args.webhook_timeout_secs),
+        ..Default::default()
+    };
+    let ports = DeliveryPorts {
+        store: store.clone(),
+        queries: store.clone(),
+        sender: Arc::new(crate::outbound::sender::HttpSender::new(guard, timeouts)),
+        clock: Arc::new(SystemClock),
+    };
+    let mut config = DeliveryConfig {
+        node_id: node_id.to_owned(),
+        ..DeliveryConfig::default()
+    };
+    if !args.webhook_retry_schedule.is_empty() {
+        config.retry_schedule = args
+            .webhook_retry_schedule
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect();
+    }
+    let metrics = DeliveryMetrics::new(registry)?;
+    let (sup, _) = ractor::Actor::spawn(
+        None,
+        KeepAlive::<DeliveryWorker>::default(),
+        ("webhook deliveries", (ports, config, Some(metrics))),
+    )
+    .await
+    .context("starting the webhook delivery worker")?;
+    tokio::spawn(listen_for_deliveries(store, sup.clone()));
+    Ok(sup)
+}
+
+/// Nudges the delivery worker on every `webhook_delivery` notification; reconnects after a
+/// failure (the worker's poll covers the gap).
+async fn listen_for_deliveries(store: Arc<PgStore>, worker: ActorRef<KeepAliveMsg<DeliveryMsg>>) {
+    loop {
+        let listening = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(store.pool()).await?;
+            listener.listen("webhook_delivery").await?;
+            loop {
+                listener.recv().await?;
+                if worker
+                    .send_message(KeepAliveMsg::Forward(DeliveryMsg::Nudge))
+                    .is_err()
+                {
+                    return Ok::<(), sqlx::Error>(());
+                }
+            }
+        };
+        match listening.await {
+            Ok(()) => return,
+            Err(e) => {
+                warn!(error = %e, "listening for webhook deliveries; reconnecting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 /// `/ready` check of Redis.
@@ -108,6 +187,7 @@ pub struct Running {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     stop: tokio::sync::watch::Sender<bool>,
     learning: Option<ActorRef<LearningSupervisorMsg>>,
+    deliveries: ActorRef<KeepAliveMsg<DeliveryMsg>>,
 }
 
 impl Running {
@@ -118,6 +198,7 @@ impl Running {
             server,
             stop,
             learning,
+            deliveries,
             edge,
             drain,
             ..
@@ -148,6 +229,7 @@ impl Running {
         if let Some(l) = learning {
             l.stop(None);
         }
+        deliveries.stop(None);
         engine.shutdown().await;
         engine.breakers().stop();
         Ok(())
@@ -163,6 +245,7 @@ impl Running {
         if let Some(l) = self.learning {
             l.stop(None);
         }
+        self.deliveries.stop(None);
         self.engine.shutdown().await;
         self.engine.breakers().stop();
     }
@@ -289,7 +372,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         breakers: breakers.clone(),
         voice,
         recall,
-        accounts: Some(store),
+        accounts: Some(store.clone()),
+        outbox: Some(store.clone()),
     };
     let (lease_ttl, lease_renew_every) = args.cluster.lease_timing().map_err(anyhow::Error::msg)?;
     let config = EngineConfig {
@@ -309,6 +393,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let engine = Engine::start(ports, config, &registry)
         .await
         .context("starting the engine")?;
+    let deliveries = start_deliveries(learning_store.clone(), &args, &node_id, &registry).await?;
     let learning = match embedder {
         Some(embedder) => Some(start_learning(learning_store, embedder, &node_id).await?),
         None => None,
@@ -408,6 +493,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         server,
         stop,
         learning,
+        deliveries,
     })
 }
 

@@ -135,6 +135,17 @@ pub const POLICY: &[(&str, &str, Access)] = &[
         "/v1/webhook-endpoints/{id}/rotate-secret",
         Access::Role(Role::Admin),
     ),
+    (
+        "GET",
+        "/v1/webhook-endpoints/{id}/deliveries",
+        Access::Role(Role::Admin),
+    ),
+    (
+        "POST",
+        "/v1/webhook-endpoints/{id}/deliveries/{delivery_id}/retry",
+        Access::Role(Role::Admin),
+    ),
+    ("GET", "/v1/organization/log", Access::Role(Role::Admin)),
 ];
 
 /// The access a matched route needs (`HEAD` is served by `GET`).

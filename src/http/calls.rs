@@ -19,21 +19,7 @@ use super::{cursor_of, page_limit, parse_cursor, AppState};
 
 /// The call resource.
 pub fn call_resource(c: &Call) -> Value {
-    json!({
-        "id": c.spec.id,
-        "status": c.status,
-        "end_reason": c.end_reason,
-        "direction": c.spec.direction,
-        "from": c.spec.from,
-        "to": c.spec.to,
-        "agent_id": c.spec.agent_id,
-        "customer_id": c.spec.customer_id,
-        "metadata": c.spec.metadata,
-        "created_at": c.created_at,
-        "answered_at": c.answered_at,
-        "ended_at": c.ended_at,
-        "version": c.version,
-    })
+    iace_actors::outbox::call_data(c)
 }
 
 fn event_resource(e: &JournalEntry) -> Value {
@@ -177,16 +163,7 @@ pub async fn transcript(
     record_call(id);
     let call = state.engine.get_call(org, id).await?;
     let journal = state.engine.call_events(org, id).await?;
-    let transcript = iace_actors::voice::transcript::Transcript::from_journal(&journal);
-    Ok(Json(json!({
-        "call_id": id,
-        "status": call.status.as_str(),
-        "end_reason": call.end_reason.map(|r| r.as_str()),
-        "segments": transcript.segments,
-        "sentiment": transcript.sentiment,
-        "events": transcript.events,
-        "latency": transcript.latency,
-    })))
+    Ok(Json(iace_actors::outbox::transcript_data(&call, &journal)))
 }
 
 /// `POST /v1/calls/{id}/hangup` (any body is ignored).

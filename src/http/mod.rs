@@ -210,6 +210,18 @@ pub fn router(state: AppState) -> Result<Router, prometheus::Error> {
         .route(
             "/webhook-endpoints/{id}/rotate-secret",
             post(webhook_endpoints::rotate),
+        )
+        .route(
+            "/webhook-endpoints/{id}/deliveries",
+            get(webhook_endpoints::deliveries),
+        )
+        .route(
+            "/webhook-endpoints/{id}/deliveries/{delivery_id}/retry",
+            post(webhook_endpoints::retry_delivery),
+        )
+        .route(
+            "/organization/log",
+            get(webhook_endpoints::organization_log),
         );
     let cors = cors(&state.cors_origins);
     Ok(Router::new()

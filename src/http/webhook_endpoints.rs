@@ -123,3 +123,44 @@ pub async fn rotate(
         .await?;
     Ok(shown(&endpoint, Some(&secret)))
 }
+
+/// `GET /v1/webhook-endpoints/{id}/deliveries`: every delivery to the endpoint, newest first,
+/// with its status, attempts, last answer and next attempt.
+pub async fn deliveries(
+    State(s): State<AppState>,
+    Org(org): Org,
+    AppPath(id): AppPath<Uuid>,
+    AppQuery(q): AppQuery<PageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let req = q.request()?;
+    let limit = req.limit;
+    let rows = s.engine.list_webhook_deliveries(org, id, req).await?;
+    Ok(page(&rows, limit, |d| (d.created_at, d.id)))
+}
+
+/// `POST /v1/webhook-endpoints/{id}/deliveries/{delivery_id}/retry`: the delivery goes out
+/// again now (any body is ignored).
+pub async fn retry_delivery(
+    State(s): State<AppState>,
+    Org(org): Org,
+    AppPath((id, delivery)): AppPath<(Uuid, Uuid)>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let delivery = s.engine.retry_webhook_delivery(org, id, delivery).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::to_value(delivery).unwrap_or_default()),
+    ))
+}
+
+/// `GET /v1/organization/log`: what the server did on the organization's behalf (a webhook
+/// endpoint disabled), newest first.
+pub async fn organization_log(
+    State(s): State<AppState>,
+    Org(org): Org,
+    AppQuery(q): AppQuery<PageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let req = q.request()?;
+    let limit = req.limit;
+    let rows = s.engine.organization_log(org, req).await?;
+    Ok(page(&rows, limit, |e| (e.at, e.id)))
+}

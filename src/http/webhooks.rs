@@ -162,6 +162,7 @@ mod tests {
             voice: None,
             recall: None,
             accounts: None,
+            outbox: None,
         };
         let registry = Registry::new();
         let engine = Engine::start(ports, EngineConfig::default(), &registry)

@@ -87,10 +87,19 @@ impl Guard {
         if addrs.is_empty() {
             return Err(Refused::Unresolved(host));
         }
-        for addr in &addrs {
-            self.judge(&host, addr.ip())?;
-        }
+        self.check_addresses(&host, &addrs)?;
         Ok(addrs)
+    }
+
+    /// Checks every address `host` resolved to: one refused address refuses the host.
+    pub fn check_addresses(&self, host: &str, addrs: &[SocketAddr]) -> Result<(), Refused> {
+        if addrs.is_empty() {
+            return Err(Refused::Unresolved(host.to_owned()));
+        }
+        for addr in addrs {
+            self.judge(host, addr.ip())?;
+        }
+        Ok(())
     }
 
     fn judge(&self, host: &str, address: IpAddr) -> Result<(), Refused> {

@@ -3,4 +3,5 @@
 //! ([`signing`]) and go only to addresses the SSRF guard allows ([`guard`]).
 
 pub mod guard;
+pub mod sender;
 pub mod signing;

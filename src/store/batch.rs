@@ -20,7 +20,8 @@ use iace_actors::ports::{
 };
 use sqlx::{Postgres, Row, Transaction};
 
-use super::{unavailable, PgStore};
+use super::{outbox, unavailable, PgStore};
+use iace_actors::outbox::{call_events, WebhookEvent};
 
 /// What the batch's transaction found: the calls whose appends were written.
 enum Outcome {
@@ -84,10 +85,10 @@ impl PgStore {
             .copied()
             .filter(|a| fenced.get(&shard(a)) == Some(&a.call.owner_epoch))
             .collect();
-        let written = update_snapshots(&mut tx, &live).await?;
+        let before = update_snapshots(&mut tx, &live).await?;
         let live: Vec<&Append> = live
             .into_iter()
-            .filter(|a| written.contains(&a.call.spec.id))
+            .filter(|a| before.contains_key(&a.call.spec.id))
             .collect();
         if insert_entries(&mut tx, &live).await? != live.len() as u64 {
             tx.rollback().await.map_err(unavailable)?;
@@ -95,8 +96,13 @@ impl PgStore {
         }
         mark_inbox(&mut tx, &live).await?;
         queue_learning(&mut tx, &live).await?;
+        let events: Vec<WebhookEvent> = live
+            .iter()
+            .flat_map(|a| call_events(before.get(&a.call.spec.id).copied(), &a.call, &a.entry))
+            .collect();
+        outbox::write_events(&mut tx, &events).await?;
         tx.commit().await.map_err(unavailable)?;
-        Ok(Outcome::Written(written))
+        Ok(Outcome::Written(before.into_keys().collect()))
     }
 }
 
@@ -130,13 +136,14 @@ async fn current_epochs(
         .collect()
 }
 
-/// Compare-and-set of every snapshot on its expected version; the calls written.
+/// Compare-and-set of every snapshot on its expected version; the calls written, each with
+/// its status before.
 async fn update_snapshots(
     tx: &mut Transaction<'_, Postgres>,
     batch: &[&Append],
-) -> StoreResult<HashSet<CallId>> {
+) -> StoreResult<HashMap<CallId, CallStatus>> {
     if batch.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(HashMap::new());
     }
     let mut ids = Vec::with_capacity(batch.len());
     let mut expected = Vec::with_capacity(batch.len());
@@ -187,8 +194,9 @@ async fn update_snapshots(
            AS v(id, expected, status, end_reason, carrier_call_id, version, owner_epoch, \
                 deadline_at, deadline_kind, updated_at, ringing_at, answered_at, ended_at, \
                 release_pending, stray_legs) \
-         WHERE call.id = v.id AND call.version = v.expected \
-         RETURNING call.id",
+           , call old \
+         WHERE call.id = v.id AND call.version = v.expected AND old.id = call.id \
+         RETURNING call.id, old.status",
     )
     .bind(&ids)
     .bind(&expected)
@@ -209,7 +217,13 @@ async fn update_snapshots(
     .await
     .map_err(unavailable)?;
     rows.iter()
-        .map(|r| r.try_get::<CallId, _>("id").map_err(unavailable))
+        .map(|r| {
+            let id = r.try_get::<CallId, _>("id").map_err(unavailable)?;
+            let status: String = r.try_get("status").map_err(unavailable)?;
+            let status = CallStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("call status {status}")))?;
+            Ok((id, status))
+        })
         .collect()
 }
 

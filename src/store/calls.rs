@@ -11,7 +11,8 @@ use iace_actors::ports::{
 use sqlx::{Postgres, Row, Transaction};
 
 use super::rows::{call_from_row, CALL_COLUMNS};
-use super::{is_unique_violation, unavailable, PgStore};
+use super::{is_unique_violation, outbox, unavailable, PgStore};
+use iace_actors::outbox::call_events;
 
 const LIVE: &str = "('pending', 'ringing', 'in_progress')";
 
@@ -265,6 +266,7 @@ impl CallStore for PgStore {
         insert_entry(&mut tx, call, created)
             .await
             .map_err(unavailable)?;
+        outbox::write_events(&mut tx, &call_events(None, call, created)).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok(InsertOutcome::Created)
     }
@@ -282,12 +284,14 @@ impl CallStore for PgStore {
         let mut tx = self.begin().await.map_err(unavailable)?;
         check_epoch(&mut tx, shard(call), call.owner_epoch).await?;
         let (deadline_at, deadline_kind) = deadline_parts(call);
-        let updated = sqlx::query(
+        // `old` is the row as the statement found it: the status before, for the events.
+        let before: Option<String> = sqlx::query_scalar(
             "UPDATE call SET status = $3, end_reason = $4, carrier_call_id = $5, version = $6, \
                owner_epoch = $7, next_deadline_at = $8, next_deadline_kind = $9, \
                updated_at = $10, ringing_at = $11, answered_at = $12, ended_at = $13, \
                release_pending = $14, stray_legs = $15 \
-             WHERE id = $1 AND version = $2",
+             FROM call old WHERE call.id = $1 AND call.version = $2 AND old.id = call.id \
+             RETURNING old.status",
         )
         .bind(call.spec.id)
         .bind(expected_version)
@@ -307,12 +311,14 @@ impl CallStore for PgStore {
             serde_json::to_value(&call.stray_legs)
                 .map_err(|e| StoreError::Unavailable(format!("encoding stray legs: {e}")))?,
         )
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(unavailable)?;
-        if updated.rows_affected() == 0 {
+        let Some(before) = before else {
             return Err(StoreError::Stale);
-        }
+        };
+        let before = CallStatus::parse(&before)
+            .ok_or_else(|| StoreError::Corrupt(format!("call status {before}")))?;
         insert_entry(&mut tx, call, entry).await.map_err(|e| {
             if is_unique_violation(&e) {
                 StoreError::Stale
@@ -331,6 +337,7 @@ impl CallStore for PgStore {
             .await
             .map_err(unavailable)?;
         }
+        outbox::write_events(&mut tx, &call_events(Some(before), call, entry)).await?;
         if call.status == CallStatus::Completed {
             // Learning runs on every completed call: queued with the transition itself, so
             // no crash can lose it. It waits a little for the conversation's last records.

@@ -478,7 +478,8 @@ impl QueryStore for PgStore {
         let done = sqlx::query(
             "UPDATE webhook_endpoint SET url = $3, description = $4, event_types = $5, \
                enabled = $6, disabled_reason = $7, secret = $8, previous_secret = $9, \
-               previous_secret_until = $10, updated_at = $11 \
+               previous_secret_until = $10, updated_at = $11, \
+               failing_since = CASE WHEN $6 AND NOT enabled THEN NULL ELSE failing_since END \
              WHERE id = $1 AND organization_id = $2 AND updated_at = $12",
         )
         .bind(e.id)

@@ -17,6 +17,7 @@ mod calls;
 mod catalog;
 mod cluster;
 mod learning;
+mod outbox;
 mod pool;
 mod rows;
 mod turns;

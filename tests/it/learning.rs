@@ -235,21 +235,24 @@ async fn an_embedding_outage_defers_learning_on_postgres_and_nothing_is_lost() {
     let store = Arc::new(store);
     let (sup, _) = ractor::Actor::spawn(
         None,
-        LearningSupervisor,
+        LearningSupervisor::default(),
         (
-            LearningPorts {
-                calls: store.clone(),
-                queries: store.clone(),
-                store: store.clone(),
-                embedder: embedder.clone(),
-                clock: Arc::new(Ahead),
-                ids: Arc::new(RandomIds),
-            },
-            LearningConfig {
-                poll_every: Duration::from_millis(100),
-                retry_base: Duration::from_millis(300),
-                ..LearningConfig::default()
-            },
+            "learning",
+            (
+                LearningPorts {
+                    calls: store.clone(),
+                    queries: store.clone(),
+                    store: store.clone(),
+                    embedder: embedder.clone(),
+                    clock: Arc::new(Ahead),
+                    ids: Arc::new(RandomIds),
+                },
+                LearningConfig {
+                    poll_every: Duration::from_millis(100),
+                    retry_base: Duration::from_millis(300),
+                    ..LearningConfig::default()
+                },
+            ),
         ),
     )
     .await
@@ -717,22 +720,25 @@ async fn a_google_outage_opens_the_breaker_and_queued_learning_completes_after_i
     let store = Arc::new(store);
     let (sup, _) = ractor::Actor::spawn(
         None,
-        LearningSupervisor,
+        LearningSupervisor::default(),
         (
-            LearningPorts {
-                calls: store.clone(),
-                queries: store.clone(),
-                store: store.clone(),
-                embedder: Arc::new(embedder),
-                clock: Arc::new(Ahead),
-                ids: Arc::new(RandomIds),
-            },
-            LearningConfig {
-                poll_every: Duration::from_millis(100),
-                retry_base: Duration::from_millis(200),
-                retry_cap: Duration::from_millis(400),
-                ..LearningConfig::default()
-            },
+            "learning",
+            (
+                LearningPorts {
+                    calls: store.clone(),
+                    queries: store.clone(),
+                    store: store.clone(),
+                    embedder: Arc::new(embedder),
+                    clock: Arc::new(Ahead),
+                    ids: Arc::new(RandomIds),
+                },
+                LearningConfig {
+                    poll_every: Duration::from_millis(100),
+                    retry_base: Duration::from_millis(200),
+                    retry_cap: Duration::from_millis(400),
+                    ..LearningConfig::default()
+                },
+            ),
         ),
     )
     .await

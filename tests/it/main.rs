@@ -32,4 +32,5 @@ mod store_pg;
 mod telnyx;
 mod users;
 mod voice;
+mod webhook_delivery;
 mod webhook_endpoints;

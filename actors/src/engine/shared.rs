@@ -49,6 +49,9 @@ pub struct Ports {
     pub recall: Option<Recall>,
     /// Users, sessions, API keys, plans; `None` where accounts are not kept (simulations).
     pub accounts: Option<Arc<dyn AccountStore>>,
+    /// The webhook outbox (deliveries, the organization's log); `None` where webhooks are
+    /// not delivered (simulations).
+    pub outbox: Option<Arc<dyn crate::ports::outbox::OutboxStore>>,
 }
 
 /// Engine tuning. [`Default`] is what production uses.

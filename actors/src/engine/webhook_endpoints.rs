@@ -2,6 +2,7 @@
 //! query pool. The server checks the URL (SSRF guard) and makes the secrets; the engine stores
 //! them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -9,6 +10,7 @@ use uuid::Uuid;
 use super::{clamp_limit, Engine, EngineError};
 use crate::catalog::webhooks::{NewWebhookEndpoint, WebhookEndpoint, WebhookEndpointPatch};
 use crate::machine::OrganizationId;
+use crate::ports::outbox::{Delivery, OrgLogEntry, OutboxStore};
 use crate::ports::PageRequest;
 
 /// Attempts of a change that raced with another change of the same endpoint.
@@ -120,6 +122,68 @@ impl Engine {
                 what: "webhook endpoint",
             })
         }
+    }
+
+    fn outbox(&self) -> Result<Arc<dyn OutboxStore>, EngineError> {
+        self.inner
+            .shared
+            .ports
+            .outbox
+            .clone()
+            .ok_or_else(|| EngineError::Unavailable("webhook deliveries are not kept here".into()))
+    }
+
+    /// An endpoint's deliveries, newest first.
+    pub async fn list_webhook_deliveries(
+        &self,
+        org: OrganizationId,
+        endpoint: Uuid,
+        mut page: PageRequest,
+    ) -> Result<Vec<Delivery>, EngineError> {
+        page.limit = clamp_limit(page.limit);
+        let outbox = self.outbox()?;
+        self.query(move |_| async move { Ok(outbox.list_deliveries(org, endpoint, &page).await?) })
+            .await?
+            .ok_or(EngineError::NotFound {
+                what: "webhook endpoint",
+            })
+    }
+
+    /// Sends a delivery again now (a failed one, or a delivered one the receiver lost). The
+    /// endpoint must be enabled.
+    pub async fn retry_webhook_delivery(
+        &self,
+        org: OrganizationId,
+        endpoint: Uuid,
+        delivery: Uuid,
+    ) -> Result<Delivery, EngineError> {
+        let found = self.get_webhook_endpoint(org, endpoint).await?;
+        if !found.enabled {
+            return Err(EngineError::Conflict(
+                "the webhook endpoint is disabled; enable it before retrying its deliveries".into(),
+            ));
+        }
+        let outbox = self.outbox()?;
+        let now = self.now();
+        self.query(move |_| async move {
+            Ok(outbox.retry_delivery(org, endpoint, delivery, now).await?)
+        })
+        .await?
+        .ok_or(EngineError::NotFound {
+            what: "webhook delivery",
+        })
+    }
+
+    /// The organization's log (what the server did on its behalf), newest first.
+    pub async fn organization_log(
+        &self,
+        org: OrganizationId,
+        mut page: PageRequest,
+    ) -> Result<Vec<OrgLogEntry>, EngineError> {
+        page.limit = clamp_limit(page.limit);
+        let outbox = self.outbox()?;
+        self.query(move |_| async move { Ok(outbox.org_log(org, &page).await?) })
+            .await
     }
 
     /// Reads, changes and writes back an endpoint, again if another change came between.

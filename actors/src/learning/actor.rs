@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{debug, info, warn};
 
 use super::extract::extract;
+use crate::keepalive::{KeepAlive, KeepAliveMsg};
 use crate::machine::CallId;
 use crate::ports::learning::{EmbedError, EmbedTask, Embedder};
 use crate::ports::learning::{LearnedRows, LearningJob, LearningStore, NewMemory, NewPattern};
@@ -82,6 +83,7 @@ pub enum LearningMsg {
 }
 
 /// The worker.
+#[derive(Default)]
 pub struct LearningActor;
 
 /// Its state.
@@ -344,116 +346,9 @@ impl LearningState {
     }
 }
 
-/// Keeps the learning actor running: restarts it (after `restart_delay`) whenever it stops
-/// or fails. Overrides `handle_supervisor_evt`, whose default would stop the supervisor.
-pub struct LearningSupervisor;
+/// Keeps the learning actor running: restarts it (after a pause) whenever it stops or fails.
+/// Started with `("learning", (ports, config))`.
+pub type LearningSupervisor = KeepAlive<LearningActor>;
 
-/// Messages of the supervisor.
-#[derive(Debug)]
-pub enum LearningSupervisorMsg {
-    /// Start (or restart) the worker.
-    Start,
-    /// Forward a nudge to the worker.
-    CallCompleted(CallId),
-}
-
-/// Supervisor state.
-pub struct LearningSupervisorState {
-    ports: LearningPorts,
-    config: LearningConfig,
-    worker: Option<ActorRef<LearningMsg>>,
-    restarts: u64,
-}
-
-/// How long the supervisor waits before restarting a crashed worker.
-const RESTART_DELAY: Duration = Duration::from_secs(1);
-
-impl Actor for LearningSupervisor {
-    type Msg = LearningSupervisorMsg;
-    type State = LearningSupervisorState;
-    type Arguments = (LearningPorts, LearningConfig);
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<LearningSupervisorMsg>,
-        (ports, config): (LearningPorts, LearningConfig),
-    ) -> Result<LearningSupervisorState, ActorProcessingErr> {
-        myself.send_message(LearningSupervisorMsg::Start)?;
-        Ok(LearningSupervisorState {
-            ports,
-            config,
-            worker: None,
-            restarts: 0,
-        })
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<LearningSupervisorMsg>,
-        state: &mut LearningSupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        if let Some(w) = state.worker.take() {
-            w.stop(None);
-        }
-        Ok(())
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<LearningSupervisorMsg>,
-        msg: LearningSupervisorMsg,
-        state: &mut LearningSupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            LearningSupervisorMsg::Start => {
-                if state.worker.is_some() {
-                    return Ok(());
-                }
-                match Actor::spawn_linked(
-                    None,
-                    LearningActor,
-                    (state.ports.clone(), state.config.clone()),
-                    myself.get_cell(),
-                )
-                .await
-                {
-                    Ok((worker, _)) => state.worker = Some(worker),
-                    Err(e) => {
-                        warn!(error = %e, "learning worker did not start; retrying");
-                        myself.send_after(RESTART_DELAY, || LearningSupervisorMsg::Start);
-                    }
-                }
-            }
-            LearningSupervisorMsg::CallCompleted(id) => {
-                if let Some(w) = &state.worker {
-                    let _ = w.send_message(LearningMsg::CallCompleted(id));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<LearningSupervisorMsg>,
-        event: SupervisionEvent,
-        state: &mut LearningSupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        let (cell, why) = match event {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason),
-            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
-            _ => return Ok(()),
-        };
-        if state
-            .worker
-            .as_ref()
-            .is_some_and(|w| w.get_id() == cell.get_id())
-        {
-            state.worker = None;
-            state.restarts += 1;
-            warn!(reason = ?why, restarts = state.restarts, "learning worker stopped; restarting");
-            myself.send_after(RESTART_DELAY, || LearningSupervisorMsg::Start);
-        }
-        Ok(())
-    }
-}
+/// Messages of the supervisor (`Forward` passes one to the worker).
+pub type LearningSupervisorMsg = KeepAliveMsg<LearningMsg>;

@@ -164,10 +164,14 @@ impl World {
             retry_base: Duration::from_secs(30),
             ..LearningConfig::default()
         };
-        Actor::spawn(None, LearningSupervisor, (ports, config))
-            .await
-            .unwrap()
-            .0
+        Actor::spawn(
+            None,
+            LearningSupervisor::default(),
+            ("learning", (ports, config)),
+        )
+        .await
+        .unwrap()
+        .0
     }
 
     /// A completed call with a customer and a short billing conversation, queued as the

@@ -31,6 +31,7 @@ pub mod calls;
 pub mod catalog;
 pub mod cluster;
 pub mod learning;
+pub mod outbox;
 pub mod peers;
 pub mod sentiment;
 pub mod telephony;

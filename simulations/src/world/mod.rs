@@ -121,6 +121,7 @@ impl World {
             voice: None,
             recall: None,
             accounts: None,
+            outbox: None,
         }
     }
 

@@ -41,8 +41,14 @@ fn alg_none(real: &str) -> String {
 }
 
 /// What only admins and owners may do (stated here, independently of the policy table).
-const ADMIN_ONLY: [(&str, &str); 19] = [
+const ADMIN_ONLY: [(&str, &str); 22] = [
     ("POST", "/v1/webhook-endpoints"),
+    ("GET", "/v1/webhook-endpoints/{id}/deliveries"),
+    (
+        "POST",
+        "/v1/webhook-endpoints/{id}/deliveries/{delivery_id}/retry",
+    ),
+    ("GET", "/v1/organization/log"),
     ("GET", "/v1/webhook-endpoints"),
     ("GET", "/v1/webhook-endpoints/{id}"),
     ("PATCH", "/v1/webhook-endpoints/{id}"),
@@ -66,6 +72,7 @@ const ADMIN_ONLY: [(&str, &str); 19] = [
 /// Fills a route's path parameters.
 fn concrete(path: &str, id: &str) -> String {
     path.replace("{id}", id)
+        .replace("{delivery_id}", &Uuid::new_v4().to_string())
         .replace("{vendor}", "telnyx")
         .replace("{action}", "reset")
 }

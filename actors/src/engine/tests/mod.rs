@@ -44,6 +44,7 @@ impl World {
             voice: None,
             recall: None,
             accounts: None,
+            outbox: None,
         };
         let org = Uuid::from_u128(0xA);
         let agent = Uuid::from_u128(0xA6E);

@@ -938,3 +938,249 @@ async fn stray_legs_and_ownership_are_stored_with_the_call() {
         .unwrap();
     assert!(!f.store.owns_shard(shard, epoch).await.unwrap());
 }
+
+// ---------------------------------------------------------------------------------------------
+// The webhook outbox
+// ---------------------------------------------------------------------------------------------
+
+/// Registers an endpoint of `org` for `types`.
+async fn webhook_endpoint(store: &PgStore, org: Uuid, types: &[&str], enabled: bool) -> Uuid {
+    let new = iace_actors::catalog::webhooks::NewWebhookEndpoint {
+        url: "https://hooks.example.com/iace".into(),
+        description: String::new(),
+        event_types: types.iter().map(|t| (*t).to_owned()).collect(),
+        enabled,
+    };
+    let secret = iace::outbound::signing::Secret::generate().expose();
+    let endpoint = new.validate(Uuid::new_v4(), org, secret, now()).unwrap();
+    store.insert_webhook_endpoint(&endpoint).await.unwrap();
+    endpoint.id
+}
+
+/// `(type, next_attempt_at)` of an endpoint's deliveries, in commit order.
+async fn outbox(store: &PgStore, endpoint: Uuid) -> Vec<(String, Option<DateTime<Utc>>)> {
+    sqlx::query_as(
+        "SELECT e.type, d.next_attempt_at FROM webhook_delivery d \
+         JOIN webhook_event e ON e.id = d.event_id WHERE d.endpoint_id = $1 ORDER BY d.position",
+    )
+    .bind(endpoint)
+    .fetch_all(store.pool())
+    .await
+    .unwrap()
+}
+
+fn types(rows: &[(String, Option<DateTime<Utc>>)]) -> Vec<&str> {
+    rows.iter().map(|(t, _)| t.as_str()).collect()
+}
+
+#[tokio::test]
+async fn call_events_are_written_by_the_write_that_causes_them_and_never_by_one_that_failed() {
+    use iace_actors::machine::HangupCause;
+    use iace_actors::ports::Append;
+    let f = fixture().await;
+    const ALL: [&str; 5] = [
+        "call.created",
+        "call.ringing",
+        "call.answered",
+        "call.ended",
+        "call.transcript_ready",
+    ];
+    let all = webhook_endpoint(&f.store, f.org, &ALL, true).await;
+    let ended_only = webhook_endpoint(&f.store, f.org, &["call.ended"], true).await;
+    let disabled = webhook_endpoint(&f.store, f.org, &ALL, false).await;
+    let other_org = org(&f.store, "Other").await;
+    let foreign = webhook_endpoint(&f.store, other_org, &ALL, true).await;
+
+    let call = f.insert("+14155550100").await;
+    assert_eq!(types(&outbox(&f.store, all).await), ["call.created"]);
+    let ringing = f
+        .apply(&call, Event::carrier(CarrierEvent::Ringing))
+        .await
+        .unwrap();
+    let live = f.apply(&ringing, answered()).await.unwrap();
+    // A stale write fails whole: no event of it.
+    let stale = f.apply(&ringing, answered()).await;
+    assert!(matches!(stale, Err(StoreError::Stale)), "{stale:?}");
+    assert_eq!(
+        types(&outbox(&f.store, all).await),
+        ["call.created", "call.ringing", "call.answered"]
+    );
+
+    // A batch: the appends that commit write their events, the stale one none.
+    let other = f.insert("+14155550101").await;
+    let append = |call: &Call, event: Event| {
+        let mut next = call.clone();
+        step(&mut next, event.clone(), now()).unwrap();
+        Append {
+            entry: JournalEntry {
+                call_id: call.spec.id,
+                seq: next.version,
+                at: next.updated_at,
+                event,
+            },
+            call: next,
+            expected_version: call.version,
+            inbox: None,
+        }
+    };
+    let mut behind = append(&other, answered());
+    behind.expected_version -= 1;
+    let results = f
+        .store
+        .append_batch(&[append(&live, hung_up(HangupCause::NormalClearing)), behind])
+        .await;
+    assert!(results[0].is_ok() && matches!(results[1], Err(StoreError::Stale)));
+    let rows = outbox(&f.store, all).await;
+    assert_eq!(
+        types(&rows),
+        [
+            "call.created",
+            "call.ringing",
+            "call.answered",
+            "call.created",
+            "call.ended",
+            "call.transcript_ready",
+        ]
+    );
+    // The transcript waits for the conversation's last records.
+    let (ended_at, transcript_at) = (rows[4].1.unwrap(), rows[5].1.unwrap());
+    assert_eq!(
+        transcript_at - ended_at,
+        chrono::Duration::from_std(iace_actors::outbox::TRANSCRIPT_SETTLE).unwrap()
+    );
+    assert_eq!(types(&outbox(&f.store, ended_only).await), ["call.ended"]);
+    assert!(outbox(&f.store, disabled).await.is_empty());
+    assert!(outbox(&f.store, foreign).await.is_empty());
+}
+
+#[tokio::test]
+async fn deliveries_go_in_order_per_call_under_one_lease_and_days_of_failure_disable() {
+    use iace_actors::ports::outbox::{AttemptOutcome, AttemptRecord, OutboxStore, Recorded};
+    use std::time::Duration;
+    let f = fixture().await;
+    let endpoint = webhook_endpoint(
+        &f.store,
+        f.org,
+        &["call.created", "call.answered", "call.ringing"],
+        true,
+    )
+    .await;
+    let a = f.insert("+14155550100").await;
+    let b = f.insert("+14155550101").await;
+    f.apply(&a, answered()).await.unwrap();
+    let t = now() + chrono::Duration::seconds(1);
+    let ttl = Duration::from_secs(30);
+
+    let leases = f.store.claim_endpoints("n1", t, ttl, 10).await.unwrap();
+    assert_eq!(leases.len(), 1);
+    assert_eq!(leases[0].endpoint_id, endpoint);
+    assert_eq!(leases[0].secrets.len(), 1);
+    assert!(f
+        .store
+        .claim_endpoints("n2", t, ttl, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // The first pending event of each call: a's answer waits for a's creation.
+    let due = f.store.due_deliveries(endpoint, t, 10).await.unwrap();
+    let heads: Vec<(Uuid, &str)> = due
+        .iter()
+        .map(|d| (d.call_id.unwrap(), d.event_type.as_str()))
+        .collect();
+    assert_eq!(
+        heads,
+        [(a.spec.id, "call.created"), (b.spec.id, "call.created")]
+    );
+    let record = |d: &iace_actors::ports::outbox::DueDelivery,
+                  outcome,
+                  next: Option<DateTime<Utc>>,
+                  cutoff: DateTime<Utc>| AttemptRecord {
+        delivery_id: d.id,
+        endpoint_id: endpoint,
+        attempt: d.attempts + 1,
+        at: t,
+        outcome,
+        status_code: Some(if outcome == AttemptOutcome::Delivered {
+            204
+        } else {
+            500
+        }),
+        latency: Duration::from_millis(12),
+        error: None,
+        next_attempt_at: next,
+        disable_if_failing_since: cutoff,
+    };
+    let long_ago = t - chrono::Duration::days(3);
+    let delivered = record(&due[0], AttemptOutcome::Delivered, None, long_ago);
+    assert_eq!(
+        f.store.record_attempt(&delivered).await.unwrap(),
+        Recorded::Done
+    );
+    // Recorded twice (a worker that lost its lease): the second changes nothing.
+    assert_eq!(
+        f.store.record_attempt(&delivered).await.unwrap(),
+        Recorded::Overtaken
+    );
+    let later = t + chrono::Duration::seconds(5);
+    let failed = record(&due[1], AttemptOutcome::Failed, Some(later), long_ago);
+    assert_eq!(
+        f.store.record_attempt(&failed).await.unwrap(),
+        Recorded::Done
+    );
+    let due = f.store.due_deliveries(endpoint, t, 10).await.unwrap();
+    assert_eq!(due.len(), 1, "b waits for its retry");
+    assert_eq!(
+        (due[0].call_id.unwrap(), due[0].event_type.as_str()),
+        (a.spec.id, "call.answered")
+    );
+
+    // Failing since before the cut-off: disabled, its pending deliveries failed, and the
+    // organization told.
+    let b_retry = f.store.due_deliveries(endpoint, later, 10).await.unwrap();
+    let b_retry = b_retry
+        .iter()
+        .find(|d| d.call_id == Some(b.spec.id))
+        .unwrap();
+    assert_eq!(b_retry.attempts, 1);
+    let cutoff = later + chrono::Duration::seconds(1);
+    let last = record(b_retry, AttemptOutcome::Failed, Some(later), cutoff);
+    assert!(matches!(
+        f.store.record_attempt(&last).await.unwrap(),
+        Recorded::Disabled(_)
+    ));
+    let e = f
+        .store
+        .get_webhook_endpoint(f.org, endpoint)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!e.enabled);
+    assert!(e.disabled_reason.unwrap().contains("failed since"));
+    assert!(f
+        .store
+        .due_deliveries(endpoint, later, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let log = f
+        .store
+        .org_log(
+            f.org,
+            &PageRequest {
+                limit: 10,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].kind, "webhook_endpoint.disabled");
+    assert_eq!(log[0].data["pending_deliveries_failed"], 2);
+    assert!(f
+        .store
+        .claim_endpoints("n1", later, ttl, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}

@@ -89,6 +89,9 @@ async fn start_learning(
     Ok(sup)
 }
 
+/// Connections of the webhook delivery worker (besides the main pool's).
+const OUTBOX_CONNECTIONS: u32 = 4;
+
 /// Starts this node's webhook delivery worker, and wakes it whenever any node commits
 /// deliveries (Postgres `LISTEN webhook_delivery`).
 async fn start_deliveries(
@@ -393,7 +396,24 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let engine = Engine::start(ports, config, &registry)
         .await
         .context("starting the engine")?;
-    let deliveries = start_deliveries(learning_store.clone(), &args, &node_id, &registry).await?;
+    // The delivery worker has connections of its own: a burst of API requests queued for
+    // the main pool must not hold back the events their own writes committed.
+    let outbox_pool = crate::store::connect_sized(
+        &args.db.database_url,
+        crate::store::PoolSizing {
+            max_connections: OUTBOX_CONNECTIONS,
+            ..args.db.sizing()
+        },
+    )
+    .await
+    .context("connecting the webhook delivery worker to Postgres")?;
+    let deliveries = start_deliveries(
+        Arc::new(PgStore::new(outbox_pool)),
+        &args,
+        &node_id,
+        &registry,
+    )
+    .await?;
     let learning = match embedder {
         Some(embedder) => Some(start_learning(learning_store, embedder, &node_id).await?),
         None => None,

@@ -257,12 +257,14 @@ impl OutboxStore for PgStore {
         endpoint: Uuid,
         now: DateTime<Utc>,
         limit: u32,
+        in_flight: &[Uuid],
     ) -> StoreResult<Vec<DueDelivery>> {
         let rows = sqlx::query(
             "SELECT d.id, d.event_id, e.type, d.call_id, e.occurred_at, d.created_at, e.payload, \
                     d.attempts \
              FROM webhook_delivery d JOIN webhook_event e ON e.id = d.event_id \
              WHERE d.endpoint_id = $1 AND d.status = 'pending' AND d.next_attempt_at <= $2 \
+               AND d.id <> ALL ($4) \
                AND NOT EXISTS ( \
                  SELECT 1 FROM webhook_delivery p \
                  WHERE p.endpoint_id = d.endpoint_id AND p.call_id = d.call_id \
@@ -272,6 +274,7 @@ impl OutboxStore for PgStore {
         .bind(endpoint)
         .bind(now)
         .bind(i64::from(limit))
+        .bind(in_flight)
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;

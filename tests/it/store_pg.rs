@@ -1083,7 +1083,7 @@ async fn deliveries_go_in_order_per_call_under_one_lease_and_days_of_failure_dis
         .is_empty());
 
     // The first pending event of each call: a's answer waits for a's creation.
-    let due = f.store.due_deliveries(endpoint, t, 10).await.unwrap();
+    let due = f.store.due_deliveries(endpoint, t, 10, &[]).await.unwrap();
     let heads: Vec<(Uuid, &str)> = due
         .iter()
         .map(|d| (d.call_id.unwrap(), d.event_type.as_str()))
@@ -1111,6 +1111,14 @@ async fn deliveries_go_in_order_per_call_under_one_lease_and_days_of_failure_dis
         next_attempt_at: next,
         disable_if_failing_since: cutoff,
     };
+    // One in flight: left out, and its call's later event still waits for it.
+    let others = f
+        .store
+        .due_deliveries(endpoint, t, 10, &[due[0].id])
+        .await
+        .unwrap();
+    assert_eq!(others.len(), 1);
+    assert_eq!(others[0].id, due[1].id);
     let long_ago = t - chrono::Duration::days(3);
     let delivered = record(&due[0], AttemptOutcome::Delivered, None, long_ago);
     assert_eq!(
@@ -1128,7 +1136,7 @@ async fn deliveries_go_in_order_per_call_under_one_lease_and_days_of_failure_dis
         f.store.record_attempt(&failed).await.unwrap(),
         Recorded::Done
     );
-    let due = f.store.due_deliveries(endpoint, t, 10).await.unwrap();
+    let due = f.store.due_deliveries(endpoint, t, 10, &[]).await.unwrap();
     assert_eq!(due.len(), 1, "b waits for its retry");
     assert_eq!(
         (due[0].call_id.unwrap(), due[0].event_type.as_str()),
@@ -1137,7 +1145,11 @@ async fn deliveries_go_in_order_per_call_under_one_lease_and_days_of_failure_dis
 
     // Failing since before the cut-off: disabled, its pending deliveries failed, and the
     // organization told.
-    let b_retry = f.store.due_deliveries(endpoint, later, 10).await.unwrap();
+    let b_retry = f
+        .store
+        .due_deliveries(endpoint, later, 10, &[])
+        .await
+        .unwrap();
     let b_retry = b_retry
         .iter()
         .find(|d| d.call_id == Some(b.spec.id))
@@ -1159,7 +1171,7 @@ async fn deliveries_go_in_order_per_call_under_one_lease_and_days_of_failure_dis
     assert!(e.disabled_reason.unwrap().contains("failed since"));
     assert!(f
         .store
-        .due_deliveries(endpoint, later, 10)
+        .due_deliveries(endpoint, later, 10, &[])
         .await
         .unwrap()
         .is_empty());

@@ -275,42 +275,49 @@ struct EndpointTask {
 }
 
 impl EndpointTask {
+    /// Keeps up to `per_endpoint` deliveries in flight, each the first pending one of its
+    /// call, fetching more as attempts finish, until nothing is due and nothing in flight.
     async fn run(mut self) {
         let endpoint = self.lease.endpoint_id;
+        let mut sends: JoinSet<Result<Recorded, String>> = JoinSet::new();
+        let mut in_flight: HashMap<tokio::task::Id, Uuid> = HashMap::new();
         loop {
             let now = self.ports.clock.now();
-            let ttl = chrono::Duration::from_std(self.config.lease_ttl).unwrap_or_default();
-            if self.lease.until - now < ttl / 2 {
-                match self
+            if !self.renew(now).await {
+                return;
+            }
+            let room = self
+                .config
+                .per_endpoint
+                .saturating_sub(in_flight.len() as u32);
+            if room > 0 {
+                let busy: Vec<Uuid> = in_flight.values().copied().collect();
+                let due = match self
                     .ports
                     .store
-                    .renew_endpoint(endpoint, &self.config.node_id, now + ttl)
+                    .due_deliveries(endpoint, now, room, &busy)
                     .await
                 {
-                    Ok(true) => self.lease.until = now + ttl,
-                    Ok(false) => {
-                        info!(endpoint_id = %endpoint, "endpoint lease lost; stopping its deliveries");
-                        return;
-                    }
+                    Ok(due) => due,
                     Err(e) => {
-                        warn!(endpoint_id = %endpoint, error = %e, "renewing an endpoint lease");
+                        warn!(endpoint_id = %endpoint, error = %e, "reading due deliveries");
                         return;
                     }
+                };
+                for delivery in due {
+                    let id = delivery.id;
+                    let attempt = Attempt {
+                        schedule: self.config.retry_schedule.clone(),
+                        ports: self.ports.clone(),
+                        metrics: self.metrics.clone(),
+                        lease: self.lease.clone(),
+                        delivery,
+                    };
+                    let task = sends.spawn(attempt.run());
+                    in_flight.insert(task.id(), id);
                 }
             }
-            let due = match self
-                .ports
-                .store
-                .due_deliveries(endpoint, now, self.config.per_endpoint)
-                .await
-            {
-                Ok(due) => due,
-                Err(e) => {
-                    warn!(endpoint_id = %endpoint, error = %e, "reading due deliveries");
-                    return;
-                }
-            };
-            if due.is_empty() {
+            if in_flight.is_empty() {
                 if let Err(e) = self
                     .ports
                     .store
@@ -321,39 +328,63 @@ impl EndpointTask {
                 }
                 return;
             }
-            let mut sends = JoinSet::new();
-            for delivery in due {
-                let attempt = Attempt {
-                    schedule: self.config.retry_schedule.clone(),
-                    ports: self.ports.clone(),
-                    metrics: self.metrics.clone(),
-                    lease: self.lease.clone(),
-                    delivery,
-                };
-                sends.spawn(attempt.run());
+            // Wait for one attempt to finish, then take every other that has finished too,
+            // before looking for more.
+            let mut finished = vec![sends.join_next_with_id().await];
+            while let Some(done) = sends.try_join_next_with_id() {
+                finished.push(Some(done));
             }
-            let mut stop = false;
-            while let Some(done) = sends.join_next().await {
-                match done {
-                    Ok(Ok(Recorded::Disabled(reason))) => {
-                        warn!(endpoint_id = %endpoint, reason = %reason, "webhook endpoint disabled");
-                        stop = true;
-                    }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        warn!(endpoint_id = %endpoint, error = %e, "recording a delivery attempt");
-                        stop = true;
-                    }
+            for done in finished.into_iter().flatten() {
+                let (task, outcome) = match done {
+                    Ok((task, outcome)) => (task, outcome),
                     Err(e) => {
+                        in_flight.remove(&e.id());
                         warn!(endpoint_id = %endpoint, error = %e, "a delivery attempt panicked");
-                        stop = true;
+                        return;
+                    }
+                };
+                in_flight.remove(&task);
+                match outcome {
+                    Ok(Recorded::Disabled(reason)) => {
+                        warn!(endpoint_id = %endpoint, reason = %reason, "webhook endpoint disabled");
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        // The store is failing: the lease runs out, and whoever claims the
+                        // endpoint next finds the deliveries as recorded.
+                        warn!(endpoint_id = %endpoint, error = %e, "recording a delivery attempt");
+                        return;
                     }
                 }
             }
-            if stop {
-                // Disabled, or the store is failing: the lease runs out, and whoever claims
-                // the endpoint next finds the deliveries as recorded.
-                return;
+        }
+    }
+
+    /// Renews the lease when half of it has run; `false`: lost, stop.
+    async fn renew(&mut self, now: DateTime<Utc>) -> bool {
+        let endpoint = self.lease.endpoint_id;
+        let ttl = chrono::Duration::from_std(self.config.lease_ttl).unwrap_or_default();
+        if self.lease.until - now >= ttl / 2 {
+            return true;
+        }
+        match self
+            .ports
+            .store
+            .renew_endpoint(endpoint, &self.config.node_id, now + ttl)
+            .await
+        {
+            Ok(true) => {
+                self.lease.until = now + ttl;
+                true
+            }
+            Ok(false) => {
+                info!(endpoint_id = %endpoint, "endpoint lease lost; stopping its deliveries");
+                false
+            }
+            Err(e) => {
+                warn!(endpoint_id = %endpoint, error = %e, "renewing an endpoint lease");
+                false
             }
         }
     }

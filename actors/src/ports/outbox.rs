@@ -215,12 +215,14 @@ pub trait OutboxStore: Send + Sync + 'static {
     async fn release_endpoint(&self, endpoint: Uuid, node: &str) -> StoreResult<()>;
 
     /// Up to `limit` deliveries of the endpoint due at `now`, each the first pending one of
-    /// its call (a later event of a call waits for the earlier one), oldest first.
+    /// its call (a later event of a call waits for the earlier one), oldest first, leaving
+    /// out those in `in_flight` (whose calls' later events wait for them too).
     async fn due_deliveries(
         &self,
         endpoint: Uuid,
         now: DateTime<Utc>,
         limit: u32,
+        in_flight: &[Uuid],
     ) -> StoreResult<Vec<DueDelivery>>;
 
     /// Keeps `payload` as the event's payload unless it has one already; the payload kept.

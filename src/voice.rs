@@ -96,5 +96,6 @@ pub fn ports(
         // Speech synthesis is what failed when this plays, so it cannot be speech: a short
         // chime tells the caller the line is alive before the transfer or goodbye.
         fallback_apology: Arc::new(crate::media::audio::greeting_ulaw(8000, 800)),
+        tools: None,
     })
 }

@@ -330,10 +330,18 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     };
     let media_registry = MediaRegistry::new();
     let voice = match (&telnyx, args.voice.enabled) {
-        (Some(_), true) => Some(
-            crate::voice::ports(&args.voice, media_registry.clone(), &breakers, &registry)
-                .context("configuring the voice pipeline")?,
-        ),
+        (Some(_), true) => {
+            let mut ports =
+                crate::voice::ports(&args.voice, media_registry.clone(), &breakers, &registry)
+                    .context("configuring the voice pipeline")?;
+            ports.tools = Some(Arc::new(crate::outbound::tools::HttpToolRunner::new(
+                crate::outbound::guard::Guard {
+                    allow_private: args.allow_private_urls,
+                },
+                Some(crate::outbound::tools::ToolMetrics::new(&registry)?),
+            )));
+            Some(ports)
+        }
         (None, true) => {
             bail!("IACE_VOICE=true needs IACE_TELEPHONY=telnyx (its media streams carry the audio)")
         }

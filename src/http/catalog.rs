@@ -62,14 +62,37 @@ fn to_value<T: Serialize>(v: &T) -> Json<Value> {
     Json(serde_json::to_value(v).unwrap_or(Value::Null))
 }
 
+/// An agent as the API shows it: the secrets of its tools masked (write-only).
+fn shown(mut agent: iace_actors::catalog::Agent) -> iace_actors::catalog::Agent {
+    iace_actors::catalog::profile::redact_secrets(&mut agent.persona_config);
+    agent
+}
+
+/// The URLs of the agent's HTTP tools pass the SSRF guard (their form and address literals;
+/// names are judged when they are called).
+fn check_tool_urls(s: &AppState, persona: Option<&Value>) -> Result<(), ApiError> {
+    let tools = persona
+        .and_then(|p| p.get("http_tools"))
+        .and_then(Value::as_array);
+    for tool in tools.into_iter().flatten() {
+        if let Some(url) = tool.get("url").and_then(Value::as_str) {
+            s.outbound
+                .check_url(url)
+                .map_err(|e| ApiError::invalid(format!("persona_config: http_tools: url: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
 /// `POST /v1/agents`.
 pub async fn create_agent(
     State(s): State<AppState>,
     Org(org): Org,
     AppJson(body): AppJson<NewAgent>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    check_tool_urls(&s, Some(&body.persona_config))?;
     let agent = s.engine.create_agent(org, body).await?;
-    Ok((StatusCode::CREATED, to_value(&agent)))
+    Ok((StatusCode::CREATED, to_value(&shown(agent))))
 }
 
 /// `GET /v1/agents/{id}`.
@@ -78,7 +101,7 @@ pub async fn get_agent(
     Org(org): Org,
     AppPath(id): AppPath<Uuid>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(to_value(&s.engine.get_agent(org, id).await?))
+    Ok(to_value(&shown(s.engine.get_agent(org, id).await?)))
 }
 
 /// `GET /v1/agents`.
@@ -89,7 +112,13 @@ pub async fn list_agents(
 ) -> Result<Json<Value>, ApiError> {
     let req = q.request()?;
     let limit = req.limit;
-    let rows = s.engine.list_agents(org, req).await?;
+    let rows: Vec<iace_actors::catalog::Agent> = s
+        .engine
+        .list_agents(org, req)
+        .await?
+        .into_iter()
+        .map(shown)
+        .collect();
     Ok(page(&rows, limit, |a| (a.created_at, a.id)))
 }
 
@@ -100,7 +129,10 @@ pub async fn update_agent(
     AppPath(id): AppPath<Uuid>,
     AppJson(patch): AppJson<AgentPatch>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(to_value(&s.engine.update_agent(org, id, patch).await?))
+    check_tool_urls(&s, patch.persona_config.as_ref())?;
+    Ok(to_value(&shown(
+        s.engine.update_agent(org, id, patch).await?,
+    )))
 }
 
 /// `DELETE /v1/agents/{id}`.

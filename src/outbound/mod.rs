@@ -5,3 +5,4 @@
 pub mod guard;
 pub mod sender;
 pub mod signing;
+pub mod tools;

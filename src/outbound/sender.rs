@@ -88,7 +88,7 @@ impl HttpSender {
 }
 
 /// An error with its causes, for the delivery's record.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

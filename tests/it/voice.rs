@@ -768,3 +768,226 @@ async fn late_sentiment_degrades_to_the_lexicon_and_the_call_goes_on() {
     assert_ne!(state("groq_classify").as_deref(), Some("closed"), "{body}");
     env.shutdown().await;
 }
+
+/// One request a tool endpoint received.
+#[derive(Debug, Clone)]
+struct ToolHit {
+    path: String,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+/// A customer's tool endpoints: `/order` answers after 800 ms, `/refund` fails with 500,
+/// `/slow` answers after 5 s.
+async fn tool_endpoints() -> (String, std::sync::Arc<std::sync::Mutex<Vec<ToolHit>>>) {
+    use axum::extract::{Path, State};
+    use axum::http::HeaderMap;
+    type Hits = std::sync::Arc<std::sync::Mutex<Vec<ToolHit>>>;
+    async fn handle(
+        State(hits): State<Hits>,
+        Path(name): Path<String>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> (StatusCode, String) {
+        hits.lock().unwrap().push(ToolHit {
+            path: name.clone(),
+            headers,
+            body: body.to_vec(),
+        });
+        match name.as_str() {
+            "order" => {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                (
+                    StatusCode::OK,
+                    json!({"status": "shipped", "eta": "tomorrow"}).to_string(),
+                )
+            }
+            "refund" => (StatusCode::INTERNAL_SERVER_ERROR, "database down".into()),
+            _ => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                (StatusCode::OK, "{}".into())
+            }
+        }
+    }
+    let hits: Hits = Default::default();
+    let app = axum::Router::new()
+        .route("/tools/{name}", axum::routing::post(handle))
+        .with_state(hits.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/tools", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, hits)
+}
+
+/// The agent's HTTP tools through the real pipeline: a tool answering in 800 ms gets its
+/// filler line and its answer reaches the model; a failing one and a slow one (timed out)
+/// come back to the model as errors it answers gracefully; arguments that do not fit the
+/// schema are never sent. Every request is signed; secrets are never shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_tools_are_called_signed_with_filler_errors_and_timeouts() {
+    let env = Env::start_tuned("disabled", FakeDeepgramConfig::default(), |args| {
+        args.allow_private_urls = true;
+    })
+    .await;
+    let (tools, hits) = tool_endpoints().await;
+    let secret = iace::outbound::signing::Secret::generate().expose();
+    let order_schema = json!({
+        "type": "object",
+        "properties": {"order_id": {"type": "string", "minLength": 4}},
+        "required": ["order_id"],
+        "additionalProperties": false
+    });
+    let tool = |name: &str, timeout_ms: u64| {
+        json!({
+            "name": name,
+            "description": format!("The {name} tool."),
+            "parameters": order_schema,
+            "url": format!("{tools}/{name}"),
+            "secret_headers": {"Authorization": "Bearer tool-token"},
+            "headers": {"X-Shop": "acme"},
+            "signing_secret": secret,
+            "timeout_ms": timeout_ms,
+            "filler": "Let me look that up.",
+        })
+    };
+    let persona = json!({
+        "greeting": "Hello, this is Ava.",
+        "filler_after_ms": 300,
+        "http_tools": [tool("order", 3000), tool("refund", 3000), tool("slow", 500)],
+    });
+    let agent = env
+        .post(
+            "/v1/agents",
+            json!({"name": "Ava", "persona_config": persona}),
+            StatusCode::CREATED,
+        )
+        .await;
+    // Secrets are write-only: masked when shown, kept when sent back masked.
+    let shown = &agent["persona_config"]["http_tools"][0];
+    assert_eq!(shown["signing_secret"], "********", "{agent}");
+    assert_eq!(shown["secret_headers"]["Authorization"], "********");
+    assert_eq!(shown["headers"]["X-Shop"], "acme");
+    let agent_id = agent["id"].as_str().unwrap().to_owned();
+    let patched = env
+        .http
+        .patch(format!("{}/v1/agents/{agent_id}", env.base))
+        .bearer_auth(&env.key)
+        .json(&json!({"persona_config": agent["persona_config"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), StatusCode::OK);
+
+    env.deepgram().set_script([
+        "Where is my order A123?",
+        "Then I want a refund.",
+        "Can you check the warehouse?",
+        "It is order five.",
+    ]);
+    let call_tool = |name: &str, args: Value| Reply::tool_call(name, &args);
+    env.groq()
+        .push_reply(call_tool("order", json!({"order_id": "A123"})));
+    env.groq()
+        .push_reply(Reply::text("Your order A123 ships tomorrow."));
+    env.groq()
+        .push_reply(call_tool("refund", json!({"order_id": "A123"})));
+    env.groq()
+        .push_reply(Reply::text("Sorry, I cannot issue refunds right now."));
+    env.groq()
+        .push_reply(call_tool("slow", json!({"order_id": "A123"})));
+    env.groq().push_reply(Reply::text(
+        "The warehouse is not answering, I will note it.",
+    ));
+    env.groq()
+        .push_reply(call_tool("order", json!({"order_id": 5})));
+    env.groq()
+        .push_reply(Reply::text("Could you give me the full order number?"));
+    let wait = Duration::from_secs(15);
+    let quiet = Duration::from_millis(1200);
+    let mut script = CallerScript::new()
+        .wait_for_agent_audio(wait)
+        .wait_for_agent_silence(quiet, wait);
+    for _ in 0..4 {
+        script = script
+            .say(Duration::from_millis(1200))
+            .wait_for_agent_audio(wait)
+            .wait_for_agent_silence(quiet, wait);
+    }
+    env.telnyx.set_caller_script(CALLEE, script.hangup());
+    let call = env
+        .post(
+            "/v1/calls",
+            json!({"to": CALLEE, "from": "+14155550199", "agent_id": agent_id}),
+            StatusCode::CREATED,
+        )
+        .await;
+    let call_id = call["id"].as_str().unwrap().to_owned();
+    let (_, t) = env.completed(&call_id, Duration::from_secs(90)).await;
+
+    let calls = events_of(&t, "tool_call");
+    let results: Vec<(&str, &str)> = calls
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(results.len(), 4, "{t:#}");
+    assert_eq!(results[0].0, "order");
+    assert!(results[0].1.contains("shipped"), "{results:?}");
+    assert!(
+        results[1].1.starts_with("error: the tool answered 500"),
+        "{results:?}"
+    );
+    assert!(
+        results[2].1.starts_with("error: no answer within 500 ms"),
+        "{results:?}"
+    );
+    assert!(
+        results[3]
+            .1
+            .starts_with("error: invalid arguments, nothing was sent: /order_id"),
+        "{results:?}"
+    );
+    let agent_said = texts(t["segments"].as_array().unwrap(), "agent");
+    assert!(
+        agent_said.iter().any(|s| s == "Let me look that up."),
+        "the 800 ms tool got its filler: {agent_said:?}"
+    );
+    for line in [
+        "Your order A123 ships tomorrow.",
+        "Sorry, I cannot issue refunds right now.",
+        "The warehouse is not answering, I will note it.",
+        "Could you give me the full order number?",
+    ] {
+        assert!(
+            agent_said.iter().any(|s| s == line),
+            "{line}: {agent_said:?}"
+        );
+    }
+    // The model saw each answer: the refund's error among them.
+    let told = env.groq().requests().iter().any(|r| {
+        r.body["messages"].as_array().is_some_and(|m| {
+            m.iter()
+                .any(|m| m["role"] == "tool" && m["content"].as_str().unwrap_or("").contains("500"))
+        })
+    });
+    assert!(told, "the model was told the tool failed");
+    // Three requests (the invalid arguments were never sent), each signed and carrying the
+    // call and the headers.
+    let hits = hits.lock().unwrap().clone();
+    let paths: Vec<&str> = hits.iter().map(|h| h.path.as_str()).collect();
+    assert_eq!(paths, ["order", "refund", "slow"]);
+    let key = iace::outbound::signing::Secret::parse(&secret).unwrap();
+    for hit in &hits {
+        let h = |n: &str| hit.headers.get(n).unwrap().to_str().unwrap().to_owned();
+        let ts: i64 = h("webhook-timestamp").parse().unwrap();
+        assert_eq!(
+            h("webhook-signature"),
+            key.sign(&h("webhook-id"), ts, &hit.body)
+        );
+        assert_eq!(h("authorization"), "Bearer tool-token");
+        assert_eq!(h("x-shop"), "acme");
+        let body: Value = serde_json::from_slice(&hit.body).unwrap();
+        assert_eq!(body["call_id"], call_id.as_str());
+        assert_eq!(body["arguments"], json!({"order_id": "A123"}));
+    }
+    env.shutdown().await;
+}

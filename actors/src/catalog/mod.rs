@@ -11,6 +11,7 @@
 
 pub mod field;
 pub mod profile;
+pub mod schema;
 pub mod webhooks;
 
 use chrono::{DateTime, Utc};

@@ -17,7 +17,13 @@
 //!  "max_speculations": 2},
 //!  "silence": {"reprompt_after_ms": 7000, "hangup_after_ms": 20000}, "filler_after_ms": 800,
 //!  "hold": "Sorry, one moment please.", "reply_wait_ms": 35000, "amd_wait_ms": 3500,
-//!  "tools": ["end_call", "transfer_to_human", "lookup_customer"]}
+//!  "tools": ["end_call", "transfer_to_human", "lookup_customer"],
+//!  "http_tools": [{"name": "book_table", "description": "Books a table.",
+//!   "parameters": {"type": "object", "properties": {"time": {"type": "string"}},
+//!                  "required": ["time"]},
+//!   "url": "https://api.example.com/iace/book", "method": "POST",
+//!   "headers": {"X-Api-Version": "2"}, "secret_headers": {"Authorization": "Bearer ..."},
+//!   "signing_secret": "whsec_...", "timeout_ms": 5000, "filler": "Let me book that."}]}
 //! ```
 //! `voice_config`: `{"voice_id": "...", "model_id": "sonic-3", "language": "en", "speed": 1.0,
 //! "text_chunking": "clause"}`.
@@ -29,6 +35,232 @@ use crate::machine::PhoneNumber;
 
 /// Tools an agent may offer the model.
 pub const TOOLS: [&str; 3] = ["end_call", "transfer_to_human", "lookup_customer"];
+
+/// What stands in for a secret value when an agent is shown: secrets are write-only. An update
+/// that sends it back keeps the stored value.
+pub const SECRET_MASK: &str = "********";
+
+/// Custom tools an agent may have at most.
+pub const MAX_HTTP_TOOLS: usize = 16;
+
+/// Headers a tool's definition may not set (the request's own framing and signature).
+const RESERVED_HEADERS: [&str; 8] = [
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+/// The HTTP method of a tool's request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ToolMethod {
+    /// `POST` (the default).
+    #[default]
+    Post,
+    /// `PUT`.
+    Put,
+    /// `PATCH`.
+    Patch,
+}
+
+impl ToolMethod {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Post => "POST",
+            Self::Put => "PUT",
+            Self::Patch => "PATCH",
+        }
+    }
+}
+
+/// A tool the agent calls on the customer's systems: the model's arguments are checked against
+/// `parameters` and posted, signed with `signing_secret` (Standard Webhooks), to `url`; the
+/// JSON answer goes back to the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTool {
+    /// What the model calls it (`[A-Za-z0-9_-]{1,64}`, not a built-in tool's name).
+    pub name: String,
+    /// What it does, for the model.
+    pub description: String,
+    /// JSON Schema of the arguments (an object; the supported keywords are in
+    /// [`schema`](super::schema)).
+    #[serde(default = "object_schema")]
+    pub parameters: serde_json::Value,
+    /// Where the request goes (http or https; the server's SSRF guard judges the address).
+    pub url: String,
+    /// `POST`, `PUT` or `PATCH`.
+    #[serde(default)]
+    pub method: ToolMethod,
+    /// Headers sent as they are, shown as they are.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Headers whose values are secret (`Authorization`): write-only, shown as
+    /// [`SECRET_MASK`].
+    #[serde(default)]
+    pub secret_headers: std::collections::BTreeMap<String, String>,
+    /// The `whsec_...` secret the request is signed with: write-only.
+    pub signing_secret: String,
+    /// Longest wait for the answer (100..=30000 ms).
+    #[serde(default = "tool_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Said when the tool takes longer than `filler_after_ms` (else the persona's `filler`).
+    #[serde(default)]
+    pub filler: Option<String>,
+}
+
+fn object_schema() -> serde_json::Value {
+    serde_json::json!({"type": "object", "properties": {}})
+}
+
+fn tool_timeout_ms() -> u64 {
+    5000
+}
+
+impl HttpTool {
+    fn check(&self) -> Result<(), String> {
+        let n = &self.name;
+        if n.is_empty()
+            || n.len() > 64
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(format!("tool name `{n}` must be 1-64 of A-Z a-z 0-9 _ -"));
+        }
+        if TOOLS.contains(&n.as_str()) {
+            return Err(format!("`{n}` is a built-in tool's name"));
+        }
+        let d = self.description.trim();
+        if d.is_empty() || d.chars().count() > 1024 {
+            return Err(format!("{n}.description must be 1-1024 characters"));
+        }
+        super::schema::check(&self.parameters).map_err(|e| format!("{n}.parameters: {e}"))?;
+        if self.parameters.get("type").and_then(|t| t.as_str()) != Some("object") {
+            return Err(format!("{n}.parameters must have \"type\": \"object\""));
+        }
+        if !(self.url.starts_with("https://") || self.url.starts_with("http://"))
+            || self.url.len() > 2048
+        {
+            return Err(format!("{n}.url must be an http or https URL"));
+        }
+        for (name, value) in self.headers.iter().chain(&self.secret_headers) {
+            let lower = name.to_ascii_lowercase();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+            {
+                return Err(format!("{n}: `{name}` is not a header name"));
+            }
+            if RESERVED_HEADERS.contains(&lower.as_str()) {
+                return Err(format!("{n}: the header `{name}` is set by the server"));
+            }
+            if value.chars().any(|c| c.is_control()) || value.len() > 4096 {
+                return Err(format!("{n}: the value of `{name}` is not a header value"));
+            }
+        }
+        if !self.signing_secret.starts_with("whsec_") || self.signing_secret.len() < 30 {
+            return Err(format!(
+                "{n}.signing_secret must be a Standard Webhooks secret (whsec_ and the base64 of 24-64 random bytes)"
+            ));
+        }
+        if !(100..=30_000).contains(&self.timeout_ms) {
+            return Err(format!("{n}.timeout_ms must be 100..=30000"));
+        }
+        if self
+            .filler
+            .as_ref()
+            .is_some_and(|f| f.trim().is_empty() || f.chars().count() > 500)
+        {
+            return Err(format!("{n}.filler must be 1-500 characters"));
+        }
+        Ok(())
+    }
+}
+
+/// `persona_config` as an agent is shown: every secret of its tools masked.
+pub fn redact_secrets(persona: &mut serde_json::Value) {
+    let Some(tools) = persona.get_mut("http_tools").and_then(|t| t.as_array_mut()) else {
+        return;
+    };
+    for tool in tools.iter_mut().filter_map(|t| t.as_object_mut()) {
+        if tool.contains_key("signing_secret") {
+            tool.insert("signing_secret".into(), SECRET_MASK.into());
+        }
+        if let Some(headers) = tool
+            .get_mut("secret_headers")
+            .and_then(|h| h.as_object_mut())
+        {
+            for value in headers.values_mut() {
+                *value = SECRET_MASK.into();
+            }
+        }
+    }
+}
+
+/// Puts back, in a `persona_config` sent to update an agent, the stored secrets it sends as
+/// [`SECRET_MASK`] (the same tool by name, the same header by name). A mask with nothing
+/// stored behind it is an error.
+pub fn restore_secrets(
+    persona: &mut serde_json::Value,
+    stored: &serde_json::Value,
+) -> Result<(), FieldError> {
+    let Some(tools) = persona.get_mut("http_tools").and_then(|t| t.as_array_mut()) else {
+        return Ok(());
+    };
+    let stored_tool = |name: &str| {
+        stored
+            .get("http_tools")
+            .and_then(|t| t.as_array())
+            .and_then(|ts| {
+                ts.iter()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(name))
+            })
+    };
+    for tool in tools.iter_mut().filter_map(|t| t.as_object_mut()) {
+        let name = tool
+            .get("name")
+            .and_then(|n| n.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let old = stored_tool(&name);
+        let missing = |what: &str| {
+            FieldError::new(
+                "persona_config",
+                format!("{name}.{what} has no stored value to keep; send the value"),
+            )
+        };
+        if tool.get("signing_secret").and_then(|s| s.as_str()) == Some(SECRET_MASK) {
+            let kept = old
+                .and_then(|o| o.get("signing_secret"))
+                .cloned()
+                .ok_or_else(|| missing("signing_secret"))?;
+            tool.insert("signing_secret".into(), kept);
+        }
+        if let Some(headers) = tool
+            .get_mut("secret_headers")
+            .and_then(|h| h.as_object_mut())
+        {
+            for (header, value) in headers.iter_mut() {
+                if value.as_str() == Some(SECRET_MASK) {
+                    *value = old
+                        .and_then(|o| o.get("secret_headers"))
+                        .and_then(|h| h.get(header))
+                        .cloned()
+                        .ok_or_else(|| missing(&format!("secret_headers.{header}")))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
 
 /// What the agent does when an answering machine picks up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +438,8 @@ pub struct Persona {
     pub filler_after_ms: u64,
     /// Tools offered to the model.
     pub tools: Vec<String>,
+    /// Custom tools on the customer's systems, offered to the model besides `tools`.
+    pub http_tools: Vec<HttpTool>,
     /// How long an outbound call waits for the answering-machine verdict before greeting.
     pub amd_wait_ms: u64,
     /// How long a call holds for the model to answer again once it could not (retrying with
@@ -235,6 +469,7 @@ impl Default for Persona {
             silence: Silence::default(),
             filler_after_ms: 800,
             tools: TOOLS.iter().map(|t| (*t).to_owned()).collect(),
+            http_tools: Vec::new(),
             amd_wait_ms: 3500,
             reply_wait_ms: 35_000,
         }
@@ -357,6 +592,15 @@ impl VoiceProfile {
                 TOOLS.join(", ")
             )));
         }
+        if persona.http_tools.len() > MAX_HTTP_TOOLS {
+            return Err(bad(format!("at most {MAX_HTTP_TOOLS} http_tools")));
+        }
+        for (i, tool) in persona.http_tools.iter().enumerate() {
+            tool.check().map_err(|e| bad(format!("http_tools: {e}")))?;
+            if persona.http_tools[..i].iter().any(|t| t.name == tool.name) {
+                return Err(bad(format!("http_tools: `{}` is defined twice", tool.name)));
+            }
+        }
         for (name, text) in [
             ("greeting", &persona.greeting),
             ("goodbye", &persona.goodbye),
@@ -401,12 +645,95 @@ impl VoiceProfile {
     pub fn offers(&self, tool: &str) -> bool {
         self.persona.tools.iter().any(|t| t == tool)
     }
+
+    /// The custom tool called `name`.
+    pub fn http_tool(&self, name: &str) -> Option<&HttpTool> {
+        self.persona.http_tools.iter().find(|t| t.name == name)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn tool(extra: serde_json::Value) -> serde_json::Value {
+        let mut t = json!({
+            "name": "book",
+            "description": "Books a table.",
+            "url": "https://tools.example.com/book",
+            "signing_secret": "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYX",
+            "secret_headers": {"Authorization": "Bearer abc"},
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            t[k] = v.clone();
+        }
+        t
+    }
+
+    #[test]
+    fn http_tools_are_checked_when_configured() {
+        let ok = json!({"http_tools": [tool(json!({}))]});
+        let p = VoiceProfile::from_configs(&ok, &json!({})).unwrap();
+        let t = p.http_tool("book").unwrap();
+        assert_eq!(t.timeout_ms, 5000);
+        assert_eq!(t.method, ToolMethod::Post);
+        for (bad, says) in [
+            (tool(json!({"name": "end_call"})), "built-in"),
+            (tool(json!({"name": "book a table"})), "must be 1-64"),
+            (
+                tool(json!({"parameters": {"type": "object", "oneOf": []}})),
+                "oneOf",
+            ),
+            (
+                tool(json!({"parameters": {"type": "string"}})),
+                "\"type\": \"object\"",
+            ),
+            (tool(json!({"url": "ftp://x"})), "http or https"),
+            (
+                tool(json!({"headers": {"Content-Type": "text/plain"}})),
+                "set by the server",
+            ),
+            (tool(json!({"signing_secret": "hunter2"})), "whsec_"),
+            (tool(json!({"timeout_ms": 60000})), "timeout_ms"),
+            (tool(json!({"method": "DELETE"})), "DELETE"),
+        ] {
+            let err = VoiceProfile::from_configs(&json!({"http_tools": [bad]}), &json!({}))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{says}: {err}");
+        }
+        let twice = json!({"http_tools": [tool(json!({})), tool(json!({}))]});
+        assert!(VoiceProfile::from_configs(&twice, &json!({})).is_err());
+    }
+
+    #[test]
+    fn tool_secrets_are_write_only_and_kept_when_sent_back_masked() {
+        let stored = json!({"http_tools": [tool(json!({}))]});
+        let mut shown = stored.clone();
+        redact_secrets(&mut shown);
+        assert_eq!(shown["http_tools"][0]["signing_secret"], SECRET_MASK);
+        assert_eq!(
+            shown["http_tools"][0]["secret_headers"]["Authorization"],
+            SECRET_MASK
+        );
+        assert!(!shown.to_string().contains("Bearer abc"));
+        let mut back = shown.clone();
+        back["http_tools"][0]["description"] = json!("Books a table for dinner.");
+        restore_secrets(&mut back, &stored).unwrap();
+        assert_eq!(
+            back["http_tools"][0]["signing_secret"],
+            stored["http_tools"][0]["signing_secret"]
+        );
+        assert_eq!(
+            back["http_tools"][0]["secret_headers"]["Authorization"],
+            "Bearer abc"
+        );
+        // A mask with nothing behind it (a new tool, a renamed header) is refused.
+        let mut renamed = shown.clone();
+        renamed["http_tools"][0]["name"] = json!("reserve");
+        assert!(restore_secrets(&mut renamed, &stored).is_err());
+    }
 
     #[test]
     fn defaults_from_empty_objects() {

@@ -80,6 +80,17 @@ impl Engine {
         id: Uuid,
         patch: AgentPatch,
     ) -> Result<Agent, EngineError> {
+        let mut patch = patch;
+        if let Some(persona) = patch.persona_config.as_mut() {
+            let masked = persona
+                .get("http_tools")
+                .is_some_and(|t| t.to_string().contains(crate::catalog::profile::SECRET_MASK));
+            if masked {
+                // Secrets sent back as shown keep their stored values.
+                let stored = self.get_agent(org, id).await?;
+                crate::catalog::profile::restore_secrets(persona, &stored.persona_config)?;
+            }
+        }
         let patch = patch.validate()?;
         let now = self.now();
         self.inner.shared.lookups.forget_agent(org, id);

@@ -404,4 +404,33 @@ pub struct VoicePorts {
     /// μ-law 8 kHz audio played when speech synthesis is down (a recorded apology, or a
     /// tone): the caller hears something before the transfer or hangup.
     pub fallback_apology: Arc<Vec<u8>>,
+    /// Runs the agents' HTTP tools; `None`: they answer that they are unavailable.
+    pub tools: Option<Arc<dyn ToolRunner>>,
+}
+
+/// One call of an agent's HTTP tool, its arguments already checked against its schema.
+#[derive(Debug, Clone)]
+pub struct ToolRequest {
+    /// The tool as the agent defines it.
+    pub tool: crate::catalog::profile::HttpTool,
+    /// The model's id for this call of the tool.
+    pub tool_call_id: String,
+    /// The call.
+    pub call_id: crate::machine::CallId,
+    /// Its organization.
+    pub organization_id: crate::machine::OrganizationId,
+    /// Its agent.
+    pub agent_id: uuid::Uuid,
+    /// Its customer, when known.
+    pub customer_id: Option<uuid::Uuid>,
+    /// The arguments.
+    pub arguments: serde_json::Value,
+}
+
+/// Runs agents' HTTP tools on the customers' systems (signed requests, the SSRF guard, a
+/// breaker per endpoint, a size limit on answers).
+#[async_trait]
+pub trait ToolRunner: Send + Sync + 'static {
+    /// The tool's JSON answer, or why there is none (for the model: it says so to the caller).
+    async fn run(&self, request: ToolRequest) -> Result<serde_json::Value, String>;
 }

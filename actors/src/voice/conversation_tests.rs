@@ -156,6 +156,14 @@ impl Line {
         llm_start(&out).expect("a reply is requested")
     }
 
+    /// The caller's turn, through to the model's request: every action on the way.
+    fn turn_out(&mut self, text: &str) -> Vec<Action> {
+        let mut out = self.caller_says(text);
+        let t = self.now / MS;
+        out.extend(self.to(t + 1300));
+        out
+    }
+
     /// The model answers `text` in one go and it is synthesized and played.
     fn answer(&mut self, reply: u32, text: &str) -> String {
         let mut out = self.llm(reply, LlmEvent::Text { text: text.into() });
@@ -1475,4 +1483,94 @@ fn text_chunking_streams_words_or_cuts_at_the_first_clause() {
         assert_eq!(pieces, expected, "{chunking}");
         assert_eq!(pieces.concat(), "Sure, I can help with that. Bye.");
     }
+}
+
+fn http_tool_persona() -> serde_json::Value {
+    json!({"http_tools": [{
+        "name": "order",
+        "description": "Looks up an order.",
+        "parameters": {"type": "object", "properties": {"id": {"type": "string"}},
+                       "required": ["id"], "additionalProperties": false},
+        "url": "https://tools.example.com/order",
+        "signing_secret": "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYX",
+        "filler": "Checking your order."
+    }]})
+}
+
+fn call_order(line: &mut Line, r: u32, id: &str, arguments: &str) -> Vec<Action> {
+    line.llm(
+        r,
+        LlmEvent::ToolCall {
+            call: ToolCall {
+                id: id.into(),
+                name: "order".into(),
+                arguments: arguments.into(),
+            },
+        },
+    );
+    line.llm(
+        r,
+        LlmEvent::Done {
+            finish_reason: "tool_calls".into(),
+        },
+    )
+}
+
+#[test]
+fn http_tools_check_arguments_say_their_filler_and_survive_the_caller_speaking_over_them() {
+    both_ways(|| {
+        let mut line = Line::greeted(http_tool_persona());
+        // Arguments that do not fit the schema: nothing runs, the model is asked again with
+        // the error.
+        let r = line.turn("Where is my order?");
+        let out = call_order(&mut line, r, "c1", r#"{"id": 7}"#);
+        assert!(!has(&out, |a| matches!(a, Action::RunTool { .. })));
+        let Some(Action::LlmStart { messages, .. }) =
+            out.iter().find(|a| matches!(a, Action::LlmStart { .. }))
+        else {
+            panic!("the model is not asked again: {out:?}")
+        };
+        let told = &messages[messages.len() - 1];
+        assert_eq!(told.role, ChatRole::Tool);
+        assert!(
+            told.content.contains("invalid arguments"),
+            "{}",
+            told.content
+        );
+        let r = llm_start(&out).unwrap();
+
+        // Fitting arguments: the tool runs, and its own filler plays when it takes long.
+        let out = call_order(&mut line, r, "c2", r#"{"id": "A123"}"#);
+        assert!(has(
+            &out,
+            |a| matches!(a, Action::RunTool { id, name, .. } if id == "c2" && name == "order")
+        ));
+        let out = line.to(line.now / MS + 900);
+        assert_eq!(spoken(&out), "Checking your order.");
+        line.synth(&speak_ctx(&out).unwrap(), 800);
+        line.play_all();
+
+        // The caller speaks before the answer: the new turn is answered, with the tool's
+        // call answered in the history first (the model's request stays well formed)...
+        let out = line.turn_out("Actually, never mind.");
+        let Some(Action::LlmStart { messages, .. }) =
+            out.iter().find(|a| matches!(a, Action::LlmStart { .. }))
+        else {
+            panic!("the new turn is not answered: {out:?}")
+        };
+        let n = messages.len();
+        assert_eq!(messages[n - 2].role, ChatRole::Tool);
+        assert!(messages[n - 2].content.contains("the caller spoke"));
+        assert_eq!(messages[n - 1].role, ChatRole::User);
+        // ...and the late answer is journaled and noted, without a second reply.
+        let out = line.send(Input::ToolResult {
+            id: "c2".into(),
+            result: Ok(json!({"status": "shipped"})),
+        });
+        assert!(has(
+            &out,
+            |a| matches!(a, Action::Record(ConversationRecord::ToolCall { result, .. }) if result.contains("shipped"))
+        ));
+        assert!(!has(&out, |a| matches!(a, Action::LlmStart { .. })));
+    });
 }

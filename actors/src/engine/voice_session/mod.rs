@@ -77,6 +77,8 @@ pub(crate) struct VoiceState {
     said: Option<(Vec<(Speaker, String)>, u32)>,
     audio_dropped: u64,
     tasks: Vec<JoinHandle<()>>,
+    /// The agent's HTTP tools (the conversation decides when; the session runs them).
+    http_tools: Vec<crate::catalog::profile::HttpTool>,
 }
 
 impl Actor for VoiceSession {
@@ -115,6 +117,7 @@ impl Actor for VoiceSession {
             said: None,
             audio_dropped: 0,
             tasks: Vec::new(),
+            http_tools: Vec::new(),
         })
     }
 
@@ -303,6 +306,7 @@ impl VoiceState {
                 VoiceProfile::default()
             }
         };
+        self.http_tools = profile.persona.http_tools.clone();
         let recalled = self.recall().await;
         self.said = self.said_so_far().await;
         let customer = match spec.customer_id {
@@ -477,12 +481,27 @@ impl VoiceState {
                         let _ = me.send_message(VoiceMsg::Sentiment(turn, sentiment));
                     });
                 }
-                Action::RunTool { id, name, .. } => {
+                Action::RunTool {
+                    id,
+                    name,
+                    arguments,
+                } => {
                     let me = myself.clone();
                     let shared = self.shared.clone();
                     let spec = self.spec.clone();
+                    let http = self
+                        .http_tools
+                        .iter()
+                        .find(|t| t.name == name)
+                        .cloned()
+                        .map(|tool| (tool, self.ports.tools.clone()));
                     tokio::spawn(async move {
-                        let result = run_tool(&shared, &spec, &name).await;
+                        let result = match http {
+                            Some((tool, runner)) => {
+                                run_http_tool(runner, &spec, tool, &id, &arguments).await
+                            }
+                            None => run_tool(&shared, &spec, &name).await,
+                        };
                         let _ = me.send_message(VoiceMsg::ToolResult(id, result));
                     });
                 }
@@ -590,7 +609,36 @@ fn customer_json(c: &crate::catalog::Customer) -> serde_json::Value {
     })
 }
 
-/// Runs a tool the model called. Only `lookup_customer` needs I/O.
+/// Runs one of the agent's HTTP tools (its arguments were checked by the conversation).
+async fn run_http_tool(
+    runner: Option<Arc<dyn crate::ports::voice::ToolRunner>>,
+    spec: &CallSpec,
+    tool: crate::catalog::profile::HttpTool,
+    id: &str,
+    arguments: &str,
+) -> Result<serde_json::Value, String> {
+    let Some(runner) = runner else {
+        return Err("tools on external systems are not available on this server".into());
+    };
+    let arguments = if arguments.trim().is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::from_str(arguments).map_err(|e| format!("the arguments are not JSON: {e}"))?
+    };
+    runner
+        .run(crate::ports::voice::ToolRequest {
+            tool,
+            tool_call_id: id.to_owned(),
+            call_id: spec.id,
+            organization_id: spec.organization_id,
+            agent_id: spec.agent_id,
+            customer_id: spec.customer_id,
+            arguments,
+        })
+        .await
+}
+
+/// Runs a built-in tool the model called. Only `lookup_customer` needs I/O.
 async fn run_tool(
     shared: &Shared,
     spec: &CallSpec,

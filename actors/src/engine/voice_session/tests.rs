@@ -100,6 +100,7 @@ impl World {
                 sentiment: Arc::new(LexiconScorer),
                 media: media.clone(),
                 fallback_apology: Arc::new(vec![0xff; 800]),
+                tools: None,
             }),
             recall,
             accounts: None,

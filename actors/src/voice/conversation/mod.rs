@@ -217,7 +217,8 @@ pub enum Action {
         /// What the caller said.
         text: String,
     },
-    /// Run a tool (`lookup_customer`); the result comes back as [`Input::ToolResult`].
+    /// Run a tool (`lookup_customer`, the agent's HTTP tools); the result comes back as
+    /// [`Input::ToolResult`].
     RunTool {
         /// The model's id.
         id: String,
@@ -292,7 +293,12 @@ pub struct Conversation {
     tools_pending: Vec<(String, String, String, Micros)>,
     /// The reply (turn, rounds) waiting for the pending tools.
     pending_rounds: Option<(u32, u32)>,
+    /// Tools still running when the caller spoke again: their results, when they come, are
+    /// journaled and told to the model as a note.
+    tools_late: Vec<(String, String, String, Micros)>,
     filler_at: Option<Micros>,
+    /// The filler line of the tool that set `filler_at` (else the persona's).
+    filler_line: Option<String>,
     amd_at: Option<Micros>,
     /// When the wait for the answering-machine verdict began.
     amd_since: Option<Micros>,
@@ -344,7 +350,9 @@ impl Conversation {
             reprompted: false,
             tools_pending: Vec::new(),
             pending_rounds: None,
+            tools_late: Vec::new(),
             filler_at: None,
+            filler_line: None,
             amd_at: None,
             amd_since: None,
             voicemail_at: None,
@@ -511,7 +519,10 @@ impl Conversation {
             && !self.tools_pending.is_empty()
             && self.utterances.is_empty()
         {
-            let filler = self.profile.persona.filler.clone();
+            let filler = self
+                .filler_line
+                .take()
+                .unwrap_or_else(|| self.profile.persona.filler.clone());
             self.say(now, Kind::Filler, &filler, After::Listen, out);
         }
         let overdue: Vec<String> = self

@@ -170,6 +170,30 @@ impl Conversation {
                     self.escalate(now, EscalationReason::Tool, detail, out);
                     return;
                 }
+                name if self.profile.http_tool(name).is_some() => {
+                    followup = true;
+                    if let Err(error) = self.check_arguments(name, &call.arguments) {
+                        // The model is told, and nothing is sent.
+                        out.push(record(&error));
+                        self.push_history(tool_message(&call.id, &error));
+                        continue;
+                    }
+                    if self.filler_line.is_none() {
+                        self.filler_line =
+                            self.profile.http_tool(name).and_then(|t| t.filler.clone());
+                    }
+                    self.tools_pending.push((
+                        call.id.clone(),
+                        call.name.clone(),
+                        call.arguments.clone(),
+                        now,
+                    ));
+                    out.push(Action::RunTool {
+                        id: call.id,
+                        name: call.name,
+                        arguments: call.arguments,
+                    });
+                }
                 "lookup_customer" if self.profile.offers("lookup_customer") => {
                     self.tools_pending.push((
                         call.id.clone(),

@@ -40,7 +40,50 @@ impl Conversation {
                 parameters: serde_json::json!({"type": "object", "properties": {}}),
             });
         }
+        for t in &self.profile.persona.http_tools {
+            tools.push(ToolSpec {
+                name: t.name.clone(),
+                description: t.description.clone(),
+                parameters: t.parameters.clone(),
+            });
+        }
         tools
+    }
+
+    /// The model's arguments for the HTTP tool `name`, checked against its schema: the error
+    /// (for the model) when they do not fit.
+    pub(super) fn check_arguments(&self, name: &str, arguments: &str) -> Result<(), String> {
+        let Some(tool) = self.profile.http_tool(name) else {
+            return Err(format!("error: unknown tool `{name}`"));
+        };
+        let args: serde_json::Value = if arguments.trim().is_empty() {
+            serde_json::json!({})
+        } else {
+            serde_json::from_str(arguments)
+                .map_err(|e| format!("error: the arguments are not JSON ({e}); nothing was sent"))?
+        };
+        crate::catalog::schema::validate(&tool.parameters, &args)
+            .map_err(|e| format!("error: invalid arguments, nothing was sent: {e}"))
+    }
+
+    /// The caller spoke again while tools run: the model's history gets an answer for each
+    /// now (a tool call must be followed by its result), the results that come later are
+    /// journaled and told to the model as a note, and the round that waited for them is
+    /// dropped (the new turn is answered instead).
+    pub(super) fn interrupt_tools(&mut self) {
+        if self.tools_pending.is_empty() {
+            return;
+        }
+        for (id, name, arguments, started) in std::mem::take(&mut self.tools_pending) {
+            self.push_history(tool_message(
+                &id,
+                "the caller spoke before this finished; its result will follow as a note",
+            ));
+            self.tools_late.push((id, name, arguments, started));
+        }
+        self.pending_rounds = None;
+        self.filler_at = None;
+        self.filler_line = None;
     }
 
     pub(super) fn continue_after_tools(
@@ -72,6 +115,24 @@ impl Conversation {
         out: &mut Vec<Action>,
     ) {
         let Some(pos) = self.tools_pending.iter().position(|t| t.0 == id) else {
+            if let Some(late) = self.tools_late.iter().position(|t| t.0 == id) {
+                let (_, name, arguments, started) = self.tools_late.remove(late);
+                let text = match &result {
+                    Ok(v) => v.to_string(),
+                    Err(e) => format!("error: {e}"),
+                };
+                out.push(Action::Record(ConversationRecord::ToolCall {
+                    turn: self.turn,
+                    name: name.clone(),
+                    arguments,
+                    result: text.clone(),
+                    duration_ms: now.saturating_sub(started) / MS,
+                }));
+                self.push_history(ChatMessage::text(
+                    ChatRole::System,
+                    format!("The tool `{name}` the caller spoke over has answered: {text}"),
+                ));
+            }
             return;
         };
         let (id, name, arguments, started) = self.tools_pending.remove(pos);
@@ -88,6 +149,7 @@ impl Conversation {
         }));
         self.push_history(tool_message(&id, &text));
         if self.tools_pending.is_empty() {
+            self.filler_line = None;
             if let Some((turn, rounds)) = self.pending_rounds.take() {
                 if matches!(self.phase, Phase::Active) {
                     self.continue_after_tools(now, turn, rounds, out);

@@ -221,6 +221,7 @@ impl Conversation {
         let estimate = LexiconScorer.score_text(&said);
         self.pending_estimate = Some((turn, estimate));
         self.update_tone(turn, Some(estimate), "lexicon estimate", out);
+        self.interrupt_tools();
         self.push_history(ChatMessage::text(ChatRole::User, said.clone()));
 
         let esc = &self.profile.persona.escalation;

@@ -754,6 +754,18 @@ pub struct VoiceArgs {
         default_value = "llama-3.1-8b-instant"
     )]
     pub groq_classify_model: String,
+    /// Post-call analysis model (Groq structured outputs; strict decoding where the model and
+    /// the agent's schema allow it).
+    #[arg(
+        long,
+        env = "IACE_ANALYSIS_MODEL",
+        default_value = "openai/gpt-oss-20b"
+    )]
+    pub analysis_model: String,
+    /// First wait before an analysis is tried again after the model could not be reached;
+    /// doubles per attempt, up to 30 minutes.
+    #[arg(long, env = "IACE_ANALYSIS_RETRY_MS", default_value_t = 30_000)]
+    pub analysis_retry_ms: u64,
 }
 
 #[cfg(test)]

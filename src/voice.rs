@@ -99,3 +99,28 @@ pub fn ports(
         tools: None,
     })
 }
+
+/// The model of post-call analyses (Groq structured outputs), when a Groq key is configured.
+/// It has its own client: no breaker and longer timeouts than live replies (it is background
+/// work, retried from its queue).
+pub fn analysis_model(
+    args: &VoiceArgs,
+) -> anyhow::Result<Option<Arc<dyn iace_actors::ports::analysis::StructuredModel>>> {
+    let Some(key) = args.groq_api_key.clone().filter(|k| !k.is_empty()) else {
+        return Ok(None);
+    };
+    let client = Arc::new(GroqClient::new(GroqConfig {
+        api_base: args.groq_api_base.clone(),
+        api_key: key,
+        model: args.analysis_model.clone(),
+        classify_model: args.groq_classify_model.clone(),
+        retry: RetryPolicy::default(),
+        breaker: None,
+        classify_retry: RetryPolicy::default(),
+        classify_breaker: None,
+    })?);
+    Ok(Some(Arc::new(crate::clients::groq::GroqAnalysis::new(
+        client,
+        args.analysis_model.clone(),
+    ))))
+}

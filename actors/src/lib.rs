@@ -26,6 +26,7 @@
 //!   webhooks hold.
 
 pub mod accounts;
+pub mod analysis;
 pub mod breaker;
 pub mod catalog;
 pub mod engine;

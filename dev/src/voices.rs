@@ -49,6 +49,8 @@ impl FakeVoices {
             groq_api_base: self.groq.base_url(),
             groq_model: "llama-3.3-70b-versatile".into(),
             groq_classify_model: "llama-3.1-8b-instant".into(),
+            analysis_model: "openai/gpt-oss-20b".into(),
+            analysis_retry_ms: 30_000,
         }
     }
 

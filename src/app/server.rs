@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use async_trait::async_trait;
+use iace_actors::analysis::{AnalysisMsg, AnalysisPorts, AnalysisTuning, AnalysisWorker};
 use iace_actors::breaker::Breakers;
 use iace_actors::engine::Ports;
 use iace_actors::engine::{Engine, EngineConfig, GroupCommit, GroupCommitConfig};
@@ -191,6 +192,7 @@ pub struct Running {
     stop: tokio::sync::watch::Sender<bool>,
     learning: Option<ActorRef<LearningSupervisorMsg>>,
     deliveries: ActorRef<KeepAliveMsg<DeliveryMsg>>,
+    analysis: Option<ActorRef<KeepAliveMsg<AnalysisMsg>>>,
 }
 
 impl Running {
@@ -202,6 +204,7 @@ impl Running {
             stop,
             learning,
             deliveries,
+            analysis,
             edge,
             drain,
             ..
@@ -233,6 +236,9 @@ impl Running {
             l.stop(None);
         }
         deliveries.stop(None);
+        if let Some(a) = analysis {
+            a.stop(None);
+        }
         engine.shutdown().await;
         engine.breakers().stop();
         Ok(())
@@ -249,6 +255,9 @@ impl Running {
             l.stop(None);
         }
         self.deliveries.stop(None);
+        if let Some(a) = self.analysis {
+            a.stop(None);
+        }
         self.engine.shutdown().await;
         self.engine.breakers().stop();
     }
@@ -385,6 +394,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         recall,
         accounts: Some(store.clone()),
         outbox: Some(store.clone()),
+        analysis: Some(store.clone()),
     };
     let (lease_ttl, lease_renew_every) = args.cluster.lease_timing().map_err(anyhow::Error::msg)?;
     let config = EngineConfig {
@@ -422,6 +432,35 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         &registry,
     )
     .await?;
+    let analysis = match crate::voice::analysis_model(&args.voice)? {
+        Some(model) if args.voice.enabled => {
+            info!(model = model.model(), "analysing answered calls");
+            let ports = AnalysisPorts {
+                store: learning_store.clone(),
+                queries: learning_store.clone(),
+                model,
+                clock: Arc::new(SystemClock),
+            };
+            let (sup, _) = ractor::Actor::spawn(
+                None,
+                KeepAlive::<AnalysisWorker>::default(),
+                (
+                    "post-call analysis",
+                    (
+                        ports,
+                        AnalysisTuning {
+                            retry_base: Duration::from_millis(args.voice.analysis_retry_ms),
+                            ..AnalysisTuning::default()
+                        },
+                    ),
+                ),
+            )
+            .await
+            .context("starting the analysis worker")?;
+            Some(sup)
+        }
+        _ => None,
+    };
     let learning = match embedder {
         Some(embedder) => Some(start_learning(learning_store, embedder, &node_id).await?),
         None => None,
@@ -522,6 +561,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         stop,
         learning,
         deliveries,
+        analysis,
     })
 }
 

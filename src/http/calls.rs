@@ -102,7 +102,10 @@ pub async fn get(
 ) -> Result<Json<Value>, ApiError> {
     record_call(id);
     let call = state.engine.get_call(org, id).await?;
-    Ok(Json(call_resource(&call)))
+    let analysis = state.engine.call_analysis(org, id).await?;
+    let mut resource = call_resource(&call);
+    resource["analysis"] = serde_json::to_value(analysis).unwrap_or(Value::Null);
+    Ok(Json(resource))
 }
 
 /// Query of `GET /v1/calls`.
@@ -112,6 +115,7 @@ pub struct ListQuery {
     status: Option<String>,
     agent_id: Option<Uuid>,
     customer_id: Option<Uuid>,
+    success: Option<bool>,
     limit: Option<i64>,
     cursor: Option<String>,
 }
@@ -127,6 +131,7 @@ pub async fn list(
         status: q.status.as_deref().map(parse_status).transpose()?,
         agent_id: q.agent_id,
         customer_id: q.customer_id,
+        success: q.success,
         limit,
         after: q.cursor.as_deref().map(parse_cursor).transpose()?,
     };

@@ -163,6 +163,7 @@ mod tests {
             recall: None,
             accounts: None,
             outbox: None,
+            analysis: None,
         };
         let registry = Registry::new();
         let engine = Engine::start(ports, EngineConfig::default(), &registry)

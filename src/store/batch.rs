@@ -20,7 +20,7 @@ use iace_actors::ports::{
 };
 use sqlx::{Postgres, Row, Transaction};
 
-use super::{outbox, unavailable, PgStore};
+use super::{analysis, outbox, unavailable, PgStore};
 use iace_actors::outbox::{call_events, WebhookEvent};
 
 /// What the batch's transaction found: the calls whose appends were written.
@@ -101,6 +101,17 @@ impl PgStore {
             .flat_map(|a| call_events(before.get(&a.call.spec.id).copied(), &a.call, &a.entry))
             .collect();
         outbox::write_events(&mut tx, &events).await?;
+        let ended: Vec<&iace_actors::machine::Call> = live
+            .iter()
+            .filter(|a| {
+                a.call.status.is_terminal()
+                    && before
+                        .get(&a.call.spec.id)
+                        .is_some_and(|b| !b.is_terminal())
+            })
+            .map(|a| &a.call)
+            .collect();
+        analysis::queue_analysis(&mut tx, &ended).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok(Outcome::Written(before.into_keys().collect()))
     }

@@ -11,7 +11,7 @@ use iace_actors::ports::{
 use sqlx::{Postgres, Row, Transaction};
 
 use super::rows::{call_from_row, CALL_COLUMNS};
-use super::{is_unique_violation, outbox, unavailable, PgStore};
+use super::{analysis, is_unique_violation, outbox, unavailable, PgStore};
 use iace_actors::outbox::call_events;
 
 const LIVE: &str = "('pending', 'ringing', 'in_progress')";
@@ -338,6 +338,9 @@ impl CallStore for PgStore {
             .map_err(unavailable)?;
         }
         outbox::write_events(&mut tx, &call_events(Some(before), call, entry)).await?;
+        if call.status.is_terminal() && !before.is_terminal() {
+            analysis::queue_analysis(&mut tx, &[call]).await?;
+        }
         if call.status == CallStatus::Completed {
             // Learning runs on every completed call: queued with the transition itself, so
             // no crash can lose it. It waits a little for the conversation's last records.

@@ -108,6 +108,11 @@ impl QueryStore for PgStore {
             q.push(" AND customer_id = ");
             q.push_bind(customer);
         }
+        if let Some(success) = f.success {
+            q.push(" AND EXISTS (SELECT 1 FROM call_analysis a WHERE a.call_id = call.id AND a.success = ");
+            q.push_bind(success);
+            q.push(")");
+        }
         finish_page(&mut q, f.limit);
         let rows = q.build().fetch_all(&self.pool).await.map_err(unavailable)?;
         rows.iter().map(call_from_row).collect()

@@ -12,6 +12,7 @@
 //! [`QueryStore`]: iace_actors::ports::QueryStore
 
 mod accounts;
+mod analysis;
 mod batch;
 mod calls;
 mod catalog;

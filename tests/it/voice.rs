@@ -991,3 +991,193 @@ async fn http_tools_are_called_signed_with_filler_errors_and_timeouts() {
     }
     env.shutdown().await;
 }
+
+/// Dials `CALLEE` with an agent whose persona asks for a post-call analysis; the caller says
+/// one line and hangs up after the reply. Returns the call id.
+async fn analysed_call(env: &Env, analysis: Value) -> String {
+    env.deepgram()
+        .set_script(["Where is my order A123? I need it by Friday."]);
+    env.groq().push_reply(Reply::text(
+        "Order A123 ships tomorrow and arrives Thursday.",
+    ));
+    let wait = Duration::from_secs(15);
+    env.telnyx.set_caller_script(
+        CALLEE,
+        CallerScript::new()
+            .wait_for_agent_audio(wait)
+            .wait_for_agent_silence(Duration::from_millis(500), wait)
+            .say(Duration::from_millis(1200))
+            .wait_for_agent_audio(wait)
+            .wait_for_agent_silence(Duration::from_millis(800), wait)
+            .hangup(),
+    );
+    env.dial(
+        CALLEE,
+        json!({"greeting": "Hello, this is Ava.", "analysis": analysis}),
+    )
+    .await
+}
+
+/// Waits for the call's analysis.
+async fn analysis_of(env: &Env, call_id: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let call = env.get(&format!("/v1/calls/{call_id}")).await;
+        if !call["analysis"].is_null() {
+            return call["analysis"].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no analysis of {call_id}: {call}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Post-call analysis end to end: the model (the fake Groq, which honours and checks the
+/// structured-output request) first answers off-schema and is asked again with the error; the
+/// valid answer is stored on the call, filterable by success, and a `call.analyzed` event is
+/// written. A model that never fits stores the error and no data. A Groq outage leaves the
+/// job queued until Groq is back; nothing is analysed twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_analysed_against_the_agents_schema_and_invalid_answers_never_stored() {
+    use iace_fakes::groq::StructuredAnswer;
+    let env = Env::start_tuned("disabled", FakeDeepgramConfig::default(), |args| {
+        args.allow_private_urls = true;
+        args.voice.analysis_retry_ms = 500;
+    })
+    .await;
+    let analysis = json!({
+        "summary": "One sentence: why the caller called and what they were told.",
+        "schema": {
+            "type": "object",
+            "properties": {
+                "order_id": {"type": "string", "minLength": 4},
+                "intent": {"enum": ["order_status", "refund", "other"]},
+                "needed_by": {"type": "string"}
+            },
+            "required": ["order_id", "intent"],
+            "additionalProperties": false
+        },
+        "success_rubric": "The caller learned when the order arrives."
+    });
+    // Off-schema first (an intent outside the enum), then right.
+    env.groq().push_structured(StructuredAnswer::Raw(
+        r#"{"summary": "s", "data": {"order_id": "A123", "intent": "where"}, "success": true, "success_reason": "r"}"#.into(),
+    ));
+    let good = json!({
+        "summary": "The caller asked where order A123 is; it arrives Thursday.",
+        "data": {"order_id": "A123", "intent": "order_status", "needed_by": "Friday"},
+        "success": true,
+        "success_reason": "The caller was told the delivery day."
+    });
+    env.groq()
+        .push_structured(StructuredAnswer::Json(good.clone()));
+    // Every event of the organization is queued for this endpoint (never reached here).
+    env.post(
+        "/v1/webhook-endpoints",
+        json!({"url": "http://127.0.0.1:9/hook", "event_types": ["call.analyzed"]}),
+        StatusCode::CREATED,
+    )
+    .await;
+    let first = analysed_call(&env, analysis.clone()).await;
+    env.completed(&first, Duration::from_secs(60)).await;
+    let a = analysis_of(&env, &first).await;
+    assert_eq!(a["status"], "ok", "{a}");
+    assert_eq!(a["data"], good["data"]);
+    assert_eq!(a["summary"], good["summary"]);
+    assert_eq!(a["success"], true);
+    assert_eq!(a["model"], "openai/gpt-oss-20b");
+    assert!(a["evaluated_at"].is_string());
+    // The structured request as sent: json_schema, the agent's schema inside, strict only
+    // when the schema allows it (not here: `needed_by` is optional), the retry told why.
+    let structured: Vec<_> = env
+        .groq()
+        .requests()
+        .into_iter()
+        .filter(|r| r.body["response_format"]["type"] == "json_schema")
+        .collect();
+    assert_eq!(structured.len(), 2, "one retry");
+    let format = &structured[0].body["response_format"]["json_schema"];
+    assert_eq!(format["strict"], false);
+    assert_eq!(format["schema"]["properties"]["data"], analysis["schema"]);
+    let retry = structured[1].body["messages"].as_array().unwrap();
+    let told = retry.last().unwrap()["content"].as_str().unwrap();
+    assert!(told.contains("/data/intent: must be one of"), "{told}");
+    let transcript = structured[0].body["messages"][1]["content"]
+        .as_str()
+        .unwrap();
+    assert!(
+        transcript.contains("Caller: Where is my order A123?"),
+        "{transcript}"
+    );
+
+    // Never valid: the error is stored, not the data.
+    for _ in 0..2 {
+        env.groq().push_structured(StructuredAnswer::Raw(
+            r#"{"summary": "s", "data": {"intent": "other"}, "success": true, "success_reason": "r"}"#.into(),
+        ));
+    }
+    let second = analysed_call(&env, analysis.clone()).await;
+    env.completed(&second, Duration::from_secs(60)).await;
+    let b = analysis_of(&env, &second).await;
+    assert_eq!(b["status"], "invalid", "{b}");
+    assert!(b["data"].is_null() && b["success"].is_null(), "{b}");
+    assert!(
+        b["error"]
+            .as_str()
+            .unwrap()
+            .contains("`order_id` is required"),
+        "{b}"
+    );
+
+    // Groq down when the job comes due (it waits for the conversation's last records):
+    // queued, retried with a backoff, analysed once Groq is back.
+    env.groq()
+        .push_structured(StructuredAnswer::Json(good.clone()));
+    let third = analysed_call(&env, analysis).await;
+    env.completed(&third, Duration::from_secs(60)).await;
+    env.groq().fail_next(6, 503, None);
+    let c = analysis_of(&env, &third).await;
+    assert_eq!(c["status"], "ok", "{c}");
+    let refused = env
+        .groq()
+        .requests()
+        .iter()
+        .filter(|r| r.body["response_format"]["type"] == "json_schema" && r.status == 503)
+        .count();
+    assert_eq!(refused, 6, "the outage was met and waited out");
+
+    // Filterable by the verdict.
+    let successes = env.get("/v1/calls?success=true").await;
+    let ids: Vec<&str> = successes["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&first.as_str()) && ids.contains(&third.as_str()),
+        "{ids:?}"
+    );
+    assert!(!ids.contains(&second.as_str()));
+    let failures = env.get("/v1/calls?success=false").await;
+    assert_eq!(failures["data"], json!([]));
+    // One call.analyzed event per call, never two.
+    let endpoints = env.get("/v1/webhook-endpoints").await;
+    let endpoint = endpoints["data"][0]["id"].as_str().unwrap();
+    let deliveries = env
+        .get(&format!("/v1/webhook-endpoints/{endpoint}/deliveries"))
+        .await;
+    let analysed: Vec<&str> = deliveries["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["call_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(analysed.len(), 3, "{deliveries}");
+    for id in [&first, &second, &third] {
+        assert_eq!(analysed.iter().filter(|c| **c == id.as_str()).count(), 1);
+    }
+    env.shutdown().await;
+}

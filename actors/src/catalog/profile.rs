@@ -23,7 +23,10 @@
 //!                  "required": ["time"]},
 //!   "url": "https://api.example.com/iace/book", "method": "POST",
 //!   "headers": {"X-Api-Version": "2"}, "secret_headers": {"Authorization": "Bearer ..."},
-//!   "signing_secret": "whsec_...", "timeout_ms": 5000, "filler": "Let me book that."}]}
+//!   "signing_secret": "whsec_...", "timeout_ms": 5000, "filler": "Let me book that."}],
+//!  "analysis": {"summary": "Two sentences: the reason and the outcome.",
+//!   "schema": {"type": "object", "properties": {"order_id": {"type": "string"}}},
+//!   "success_rubric": "The order was found and the caller told when it ships."}}
 //! ```
 //! `voice_config`: `{"voice_id": "...", "model_id": "sonic-3", "language": "en", "speed": 1.0,
 //! "text_chunking": "clause"}`.
@@ -262,6 +265,48 @@ pub fn restore_secrets(
     Ok(())
 }
 
+/// What the post-call analysis asks of the model about each answered call of the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisConfig {
+    /// How to summarise the call.
+    #[serde(default = "summary_instruction")]
+    pub summary: String,
+    /// JSON Schema of the structured data to extract (an object; the supported keywords are
+    /// in [`schema`](super::schema)).
+    #[serde(default = "object_schema")]
+    pub schema: serde_json::Value,
+    /// What makes the call a success.
+    #[serde(default = "success_rubric")]
+    pub success_rubric: String,
+}
+
+fn summary_instruction() -> String {
+    "Summarise the call in two or three sentences: why the caller called, what was done, what is left to do.".into()
+}
+
+fn success_rubric() -> String {
+    "The call is a success when the caller's request was resolved or the agreed next step was taken.".into()
+}
+
+impl AnalysisConfig {
+    fn check(&self) -> Result<(), String> {
+        for (name, text) in [
+            ("summary", &self.summary),
+            ("success_rubric", &self.success_rubric),
+        ] {
+            if text.trim().is_empty() || text.chars().count() > 4000 {
+                return Err(format!("analysis.{name} must be 1-4000 characters"));
+            }
+        }
+        super::schema::check(&self.schema).map_err(|e| format!("analysis.schema: {e}"))?;
+        if self.schema.get("type").and_then(|t| t.as_str()) != Some("object") {
+            return Err("analysis.schema must have \"type\": \"object\"".into());
+        }
+        Ok(())
+    }
+}
+
 /// What the agent does when an answering machine picks up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -440,6 +485,8 @@ pub struct Persona {
     pub tools: Vec<String>,
     /// Custom tools on the customer's systems, offered to the model besides `tools`.
     pub http_tools: Vec<HttpTool>,
+    /// Post-call analysis of the agent's answered calls; `None`: none.
+    pub analysis: Option<AnalysisConfig>,
     /// How long an outbound call waits for the answering-machine verdict before greeting.
     pub amd_wait_ms: u64,
     /// How long a call holds for the model to answer again once it could not (retrying with
@@ -470,6 +517,7 @@ impl Default for Persona {
             filler_after_ms: 800,
             tools: TOOLS.iter().map(|t| (*t).to_owned()).collect(),
             http_tools: Vec::new(),
+            analysis: None,
             amd_wait_ms: 3500,
             reply_wait_ms: 35_000,
         }
@@ -600,6 +648,9 @@ impl VoiceProfile {
             if persona.http_tools[..i].iter().any(|t| t.name == tool.name) {
                 return Err(bad(format!("http_tools: `{}` is defined twice", tool.name)));
             }
+        }
+        if let Some(analysis) = &persona.analysis {
+            analysis.check().map_err(bad)?;
         }
         for (name, text) in [
             ("greeting", &persona.greeting),

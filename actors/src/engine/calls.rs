@@ -407,6 +407,19 @@ impl Engine {
             .ok_or(EngineError::NotFound { what: "call" })
     }
 
+    /// The post-call analysis of call `id`, when it has one (and analyses are kept here).
+    pub async fn call_analysis(
+        &self,
+        org: OrganizationId,
+        id: CallId,
+    ) -> Result<Option<crate::ports::analysis::CallAnalysis>, EngineError> {
+        let Some(store) = self.inner.shared.ports.analysis.clone() else {
+            return Ok(None);
+        };
+        self.query(move |_| async move { Ok(store.call_analysis(org, id).await?) })
+            .await
+    }
+
     /// Calls of the organization, newest first. `filter.limit` is clamped to 1..=100.
     pub async fn list_calls(
         &self,

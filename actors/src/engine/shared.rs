@@ -52,6 +52,8 @@ pub struct Ports {
     /// The webhook outbox (deliveries, the organization's log); `None` where webhooks are
     /// not delivered (simulations).
     pub outbox: Option<Arc<dyn crate::ports::outbox::OutboxStore>>,
+    /// Post-call analyses; `None` where they are not kept (simulations).
+    pub analysis: Option<Arc<dyn crate::ports::analysis::AnalysisStore>>,
 }
 
 /// Engine tuning. [`Default`] is what production uses.

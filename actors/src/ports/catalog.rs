@@ -21,6 +21,8 @@ pub struct CallFilter {
     pub agent_id: Option<Uuid>,
     /// Only calls with this customer.
     pub customer_id: Option<CustomerId>,
+    /// Only calls whose post-call analysis judged them a success (`true`) or not (`false`).
+    pub success: Option<bool>,
     /// Page size (already clamped by the engine).
     pub limit: i64,
     /// Keyset cursor: return calls strictly older than this `(created_at, id)`.

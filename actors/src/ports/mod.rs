@@ -27,6 +27,7 @@
 //! services handed to it ready made (the breaker registry and recall).
 
 pub mod accounts;
+pub mod analysis;
 pub mod calls;
 pub mod catalog;
 pub mod cluster;

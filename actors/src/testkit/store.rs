@@ -444,6 +444,8 @@ impl QueryStore for MemoryStore {
                 && f.agent_id.is_none_or(|a| c.spec.agent_id == a)
                 && f.customer_id
                     .is_none_or(|cu| c.spec.customer_id == Some(cu))
+                // No analyses are kept here: a filter on their verdict finds nothing.
+                && f.success.is_none()
         });
         Ok(page(
             rows.cloned(),

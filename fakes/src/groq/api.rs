@@ -3,7 +3,12 @@
 //! `chat.completion` answer. Streams are handed to [`super::stream`].
 //!
 //! Every decision about a request is taken in one critical section ([`decide`]), so concurrent
-//! requests take scripted replies and armed faults in a single, well-defined arrival order.
+//! requests take scripted replies, scripted structured answers and armed faults in a single,
+//! well-defined arrival order.
+//!
+//! Structured outputs (section 11) are validated here: the `json_schema` spec's shape, whether
+//! the model supports `strict: true` ([`FakeGroqConfig::strict_models`]) and strict mode's rule
+//! that every object requires all of its properties and sets `additionalProperties: false`.
 //!
 //! Error bodies are `{"error":{"message","type","code"?,"param"?}}`. Documented values: 401
 //! `invalid_api_key`, 404 `model_not_found`, 400 `invalid_request_error`, 429 `type: "tokens"`
@@ -254,6 +259,7 @@ fn validate<'a>(
         }
     }
     validate_tools(obj.get("tools"))?;
+    let mut strict_schema = None;
     if let Some(f) = obj.get("response_format").filter(|v| !v.is_null()) {
         let kind = f.get("type").and_then(Value::as_str);
         if !matches!(kind, Some("text" | "json_object" | "json_schema")) {
@@ -262,11 +268,175 @@ fn validate<'a>(
                 Some("response_format"),
             ));
         }
+        if kind == Some("json_schema") {
+            strict_schema = validate_json_schema(f.get("json_schema"))?;
+        }
     }
     if !cfg.models.iter().any(|m| m == model) {
         return Err(GroqError::model_not_found(model));
     }
+    if let Some(schema) = strict_schema {
+        if !cfg.strict_models.iter().any(|m| m == model) {
+            return Err(GroqError::invalid(
+                format!(
+                    "The model `{model}` does not support strict json_schema (constrained decoding). Use one of [{}], or set 'strict' to false for best-effort structured outputs.",
+                    cfg.strict_models.join(", ")
+                ),
+                Some("response_format.json_schema.strict"),
+            ));
+        }
+        check_strict_schema(schema, "response_format.json_schema.schema")?;
+    }
     Ok(obj)
+}
+
+/// Checks `response_format.json_schema` (section 11): an object with a `name` of 1 to 64
+/// letters, digits, `_` or `-`, an object `schema` and an optional boolean `strict`. Returns
+/// the schema when `strict` is true, for the checks that depend on the model.
+fn validate_json_schema(spec: Option<&Value>) -> Result<Option<&Value>, GroqError> {
+    const AT: &str = "response_format.json_schema";
+    let spec = match spec {
+        Some(Value::Object(spec)) => spec,
+        None | Some(Value::Null) => {
+            return Err(GroqError::invalid(
+                format!("property '{AT}' is missing"),
+                Some(AT),
+            ))
+        }
+        Some(_) => {
+            return Err(GroqError::invalid(
+                format!("'{AT}' : value must be an object"),
+                Some(AT),
+            ))
+        }
+    };
+    let name_at = format!("{AT}.name");
+    match spec.get("name") {
+        Some(Value::String(name)) if valid_schema_name(name) => {}
+        None | Some(Value::Null) => {
+            return Err(GroqError::invalid(
+                format!("property '{name_at}' is missing"),
+                Some(&name_at),
+            ))
+        }
+        Some(Value::String(_)) => {
+            return Err(GroqError::invalid(
+                format!("'{name_at}' : string must match the pattern ^[A-Za-z0-9_-]{{1,64}}$"),
+                Some(&name_at),
+            ))
+        }
+        Some(_) => {
+            return Err(GroqError::invalid(
+                format!("'{name_at}' : value must be a string"),
+                Some(&name_at),
+            ))
+        }
+    }
+    let schema_at = format!("{AT}.schema");
+    let schema = match spec.get("schema") {
+        Some(schema @ Value::Object(_)) => schema,
+        None | Some(Value::Null) => {
+            return Err(GroqError::invalid(
+                format!("property '{schema_at}' is missing"),
+                Some(&schema_at),
+            ))
+        }
+        Some(_) => {
+            return Err(GroqError::invalid(
+                format!("'{schema_at}' : value must be an object"),
+                Some(&schema_at),
+            ))
+        }
+    };
+    match spec.get("strict") {
+        None | Some(Value::Null | Value::Bool(false)) => Ok(None),
+        Some(Value::Bool(true)) => Ok(Some(schema)),
+        Some(_) => {
+            let at = format!("{AT}.strict");
+            Err(GroqError::invalid(
+                format!("'{at}' : value must be a boolean"),
+                Some(&at),
+            ))
+        }
+    }
+}
+
+/// `^[A-Za-z0-9_-]{1,64}$`.
+fn valid_schema_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Strict mode's rule (section 11): every object schema, found through `properties`, `items`,
+/// `anyOf`/`oneOf`/`allOf` and `$defs`/`definitions`, lists each of its properties in
+/// `required` and sets `additionalProperties: false`. The error names the first offending
+/// schema by its dotted path from `at`.
+fn check_strict_schema(schema: &Value, at: &str) -> Result<(), GroqError> {
+    let Some(s) = schema.as_object() else {
+        return Ok(());
+    };
+    let properties = s.get("properties").and_then(Value::as_object);
+    let is_object = reply::schema_type(s) == Some("object")
+        || matches!(s.get("type"), Some(Value::Array(t)) if t.iter().any(|t| t == "object"));
+    if is_object {
+        if s.get("additionalProperties") != Some(&Value::Bool(false)) {
+            return Err(GroqError::invalid(
+                format!("'{at}' : strict json_schema requires 'additionalProperties': false on every object"),
+                Some(at),
+            ));
+        }
+        let required: Vec<&str> = s
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let missing: Vec<String> = properties
+            .into_iter()
+            .flat_map(|p| p.keys())
+            .filter(|k| !required.contains(&k.as_str()))
+            .map(|k| format!("'{k}'"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(GroqError::invalid(
+                format!(
+                    "'{at}' : strict json_schema requires every property to be listed in 'required'; missing: {}",
+                    missing.join(", ")
+                ),
+                Some(at),
+            ));
+        }
+    }
+    for (name, sub) in properties.into_iter().flatten() {
+        check_strict_schema(sub, &format!("{at}.properties.{name}"))?;
+    }
+    match s.get("items") {
+        Some(Value::Array(items)) => {
+            for (i, sub) in items.iter().enumerate() {
+                check_strict_schema(sub, &format!("{at}.items.{i}"))?;
+            }
+        }
+        Some(items) => check_strict_schema(items, &format!("{at}.items"))?,
+        None => {}
+    }
+    for key in ["anyOf", "oneOf", "allOf"] {
+        for (i, sub) in s
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            check_strict_schema(sub, &format!("{at}.{key}.{i}"))?;
+        }
+    }
+    for key in ["$defs", "definitions"] {
+        for (name, sub) in s.get(key).and_then(Value::as_object).into_iter().flatten() {
+            check_strict_schema(sub, &format!("{at}.{key}.{name}"))?;
+        }
+    }
+    Ok(())
 }
 
 fn validate_message(i: usize, m: &Value) -> Result<(), GroqError> {
@@ -525,24 +695,38 @@ fn decide(
         return (Decision::Stall, false);
     }
     let mid_stream_error = stream && st.mid_stream_errors > 0;
-    // Classifications (JSON mode) never take a scripted reply: the queue scripts the
-    // conversation, and a voice agent classifies every caller turn alongside it.
-    let json_mode = obj
+    let format = obj
         .get("response_format")
         .and_then(|f| f.get("type"))
-        .and_then(Value::as_str)
-        == Some("json_object");
-    // A broken stream leaves the scripted reply queued, so the client's retry gets it.
-    let scripted = if json_mode {
-        None
-    } else if mid_stream_error {
-        st.mid_stream_errors -= 1;
-        st.replies.front().cloned()
-    } else {
-        st.replies.pop_front()
-    };
+        .and_then(Value::as_str);
+    // Classifications (JSON mode) never take a scripted reply: the queue scripts the
+    // conversation, and a voice agent classifies every caller turn alongside it.
+    let json_mode = format == Some("json_object");
     let body = Value::Object(obj.clone());
-    let plan = reply::plan(cfg, scripted, &body);
+    // Structured outputs have a queue of their own and never touch the conversation's. A
+    // broken stream leaves the scripted answer queued, so the client's retry gets it.
+    let plan = if format == Some("json_schema") {
+        let scripted = if mid_stream_error {
+            st.mid_stream_errors -= 1;
+            st.structured.front().cloned()
+        } else {
+            st.structured.pop_front()
+        };
+        reply::plan_structured(scripted, &body)
+    } else {
+        let scripted = if json_mode {
+            if mid_stream_error {
+                st.mid_stream_errors -= 1;
+            }
+            None
+        } else if mid_stream_error {
+            st.mid_stream_errors -= 1;
+            st.replies.front().cloned()
+        } else {
+            st.replies.pop_front()
+        };
+        reply::plan(cfg, scripted, &body)
+    };
     st.limits.take_tokens(
         now,
         plan.prompt_tokens.saturating_add(plan.completion_tokens),
@@ -687,4 +871,443 @@ async fn unknown_url(State(shared): State<Arc<Shared>>, method: Method, uri: Uri
         param: None,
     };
     error_response(&err, None, rate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::reply::tests::{analysis_schema, conforms};
+    use super::super::{FakeGroq, FakeGroqConfig, Reply, ReplySource, StructuredAnswer};
+    use super::*;
+
+    const STRICT_MODEL: &str = "openai/gpt-oss-20b";
+    const PLAIN_MODEL: &str = "llama-3.3-70b-versatile";
+
+    async fn start() -> FakeGroq {
+        let fake = FakeGroq::start(FakeGroqConfig::default())
+            .await
+            .expect("fake starts");
+        fake.set_latency(Duration::from_millis(5), Duration::from_millis(1));
+        fake
+    }
+
+    async fn send(fake: &FakeGroq, body: &Value) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{}/chat/completions", fake.base_url()))
+            .bearer_auth(fake.api_key())
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Status and JSON body of a non-streaming request.
+    async fn post(fake: &FakeGroq, body: &Value) -> (u16, Value) {
+        let resp = send(fake, body).await;
+        let status = resp.status().as_u16();
+        (status, resp.json().await.expect("JSON body"))
+    }
+
+    /// The concatenated content of a streamed answer, and whether it ended with `[DONE]`.
+    async fn post_stream(fake: &FakeGroq, body: &Value) -> (String, bool) {
+        let text = send(fake, body).await.text().await.expect("stream body");
+        let mut content = String::new();
+        let mut done = false;
+        for data in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+            if data == "[DONE]" {
+                done = true;
+                continue;
+            }
+            let chunk: Value = serde_json::from_str(data).expect("chunk is JSON");
+            if let Some(c) = chunk["choices"][0]["delta"]["content"].as_str() {
+                content.push_str(c);
+            }
+        }
+        (content, done)
+    }
+
+    fn structured(model: &str, strict: Option<bool>, schema: &Value) -> Value {
+        let mut spec = json!({"name": "call_analysis", "schema": schema});
+        if let Some(strict) = strict {
+            spec["strict"] = json!(strict);
+        }
+        json!({
+            "model": model,
+            "stream": false,
+            "messages": [
+                {"role": "system", "content": "Analyse the call transcript."},
+                {"role": "user", "content": "Caller: I'd like to book a cleaning on Tuesday."},
+            ],
+            "response_format": {"type": "json_schema", "json_schema": spec},
+        })
+    }
+
+    fn conversation(user: &str) -> Value {
+        json!({"model": PLAIN_MODEL, "stream": false,
+               "messages": [{"role": "user", "content": user}]})
+    }
+
+    fn strict_schema() -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "outcome": {"type": "string", "enum": ["booked", "lost"]},
+                "caller": {
+                    "type": "object",
+                    "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 18}},
+                    "required": ["name", "age"],
+                    "additionalProperties": false,
+                },
+                "topics": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"label": {"type": "string"}},
+                        "required": ["label"],
+                        "additionalProperties": false,
+                    },
+                },
+            },
+            "required": ["outcome", "caller", "topics"],
+            "additionalProperties": false,
+        })
+    }
+
+    fn content(body: &Value) -> &str {
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("string content")
+    }
+
+    fn assert_invalid(status: u16, body: &Value, param: &str, words: &str) {
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+        assert_eq!(body["error"]["param"], param, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(words), "{message}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn strict_json_schema_needs_a_model_that_supports_it() {
+        let fake = start().await;
+        fake.push_structured(StructuredAnswer::Json(json!({"outcome": "booked"})));
+        let (status, body) = post(
+            &fake,
+            &structured(PLAIN_MODEL, Some(true), &strict_schema()),
+        )
+        .await;
+        assert_invalid(
+            status,
+            &body,
+            "response_format.json_schema.strict",
+            "does not support strict json_schema",
+        );
+        assert_eq!(fake.pending_structured(), 1);
+
+        // The same request in best-effort mode, or strict on a model that has it, is answered.
+        for (model, strict) in [
+            (PLAIN_MODEL, Some(false)),
+            (PLAIN_MODEL, None),
+            (STRICT_MODEL, Some(true)),
+        ] {
+            let (status, _) = post(&fake, &structured(model, strict, &strict_schema())).await;
+            assert_eq!(status, 200, "{model} strict {strict:?}");
+        }
+        // An unknown model is still 404, strict or not.
+        let (status, _) = post(&fake, &structured("gpt-4o", Some(true), &strict_schema())).await;
+        assert_eq!(status, 404);
+        let statuses: Vec<u16> = fake.requests().iter().map(|r| r.status).collect();
+        assert_eq!(statuses, vec![400, 200, 200, 200, 404]);
+        fake.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn strict_schemas_must_require_everything_and_forbid_extras() {
+        let fake = start().await;
+        let at = "response_format.json_schema.schema";
+
+        let mut schema = strict_schema();
+        schema["properties"]["caller"]["required"] = json!(["name"]);
+        let (status, body) = post(&fake, &structured(STRICT_MODEL, Some(true), &schema)).await;
+        assert_invalid(status, &body, &format!("{at}.properties.caller"), "'age'");
+
+        let mut schema = strict_schema();
+        schema["properties"]["topics"]["items"]
+            .as_object_mut()
+            .unwrap()
+            .remove("additionalProperties");
+        let (status, body) = post(&fake, &structured(STRICT_MODEL, Some(true), &schema)).await;
+        assert_invalid(
+            status,
+            &body,
+            &format!("{at}.properties.topics.items"),
+            "'additionalProperties': false",
+        );
+
+        let mut schema = strict_schema();
+        schema["required"] = json!(["outcome", "caller"]);
+        let (status, body) = post(&fake, &structured(STRICT_MODEL, Some(true), &schema)).await;
+        assert_invalid(status, &body, at, "'topics'");
+
+        // Best effort accepts the same schema.
+        let (status, _) = post(&fake, &structured(STRICT_MODEL, Some(false), &schema)).await;
+        assert_eq!(status, 200);
+        fake.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn json_schema_specs_are_validated() {
+        let fake = start().await;
+        let at = "response_format.json_schema";
+        let cases = [
+            (json!({"type": "json_schema"}), at.to_owned(), "missing"),
+            (
+                json!({"type": "json_schema", "json_schema": "x"}),
+                at.to_owned(),
+                "object",
+            ),
+            (
+                json!({"type": "json_schema", "json_schema": {"schema": {}}}),
+                format!("{at}.name"),
+                "missing",
+            ),
+            (
+                json!({"type": "json_schema", "json_schema": {"name": "call analysis", "schema": {}}}),
+                format!("{at}.name"),
+                "pattern",
+            ),
+            (
+                json!({"type": "json_schema", "json_schema": {"name": "a".repeat(65), "schema": {}}}),
+                format!("{at}.name"),
+                "pattern",
+            ),
+            (
+                json!({"type": "json_schema", "json_schema": {"name": "", "schema": {}}}),
+                format!("{at}.name"),
+                "pattern",
+            ),
+            (
+                json!({"type": "json_schema", "json_schema": {"name": 7, "schema": {}}}),
+                format!("{at}.name"),
+                "string",
+            ),
+            (
+                json!({"type": "json_schema", "json_schema": {"name": "a"}}),
+                format!("{at}.schema"),
+                "missing",
+            ),
+            (
+                json!({"type": "json_schema", "json_schema": {"name": "a", "schema": []}}),
+                format!("{at}.schema"),
+                "object",
+            ),
+            (
+                json!({"type": "json_schema", "json_schema": {"name": "a", "schema": {}, "strict": "yes"}}),
+                format!("{at}.strict"),
+                "boolean",
+            ),
+        ];
+        for (format, param, words) in &cases {
+            let mut body = conversation("hello");
+            body["response_format"] = format.clone();
+            let (status, err) = post(&fake, &body).await;
+            assert_invalid(status, &err, param, words);
+        }
+        let ok = json!({"type": "json_schema",
+                        "json_schema": {"name": "Call-analysis_2", "schema": {}, "strict": null}});
+        let mut body = conversation("hello");
+        body["response_format"] = ok;
+        assert_eq!(post(&fake, &body).await.0, 200);
+        fake.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scripted_structured_answers_come_back_verbatim_in_order() {
+        let fake = start().await;
+        let first =
+            json!({"outcome": "booked", "caller": {"name": "Ana", "age": 41}, "topics": []});
+        fake.push_structured(StructuredAnswer::Json(first.clone()));
+        fake.push_structured(StructuredAnswer::Raw(
+            "{\"outcome\": \"booked\", ".to_owned(),
+        ));
+        fake.push_structured(StructuredAnswer::Raw(
+            r#"{"outcome":"maybe","extra":1}"#.to_owned(),
+        ));
+        fake.push_structured(StructuredAnswer::Json(json!({"streamed": ["a, b", 2]})));
+        assert_eq!(fake.pending_structured(), 4);
+
+        let request = structured(STRICT_MODEL, Some(true), &strict_schema());
+        let (status, body) = post(&fake, &request).await;
+        assert_eq!(status, 200);
+        assert_eq!(content(&body), first.to_string());
+        assert_eq!(body["choices"][0]["finish_reason"], "stop");
+        assert!(body["usage"]["completion_tokens"].as_u64().unwrap() > 1);
+        assert_eq!(
+            content(&post(&fake, &request).await.1),
+            "{\"outcome\": \"booked\", "
+        );
+        assert_eq!(
+            content(&post(&fake, &request).await.1),
+            r#"{"outcome":"maybe","extra":1}"#
+        );
+        let mut streamed = request.clone();
+        streamed["stream"] = json!(true);
+        let (text, done) = post_stream(&fake, &streamed).await;
+        assert!(done);
+        assert_eq!(text, r#"{"streamed":["a, b",2]}"#);
+        assert_eq!(fake.pending_structured(), 0);
+
+        let requests = fake.requests();
+        assert!(requests
+            .iter()
+            .all(|r| r.source == Some(ReplySource::Structured)));
+        assert!(requests.iter().all(|r| r.completed && r.status == 200));
+        assert!(requests
+            .iter()
+            .all(|r| r.finish_reason.as_deref() == Some("stop")));
+        fake.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_default_answer_is_an_instance_of_the_schema() {
+        let fake = start().await;
+        let schema = analysis_schema();
+        let (status, body) = post(&fake, &structured(PLAIN_MODEL, None, &schema)).await;
+        assert_eq!(status, 200);
+        let answer: Value = serde_json::from_str(content(&body)).expect("JSON content");
+        conforms(&schema, &answer, "$").unwrap();
+        assert_eq!(answer["outcome"], "booked");
+
+        let schema = strict_schema();
+        let mut request = structured(STRICT_MODEL, Some(true), &schema);
+        request["stream"] = json!(true);
+        let (text, done) = post_stream(&fake, &request).await;
+        assert!(done);
+        let answer: Value = serde_json::from_str(&text).expect("streamed JSON");
+        conforms(&schema, &answer, "$").unwrap();
+        assert_eq!(answer["caller"]["age"], 18);
+
+        let sources: Vec<_> = fake.requests().iter().map(|r| r.source).collect();
+        assert_eq!(sources, vec![Some(ReplySource::SchemaInstance); 2]);
+        fake.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_queues_do_not_mix() {
+        let fake = start().await;
+        fake.push_reply(Reply::text("Sure, Tuesday at ten works."));
+        fake.push_structured(StructuredAnswer::Json(json!({"outcome": "lost"})));
+
+        // A JSON-mode classification takes neither queue.
+        let mut classify = conversation("Thanks, that was great!");
+        classify["response_format"] = json!({"type": "json_object"});
+        let (_, body) = post(&fake, &classify).await;
+        let verdict: Value = serde_json::from_str(content(&body)).unwrap();
+        assert_eq!(verdict["label"], "positive");
+        assert_eq!((fake.pending_replies(), fake.pending_structured()), (1, 1));
+
+        // A structured-output request takes only its own.
+        let request = structured(PLAIN_MODEL, Some(false), &strict_schema());
+        let (_, body) = post(&fake, &request).await;
+        assert_eq!(content(&body), r#"{"outcome":"lost"}"#);
+        assert_eq!((fake.pending_replies(), fake.pending_structured()), (1, 0));
+        // With its queue empty it generates rather than borrowing the conversation's reply.
+        let (_, body) = post(&fake, &request).await;
+        conforms(
+            &strict_schema(),
+            &serde_json::from_str(content(&body)).unwrap(),
+            "$",
+        )
+        .unwrap();
+        assert_eq!(fake.pending_replies(), 1);
+
+        // A conversation request takes the reply and leaves a structured answer alone.
+        fake.push_structured(StructuredAnswer::Raw("not json".to_owned()));
+        let (_, body) = post(&fake, &conversation("Can I come Tuesday?")).await;
+        assert_eq!(content(&body), "Sure, Tuesday at ten works.");
+        assert_eq!((fake.pending_replies(), fake.pending_structured()), (0, 1));
+
+        let sources: Vec<_> = fake.requests().iter().map(|r| r.source).collect();
+        assert_eq!(
+            sources,
+            vec![
+                Some(ReplySource::Sentiment),
+                Some(ReplySource::Structured),
+                Some(ReplySource::SchemaInstance),
+                Some(ReplySource::Scripted),
+            ]
+        );
+        fake.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn faults_apply_to_structured_requests_and_keep_their_answer_queued() {
+        let fake = start().await;
+        fake.push_structured(StructuredAnswer::Json(
+            json!({"outcome": "booked", "n": [1, 2, 3]}),
+        ));
+        let request = structured(STRICT_MODEL, Some(true), &strict_schema());
+
+        fake.fail_next(1, 503, None);
+        let (status, body) = post(&fake, &request).await;
+        assert_eq!(status, 503);
+        assert_eq!(body["error"]["code"], "service_unavailable");
+        assert_eq!(fake.pending_structured(), 1);
+
+        fake.error_mid_stream_next();
+        let mut streamed = request.clone();
+        streamed["stream"] = json!(true);
+        let (_, done) = post_stream(&fake, &streamed).await;
+        assert!(!done, "the stream breaks off");
+        assert_eq!(fake.pending_structured(), 1);
+
+        fake.stall_next();
+        let stalled = reqwest::Client::new()
+            .post(format!("{}/chat/completions", fake.base_url()))
+            .bearer_auth(fake.api_key())
+            .json(&request)
+            .timeout(Duration::from_millis(300))
+            .send()
+            .await;
+        if let Ok(resp) = stalled {
+            assert!(
+                resp.bytes().await.is_err(),
+                "a stalled answer never completes"
+            );
+        }
+        assert_eq!(fake.pending_structured(), 1);
+
+        let (status, body) = post(&fake, &request).await;
+        assert_eq!(status, 200);
+        assert_eq!(content(&body), r#"{"n":[1,2,3],"outcome":"booked"}"#);
+        assert_eq!(fake.pending_structured(), 0);
+
+        let faults: Vec<_> = fake.requests().iter().map(|r| r.fault).collect();
+        assert_eq!(
+            faults,
+            vec![
+                Some(InjectedFault::Status(503)),
+                Some(InjectedFault::MidStreamError),
+                Some(InjectedFault::Stall),
+                None,
+            ]
+        );
+        fake.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_armed_stream_error_breaks_one_json_mode_stream_only() {
+        let fake = start().await;
+        let request = json!({
+            "model": "llama-3.1-8b-instant",
+            "stream": true,
+            "response_format": {"type": "json_object"},
+            "messages": [{"role": "user", "content": "I am happy"}],
+        });
+        fake.error_mid_stream_next();
+        let (_, first) = post_stream(&fake, &request).await;
+        assert!(!first, "the armed error breaks the first stream");
+        let (_, second) = post_stream(&fake, &request).await;
+        assert!(second, "and only the first");
+        fake.shutdown().await;
+    }
 }

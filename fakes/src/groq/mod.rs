@@ -10,11 +10,24 @@
 //! answers like a (very small) model (see the private `reply` module):
 //!
 //! * replies queued with [`FakeGroq::push_reply`] are used first, in order ([`Reply`]), by
-//!   every request except JSON-mode ones (classifications such as per-turn sentiment, which
-//!   a voice agent sends alongside its conversation);
+//!   every request except JSON-mode and structured-output ones (classifications such as
+//!   per-turn sentiment and post-call analyses, which a voice agent sends alongside its
+//!   conversation);
 //! * otherwise a rule-based responder answers: a configured trigger phrase in the
-//!   last user message calls the matching offered tool ([`ToolTrigger`]), JSON mode or a system
-//!   prompt about "sentiment" gets `{"score","label"}`, anything else gets a polite echo.
+//!   last user message calls the matching offered tool ([`ToolTrigger`]), JSON mode
+//!   (`response_format` `json_object`) or a system prompt about "sentiment" gets
+//!   `{"score","label"}`, anything else gets a polite echo.
+//!
+//! Structured outputs (shared/docs/vendor-protocols.md section 11) are honoured and validated:
+//! `response_format: {"type": "json_schema", "json_schema": {"name", "schema", "strict"?}}`
+//! needs a `name` of 1 to 64 letters, digits, `_` or `-` and an object `schema`; `strict: true`
+//! is accepted only on [`FakeGroqConfig::strict_models`] and only for schemas whose every object
+//! lists all its properties in `required` and sets `additionalProperties: false`. Anything else
+//! answers 400 `invalid_request_error`. Such a request is answered, in order, from its own
+//! queue ([`FakeGroq::push_structured`], [`StructuredAnswer`]), which may script invalid JSON or
+//! JSON that breaks the schema; with the queue empty the answer is a small instance generated
+//! from the schema that satisfies it. The two queues never mix: structured-output requests
+//! leave [`Reply`]s alone and conversation requests leave structured answers alone.
 //!
 //! Faults are injected per request: HTTP errors with Groq bodies and `retry-after`
 //! ([`FakeGroq::fail_next`]), an error line in the middle of a stream
@@ -50,6 +63,10 @@ pub struct FakeGroqConfig {
     pub api_key: String,
     /// Models that exist; any other `model` gets 404 `model_not_found`.
     pub models: Vec<String>,
+    /// Models that accept `response_format` `json_schema` with `strict: true` (constrained
+    /// decoding); on the others such a request gets 400. Best-effort `json_schema` (strict
+    /// absent or false) works on every model.
+    pub strict_models: Vec<String>,
     /// Time from receiving a request to the first content token (the role chunk goes out
     /// together with it).
     pub ttft: Duration,
@@ -73,6 +90,12 @@ impl Default for FakeGroqConfig {
             models: vec![
                 "llama-3.3-70b-versatile".to_owned(),
                 "llama-3.1-8b-instant".to_owned(),
+                "openai/gpt-oss-20b".to_owned(),
+                "openai/gpt-oss-120b".to_owned(),
+            ],
+            strict_models: vec![
+                "openai/gpt-oss-20b".to_owned(),
+                "openai/gpt-oss-120b".to_owned(),
             ],
             ttft: Duration::from_millis(150),
             inter_token: Duration::from_millis(15),
@@ -161,7 +184,8 @@ impl ToolCall {
 }
 
 /// A scripted answer: text, tool calls, or both (text first, as a model that says "One moment"
-/// and then calls a tool). Consumed by the next request that gets an answer.
+/// and then calls a tool). Consumed by the next conversation request that gets an answer (not
+/// by JSON-mode or structured-output requests).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Reply {
     /// Assistant text; streamed as one token per word (with its leading whitespace).
@@ -202,6 +226,29 @@ impl Reply {
     }
 }
 
+/// A scripted answer to a structured-output request (`response_format` `json_schema`),
+/// queued with [`FakeGroq::push_structured`]. It becomes the assistant message's `content`
+/// exactly, whatever the request's schema says: the fake does not check scripted answers, so
+/// tests can give a client output it must reject.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StructuredAnswer {
+    /// This value serialised as compact JSON.
+    Json(Value),
+    /// This text verbatim, e.g. invalid JSON or JSON that breaks the schema. An empty text is
+    /// sent as `content: null`, as for any answer without content.
+    Raw(String),
+}
+
+impl StructuredAnswer {
+    /// The `content` text this answer is sent as.
+    pub fn content(&self) -> String {
+        match self {
+            StructuredAnswer::Json(v) => v.to_string(),
+            StructuredAnswer::Raw(text) => text.clone(),
+        }
+    }
+}
+
 /// A fault the fake injected into a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InjectedFault {
@@ -227,6 +274,11 @@ pub enum ReplySource {
     Sentiment,
     /// The polite echo of the last user message.
     Echo,
+    /// A structured-output request took the head of the [`FakeGroq::push_structured`] queue.
+    Structured,
+    /// A structured-output request found that queue empty and got an instance generated from
+    /// its schema.
+    SchemaInstance,
 }
 
 /// One `chat/completions` request, as received and answered.
@@ -299,8 +351,10 @@ impl FakeGroq {
         &self.shared.cfg.api_key
     }
 
-    /// Queues a scripted answer. Requests take them in arrival order; requests that fail auth,
-    /// validation or an injected fault (including a mid-stream error) do not take one.
+    /// Queues a scripted answer. Requests take them in arrival order, except JSON-mode
+    /// (`json_object`) and structured-output (`json_schema`) ones, which never do; requests
+    /// that fail auth, validation or an injected fault (including a mid-stream error) do not
+    /// take one.
     pub fn push_reply(&self, reply: Reply) {
         self.shared.lock().replies.push_back(reply);
     }
@@ -308,6 +362,20 @@ impl FakeGroq {
     /// Scripted answers not yet taken.
     pub fn pending_replies(&self) -> usize {
         self.shared.lock().replies.len()
+    }
+
+    /// Queues a scripted answer for structured-output requests (`response_format`
+    /// `json_schema`), separate from the [`FakeGroq::push_reply`] queue: such requests take
+    /// these in arrival order and never take a [`Reply`], and no other request takes these.
+    /// Requests that fail auth, validation or an injected fault (including a mid-stream error)
+    /// do not take one.
+    pub fn push_structured(&self, answer: StructuredAnswer) {
+        self.shared.lock().structured.push_back(answer);
+    }
+
+    /// Scripted structured-output answers not yet taken.
+    pub fn pending_structured(&self) -> usize {
+        self.shared.lock().structured.len()
     }
 
     /// The next `n` authorised requests answer `status` with a Groq error body, before any
@@ -342,7 +410,8 @@ impl FakeGroq {
         st.inter_token = inter_token;
     }
 
-    /// Classifications (JSON-mode requests) arriving from now on answer after `latency`
+    /// Classifications (JSON-mode requests, `response_format` `json_object`; not
+    /// structured-output ones) arriving from now on answer after `latency`
     /// (`None`: like every request, after the configured time to first token); replies keep
     /// their own pace. A model under load answers its classifications late this way.
     pub fn set_classify_latency(&self, latency: Option<Duration>) {

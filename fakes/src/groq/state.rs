@@ -1,5 +1,6 @@
-//! The fake's mutable state behind one lock: the scripted-reply queue, armed faults, current
-//! pacing, rate-limit buckets and the request log. Nothing here does I/O or awaits.
+//! The fake's mutable state behind one lock: the scripted-reply and structured-answer queues,
+//! armed faults, current pacing, rate-limit buckets and the request log. Nothing here does I/O
+//! or awaits.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::ratelimit::RateLimits;
-use super::{FakeGroqConfig, RecordedRequest, Reply};
+use super::{FakeGroqConfig, RecordedRequest, Reply, StructuredAnswer};
 
 /// What the server tasks and the [`super::FakeGroq`] handle share.
 pub(crate) struct Shared {
@@ -25,6 +26,8 @@ pub(crate) struct Shared {
 pub(crate) struct State {
     /// Scripted answers, taken from the front.
     pub(crate) replies: VecDeque<Reply>,
+    /// Scripted answers to structured-output requests, taken from the front.
+    pub(crate) structured: VecDeque<StructuredAnswer>,
     /// Armed HTTP failure.
     pub(crate) fail: Option<InjectedFailure>,
     /// Streams still to break with an in-stream error.
@@ -56,6 +59,7 @@ impl Shared {
     pub(crate) fn new(cfg: FakeGroqConfig, stop: watch::Receiver<bool>) -> Self {
         let state = State {
             replies: VecDeque::new(),
+            structured: VecDeque::new(),
             fail: None,
             mid_stream_errors: 0,
             stalls: 0,

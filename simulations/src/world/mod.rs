@@ -122,6 +122,7 @@ impl World {
             recall: None,
             accounts: None,
             outbox: None,
+            analysis: None,
         }
     }
 

@@ -12,7 +12,10 @@
 //! caller hears. [`GroqLlm`] serves the engine's chat-model port with it.
 
 mod llm;
+mod structured;
 mod wire;
+
+pub use structured::{strict_compatible, GroqAnalysis};
 
 use std::time::Duration;
 
@@ -175,6 +178,7 @@ impl GroqClient {
             tools: &[],
             response_format: Some(ResponseFormat {
                 kind: "json_object",
+                json_schema: None,
             }),
         };
         let (response, guard) = self

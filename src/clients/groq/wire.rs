@@ -63,11 +63,21 @@ pub struct FunctionSpec {
     pub parameters: serde_json::Value,
 }
 
-/// `{"type":"json_object"}`.
+/// `{"type":"json_object"}`, or `{"type":"json_schema","json_schema":{...}}`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ResponseFormat {
     #[serde(rename = "type")]
     pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<JsonSchemaFormat>,
+}
+
+/// Structured outputs: the schema the answer must follow.
+#[derive(Debug, Clone, Serialize)]
+pub struct JsonSchemaFormat {
+    pub name: String,
+    pub schema: serde_json::Value,
+    pub strict: bool,
 }
 
 /// A non-streaming answer.

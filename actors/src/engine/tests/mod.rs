@@ -45,6 +45,7 @@ impl World {
             recall: None,
             accounts: None,
             outbox: None,
+            analysis: None,
         };
         let org = Uuid::from_u128(0xA);
         let agent = Uuid::from_u128(0xA6E);

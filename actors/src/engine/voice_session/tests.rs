@@ -105,6 +105,7 @@ impl World {
             recall,
             accounts: None,
             outbox: None,
+            analysis: None,
         };
         let org = Uuid::from_u128(0xA);
         let agent = Uuid::from_u128(0xA6E);

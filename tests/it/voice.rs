@@ -930,6 +930,8 @@ async fn http_tools_are_called_signed_with_filler_errors_and_timeouts() {
         .map(|e| (e["name"].as_str().unwrap(), e["result"].as_str().unwrap()))
         .collect();
     assert_eq!(results.len(), 4, "{t:#}");
+    let oks: Vec<bool> = calls.iter().map(|e| e["ok"] == true).collect();
+    assert_eq!(oks, [true, false, false, false], "{t:#}");
     assert_eq!(results[0].0, "order");
     assert!(results[0].1.contains("shipped"), "{results:?}");
     assert!(

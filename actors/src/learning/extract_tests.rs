@@ -90,6 +90,7 @@ fn resolved_billing_call() -> Vec<ConversationRecord> {
             arguments: "{}".into(),
             result: "{}".into(),
             duration_ms: 40,
+            ok: true,
         },
         say(
             Speaker::Agent,
@@ -112,6 +113,7 @@ fn resolved_billing_call() -> Vec<ConversationRecord> {
             arguments: "{}".into(),
             result: "{}".into(),
             duration_ms: 1,
+            ok: true,
         },
     ]
 }

@@ -123,10 +123,14 @@ pub enum ConversationRecord {
         name: String,
         /// Arguments as given (JSON text).
         arguments: String,
-        /// The result (JSON text) or the error.
+        /// The result (JSON text) or the error, cut at [`TOOL_RESULT_JOURNALED`] bytes (the
+        /// model got all of it).
         result: String,
         /// How long it ran, ms.
         duration_ms: u64,
+        /// It answered (`false`: `result` is the error).
+        #[serde(default = "answered")]
+        ok: bool,
     },
     /// Where the time of one reply went. All figures in microseconds.
     TurnLatency {
@@ -209,6 +213,25 @@ pub enum ConversationRecord {
     },
 }
 
+/// Bytes of a tool's result kept in the journal.
+pub const TOOL_RESULT_JOURNALED: usize = 2048;
+
+fn answered() -> bool {
+    true
+}
+
+/// `text` cut to at most `max` bytes at a character boundary, marked when cut.
+pub fn truncated(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 impl ConversationRecord {
     /// Short name stored in the journal's `kind` column.
     pub fn kind(&self) -> &'static str {
@@ -234,6 +257,20 @@ impl ConversationRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_tool_results_are_cut_at_a_character_boundary() {
+        assert_eq!(truncated("short", 10), "short");
+        let cut = truncated(&"é".repeat(10), 5);
+        assert_eq!(cut, "éé…");
+        // Records written before `ok` existed read as answered.
+        let old: ConversationRecord = serde_json::from_value(serde_json::json!({
+            "type": "tool_call", "turn": 1, "name": "end_call", "arguments": "{}",
+            "result": "ok", "duration_ms": 0
+        }))
+        .unwrap();
+        assert!(matches!(old, ConversationRecord::ToolCall { ok: true, .. }));
+    }
 
     #[test]
     fn record_types_match_their_journal_kinds() {

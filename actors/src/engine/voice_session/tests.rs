@@ -862,6 +862,7 @@ async fn the_model_hands_the_call_to_a_person_with_a_tool_call() {
                     arguments: arguments.into(),
                     result: "ok".into(),
                     duration_ms: 0,
+                    ok: true,
                 }
             ),
             (

@@ -154,6 +154,7 @@ impl Conversation {
                     arguments: call.arguments.clone(),
                     result: result.to_owned(),
                     duration_ms: 0,
+                    ok: !result.starts_with("error"),
                 })
             };
             match call.name.as_str() {

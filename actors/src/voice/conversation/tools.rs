@@ -2,7 +2,7 @@
 //! outside the core (`lookup_customer`), and the model asked again with them. The model's
 //! tool calls are dispatched when its reply is done (`replies`).
 
-use crate::machine::record::ConversationRecord;
+use crate::machine::record::{truncated, ConversationRecord, TOOL_RESULT_JOURNALED};
 use crate::ports::voice::{ChatMessage, ChatRole, ToolSpec};
 
 use super::{Action, Conversation, Micros, Phase, Timing, MS};
@@ -125,8 +125,9 @@ impl Conversation {
                     turn: self.turn,
                     name: name.clone(),
                     arguments,
-                    result: text.clone(),
+                    result: truncated(&text, TOOL_RESULT_JOURNALED),
                     duration_ms: now.saturating_sub(started) / MS,
+                    ok: result.is_ok(),
                 }));
                 self.push_history(ChatMessage::text(
                     ChatRole::System,
@@ -144,8 +145,9 @@ impl Conversation {
             turn: self.turn,
             name,
             arguments,
-            result: text.clone(),
+            result: truncated(&text, TOOL_RESULT_JOURNALED),
             duration_ms: now.saturating_sub(started) / MS,
+            ok: result.is_ok(),
         }));
         self.push_history(tool_message(&id, &text));
         if self.tools_pending.is_empty() {

@@ -297,6 +297,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let store = Arc::new(PgStore::new(pool));
     let registry = prometheus::Registry::new();
     store.register_metrics(&registry)?;
+    store.watch_queues(&registry, Duration::from_secs(5))?;
     let breakers = Breakers::start(args.breakers.configs(), Arc::new(SystemClock), &registry)
         .await
         .map_err(|e| anyhow::anyhow!("starting the circuit breakers: {e}"))?;

@@ -20,6 +20,7 @@ mod cluster;
 mod learning;
 mod outbox;
 mod pool;
+mod queues;
 mod rows;
 mod turns;
 

@@ -370,6 +370,25 @@ async fn a_scripted_conversation_with_barge_in_frustration_and_transfer() {
         let engine = l["engine_us"].as_u64().unwrap();
         assert!(engine <= total, "{l}");
     }
+    // The product's metrics counted the barge-in, the escalation and the transfer.
+    let metrics = format!(
+        "http://{}",
+        env.running.as_ref().unwrap().metrics_addr.unwrap()
+    );
+    let series = |name: &'static str| {
+        let metrics = metrics.clone();
+        async move { common::metrics::series(&metrics, name).await }
+    };
+    assert!(series("iace_barge_ins_total").await >= 1.0);
+    assert_eq!(series("iace_transfers_total").await, 1.0);
+    let escalations: f64 = common::metrics::scrape(&metrics)
+        .await
+        .lines()
+        .filter(|l| l.starts_with("iace_escalations_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(escalations, 1.0);
+    assert!(series("iace_turn_latency_seconds_count{stage=\"total\"}").await >= 3.0);
     env.shutdown().await;
 }
 
@@ -991,6 +1010,36 @@ async fn http_tools_are_called_signed_with_filler_errors_and_timeouts() {
         assert_eq!(body["call_id"], call_id.as_str());
         assert_eq!(body["arguments"], json!({"order_id": "A123"}));
     }
+    // The product's metrics saw the call: its end, the caller's sentiment, the tools'
+    // outcomes; nothing live left. (Every reply here followed a tool: replies after a tool
+    // round carry no turn latency; the analysis test checks those.)
+    let metrics = format!(
+        "http://{}",
+        env.running.as_ref().unwrap().metrics_addr.unwrap()
+    );
+    let series = |name: &'static str| {
+        let metrics = metrics.clone();
+        async move { common::metrics::series(&metrics, name).await }
+    };
+    assert_eq!(
+        series(r#"iace_calls_total{direction="outbound",end_reason="normal_clearing",status="completed"}"#).await,
+        1.0
+    );
+    assert_eq!(
+        series(r#"iace_active_calls{direction="outbound"}"#).await,
+        0.0
+    );
+    assert_eq!(series("iace_call_duration_seconds_count").await, 1.0);
+    assert!(series("iace_sentiment_score_count").await >= 4.0);
+    assert_eq!(series(r#"iace_tool_calls_total{outcome="ok"}"#).await, 1.0);
+    assert_eq!(
+        series(r#"iace_tool_calls_total{outcome="error_status"}"#).await,
+        1.0
+    );
+    assert_eq!(
+        series(r#"iace_tool_calls_total{outcome="timeout"}"#).await,
+        1.0
+    );
     env.shutdown().await;
 }
 
@@ -1180,6 +1229,23 @@ async fn calls_are_analysed_against_the_agents_schema_and_invalid_answers_never_
     assert_eq!(analysed.len(), 3, "{deliveries}");
     for id in [&first, &second, &third] {
         assert_eq!(analysed.iter().filter(|c| **c == id.as_str()).count(), 1);
+    }
+    // Each call's reply was measured, stage by stage.
+    let metrics = format!(
+        "http://{}",
+        env.running.as_ref().unwrap().metrics_addr.unwrap()
+    );
+    for stage in [
+        "stt",
+        "holdoff",
+        "llm_first_token",
+        "tts_first_audio",
+        "engine",
+        "total",
+    ] {
+        let name = format!("iace_turn_latency_seconds_count{{stage=\"{stage}\"}}");
+        let v = common::metrics::series(&metrics, &name).await;
+        assert!(v >= 3.0, "{name}: {v}");
     }
     env.shutdown().await;
 }

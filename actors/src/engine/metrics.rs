@@ -1,7 +1,10 @@
 //! Prometheus metrics of the engine, registered in the registry the process exposes on
 //! `/metrics`.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 
 /// Engine counters and gauges.
 #[derive(Clone)]
@@ -62,9 +65,94 @@ pub struct EngineMetrics {
     pub calls_refused: IntCounterVec,
     /// The node's capacity (`max_live_calls`; 0 is no limit), beside `iace_call_actors`.
     pub capacity: IntGauge,
+    /// Calls that ended, by direction, status and end reason (counted once, by the write that
+    /// ends them).
+    pub calls_total: IntCounterVec,
+    /// Live calls run by this node, by direction.
+    pub active_calls: IntGaugeVec,
+    /// Talk time of answered calls, from the answer to the end.
+    pub call_duration: Histogram,
+    /// Where each reply's time went, by stage (`stt`, `holdoff`, `llm_first_token`,
+    /// `tts_first_audio`, `engine`, `total`).
+    pub turn_latency: HistogramVec,
+    /// Callers' sentiment per turn, in `[-1, 1]`.
+    pub sentiment: Histogram,
+    /// Calls handed to a person, by reason.
+    pub escalations: IntCounterVec,
+    /// Calls the carrier connected to a person.
+    pub transfers: IntCounter,
+    /// Agents cut off by the caller.
+    pub barge_ins: IntCounter,
 }
 
 impl EngineMetrics {
+    /// Observes what a journal entry just written says about the product: the call's end,
+    /// reply latencies, sentiment, escalations, transfers, barge-ins. `ended_now`: the entry
+    /// ended the call.
+    pub fn observe(
+        &self,
+        call: &crate::machine::Call,
+        event: &crate::machine::Event,
+        ended_now: bool,
+    ) {
+        use crate::machine::record::ConversationRecord as R;
+        use crate::machine::{CarrierEvent, Event};
+        if ended_now {
+            self.calls_total
+                .with_label_values(&[
+                    call.spec.direction.as_str(),
+                    call.status.as_str(),
+                    call.end_reason.map_or("none", |r| r.as_str()),
+                ])
+                .inc();
+            if let (Some(a), Some(e)) = (call.answered_at, call.ended_at) {
+                self.call_duration
+                    .observe((e - a).num_milliseconds().max(0) as f64 / 1000.0);
+            }
+        }
+        match event {
+            Event::Carrier {
+                event: CarrierEvent::Bridged { .. },
+                ..
+            } => self.transfers.inc(),
+            Event::Conversation { record } => match record {
+                R::TurnLatency {
+                    stt_us,
+                    holdoff_us,
+                    llm_first_token_us,
+                    tts_first_audio_us,
+                    engine_us,
+                    total_us,
+                    ..
+                } => {
+                    for (stage, us) in [
+                        ("stt", stt_us),
+                        ("holdoff", holdoff_us),
+                        ("llm_first_token", llm_first_token_us),
+                        ("tts_first_audio", tts_first_audio_us),
+                        ("engine", engine_us),
+                        ("total", total_us),
+                    ] {
+                        self.turn_latency
+                            .with_label_values(&[stage])
+                            .observe(*us as f64 / 1e6);
+                    }
+                }
+                R::Sentiment { score, .. } => self.sentiment.observe(*score),
+                R::Escalation { reason, .. } => {
+                    let reason = serde_json::to_value(reason)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    self.escalations.with_label_values(&[&reason]).inc();
+                }
+                R::BargeIn { .. } => self.barge_ins.inc(),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let m = EngineMetrics {
@@ -173,7 +261,64 @@ impl EngineMetrics {
                 "iace_speculative_tokens_discarded_total",
                 "Model tokens received for speculative replies that were discarded",
             )?,
+            calls_total: IntCounterVec::new(
+                Opts::new(
+                    "iace_calls_total",
+                    "Calls that ended, by direction, status and end reason",
+                ),
+                &["direction", "status", "end_reason"],
+            )?,
+            active_calls: IntGaugeVec::new(
+                Opts::new(
+                    "iace_active_calls",
+                    "Live calls run by this node, by direction",
+                ),
+                &["direction"],
+            )?,
+            call_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "iace_call_duration_seconds",
+                    "Talk time of answered calls, from the answer to the end",
+                )
+                .buckets(vec![
+                    5.0, 15.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
+                ]),
+            )?,
+            turn_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "iace_turn_latency_seconds",
+                    "Where each reply's time went, by stage",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
+                ]),
+                &["stage"],
+            )?,
+            sentiment: Histogram::with_opts(
+                HistogramOpts::new("iace_sentiment_score", "Callers' sentiment per turn")
+                    .buckets(vec![-0.8, -0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0]),
+            )?,
+            escalations: IntCounterVec::new(
+                Opts::new(
+                    "iace_escalations_total",
+                    "Calls handed to a person, by reason",
+                ),
+                &["reason"],
+            )?,
+            transfers: IntCounter::new(
+                "iace_transfers_total",
+                "Calls the carrier connected to a person",
+            )?,
+            barge_ins: IntCounter::new("iace_barge_ins_total", "Agents cut off by the caller")?,
         };
+        registry.register(Box::new(m.calls_total.clone()))?;
+        registry.register(Box::new(m.active_calls.clone()))?;
+        registry.register(Box::new(m.call_duration.clone()))?;
+        registry.register(Box::new(m.turn_latency.clone()))?;
+        registry.register(Box::new(m.sentiment.clone()))?;
+        registry.register(Box::new(m.escalations.clone()))?;
+        registry.register(Box::new(m.transfers.clone()))?;
+        registry.register(Box::new(m.barge_ins.clone()))?;
         registry.register(Box::new(m.lookups.clone()))?;
         registry.register(Box::new(m.calls_refused.clone()))?;
         registry.register(Box::new(m.capacity.clone()))?;

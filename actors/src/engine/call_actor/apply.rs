@@ -176,6 +176,7 @@ impl CallState {
                 .with_label_values(&[next.status.as_str(), reason])
                 .inc();
         }
+        m.observe(&next, &entry.event, ended_now);
         info!(
             call_id = %self.id,
             event = kind,

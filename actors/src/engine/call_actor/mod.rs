@@ -149,6 +149,8 @@ pub(crate) struct CallState {
     voice_failures: u32,
     /// The answering-machine verdict, once known.
     amd: Option<AmdResult>,
+    /// This call counted as active while it is live here.
+    active: Option<ActiveGuard>,
     /// The dial in flight, if any. Dropped once the call's leg is journaled (a webhook can
     /// name the leg before the dial's own answer): from then on the call is never dialed
     /// again, not even by a retry of this request. Also dropped when the actor dies (killed
@@ -184,6 +186,7 @@ impl Actor for CallActor {
             voice: None,
             voice_failures: 0,
             amd: None,
+            active: None,
             dial: None,
         })
     }
@@ -253,6 +256,19 @@ impl Actor for CallActor {
         msg: CallMsg,
         state: &mut CallState,
     ) -> Result<(), ActorProcessingErr> {
+        let result = state.handle(&myself, msg).await;
+        state.track_active();
+        result
+    }
+}
+
+impl CallState {
+    async fn handle(
+        &mut self,
+        myself: &ActorRef<CallMsg>,
+        msg: CallMsg,
+    ) -> Result<(), ActorProcessingErr> {
+        let (myself, state) = (myself.clone(), self);
         match msg {
             CallMsg::Init => {
                 let result = state.init(&myself).await;
@@ -377,6 +393,35 @@ impl Actor for CallActor {
                 }
             }
         }
+    }
+
+    /// Keeps `iace_active_calls{direction}` counting this call while it is live here: the
+    /// guard is taken when a live call is known, dropped (decrementing) when it ends or the
+    /// actor goes, whichever way it goes.
+    fn track_active(&mut self) {
+        let live = self.call.as_ref().filter(|c| !c.status.is_terminal());
+        match (live, &self.active) {
+            (Some(call), None) => {
+                let gauge = self
+                    .shared
+                    .metrics
+                    .active_calls
+                    .with_label_values(&[call.spec.direction.as_str()]);
+                gauge.inc();
+                self.active = Some(ActiveGuard(gauge));
+            }
+            (None, Some(_)) => self.active = None,
+            _ => {}
+        }
+    }
+}
+
+/// One live call counted in `iace_active_calls`; dropping it uncounts it.
+struct ActiveGuard(prometheus::IntGauge);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

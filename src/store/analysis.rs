@@ -179,21 +179,4 @@ impl AnalysisStore for PgStore {
                 .map_err(unavailable)?;
         row.as_ref().map(analysis_from_row).transpose()
     }
-
-    async fn analysis_backlog(&self, now: DateTime<Utc>) -> StoreResult<(u64, Option<Duration>)> {
-        let row = sqlx::query(
-            "SELECT count(*) AS waiting, min(next_attempt_at) FILTER (WHERE next_attempt_at <= $1) \
-               AS oldest FROM analysis_queue",
-        )
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        let waiting: i64 = row.try_get("waiting").map_err(unavailable)?;
-        let oldest: Option<DateTime<Utc>> = row.try_get("oldest").map_err(unavailable)?;
-        Ok((
-            u64::try_from(waiting).unwrap_or(0),
-            oldest.and_then(|o| (now - o).to_std().ok()),
-        ))
-    }
 }

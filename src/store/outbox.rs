@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use iace_actors::machine::OrganizationId;
 use iace_actors::outbox::WebhookEvent;
 use iace_actors::ports::outbox::{
-    AttemptOutcome, AttemptRecord, Backlog, Delivery, DeliveryStatus, DueDelivery, EndpointLease,
+    AttemptOutcome, AttemptRecord, Delivery, DeliveryStatus, DueDelivery, EndpointLease,
     OrgLogEntry, OutboxStore, Recorded,
 };
 use iace_actors::ports::{PageRequest, StoreError, StoreResult};
@@ -494,25 +494,5 @@ impl OutboxStore for PgStore {
                 })
             })
             .collect()
-    }
-
-    async fn backlog(&self, now: DateTime<Utc>) -> StoreResult<Backlog> {
-        let row = sqlx::query(
-            "SELECT count(*) AS pending, count(*) FILTER (WHERE next_attempt_at <= $1) AS due, \
-                    min(next_attempt_at) FILTER (WHERE next_attempt_at <= $1) AS oldest \
-             FROM webhook_delivery WHERE status = 'pending'",
-        )
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        let pending: i64 = row.try_get("pending").map_err(unavailable)?;
-        let due: i64 = row.try_get("due").map_err(unavailable)?;
-        let oldest: Option<DateTime<Utc>> = row.try_get("oldest").map_err(unavailable)?;
-        Ok(Backlog {
-            pending: u64::try_from(pending).unwrap_or(0),
-            due: u64::try_from(due).unwrap_or(0),
-            oldest_due: oldest.and_then(|o| (now - o).to_std().ok()),
-        })
     }
 }

@@ -300,6 +300,25 @@ async fn every_event_of_200_calls_arrives_once_in_order_through_failures_and_a_k
         retried > 100,
         "{retried} deliveries needed more than one attempt"
     );
+    // The queue's gauges come to say so (sampled every 5 s), and the attempts were counted.
+    let metrics = srv.metrics_base.clone();
+    wait_within(
+        "the webhook queue's gauges",
+        Duration::from_secs(60),
+        async || {
+            common::metrics::scrape(&metrics)
+                .await
+                .lines()
+                .any(|l| l == r#"iace_queue_depth{queue="webhooks"} 0"#)
+        },
+    )
+    .await;
+    let delivered = common::metrics::series(
+        &metrics,
+        r#"iace_webhook_deliveries_total{outcome="delivered"}"#,
+    )
+    .await;
+    assert!(delivered >= 1.0, "{delivered}");
     eprintln!(
         "{expected} events: {before_restart} in before the kill, {duplicates} sent again \
          (receiver dedupes), {retried} retried after a 500"

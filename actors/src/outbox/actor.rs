@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
@@ -76,12 +76,6 @@ pub struct DeliveryMetrics {
     pub deliveries: IntCounterVec,
     /// From the event's commit to its first attempt.
     pub lag: Histogram,
-    /// Deliveries pending.
-    pub backlog: IntGauge,
-    /// Deliveries due and not yet attempted.
-    pub due: IntGauge,
-    /// Age of the oldest due delivery, in seconds.
-    pub oldest_due: IntGauge,
 }
 
 impl DeliveryMetrics {
@@ -104,24 +98,9 @@ impl DeliveryMetrics {
                     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                 ]),
             )?,
-            backlog: IntGauge::new(
-                "iace_webhook_backlog",
-                "Webhook deliveries pending (due or waiting for a retry)",
-            )?,
-            due: IntGauge::new(
-                "iace_webhook_due",
-                "Webhook deliveries due now and not yet attempted",
-            )?,
-            oldest_due: IntGauge::new(
-                "iace_webhook_oldest_due_seconds",
-                "Age of the oldest due webhook delivery",
-            )?,
         };
         registry.register(Box::new(m.deliveries.clone()))?;
         registry.register(Box::new(m.lag.clone()))?;
-        registry.register(Box::new(m.backlog.clone()))?;
-        registry.register(Box::new(m.due.clone()))?;
-        registry.register(Box::new(m.oldest_due.clone()))?;
         Ok(m)
     }
 }
@@ -148,7 +127,6 @@ pub struct DeliveryState {
     working: HashMap<Uuid, JoinHandle<()>>,
     /// A poll is queued by a nudge (nudges between polls coalesce).
     nudged: bool,
-    polls: u64,
 }
 
 impl Actor for DeliveryWorker {
@@ -168,7 +146,6 @@ impl Actor for DeliveryWorker {
             metrics,
             working: HashMap::new(),
             nudged: false,
-            polls: 0,
         })
     }
 
@@ -211,11 +188,7 @@ impl Actor for DeliveryWorker {
 impl DeliveryState {
     async fn poll(&mut self) {
         self.working.retain(|_, task| !task.is_finished());
-        self.polls += 1;
         let now = self.ports.clock.now();
-        if self.polls % 5 == 1 {
-            self.observe_backlog(now).await;
-        }
         let room = self
             .config
             .max_endpoints
@@ -249,19 +222,6 @@ impl DeliveryState {
             };
             let id = endpoint.lease.endpoint_id;
             self.working.insert(id, tokio::spawn(endpoint.run()));
-        }
-    }
-
-    async fn observe_backlog(&self, now: DateTime<Utc>) {
-        let Some(m) = &self.metrics else { return };
-        match self.ports.store.backlog(now).await {
-            Ok(b) => {
-                m.backlog.set(i64::try_from(b.pending).unwrap_or(i64::MAX));
-                m.due.set(i64::try_from(b.due).unwrap_or(i64::MAX));
-                m.oldest_due
-                    .set(b.oldest_due.map_or(0, |d| d.as_secs() as i64));
-            }
-            Err(e) => debug!(error = %e, "reading the webhook backlog"),
         }
     }
 }

@@ -117,9 +117,6 @@ pub trait AnalysisStore: Send + Sync + 'static {
         org: OrganizationId,
         call: CallId,
     ) -> StoreResult<Option<CallAnalysis>>;
-
-    /// Jobs waiting, and the age of the oldest due one (for the metrics).
-    async fn analysis_backlog(&self, now: DateTime<Utc>) -> StoreResult<(u64, Option<Duration>)>;
 }
 
 /// Why the model gave no answer.

@@ -164,17 +164,6 @@ pub struct Delivery {
     pub delivered_at: Option<DateTime<Utc>>,
 }
 
-/// What waits in the outbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Backlog {
-    /// Pending deliveries.
-    pub pending: u64,
-    /// Pending deliveries already due.
-    pub due: u64,
-    /// Age of the oldest due one.
-    pub oldest_due: Option<Duration>,
-}
-
 /// One entry of an organization's log: what the server did on the organization's behalf
 /// that its people should know (an endpoint disabled).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -257,9 +246,6 @@ pub trait OutboxStore: Send + Sync + 'static {
         org: OrganizationId,
         page: &PageRequest,
     ) -> StoreResult<Vec<OrgLogEntry>>;
-
-    /// What waits, for the metrics.
-    async fn backlog(&self, now: DateTime<Utc>) -> StoreResult<Backlog>;
 }
 
 /// What the receiver said.

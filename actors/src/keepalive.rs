@@ -1,5 +1,6 @@
-//! A supervisor that keeps one worker actor running: it starts the worker, restarts it (after
-//! a pause) whenever it stops or fails, and forwards messages to it. ractor never restarts an
+//! What the queue workers share: [`retry_delay`], and a supervisor that keeps one worker actor
+//! running: it starts the worker, restarts it (after a pause) whenever it stops or fails, and
+//! forwards messages to it. ractor never restarts an
 //! actor on its own, and its default `handle_supervisor_evt` would stop the supervisor when
 //! the worker stops; this one overrides it.
 
@@ -8,6 +9,15 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tracing::warn;
+
+/// The wait before a queue worker tries a job again after `attempts` failed tries: `base`
+/// doubled per attempt, at most `cap`.
+pub fn retry_delay(base: Duration, cap: Duration, attempts: u32) -> Duration {
+    let ms = (base.as_millis() as u64)
+        .saturating_mul(1u64 << attempts.min(20))
+        .min(cap.as_millis() as u64);
+    Duration::from_millis(ms)
+}
 
 /// How long the supervisor waits before restarting a worker that stopped.
 pub const RESTART_DELAY: Duration = Duration::from_secs(1);

@@ -166,11 +166,9 @@ impl AnalysisState {
     }
 
     fn retry_at(&self, attempts: u32) -> DateTime<Utc> {
-        let base = self.config.retry_base.as_millis() as u64;
-        let delay = base
-            .saturating_mul(1u64 << attempts.min(20))
-            .min(self.config.retry_cap.as_millis() as u64);
-        self.ports.clock.now() + chrono::Duration::milliseconds(delay as i64)
+        let delay =
+            crate::keepalive::retry_delay(self.config.retry_base, self.config.retry_cap, attempts);
+        self.ports.clock.now() + chrono::Duration::from_std(delay).unwrap_or_default()
     }
 
     async fn analyse(&self, job: &AnalysisJob) -> Outcome {

@@ -32,4 +32,4 @@ pub use types::{
 };
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -3,11 +3,13 @@ use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use uuid::Uuid;
 
-fn t(secs: i64) -> DateTime<Utc> {
+/// A fixed instant `secs` after a base (shared with other modules' tests).
+pub(crate) fn t(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
 }
 
-fn spec(direction: Direction) -> CallSpec {
+/// A call spec of each direction (shared with other modules' tests).
+pub(crate) fn spec(direction: Direction) -> CallSpec {
     CallSpec {
         id: Uuid::from_u128(1),
         organization_id: Uuid::from_u128(2),

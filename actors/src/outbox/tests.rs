@@ -1,29 +1,9 @@
-use chrono::{DateTime, TimeZone, Utc};
-use uuid::Uuid;
+use chrono::{DateTime, Utc};
 
 use super::*;
 use crate::machine::record::EscalationReason;
-use crate::machine::{start, step, CallSpec, Direction, HangupCause, PhoneNumber};
-
-fn t(secs: i64) -> DateTime<Utc> {
-    Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
-}
-
-fn spec(direction: Direction) -> CallSpec {
-    CallSpec {
-        id: Uuid::from_u128(1),
-        organization_id: Uuid::from_u128(2),
-        direction,
-        from: PhoneNumber::parse("+14155550100").unwrap(),
-        to: PhoneNumber::parse("+14155550199").unwrap(),
-        agent_id: Uuid::from_u128(3),
-        customer_id: None,
-        metadata: serde_json::json!({}),
-        ring_timeout_secs: 30,
-        max_duration_secs: 600,
-        inbound_leg_id: None,
-    }
-}
+use crate::machine::tests::{spec, t};
+use crate::machine::{start, step, Direction, HangupCause};
 
 /// Applies `event` at `at`; the types of the events it causes.
 fn apply(call: &mut Call, event: Event, at: DateTime<Utc>) -> Vec<&'static str> {

@@ -101,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
         tool,
         tool_call_id: "call_1".into(),
         call_id: uuid::Uuid::new_v4(),
+        turn: 1,
         organization_id: uuid::Uuid::new_v4(),
         agent_id: uuid::Uuid::new_v4(),
         customer_id: None,

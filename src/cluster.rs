@@ -218,6 +218,15 @@ impl NodeClient {
         for (name, value) in self.key.sign(unix_now(), &method, path_and_query, &body) {
             out.insert(name, value);
         }
+        // The peer's server span is a child of this one (the caller's `traceparent` was
+        // this node's parent).
+        let mut span = crate::telemetry::ClientSpan::start(
+            method.as_str().to_owned(),
+            method.as_str(),
+            &url,
+            "node",
+        );
+        span.insert(&mut out);
         let resp = self
             .http
             .request(method, &url)
@@ -225,8 +234,12 @@ impl NodeClient {
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("forwarding to {}: {e}", peer.node_id))?;
+            .map_err(|e| {
+                span.fail("transport", e.to_string());
+                format!("forwarding to {}: {e}", peer.node_id)
+            })?;
         let status = resp.status();
+        span.status(status.as_u16());
         let mut back = HeaderMap::new();
         for (name, value) in resp.headers() {
             if !is_hop_by_hop(name) {

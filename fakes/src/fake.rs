@@ -120,3 +120,42 @@ pub(crate) async fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The trace headers a request came with (W3C `traceparent`, `x-request-id`), as received: the
+/// fakes record them so tests can check that a client forwards its trace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceHeaders {
+    /// The raw `traceparent` header.
+    pub traceparent: Option<String>,
+    /// The raw `x-request-id` header.
+    pub request_id: Option<String>,
+}
+
+impl TraceHeaders {
+    /// Reads them from a request's headers.
+    pub fn of(headers: &axum::http::HeaderMap) -> TraceHeaders {
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        TraceHeaders {
+            traceparent: get("traceparent"),
+            request_id: get("x-request-id"),
+        }
+    }
+
+    /// The trace id of `traceparent` (32 hex digits), when it has one.
+    pub fn trace_id(&self) -> Option<&str> {
+        let tp = self.traceparent.as_deref()?;
+        let mut parts = tp.split('-');
+        let _version = parts.next()?;
+        parts.next().filter(|t| t.len() == 32)
+    }
+
+    /// The parent span id of `traceparent` (16 hex digits), when it has one.
+    pub fn parent_id(&self) -> Option<&str> {
+        let tp = self.traceparent.as_deref()?;
+        tp.split('-').nth(2).filter(|s| s.len() == 16)
+    }
+}

@@ -21,6 +21,7 @@
 pub mod cartesia;
 pub mod deepgram;
 mod fake;
+pub use fake::TraceHeaders;
 pub mod google;
 pub mod groq;
 pub mod hubspot;

@@ -338,6 +338,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             client
         }
     };
+    let telephony = crate::telemetry::ports::telephony(telephony);
     let media_registry = MediaRegistry::new();
     let voice = match (&telnyx, args.voice.enabled) {
         (Some(_), true) => {
@@ -350,7 +351,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
                 },
                 Some(crate::outbound::tools::ToolMetrics::new(&registry)?),
             )));
-            Some(ports)
+            Some(crate::telemetry::ports::voice(ports))
         }
         (None, true) => {
             bail!("IACE_VOICE=true needs IACE_TELEPHONY=telnyx (its media streams carry the audio)")
@@ -396,6 +397,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         accounts: Some(store.clone()),
         outbox: Some(store.clone()),
         analysis: Some(store.clone()),
+        traces: Some(Arc::new(crate::telemetry::JournalTraces)),
     };
     let (lease_ttl, lease_renew_every) = args.cluster.lease_timing().map_err(anyhow::Error::msg)?;
     let config = EngineConfig {

@@ -31,8 +31,16 @@ fn event_resource(e: &JournalEntry) -> Value {
     })
 }
 
+/// Names the call in the request's log span and, in its trace, links the request's span to
+/// the call's own trace (whose id is the call's id).
 fn record_call(id: Uuid) {
+    use opentelemetry::trace::TraceContextExt as _;
     tracing::Span::current().record("call_id", tracing::field::display(id));
+    let cx = opentelemetry::Context::current();
+    let span = cx.span();
+    span.set_attribute(opentelemetry::KeyValue::new("iace.call.id", id.to_string()));
+    let call = crate::telemetry::call_context(id);
+    span.add_link(call.span().span_context().clone(), Vec::new());
 }
 
 /// `POST /v1/calls`.

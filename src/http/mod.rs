@@ -29,6 +29,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use iace_actors::engine::{Engine, MAX_PAGE};
+use opentelemetry::context::FutureExt as _;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use serde_json::json;
 use tracing::Instrument;
@@ -283,21 +284,47 @@ async fn observe(State(m): State<HttpMetrics>, req: Request, next: Next) -> Resp
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let cx = server_span(&req, &method, &route);
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
         method = %method,
         route = %route,
+        trace_id = tracing::field::Empty,
         call_id = tracing::field::Empty,
         organization_id = tracing::field::Empty,
     );
+    {
+        use opentelemetry::trace::TraceContextExt as _;
+        let sc = cx.span().span_context().clone();
+        if sc.is_valid() {
+            span.record("trace_id", tracing::field::display(sc.trace_id()));
+        }
+    }
     let started = Instant::now();
     let mut resp = REQUEST_ID
         .scope(request_id.clone(), next.run(req))
         .instrument(span.clone())
+        .with_context(cx.clone())
         .await;
     let elapsed = started.elapsed();
     let status = resp.status();
+    {
+        use opentelemetry::trace::{Status, TraceContextExt as _};
+        let otel = cx.span();
+        otel.set_attribute(opentelemetry::KeyValue::new(
+            "http.response.status_code",
+            i64::from(status.as_u16()),
+        ));
+        if status.is_server_error() {
+            otel.set_attribute(opentelemetry::KeyValue::new(
+                "error.type",
+                status.as_str().to_owned(),
+            ));
+            otel.set_status(Status::error(status.as_str().to_owned()));
+        }
+        otel.end();
+    }
     m.requests
         .with_label_values(&[method.as_str(), route.as_str(), status.as_str()])
         .inc();
@@ -321,6 +348,41 @@ async fn observe(State(m): State<HttpMetrics>, req: Request, next: Next) -> Resp
             .or_insert(HeaderValue::from_static(value));
     }
     resp
+}
+
+/// The server span of a request: a child of the caller's W3C `traceparent` when it sent a
+/// valid one, else the root of a trace of its own.
+fn server_span(req: &Request, method: &axum::http::Method, route: &str) -> opentelemetry::Context {
+    use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _};
+    use opentelemetry::KeyValue;
+    let parent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::telemetry::context::parse_traceparent)
+        .map_or_else(opentelemetry::Context::new, |sc| {
+            opentelemetry::Context::new().with_remote_span_context(sc)
+        });
+    let tracer = opentelemetry::global::tracer(crate::telemetry::context::SCOPE);
+    let mut attributes = vec![
+        KeyValue::new("http.request.method", method.as_str().to_owned()),
+        KeyValue::new("http.route", route.to_owned()),
+        KeyValue::new("url.path", req.uri().path().to_owned()),
+        KeyValue::new("url.scheme", "http"),
+    ];
+    if let Some(agent) = req
+        .headers()
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
+    }
+    let span = tracer
+        .span_builder(format!("{method} {route}"))
+        .with_kind(SpanKind::Server)
+        .with_attributes(attributes)
+        .start_with_context(&tracer, &parent);
+    parent.with_span(span)
 }
 
 /// On every response: a JSON API is never sniffed, framed, cached or given a referrer, and

@@ -164,6 +164,7 @@ mod tests {
             accounts: None,
             outbox: None,
             analysis: None,
+            traces: None,
         };
         let registry = Registry::new();
         let engine = Engine::start(ports, EngineConfig::default(), &registry)

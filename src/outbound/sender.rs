@@ -14,11 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use iace_actors::machine::CallId;
 use iace_actors::ports::outbox::{SendResult, WebhookSender};
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::KeyValue;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use super::guard::Guard;
 use super::signing::{signature_header, Secret};
+use crate::telemetry::{call_context, ClientSpan};
 
 /// Bytes of an answer's body read at most.
 pub const BODY_LIMIT: usize = 1024;
@@ -120,29 +124,55 @@ impl WebhookSender for HttpSender {
         &self,
         url: &str,
         webhook_id: &str,
+        call_id: Option<CallId>,
         timestamp: i64,
         secrets: &[String],
         body: Vec<u8>,
     ) -> SendResult {
-        let failed = |error: String| SendResult {
-            status: None,
-            error: Some(error),
+        let cx = call_id.map_or_else(opentelemetry::Context::current, call_context);
+        self.post(url, webhook_id, timestamp, secrets, body)
+            .with_context(cx)
+            .await
+    }
+}
+
+impl HttpSender {
+    /// One signed POST: a client span in the trace in scope.
+    async fn post(
+        &self,
+        url: &str,
+        webhook_id: &str,
+        timestamp: i64,
+        secrets: &[String],
+        body: Vec<u8>,
+    ) -> SendResult {
+        let mut span = ClientSpan::start("POST", "POST", url, "webhook");
+        span.set(KeyValue::new("iace.webhook.id", webhook_id.to_owned()));
+        let failed = |span: &mut ClientSpan, kind: &'static str, error: String| {
+            span.fail(kind, error.clone());
+            SendResult {
+                status: None,
+                error: Some(error),
+            }
         };
         if let Err(refused) = self.guard.check_url(url) {
-            return failed(refused.to_string());
+            return failed(&mut span, "refused", refused.to_string());
         }
         let secrets: Vec<Secret> = secrets
             .iter()
             .filter_map(|s| Secret::parse(s).ok())
             .collect();
         if secrets.is_empty() {
-            return failed("the endpoint has no usable signing secret".into());
+            return failed(
+                &mut span,
+                "refused",
+                "the endpoint has no usable signing secret".into(),
+            );
         }
         let refs: Vec<&Secret> = secrets.iter().collect();
         let signature = signature_header(&refs, webhook_id, timestamp, &body);
-        let sent = self
-            .client
-            .post(url)
+        let sent = span
+            .apply(self.client.post(url))
             .header("content-type", "application/json")
             .header("webhook-id", webhook_id)
             .header("webhook-timestamp", timestamp.to_string())
@@ -153,6 +183,7 @@ impl WebhookSender for HttpSender {
         match sent {
             Ok(response) => {
                 let status = response.status();
+                span.status(status.as_u16());
                 if status.is_success() {
                     // Not read: what a receiver says after its 2xx does not matter.
                     SendResult {
@@ -167,8 +198,10 @@ impl WebhookSender for HttpSender {
                     }
                 }
             }
-            Err(e) if e.is_timeout() => failed(format!("timed out: {}", chain(&e))),
-            Err(e) => failed(chain(&e)),
+            Err(e) if e.is_timeout() => {
+                failed(&mut span, "timeout", format!("timed out: {}", chain(&e)))
+            }
+            Err(e) => failed(&mut span, "transport", chain(&e)),
         }
     }
 }
@@ -232,7 +265,7 @@ mod tests {
         );
         let (url, hits) = raw_server(redirect.into_bytes()).await;
         let sent = sender(true, Duration::from_secs(10))
-            .send(&url, "msg_1", 1, &secrets(), b"{}".to_vec())
+            .send(&url, "msg_1", None, 1, &secrets(), b"{}".to_vec())
             .await;
         assert_eq!(sent.status, Some(307));
         assert!(sent.error.unwrap().contains("307"));
@@ -249,7 +282,7 @@ mod tests {
         );
         let (url, _) = raw_server(answer.into_bytes()).await;
         let sent = sender(true, Duration::from_secs(10))
-            .send(&url, "msg_1", 1, &secrets(), b"{}".to_vec())
+            .send(&url, "msg_1", None, 1, &secrets(), b"{}".to_vec())
             .await;
         assert_eq!(sent.status, Some(500));
         let error = sent.error.unwrap();
@@ -260,7 +293,7 @@ mod tests {
     async fn a_receiver_that_never_answers_times_out() {
         let (url, _) = raw_server(Vec::new()).await;
         let sent = sender(true, Duration::from_millis(300))
-            .send(&url, "msg_1", 1, &secrets(), b"{}".to_vec())
+            .send(&url, "msg_1", None, 1, &secrets(), b"{}".to_vec())
             .await;
         assert_eq!(sent.status, None);
         assert!(sent.error.unwrap().starts_with("timed out"));
@@ -273,7 +306,7 @@ mod tests {
         let by_name = url.replace("127.0.0.1", "localhost");
         for target in [url.as_str(), by_name.as_str()] {
             let sent = guarded
-                .send(target, "msg_1", 1, &secrets(), b"{}".to_vec())
+                .send(target, "msg_1", None, 1, &secrets(), b"{}".to_vec())
                 .await;
             assert_eq!(sent.status, None);
             let error = sent.error.unwrap();
@@ -283,7 +316,7 @@ mod tests {
         // Allowed, the same names go through.
         let open = sender(true, Duration::from_secs(10));
         let sent = open
-            .send(&by_name, "msg_1", 1, &secrets(), b"{}".to_vec())
+            .send(&by_name, "msg_1", None, 1, &secrets(), b"{}".to_vec())
             .await;
         assert_eq!(sent.status, Some(204), "{:?}", sent.error);
     }

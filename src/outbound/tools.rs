@@ -24,6 +24,8 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use super::guard::Guard;
 use super::sender::{chain, client, Timeouts};
 use super::signing::{signature_header, Secret};
+use crate::telemetry::ClientSpan;
+use opentelemetry::KeyValue;
 
 /// Largest tool answer accepted, in bytes.
 pub const RESULT_LIMIT: usize = 16 * 1024;
@@ -148,9 +150,20 @@ impl HttpToolRunner {
         let timestamp = Utc::now().timestamp();
         let method = reqwest::Method::from_bytes(tool.method.as_str().as_bytes())
             .unwrap_or(reqwest::Method::POST);
-        let mut builder = self
-            .client
-            .request(method, url.clone())
+        // A client span in the turn's trace (the runner is called in its context).
+        let mut span = ClientSpan::start(
+            method.as_str().to_owned(),
+            method.as_str(),
+            url.as_str(),
+            "tool",
+        );
+        span.set(KeyValue::new("gen_ai.tool.name", tool.name.clone()));
+        span.set(KeyValue::new(
+            "gen_ai.tool.call.id",
+            request.tool_call_id.clone(),
+        ));
+        let mut builder = span
+            .apply(self.client.request(method, url.clone()))
             .timeout(Duration::from_millis(tool.timeout_ms))
             .header("content-type", "application/json")
             .header("accept", "application/json")
@@ -166,15 +179,17 @@ impl HttpToolRunner {
         let response = match builder.body(body).send().await {
             Ok(r) => r,
             Err(e) if e.is_timeout() => {
+                span.fail("timeout", "no answer in time");
                 return (
                     Err(format!("no answer within {} ms", tool.timeout_ms)),
                     failure(),
                     "timeout",
-                )
+                );
             }
             Err(e) => {
                 let text = chain(&e);
                 let refused = text.contains("not a public address");
+                span.fail(if refused { "refused" } else { "transport" }, text.clone());
                 return (
                     Err(format!("the tool could not be reached: {text}")),
                     if refused {
@@ -187,6 +202,7 @@ impl HttpToolRunner {
             }
         };
         let status = response.status();
+        span.status(status.as_u16());
         let retry_after = response
             .headers()
             .get("retry-after")
@@ -373,6 +389,7 @@ mod tests {
             tool,
             tool_call_id: "call_1".into(),
             call_id: Uuid::new_v4(),
+            turn: 1,
             organization_id: Uuid::new_v4(),
             agent_id: Uuid::new_v4(),
             customer_id: None,

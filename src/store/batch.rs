@@ -40,6 +40,10 @@ impl PgStore {
                     .await,
             ];
         }
+        let _spans = crate::telemetry::context::journal_write_spans(
+            batch.iter().map(|a| a.call.spec.id),
+            batch.len(),
+        );
         let distinct: HashSet<CallId> = batch.iter().map(|a| a.call.spec.id).collect();
         let valid: Vec<&Append> = batch
             .iter()

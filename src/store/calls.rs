@@ -281,6 +281,8 @@ impl CallStore for PgStore {
         if entry.seq != call.version || entry.call_id != call.spec.id {
             return Err(StoreError::Stale);
         }
+        let _span =
+            crate::telemetry::context::journal_write_spans(std::iter::once(call.spec.id), 1);
         let mut tx = self.begin().await.map_err(unavailable)?;
         check_epoch(&mut tx, shard(call), call.owner_epoch).await?;
         let (deadline_at, deadline_kind) = deadline_parts(call);

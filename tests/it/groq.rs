@@ -304,6 +304,7 @@ async fn late_classifications_open_only_the_classify_breaker_and_replies_go_on()
 fn request(messages: Vec<ChatMessage>, tools: Vec<voice::ToolSpec>) -> LlmRequest {
     LlmRequest {
         call_id: Uuid::new_v4(),
+        turn: 1,
         messages,
         tools,
     }

@@ -1249,3 +1249,253 @@ async fn calls_are_analysed_against_the_agents_schema_and_invalid_answers_never_
     }
     env.shutdown().await;
 }
+
+/// The trace of one conversing call, as the server really exports it (OTLP/HTTP protobuf to a
+/// collector in the test): its root span (trace id = the call id), three turns under it, each
+/// with its stages and its model request, the vendor handshakes and carrier commands as client
+/// spans of the call, and the same trace on the requests the vendors' fakes received
+/// (`traceparent` naming those spans, `x-request-id`). The API request that created the call
+/// continues the caller's `traceparent` and links to the call's trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversing_call_is_one_trace_with_its_turns_stages_and_vendor_requests() {
+    use common::otlp::{Collector, Received};
+    use std::collections::HashSet;
+
+    static EXPORT: tokio::sync::OnceCell<(Collector, iace::telemetry::Telemetry)> =
+        tokio::sync::OnceCell::const_new();
+    let (collector, _) = EXPORT
+        .get_or_init(|| async {
+            let collector = Collector::start().await;
+            let telemetry = iace::telemetry::install(
+                &collector.endpoint,
+                1.0,
+                iace::telemetry::ExportConfig {
+                    delay: Duration::from_millis(100),
+                    ..iace::telemetry::ExportConfig::default()
+                },
+            )
+            .expect("exporter");
+            (collector, telemetry)
+        })
+        .await;
+
+    let env = Env::start().await;
+    env.deepgram().set_script([
+        "Hi, I'm calling about my order.",
+        "It is order A123.",
+        "Thanks, that's all.",
+    ]);
+    for reply in [
+        "Sure, what is the order number?",
+        "Order A123 arrives on Thursday.",
+        "You're welcome, goodbye.",
+    ] {
+        env.groq().push_reply(Reply::text(reply));
+    }
+    let wait = Duration::from_secs(15);
+    let quiet = Duration::from_millis(500);
+    let mut script = CallerScript::new()
+        .wait_for_agent_audio(wait)
+        .wait_for_agent_silence(quiet, wait);
+    for _ in 0..3 {
+        script = script
+            .say(Duration::from_millis(1000))
+            .wait_for_agent_audio(wait)
+            .wait_for_agent_silence(quiet, wait);
+    }
+    env.telnyx.set_caller_script(CALLEE, script.hangup());
+    let agent = env
+        .post(
+            "/v1/agents",
+            json!({"name": "Ava", "persona_config": {"greeting": "Hi, this is Ava."}}),
+            StatusCode::CREATED,
+        )
+        .await;
+    // The API request carries the caller's own trace.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let created = reqwest::Client::new()
+        .post(format!("{}/v1/calls", env.base))
+        .bearer_auth(&env.key)
+        .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
+        .json(&json!({"to": CALLEE, "from": "+14155550199", "agent_id": agent["id"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let call_id = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, t) = env.completed(&call_id, Duration::from_secs(90)).await;
+    assert_eq!(t["latency"].as_array().map(Vec::len), Some(3), "{t:#}");
+    let trace_id = call_id.replace('-', "");
+
+    // The root is written when the call ends; the rest is exported as it happens.
+    let mut spans: Vec<Received> = Vec::new();
+    common::wait::wait_within("the call's trace", Duration::from_secs(60), async || {
+        spans = collector.trace(&trace_id);
+        spans.iter().any(|s| s.name == "call")
+            && spans.iter().filter(|s| s.name == "turn").count() >= 3
+            && spans.iter().filter(|s| s.name.starts_with("chat ")).count() >= 3
+    })
+    .await;
+    assert_eq!(collector.refused(), 0, "every export was OTLP protobuf");
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    let roots: Vec<&Received> = spans.iter().filter(|s| s.name == "call").collect();
+    assert_eq!(roots.len(), 1, "{names:?}");
+    let root = roots[0];
+    assert_eq!(root.parent_id, "", "the root has no parent");
+    assert_eq!(root.service, "iace");
+    assert_eq!(root.str("iace.call.id"), Some(call_id.as_str()));
+    assert_eq!(root.str("iace.call.status"), Some("completed"));
+    assert_eq!(root.str("iace.call.direction"), Some("outbound"));
+    assert!(root.events.contains(&"answered".to_owned()), "{root:?}");
+    assert!(root.end > root.start);
+    let ids: HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    assert_eq!(ids.len(), spans.len(), "span ids are unique: {names:?}");
+    for s in &spans {
+        if s.name != "call" {
+            assert!(
+                ids.contains(s.parent_id.as_str()),
+                "{} has a parent in the trace: {s:?}",
+                s.name
+            );
+        }
+    }
+
+    // Three turns under the root, each with its stages and its model request.
+    let mut turns: Vec<&Received> = spans.iter().filter(|s| s.name == "turn").collect();
+    turns.sort_by_key(|s| s.int("iace.turn"));
+    assert_eq!(turns.len(), 3, "{names:?}");
+    assert_eq!(
+        turns.iter().map(|s| s.int("iace.turn")).collect::<Vec<_>>(),
+        [Some(1), Some(2), Some(3)]
+    );
+    for turn in &turns {
+        assert_eq!(turn.parent_id, root.span_id);
+        assert!(root.start <= turn.start && turn.end <= root.end, "{turn:?}");
+        let children: Vec<&Received> = spans
+            .iter()
+            .filter(|s| s.parent_id == turn.span_id)
+            .collect();
+        for stage in [
+            "stt",
+            "holdoff",
+            "llm_first_token",
+            "llm_stream",
+            "engine",
+            "tts_first_audio",
+        ] {
+            let s = children
+                .iter()
+                .find(|s| s.name == stage)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "turn {:?} has no {stage}: {children:?}",
+                        turn.int("iace.turn")
+                    )
+                });
+            assert!(
+                turn.start <= s.start && s.start <= s.end && s.end <= turn.end,
+                "{stage} lies within its turn: {s:?} {turn:?}"
+            );
+        }
+        let chat = children
+            .iter()
+            .find(|s| s.name.starts_with("chat "))
+            .unwrap_or_else(|| panic!("no model request in the turn: {children:?}"));
+        assert_eq!(chat.kind, 3, "a client span");
+        assert_eq!(chat.str("gen_ai.operation.name"), Some("chat"));
+        assert_eq!(chat.str("gen_ai.provider.name"), Some("groq"));
+        assert!(chat.str("gen_ai.request.model").is_some(), "{chat:?}");
+        assert!(
+            chat.int("gen_ai.usage.output_tokens").unwrap_or(0) > 0,
+            "{chat:?}"
+        );
+        assert!(chat.has("gen_ai.response.time_to_first_chunk"), "{chat:?}");
+        assert_eq!(chat.int("http.response.status_code"), Some(200));
+    }
+
+    // Vendor requests of the call: the dial, the speech streams' handshakes, journal writes.
+    let client_of = |vendor: &str| -> Vec<&Received> {
+        spans
+            .iter()
+            .filter(|s| s.kind == 3 && s.str("iace.vendor") == Some(vendor))
+            .collect()
+    };
+    let telnyx = client_of("telnyx");
+    assert!(
+        telnyx
+            .iter()
+            .any(|s| s.str("iace.telnyx.command") == Some("dial") && s.parent_id == root.span_id),
+        "{telnyx:?}"
+    );
+    for vendor in ["deepgram", "cartesia"] {
+        let handshakes = client_of(vendor);
+        assert!(!handshakes.is_empty(), "no {vendor} span: {names:?}");
+        assert!(handshakes.iter().all(
+            |s| s.parent_id == root.span_id && s.int("http.response.status_code") == Some(101)
+        ));
+    }
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name == "INSERT call_event" && s.str("db.system.name") == Some("postgresql")),
+        "{names:?}"
+    );
+
+    // What the fakes received carries the call's trace, naming the spans above.
+    let span_ids: HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let replies: Vec<_> = env
+        .groq()
+        .requests()
+        .into_iter()
+        .filter(|r| r.stream)
+        .collect();
+    assert_eq!(replies.len(), 3);
+    for r in &replies {
+        assert_eq!(r.trace.trace_id(), Some(trace_id.as_str()), "{:?}", r.trace);
+        assert!(
+            span_ids.contains(r.trace.parent_id().unwrap()),
+            "{:?}",
+            r.trace
+        );
+        assert!(r.trace.request_id.is_some());
+    }
+    let deepgram = env.deepgram().connections();
+    assert!(!deepgram.is_empty());
+    for c in &deepgram {
+        assert_eq!(c.trace.trace_id(), Some(trace_id.as_str()), "{:?}", c.trace);
+        assert!(span_ids.contains(c.trace.parent_id().unwrap()));
+    }
+    let cartesia = env.voices.cartesia.connections();
+    assert!(!cartesia.is_empty());
+    for c in &cartesia {
+        assert_eq!(c.trace.trace_id(), Some(trace_id.as_str()), "{:?}", c.trace);
+    }
+    let commands = env.telnyx.commands();
+    assert!(commands.iter().any(|c| c.action == "dial"));
+    for c in &commands {
+        assert_eq!(c.trace.trace_id(), Some(trace_id.as_str()), "{c:?}");
+        assert!(span_ids.contains(c.trace.parent_id().unwrap()), "{c:?}");
+    }
+
+    // The API request continued the caller's trace and links to the call's.
+    let caller = collector.trace(caller_trace);
+    let create = caller
+        .iter()
+        .find(|s| s.name == "POST /v1/calls")
+        .unwrap_or_else(|| panic!("{caller:?}"));
+    assert_eq!(create.parent_id, caller_span);
+    assert_eq!(create.kind, 2, "a server span");
+    assert_eq!(create.int("http.response.status_code"), Some(201));
+    assert!(
+        create
+            .links
+            .iter()
+            .any(|(t, s)| t == &trace_id && s == &root.span_id),
+        "{create:?}"
+    );
+    env.shutdown().await;
+}

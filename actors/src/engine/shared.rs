@@ -54,6 +54,8 @@ pub struct Ports {
     pub outbox: Option<Arc<dyn crate::ports::outbox::OutboxStore>>,
     /// Post-call analyses; `None` where they are not kept (simulations).
     pub analysis: Option<Arc<dyn crate::ports::analysis::AnalysisStore>>,
+    /// Each call's trace, drawn from its journal; `None`: no traces.
+    pub traces: Option<Arc<dyn crate::ports::CallTraces>>,
 }
 
 /// Engine tuning. [`Default`] is what production uses.

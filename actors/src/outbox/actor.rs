@@ -379,6 +379,7 @@ impl Attempt {
             .send(
                 &self.lease.url,
                 &d.event_id,
+                d.call_id,
                 at.timestamp(),
                 &self.lease.secrets,
                 body,

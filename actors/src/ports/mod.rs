@@ -21,6 +21,7 @@
 //!   sessions, API keys, billing and CRM events) under the umbrella [`AccountStore`](accounts::AccountStore).
 //! - [`learning`] holds the learning queue and learned rows ([`LearningStore`],
 //!   [`LearningQueries`]) and the [`Embedder`].
+//! - [`traces`] holds [`CallTraces`]: each call's trace, drawn from its journal.
 //!
 //! The port files depend only on domain types (`machine`, `catalog`, `accounts`). The bundle
 //! an engine is built from, `engine::Ports`, lives with the engine: it also holds two engine
@@ -37,6 +38,7 @@ pub mod peers;
 pub mod sentiment;
 pub mod telephony;
 pub mod time;
+pub mod traces;
 pub mod voice;
 
 pub use calls::{
@@ -50,4 +52,5 @@ pub use peers::Peers;
 pub use sentiment::SentimentScorer;
 pub use telephony::{DialCommand, LegCommand, LegStatus, Telephony, TelephonyError};
 pub use time::{Clock, IdGen};
+pub use traces::CallTraces;
 pub use voice::VoicePorts;

@@ -262,11 +262,13 @@ pub struct SendResult {
 #[async_trait]
 pub trait WebhookSender: Send + Sync + 'static {
     /// Posts `body` to `url`, signed with every one of `secrets` (Standard Webhooks:
-    /// `webhook-id`, `webhook-timestamp`, `webhook-signature`).
+    /// `webhook-id`, `webhook-timestamp`, `webhook-signature`). `call_id`: the call the event
+    /// is about (the request joins its trace).
     async fn send(
         &self,
         url: &str,
         webhook_id: &str,
+        call_id: Option<CallId>,
         timestamp: i64,
         secrets: &[String],
         body: Vec<u8>,

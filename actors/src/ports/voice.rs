@@ -311,6 +311,8 @@ pub struct ToolSpec {
 pub struct LlmRequest {
     /// The call (for logs and tags).
     pub call_id: CallId,
+    /// The turn it answers (its trace is the turn's).
+    pub turn: u32,
     /// The context, system message first.
     pub messages: Vec<ChatMessage>,
     /// Tools on offer.
@@ -417,6 +419,8 @@ pub struct ToolRequest {
     pub tool_call_id: String,
     /// The call.
     pub call_id: crate::machine::CallId,
+    /// The turn whose reply called it (its trace is the turn's).
+    pub turn: u32,
     /// Its organization.
     pub organization_id: crate::machine::OrganizationId,
     /// Its agent.

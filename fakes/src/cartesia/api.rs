@@ -184,6 +184,7 @@ async fn open_websocket(
         let index = st.connections.len();
         st.connections.push(ConnectionSnapshot {
             index,
+            trace: crate::TraceHeaders::of(&headers),
             auth: creds.method,
             credential: creds.presented.clone(),
             version: version.as_ref().map(|(v, _)| v.clone()),

@@ -153,6 +153,8 @@ pub enum CloseReason {
 pub struct ConnectionSnapshot {
     /// Position in [`FakeCartesia::connections`]; [`ContextSnapshot::connection`] refers to it.
     pub index: usize,
+    /// The trace headers of the handshake.
+    pub trace: crate::TraceHeaders,
     /// Where the credential recorded below was found (`None`: there was none).
     pub auth: Option<AuthMethod>,
     /// The valid credential presented, or else the first one presented.

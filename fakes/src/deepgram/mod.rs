@@ -120,6 +120,8 @@ pub struct ListenConnection {
     pub id: usize,
     /// Sent as `dg-request-id` (also on refusals) and as `request_id` in every message.
     pub request_id: String,
+    /// The trace headers of the handshake.
+    pub trace: crate::TraceHeaders,
     /// Request path (`/v1/listen` unless the client got it wrong).
     pub path: String,
     /// Query parameters, decoded, in order; repeated ones (`tag`, `keyterm`) repeat.

@@ -65,6 +65,7 @@ async fn listen(
     st.connections.push(ListenConnection {
         id,
         request_id: request_id.clone(),
+        trace: crate::TraceHeaders::of(&headers),
         path: uri.path().to_owned(),
         query: query.clone().unwrap_or_default(),
         authorization: header_str(header::AUTHORIZATION),

@@ -548,6 +548,7 @@ async fn chat_completions(
         let idx = st.requests.len();
         st.requests.push(RecordedRequest {
             request_id: request_id.clone(),
+            trace: crate::TraceHeaders::of(&headers),
             body: body.clone().unwrap_or(Value::Null),
             model: model.clone(),
             stream,

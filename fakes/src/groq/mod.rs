@@ -286,6 +286,8 @@ pub enum ReplySource {
 pub struct RecordedRequest {
     /// The `x_groq.id` / `x-request-id` of the answer (`req_...`).
     pub request_id: String,
+    /// The trace headers the request came with.
+    pub trace: crate::TraceHeaders,
     /// The parsed JSON body (`Null` when it was not JSON).
     pub body: Value,
     /// `model` of the body, if it was a string.

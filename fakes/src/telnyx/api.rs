@@ -120,6 +120,7 @@ async fn handle(
     };
     let mut record = RecordedCommand {
         method: method.to_string(),
+        trace: crate::TraceHeaders::of(&headers),
         path: uri.path().to_owned(),
         action: target.name(),
         call_control_id: target.call_control_id(),

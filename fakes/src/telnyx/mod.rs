@@ -225,6 +225,8 @@ pub enum LegState {
 pub struct RecordedCommand {
     /// `POST` or `GET`.
     pub method: String,
+    /// The trace headers the request came with.
+    pub trace: crate::TraceHeaders,
     /// Request path, e.g. `/v2/calls/v3:abc/actions/hangup`.
     pub path: String,
     /// `dial`, `retrieve`, the action name (`hangup`, ...) or `unknown`.

@@ -123,6 +123,7 @@ impl World {
             accounts: None,
             outbox: None,
             analysis: None,
+            traces: None,
         }
     }
 

@@ -32,6 +32,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::debug;
 
 use crate::clients::retry::{self, Attempt, RetryPolicy};
+use crate::telemetry::ClientSpan;
+use opentelemetry::context::FutureExt as _;
 
 /// The real API's WebSocket base (section 3.1).
 pub const DEFAULT_URL: &str = "wss://api.cartesia.ai";
@@ -218,7 +220,8 @@ impl TextToSpeech for CartesiaTts {
             input_rx,
             events_tx,
         );
-        tokio::spawn(task.run());
+        // Reconnections are spans of the call too.
+        tokio::spawn(task.run().with_current_context());
         Ok(TtsStream {
             input: input_tx,
             events: events_rx,
@@ -330,7 +333,10 @@ enum Handshake {
     },
 }
 
-async fn handshake(config: &CartesiaConfig, request: Request<()>) -> Handshake {
+async fn handshake(config: &CartesiaConfig, mut request: Request<()>) -> Handshake {
+    // A client span in the call's trace; it ends with the handshake.
+    let mut span = ClientSpan::start("GET", "GET", &request.uri().to_string(), VENDOR);
+    span.insert(request.headers_mut());
     let connected = tokio::time::timeout(
         config.connect_timeout,
         // Nagle off: a continue of a few words must not wait for a delayed ACK.
@@ -342,9 +348,13 @@ async fn handshake(config: &CartesiaConfig, request: Request<()>) -> Handshake {
     )
     .await;
     let error = match connected {
-        Ok(Ok((socket, _))) => return Handshake::Open(Box::new(socket)),
+        Ok(Ok((socket, response))) => {
+            span.status(response.status().as_u16());
+            return Handshake::Open(Box::new(socket));
+        }
         Ok(Err(e)) => e,
         Err(_) => {
+            span.fail("timeout", "no handshake in time");
             return Handshake::Retry {
                 detail: format!(
                     "no handshake within {} ms",
@@ -352,9 +362,13 @@ async fn handshake(config: &CartesiaConfig, request: Request<()>) -> Handshake {
                 ),
                 status: None,
                 after: None,
-            }
+            };
         }
     };
+    match &error {
+        WsError::Http(response) => span.status(response.status().as_u16()),
+        e => span.fail("transport", e.to_string()),
+    }
     match error {
         WsError::Http(response) => {
             let status = response.status().as_u16();

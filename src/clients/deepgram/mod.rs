@@ -31,6 +31,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, Instrument as _};
 
 use crate::clients::retry::{self, Attempt, RetryPolicy};
+use crate::telemetry::ClientSpan;
+use opentelemetry::context::FutureExt as _;
 
 /// Breaker name of this vendor.
 pub const VENDOR: &str = "deepgram";
@@ -287,6 +289,9 @@ impl Shared {
             header::USER_AGENT,
             HeaderValue::from_static(concat!("iace/", env!("CARGO_PKG_VERSION"))),
         );
+        // The handshake is a client span in the call's trace; it ends with the handshake.
+        let mut span = ClientSpan::start("GET", "GET", url, VENDOR);
+        span.insert(request.headers_mut());
         // Audio frames are small and latency-bound: no Nagle.
         let handshake = tokio_tungstenite::connect_async_with_config(
             request,
@@ -297,6 +302,7 @@ impl Shared {
             Ok(r) => r,
             Err(_) => {
                 finish(guard, |elapsed| CallOutcome::Failure { elapsed });
+                span.fail("timeout", "no handshake in time");
                 self.count("timeout");
                 return Attempt::Retry {
                     after: None,
@@ -308,13 +314,15 @@ impl Shared {
             }
         };
         match result {
-            Ok((ws, _)) => {
+            Ok((ws, response)) => {
+                span.status(response.status().as_u16());
                 finish(guard, |elapsed| CallOutcome::Success { elapsed });
                 self.count("ok");
                 Attempt::Done(Ok(ws))
             }
             Err(WsError::Http(response)) => {
                 let status = response.status().as_u16();
+                span.status(status);
                 let headers = response.headers();
                 let after = retry::retry_after(headers);
                 let text = |name: &str| {
@@ -359,6 +367,7 @@ impl Shared {
                 }
             }
             Err(e @ (WsError::Url(_) | WsError::HttpFormat(_))) => {
+                span.fail("configuration", e.to_string());
                 // Our configuration (a `wss://` URL without TLS support, a malformed URL),
                 // not the vendor's fault; retrying will not fix it.
                 if let Some(g) = guard {
@@ -368,6 +377,7 @@ impl Shared {
                 Attempt::Done(Err(ConnectError::Refused(e.to_string())))
             }
             Err(e) => {
+                span.fail("transport", e.to_string());
                 finish(guard, |elapsed| CallOutcome::Failure { elapsed });
                 self.count("transport");
                 Attempt::Retry {
@@ -490,7 +500,9 @@ impl SpeechToText for DeepgramStt {
         tokio::spawn(
             stream::StreamTask::new(self.shared.clone(), url, input_rx, events_tx)
                 .run(ws)
-                .instrument(span),
+                .instrument(span)
+                // Reconnections are spans of the call too.
+                .with_current_context(),
         );
         Ok(SttStream {
             input: input_tx,

@@ -341,9 +341,13 @@ impl GoogleEmbedder {
         body: &BatchEmbedRequest<'_>,
         expected: usize,
     ) -> Attempt<Vec<Vec<f32>>, CallError> {
-        let sent = self
-            .http
-            .post(&self.url)
+        let mut span = crate::telemetry::ClientSpan::start("POST", "POST", &self.url, VENDOR);
+        span.set(opentelemetry::KeyValue::new(
+            "gen_ai.operation.name",
+            "embeddings",
+        ));
+        let sent = span
+            .apply(self.http.post(&self.url))
             .header("x-goog-api-key", &self.config.api_key)
             .json(body)
             .send()
@@ -351,13 +355,15 @@ impl GoogleEmbedder {
         let response = match sent {
             Ok(r) => r,
             Err(e) => {
+                span.fail("transport", e.to_string());
                 return Attempt::Retry {
                     after: None,
                     error: CallError::Transport(e.to_string()),
-                }
+                };
             }
         };
         let status = response.status();
+        span.status(status.as_u16());
         let headers = response.headers().clone();
         let bytes = match response.bytes().await {
             Ok(b) => b,

@@ -26,10 +26,12 @@ use reqwest::StatusCode;
 use tokio::sync::mpsc;
 
 pub use llm::GroqLlm;
-use wire::{ChatRequest, Chunk, Completion, ErrorBody, FunctionSpec, ResponseFormat, Tool};
+use opentelemetry::KeyValue;
+use wire::{ChatRequest, Chunk, Completion, ErrorBody, FunctionSpec, ResponseFormat, Tool, Usage};
 pub use wire::{FunctionCall, Message, ToolCallOut};
 
 use crate::clients::retry::{self, Attempt, RetryPolicy};
+use crate::telemetry::ClientSpan;
 
 /// The real API.
 pub const DEFAULT_API_BASE: &str = "https://api.groq.com/openai/v1";
@@ -152,11 +154,11 @@ impl GroqClient {
             tools: &tools,
             response_format: None,
         };
-        let (response, guard) = self
+        let (response, guard, span) = self
             .send(&body, &self.config.retry, self.config.breaker.as_ref())
             .await?;
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(read_stream(response, guard, tx));
+        tokio::spawn(read_stream(response, guard, span, tx));
         Ok(rx)
     }
 
@@ -181,7 +183,7 @@ impl GroqClient {
                 json_schema: None,
             }),
         };
-        let (response, guard) = self
+        let (response, guard, mut span) = self
             .send(
                 &body,
                 &self.config.classify_retry,
@@ -195,6 +197,10 @@ impl GroqClient {
                 serde_json::from_slice::<Completion>(&b)
                     .map_err(|e| GroqError::Stream(e.to_string()))
             });
+        match &completion {
+            Ok(c) => record_usage(&mut span, c.usage),
+            Err(e) => span.fail("response", e.to_string()),
+        }
         let elapsed = guard.as_ref().map(PermitGuard::elapsed);
         if let (Some(guard), Some(elapsed)) = (guard, elapsed) {
             guard.finish(match &completion {
@@ -219,16 +225,17 @@ impl GroqClient {
         body: &ChatRequest<'_>,
         policy: &RetryPolicy,
         breaker: Option<&BreakerHandle>,
-    ) -> Result<(reqwest::Response, Option<PermitGuard>), GroqError> {
+    ) -> Result<(reqwest::Response, Option<PermitGuard>, ClientSpan), GroqError> {
         let url = format!(
             "{}/chat/completions",
             self.config.api_base.trim_end_matches('/')
         );
         let result = policy
             .run(
-                |_attempt| {
+                |attempt| {
                     let url = url.clone();
                     async move {
+                        let mut span = model_span(&url, body.model, attempt);
                         let guard = match breaker {
                             Some(b) => match b.acquire_after_wait().await {
                                 Ok(permit) => Some(PermitGuard::new(b.clone(), permit)),
@@ -241,9 +248,8 @@ impl GroqClient {
                             },
                             None => None,
                         };
-                        let sent = self
-                            .http
-                            .post(&url)
+                        let sent = span
+                            .apply(self.http.post(&url))
                             .bearer_auth(&self.config.api_key)
                             .json(body)
                             .send()
@@ -251,6 +257,14 @@ impl GroqClient {
                         let response = match sent {
                             Ok(r) => r,
                             Err(e) => {
+                                span.fail(
+                                    if e.is_timeout() {
+                                        "timeout"
+                                    } else {
+                                        "transport"
+                                    },
+                                    e.to_string(),
+                                );
                                 // Dropping the guard records the failure.
                                 drop(guard);
                                 return Attempt::Retry {
@@ -260,8 +274,9 @@ impl GroqClient {
                             }
                         };
                         let status = response.status();
+                        span.status(status.as_u16());
                         if status.is_success() {
-                            return Attempt::Done(Ok((response, guard)));
+                            return Attempt::Done(Ok((response, guard, span)));
                         }
                         let headers = response.headers().clone();
                         let after = retry::retry_after(&headers);
@@ -322,11 +337,40 @@ fn wire_tools(tools: &[ToolSpec]) -> Vec<Tool> {
 /// or in a stall): dropping `response` closes the connection, which is how a request is
 /// cancelled. A cancelled reply is [`CallOutcome::Cancelled`] to the breaker, since the caller
 /// (a barge-in) and not Groq ended it.
+/// The span of one request to the model (HTTP client and `gen_ai` conventions).
+fn model_span(url: &str, model: &str, attempt: u32) -> ClientSpan {
+    let mut span = ClientSpan::start(format!("chat {model}"), "POST", url, VENDOR);
+    span.set(KeyValue::new("gen_ai.operation.name", "chat"));
+    span.set(KeyValue::new("gen_ai.provider.name", VENDOR));
+    span.set(KeyValue::new("gen_ai.system", VENDOR));
+    span.set(KeyValue::new("gen_ai.request.model", model.to_owned()));
+    if attempt > 1 {
+        span.set(KeyValue::new(
+            "http.request.resend_count",
+            i64::from(attempt - 1),
+        ));
+    }
+    span
+}
+
+/// Token counts on the model's span.
+fn record_usage(span: &mut ClientSpan, usage: Option<Usage>) {
+    let Some(usage) = usage else { return };
+    if let Some(n) = usage.prompt_tokens {
+        span.set(KeyValue::new("gen_ai.usage.input_tokens", n as i64));
+    }
+    if let Some(n) = usage.completion_tokens {
+        span.set(KeyValue::new("gen_ai.usage.output_tokens", n as i64));
+    }
+}
+
 async fn read_stream(
     mut response: reqwest::Response,
     mut guard: Option<PermitGuard>,
+    mut span: ClientSpan,
     tx: mpsc::Sender<Result<ReplyEvent, GroqError>>,
 ) {
+    let mut first_token = false;
     let mut buffer = String::new();
     // Tool calls by index: (id, name, arguments so far).
     let mut calls: Vec<(String, String, String)> = Vec::new();
@@ -347,6 +391,7 @@ async fn read_stream(
             biased;
             () = tx.closed() => {
                 cancel(&mut guard);
+                span.set(KeyValue::new("iace.cancelled", true));
                 return;
             }
             read = response.chunk() => read,
@@ -355,6 +400,7 @@ async fn read_stream(
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
                 fail(&mut guard);
+                span.fail("stream", "the stream ended without [DONE]");
                 let _ = tx
                     .send(Err(GroqError::Stream(
                         "the stream ended without [DONE]".into(),
@@ -364,6 +410,7 @@ async fn read_stream(
             }
             Err(e) => {
                 fail(&mut guard);
+                span.fail("stream", e.to_string());
                 let _ = tx.send(Err(GroqError::Stream(e.to_string()))).await;
                 return;
             }
@@ -381,6 +428,13 @@ async fn read_stream(
                         let elapsed = g.elapsed();
                         g.finish(CallOutcome::Success { elapsed });
                     }
+                    let reason = finish.clone().unwrap_or_else(|| "stop".into());
+                    span.set(KeyValue::new(
+                        "gen_ai.response.finish_reasons",
+                        opentelemetry::Value::Array(
+                            vec![opentelemetry::StringValue::from(reason)].into(),
+                        ),
+                    ));
                     for (id, name, arguments) in calls.drain(..) {
                         if tx
                             .send(Ok(ReplyEvent::ToolCall {
@@ -405,14 +459,27 @@ async fn read_stream(
                     Ok(c) => c,
                     Err(e) => {
                         fail(&mut guard);
+                        span.fail("stream", format!("unreadable chunk: {e}"));
                         let _ = tx
                             .send(Err(GroqError::Stream(format!("unreadable chunk: {e}"))))
                             .await;
                         return;
                     }
                 };
+                if let Some(x) = &parsed.x_groq {
+                    if let Some(id) = &x.id {
+                        span.set(KeyValue::new("gen_ai.response.id", id.clone()));
+                    }
+                }
+                record_usage(
+                    &mut span,
+                    parsed
+                        .usage
+                        .or(parsed.x_groq.as_ref().and_then(|x| x.usage)),
+                );
                 if let Some(error) = parsed.error {
                     fail(&mut guard);
+                    span.fail("stream", "error in stream");
                     let _ = tx
                         .send(Err(GroqError::Stream(
                             error.message.unwrap_or_else(|| "error in stream".into()),
@@ -425,6 +492,14 @@ async fn read_stream(
                         finish = Some(reason);
                     }
                     if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
+                        if !first_token {
+                            first_token = true;
+                            span.set(KeyValue::new(
+                                "gen_ai.response.time_to_first_chunk",
+                                span.elapsed().as_secs_f64(),
+                            ));
+                            span.event("gen_ai.first_token", Vec::new());
+                        }
                         // The first words are what the caller waits for: judge latency here.
                         if let Some(g) = guard.take() {
                             let elapsed = g.elapsed();

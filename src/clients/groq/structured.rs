@@ -67,11 +67,12 @@ impl GroqClient {
                 }),
             }),
         };
-        let (response, _) = self.send(&body, policy, None).await?;
-        let completion: Completion = response
-            .json()
-            .await
-            .map_err(|e| GroqError::Stream(e.to_string()))?;
+        let (response, _, mut span) = self.send(&body, policy, None).await?;
+        let completion: Completion = response.json().await.map_err(|e| {
+            span.fail("response", e.to_string());
+            GroqError::Stream(e.to_string())
+        })?;
+        super::record_usage(&mut span, completion.usage);
         completion
             .choices
             .into_iter()

@@ -85,6 +85,27 @@ pub struct JsonSchemaFormat {
 pub struct Completion {
     #[serde(default)]
     pub choices: Vec<Choice>,
+    /// Tokens of the request and the answer.
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+/// Token counts (`usage`, also in a stream's last chunk under `x_groq`).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: Option<u64>,
+    #[serde(default)]
+    pub completion_tokens: Option<u64>,
+}
+
+/// Groq's own fields of a chunk.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct XGroq {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub usage: Option<Usage>,
 }
 
 /// One choice of a non-streaming answer.
@@ -100,6 +121,10 @@ pub struct Chunk {
     pub choices: Vec<ChunkChoice>,
     #[serde(default)]
     pub error: Option<ErrorDetail>,
+    #[serde(default)]
+    pub x_groq: Option<XGroq>,
+    #[serde(default)]
+    pub usage: Option<Usage>,
 }
 
 /// One choice of a stream chunk.

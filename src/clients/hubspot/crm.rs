@@ -500,9 +500,10 @@ impl HubSpotCrm {
         body: &SearchRequest<'_>,
         id: &str,
     ) -> Attempt<Option<CrmContact>, CallError> {
-        let sent = self
-            .http
-            .post(&self.search_url)
+        let mut span =
+            crate::telemetry::ClientSpan::start("POST", "POST", &self.search_url, "hubspot");
+        let sent = span
+            .apply(self.http.post(&self.search_url))
             .bearer_auth(&self.config.access_token)
             .json(body)
             .send()
@@ -510,13 +511,15 @@ impl HubSpotCrm {
         let response = match sent {
             Ok(r) => r,
             Err(e) => {
+                span.fail("transport", e.to_string());
                 return Attempt::Retry {
                     after: None,
                     error: CallError::Transport(e.to_string()),
-                }
+                };
             }
         };
         let status = response.status();
+        span.status(status.as_u16());
         let headers = response.headers().clone();
         let bytes = match response.bytes().await {
             Ok(b) => b,

@@ -18,6 +18,7 @@ use base64::Engine as _;
 use iace_actors::breaker::{BreakerHandle, CallOutcome, PermitGuard};
 use iace_actors::machine::{CallId, PhoneNumber};
 use iace_actors::ports::{DialCommand, LegCommand, LegStatus, Telephony, TelephonyError};
+use opentelemetry::KeyValue;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -29,6 +30,7 @@ use super::wire::{
     RejectRequest, StreamParams, StreamingStartRequest, StreamingStopRequest, TransferRequest,
 };
 use crate::clients::retry::{self, Attempt, RetryPolicy};
+use crate::telemetry::ClientSpan;
 
 /// Breaker name of this vendor.
 pub const VENDOR: &str = "telnyx";
@@ -267,7 +269,7 @@ impl TelnyxClient {
                             None => None,
                         };
                         let started = Instant::now();
-                        let outcome = self.attempt::<B, T>(&url, body).await;
+                        let outcome = self.attempt::<B, T>(op, attempt, &url, body).await;
                         if let Some(guard) = guard {
                             let verdict = verdict(&outcome, guard.elapsed());
                             guard.finish(verdict);
@@ -304,25 +306,47 @@ impl TelnyxClient {
         result.map_err(|e| e.into_last())
     }
 
+    /// One HTTP attempt: a client span in the trace in scope (the call's).
     async fn attempt<B: Serialize + Sync, T: DeserializeOwned>(
         &self,
+        op: &'static str,
+        attempt: u32,
         url: &str,
         body: Option<&B>,
     ) -> Attempt<T, CommandError> {
+        let method = if body.is_some() { "POST" } else { "GET" };
+        let mut span = ClientSpan::start(method, method, url, VENDOR);
+        span.set(KeyValue::new("iace.telnyx.command", op));
+        if attempt > 1 {
+            span.set(KeyValue::new(
+                "http.request.resend_count",
+                i64::from(attempt - 1),
+            ));
+        }
         let builder = match body {
             Some(body) => self.http.request(Method::POST, url).json(body),
             None => self.http.request(Method::GET, url),
         };
+        let builder = span.apply(builder);
         let response = match builder.bearer_auth(&self.config.api_key).send().await {
             Ok(r) => r,
             Err(e) => {
+                span.fail(
+                    if e.is_timeout() {
+                        "timeout"
+                    } else {
+                        "transport"
+                    },
+                    e.to_string(),
+                );
                 return Attempt::Retry {
                     after: None,
                     error: CommandError::Transport(e.to_string()),
-                }
+                };
             }
         };
         let status = response.status();
+        span.status(status.as_u16());
         let headers = response.headers().clone();
         let bytes = match response.bytes().await {
             Ok(b) => b,

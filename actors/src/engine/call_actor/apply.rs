@@ -177,6 +177,9 @@ impl CallState {
                 .inc();
         }
         m.observe(&next, &entry.event, ended_now);
+        if let Some(traces) = &self.shared.ports.traces {
+            traces.applied(&next, &entry, ended_now);
+        }
         info!(
             call_id = %self.id,
             event = kind,

@@ -427,6 +427,7 @@ impl VoiceState {
                 }
                 Action::LlmStart {
                     reply,
+                    turn,
                     messages,
                     tools,
                 } => {
@@ -435,6 +436,7 @@ impl VoiceState {
                     let clock = self.shared.ports.clock.clone();
                     let request = LlmRequest {
                         call_id: call,
+                        turn,
                         messages,
                         tools,
                     };
@@ -482,6 +484,7 @@ impl VoiceState {
                     });
                 }
                 Action::RunTool {
+                    turn,
                     id,
                     name,
                     arguments,
@@ -498,7 +501,7 @@ impl VoiceState {
                     tokio::spawn(async move {
                         let result = match http {
                             Some((tool, runner)) => {
-                                run_http_tool(runner, &spec, tool, &id, &arguments).await
+                                run_http_tool(runner, &spec, turn, tool, &id, &arguments).await
                             }
                             None => run_tool(&shared, &spec, &name).await,
                         };
@@ -613,6 +616,7 @@ fn customer_json(c: &crate::catalog::Customer) -> serde_json::Value {
 async fn run_http_tool(
     runner: Option<Arc<dyn crate::ports::voice::ToolRunner>>,
     spec: &CallSpec,
+    turn: u32,
     tool: crate::catalog::profile::HttpTool,
     id: &str,
     arguments: &str,
@@ -630,6 +634,7 @@ async fn run_http_tool(
             tool,
             tool_call_id: id.to_owned(),
             call_id: spec.id,
+            turn,
             organization_id: spec.organization_id,
             agent_id: spec.agent_id,
             customer_id: spec.customer_id,

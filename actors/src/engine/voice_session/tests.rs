@@ -106,6 +106,7 @@ impl World {
             accounts: None,
             outbox: None,
             analysis: None,
+            traces: None,
         };
         let org = Uuid::from_u128(0xA);
         let agent = Uuid::from_u128(0xA6E);

@@ -200,6 +200,8 @@ pub enum Action {
     LlmStart {
         /// Request number (events come back with it).
         reply: u32,
+        /// The turn it answers.
+        turn: u32,
         /// Context, system message first.
         messages: Vec<ChatMessage>,
         /// Tools on offer.
@@ -220,6 +222,8 @@ pub enum Action {
     /// Run a tool (`lookup_customer`, the agent's HTTP tools); the result comes back as
     /// [`Input::ToolResult`].
     RunTool {
+        /// The turn whose reply called it.
+        turn: u32,
         /// The model's id.
         id: String,
         /// Tool.

@@ -45,6 +45,7 @@ impl Conversation {
         });
         out.push(Action::LlmStart {
             reply: id,
+            turn,
             messages: self.context_messages(),
             tools: self.tool_specs(),
         });
@@ -190,6 +191,7 @@ impl Conversation {
                         now,
                     ));
                     out.push(Action::RunTool {
+                        turn: reply.turn,
                         id: call.id,
                         name: call.name,
                         arguments: call.arguments,
@@ -203,6 +205,7 @@ impl Conversation {
                         now,
                     ));
                     out.push(Action::RunTool {
+                        turn: reply.turn,
                         id: call.id,
                         name: call.name,
                         arguments: call.arguments,

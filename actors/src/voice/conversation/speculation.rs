@@ -108,6 +108,7 @@ impl Conversation {
         let messages = self.prospective_context(finals);
         out.push(Action::LlmStart {
             reply: id,
+            turn: self.turn + 1,
             messages: messages.clone(),
             tools: self.tool_specs(),
         });

@@ -55,23 +55,8 @@ use tokio::io::AsyncBufReadExt;
 mod common;
 #[path = "common/voice.rs"]
 mod voice;
-use common::{arg, arg_str, percentile};
+use common::{arg, arg_str, cpu_ticks, percentile};
 use voice::{CallerPlan, Heard, ModelLoad, Variant, ENDPOINTING_MS, HOLDOFF_MS};
-
-/// User + system CPU of a process (`self` or a pid), in clock ticks (Linux `/proc/*/stat`).
-fn cpu_ticks(pid: &str) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // After the command name: state is field 0, utime 11, stime 12.
-    field(11) + field(12)
-}
 
 /// Resident memory, KiB.
 fn rss_kib() -> u64 {

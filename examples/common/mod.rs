@@ -27,3 +27,18 @@ pub fn arg_str(name: &str, default: &str) -> String {
         .and_then(|i| args.get(i + 1))
         .map_or_else(|| default.to_owned(), Clone::clone)
 }
+
+/// User + system CPU of a process (`self` or a pid), in clock ticks (Linux `/proc/*/stat`).
+pub fn cpu_ticks(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // After the command name: state is field 0, utime 11, stime 12.
+    field(11) + field(12)
+}

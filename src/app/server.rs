@@ -296,6 +296,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         .context("connecting to Redis (REDIS_URL)")?;
     let store = Arc::new(PgStore::new(pool));
     let registry = prometheus::Registry::new();
+    crate::telemetry::export::register(&registry)?;
     store.register_metrics(&registry)?;
     store.watch_queues(&registry, Duration::from_secs(5))?;
     let breakers = Breakers::start(args.breakers.configs(), Arc::new(SystemClock), &registry)

@@ -153,6 +153,24 @@ pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
     ))
 }
 
+/// `url.full` (without query or credentials), `server.address`, `server.port`.
+fn url_attributes(url: &str, attributes: &mut Vec<KeyValue>) {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return;
+    };
+    let mut full = parsed.clone();
+    full.set_query(None);
+    let _ = full.set_password(None);
+    let _ = full.set_username("");
+    attributes.push(KeyValue::new("url.full", full.to_string()));
+    if let Some(host) = parsed.host_str() {
+        attributes.push(KeyValue::new("server.address", host.to_owned()));
+    }
+    if let Some(port) = parsed.port_or_known_default() {
+        attributes.push(KeyValue::new("server.port", i64::from(port)));
+    }
+}
+
 /// One request to a vendor or to a customer's system (an HTTP request, a WebSocket
 /// handshake): a client span, child of the trace in scope ([`Context::current`]: the call's or
 /// the turn's, set by the caller with [`opentelemetry::context::FutureExt::with_context`]).
@@ -176,22 +194,12 @@ impl ClientSpan {
     ) -> ClientSpan {
         let parent = Context::current();
         let tracer = opentelemetry::global::tracer(SCOPE);
-        let mut attributes = vec![
-            KeyValue::new("http.request.method", method.to_owned()),
-            KeyValue::new("iace.vendor", vendor),
-        ];
-        if let Ok(parsed) = reqwest::Url::parse(url) {
-            let mut full = parsed.clone();
-            full.set_query(None);
-            let _ = full.set_password(None);
-            let _ = full.set_username("");
-            attributes.push(KeyValue::new("url.full", full.to_string()));
-            if let Some(host) = parsed.host_str() {
-                attributes.push(KeyValue::new("server.address", host.to_owned()));
-            }
-            if let Some(port) = parsed.port_or_known_default() {
-                attributes.push(KeyValue::new("server.port", i64::from(port)));
-            }
+        let mut attributes = Vec::new();
+        // Without an exporter the span only carries its parent's context on the wire.
+        if exporting() {
+            attributes.push(KeyValue::new("http.request.method", method.to_owned()));
+            attributes.push(KeyValue::new("iace.vendor", vendor));
+            url_attributes(url, &mut attributes);
         }
         let span = tracer
             .span_builder(name)

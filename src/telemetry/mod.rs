@@ -111,6 +111,16 @@ pub fn sampler_ratio() -> anyhow::Result<f64> {
     }
 }
 
+/// Puts the no-op tracer back: no span is made or exported any more (what a server without
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` runs with). Drop the [`Telemetry`] of [`install`] to stop its
+/// exporter. For benchmarks that compare both in one process.
+pub fn uninstall() {
+    context::set_root_ratio(0.0);
+    opentelemetry::global::set_tracer_provider(
+        opentelemetry::trace::noop::NoopTracerProvider::new(),
+    );
+}
+
 /// Installs the global tracer provider: OTLP/HTTP protobuf to `endpoint` (`/v1/traces` is
 /// appended), parent-based sampling with `ratio` for new traces, export through the bounded
 /// queue.

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::auth::Caller;
 use super::catalog::{page, PageQuery};
 use super::error::ApiError;
-use super::extract::{AppJson, AppPath, AppQuery};
+use super::extract::{AppJson, AppPatch, AppPath, AppQuery};
 use super::AppState;
 use crate::auth;
 
@@ -63,8 +63,13 @@ pub async fn get_organization(
 pub async fn update_organization(
     State(state): State<AppState>,
     Caller(p): Caller,
-    AppJson(patch): AppJson<OrgPatch>,
+    AppPatch(patch): AppPatch<OrgPatch>,
 ) -> Result<Json<Value>, ApiError> {
+    if patch == OrgPatch::default() {
+        return Err(ApiError::invalid(
+            "nothing to change: give name and/or hubspot_portal_id",
+        ));
+    }
     let account = state.engine.update_organization(p.org, patch).await?;
     Ok(Json(account_json(&state, &account)))
 }
@@ -76,7 +81,7 @@ pub struct NewKey {
     /// To tell keys apart.
     #[schema(
         min_length = 1,
-        max_length = 200,
+        max_length = 100,
         pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
     )]
     name: String,
@@ -111,12 +116,16 @@ pub async fn create_key(
         Some(t) => KeyTier::parse(t)
             .ok_or_else(|| ApiError::invalid("tier: must be low, standard or high"))?,
     };
+    // The engine bounds the length; a name is also never blank or made of control characters
+    // (as every other name of the API).
+    let name = iace_actors::catalog::validate_name("name", &body.name)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     let key = auth::generate_api_key();
     let info = state
         .engine
         .create_api_key(
             &p,
-            &body.name,
+            &name,
             role,
             tier,
             auth::sha256_hex(&key),

@@ -39,7 +39,7 @@ fn record_call(id: Uuid) {
 /// `POST /v1/calls`.
 #[utoipa::path(
     post, path = "/v1/calls", tag = "calls", operation_id = "create_call",
-    params(("Idempotency-Key" = Option<String>, Header,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[\x21-\x7e]{1,255}$",
         description = "Makes the create safe to retry: the same key and body give back the same call (200, `Idempotent-Replayed: true`), never a second dial.")),
     request_body = S::NewCall,
     responses(
@@ -146,6 +146,7 @@ pub struct ListQuery {
     #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// The previous page's `next_cursor`.
+    #[param(pattern = r"^[0-9]{1,16}_[0-9a-fA-F]{32}$")]
     cursor: Option<String>,
 }
 

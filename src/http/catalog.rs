@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::auth::Org;
 use super::error::ApiError;
-use super::extract::{AppJson, AppPath, AppQuery};
+use super::extract::{AppJson, AppPatch, AppPath, AppQuery};
 use super::{cursor_of, page_limit, parse_cursor, AppState};
 
 /// `?limit=&cursor=` of the lists other than calls (catalog, users, API keys).
@@ -24,6 +24,7 @@ pub struct PageQuery {
     #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// The previous page's `next_cursor`.
+    #[param(pattern = r"^[0-9]{1,16}_[0-9a-fA-F]{32}$")]
     cursor: Option<String>,
 }
 
@@ -153,7 +154,7 @@ pub async fn update_agent(
     State(s): State<AppState>,
     Org(org): Org,
     AppPath(id): AppPath<Uuid>,
-    AppJson(patch): AppJson<AgentPatch>,
+    AppPatch(patch): AppPatch<AgentPatch>,
 ) -> Result<Json<Value>, ApiError> {
     check_tool_urls(&s, patch.persona_config.as_ref())?;
     Ok(to_value(&shown(
@@ -242,7 +243,7 @@ pub async fn update_customer(
     State(s): State<AppState>,
     Org(org): Org,
     AppPath(id): AppPath<Uuid>,
-    AppJson(patch): AppJson<CustomerPatch>,
+    AppPatch(patch): AppPatch<CustomerPatch>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(to_value(&s.engine.update_customer(org, id, patch).await?))
 }
@@ -292,6 +293,7 @@ pub struct NumbersQuery {
     #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// The previous page's `next_cursor`.
+    #[param(pattern = r"^[0-9]{1,16}_[0-9a-fA-F]{32}$")]
     cursor: Option<String>,
 }
 

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::auth::Caller;
 use super::catalog::{next_cursor, PageQuery};
 use super::error::ApiError;
-use super::extract::{AppJson, AppPath, AppQuery};
+use super::extract::{AppJson, AppPatch, AppPath, AppQuery, Patch};
 use super::sessions::{overloaded, password_attempt};
 use super::AppState;
 use crate::auth;
@@ -148,11 +148,16 @@ pub async fn create(
 pub struct UserPatch {
     /// At most the caller's own.
     #[serde(default)]
-    #[schema(value_type = Option<S::Role>)]
+    #[schema(value_type = S::Role, required = false)]
     role: Option<String>,
     /// Disabling ends the user's sessions at once.
     #[serde(default)]
+    #[schema(value_type = bool, required = false)]
     disabled: Option<bool>,
+}
+
+impl Patch for UserPatch {
+    const CLEARABLE: &'static [&'static str] = &[];
 }
 
 /// `PATCH /v1/users/{id}` (admin): `role` and/or `disabled`.
@@ -169,7 +174,7 @@ pub async fn update(
     State(state): State<AppState>,
     Caller(p): Caller,
     AppPath(id): AppPath<Uuid>,
-    AppJson(patch): AppJson<UserPatch>,
+    AppPatch(patch): AppPatch<UserPatch>,
 ) -> Result<Json<Value>, ApiError> {
     let change = UserChange {
         role: patch.role.as_deref().map(parse_role).transpose()?,

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::auth::Org;
 use super::catalog::{page, PageQuery};
 use super::error::ApiError;
-use super::extract::{AppJson, AppPath, AppQuery};
+use super::extract::{AppJson, AppPatch, AppPath, AppQuery};
 use super::AppState;
 use crate::outbound::signing::Secret;
 
@@ -101,7 +101,7 @@ pub async fn update(
     State(s): State<AppState>,
     Org(org): Org,
     AppPath(id): AppPath<Uuid>,
-    AppJson(patch): AppJson<WebhookEndpointPatch>,
+    AppPatch(patch): AppPatch<WebhookEndpointPatch>,
 ) -> Result<Json<Value>, ApiError> {
     if let Some(url) = &patch.url {
         check_url(&s, url)?;

@@ -308,45 +308,37 @@ pub struct Agent {
 /// `POST /v1/agents` body.
 #[derive(ToSchema)]
 pub struct NewAgent {
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
-    )]
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
     pub name: String,
     /// Defaults to `{}`. Typed settings (greeting, goals, tools, timing) are checked.
-    #[schema(value_type = Object)]
-    pub persona_config: Option<serde_json::Value>,
+    #[schema(value_type = Object, required = false)]
+    pub persona_config: serde_json::Value,
     /// Defaults to `{}`.
-    #[schema(value_type = Object)]
-    pub voice_config: Option<serde_json::Value>,
-    /// Defaults to `active`.
-    #[schema(schema_with = agent_status_input)]
+    #[schema(value_type = Object, required = false)]
+    pub voice_config: serde_json::Value,
+    /// Defaults to `active` (also when `null`).
+    #[schema(schema_with = nullable_agent_status_input)]
     pub status: Option<String>,
-    /// Defaults to `outbound`.
-    #[schema(schema_with = agent_type)]
+    /// Defaults to `outbound` (also when `null`).
+    #[schema(schema_with = nullable_agent_type)]
     pub agent_type: Option<String>,
 }
 
 /// `PATCH /v1/agents/{id}` body: the fields to change (at least one).
 #[derive(ToSchema)]
 pub struct AgentPatch {
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
-    )]
-    pub name: Option<String>,
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$", required = false)]
+    pub name: String,
     /// Replaces the persona.
-    #[schema(value_type = Object)]
-    pub persona_config: Option<serde_json::Value>,
+    #[schema(value_type = Object, required = false)]
+    pub persona_config: serde_json::Value,
     /// Replaces the voice.
-    #[schema(value_type = Object)]
-    pub voice_config: Option<serde_json::Value>,
-    #[schema(schema_with = agent_status_input)]
-    pub status: Option<String>,
-    #[schema(schema_with = agent_type)]
-    pub agent_type: Option<String>,
+    #[schema(value_type = Object, required = false)]
+    pub voice_config: serde_json::Value,
+    #[schema(schema_with = agent_status_input, required = false)]
+    pub status: String,
+    #[schema(schema_with = agent_type, required = false)]
+    pub agent_type: String,
 }
 
 /// A customer.
@@ -376,40 +368,31 @@ pub struct NewCustomer {
     pub phone: String,
     #[schema(format = Email, max_length = 254)]
     pub email: Option<String>,
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
-    )]
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
     pub name: Option<String>,
     /// A label (`vip`, `churn_risk`).
     #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     pub segment: Option<String>,
     /// Defaults to `{}`.
-    #[schema(value_type = Object)]
-    pub metadata: Option<serde_json::Value>,
+    #[schema(value_type = Object, required = false)]
+    pub metadata: serde_json::Value,
 }
 
 /// `PATCH /v1/customers/{id}` body: the fields to change (at least one); `null` clears
 /// `email`, `name` or `segment`.
 #[derive(ToSchema)]
 pub struct CustomerPatch {
-    #[schema(pattern = r"^\+[1-9][0-9]{7,14}$")]
-    pub phone: Option<String>,
-    #[schema(format = Email, max_length = 254, nullable = true)]
+    #[schema(pattern = r"^\+[1-9][0-9]{7,14}$", required = false)]
+    pub phone: String,
+    #[schema(format = Email, max_length = 254)]
     pub email: Option<String>,
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
-        nullable = true
-    )]
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
     pub name: Option<String>,
-    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$", nullable = true)]
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     pub segment: Option<String>,
     /// Replaces the metadata.
-    #[schema(value_type = Object)]
-    pub metadata: Option<serde_json::Value>,
+    #[schema(value_type = Object, required = false)]
+    pub metadata: serde_json::Value,
 }
 
 /// A phone number and the agent that answers it.
@@ -475,28 +458,32 @@ pub struct WebhookEndpoint {
 /// `POST /v1/webhook-endpoints` body.
 #[derive(ToSchema)]
 pub struct NewWebhookEndpoint {
-    /// `https://` (or `http://` to allowed hosts); private addresses are refused.
-    #[schema(min_length = 1, max_length = 2048)]
+    /// An absolute `https://` or `http://` URL; private and local addresses are refused
+    /// (unless the server allows them).
+    #[schema(format = "uri", max_length = 2048)]
     pub url: String,
-    #[schema(max_length = 500)]
-    pub description: Option<String>,
+    /// Defaults to empty.
+    #[schema(max_length = 500, required = false)]
+    pub description: String,
     #[schema(min_items = 1)]
     pub event_types: Vec<EventType>,
     /// Defaults to true.
-    pub enabled: Option<bool>,
+    #[schema(required = false)]
+    pub enabled: bool,
 }
 
 /// `PATCH /v1/webhook-endpoints/{id}` body: the fields to change (at least one).
 #[derive(ToSchema)]
 pub struct WebhookEndpointPatch {
-    #[schema(min_length = 1, max_length = 2048)]
-    pub url: Option<String>,
-    #[schema(max_length = 500)]
-    pub description: Option<String>,
-    #[schema(min_items = 1)]
-    pub event_types: Option<Vec<EventType>>,
+    #[schema(format = "uri", max_length = 2048, required = false)]
+    pub url: String,
+    #[schema(max_length = 500, required = false)]
+    pub description: String,
+    #[schema(min_items = 1, required = false)]
+    pub event_types: Vec<EventType>,
     /// Enabling clears `disabled_reason`.
-    pub enabled: Option<bool>,
+    #[schema(required = false)]
+    pub enabled: bool,
 }
 
 /// A delivery of an event to an endpoint.
@@ -569,17 +556,12 @@ pub struct Organization {
     pub live_calls: Option<i64>,
 }
 
-/// `PATCH /v1/organization` body.
+/// `PATCH /v1/organization` body: the fields to change (at least one).
 #[derive(ToSchema)]
 pub struct OrgPatch {
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
-    )]
-    pub name: Option<String>,
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$", required = false)]
+    pub name: String,
     /// Links the HubSpot portal; `null` unlinks.
-    #[schema(nullable = true)]
     pub hubspot_portal_id: Option<i64>,
 }
 
@@ -780,6 +762,12 @@ fn nullable_end_reason() -> RefOr<Schema> {
 }
 fn nullable_key_tier() -> RefOr<Schema> {
     nullable("KeyTier")
+}
+fn nullable_agent_status_input() -> RefOr<Schema> {
+    nullable("AgentStatusInput")
+}
+fn nullable_agent_type() -> RefOr<Schema> {
+    nullable("AgentType")
 }
 
 /// `POST /v1/me/password`.

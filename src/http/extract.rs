@@ -102,8 +102,7 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let AppJson(members) =
-            AppJson::<serde_json::Map<String, serde_json::Value>>::from_request(req, state)
-                .await?;
+            AppJson::<serde_json::Map<String, serde_json::Value>>::from_request(req, state).await?;
         if let Some(name) = members
             .iter()
             .find(|(name, value)| value.is_null() && !T::CLEARABLE.contains(&name.as_str()))
@@ -113,6 +112,12 @@ where
                 "{name}: null is not a value of this field; leave the field out to keep it"
             )));
         }
+        // JSON has numbers, not integers and floats: `5.0` is the integer 5 (as JSON Schema's
+        // `integer` has it), which the integer fields' deserializers would refuse.
+        let members = members
+            .into_iter()
+            .map(|(name, value)| (name, integral(value)))
+            .collect();
         serde_json::from_value(serde_json::Value::Object(members))
             .map(AppPatch)
             .map_err(|e| {
@@ -120,6 +125,16 @@ where
                     "Failed to deserialize the JSON body into the target type: {e}"
                 ))
             })
+    }
+}
+
+/// A number with no fractional part, within `i64`, as an integer; anything else as it is.
+fn integral(value: serde_json::Value) -> serde_json::Value {
+    match value.as_f64() {
+        Some(f) if value.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
+            serde_json::Value::from(f as i64)
+        }
+        _ => value,
     }
 }
 
@@ -201,4 +216,101 @@ where
 
 fn query_rejection(r: QueryRejection) -> ApiError {
     ApiError::invalid(r.body_text())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use serde::Deserialize;
+    use serde_json::Value;
+
+    use super::*;
+
+    fn json_request(body: &str) -> Request<Body> {
+        Request::builder()
+            .method("POST")
+            .uri("/")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_nul_character_anywhere_in_a_body_is_refused() {
+        for body in [
+            r#"{"name": "a\u0000b"}"#,
+            r#"{"voice_config": {"\u0000": 1}}"#,
+            r#"{"metadata": {"k": ["x", "\u0000"]}}"#,
+        ] {
+            let err = AppJson::<Value>::from_request(json_request(body), &())
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("accepted {body}"));
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(err.code, "invalid_request");
+        }
+        // An escaped backslash before `u0000` is text, not a NUL.
+        let ok =
+            AppJson::<Value>::from_request(json_request(r#"{"path": "C:\\u0000"}"#), &()).await;
+        assert!(ok.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_nul_character_in_a_query_is_refused() {
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct Q {
+            query: Option<String>,
+        }
+        let (mut parts, _) = Request::builder()
+            .uri("/v1/agents/x/patterns?query=a%00b")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let err = AppQuery::<Q>::from_request_parts(&mut parts, &())
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Sample {
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        note: Option<String>,
+        #[serde(default)]
+        count: Option<i64>,
+    }
+
+    impl Patch for Sample {
+        const CLEARABLE: &'static [&'static str] = &["note"];
+    }
+
+    #[tokio::test]
+    async fn a_patch_takes_null_only_where_it_clears() {
+        let refused = AppPatch::<Sample>::from_request(json_request(r#"{"name": null}"#), &())
+            .await
+            .err()
+            .expect("null name refused");
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+        assert!(refused.message.starts_with("name:"), "{}", refused.message);
+        AppPatch::<Sample>::from_request(json_request(r#"{"note": null}"#), &())
+            .await
+            .expect("null note clears");
+        // `7.0` is the integer 7.
+        let AppPatch(counted) =
+            AppPatch::<Sample>::from_request(json_request(r#"{"count": 7.0}"#), &())
+                .await
+                .expect("7.0 is an integer");
+        assert_eq!(counted.count, Some(7));
+        let fraction = AppPatch::<Sample>::from_request(json_request(r#"{"count": 7.5}"#), &())
+            .await
+            .err()
+            .expect("7.5 refused");
+        assert_eq!(fraction.status, StatusCode::BAD_REQUEST);
+    }
 }

@@ -19,7 +19,7 @@ use iace_actors::learning::recall::MAX_K;
 #[into_params(parameter_in = Query)]
 pub struct RecallQuery {
     /// Text to search by similarity (at most 2000 characters).
-    #[param(max_length = 2000)]
+    #[param(max_length = 2000, pattern = r"^[^\u0000]*$")]
     query: Option<String>,
     /// How many (default 5).
     #[param(minimum = 1, maximum = 50)]
@@ -118,7 +118,10 @@ pub async fn agent_patterns(
 #[utoipa::path(
     get, path = "/v1/patterns/top", tag = "learning", operation_id = "top_patterns",
     params(TopQuery),
-    responses((status = 200, description = "The agent's patterns with the best success rates.", body = S::PatternHits)),
+    responses(
+        (status = 200, description = "The agent's patterns with the best success rates.", body = S::PatternHits),
+        (status = 404, description = "No such agent (`not_found`).", body = S::Error),
+    ),
 )]
 pub async fn top_patterns(
     State(s): State<AppState>,

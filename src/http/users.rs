@@ -85,7 +85,7 @@ pub struct NewUser {
     role: Option<String>,
     /// When absent a one-time password is generated and returned once.
     #[serde(default)]
-    #[schema(min_length = 12, max_length = 256, format = Password)]
+    #[schema(min_length = 12, max_length = 1024, format = Password)]
     password: Option<String>,
 }
 
@@ -228,7 +228,7 @@ pub async fn update(
 pub struct PasswordChange {
     #[schema(format = Password)]
     current_password: String,
-    #[schema(min_length = 12, max_length = 256, format = Password)]
+    #[schema(min_length = 12, max_length = 1024, format = Password)]
     new_password: String,
 }
 

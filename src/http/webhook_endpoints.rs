@@ -182,7 +182,10 @@ pub async fn deliveries(
 #[utoipa::path(
     post, path = "/v1/webhook-endpoints/{id}/deliveries/{delivery_id}/retry", tag = "webhook-endpoints", operation_id = "retry_webhook_delivery",
     params(("id" = Uuid, Path, description = "The endpoint's id."), ("delivery_id" = Uuid, Path, description = "The delivery's id.")),
-    responses((status = 202, description = "The delivery is due now.", body = S::Delivery)),
+    responses(
+        (status = 202, description = "The delivery is due now.", body = S::Delivery),
+        (status = 409, description = "The delivery is not failed, or its endpoint is disabled (`conflict`).", body = S::Error),
+    ),
 )]
 pub async fn retry_delivery(
     State(s): State<AppState>,

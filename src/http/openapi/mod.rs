@@ -19,7 +19,9 @@ use axum::Router;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{HttpMethod, Operation};
 use utoipa::openapi::response::ResponseBuilder;
-use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::schema::{
+    AdditionalProperties, KnownFormat, ObjectBuilder, Schema, SchemaFormat, SchemaType, Type,
+};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
     ContentBuilder, OpenApi as Document, Ref, RefOr, Response as ResponseSpec, ServerBuilder,
@@ -345,6 +347,8 @@ impl Modify for Contract {
                 }
             }
         }
+        let requests = request_schemas(doc);
+        nul_free_requests(doc, &requests);
         for (path, item) in doc.paths.paths.iter_mut() {
             for (method, op) in operations(item) {
                 let access = access_of(
@@ -409,6 +413,110 @@ impl Modify for Contract {
                         add_headers(response, authenticated, code);
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The component schemas that request bodies name.
+fn request_schemas(doc: &Document) -> Vec<String> {
+    let mut names = Vec::new();
+    for item in doc.paths.paths.values() {
+        let mut item = item.clone();
+        for (_, op) in operations(&mut item) {
+            let Some(body) = &op.request_body else {
+                continue;
+            };
+            for content in body.content.values() {
+                if let Some(RefOr::Ref(r)) = &content.schema {
+                    if let Some(name) = r.ref_location.rsplit('/').next() {
+                        names.push(name.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Text without the NUL character (which Postgres stores in neither text nor jsonb; the
+/// server refuses it in any body or query).
+const NUL_FREE: &str = "^[^\\u0000]*$";
+
+fn nul_free_string() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::String))
+        .pattern(Some(NUL_FREE))
+}
+
+/// Any JSON value whose strings and member names carry no NUL character.
+fn json_value() -> Schema {
+    let object = ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::Object))
+        .property_names(Some(nul_free_string()))
+        .additional_properties(Some(Ref::from_schema_name(JSON_VALUE)))
+        .build();
+    let array = utoipa::openapi::schema::ArrayBuilder::new()
+        .items(Ref::from_schema_name(JSON_VALUE))
+        .build();
+    utoipa::openapi::schema::AnyOfBuilder::new()
+        .description(Some(
+            "Any JSON value; no string or member name may contain the NUL character.",
+        ))
+        .item(nul_free_string())
+        .item(ObjectBuilder::new().schema_type(SchemaType::Type(Type::Number)))
+        .item(ObjectBuilder::new().schema_type(SchemaType::Type(Type::Boolean)))
+        .item(ObjectBuilder::new().schema_type(SchemaType::Type(Type::Null)))
+        .item(array)
+        .item(object)
+        .build()
+        .into()
+}
+
+const JSON_VALUE: &str = "JsonValue";
+
+fn is_type(object: &utoipa::openapi::schema::Object, ty: Type) -> bool {
+    match &object.schema_type {
+        SchemaType::Type(t) => *t == ty,
+        SchemaType::Array(types) => types.contains(&ty),
+        SchemaType::AnyValue => false,
+    }
+}
+
+/// Request schemas say what the server refuses: strings with a NUL character (free-form
+/// objects become objects of NUL-free JSON values).
+fn nul_free_requests(doc: &mut Document, requests: &[String]) {
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    components
+        .schemas
+        .insert(JSON_VALUE.into(), RefOr::T(json_value()));
+    for name in requests {
+        let Some(RefOr::T(Schema::Object(schema))) = components.schemas.get_mut(name) else {
+            continue;
+        };
+        for property in schema.properties.values_mut() {
+            let RefOr::T(Schema::Object(p)) = property else {
+                continue;
+            };
+            if is_type(p, Type::String)
+                && p.pattern.is_none()
+                && !matches!(
+                    p.format,
+                    Some(SchemaFormat::KnownFormat(
+                        KnownFormat::Uuid | KnownFormat::DateTime
+                    ))
+                )
+            {
+                p.pattern = Some(NUL_FREE.to_owned());
+            } else if is_type(p, Type::Object) && p.properties.is_empty() {
+                p.property_names = Some(Box::new(nul_free_string().build().into()));
+                p.additional_properties = Some(Box::new(AdditionalProperties::RefOr(RefOr::Ref(
+                    Ref::from_schema_name(JSON_VALUE),
+                ))));
             }
         }
     }

@@ -308,7 +308,11 @@ pub struct Agent {
 /// `POST /v1/agents` body.
 #[derive(ToSchema)]
 pub struct NewAgent {
-    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
     /// Defaults to `{}`. Typed settings (greeting, goals, tools, timing) are checked.
     #[schema(value_type = Object, required = false)]
@@ -327,7 +331,12 @@ pub struct NewAgent {
 /// `PATCH /v1/agents/{id}` body: the fields to change (at least one).
 #[derive(ToSchema)]
 pub struct AgentPatch {
-    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$", required = false)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
+        required = false
+    )]
     pub name: String,
     /// Replaces the persona.
     #[schema(value_type = Object, required = false)]
@@ -368,7 +377,11 @@ pub struct NewCustomer {
     pub phone: String,
     #[schema(format = Email, max_length = 254)]
     pub email: Option<String>,
-    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: Option<String>,
     /// A label (`vip`, `churn_risk`).
     #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
@@ -386,7 +399,11 @@ pub struct CustomerPatch {
     pub phone: String,
     #[schema(format = Email, max_length = 254)]
     pub email: Option<String>,
-    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: Option<String>,
     #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     pub segment: Option<String>,
@@ -559,9 +576,15 @@ pub struct Organization {
 /// `PATCH /v1/organization` body: the fields to change (at least one).
 #[derive(ToSchema)]
 pub struct OrgPatch {
-    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$", required = false)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
+        required = false
+    )]
     pub name: String,
-    /// Links the HubSpot portal; `null` unlinks.
+    /// Links the HubSpot portal (its hub id); `null` unlinks.
+    #[schema(minimum = 1)]
     pub hubspot_portal_id: Option<i64>,
 }
 

@@ -30,22 +30,31 @@ where
             state,
         )
         .await;
-        match parsed {
+        let value = match parsed {
             // Serde's derived structs also accept a JSON array (fields by position, missing
             // `#[serde(default)]` ones defaulted), so `["x"]` would pass as `{"name": "x"}` and
             // `[]` as an empty patch: every body this API takes is an object, so anything else
             // is refused here, once for every route.
             Ok(_) | Err(JsonRejection::JsonDataError(_)) if !is_object(&bytes) => {
-                Err(ApiError::invalid("the request body must be a JSON object"))
+                return Err(ApiError::invalid("the request body must be a JSON object"))
             }
-            // Postgres stores no NUL character in text or jsonb: refused here, once for every
-            // route, rather than failing in the store as if it were unavailable.
-            Ok(_) if has_nul(&bytes) => Err(ApiError::invalid(
+            Ok(axum::Json(v)) => v,
+            // JSON has numbers, not integers and floats: `5.0` is the integer 5 (as JSON
+            // Schema's `integer` has it), which the integer fields' deserializers refuse.
+            Err(JsonRejection::JsonDataError(e)) => match with_integral_members::<T>(&bytes) {
+                Some(v) => v,
+                None => return Err(json_rejection(JsonRejection::JsonDataError(e))),
+            },
+            Err(rejection) => return Err(json_rejection(rejection)),
+        };
+        // Postgres stores no NUL character in text or jsonb: refused here, once for every
+        // route, rather than failing in the store as if it were unavailable.
+        if has_nul(&bytes) {
+            return Err(ApiError::invalid(
                 "the body must not contain the NUL character (\\u0000)",
-            )),
-            Ok(axum::Json(v)) => Ok(AppJson(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
+            ));
         }
+        Ok(AppJson(value))
     }
 }
 
@@ -126,6 +135,16 @@ where
                 ))
             })
     }
+}
+
+/// The body as `T` once its members' integral numbers (`5.0`) are integers.
+fn with_integral_members<T: DeserializeOwned>(json: &[u8]) -> Option<T> {
+    let members: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(json).ok()?;
+    let members = members
+        .into_iter()
+        .map(|(name, value)| (name, integral(value)))
+        .collect();
+    serde_json::from_value(serde_json::Value::Object(members)).ok()
 }
 
 /// A number with no fractional part, within `i64`, as an integer; anything else as it is.
@@ -306,6 +325,11 @@ mod tests {
             AppPatch::<Sample>::from_request(json_request(r#"{"count": 7.0}"#), &())
                 .await
                 .expect("7.0 is an integer");
+        assert_eq!(counted.count, Some(7));
+        let AppJson(counted) =
+            AppJson::<Sample>::from_request(json_request(r#"{"count": 7.0}"#), &())
+                .await
+                .expect("7.0 is an integer in any body");
         assert_eq!(counted.count, Some(7));
         let fraction = AppPatch::<Sample>::from_request(json_request(r#"{"count": 7.5}"#), &())
             .await

@@ -77,7 +77,7 @@ pub async fn list(
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// Unique across organizations.
-    #[schema(format = Email, max_length = 254)]
+    #[schema(max_length = 254, pattern = r"^\s*[^\s@\x00-\x1f\x7f-\x9f]+@[^\s@.\x00-\x1f\x7f-\x9f][^\s@\x00-\x1f\x7f-\x9f]*\.[^\s@\x00-\x1f\x7f-\x9f]*[^\s@.\x00-\x1f\x7f-\x9f]\s*$")]
     email: String,
     /// Defaults to `member`; at most the caller's own.
     #[serde(default)]

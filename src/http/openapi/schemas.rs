@@ -375,7 +375,7 @@ pub struct Customer {
 pub struct NewCustomer {
     #[schema(pattern = r"^\+[1-9][0-9]{7,14}$")]
     pub phone: String,
-    #[schema(format = Email, max_length = 254)]
+    #[schema(max_length = 254, pattern = r"^\s*[^\s@\x00-\x1f\x7f-\x9f]+@[^\s@.\x00-\x1f\x7f-\x9f][^\s@\x00-\x1f\x7f-\x9f]*\.[^\s@\x00-\x1f\x7f-\x9f]*[^\s@.\x00-\x1f\x7f-\x9f]\s*$")]
     pub email: Option<String>,
     #[schema(
         min_length = 1,
@@ -397,7 +397,7 @@ pub struct NewCustomer {
 pub struct CustomerPatch {
     #[schema(pattern = r"^\+[1-9][0-9]{7,14}$", required = false)]
     pub phone: String,
-    #[schema(format = Email, max_length = 254)]
+    #[schema(max_length = 254, pattern = r"^\s*[^\s@\x00-\x1f\x7f-\x9f]+@[^\s@.\x00-\x1f\x7f-\x9f][^\s@\x00-\x1f\x7f-\x9f]*\.[^\s@\x00-\x1f\x7f-\x9f]*[^\s@.\x00-\x1f\x7f-\x9f]\s*$")]
     pub email: Option<String>,
     #[schema(
         min_length = 1,

@@ -45,7 +45,7 @@ fn operator(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 /// `GET /v1/admin/cluster`: nodes (heartbeat age, shards, live calls), unowned shards, and
 /// every lease with its epoch, as the store sees them now.
 #[utoipa::path(
-    get, path = "/v1/admin/cluster", tag = "operator", operation_id = "cluster",
+    get, path = "/v1/admin/cluster", tag = "operator", operation_id = "get_cluster",
     responses(
         (status = 200, description = "Nodes (heartbeat age, shards, live calls), unowned shards, leases and their epochs.", body = Object),
         (status = 503, description = "The database is unavailable (`unavailable`).", body = S::Error),

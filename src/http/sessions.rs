@@ -54,7 +54,7 @@ fn keys(state: &AppState) -> Result<&auth::jwt::KeyRing, ApiError> {
 /// `GET /.well-known/jwks.json`: the public keys that verify our access tokens (Ed25519 keys
 /// only; with HMAC secrets alone the set is empty, as such tokens can only be checked here).
 #[utoipa::path(
-    get, path = "/.well-known/jwks.json", tag = "sessions", operation_id = "jwks",
+    get, path = "/.well-known/jwks.json", tag = "sessions", operation_id = "get_jwks",
     responses(
         (status = 200, description = "The public keys of access tokens (RFC 7517).", body = S::Jwks),
         (status = 404, description = "User sign-in is not configured (`not_found`).", body = S::Error),

@@ -356,6 +356,7 @@ impl Modify for Contract {
                         .unwrap_or(axum::http::Method::GET),
                     path,
                 );
+                retitle(op);
                 let authenticated = matches!(access, Some(Access::Role(_)));
                 match access {
                     Some(Access::Role(role)) => {
@@ -415,6 +416,41 @@ impl Modify for Contract {
                 }
             }
         }
+    }
+}
+
+/// A title from the operation id (`create_call`: "Create call"); the handler's doc, which
+/// opens with the method and path the page shows anyway, becomes the description without them.
+fn retitle(op: &mut Operation) {
+    let doc = [op.summary.take(), op.description.take()]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    let rest = match doc.strip_prefix('`').and_then(|d| d.split_once('`')) {
+        Some((_, rest)) => rest.trim_start_matches([':', '.']).trim(),
+        None => doc.trim(),
+    };
+    // "(admin): ..." repeats the role the description states.
+    let rest = match rest.strip_prefix('(').and_then(|r| r.split_once("):")) {
+        Some((_, rest)) => rest.trim(),
+        None => rest,
+    };
+    if !rest.is_empty() {
+        let mut chars = rest.chars();
+        let first = chars.next().map(|c| c.to_uppercase().to_string());
+        op.description = Some(format!(
+            "{}{}",
+            first.unwrap_or_default(),
+            chars.as_str().replace('\n', " ")
+        ));
+    }
+    if let Some(id) = &op.operation_id {
+        let words = id.replace('_', " ");
+        let mut chars = words.chars();
+        op.summary = chars
+            .next()
+            .map(|c| format!("{}{}", c.to_uppercase(), chars.as_str()));
     }
 }
 
@@ -571,7 +607,7 @@ pub struct Status {
 
 /// `GET /openapi.json`: this API's OpenAPI 3.1 description.
 #[utoipa::path(
-    get, path = "/openapi.json", tag = "service", operation_id = "openapi",
+    get, path = "/openapi.json", tag = "service", operation_id = "get_openapi_description",
     responses((status = 200, description = "The OpenAPI 3.1 description of this API.",
         content_type = "application/json", body = Object)),
 )]

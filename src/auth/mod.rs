@@ -75,12 +75,16 @@ pub fn verify_password(phc: &str, password: &str) -> bool {
     })
 }
 
-/// A user's email as stored: trimmed, lower-case, `local@domain.tld`, at most 254 bytes.
-pub fn normalize_email(email: &str) -> Result<String, String> {
-    let email = email.trim().to_lowercase();
+/// Longest email accepted, in characters as sent (surrounding whitespace included).
+pub const MAX_EMAIL_CHARS: usize = 254;
+
+/// A user's email as stored: trimmed, lower-case, `local@domain.tld`; at most
+/// [`MAX_EMAIL_CHARS`] characters as sent.
+pub fn normalize_email(raw: &str) -> Result<String, String> {
+    let email = raw.trim().to_lowercase();
     // The rule of every email of the API (customers' too): `local@domain`, a dot inside the
     // domain, no whitespace or control character.
-    let well_formed = email.len() <= 254
+    let well_formed = raw.chars().count() <= MAX_EMAIL_CHARS
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()
                 && domain.contains('.')
@@ -364,6 +368,13 @@ mod tests {
             "ana@exa\u{9b}mple.com",
         ] {
             assert!(normalize_email(bad).is_err(), "{bad:?}");
+        }
+        // The length is what was sent: the description's `maxLength` counts the same way.
+        let long = format!("{}@example.com", "a".repeat(242));
+        assert_eq!(long.chars().count(), 254);
+        assert!(normalize_email(&long).is_ok());
+        for bad in [format!(" {long}"), format!("é{long}")] {
+            assert!(normalize_email(&bad).is_err(), "{bad:?}");
         }
     }
 

@@ -90,6 +90,20 @@ fn check_tool_urls(s: &AppState, persona: Option<&Value>) -> Result<(), ApiError
     Ok(())
 }
 
+/// An email is at most [`crate::auth::MAX_EMAIL_CHARS`] characters as sent, as for users
+/// (the engine bounds the trimmed address too).
+fn check_email_length(email: Option<&str>) -> Result<(), ApiError> {
+    match email {
+        Some(e) if e.chars().count() > crate::auth::MAX_EMAIL_CHARS => {
+            Err(ApiError::invalid(format!(
+                "email: must be at most {} characters",
+                crate::auth::MAX_EMAIL_CHARS
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// `POST /v1/agents`.
 #[utoipa::path(
     post, path = "/v1/agents", tag = "agents", operation_id = "create_agent",
@@ -194,6 +208,7 @@ pub async fn create_customer(
     Org(org): Org,
     AppJson(body): AppJson<NewCustomer>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    check_email_length(body.email.as_deref())?;
     let customer = s.engine.create_customer(org, body).await?;
     Ok((StatusCode::CREATED, to_value(&customer)))
 }
@@ -245,6 +260,7 @@ pub async fn update_customer(
     AppPath(id): AppPath<Uuid>,
     AppPatch(patch): AppPatch<CustomerPatch>,
 ) -> Result<Json<Value>, ApiError> {
+    check_email_length(patch.email.as_ref().and_then(Option::as_deref))?;
     Ok(to_value(&s.engine.update_customer(org, id, patch).await?))
 }
 

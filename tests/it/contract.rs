@@ -158,6 +158,19 @@ async fn what_the_contract_check_found_is_answered_as_described() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["hubspot_portal_id"], 4242);
 
+    // An email is at most 254 characters as sent, as the description's `maxLength` counts.
+    let padded = format!("   {}@example.com", "a".repeat(242));
+    let r = send(
+        base,
+        Method::PATCH,
+        &format!("/v1/customers/{id}"),
+        Some(&key),
+        Some(json!({"email": padded})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    envelope(&r.body, "invalid_request");
+
     // An API key's name is a name: never blank, no control characters.
     for name in ["  ", "ci\u{9b}key", "ci\nkey"] {
         let r = send(

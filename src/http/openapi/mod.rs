@@ -624,7 +624,7 @@ pub async fn openapi_json() -> Response {
 
 /// The page loads its script from this server only; the script builds its styles inline and
 /// runs its search in a worker made from a blob.
-const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; worker-src blob:; \
+const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; worker-src blob:; child-src blob:; \
     style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; \
     connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 

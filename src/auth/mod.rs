@@ -75,14 +75,24 @@ pub fn verify_password(phc: &str, password: &str) -> bool {
     })
 }
 
-/// A user's email as stored: trimmed, lower-case, `local@domain.tld`, at most 254 bytes.
-pub fn normalize_email(email: &str) -> Result<String, String> {
-    let email = email.trim().to_lowercase();
-    let well_formed = email.len() <= 254
+/// Longest email accepted, in characters as sent (surrounding whitespace included).
+pub const MAX_EMAIL_CHARS: usize = 254;
+
+/// A user's email as stored: trimmed, lower-case, `local@domain.tld`; at most
+/// [`MAX_EMAIL_CHARS`] characters as sent.
+pub fn normalize_email(raw: &str) -> Result<String, String> {
+    let email = raw.trim().to_lowercase();
+    // The rule of every email of the API (customers' too): `local@domain`, a dot inside the
+    // domain, no whitespace or control character.
+    let well_formed = raw.chars().count() <= MAX_EMAIL_CHARS
         && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && domain.contains('.') && !domain.contains('@')
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains('@')
         })
-        && !email.chars().any(char::is_whitespace);
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
     if well_formed {
         Ok(email)
     } else {
@@ -340,6 +350,33 @@ impl Security {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn emails_follow_the_one_rule_of_the_api() {
+        assert_eq!(
+            normalize_email("  Ana@Example.COM ").as_deref(),
+            Ok("ana@example.com")
+        );
+        for bad in [
+            "ana",
+            "@example.com",
+            "ana@example",
+            "ana@.example.com",
+            "ana@example.com.",
+            "an a@example.com",
+            "ana\u{1}@example.com",
+            "ana@exa\u{9b}mple.com",
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad:?}");
+        }
+        // The length is what was sent: the description's `maxLength` counts the same way.
+        let long = format!("{}@example.com", "a".repeat(242));
+        assert_eq!(long.chars().count(), 254);
+        assert!(normalize_email(&long).is_ok());
+        for bad in [format!(" {long}"), format!("é{long}")] {
+            assert!(normalize_email(&bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn passwords_hash_with_argon2id_and_verify() {

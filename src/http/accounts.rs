@@ -1,5 +1,6 @@
 //! `/v1/organization` (plan, limits, CRM link) and `/v1/api-keys` (create, list, revoke).
 
+use super::openapi::schemas as S;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -11,7 +12,7 @@ use uuid::Uuid;
 use super::auth::Caller;
 use super::catalog::{page, PageQuery};
 use super::error::ApiError;
-use super::extract::{AppJson, AppPath, AppQuery};
+use super::extract::{AppJson, AppPatch, AppPath, AppQuery};
 use super::AppState;
 use crate::auth;
 
@@ -35,6 +36,10 @@ fn account_json(state: &AppState, account: &iace_actors::accounts::OrgAccount) -
 }
 
 /// `GET /v1/organization`, with the live calls counted against the plan's concurrent-call limit.
+#[utoipa::path(
+    get, path = "/v1/organization", tag = "organization", operation_id = "get_organization",
+    responses((status = 200, description = "The organization, with its live calls.", body = S::Organization)),
+)]
 pub async fn get_organization(
     State(state): State<AppState>,
     Caller(p): Caller,
@@ -47,27 +52,55 @@ pub async fn get_organization(
 }
 
 /// `PATCH /v1/organization` (owner): `name`, `hubspot_portal_id`. The plan is Stripe's to set.
+#[utoipa::path(
+    patch, path = "/v1/organization", tag = "organization", operation_id = "update_organization",
+    request_body = S::OrgPatch,
+    responses(
+        (status = 200, description = "The organization.", body = S::Organization),
+        (status = 409, description = "Another organization is linked to this HubSpot portal (`conflict`).", body = S::Error),
+    ),
+)]
 pub async fn update_organization(
     State(state): State<AppState>,
     Caller(p): Caller,
-    AppJson(patch): AppJson<OrgPatch>,
+    AppPatch(patch): AppPatch<OrgPatch>,
 ) -> Result<Json<Value>, ApiError> {
+    if patch == OrgPatch::default() {
+        return Err(ApiError::invalid(
+            "nothing to change: give name and/or hubspot_portal_id",
+        ));
+    }
     let account = state.engine.update_organization(p.org, patch).await?;
     Ok(Json(account_json(&state, &account)))
 }
 
 /// `POST /v1/api-keys` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
+    /// To tell keys apart.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: String,
+    /// Defaults to `member`; at most the creator's own.
     #[serde(default)]
+    #[schema(value_type = Option<S::Role>)]
     role: Option<String>,
+    /// Defaults to `standard`.
     #[serde(default)]
+    #[schema(value_type = Option<S::KeyTier>)]
     tier: Option<String>,
 }
 
 /// `POST /v1/api-keys` (admin): the key is in this answer only.
+#[utoipa::path(
+    post, path = "/v1/api-keys", tag = "api-keys", operation_id = "create_api_key",
+    request_body = NewKey,
+    responses((status = 201, description = "The key: `api_key` is shown in this answer only.", body = S::CreatedApiKey)),
+)]
 pub async fn create_key(
     State(state): State<AppState>,
     Caller(p): Caller,
@@ -83,12 +116,16 @@ pub async fn create_key(
         Some(t) => KeyTier::parse(t)
             .ok_or_else(|| ApiError::invalid("tier: must be low, standard or high"))?,
     };
+    // The engine bounds the length; a name is also never blank or made of control characters
+    // (as every other name of the API).
+    let name = iace_actors::catalog::validate_name("name", &body.name)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     let key = auth::generate_api_key();
     let info = state
         .engine
         .create_api_key(
             &p,
-            &body.name,
+            &name,
             role,
             tier,
             auth::sha256_hex(&key),
@@ -104,6 +141,11 @@ pub async fn create_key(
 }
 
 /// `GET /v1/api-keys?limit=&cursor=` (admin): newest first.
+#[utoipa::path(
+    get, path = "/v1/api-keys", tag = "api-keys", operation_id = "list_api_keys",
+    params(PageQuery),
+    responses((status = 200, description = "A page of keys, newest first.", body = S::ApiKeyPage)),
+)]
 pub async fn list_keys(
     State(state): State<AppState>,
     Caller(p): Caller,
@@ -116,6 +158,11 @@ pub async fn list_keys(
 }
 
 /// `DELETE /v1/api-keys/{id}` (admin): revoked at once (the next request with it is refused).
+#[utoipa::path(
+    delete, path = "/v1/api-keys/{id}", tag = "api-keys", operation_id = "revoke_api_key",
+    params(("id" = Uuid, Path, description = "The key's id.")),
+    responses((status = 200, description = "The key, revoked: the next request with it is refused.", body = S::ApiKey)),
+)]
 pub async fn revoke_key(
     State(state): State<AppState>,
     Caller(p): Caller,

@@ -5,6 +5,7 @@
 //! `GET /v1/admin/breakers` lists every vendor breaker; `POST
 //! /v1/admin/breakers/{vendor}/{force-open|disable|reset}` acts on one.
 
+use super::openapi::schemas as S;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -43,6 +44,13 @@ fn operator(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// `GET /v1/admin/cluster`: nodes (heartbeat age, shards, live calls), unowned shards, and
 /// every lease with its epoch, as the store sees them now.
+#[utoipa::path(
+    get, path = "/v1/admin/cluster", tag = "operator", operation_id = "get_cluster",
+    responses(
+        (status = 200, description = "Nodes (heartbeat age, shards, live calls), unowned shards, leases and their epochs.", body = Object),
+        (status = 503, description = "The database is unavailable (`unavailable`).", body = S::Error),
+    ),
+)]
 pub async fn cluster(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -53,6 +61,10 @@ pub async fn cluster(
 }
 
 /// `GET /v1/admin/breakers`.
+#[utoipa::path(
+    get, path = "/v1/admin/breakers", tag = "operator", operation_id = "list_breakers",
+    responses((status = 200, description = "Every vendor breaker: state, failures, when it opened.", body = S::Breakers)),
+)]
 pub async fn list_breakers(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -63,6 +75,17 @@ pub async fn list_breakers(
 }
 
 /// `POST /v1/admin/breakers/{vendor}/{force-open|disable|reset}`.
+#[utoipa::path(
+    post, path = "/v1/admin/breakers/{vendor}/{action}", tag = "operator", operation_id = "command_breaker",
+    params(
+        ("vendor" = String, Path, description = "The vendor (`telnyx`, `deepgram`, `groq`, ...)."),
+        ("action" = String, Path, description = "`force-open`, `disable` or `reset`."),
+    ),
+    responses(
+        (status = 200, description = "The breaker after the command.", body = Object),
+        (status = 503, description = "The breaker did not answer (`unavailable`).", body = S::Error),
+    ),
+)]
 pub async fn command_breaker(
     State(state): State<AppState>,
     headers: HeaderMap,

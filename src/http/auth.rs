@@ -39,6 +39,10 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("GET", "/health", Access::Public),
     ("GET", "/ready", Access::Public),
     ("GET", "/.well-known/jwks.json", Access::Public),
+    // The API's description and its reference page.
+    ("GET", "/openapi.json", Access::Public),
+    ("GET", "/docs", Access::Public),
+    ("GET", "/docs/redoc.standalone.js", Access::Public),
     // Signed by another node (checked by the handler).
     ("POST", "/internal/v1/poke", Access::Public),
     ("POST", "/v1/auth/login", Access::Public),

@@ -6,6 +6,7 @@
 //! id, together with its effect (one transaction). A store failure answers 503 so the vendor
 //! re-delivers.
 
+use super::openapi::schemas as S;
 use axum::body::Bytes;
 use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -53,6 +54,19 @@ fn observed(
 }
 
 /// `POST /v1/webhooks/stripe`.
+#[utoipa::path(
+    post, path = "/v1/webhooks/stripe", tag = "vendor-webhooks", operation_id = "stripe_webhook",
+    description = "Subscription and invoice events from Stripe; deduplicated by event id, stored with their effect before the 200.",
+    params(("Stripe-Signature" = String, Header, description = "`t=<unix seconds>,v1=<HMAC-SHA256 hex>` (several `v1` during a secret rotation).")),
+    request_body(content = Object, description = "A Stripe event.", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Stored, or a duplicate.", body = S::Received),
+        (status = 400, description = "Not a Stripe event (`invalid_request`).", body = S::Error),
+        (status = 401, description = "The signature does not verify (`invalid_signature`).", body = S::Error),
+        (status = 404, description = "Stripe webhooks are not configured (`not_found`).", body = S::Error),
+        (status = 503, description = "Not stored; Stripe re-delivers (`unavailable`).", body = S::Error),
+    ),
+)]
 pub async fn stripe(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -110,6 +124,24 @@ fn hubspot_uri(state: &AppState, headers: &HeaderMap, uri: &Uri) -> String {
 }
 
 /// `POST /v1/webhooks/hubspot`.
+#[utoipa::path(
+    post, path = "/v1/webhooks/hubspot", tag = "vendor-webhooks", operation_id = "hubspot_webhook",
+    description = "Contact events from HubSpot (signatures v1, v2 and v3); deduplicated, stored before the 200.",
+    params(
+        ("X-HubSpot-Signature-v3" = Option<String>, Header, description = "v3 signature (with `X-HubSpot-Request-Timestamp`)."),
+        ("X-HubSpot-Request-Timestamp" = Option<String>, Header, description = "Unix milliseconds; older than 5 minutes is refused."),
+        ("X-HubSpot-Signature" = Option<String>, Header, description = "v1 or v2 signature (with `X-HubSpot-Signature-Version`)."),
+        ("X-HubSpot-Signature-Version" = Option<String>, Header, description = "`v1` or `v2`."),
+    ),
+    request_body(content = Vec<Object>, description = "A batch of HubSpot events.", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Stored (`new` events, `duplicates`).", body = S::ReceivedBatch),
+        (status = 400, description = "Not HubSpot events (`invalid_request`).", body = S::Error),
+        (status = 401, description = "The signature does not verify (`invalid_signature`).", body = S::Error),
+        (status = 404, description = "HubSpot webhooks are not configured (`not_found`).", body = S::Error),
+        (status = 503, description = "Not stored; HubSpot re-delivers (`unavailable`).", body = S::Error),
+    ),
+)]
 pub async fn hubspot(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -1,5 +1,6 @@
 //! `/v1/calls`: create (idempotent), read, list, journal, hangup, transfer.
 
+use super::openapi::schemas as S;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -44,6 +45,20 @@ fn record_call(id: Uuid) {
 }
 
 /// `POST /v1/calls`.
+#[utoipa::path(
+    post, path = "/v1/calls", tag = "calls", operation_id = "create_call",
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[\x21-\x7e]{1,255}$",
+        description = "Makes the create safe to retry: the same key and body give back the same call (200, `Idempotent-Replayed: true`), never a second dial.")),
+    request_body = S::NewCall,
+    responses(
+        (status = 201, description = "The call, `pending`; it is dialled next.", body = S::Call),
+        (status = 200, description = "The call an earlier request with this `Idempotency-Key` made.", body = S::Call,
+            headers(("Idempotent-Replayed" = String, description = "`true`."))),
+        (status = 404, description = "No such agent or customer (`not_found`).", body = S::Error),
+        (status = 409, description = "The agent cannot place calls: inactive or inbound only (`conflict`).", body = S::Error),
+        (status = 422, description = "The key was used with another body (`idempotency_mismatch`).", body = S::Error),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -103,6 +118,11 @@ pub async fn create(
 }
 
 /// `GET /v1/calls/{id}`.
+#[utoipa::path(
+    get, path = "/v1/calls/{id}", tag = "calls", operation_id = "get_call",
+    params(("id" = Uuid, Path, description = "The call's id.")),
+    responses((status = 200, description = "The call and its analysis.", body = S::CallWithAnalysis)),
+)]
 pub async fn get(
     State(state): State<AppState>,
     Org(org): Org,
@@ -117,18 +137,33 @@ pub async fn get(
 }
 
 /// Query of `GET /v1/calls`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only calls in this status.
+    #[param(value_type = Option<S::CallStatus>)]
     status: Option<String>,
+    /// Only this agent's calls.
     agent_id: Option<Uuid>,
+    /// Only calls to or from this customer.
     customer_id: Option<Uuid>,
+    /// Only the calls the analysis judged successful (`true`) or not (`false`).
     success: Option<bool>,
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
+    /// The previous page's `next_cursor`.
+    #[param(pattern = r"^[0-9]{1,16}_[0-9a-fA-F]{32}$")]
     cursor: Option<String>,
 }
 
 /// `GET /v1/calls`.
+#[utoipa::path(
+    get, path = "/v1/calls", tag = "calls", operation_id = "list_calls",
+    params(ListQuery),
+    responses((status = 200, description = "A page of calls, newest first.", body = S::CallPage)),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Org(org): Org,
@@ -154,6 +189,11 @@ pub async fn list(
 }
 
 /// `GET /v1/calls/{id}/events`.
+#[utoipa::path(
+    get, path = "/v1/calls/{id}/events", tag = "calls", operation_id = "list_call_events",
+    params(("id" = Uuid, Path, description = "The call's id.")),
+    responses((status = 200, description = "The call's journal, oldest first.", body = S::CallEvents)),
+)]
 pub async fn events(
     State(state): State<AppState>,
     Org(org): Org,
@@ -168,6 +208,11 @@ pub async fn events(
 
 /// `GET /v1/calls/{id}/transcript`: the conversation (segments, sentiment, events such as
 /// barge-ins and escalations, per-turn latency), folded from the journal.
+#[utoipa::path(
+    get, path = "/v1/calls/{id}/transcript", tag = "calls", operation_id = "get_call_transcript",
+    params(("id" = Uuid, Path, description = "The call's id.")),
+    responses((status = 200, description = "The conversation.", body = S::Transcript)),
+)]
 pub async fn transcript(
     State(state): State<AppState>,
     Org(org): Org,
@@ -180,6 +225,14 @@ pub async fn transcript(
 }
 
 /// `POST /v1/calls/{id}/hangup` (any body is ignored).
+#[utoipa::path(
+    post, path = "/v1/calls/{id}/hangup", tag = "calls", operation_id = "hang_up_call",
+    params(("id" = Uuid, Path, description = "The call's id.")),
+    responses(
+        (status = 200, description = "The call: canceled before the answer, hung up after.", body = S::Call),
+        (status = 409, description = "The call has ended already (`illegal_transition`).", body = S::Error),
+    ),
+)]
 pub async fn hangup(
     State(state): State<AppState>,
     Org(org): Org,
@@ -191,15 +244,25 @@ pub async fn hangup(
 }
 
 /// `POST /v1/calls/{id}/transfer` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransferBody {
     /// The person to connect the caller to (E.164).
+    #[schema(value_type = String, pattern = r"^\+[1-9][0-9]{7,14}$")]
     to: iace_actors::machine::PhoneNumber,
 }
 
 /// `POST /v1/calls/{id}/transfer`: connects an answered call to a person; the journal shows
 /// `transfer_requested` now and `bridged` once the carrier connects them.
+#[utoipa::path(
+    post, path = "/v1/calls/{id}/transfer", tag = "calls", operation_id = "transfer_call",
+    params(("id" = Uuid, Path, description = "The call's id.")),
+    request_body = TransferBody,
+    responses(
+        (status = 202, description = "The transfer is asked of the carrier; the journal shows `transfer_requested`, then `bridged`.", body = S::Call),
+        (status = 409, description = "The call is not answered, or has ended (`illegal_transition`).", body = S::Error),
+    ),
+)]
 pub async fn transfer(
     State(state): State<AppState>,
     Org(org): Org,

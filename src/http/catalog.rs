@@ -1,5 +1,6 @@
 //! `/v1/agents`, `/v1/customers` and `/v1/phone-numbers`: create, read, list, patch, delete.
 
+use super::openapi::schemas as S;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -11,14 +12,19 @@ use uuid::Uuid;
 
 use super::auth::Org;
 use super::error::ApiError;
-use super::extract::{AppJson, AppPath, AppQuery};
+use super::extract::{AppJson, AppPatch, AppPath, AppQuery};
 use super::{cursor_of, page_limit, parse_cursor, AppState};
 
 /// `?limit=&cursor=` of the lists other than calls (catalog, users, API keys).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
+    /// The previous page's `next_cursor`.
+    #[param(pattern = r"^[0-9]{1,16}_[0-9a-fA-F]{32}$")]
     cursor: Option<String>,
 }
 
@@ -84,7 +90,26 @@ fn check_tool_urls(s: &AppState, persona: Option<&Value>) -> Result<(), ApiError
     Ok(())
 }
 
+/// An email is at most [`crate::auth::MAX_EMAIL_CHARS`] characters as sent, as for users
+/// (the engine bounds the trimmed address too).
+fn check_email_length(email: Option<&str>) -> Result<(), ApiError> {
+    match email {
+        Some(e) if e.chars().count() > crate::auth::MAX_EMAIL_CHARS => {
+            Err(ApiError::invalid(format!(
+                "email: must be at most {} characters",
+                crate::auth::MAX_EMAIL_CHARS
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// `POST /v1/agents`.
+#[utoipa::path(
+    post, path = "/v1/agents", tag = "agents", operation_id = "create_agent",
+    request_body = S::NewAgent,
+    responses((status = 201, description = "The agent.", body = S::Agent)),
+)]
 pub async fn create_agent(
     State(s): State<AppState>,
     Org(org): Org,
@@ -96,6 +121,11 @@ pub async fn create_agent(
 }
 
 /// `GET /v1/agents/{id}`.
+#[utoipa::path(
+    get, path = "/v1/agents/{id}", tag = "agents", operation_id = "get_agent",
+    params(("id" = Uuid, Path, description = "The agent's id.")),
+    responses((status = 200, description = "The agent.", body = S::Agent)),
+)]
 pub async fn get_agent(
     State(s): State<AppState>,
     Org(org): Org,
@@ -105,6 +135,11 @@ pub async fn get_agent(
 }
 
 /// `GET /v1/agents`.
+#[utoipa::path(
+    get, path = "/v1/agents", tag = "agents", operation_id = "list_agents",
+    params(PageQuery),
+    responses((status = 200, description = "A page of agents, newest first.", body = S::AgentPage)),
+)]
 pub async fn list_agents(
     State(s): State<AppState>,
     Org(org): Org,
@@ -123,11 +158,17 @@ pub async fn list_agents(
 }
 
 /// `PATCH /v1/agents/{id}`.
+#[utoipa::path(
+    patch, path = "/v1/agents/{id}", tag = "agents", operation_id = "update_agent",
+    params(("id" = Uuid, Path, description = "The agent's id.")),
+    request_body = S::AgentPatch,
+    responses((status = 200, description = "The agent.", body = S::Agent)),
+)]
 pub async fn update_agent(
     State(s): State<AppState>,
     Org(org): Org,
     AppPath(id): AppPath<Uuid>,
-    AppJson(patch): AppJson<AgentPatch>,
+    AppPatch(patch): AppPatch<AgentPatch>,
 ) -> Result<Json<Value>, ApiError> {
     check_tool_urls(&s, patch.persona_config.as_ref())?;
     Ok(to_value(&shown(
@@ -136,6 +177,14 @@ pub async fn update_agent(
 }
 
 /// `DELETE /v1/agents/{id}`.
+#[utoipa::path(
+    delete, path = "/v1/agents/{id}", tag = "agents", operation_id = "delete_agent",
+    params(("id" = Uuid, Path, description = "The agent's id.")),
+    responses(
+        (status = 204, description = "Deleted (archived when it has call history)."),
+        (status = 409, description = "The agent answers phone numbers (`conflict`).", body = S::Error),
+    ),
+)]
 pub async fn delete_agent(
     State(s): State<AppState>,
     Org(org): Org,
@@ -146,16 +195,30 @@ pub async fn delete_agent(
 }
 
 /// `POST /v1/customers`.
+#[utoipa::path(
+    post, path = "/v1/customers", tag = "customers", operation_id = "create_customer",
+    request_body = S::NewCustomer,
+    responses(
+        (status = 201, description = "The customer.", body = S::Customer),
+        (status = 409, description = "The organization has a customer with this phone (`conflict`).", body = S::Error),
+    ),
+)]
 pub async fn create_customer(
     State(s): State<AppState>,
     Org(org): Org,
     AppJson(body): AppJson<NewCustomer>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    check_email_length(body.email.as_deref())?;
     let customer = s.engine.create_customer(org, body).await?;
     Ok((StatusCode::CREATED, to_value(&customer)))
 }
 
 /// `GET /v1/customers/{id}`.
+#[utoipa::path(
+    get, path = "/v1/customers/{id}", tag = "customers", operation_id = "get_customer",
+    params(("id" = Uuid, Path, description = "The customer's id.")),
+    responses((status = 200, description = "The customer.", body = S::Customer)),
+)]
 pub async fn get_customer(
     State(s): State<AppState>,
     Org(org): Org,
@@ -165,6 +228,11 @@ pub async fn get_customer(
 }
 
 /// `GET /v1/customers`.
+#[utoipa::path(
+    get, path = "/v1/customers", tag = "customers", operation_id = "list_customers",
+    params(PageQuery),
+    responses((status = 200, description = "A page of customers, newest first.", body = S::CustomerPage)),
+)]
 pub async fn list_customers(
     State(s): State<AppState>,
     Org(org): Org,
@@ -177,16 +245,31 @@ pub async fn list_customers(
 }
 
 /// `PATCH /v1/customers/{id}`.
+#[utoipa::path(
+    patch, path = "/v1/customers/{id}", tag = "customers", operation_id = "update_customer",
+    params(("id" = Uuid, Path, description = "The customer's id.")),
+    request_body = S::CustomerPatch,
+    responses(
+        (status = 200, description = "The customer.", body = S::Customer),
+        (status = 409, description = "Another customer has this phone (`conflict`).", body = S::Error),
+    ),
+)]
 pub async fn update_customer(
     State(s): State<AppState>,
     Org(org): Org,
     AppPath(id): AppPath<Uuid>,
-    AppJson(patch): AppJson<CustomerPatch>,
+    AppPatch(patch): AppPatch<CustomerPatch>,
 ) -> Result<Json<Value>, ApiError> {
+    check_email_length(patch.email.as_ref().and_then(Option::as_deref))?;
     Ok(to_value(&s.engine.update_customer(org, id, patch).await?))
 }
 
 /// `DELETE /v1/customers/{id}`.
+#[utoipa::path(
+    delete, path = "/v1/customers/{id}", tag = "customers", operation_id = "delete_customer",
+    params(("id" = Uuid, Path, description = "The customer's id.")),
+    responses((status = 204, description = "Deleted.")),
+)]
 pub async fn delete_customer(
     State(s): State<AppState>,
     Org(org): Org,
@@ -197,6 +280,15 @@ pub async fn delete_customer(
 }
 
 /// `POST /v1/phone-numbers`: the agent answers calls to the number from now on.
+#[utoipa::path(
+    post, path = "/v1/phone-numbers", tag = "phone-numbers", operation_id = "create_phone_number",
+    request_body = S::NewPhoneNumber,
+    responses(
+        (status = 201, description = "The number; its agent answers calls to it from now on.", body = S::PhoneNumber),
+        (status = 404, description = "No such agent (`not_found`).", body = S::Error),
+        (status = 409, description = "The number is taken, or the agent does not answer calls (`conflict`).", body = S::Error),
+    ),
+)]
 pub async fn create_phone_number(
     State(s): State<AppState>,
     Org(org): Org,
@@ -207,15 +299,26 @@ pub async fn create_phone_number(
 }
 
 /// Query of `GET /v1/phone-numbers`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct NumbersQuery {
+    /// Only the numbers this agent answers.
     agent_id: Option<Uuid>,
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
+    /// The previous page's `next_cursor`.
+    #[param(pattern = r"^[0-9]{1,16}_[0-9a-fA-F]{32}$")]
     cursor: Option<String>,
 }
 
 /// `GET /v1/phone-numbers[?agent_id=]`.
+#[utoipa::path(
+    get, path = "/v1/phone-numbers", tag = "phone-numbers", operation_id = "list_phone_numbers",
+    params(NumbersQuery),
+    responses((status = 200, description = "A page of numbers, newest first.", body = S::PhoneNumberPage)),
+)]
 pub async fn list_phone_numbers(
     State(s): State<AppState>,
     Org(org): Org,
@@ -232,6 +335,11 @@ pub async fn list_phone_numbers(
 }
 
 /// `DELETE /v1/phone-numbers/{id}`: calls to the number are rejected from now on.
+#[utoipa::path(
+    delete, path = "/v1/phone-numbers/{id}", tag = "phone-numbers", operation_id = "delete_phone_number",
+    params(("id" = Uuid, Path, description = "The number's id.")),
+    responses((status = 204, description = "Deleted; calls to the number are rejected from now on.")),
+)]
 pub async fn delete_phone_number(
     State(s): State<AppState>,
     Org(org): Org,

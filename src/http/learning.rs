@@ -1,5 +1,6 @@
 //! Learned patterns and customer memories: similarity search and the right to be forgotten.
 
+use super::openapi::schemas as S;
 use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
@@ -13,18 +14,28 @@ use super::AppState;
 use iace_actors::learning::recall::MAX_K;
 
 /// `?query=&k=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RecallQuery {
+    /// Text to search by similarity (at most 2000 characters).
+    #[param(max_length = 2000, pattern = r"^[^\u0000]*$")]
     query: Option<String>,
+    /// How many (default 5).
+    #[param(minimum = 1, maximum = 50)]
     k: Option<u32>,
 }
 
 /// `?agent_id=&k=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct TopQuery {
+    /// The agent.
+    #[param(required = true)]
     agent_id: Option<Uuid>,
+    /// How many (default 5).
+    #[param(minimum = 1, maximum = 50)]
     k: Option<u32>,
 }
 
@@ -53,6 +64,11 @@ fn query_of(q: Option<String>) -> Result<Option<String>, ApiError> {
 }
 
 /// `GET /v1/customers/{id}/memories?query=&k=`.
+#[utoipa::path(
+    get, path = "/v1/customers/{id}/memories", tag = "learning", operation_id = "customer_memories",
+    params(("id" = Uuid, Path, description = "The customer's id."), RecallQuery),
+    responses((status = 200, description = "The customer's memories: the nearest to `query`, else the most important and recent.", body = S::MemoryHits)),
+)]
 pub async fn customer_memories(
     State(s): State<AppState>,
     Org(org): Org,
@@ -66,6 +82,11 @@ pub async fn customer_memories(
 }
 
 /// `DELETE /v1/customers/{id}/memories`: every memory of the customer and its vectors.
+#[utoipa::path(
+    delete, path = "/v1/customers/{id}/memories", tag = "learning", operation_id = "forget_customer_memories",
+    params(("id" = Uuid, Path, description = "The customer's id.")),
+    responses((status = 200, description = "Every memory of the customer and its vectors are deleted.", body = S::Deleted)),
+)]
 pub async fn forget_customer(
     State(s): State<AppState>,
     Org(org): Org,
@@ -76,6 +97,11 @@ pub async fn forget_customer(
 }
 
 /// `GET /v1/agents/{id}/patterns?query=&k=`.
+#[utoipa::path(
+    get, path = "/v1/agents/{id}/patterns", tag = "learning", operation_id = "agent_patterns",
+    params(("id" = Uuid, Path, description = "The agent's id."), RecallQuery),
+    responses((status = 200, description = "The agent's learned patterns, nearest to `query` first.", body = S::PatternHits)),
+)]
 pub async fn agent_patterns(
     State(s): State<AppState>,
     Org(org): Org,
@@ -89,6 +115,14 @@ pub async fn agent_patterns(
 }
 
 /// `GET /v1/patterns/top?agent_id=&k=`: the agent's patterns with the best success rates.
+#[utoipa::path(
+    get, path = "/v1/patterns/top", tag = "learning", operation_id = "top_patterns",
+    params(TopQuery),
+    responses(
+        (status = 200, description = "The agent's patterns with the best success rates.", body = S::PatternHits),
+        (status = 404, description = "No such agent (`not_found`).", body = S::Error),
+    ),
+)]
 pub async fn top_patterns(
     State(s): State<AppState>,
     Org(org): Org,

@@ -12,6 +12,7 @@ pub mod error;
 mod extract;
 pub mod forward;
 mod learning;
+pub mod openapi;
 mod sessions;
 mod users;
 pub mod webhook_endpoints;
@@ -231,6 +232,7 @@ pub fn router(state: AppState) -> Result<Router, prometheus::Error> {
         .route("/ready", get(ready))
         .route("/.well-known/jwks.json", get(sessions::jwks))
         .route(crate::cluster::POKE_PATH, post(forward::poke))
+        .merge(openapi::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

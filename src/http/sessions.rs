@@ -6,6 +6,7 @@
 use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::AppJson;
+use super::openapi::schemas as S;
 use super::AppState;
 use crate::auth::{self, jwt::Claims, ACCESS_TTL_SECS, REFRESH_TTL_SECS};
 use crate::ratelimit::Decision;
@@ -21,17 +22,20 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// `POST /v1/auth/login` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
+    #[schema(format = Email)]
     email: String,
+    #[schema(format = Password)]
     password: String,
 }
 
 /// `POST /v1/auth/refresh` and `/revoke` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshBody {
+    /// `iacert_...`.
     refresh_token: String,
 }
 
@@ -49,6 +53,13 @@ fn keys(state: &AppState) -> Result<&auth::jwt::KeyRing, ApiError> {
 
 /// `GET /.well-known/jwks.json`: the public keys that verify our access tokens (Ed25519 keys
 /// only; with HMAC secrets alone the set is empty, as such tokens can only be checked here).
+#[utoipa::path(
+    get, path = "/.well-known/jwks.json", tag = "sessions", operation_id = "get_jwks",
+    responses(
+        (status = 200, description = "The public keys of access tokens (RFC 7517).", body = S::Jwks),
+        (status = 404, description = "User sign-in is not configured (`not_found`).", body = S::Error),
+    ),
+)]
 pub async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
     let ring = keys(&state)?;
     let mut resp = Json(ring.jwks()).into_response();
@@ -209,6 +220,18 @@ async fn signin_budgets(
 /// `POST /v1/auth/login`: email + password to an access token and a refresh token. The
 /// budgets are checked before the password; the password is checked on the bounded pool
 /// (503 `overloaded` when it is full).
+#[utoipa::path(
+    post, path = "/v1/auth/login", tag = "sessions", operation_id = "login",
+    request_body = Login,
+    responses(
+        (status = 200, description = "Signed in.", body = S::Tokens),
+        (status = 400, description = "The body is malformed (`invalid_request`).", body = S::Error),
+        (status = 401, description = "The email or password is wrong (`invalid_credentials`); the same answer at the same cost for unknown emails.", body = S::Error),
+        (status = 404, description = "User sign-in is not configured (`not_found`).", body = S::Error),
+        (status = 429, description = "Too many attempts for the account, the address or the deployment (`rate_limited`).", body = S::Error),
+        (status = 503, description = "The password pool is full (`overloaded`), or the budgets cannot be checked (`unavailable`).", body = S::Error),
+    ),
+)]
 pub async fn login(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
@@ -308,6 +331,17 @@ fn token_pair(
 
 /// `POST /v1/auth/refresh`: rotates the refresh token. Presenting one that was already
 /// rotated revokes the whole session (someone else has a copy).
+#[utoipa::path(
+    post, path = "/v1/auth/refresh", tag = "sessions", operation_id = "refresh",
+    request_body = RefreshBody,
+    responses(
+        (status = 200, description = "A new pair; the presented refresh token is spent.", body = S::Tokens),
+        (status = 400, description = "The body is malformed (`invalid_request`).", body = S::Error),
+        (status = 401, description = "Unknown, expired or revoked (`invalid_token`), or already used: the session is revoked (`refresh_token_reused`).", body = S::Error),
+        (status = 404, description = "User sign-in is not configured (`not_found`).", body = S::Error),
+        (status = 503, description = "The database is unavailable (`unavailable`).", body = S::Error),
+    ),
+)]
 pub async fn refresh(
     State(state): State<AppState>,
     AppJson(body): AppJson<RefreshBody>,
@@ -353,6 +387,15 @@ pub async fn refresh(
 
 /// `POST /v1/auth/revoke`: logs the refresh token's session out (its access tokens stop
 /// working at once). Answers 200 for unknown tokens too (RFC 7009).
+#[utoipa::path(
+    post, path = "/v1/auth/revoke", tag = "sessions", operation_id = "revoke",
+    request_body = RefreshBody,
+    responses(
+        (status = 200, description = "The session is over (also for an unknown token, RFC 7009).", body = S::Revoked),
+        (status = 400, description = "The body is malformed (`invalid_request`).", body = S::Error),
+        (status = 503, description = "The database is unavailable (`unavailable`).", body = S::Error),
+    ),
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     AppJson(body): AppJson<RefreshBody>,
@@ -368,6 +411,12 @@ pub async fn revoke(
 }
 
 /// `POST /v1/auth/revoke-all`: ends every session of the calling user.
+#[utoipa::path(
+    post, path = "/v1/auth/revoke-all", tag = "sessions", operation_id = "revoke_all",
+    responses(
+        (status = 200, description = "Every session of the calling user is over.", body = S::RevokedSessions),
+    ),
+)]
 pub async fn revoke_all(
     State(state): State<AppState>,
     Caller(p): Caller,
@@ -385,6 +434,10 @@ pub async fn revoke_all(
 }
 
 /// `GET /v1/me`: the caller.
+#[utoipa::path(
+    get, path = "/v1/me", tag = "sessions", operation_id = "me",
+    responses((status = 200, description = "The caller.", body = S::Me)),
+)]
 pub async fn me(State(state): State<AppState>, Caller(p): Caller) -> Json<Value> {
     let plan = p
         .account

@@ -6,6 +6,7 @@
 //! Disabling a user ends every session of theirs at once; changing one's password ends every
 //! other session.
 
+use super::openapi::schemas as S;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -17,7 +18,7 @@ use uuid::Uuid;
 use super::auth::Caller;
 use super::catalog::{next_cursor, PageQuery};
 use super::error::ApiError;
-use super::extract::{AppJson, AppPath, AppQuery};
+use super::extract::{AppJson, AppPatch, AppPath, AppQuery, Patch};
 use super::sessions::{overloaded, password_attempt};
 use super::AppState;
 use crate::auth;
@@ -52,6 +53,11 @@ async fn hash(password: String) -> Result<String, ApiError> {
 }
 
 /// `GET /v1/users?limit=&cursor=` (admin): oldest first.
+#[utoipa::path(
+    get, path = "/v1/users", tag = "users", operation_id = "list_users",
+    params(PageQuery),
+    responses((status = 200, description = "A page of users, oldest first.", body = S::UserPage)),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Caller(p): Caller,
@@ -67,19 +73,35 @@ pub async fn list(
 }
 
 /// `POST /v1/users` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
+    /// Unique across organizations.
+    #[schema(
+        max_length = 254,
+        pattern = r"^\s*[^\s@\x00-\x1f\x7f-\x9f]+@[^\s@.\x00-\x1f\x7f-\x9f][^\s@\x00-\x1f\x7f-\x9f]*\.[^\s@\x00-\x1f\x7f-\x9f]*[^\s@.\x00-\x1f\x7f-\x9f]\s*$"
+    )]
     email: String,
+    /// Defaults to `member`; at most the caller's own.
     #[serde(default)]
+    #[schema(value_type = Option<S::Role>)]
     role: Option<String>,
     /// When absent a one-time password is generated and returned once.
     #[serde(default)]
+    #[schema(min_length = 12, max_length = 1024, format = Password)]
     password: Option<String>,
 }
 
 /// `POST /v1/users` (admin): adds a user to the caller's organization, with a role no higher
 /// than the caller's. Without a password, a generated one is in this answer only.
+#[utoipa::path(
+    post, path = "/v1/users", tag = "users", operation_id = "create_user",
+    request_body = NewUser,
+    responses(
+        (status = 201, description = "The user; without a `password` in the request, a generated one is in this answer only.", body = S::User),
+        (status = 409, description = "The email is taken (`conflict`).", body = S::Error),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     Caller(p): Caller,
@@ -124,21 +146,38 @@ pub async fn create(
 }
 
 /// `PATCH /v1/users/{id}` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
+    /// At most the caller's own.
     #[serde(default)]
+    #[schema(value_type = S::Role, required = false)]
     role: Option<String>,
+    /// Disabling ends the user's sessions at once.
     #[serde(default)]
+    #[schema(value_type = bool, required = false)]
     disabled: Option<bool>,
 }
 
+impl Patch for UserPatch {
+    const CLEARABLE: &'static [&'static str] = &[];
+}
+
 /// `PATCH /v1/users/{id}` (admin): `role` and/or `disabled`.
+#[utoipa::path(
+    patch, path = "/v1/users/{id}", tag = "users", operation_id = "update_user",
+    params(("id" = Uuid, Path, description = "The user's id.")),
+    request_body = UserPatch,
+    responses(
+        (status = 200, description = "The user. Disabling ends their sessions at once.", body = S::User),
+        (status = 409, description = "The organization would have no enabled owner (`last_owner`).", body = S::Error),
+    ),
+)]
 pub async fn update(
     State(state): State<AppState>,
     Caller(p): Caller,
     AppPath(id): AppPath<Uuid>,
-    AppJson(patch): AppJson<UserPatch>,
+    AppPatch(patch): AppPatch<UserPatch>,
 ) -> Result<Json<Value>, ApiError> {
     let change = UserChange {
         role: patch.role.as_deref().map(parse_role).transpose()?,
@@ -187,15 +226,25 @@ pub async fn update(
 }
 
 /// `POST /v1/me/password` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
+    #[schema(format = Password)]
     current_password: String,
+    #[schema(min_length = 12, max_length = 1024, format = Password)]
     new_password: String,
 }
 
 /// `POST /v1/me/password` (users only): the current password, then the new one. Every other
 /// session of the user ends; this one lives on. Attempts count against the sign-in budget.
+#[utoipa::path(
+    post, path = "/v1/me/password", tag = "sessions", operation_id = "change_password",
+    request_body = PasswordChange,
+    responses(
+        (status = 200, description = "Changed; every other session of the user ends.", body = S::Changed),
+        (status = 403, description = "The current password is wrong (`invalid_credentials`), or the caller is an API key (`forbidden`).", body = S::Error),
+    ),
+)]
 pub async fn change_password(
     State(state): State<AppState>,
     Caller(p): Caller,

@@ -2,6 +2,7 @@
 //! the SSRF guard before it is stored; the signing secret is made here and shown twice only:
 //! in the answer to the create and to a rotation.
 
+use super::openapi::schemas as S;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -15,7 +16,7 @@ use uuid::Uuid;
 use super::auth::Org;
 use super::catalog::{page, PageQuery};
 use super::error::ApiError;
-use super::extract::{AppJson, AppPath, AppQuery};
+use super::extract::{AppJson, AppPatch, AppPath, AppQuery};
 use super::AppState;
 use crate::outbound::signing::Secret;
 
@@ -39,6 +40,11 @@ fn shown(endpoint: &WebhookEndpoint, secret: Option<&str>) -> Json<Value> {
 }
 
 /// `POST /v1/webhook-endpoints`.
+#[utoipa::path(
+    post, path = "/v1/webhook-endpoints", tag = "webhook-endpoints", operation_id = "create_webhook_endpoint",
+    request_body = S::NewWebhookEndpoint,
+    responses((status = 201, description = "The endpoint with its signing `secret` (shown now and at rotations only).", body = S::WebhookEndpoint)),
+)]
 pub async fn create(
     State(s): State<AppState>,
     Org(org): Org,
@@ -54,6 +60,11 @@ pub async fn create(
 }
 
 /// `GET /v1/webhook-endpoints`.
+#[utoipa::path(
+    get, path = "/v1/webhook-endpoints", tag = "webhook-endpoints", operation_id = "list_webhook_endpoints",
+    params(PageQuery),
+    responses((status = 200, description = "A page of endpoints, newest first.", body = S::WebhookEndpointPage)),
+)]
 pub async fn list(
     State(s): State<AppState>,
     Org(org): Org,
@@ -66,6 +77,11 @@ pub async fn list(
 }
 
 /// `GET /v1/webhook-endpoints/{id}`.
+#[utoipa::path(
+    get, path = "/v1/webhook-endpoints/{id}", tag = "webhook-endpoints", operation_id = "get_webhook_endpoint",
+    params(("id" = Uuid, Path, description = "The endpoint's id.")),
+    responses((status = 200, description = "The endpoint.", body = S::WebhookEndpoint)),
+)]
 pub async fn get(
     State(s): State<AppState>,
     Org(org): Org,
@@ -75,11 +91,17 @@ pub async fn get(
 }
 
 /// `PATCH /v1/webhook-endpoints/{id}`.
+#[utoipa::path(
+    patch, path = "/v1/webhook-endpoints/{id}", tag = "webhook-endpoints", operation_id = "update_webhook_endpoint",
+    params(("id" = Uuid, Path, description = "The endpoint's id.")),
+    request_body = S::WebhookEndpointPatch,
+    responses((status = 200, description = "The endpoint.", body = S::WebhookEndpoint)),
+)]
 pub async fn update(
     State(s): State<AppState>,
     Org(org): Org,
     AppPath(id): AppPath<Uuid>,
-    AppJson(patch): AppJson<WebhookEndpointPatch>,
+    AppPatch(patch): AppPatch<WebhookEndpointPatch>,
 ) -> Result<Json<Value>, ApiError> {
     if let Some(url) = &patch.url {
         check_url(&s, url)?;
@@ -89,6 +111,11 @@ pub async fn update(
 }
 
 /// `DELETE /v1/webhook-endpoints/{id}`.
+#[utoipa::path(
+    delete, path = "/v1/webhook-endpoints/{id}", tag = "webhook-endpoints", operation_id = "delete_webhook_endpoint",
+    params(("id" = Uuid, Path, description = "The endpoint's id.")),
+    responses((status = 204, description = "Deleted; its pending deliveries are dropped.")),
+)]
 pub async fn delete(
     State(s): State<AppState>,
     Org(org): Org,
@@ -99,16 +126,23 @@ pub async fn delete(
 }
 
 /// `POST /v1/webhook-endpoints/{id}/rotate-secret` body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rotation {
     /// How long the current secret goes on signing beside the new one (default a day, at
     /// most 7 days, 0 ends it at once).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 604800)]
     window_secs: Option<u64>,
 }
 
 /// `POST /v1/webhook-endpoints/{id}/rotate-secret`: a new secret, shown once.
+#[utoipa::path(
+    post, path = "/v1/webhook-endpoints/{id}/rotate-secret", tag = "webhook-endpoints", operation_id = "rotate_webhook_endpoint_secret",
+    params(("id" = Uuid, Path, description = "The endpoint's id.")),
+    request_body = Rotation,
+    responses((status = 200, description = "The endpoint with its new `secret` (shown in this answer only).", body = S::WebhookEndpoint)),
+)]
 pub async fn rotate(
     State(s): State<AppState>,
     Org(org): Org,
@@ -126,6 +160,11 @@ pub async fn rotate(
 
 /// `GET /v1/webhook-endpoints/{id}/deliveries`: every delivery to the endpoint, newest first,
 /// with its status, attempts, last answer and next attempt.
+#[utoipa::path(
+    get, path = "/v1/webhook-endpoints/{id}/deliveries", tag = "webhook-endpoints", operation_id = "list_webhook_deliveries",
+    params(("id" = Uuid, Path, description = "The endpoint's id."), PageQuery),
+    responses((status = 200, description = "A page of deliveries, newest first.", body = S::DeliveryPage)),
+)]
 pub async fn deliveries(
     State(s): State<AppState>,
     Org(org): Org,
@@ -140,6 +179,14 @@ pub async fn deliveries(
 
 /// `POST /v1/webhook-endpoints/{id}/deliveries/{delivery_id}/retry`: the delivery goes out
 /// again now (any body is ignored).
+#[utoipa::path(
+    post, path = "/v1/webhook-endpoints/{id}/deliveries/{delivery_id}/retry", tag = "webhook-endpoints", operation_id = "retry_webhook_delivery",
+    params(("id" = Uuid, Path, description = "The endpoint's id."), ("delivery_id" = Uuid, Path, description = "The delivery's id.")),
+    responses(
+        (status = 202, description = "The delivery is due now.", body = S::Delivery),
+        (status = 409, description = "The delivery is not failed, or its endpoint is disabled (`conflict`).", body = S::Error),
+    ),
+)]
 pub async fn retry_delivery(
     State(s): State<AppState>,
     Org(org): Org,
@@ -154,6 +201,11 @@ pub async fn retry_delivery(
 
 /// `GET /v1/organization/log`: what the server did on the organization's behalf (a webhook
 /// endpoint disabled), newest first.
+#[utoipa::path(
+    get, path = "/v1/organization/log", tag = "organization", operation_id = "organization_log",
+    params(PageQuery),
+    responses((status = 200, description = "What the server did on the organization's behalf, newest first.", body = S::OrgLogPage)),
+)]
 pub async fn organization_log(
     State(s): State<AppState>,
     Org(org): Org,

@@ -5,6 +5,7 @@
 //! the engine says the event is durable; 503 otherwise, so Telnyx re-delivers. It never
 //! touches the database itself.
 
+use super::openapi::schemas as S;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -72,6 +73,22 @@ impl WebhookMetrics {
 }
 
 /// `POST /v1/webhooks/telnyx`.
+#[utoipa::path(
+    post, path = "/v1/webhooks/telnyx", tag = "vendor-webhooks", operation_id = "telnyx_webhook",
+    description = "Call events from Telnyx, signed with Ed25519 over the raw body; answered 200 once durable.",
+    params(
+        ("telnyx-signature-ed25519" = String, Header, description = "Base64 signature of `timestamp|body`."),
+        ("telnyx-timestamp" = String, Header, description = "Unix seconds; older than 5 minutes is refused."),
+    ),
+    request_body(content = Object, description = "A Telnyx event (`data.event_type`, `data.payload`).", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Taken: `accepted`, `stored`, `duplicate`, `parked` (until its call exists) or `rejected`.", body = S::IngestStatus),
+        (status = 400, description = "Not a Telnyx event (`invalid_request`).", body = S::Error),
+        (status = 401, description = "The signature does not verify (`invalid_signature`).", body = S::Error),
+        (status = 404, description = "Telnyx is not the carrier (`not_found`).", body = S::Error),
+        (status = 503, description = "Not stored; Telnyx re-delivers (`unavailable`).", body = S::Error),
+    ),
+)]
 pub async fn telnyx(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
     let Some(ingress) = &state.telnyx else {

@@ -105,3 +105,25 @@ fn unavailable(e: sqlx::Error) -> StoreError {
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
+
+#[cfg(test)]
+mod tests {
+    /// Postgres keeps a jsonb number as an exact decimal and prints it in full: what a client
+    /// stored (any finite double) must read back as the same number, also at the ends of the
+    /// range (a fast, inexact parse of the long decimal overflowed at `f64::MAX` and failed
+    /// every read of the row).
+    #[test]
+    fn jsonb_numbers_at_the_ends_of_the_range_read_back() {
+        let max = format!("17976931348623157{}", "0".repeat(292));
+        let tiny = format!("0.{}5", "0".repeat(323));
+        for (text, expected) in [
+            (max.clone(), f64::MAX),
+            (format!("-{max}"), f64::MIN),
+            (tiny, 5e-324),
+        ] {
+            let v: serde_json::Value = serde_json::from_str(&format!("{{\"n\": {text}}}"))
+                .unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert_eq!(v["n"].as_f64(), Some(expected), "{text}");
+        }
+    }
+}

@@ -18,6 +18,7 @@ mod cartesia;
 mod cluster;
 mod cluster_handover;
 mod cluster_store;
+mod contract;
 mod deepgram;
 mod google;
 mod groq;

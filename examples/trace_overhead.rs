@@ -10,7 +10,8 @@
 //! without `OTEL_EXPORTER_OTLP_ENDPOINT` runs) and on (OTLP/HTTP protobuf through the bounded
 //! queue to a collector in a child process, this binary with `--sink`, which counts what it
 //! receives), `--rounds` times each, `--turns` turns per phase at `--rate` turns a second (a
-//! busy node: 2,000 turns/s is 10,000 calls each speaking every 5 s).
+//! busy node: 2,000 turns/s is 10,000 calls each speaking every 5 s; `--rate 0`: back to back,
+//! which needs an export queue (`--queue`, spans) that holds a phase's spans to drop none).
 //!
 //! Reports per phase kind: the time a turn's tracing adds on the call's path (the turn's work
 //! is synchronous: spans made, ended and queued), and this process's CPU per turn including
@@ -198,9 +199,9 @@ fn run_phase(on: bool, turns: usize, rate: usize, per_call: u32, first_call: u64
     let mut prepared = entries(&c, 1);
     let every = Duration::from_secs(1) / u32::try_from(rate.max(1)).unwrap_or(u32::MAX);
     for i in 0..turns {
-        // Turns at a steady rate, as calls bring them.
+        // Turns at a steady rate, as calls bring them (`--rate 0`: back to back).
         let due = started + every * u32::try_from(i).unwrap_or(u32::MAX);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+        if let Some(wait) = due.checked_duration_since(Instant::now()).filter(|_| rate > 0) {
             std::thread::sleep(wait);
         }
         made += 1;
@@ -253,6 +254,7 @@ fn main() -> anyhow::Result<()> {
     }
     let turns = arg("--turns", 20_000);
     let rate = arg("--rate", 2_000);
+    let queue = arg("--queue", ExportConfig::default().max_queue);
     let rounds = arg("--rounds", 3);
     let per_call = u32::try_from(arg("--turns-per-call", 3).max(1)).expect("a count");
     let ticks_per_sec = 100.0; // USER_HZ on Linux.
@@ -271,8 +273,8 @@ fn main() -> anyhow::Result<()> {
     })?;
     println!("collector: {endpoint} (child process)");
     println!(
-        "{turns} turns per phase at {rate} turns/s, {rounds} rounds of off then on, a call \
-         ends every {per_call} turns"
+        "{turns} turns per phase at {rate} turns/s (0: back to back), {rounds} rounds of off \
+         then on, a call ends every {per_call} turns, export queue {queue} spans"
     );
 
     let mut phases = Vec::new();
@@ -280,7 +282,11 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..rounds {
         for on in [false, true] {
             let guard = if on {
-                Some(telemetry::install(&endpoint, 1.0, ExportConfig::default())?)
+                let config = ExportConfig {
+                    max_queue: queue,
+                    ..ExportConfig::default()
+                };
+                Some(telemetry::install(&endpoint, 1.0, config)?)
             } else {
                 None
             };

@@ -201,7 +201,10 @@ fn run_phase(on: bool, turns: usize, rate: usize, per_call: u32, first_call: u64
     for i in 0..turns {
         // Turns at a steady rate, as calls bring them (`--rate 0`: back to back).
         let due = started + every * u32::try_from(i).unwrap_or(u32::MAX);
-        if let Some(wait) = due.checked_duration_since(Instant::now()).filter(|_| rate > 0) {
+        if let Some(wait) = due
+            .checked_duration_since(Instant::now())
+            .filter(|_| rate > 0)
+        {
             std::thread::sleep(wait);
         }
         made += 1;

@@ -21,13 +21,18 @@
 //! - [`breaker`]: vendor circuit breakers, one actor per vendor;
 //! - [`learning`]: finished calls into learned patterns and customer memories, and recall of
 //!   them at call start;
+//! - [`campaign`]: outbound campaigns' rules (calling windows in the contact's time zone,
+//!   retries by outcome, the contact's states); [`analytics`]: what the call rollups are built
+//!   from (a mergeable quantile sketch);
 //! - [`engine`]: the actor tree (call supervisor, one call actor per live call, its voice
 //!   session, the query pool) and the [`engine::Engine`] handle the HTTP layer and the
 //!   webhooks hold.
 
 pub mod accounts;
 pub mod analysis;
+pub mod analytics;
 pub mod breaker;
+pub mod campaign;
 pub mod catalog;
 pub mod engine;
 pub mod keepalive;

@@ -13,9 +13,6 @@ use crate::machine::OrganizationId;
 use crate::ports::outbox::{Delivery, OrgLogEntry, OutboxStore};
 use crate::ports::PageRequest;
 
-/// Attempts of a change that raced with another change of the same endpoint.
-const CHANGE_ATTEMPTS: usize = 5;
-
 /// Longest rotation window: both secrets sign for at most this long.
 pub const MAX_ROTATION_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -187,13 +184,25 @@ impl Engine {
     }
 
     /// Reads, changes and writes back an endpoint, again if another change came between.
+    ///
+    /// Each round of racing changes lets one through, so every change lands after at most as
+    /// many rounds as there are racing changes: the retries are bounded by time (the engine's
+    /// call timeout), not by a count a burst of changes could exceed.
     async fn change_webhook_endpoint(
         &self,
         org: OrganizationId,
         id: Uuid,
         change: impl Fn(&mut WebhookEndpoint, chrono::DateTime<chrono::Utc>) + Send + Sync,
     ) -> Result<WebhookEndpoint, EngineError> {
-        for _ in 0..CHANGE_ATTEMPTS {
+        let deadline = tokio::time::Instant::now() + self.inner.shared.config.call_timeout;
+        for round in 1u64.. {
+            if round > 1 {
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                // The change that won the last round is written; give the others' a moment.
+                tokio::time::sleep(Duration::from_millis(round.min(10))).await;
+            }
             let mut endpoint = self.get_webhook_endpoint(org, id).await?;
             let read_at = endpoint.updated_at;
             let mut now = self.now();

@@ -34,11 +34,10 @@ use iace_actors::machine::{Call, CallSpec, CallStatus, Direction, EndReason, Eve
 use iace_actors::ports::sentiment::SentimentLabel;
 use iace_actors::ports::{CallTraces as _, JournalEntry};
 use opentelemetry::KeyValue;
-use tokio::io::AsyncBufReadExt;
 use uuid::Uuid;
 
 mod common;
-use common::{arg, cpu_ticks, percentile};
+use common::{arg, cpu_ticks, percentile, spawn_self};
 
 /// The collector: answers every export with 200 and counts requests and bytes; prints its
 /// address, then the counts when its stdin closes.
@@ -262,18 +261,7 @@ fn main() -> anyhow::Result<()> {
     let per_call = u32::try_from(arg("--turns-per-call", 3).max(1)).expect("a count");
     let ticks_per_sec = 100.0; // USER_HZ on Linux.
 
-    let (mut child, endpoint, mut lines) = runtime.block_on(async {
-        let mut child = tokio::process::Command::new(std::env::current_exe()?)
-            .arg("--sink")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdout = child.stdout.take().expect("piped");
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let endpoint = lines.next_line().await?.unwrap_or_default();
-        anyhow::Ok((child, endpoint, lines))
-    })?;
+    let (mut child, mut lines, endpoint) = runtime.block_on(spawn_self(&["--sink".to_owned()]))?;
     println!("collector: {endpoint} (child process)");
     println!(
         "{turns} turns per phase at {rate} turns/s (0: back to back), {rounds} rounds of off \

@@ -50,12 +50,11 @@ use iace_fakes::cartesia::FakeCartesiaConfig;
 use iace_fakes::deepgram::FakeDeepgramConfig;
 use iace_fakes::groq::FakeGroqConfig;
 use iace_fakes::telnyx::{FakeTelnyx, FakeTelnyxConfig, Scenario};
-use tokio::io::AsyncBufReadExt;
 
 mod common;
 #[path = "common/voice.rs"]
 mod voice;
-use common::{arg, arg_str, cpu_ticks, percentile};
+use common::{arg, arg_str, cpu_ticks, percentile, spawn_self, ChildLines};
 use voice::{CallerPlan, Heard, ModelLoad, Variant, ENDPOINTING_MS, HOLDOFF_MS};
 
 /// Resident memory, KiB.
@@ -305,21 +304,11 @@ async fn run_fakes(k: Knobs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The child's stdout, one JSON line at a time.
-type ChildLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
-
 /// Starts the child and reads where its fakes listen.
 async fn spawn_fakes(k: &Knobs) -> anyhow::Result<(tokio::process::Child, ChildLines, Fakes)> {
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .arg("--fakes")
-        .args(k.args())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stdout = child.stdout.take().expect("piped");
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let line = lines.next_line().await?.unwrap_or_default();
+    let mut args = vec!["--fakes".to_owned()];
+    args.extend(k.args());
+    let (child, lines, line) = spawn_self(&args).await?;
     let fakes = serde_json::from_str(&line)
         .map_err(|e| anyhow::anyhow!("the fakes did not start ({e}): {line:?}"))?;
     Ok((child, lines, fakes))

@@ -28,6 +28,28 @@ pub fn arg_str(name: &str, default: &str) -> String {
         .map_or_else(|| default.to_owned(), Clone::clone)
 }
 
+/// The child's stdout, one line at a time.
+pub type ChildLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// Starts this same binary with `args` (a benchmark's helper process: fakes, a collector),
+/// stdin piped (closing it tells the child to report and stop) and killed when dropped, and
+/// reads the first line it prints (where it listens).
+pub async fn spawn_self(
+    args: &[String],
+) -> anyhow::Result<(tokio::process::Child, ChildLines, String)> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = lines.next_line().await?.unwrap_or_default();
+    Ok((child, lines, first))
+}
+
 /// User + system CPU of a process (`self` or a pid), in clock ticks (Linux `/proc/*/stat`).
 pub fn cpu_ticks(pid: &str) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -281,6 +281,26 @@ impl ClientSpan {
         self.span.set_status(Status::error(message));
     }
 
+    /// Numbers the attempt (1-based): a retry carries `http.request.resend_count`.
+    pub fn attempt(&mut self, attempt: u32) {
+        if attempt > 1 {
+            self.set(KeyValue::new(
+                "http.request.resend_count",
+                i64::from(attempt - 1),
+            ));
+        }
+    }
+
+    /// Marks the request failed with no answer, from the HTTP client's error.
+    pub fn failed_request(&mut self, error: &reqwest::Error) {
+        let kind = if error.is_timeout() {
+            "timeout"
+        } else {
+            "transport"
+        };
+        self.fail(kind, error.to_string());
+    }
+
     /// Adds an event (a point in the request's life: the first token of a reply).
     pub fn event(&mut self, name: &'static str, attributes: Vec<KeyValue>) {
         self.span.add_event(name, attributes);

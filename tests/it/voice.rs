@@ -142,6 +142,29 @@ impl Env {
         call["id"].as_str().unwrap().to_owned()
     }
 
+    /// Scripts a conversation: the caller waits for the greeting, then says each of `lines`
+    /// (`speech` long each) and waits for the agent's answer, from `replies`, before the next;
+    /// then hangs up.
+    fn converse(&self, lines: &[&str], replies: &[&str], speech: Duration) {
+        self.deepgram()
+            .set_script(lines.iter().map(|l| (*l).to_owned()));
+        for reply in replies {
+            self.groq().push_reply(Reply::text(reply));
+        }
+        let wait = Duration::from_secs(15);
+        let quiet = Duration::from_millis(500);
+        let mut script = CallerScript::new()
+            .wait_for_agent_audio(wait)
+            .wait_for_agent_silence(quiet, wait);
+        for _ in lines {
+            script = script
+                .say(speech)
+                .wait_for_agent_audio(wait)
+                .wait_for_agent_silence(quiet, wait);
+        }
+        self.telnyx.set_caller_script(CALLEE, script.hangup());
+    }
+
     async fn transcript(&self, call_id: &str) -> Value {
         self.get(&format!("/v1/calls/{call_id}/transcript")).await
     }
@@ -713,32 +736,21 @@ async fn late_sentiment_degrades_to_the_lexicon_and_the_call_goes_on() {
     .await;
     env.groq()
         .set_classify_latency(Some(Duration::from_secs(60)));
-    env.deepgram().set_script([
-        "Hi, I'm calling about my order.",
-        "It was supposed to arrive on Monday.",
-        "Can you check where it is?",
-        "Okay, thank you.",
-    ]);
-    for reply in [
-        "Sure, I can help with your order.",
-        "I see, let me look at that.",
-        "It is on its way and arrives tomorrow.",
-        "You're welcome, goodbye.",
-    ] {
-        env.groq().push_reply(Reply::text(reply));
-    }
-    let wait = Duration::from_secs(15);
-    let quiet = Duration::from_millis(500);
-    let mut script = CallerScript::new()
-        .wait_for_agent_audio(wait)
-        .wait_for_agent_silence(quiet, wait);
-    for _ in 0..4 {
-        script = script
-            .say(Duration::from_millis(1200))
-            .wait_for_agent_audio(wait)
-            .wait_for_agent_silence(quiet, wait);
-    }
-    env.telnyx.set_caller_script(CALLEE, script.hangup());
+    env.converse(
+        &[
+            "Hi, I'm calling about my order.",
+            "It was supposed to arrive on Monday.",
+            "Can you check where it is?",
+            "Okay, thank you.",
+        ],
+        &[
+            "Sure, I can help with your order.",
+            "I see, let me look at that.",
+            "It is on its way and arrives tomorrow.",
+            "You're welcome, goodbye.",
+        ],
+        Duration::from_millis(1200),
+    );
     let call_id = env
         .dial(CALLEE, json!({"greeting": "Hello, this is Ava from Acme."}))
         .await;
@@ -1280,30 +1292,19 @@ async fn a_conversing_call_is_one_trace_with_its_turns_stages_and_vendor_request
         .await;
 
     let env = Env::start().await;
-    env.deepgram().set_script([
-        "Hi, I'm calling about my order.",
-        "It is order A123.",
-        "Thanks, that's all.",
-    ]);
-    for reply in [
-        "Sure, what is the order number?",
-        "Order A123 arrives on Thursday.",
-        "You're welcome, goodbye.",
-    ] {
-        env.groq().push_reply(Reply::text(reply));
-    }
-    let wait = Duration::from_secs(15);
-    let quiet = Duration::from_millis(500);
-    let mut script = CallerScript::new()
-        .wait_for_agent_audio(wait)
-        .wait_for_agent_silence(quiet, wait);
-    for _ in 0..3 {
-        script = script
-            .say(Duration::from_millis(1000))
-            .wait_for_agent_audio(wait)
-            .wait_for_agent_silence(quiet, wait);
-    }
-    env.telnyx.set_caller_script(CALLEE, script.hangup());
+    env.converse(
+        &[
+            "Hi, I'm calling about my order.",
+            "It is order A123.",
+            "Thanks, that's all.",
+        ],
+        &[
+            "Sure, what is the order number?",
+            "Order A123 arrives on Thursday.",
+            "You're welcome, goodbye.",
+        ],
+        Duration::from_millis(1000),
+    );
     let agent = env
         .post(
             "/v1/agents",

@@ -257,14 +257,7 @@ impl GroqClient {
                         let response = match sent {
                             Ok(r) => r,
                             Err(e) => {
-                                span.fail(
-                                    if e.is_timeout() {
-                                        "timeout"
-                                    } else {
-                                        "transport"
-                                    },
-                                    e.to_string(),
-                                );
+                                span.failed_request(&e);
                                 // Dropping the guard records the failure.
                                 drop(guard);
                                 return Attempt::Retry {
@@ -344,12 +337,7 @@ fn model_span(url: &str, model: &str, attempt: u32) -> ClientSpan {
     span.set(KeyValue::new("gen_ai.provider.name", VENDOR));
     span.set(KeyValue::new("gen_ai.system", VENDOR));
     span.set(KeyValue::new("gen_ai.request.model", model.to_owned()));
-    if attempt > 1 {
-        span.set(KeyValue::new(
-            "http.request.resend_count",
-            i64::from(attempt - 1),
-        ));
-    }
+    span.attempt(attempt);
     span
 }
 

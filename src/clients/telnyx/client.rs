@@ -317,12 +317,7 @@ impl TelnyxClient {
         let method = if body.is_some() { "POST" } else { "GET" };
         let mut span = ClientSpan::start(method, method, url, VENDOR);
         span.set(KeyValue::new("iace.telnyx.command", op));
-        if attempt > 1 {
-            span.set(KeyValue::new(
-                "http.request.resend_count",
-                i64::from(attempt - 1),
-            ));
-        }
+        span.attempt(attempt);
         let builder = match body {
             Some(body) => self.http.request(Method::POST, url).json(body),
             None => self.http.request(Method::GET, url),
@@ -331,14 +326,7 @@ impl TelnyxClient {
         let response = match builder.bearer_auth(&self.config.api_key).send().await {
             Ok(r) => r,
             Err(e) => {
-                span.fail(
-                    if e.is_timeout() {
-                        "timeout"
-                    } else {
-                        "transport"
-                    },
-                    e.to_string(),
-                );
+                span.failed_request(&e);
                 return Attempt::Retry {
                     after: None,
                     error: CommandError::Transport(e.to_string()),

@@ -17,14 +17,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line (production).
-    Json,
-    /// Human-readable lines.
-    Text,
-}
+pub use crate::telemetry::LogFormat;
 
 /// Sub-commands.
 #[derive(Debug, Subcommand)]

@@ -5,10 +5,7 @@ use axum::response::{IntoResponse, Response};
 use iace_actors::engine::{EngineError, Peer};
 use serde_json::json;
 
-tokio::task_local! {
-    /// The id of the request being served (set by the request middleware).
-    pub static REQUEST_ID: String;
-}
+pub use crate::telemetry::context::REQUEST_ID;
 
 /// The current request id, or `-` outside a request.
 pub fn current_request_id() -> String {

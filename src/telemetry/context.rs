@@ -21,6 +21,12 @@ use opentelemetry::{Context, KeyValue};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+tokio::task_local! {
+    /// The id of the API request being served (set by the request middleware): logged with
+    /// it, sent back in its answer and forwarded to vendors as `x-request-id`.
+    pub static REQUEST_ID: String;
+}
+
 /// The instrumentation scope of every span.
 pub const SCOPE: &str = "iace";
 
@@ -207,16 +213,13 @@ impl ClientSpan {
             .with_attributes(attributes)
             .start_with_context(&tracer, &parent);
         let sc = span.span_context();
-        let request_id = crate::http::error::REQUEST_ID
-            .try_with(Clone::clone)
-            .ok()
-            .unwrap_or_else(|| {
-                if sc.is_valid() {
-                    format!("{}-{}", sc.trace_id(), sc.span_id())
-                } else {
-                    Uuid::new_v4().to_string()
-                }
-            });
+        let request_id = REQUEST_ID.try_with(Clone::clone).ok().unwrap_or_else(|| {
+            if sc.is_valid() {
+                format!("{}-{}", sc.trace_id(), sc.span_id())
+            } else {
+                Uuid::new_v4().to_string()
+            }
+        });
         ClientSpan {
             span,
             request_id,

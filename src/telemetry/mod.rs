@@ -24,7 +24,14 @@ pub use context::{call_context, turn_context, ClientSpan};
 pub use export::ExportConfig;
 pub use journal::JournalTraces;
 
-use crate::config::LogFormat;
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (production).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
 
 /// Keeps the exporter alive; flushes spans on drop.
 pub struct Telemetry {
